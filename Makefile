@@ -1,0 +1,56 @@
+# Makefile — deps, build (BPF objects + TypeScript), tests, demo. Objects go to build/, never bpf/.
+.DELETE_ON_ERROR:
+.PHONY: all deps build bpf ts test test-unit test-kernel demo bench clean
+
+BUILD     := build
+BPF_SRCS  := $(wildcard bpf/*.bpf.c)
+BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
+CLANG     ?= clang
+BPFTOOL   ?= bpftool
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Ibpf
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: bpf ts
+
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy
+
+$(BUILD)/vmlinux.h: /sys/kernel/btf/vmlinux
+	@mkdir -p $(BUILD)
+	$(BPFTOOL) btf dump file $< format c > $@
+
+$(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/mr_abi.h bpf/mr_common.h $(BUILD)/vmlinux.h
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# One object with every hook: the maps, declared weak in mr_common.h, end up once.
+$(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
+	$(BPFTOOL) gen object $@ $^
+
+# The small test/benchmark proxy that asks SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST itself.
+$(BUILD)/origdst-proxy: test/tools/origdst-proxy.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Werror -o $@ $<
+
+ts:
+	npx tsc -p tsconfig.json
+
+test: build
+	scripts/test.sh
+
+test-unit:
+	npx vitest run --project unit
+
+test-kernel: build
+	npx vitest run --project kernel
+
+demo: build
+	scripts/demo.sh
+
+bench: build
+	node dist/cli/main.js bench
+
+clean:
+	rm -rf $(BUILD) dist

@@ -1,0 +1,42 @@
+/* connect6.bpf.c — cgroup/connect6: IPv6 TCP connects to the IPv6 proxy; v4-mapped ones as IPv4. */
+#include "mr_common.h"
+
+SEC("cgroup/connect6")
+int mr_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM || !ctx->sk)
+		return 1;
+	__u32 ip6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+	struct mr_dst d = { .port = (__be16)ctx->user_port };
+	int mapped = mr_is_v4_mapped(ip6);
+	if (mapped) {
+		d.family = AF_INET;
+		d.addr[0] = ip6[3];
+	} else {
+		d.family = AF_INET6;
+		__builtin_memcpy(d.addr, ip6, 16);
+	}
+	__u32 slot = 0;
+	struct mr_policy *p = 0;
+	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p)
+		return 1;
+	/* Recorded as the application gave it (v4-mapped stays mapped for getpeername6). */
+	if (!mr_record(ctx->sk, AF_INET6, ip6, d.port, slot))
+		return 0;
+	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = p->proxy4_addr;
+		ctx->user_port = p->proxy4_port;
+	} else {
+		__u32 px[4];
+		__builtin_memcpy(px, p->proxy6_addr, 16);
+		ctx->user_ip6[0] = px[0];
+		ctx->user_ip6[1] = px[1];
+		ctx->user_ip6[2] = px[2];
+		ctx->user_ip6[3] = px[3];
+		ctx->user_port = p->proxy6_port;
+	}
+	return 1;
+}

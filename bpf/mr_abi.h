@@ -1,0 +1,112 @@
+/* mr_abi.h — the structs that cross the kernel/user boundary: the layout of every meshredir map.
+ * The TypeScript codecs in src/bpf/abi.ts mirror these and are checked against the object's BTF
+ * at load, so a change here without the matching change there fails loudly. */
+#ifndef MR_ABI_H
+#define MR_ABI_H
+
+#define MR_MAX_POLICIES 4096     /* policy slots; slot 0 is the global (no policy) counter slot */
+#define MR_MAX_CGROUP_DEPTH 32   /* how far up the cgroup tree a policy lookup walks */
+
+/* mr_cgroups value: what a cgroup id means to us. */
+enum mr_cg_kind {
+	MR_CG_POLICY = 1, /* connections from this cgroup (and descendants) follow policy `slot` */
+	MR_CG_BYPASS = 2, /* the proxy's cgroup: never redirected (loop avoidance, not spoofable) */
+};
+
+struct mr_cg_entry {
+	__u32 kind;
+	__u32 slot;
+};
+
+/* mr_policy.flags */
+#define MR_F_PROXY4           (1u << 0) /* proxy4_* set: IPv4 (and v4-mapped) connects are redirected */
+#define MR_F_PROXY6           (1u << 1) /* proxy6_* set: IPv6 connects are redirected */
+#define MR_F_INCLUDE_PORTS    (1u << 2) /* only ports with MR_ACT_INCLUDE in mr_ports are redirected */
+#define MR_F_INCLUDE_CIDRS    (1u << 3) /* only destinations whose longest match is MR_ACT_INCLUDE */
+#define MR_F_REDIRECT_LOOPBACK (1u << 4) /* loopback destinations are redirected too */
+#define MR_F_ACCELERATE       (1u << 5) /* reserved for the sk_msg fast path */
+
+struct mr_policy {
+	__u32 flags;
+	__be32 proxy4_addr;
+	__u8 proxy6_addr[16];
+	__be16 proxy4_port;
+	__be16 proxy6_port;
+};
+
+/* mr_owners key: uid/gid bypass of a policy slot. Value: __u8 1. */
+enum mr_owner_kind { MR_OWNER_UID = 1, MR_OWNER_GID = 2 };
+struct mr_owner_key {
+	__u32 slot;
+	__u32 kind;
+	__u32 id;
+};
+
+/* mr_ports / mr_cidrs values */
+enum mr_action { MR_ACT_INCLUDE = 1, MR_ACT_EXCLUDE = 2 };
+
+struct mr_port_key {
+	__u32 slot;
+	__u16 port; /* host byte order */
+	__u16 pad;
+};
+
+/* LPM key: prefixlen counts the bits of slot (32) + family (8) + the address prefix. */
+struct mr_cidr_key {
+	__u32 prefixlen;
+	__be32 slot;    /* big-endian so the trie matches it bit by bit, most significant first */
+	__u8 family;    /* AF_INET or AF_INET6 */
+	__u8 addr[16];  /* IPv4 in the first 4 bytes */
+	__u8 pad[3];
+};
+
+/* mr_orig key: a redirected connection as the proxy sees it on its accepted socket.
+ * netns is the client's netns cookie when the proxy address is loopback (the proxy must then be
+ * in that netns, and identical loopback tuples of two pods must not collide), 0 otherwise
+ * (a routable proxy address is unique on the node, so the tuple alone identifies the connection). */
+struct mr_tuple_key {
+	__u64 netns;
+	__u8 saddr[16]; /* the connecting application's address */
+	__u8 daddr[16]; /* the proxy's address */
+	__be16 sport;
+	__be16 dport;
+	__u8 family;    /* AF_INET (v4 and v4-mapped) or AF_INET6 */
+	__u8 pad[3];
+};
+
+/* An original destination. */
+struct mr_orig {
+	__u8 family;
+	__u8 pad;
+	__be16 port;
+	__u32 slot;
+	__u8 addr[16];
+};
+
+/* mr_sk: per-socket storage on the application's socket (freed by the kernel with the socket). */
+#define MR_SK_RECORDED (1u << 0) /* key is in mr_orig and must be deleted on close */
+struct mr_sk {
+	struct mr_orig orig;      /* as the application gave it (getpeername answers with this) */
+	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* mr_stats: per-CPU counters per policy slot (slot 0: events not tied to a policy). */
+struct mr_stats {
+	__u64 redirected;
+	__u64 bypass_cgroup;   /* caller is in a bypass (proxy) cgroup */
+	__u64 bypass_owner;    /* uid/gid bypass */
+	__u64 bypass_port;
+	__u64 bypass_cidr;
+	__u64 bypass_loopback;
+	__u64 bypass_family;   /* no proxy for this address family */
+	__u64 bypass_proxy;    /* the destination is the proxy itself */
+	__u64 err_storage;     /* no socket storage: connect() refused (fail closed) */
+	__u64 err_orig;        /* could not record the connection for the proxy */
+	__u64 established;     /* redirected connections that completed the handshake */
+	__u64 origdst_served;  /* SO_ORIGINAL_DST answered from our records */
+	__u64 origdst_unknown; /* SO_ORIGINAL_DST asked for a connection we did not redirect (slot 0) */
+};
+
+#endif

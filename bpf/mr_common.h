@@ -1,0 +1,237 @@
+/* mr_common.h — the maps every hook shares and the inline helpers they use (BPF side only).
+ * Maps are declared weak so that the per-hook objects link into one object with one copy each. */
+#ifndef MR_COMMON_H
+#define MR_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "mr_abi.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define SO_ORIGINAL_DST 80 /* == IP6T_SO_ORIGINAL_DST */
+
+char LICENSE[] SEC("license") __weak = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct mr_cg_entry);
+	__uint(max_entries, 65536);
+} mr_cgroups SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mr_policy);
+	__uint(max_entries, MR_MAX_POLICIES);
+} mr_policies SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mr_owner_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} mr_owners SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mr_port_key);
+	__type(value, __u8);
+	__uint(max_entries, 262144);
+} mr_ports SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct mr_cidr_key);
+	__type(value, __u8);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mr_cidrs SEC(".maps") __weak;
+
+/* LRU: when full, the records of the oldest connections go first. Proxies read the original
+ * destination once, at accept, so an evicted record almost always belonged to a connection that
+ * no longer needs it; a missing record makes the proxy's getsockopt fail (ENOENT semantics of the
+ * kernel's own answer), never return a wrong destination, because the key is the full tuple. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mr_tuple_key);
+	__type(value, struct mr_orig);
+	__uint(max_entries, 65536);
+} mr_orig SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct mr_sk);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mr_sk SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mr_stats);
+	__uint(max_entries, MR_MAX_POLICIES);
+} mr_stats SEC(".maps") __weak;
+
+#define MR_COUNT(slot, field)                                                  \
+	do {                                                                   \
+		__u32 __k = (slot);                                            \
+		struct mr_stats *__s = bpf_map_lookup_elem(&mr_stats, &__k);  \
+		if (__s)                                                       \
+			__s->field++;                                          \
+	} while (0)
+
+static __always_inline int mr_is_v4_mapped(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Destination as the decision sees it; IPv4 (and v4-mapped) in addr[0..3]. */
+struct mr_dst {
+	__u8 family;
+	__be16 port;
+	__u32 addr[4];
+};
+
+static __always_inline int mr_is_loopback(const struct mr_dst *d)
+{
+	if (d->family == AF_INET)
+		return (bpf_ntohl(d->addr[0]) >> 24) == 127;
+	return d->addr[0] == 0 && d->addr[1] == 0 && d->addr[2] == 0 && d->addr[3] == bpf_htonl(1);
+}
+
+static __always_inline int mr_eq6(const __u32 a[4], const __u8 b8[16])
+{
+	__u32 b[4];
+	__builtin_memcpy(b, b8, 16);
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* Finds the entry of the calling task's cgroup, or of its nearest ancestor that has one. */
+static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
+{
+	__u64 self = bpf_get_current_cgroup_id();
+	struct mr_cg_entry *e = bpf_map_lookup_elem(&mr_cgroups, &self);
+	if (e)
+		return e;
+	for (int lvl = MR_MAX_CGROUP_DEPTH - 1; lvl >= 0; lvl--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
+		if (id == 0 || id == self)
+			continue;
+		e = bpf_map_lookup_elem(&mr_cgroups, &id);
+		if (e)
+			return e;
+	}
+	return 0;
+}
+
+enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1 };
+
+/* Decides whether a connect to d by the calling task is redirected. On MR_REDIRECT, *slot and
+ * *pol are set. Counts every bypass under its reason. */
+static __always_inline int mr_decide(const struct mr_dst *d, __u32 *slot, struct mr_policy **pol)
+{
+	struct mr_cg_entry *cg = mr_task_cgroup();
+	if (!cg)
+		return MR_PASS;
+	__u32 s = cg->slot;
+	if (cg->kind == MR_CG_BYPASS) {
+		MR_COUNT(s, bypass_cgroup);
+		return MR_PASS;
+	}
+	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &s);
+	if (!p)
+		return MR_PASS;
+
+	if (d->family == AF_INET ? !(p->flags & MR_F_PROXY4) : !(p->flags & MR_F_PROXY6)) {
+		MR_COUNT(s, bypass_family);
+		return MR_PASS;
+	}
+	/* A workload dialling the proxy explicitly is already where we would send it. */
+	if (d->family == AF_INET ? (d->addr[0] == p->proxy4_addr && d->port == p->proxy4_port)
+				 : (d->port == p->proxy6_port && mr_eq6(d->addr, p->proxy6_addr))) {
+		MR_COUNT(s, bypass_proxy);
+		return MR_PASS;
+	}
+
+	__u64 ugid = bpf_get_current_uid_gid();
+	struct mr_owner_key ok = { .slot = s, .kind = MR_OWNER_UID, .id = (__u32)ugid };
+	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+		MR_COUNT(s, bypass_owner);
+		return MR_PASS;
+	}
+	ok.kind = MR_OWNER_GID;
+	ok.id = (__u32)(ugid >> 32);
+	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+		MR_COUNT(s, bypass_owner);
+		return MR_PASS;
+	}
+
+	if (!(p->flags & MR_F_REDIRECT_LOOPBACK) && mr_is_loopback(d)) {
+		MR_COUNT(s, bypass_loopback);
+		return MR_PASS;
+	}
+
+	struct mr_port_key pk = { .slot = s, .port = bpf_ntohs(d->port) };
+	__u8 *pa = bpf_map_lookup_elem(&mr_ports, &pk);
+	if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (p->flags & MR_F_INCLUDE_PORTS))) {
+		MR_COUNT(s, bypass_port);
+		return MR_PASS;
+	}
+
+	struct mr_cidr_key ck = { .prefixlen = 32 + 8 + (d->family == AF_INET ? 32 : 128),
+				  .slot = bpf_htonl(s), .family = d->family };
+	__builtin_memcpy(ck.addr, d->addr, 16);
+	__u8 *ca = bpf_map_lookup_elem(&mr_cidrs, &ck);
+	if ((ca && *ca == MR_ACT_EXCLUDE) || (!ca && (p->flags & MR_F_INCLUDE_CIDRS))) {
+		MR_COUNT(s, bypass_cidr);
+		return MR_PASS;
+	}
+
+	*slot = s;
+	*pol = p;
+	return MR_REDIRECT;
+}
+
+/* Records the original destination on the socket; 0 when the kernel has no storage for it. */
+static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u32 addr[4],
+				     __be16 port, __u32 slot)
+{
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		MR_COUNT(slot, err_storage);
+		return 0;
+	}
+	st->orig.family = family;
+	st->orig.port = port;
+	st->orig.slot = slot;
+	__builtin_memcpy(st->orig.addr, addr, 16);
+	st->flags = 0;
+	MR_COUNT(slot, redirected);
+	return 1;
+}
+
+/* Builds the mr_orig key of a connection from the addresses of one of its sockets. For the
+ * application's socket `local` is the application; for the proxy's accepted socket it is the proxy.
+ * Addresses are v4 (in [0]) when v4 is set, v4-mapped addresses having been unmapped by the caller. */
+static __always_inline void mr_tuple(struct mr_tuple_key *k, int v4, const __u32 app[4],
+				     __be16 app_port, const __u32 proxy[4], __be16 proxy_port,
+				     __u64 netns_cookie)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->family = v4 ? AF_INET : AF_INET6;
+	__builtin_memcpy(k->saddr, app, 16); /* v4: callers leave [1..3] zero */
+	__builtin_memcpy(k->daddr, proxy, 16);
+	k->sport = app_port;
+	k->dport = proxy_port;
+	struct mr_dst pd = { .family = k->family };
+	__builtin_memcpy(pd.addr, proxy, 16);
+	k->netns = mr_is_loopback(&pd) ? netns_cookie : 0;
+}
+
+#endif
