@@ -109,4 +109,11 @@ struct mr_stats {
 	__u64 origdst_unknown; /* SO_ORIGINAL_DST asked for a connection we did not redirect (slot 0) */
 };
 
+/* mr_slots: user-space bookkeeping (no program reads it): which policy owns a slot, so that slots
+ * stay stable across agent restarts and `status` can name policies from the pins alone. */
+struct mr_slot_meta {
+	__u64 cgroup_id;
+	char name[120];
+};
+
 #endif

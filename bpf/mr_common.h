@@ -78,6 +78,13 @@ struct {
 	__uint(max_entries, MR_MAX_POLICIES);
 } mr_stats SEC(".maps") __weak;
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct mr_slot_meta);
+	__uint(max_entries, MR_MAX_POLICIES);
+} mr_slots SEC(".maps") __weak;
+
 #define MR_COUNT(slot, field)                                                  \
 	do {                                                                   \
 		__u32 __k = (slot);                                            \

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# deps.sh — installs every system dependency (Debian 12) and the npm packages. Idempotent, quiet
+# when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev wrk iperf3 sockperf)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "deps: need root to install: ${missing[*]}" >&2; exit 1; }
+  echo "deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm 11 here refuses `npm ci` when the lock file lacks optional packages of other platforms that this
+# registry does not serve; `npm install` honours the lock file's versions all the same.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm install --no-audit --no-fund --loglevel=error
+fi

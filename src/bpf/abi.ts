@@ -1,0 +1,96 @@
+// abi.ts — TypeScript mirror of bpf/mr_abi.h: constants and the codec of every map's key and value.
+// Each struct codec is checked against the loaded object's BTF (src/bpf/btf.ts), so the two sides
+// cannot drift apart silently.
+import { struct, u8, u32, u64 } from './codec.js';
+
+export const MAX_POLICIES = 4096;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+
+export const CgKind = { POLICY: 1, BYPASS: 2 } as const;
+export const PolicyFlag = {
+  PROXY4: 1 << 0,
+  PROXY6: 1 << 1,
+  INCLUDE_PORTS: 1 << 2,
+  INCLUDE_CIDRS: 1 << 3,
+  REDIRECT_LOOPBACK: 1 << 4,
+  ACCELERATE: 1 << 5,
+} as const;
+export const OwnerKind = { UID: 1, GID: 2 } as const;
+export const Action = { INCLUDE: 1, EXCLUDE: 2 } as const;
+
+export const cgEntry = struct('mr_cg_entry', { kind: 'u32', slot: 'u32' });
+export const policyValue = struct('mr_policy', {
+  flags: 'u32',
+  proxy4_addr: { bytes: 4 },
+  proxy6_addr: { bytes: 16 },
+  proxy4_port: 'be16',
+  proxy6_port: 'be16',
+});
+export const ownerKey = struct('mr_owner_key', { slot: 'u32', kind: 'u32', id: 'u32' });
+export const portKey = struct('mr_port_key', { slot: 'u32', port: 'u16', pad: 'u16' });
+export const cidrKey = struct('mr_cidr_key', {
+  prefixlen: 'u32',
+  slot: 'be32',
+  family: 'u8',
+  addr: { bytes: 16 },
+  pad: { bytes: 3 },
+});
+export const tupleKey = struct('mr_tuple_key', {
+  netns: 'u64',
+  saddr: { bytes: 16 },
+  daddr: { bytes: 16 },
+  sport: 'be16',
+  dport: 'be16',
+  family: 'u8',
+  pad: { bytes: 3 },
+});
+export const origValue = struct('mr_orig', { family: 'u8', pad: 'u8', port: 'be16', slot: 'u32', addr: { bytes: 16 } });
+
+export const STAT_FIELDS = [
+  'redirected',
+  'bypass_cgroup',
+  'bypass_owner',
+  'bypass_port',
+  'bypass_cidr',
+  'bypass_loopback',
+  'bypass_family',
+  'bypass_proxy',
+  'err_storage',
+  'err_orig',
+  'established',
+  'origdst_served',
+  'origdst_unknown',
+] as const;
+export type StatName = (typeof STAT_FIELDS)[number];
+export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
+
+export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: 120 } });
+
+export { u8, u32, u64 };
+
+/** Every map of meshredir.bpf.o with its codecs: the single source of truth for user space. */
+export const MAPS = {
+  mr_cgroups: { key: u64, value: cgEntry },
+  mr_policies: { key: u32, value: policyValue },
+  mr_owners: { key: ownerKey, value: u8 },
+  mr_ports: { key: portKey, value: u8 },
+  mr_cidrs: { key: cidrKey, value: u8 },
+  mr_orig: { key: tupleKey, value: origValue },
+  mr_stats: { key: u32, value: statsValue },
+  mr_slots: { key: u32, value: slotMeta },
+} as const;
+export type MapName = keyof typeof MAPS;
+/** Maps whose whole content is desired state written by the agent (the rest the programs write). */
+export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
+export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
+
+export const PROGRAMS = {
+  mr_connect4: { attach: 'cgroup/connect4' },
+  mr_connect6: { attach: 'cgroup/connect6' },
+  mr_sockops: { attach: 'sockops' },
+  mr_getsockopt: { attach: 'cgroup/getsockopt' },
+  mr_getpeername4: { attach: 'cgroup/getpeername4' },
+  mr_getpeername6: { attach: 'cgroup/getpeername6' },
+} as const;
+export type ProgramName = keyof typeof PROGRAMS;

@@ -1,0 +1,112 @@
+// link.ts — a bpf_link as a first-class object: attach to a cgroup, pin, reopen from a pin,
+// swap its program atomically, detach.
+import { openSync, closeSync } from 'node:fs';
+import { lib, isNull, errno, type Ptr } from '../sys/libbpf.js';
+import { BpfError } from './errors.js';
+import type { Program } from './object.js';
+
+export interface LinkInfo {
+  id: number;
+  type: number;
+  progId: number;
+  /** For cgroup links. */
+  cgroupId?: bigint;
+  attachType?: number;
+}
+
+const BPF_LINK_TYPE_CGROUP = 3;
+
+export function linkInfoByFd(fd: number, what: string): LinkInfo {
+  const buf = Buffer.alloc(64);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(buf.length);
+  const r: number = lib.bpf_obj_get_info_by_fd(fd, buf, len);
+  if (r < 0) throw new BpfError(what, 'bpf_obj_get_info_by_fd', r);
+  const type = buf.readUInt32LE(0);
+  const info: LinkInfo = { type, id: buf.readUInt32LE(4), progId: buf.readUInt32LE(8) };
+  if (type === BPF_LINK_TYPE_CGROUP) {
+    info.cgroupId = buf.readBigUInt64LE(16);
+    info.attachType = buf.readUInt32LE(24);
+  }
+  return info;
+}
+
+export class Link {
+  private ptr: Ptr | null;
+  private constructor(
+    ptr: Ptr,
+    /** For messages: what the link attaches. */
+    readonly label: string,
+  ) {
+    this.ptr = ptr;
+  }
+
+  private get handle(): Ptr {
+    if (!this.ptr) throw new Error(`link ${this.label}: already closed`);
+    return this.ptr;
+  }
+
+  get fd(): number {
+    return lib.bpf_link__fd(this.handle);
+  }
+
+  /** Attaches a program to a cgroup (by path) through a bpf_link. */
+  static attachCgroup(prog: Program, cgroupPath: string): Link {
+    const what = `attach ${prog.name} to ${cgroupPath}`;
+    let cgfd: number;
+    try {
+      cgfd = openSync(cgroupPath, 'r');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).errno ?? -2;
+      throw new BpfError(what, 'open', code);
+    }
+    try {
+      const p: Ptr = lib.bpf_program__attach_cgroup(prog.ptr, cgfd);
+      if (isNull(p)) throw new BpfError(what, 'bpf_program__attach_cgroup', errno());
+      return new Link(p, `${prog.name}@${cgroupPath}`);
+    } finally {
+      closeSync(cgfd);
+    }
+  }
+
+  /** Reopens a pinned link (how a restarted agent re-adopts its attachments). */
+  static open(pinPath: string): Link {
+    const p: Ptr = lib.bpf_link__open(pinPath);
+    if (isNull(p)) throw new BpfError(`open pinned link ${pinPath}`, 'bpf_link__open', errno());
+    return new Link(p, pinPath);
+  }
+
+  info(): LinkInfo {
+    return linkInfoByFd(this.fd, `link ${this.label}: info`);
+  }
+
+  pin(path: string): void {
+    const r: number = lib.bpf_link__pin(this.handle, path);
+    if (r < 0) throw new BpfError(`pin link ${this.label} at ${path}`, 'bpf_link__pin', r);
+  }
+
+  unpin(): void {
+    const r: number = lib.bpf_link__unpin(this.handle);
+    if (r < 0) throw new BpfError(`unpin link ${this.label}`, 'bpf_link__unpin', r);
+  }
+
+  /** Replaces the program atomically: no moment without a program attached. */
+  update(prog: Program): void {
+    const r: number = lib.bpf_link__update_program(this.handle, prog.ptr);
+    if (r < 0) throw new BpfError(`update link ${this.label} to ${prog.name}`, 'bpf_link__update_program', r);
+  }
+
+  /** Detaches the program from its hook; the link object stays valid (defunct) until closed. */
+  detach(): void {
+    const r: number = lib.bpf_link__detach(this.handle);
+    if (r < 0) throw new BpfError(`detach link ${this.label}`, 'bpf_link__detach', r);
+  }
+
+  /** Releases this process's handle. A pinned link stays attached. Safe to call twice. */
+  close(): void {
+    if (!this.ptr) return;
+    lib.bpf_link__disconnect(this.ptr);
+    lib.bpf_link__destroy(this.ptr);
+    this.ptr = null;
+  }
+}

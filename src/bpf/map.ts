@@ -1,0 +1,218 @@
+// map.ts — a BPF map by file descriptor, typed by codecs: get/set/delete/entries/setMany,
+// pin and reopen; per-CPU maps return one value per possible CPU.
+import { readFileSync } from 'node:fs';
+import { lib, c, NULL } from '../sys/libbpf.js';
+import { BpfError } from './errors.js';
+import type { Codec } from './codec.js';
+
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+
+const ENOENT = 2;
+const INFO_SIZE = 88;
+
+export interface MapInfo {
+  type: number;
+  id: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  name: string;
+}
+
+export function mapInfo(fd: number, what: string): MapInfo {
+  const buf = Buffer.alloc(INFO_SIZE);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(INFO_SIZE);
+  const r: number = lib.bpf_obj_get_info_by_fd(fd, buf, len);
+  if (r < 0) throw new BpfError(what, 'bpf_obj_get_info_by_fd', r);
+  return {
+    type: buf.readUInt32LE(0),
+    id: buf.readUInt32LE(4),
+    keySize: buf.readUInt32LE(8),
+    valueSize: buf.readUInt32LE(12),
+    maxEntries: buf.readUInt32LE(16),
+    flags: buf.readUInt32LE(20),
+    name: buf.toString('latin1', 24, 40).replace(/\0.*$/s, ''),
+  };
+}
+
+let possibleCpus: number | undefined;
+export function nPossibleCpus(): number {
+  if (possibleCpus === undefined) {
+    const text = readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
+    possibleCpus = 0;
+    for (const part of text.split(',')) {
+      const [a, b] = part.split('-').map(Number);
+      possibleCpus += b === undefined ? 1 : b - (a ?? 0) + 1;
+    }
+  }
+  return possibleCpus;
+}
+
+/** Map types whose kernel implementation has BPF_MAP_UPDATE_BATCH. */
+const BATCH_TYPES = new Set([1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */]);
+
+export class BpfMap<K, V> {
+  private closed = false;
+  private readonly keyBuf: Buffer;
+  private readonly valBuf: Buffer;
+  readonly info: MapInfo;
+  constructor(
+    readonly name: string,
+    readonly fd: number,
+    readonly key: Codec<K>,
+    readonly value: Codec<V>,
+    /** Whether close() closes fd (an fd from an object belongs to the object). */
+    private readonly ownsFd: boolean,
+  ) {
+    this.info = mapInfo(fd, `map ${name}`);
+    if (this.info.keySize !== key.size || this.info.valueSize !== value.size) {
+      if (ownsFd) c.close(fd);
+      throw new Error(`map ${name}: kernel sizes key ${this.info.keySize}/value ${this.info.valueSize}, codec ${key.size}/${value.size}`);
+    }
+    this.keyBuf = Buffer.alloc(key.size);
+    this.valBuf = Buffer.alloc(this.rawValueSize);
+  }
+
+  get perCpu(): boolean {
+    return this.info.type === 5 || this.info.type === 6 || this.info.type === 10;
+  }
+  private get rawValueSize(): number {
+    return this.perCpu ? Math.ceil(this.value.size / 8) * 8 * nPossibleCpus() : this.value.size;
+  }
+
+  /** Opens a pinned map. */
+  static open<K, V>(path: string, name: string, key: Codec<K>, value: Codec<V>): BpfMap<K, V> {
+    const fd: number = lib.bpf_obj_get(path);
+    if (fd < 0) throw new BpfError(`open pinned map ${path}`, 'bpf_obj_get', fd);
+    return new BpfMap(name, fd, key, value, true);
+  }
+
+  get(k: K): V | undefined {
+    const r: number = lib.bpf_map_lookup_elem(this.fd, this.key.encode(k, this.keyBuf), this.valBuf);
+    if (r === -ENOENT) return undefined;
+    if (r < 0) throw new BpfError(`look up in ${this.name}`, 'bpf_map_lookup_elem', r);
+    return this.value.decode(this.valBuf);
+  }
+
+  /** Per-CPU maps: the value of every possible CPU. */
+  getPerCpu(k: K): V[] | undefined {
+    const r: number = lib.bpf_map_lookup_elem(this.fd, this.key.encode(k, this.keyBuf), this.valBuf);
+    if (r === -ENOENT) return undefined;
+    if (r < 0) throw new BpfError(`look up in ${this.name}`, 'bpf_map_lookup_elem', r);
+    const stride = Math.ceil(this.value.size / 8) * 8;
+    return Array.from({ length: nPossibleCpus() }, (_, i) => this.value.decode(this.valBuf, i * stride));
+  }
+
+  set(k: K, v: V, flags = BPF_ANY): void {
+    const val = this.perCpu ? Buffer.alloc(this.rawValueSize) : Buffer.alloc(this.value.size);
+    if (this.perCpu) {
+      const stride = Math.ceil(this.value.size / 8) * 8;
+      for (let i = 0; i < nPossibleCpus(); i++) this.value.encode(v, val, i * stride);
+    } else this.value.encode(v, val);
+    const r: number = lib.bpf_map_update_elem(this.fd, this.key.encode(k, Buffer.alloc(this.key.size)), val, flags);
+    if (r < 0) throw new BpfError(`update ${this.name}`, 'bpf_map_update_elem', r);
+  }
+
+  delete(k: K): boolean {
+    const r: number = lib.bpf_map_delete_elem(this.fd, this.key.encode(k, this.keyBuf));
+    if (r === -ENOENT) return false;
+    if (r < 0) throw new BpfError(`delete from ${this.name}`, 'bpf_map_delete_elem', r);
+    return true;
+  }
+
+  /** Every key (raw), collected first so deleting while iterating is safe. */
+  rawKeys(): Buffer[] {
+    const keys: Buffer[] = [];
+    let prev: Buffer | null = null;
+    for (;;) {
+      const next = Buffer.alloc(this.key.size);
+      const r: number = lib.bpf_map_get_next_key(this.fd, prev ?? NULL, next);
+      if (r === -ENOENT) return keys;
+      if (r < 0) throw new BpfError(`iterate ${this.name}`, 'bpf_map_get_next_key', r);
+      keys.push(next);
+      prev = next;
+      if (keys.length > 50_000_000) throw new Error(`iterate ${this.name}: does not end`);
+    }
+  }
+
+  keys(): K[] {
+    return this.rawKeys().map((k) => this.key.decode(k));
+  }
+
+  /** Every entry; for an array map every index is an entry. */
+  entries(): [K, V][] {
+    const out: [K, V][] = [];
+    for (const raw of this.rawKeys()) {
+      const r: number = lib.bpf_map_lookup_elem(this.fd, raw, this.valBuf);
+      if (r === -ENOENT) continue; // deleted meanwhile
+      if (r < 0) throw new BpfError(`look up in ${this.name}`, 'bpf_map_lookup_elem', r);
+      out.push([this.key.decode(raw), this.value.decode(this.valBuf)]);
+    }
+    return out;
+  }
+
+  /** Writes many entries: one BPF_MAP_UPDATE_BATCH where the map type has it, else one by one. */
+  setMany(entries: Iterable<[K, V]>): number {
+    const list = [...entries];
+    if (list.length === 0) return 0;
+    if (!BATCH_TYPES.has(this.info.type) || this.perCpu) {
+      for (const [k, v] of list) this.set(k, v);
+      return list.length;
+    }
+    const chunk = 8192;
+    for (let i = 0; i < list.length; i += chunk) {
+      const part = list.slice(i, i + chunk);
+      const keys = Buffer.alloc(this.key.size * part.length);
+      const vals = Buffer.alloc(this.value.size * part.length);
+      part.forEach(([k, v], j) => {
+        this.key.encode(k, keys, j * this.key.size);
+        this.value.encode(v, vals, j * this.value.size);
+      });
+      const count = Buffer.alloc(4);
+      count.writeUInt32LE(part.length);
+      const r: number = lib.bpf_map_update_batch(this.fd, keys, vals, count, NULL);
+      if (r < 0) throw new BpfError(`batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`, 'bpf_map_update_batch', r);
+    }
+    return list.length;
+  }
+
+  /** Every entry as raw bytes (for diffing desired state against the kernel's). */
+  rawEntries(): [Buffer, Buffer][] {
+    const out: [Buffer, Buffer][] = [];
+    for (const raw of this.rawKeys()) {
+      const val = Buffer.alloc(this.rawValueSize);
+      const r: number = lib.bpf_map_lookup_elem(this.fd, raw, val);
+      if (r === -ENOENT) continue;
+      if (r < 0) throw new BpfError(`look up in ${this.name}`, 'bpf_map_lookup_elem', r);
+      out.push([raw, val]);
+    }
+    return out;
+  }
+
+  setRaw(k: Buffer, v: Buffer): void {
+    const r: number = lib.bpf_map_update_elem(this.fd, k, v, BPF_ANY);
+    if (r < 0) throw new BpfError(`update ${this.name}`, 'bpf_map_update_elem', r);
+  }
+
+  deleteRaw(k: Buffer): boolean {
+    const r: number = lib.bpf_map_delete_elem(this.fd, k);
+    if (r === -ENOENT) return false;
+    if (r < 0) throw new BpfError(`delete from ${this.name}`, 'bpf_map_delete_elem', r);
+    return true;
+  }
+
+  pin(path: string): void {
+    const r: number = lib.bpf_obj_pin(this.fd, path);
+    if (r < 0) throw new BpfError(`pin map ${this.name} at ${path}`, 'bpf_obj_pin', r);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ownsFd) c.close(this.fd);
+  }
+}

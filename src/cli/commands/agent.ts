@@ -1,0 +1,67 @@
+// agent.ts — `meshredir agent`: run the node agent until SIGINT/SIGTERM.
+import { Command, Option } from 'commander';
+import { z } from 'zod';
+import { Agent } from '../../agent/agent.js';
+import { makeLogger } from '../../agent/log.js';
+import { DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
+import { probe } from '../../probe/probe.js';
+import { resolveCgroupArg, requireCgroup2 } from '../../util/host.js';
+import { DEFAULT_OBJECT } from '../paths.js';
+import { UserError } from '../output.js';
+
+const flags = z.object({
+  policies: z.string().min(1),
+  cgroupRoot: z.string().optional(),
+  bpffs: z.string().regex(/^\//, 'must be an absolute path'),
+  mode: z.enum(['auto', 'ebpf', 'iptables']),
+  interval: z.coerce.number().positive('must be a positive number of seconds'),
+  cleanupOnExit: z.boolean().default(false),
+  maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
+  object: z.string(),
+});
+
+export const agentCommand = new Command('agent')
+  .description('run the node agent: apply the policies in DIR and keep them applied until SIGINT/SIGTERM')
+  .requiredOption('--policies <dir>', 'directory of policy files (*.yaml)')
+  .option('--cgroup-root <path>', 'cgroup where the programs attach (default: the cgroup2 root)')
+  .option('--bpffs <dir>', 'bpffs directory for pins', DEFAULT_BPFFS)
+  .addOption(new Option('--mode <mode>', 'redirection mode').choices(['auto', 'ebpf', 'iptables']).default('auto'))
+  .option('--interval <seconds>', 'periodic reconcile interval', '30')
+  .option('--cleanup-on-exit', 'remove everything on SIGTERM/SIGINT (default: leave redirection in place)')
+  .option('--max-connections <n>', 'capacity of the original-destination table')
+  .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
+  .action(async (raw: Record<string, unknown>) => {
+    const r = flags.safeParse(raw);
+    if (!r.success) throw new UserError(r.error.issues.map((i) => `--${String(i.path[0]).replace(/[A-Z]/g, (m) => `-${m.toLowerCase()}`)}: ${i.message}`).join('\n'), 2);
+    const o = r.data;
+    const log = makeLogger();
+    let mode = o.mode;
+    if (mode === 'auto') {
+      const p = probe();
+      log.info({ event: 'mode', mode: p.mode, reason: p.reason }, `mode auto chose ${p.mode}: ${p.reason}`);
+      if (p.mode === 'none') throw new UserError(`no redirection mode works here: ${p.reason}`);
+      mode = p.mode;
+    }
+    if (mode === 'iptables') throw new UserError('iptables mode: not implemented in this version (see the iptables-mode issue)');
+    const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
+    const agent = new Agent(
+      {
+        policies: o.policies,
+        cgroupRoot,
+        bpffs: o.bpffs,
+        object: o.object,
+        interval: o.interval,
+        cleanupOnExit: o.cleanupOnExit,
+        ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+      },
+      log,
+    );
+    await agent.start();
+    log.info({ event: 'ready', cgroupRoot, bpffs: o.bpffs, policies: o.policies }, 'redirect-ready');
+    await new Promise<void>((resolve) => {
+      const done = () => resolve();
+      process.once('SIGINT', done);
+      process.once('SIGTERM', done);
+    });
+    await agent.stop();
+  });

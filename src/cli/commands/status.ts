@@ -1,0 +1,73 @@
+// status.ts — `meshredir status`: the state from the pins, whether or not the agent runs.
+import { Command } from 'commander';
+import { EbpfMode, DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
+import { STAT_FIELDS } from '../../bpf/abi.js';
+import { printJson, table } from '../output.js';
+import { DEFAULT_OBJECT } from '../paths.js';
+import { cgroupPathById } from '../../util/cgroups.js';
+
+export function readStatus(bpffs: string) {
+  const mode = new EbpfMode({ bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
+  if (!mode.installed()) return { installed: false as const, bpffs };
+  const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
+  const stats = mode.stats();
+  const slots = mode.currentSlots();
+  const cgroups = mode.openMap('mr_cgroups');
+  let cgEntries: [bigint, { kind: number; slot: number }][];
+  try {
+    cgEntries = cgroups.entries() as [bigint, { kind: number; slot: number }][];
+  } finally {
+    cgroups.close();
+  }
+  const policies = [...slots.entries()].map(([name, slot]) => {
+    const own = cgEntries.filter(([, v]) => v.slot === slot);
+    const cg = own.find(([, v]) => v.kind === 1);
+    return {
+      name,
+      slot,
+      cgroup: cg ? cgroupPathById(cg[0]) : null,
+      resolved: Boolean(cg),
+      bypassCgroups: own.filter(([, v]) => v.kind === 2).map(([id]) => cgroupPathById(id)),
+      counters: Object.fromEntries(STAT_FIELDS.map((f) => [f, Number(stats.get(slot)?.[f] ?? 0n)])),
+    };
+  });
+  const global = stats.get(0);
+  return {
+    installed: true as const,
+    mode: 'ebpf' as const,
+    bpffs,
+    attachPoint: links.find((l) => l.cgroup)?.cgroup ?? null,
+    links,
+    policies,
+    maps: mode.fill(),
+    unknownOrigDst: Number(global?.origdst_unknown ?? 0n),
+    unsupported: [] as string[],
+  };
+}
+
+export const statusCommand = new Command('status')
+  .description('show what is loaded, attached and applied (read from the pins; works without the agent)')
+  .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
+  .option('--json', 'print one JSON object')
+  .action((opts: { bpffs: string; json?: boolean }) => {
+    const s = readStatus(opts.bpffs);
+    if (opts.json) return printJson(s);
+    if (!s.installed) {
+      console.log(`meshredir is not installed here (no pins under ${opts.bpffs})`);
+      process.exitCode = 3;
+      return;
+    }
+    console.log(`mode ebpf · attached at ${s.attachPoint ?? '(nowhere)'} · pins ${s.bpffs}`);
+    console.log(table(['program', 'link', 'prog', 'attached at'], s.links.map((l) => [l.name, l.id ?? '-', l.progId ?? '-', l.attached ? (l.cgroup ?? `cgroup ${l.cgroupId}`) : `DETACHED ${l.error ?? ''}`])));
+    console.log(
+      table(
+        ['policy', 'cgroup', 'redirected', 'established', 'origdst served', 'bypassed', 'errors'],
+        s.policies.map((p) => {
+          const c = p.counters;
+          const bypassed = Object.entries(c).filter(([k]) => k.startsWith('bypass_')).reduce((a, [, v]) => a + v, 0);
+          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, (c.err_storage ?? 0) + (c.err_orig ?? 0)];
+        }),
+      ),
+    );
+    console.log(table(['map', 'entries', 'capacity'], s.maps.map((m) => [m.map, m.entries, m.max])));
+  });

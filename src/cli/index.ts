@@ -1,0 +1,20 @@
+// index.ts — builds the one commander program from the command files.
+import { Command } from 'commander';
+import { probeCommand } from './commands/probe.js';
+import { agentCommand } from './commands/agent.js';
+import { cleanupCommand } from './commands/cleanup.js';
+import { policyCommand } from './commands/policy.js';
+import { statusCommand } from './commands/status.js';
+
+export function buildProgram(): Command {
+  return new Command('meshredir')
+    .description('transparent traffic redirection for service-mesh proxies: eBPF first, iptables when the kernel cannot')
+    .version('0.1.0')
+    .option('--debug', 'print the cause chain and libbpf log of errors')
+    .showHelpAfterError()
+    .addCommand(probeCommand)
+    .addCommand(agentCommand)
+    .addCommand(statusCommand)
+    .addCommand(policyCommand)
+    .addCommand(cleanupCommand);
+}

@@ -1,0 +1,324 @@
+// ebpf.ts — the eBPF mode: loads (or re-adopts) meshredir.bpf.o with its maps and links pinned
+// under the bpffs directory, writes policy maps by difference, reports status, cleans up.
+import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, chmodSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { BpfObject } from '../../bpf/object.js';
+import { BpfMap, mapInfo } from '../../bpf/map.js';
+import { Link } from '../../bpf/link.js';
+import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
+import { lib, c } from '../../sys/libbpf.js';
+import { BpfError } from '../../bpf/errors.js';
+import { MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import type { Codec } from '../../bpf/codec.js';
+import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
+import { assignSlots, toEntries, type MapEntries, type Resolution } from '../../policy/entries.js';
+import type { Policy } from '../../policy/schema.js';
+
+export const DEFAULT_BPFFS = '/sys/fs/bpf/meshredir';
+/** Pinned maps besides those with codecs: the socket storage has no user-space view. */
+const ALL_MAPS = [...(Object.keys(MAPS) as MapName[]), 'mr_sk'] as const;
+
+export interface EbpfConfig {
+  bpffs: string;
+  /** cgroup directory (absolute) where the programs attach. */
+  cgroupRoot: string;
+  /** meshredir.bpf.o */
+  object: string;
+  /** Capacity of the original-destination table (mr_orig); default from the object. */
+  maxConnections?: number;
+}
+
+export interface LoadReport {
+  adoptedMaps: string[];
+  createdMaps: string[];
+  adoptedLinks: string[];
+  attachedLinks: string[];
+  updatedLinks: string[];
+}
+
+export interface ApplyReport {
+  writes: number;
+  deletes: number;
+  policies: { name: string; slot: number; cgroup: string; resolved: boolean; unresolvedBypass: string[] }[];
+}
+
+const TYPE_NAMES: Record<number, string> = { 1: 'hash', 2: 'array', 6: 'percpu_array', 9: 'lru_hash', 11: 'lpm_trie', 24: 'sk_storage' };
+
+function mkdirPrivate(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+}
+
+export class EbpfMode {
+  readonly mapsDir: string;
+  readonly linksDir: string;
+  constructor(readonly cfg: EbpfConfig) {
+    this.mapsDir = join(cfg.bpffs, 'maps');
+    this.linksDir = join(cfg.bpffs, 'links');
+  }
+
+  /** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
+  ensureLoaded(): LoadReport {
+    const rep: LoadReport = { adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [] };
+    ensureBpffs(this.cfg.bpffs);
+    mkdirPrivate(this.cfg.bpffs);
+    mkdirPrivate(this.mapsDir);
+    mkdirPrivate(this.linksDir);
+    const rootId = cgroupId(this.cfg.cgroupRoot);
+    if (rootId === null) throw new Error(`cgroup root ${this.cfg.cgroupRoot} does not exist`);
+
+    const obj = BpfObject.open(this.cfg.object);
+    const reusedFds: number[] = [];
+    try {
+      const drift = obj.checkCodecs(STRUCT_CODECS);
+      if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
+      if (this.cfg.maxConnections) obj.setMaxEntries('mr_orig', this.cfg.maxConnections);
+
+      for (const name of ALL_MAPS) {
+        const pin = join(this.mapsDir, name);
+        if (!existsSync(pin)) continue;
+        const fd: number = lib.bpf_obj_get(pin);
+        if (fd < 0) throw new BpfError(`open pinned map ${pin}`, 'bpf_obj_get', fd);
+        reusedFds.push(fd);
+        const have = mapInfo(fd, pin);
+        const want = obj.mapSpec(name);
+        const diff = (['type', 'keySize', 'valueSize', 'maxEntries'] as const).filter((k) => have[k] !== want[k] && !(k === 'maxEntries' && name === 'mr_sk'));
+        if (diff.length) {
+          const say = (v: typeof have | typeof want) => diff.map((k) => `${k} ${k === 'type' ? (TYPE_NAMES[v[k]] ?? v[k]) : v[k]}`).join(', ');
+          throw new Error(
+            `pinned map ${pin} has another layout than ${this.cfg.object} (pinned: ${say(have)}; object: ${say(want)}). ` +
+              `Its contents cannot be read with the new layout: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
+          );
+        }
+        obj.reuseMapFd(name, fd);
+        rep.adoptedMaps.push(name);
+      }
+      obj.load();
+      for (const name of ALL_MAPS) {
+        if (rep.adoptedMaps.includes(name)) continue;
+        obj.pinMap(name, join(this.mapsDir, name));
+        chmodSync(join(this.mapsDir, name), 0o600);
+        rep.createdMaps.push(name);
+      }
+
+      for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
+        const prog = obj.program(name);
+        const pin = join(this.linksDir, name);
+        if (existsSync(pin)) {
+          const link = Link.open(pin);
+          try {
+            const info = link.info();
+            if (info.cgroupId === rootId) {
+              const cur = progInfoById(info.progId);
+              const next = progInfoByFd(prog.fd, name);
+              if (!cur || cur.tag !== next.tag) {
+                link.update(prog);
+                rep.updatedLinks.push(name);
+              } else rep.adoptedLinks.push(name);
+              continue;
+            }
+            if (info.cgroupId && info.cgroupId !== 0n) {
+              throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
+            }
+            link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
+          } finally {
+            link.close();
+          }
+        }
+        const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
+        try {
+          link.pin(pin);
+          chmodSync(pin, 0o600);
+        } finally {
+          link.close();
+        }
+        rep.attachedLinks.push(name);
+      }
+      return rep;
+    } finally {
+      obj.close();
+      for (const fd of reusedFds) c.close(fd);
+    }
+  }
+
+  openMap<N extends MapName>(name: N): BpfMap<unknown, unknown> {
+    const m = MAPS[name] as { key: Codec<unknown>; value: Codec<unknown> };
+    return BpfMap.open(join(this.mapsDir, name), name, m.key, m.value);
+  }
+
+  private withMaps<T>(names: readonly MapName[], fn: (maps: Map<MapName, BpfMap<unknown, unknown>>) => T): T {
+    const maps = new Map<MapName, BpfMap<unknown, unknown>>();
+    try {
+      for (const n of names) maps.set(n, this.openMap(n));
+      return fn(maps);
+    } finally {
+      for (const m of maps.values()) m.close();
+    }
+  }
+
+  /** Slot assignment kept in mr_slots. */
+  currentSlots(): Map<string, number> {
+    return this.withMaps(['mr_slots'], (maps) => {
+      const out = new Map<string, number>();
+      for (const [slot, meta] of maps.get('mr_slots')!.entries() as [number, { name: Buffer }][]) {
+        out.set(meta.name.toString('utf8').replace(/\0.*$/s, ''), slot);
+      }
+      return out;
+    });
+  }
+
+  resolve(policies: Policy[]): Map<string, Resolution> {
+    const mount = requireCgroup2();
+    return new Map(policies.map((p) => [p.name, { cgroup: cgroupId(cgroupDir(p.cgroup, mount)), bypass: p.bypass.cgroups.map((b) => cgroupId(cgroupDir(b, mount))) }]));
+  }
+
+  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution> } {
+    const slots = assignSlots(
+      policies.map((p) => p.name),
+      this.currentSlots(),
+    );
+    const res = this.resolve(policies);
+    return { entries: toEntries(policies, slots, res), slots, res };
+  }
+
+  /** Makes the policy maps hold exactly `policies`; writes only what differs. */
+  applyPolicies(policies: Policy[]): ApplyReport {
+    const { entries, slots, res } = this.desired(policies);
+    let writes = 0;
+    let deletes = 0;
+    this.withMaps(POLICY_MAPS, (maps) => {
+      // Order matters for a consistent view: policy details before the cgroup entries that point at
+      // them when adding; cgroup entries before details when removing (done below by map order).
+      const order: MapName[] = ['mr_slots', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_cgroups'];
+      const stale: [BpfMap<unknown, unknown>, Buffer, boolean][] = [];
+      for (const name of order) {
+        const map = maps.get(name)!;
+        const want = new Map<string, [Buffer, Buffer]>();
+        for (const [k, v] of entries[name as keyof MapEntries] as [unknown, unknown][]) {
+          const kb = map.key.encode(k);
+          want.set(kb.toString('hex'), [kb, map.value.encode(v)]);
+        }
+        const isArray = map.info.type === 2;
+        const have = new Map(map.rawEntries().map(([k, v]) => [k.toString('hex'), v]));
+        for (const [hex, [kb, vb]] of want) {
+          const cur = have.get(hex);
+          if (cur && cur.equals(vb)) continue;
+          map.setRaw(kb, vb);
+          writes++;
+        }
+        for (const [hex, v] of have) {
+          if (want.has(hex)) continue;
+          if (isArray && v.every((b) => b === 0)) continue;
+          stale.push([map, Buffer.from(hex, 'hex'), isArray]);
+        }
+      }
+      // Removals: the cgroup entries first (last in `order`), so no lookup sees a half-removed policy.
+      for (const [map, kb, isArray] of stale.reverse()) {
+        if (isArray) map.setRaw(kb, Buffer.alloc(map.value.size));
+        else map.deleteRaw(kb);
+        deletes++;
+      }
+    });
+    return {
+      writes,
+      deletes,
+      policies: policies.map((p) => {
+        const r = res.get(p.name)!;
+        return {
+          name: p.name,
+          slot: slots.get(p.name)!,
+          cgroup: p.cgroup,
+          resolved: r.cgroup !== null,
+          unresolvedBypass: p.bypass.cgroups.filter((_, i) => r.bypass[i] === null),
+        };
+      }),
+    };
+  }
+
+  /** Whether meshredir's pins exist under the bpffs directory. */
+  installed(): boolean {
+    return existsSync(this.linksDir) || existsSync(this.mapsDir);
+  }
+
+  /** Per-slot counters summed over CPUs. */
+  stats(): Map<number, Record<StatName, bigint>> {
+    return this.withMaps(['mr_stats', 'mr_slots'], (maps) => {
+      const out = new Map<number, Record<StatName, bigint>>();
+      const slots = [0, ...(maps.get('mr_slots')!.keys() as number[])];
+      for (const slot of slots) {
+        const per = maps.get('mr_stats')!.getPerCpu(slot) as Record<StatName, bigint>[] | undefined;
+        const sum = Object.fromEntries(STAT_FIELDS.map((f) => [f, 0n])) as Record<StatName, bigint>;
+        for (const cpu of per ?? []) for (const f of STAT_FIELDS) sum[f] += cpu[f];
+        out.set(slot, sum);
+      }
+      return out;
+    });
+  }
+
+  /** Entry counts of the maps, for fill levels. */
+  fill(): { map: string; entries: number; max: number }[] {
+    return this.withMaps(Object.keys(MAPS) as MapName[], (maps) =>
+      [...maps.values()].filter((m) => m.info.type !== 2 && m.info.type !== 6).map((m) => ({ map: m.name, entries: m.rawKeys().length, max: m.info.maxEntries })),
+    );
+  }
+
+  links(): { name: string; pin: string; id?: number; progId?: number; progTag?: string; cgroupId?: string; attached: boolean; error?: string }[] {
+    if (!existsSync(this.linksDir)) return [];
+    return readdirSync(this.linksDir)
+      .sort()
+      .map((name) => {
+        const pin = join(this.linksDir, name);
+        try {
+          const l = Link.open(pin);
+          try {
+            const i = l.info();
+            const tag = progInfoById(i.progId)?.tag;
+            return { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}), cgroupId: String(i.cgroupId ?? 0n), attached: (i.cgroupId ?? 0n) !== 0n };
+          } finally {
+            l.close();
+          }
+        } catch (e) {
+          return { name, pin, attached: false, error: (e as Error).message };
+        }
+      });
+  }
+
+  /** Detaches every pinned link, removes every pin and the directory. Idempotent. */
+  cleanup(): { detached: string[]; unpinned: string[] } {
+    const out = { detached: [] as string[], unpinned: [] as string[] };
+    if (existsSync(this.linksDir)) {
+      for (const name of readdirSync(this.linksDir)) {
+        const pin = join(this.linksDir, name);
+        try {
+          const l = Link.open(pin);
+          try {
+            l.detach();
+            out.detached.push(name);
+          } finally {
+            l.close();
+          }
+        } catch (e) {
+          // A pin that is not a link (or already defunct) is still ours to remove.
+          if (!(e instanceof BpfError)) throw e;
+        }
+        rmSync(pin, { force: true });
+        out.unpinned.push(pin);
+      }
+    }
+    if (existsSync(this.mapsDir)) {
+      for (const name of readdirSync(this.mapsDir)) {
+        rmSync(join(this.mapsDir, name), { force: true });
+        out.unpinned.push(join(this.mapsDir, name));
+      }
+    }
+    for (const d of [this.linksDir, this.mapsDir, this.cfg.bpffs]) {
+      try {
+        if (existsSync(d) && statSync(d).isDirectory()) rmdirSync(d);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw e;
+        throw new Error(`${d} holds files meshredir did not make; left in place`);
+      }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,99 @@
+// entries.ts — a policy set as the eBPF maps' contents: pure, so it is unit-tested without root.
+import type { Policy } from './schema.js';
+import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES } from '../bpf/abi.js';
+
+/** How a policy's cgroups resolved on this host (ids are kernfs inode numbers). */
+export interface Resolution {
+  cgroup: bigint | null;
+  bypass: (bigint | null)[];
+}
+
+export interface MapEntries {
+  mr_cgroups: [bigint, { kind: number; slot: number }][];
+  mr_policies: [number, { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number }][];
+  mr_owners: [{ slot: number; kind: number; id: number }, number][];
+  mr_ports: [{ slot: number; port: number; pad: number }, number][];
+  mr_cidrs: [{ prefixlen: number; slot: number; family: number; addr: Buffer; pad: Buffer }, number][];
+  mr_slots: [number, { cgroup_id: bigint; name: Buffer }][];
+}
+
+/** Keeps slots stable: a policy keeps the slot it had (by name), new ones take the lowest free. */
+export function assignSlots(names: string[], previous: Map<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  const used = new Set<number>();
+  for (const n of names) {
+    const s = previous.get(n);
+    if (s !== undefined && !used.has(s)) {
+      out.set(n, s);
+      used.add(s);
+    }
+  }
+  let next = 1; // slot 0 holds the counters of events not tied to a policy
+  for (const n of names) {
+    if (out.has(n)) continue;
+    while (used.has(next)) next++;
+    if (next >= MAX_POLICIES) throw new Error(`more than ${MAX_POLICIES - 1} policies`);
+    out.set(n, next);
+    used.add(next);
+  }
+  return out;
+}
+
+export function policyFlags(p: Policy): number {
+  let f = 0;
+  if (p.proxy.outbound) f |= PolicyFlag.PROXY4;
+  if (p.proxy.outbound6) f |= PolicyFlag.PROXY6;
+  if (p.outbound.includePorts.length > 0) f |= PolicyFlag.INCLUDE_PORTS;
+  if (p.outbound.includeCidrs.length > 0) f |= PolicyFlag.INCLUDE_CIDRS;
+  if (p.outbound.redirectLoopback) f |= PolicyFlag.REDIRECT_LOOPBACK;
+  if (p.accelerate) f |= PolicyFlag.ACCELERATE;
+  return f;
+}
+
+/** Policies whose cgroup does not exist yet contribute nothing but their slot metadata. */
+export function toEntries(policies: Policy[], slots: Map<string, number>, res: Map<string, Resolution>): MapEntries {
+  const e: MapEntries = { mr_cgroups: [], mr_policies: [], mr_owners: [], mr_ports: [], mr_cidrs: [], mr_slots: [] };
+  for (const p of policies) {
+    const slot = slots.get(p.name);
+    if (slot === undefined) throw new Error(`policy ${p.name}: no slot`);
+    const r = res.get(p.name);
+    const name = Buffer.alloc(120);
+    name.write(p.name.slice(0, 119), 'utf8');
+    e.mr_slots.push([slot, { cgroup_id: r?.cgroup ?? 0n, name }]);
+    if (!r?.cgroup) continue;
+    e.mr_cgroups.push([r.cgroup, { kind: CgKind.POLICY, slot }]);
+    for (const b of r.bypass) if (b) e.mr_cgroups.push([b, { kind: CgKind.BYPASS, slot }]);
+    const o4 = p.proxy.outbound;
+    const o6 = p.proxy.outbound6;
+    e.mr_policies.push([
+      slot,
+      {
+        flags: policyFlags(p),
+        proxy4_addr: Buffer.from(o4?.bytes ?? [0, 0, 0, 0]),
+        proxy6_addr: Buffer.from(o6?.bytes ?? new Array<number>(16).fill(0)),
+        proxy4_port: o4?.port ?? 0,
+        proxy6_port: o6?.port ?? 0,
+      },
+    ]);
+    for (const uid of p.bypass.uids) e.mr_owners.push([{ slot, kind: OwnerKind.UID, id: uid }, 1]);
+    for (const gid of p.bypass.gids) e.mr_owners.push([{ slot, kind: OwnerKind.GID, id: gid }, 1]);
+    for (const port of p.outbound.includePorts) e.mr_ports.push([{ slot, port, pad: 0 }, Action.INCLUDE]);
+    for (const port of p.outbound.excludePorts) e.mr_ports.push([{ slot, port, pad: 0 }, Action.EXCLUDE]);
+    const cidr = (c: { family: 4 | 6; bytes: number[]; prefix: number }, action: number): MapEntries['mr_cidrs'][number] => {
+      const addr = Buffer.alloc(16);
+      Buffer.from(c.bytes).copy(addr);
+      return [{ prefixlen: 32 + 8 + c.prefix, slot, family: c.family === 4 ? AF_INET : AF_INET6, addr, pad: Buffer.alloc(3) }, action];
+    };
+    for (const c of p.outbound.includeCidrs) e.mr_cidrs.push(cidr(c, Action.INCLUDE));
+    for (const c of p.outbound.excludeCidrs) e.mr_cidrs.push(cidr(c, Action.EXCLUDE));
+  }
+  // A cgroup that is one policy's bypass and another's policy cgroup: the policy entry wins, so a
+  // workload cannot escape its policy by being listed as someone else's proxy.
+  const byId = new Map<bigint, { kind: number; slot: number }>();
+  for (const [id, v] of e.mr_cgroups) {
+    const cur = byId.get(id);
+    if (!cur || (cur.kind === CgKind.BYPASS && v.kind === CgKind.POLICY)) byId.set(id, v);
+  }
+  e.mr_cgroups = [...byId.entries()];
+  return e;
+}

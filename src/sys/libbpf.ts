@@ -1,0 +1,112 @@
+// libbpf.ts — the only file that touches the FFI: thin declarations of the libbpf (and libc)
+// functions meshredir calls, plus libbpf's log routed into a buffer errors can quote.
+import ffi from '@2060.io/ffi-napi';
+import ref from '@2060.io/ref-napi';
+
+export type Ptr = Buffer; // an opaque C pointer as ref-napi represents it
+
+const p = 'pointer';
+const libbpfDecl = {
+  libbpf_major_version: ['uint32', []],
+  libbpf_minor_version: ['uint32', []],
+  libbpf_set_print: [p, [p]],
+  bpf_object__open_file: [p, ['string', p]],
+  bpf_object__load: ['int', [p]],
+  bpf_object__close: ['void', [p]],
+  bpf_object__find_program_by_name: [p, [p, 'string']],
+  bpf_object__find_map_by_name: [p, [p, 'string']],
+  bpf_object__next_map: [p, [p, p]],
+  bpf_object__next_program: [p, [p, p]],
+  bpf_object__btf: [p, [p]],
+  bpf_program__fd: ['int', [p]],
+  bpf_program__name: ['string', [p]],
+  bpf_program__attach_cgroup: [p, [p, 'int']],
+  bpf_map__fd: ['int', [p]],
+  bpf_map__name: ['string', [p]],
+  bpf_map__type: ['int', [p]],
+  bpf_map__set_max_entries: ['int', [p, 'uint32']],
+  bpf_map__max_entries: ['uint32', [p]],
+  bpf_map__key_size: ['uint32', [p]],
+  bpf_map__value_size: ['uint32', [p]],
+  bpf_map__reuse_fd: ['int', [p, 'int']],
+  bpf_map__btf_key_type_id: ['uint32', [p]],
+  bpf_map__btf_value_type_id: ['uint32', [p]],
+  bpf_link__pin: ['int', [p, 'string']],
+  bpf_link__unpin: ['int', [p]],
+  bpf_link__fd: ['int', [p]],
+  bpf_link__open: [p, ['string']],
+  bpf_link__update_program: ['int', [p, p]],
+  bpf_link__detach: ['int', [p]],
+  bpf_link__destroy: ['int', [p]],
+  bpf_link__disconnect: ['void', [p]],
+  bpf_map_update_elem: ['int', ['int', p, p, 'uint64']],
+  bpf_map_lookup_elem: ['int', ['int', p, p]],
+  bpf_map_delete_elem: ['int', ['int', p]],
+  bpf_map_get_next_key: ['int', ['int', p, p]],
+  bpf_map_update_batch: ['int', ['int', p, p, p, p]],
+  bpf_obj_pin: ['int', ['int', 'string']],
+  bpf_obj_get: ['int', ['string']],
+  bpf_obj_get_info_by_fd: ['int', ['int', p, p]],
+  bpf_prog_get_fd_by_id: ['int', ['uint32']],
+  bpf_map_get_fd_by_id: ['int', ['uint32']],
+  bpf_link_get_fd_by_id: ['int', ['uint32']],
+  bpf_prog_get_next_id: ['int', ['uint32', p]],
+  bpf_link_get_next_id: ['int', ['uint32', p]],
+  bpf_prog_load: ['int', ['int', 'string', 'string', p, 'size_t', p]],
+  bpf_map_create: ['int', ['int', 'string', 'uint32', 'uint32', 'uint32', p]],
+  bpf_link_create: ['int', ['int', 'int', 'int', p]],
+  bpf_link_detach: ['int', ['int']],
+  bpf_prog_attach: ['int', ['int', 'int', 'int', 'uint32']],
+  bpf_prog_detach2: ['int', ['int', 'int', 'int']],
+  bpf_prog_query: ['int', ['int', 'int', 'uint32', p, p, p]],
+  btf__find_by_name_kind: ['int', [p, 'string', 'uint32']],
+  btf__type_by_id: [p, [p, 'uint32']],
+  btf__name_by_offset: ['string', [p, 'uint32']],
+} as const;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Native<D> = { [K in keyof D]: (...args: any[]) => any };
+const native = ffi.Library('libbpf.so.1', libbpfDecl as never) as unknown as Native<typeof libbpfDecl>;
+
+const libcDecl = {
+  vsnprintf: ['int', [p, 'size_t', p, p]],
+  close: ['int', ['int']],
+  open: ['int', ['string', 'int']],
+} as const;
+const libc = ffi.Library(null as unknown as string, libcDecl as never) as unknown as Native<typeof libcDecl>;
+
+export const NULL: Ptr = ref.NULL;
+export const isNull = (x: Ptr): boolean => ref.isNull(x);
+export const errno = (): number => ffi.errno();
+
+/** Reads `size` bytes that a C pointer points at (BTF records). */
+export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {
+  return ref.reinterpret(ptr as never, size + offset, 0).subarray(offset, offset + size);
+}
+
+// libbpf's log (verifier output included) is kept so a failing operation can quote it.
+const logLines: string[] = [];
+const LOG_KEEP = 400;
+const printBuf = Buffer.alloc(16384);
+const printer = ffi.Callback('int', ['int', p, p], (_level: number, fmt: Ptr, args: Ptr) => {
+  const n = libc.vsnprintf(printBuf, printBuf.length, fmt, args);
+  const text = printBuf.toString('utf8', 0, Math.max(0, Math.min(n, printBuf.length - 1)));
+  for (const line of text.split('\n')) if (line) logLines.push(line);
+  if (logLines.length > LOG_KEEP) logLines.splice(0, logLines.length - LOG_KEEP);
+  return 0;
+});
+native.libbpf_set_print(printer);
+process.on('exit', () => void printer); // keeps the callback alive for the life of the process
+
+/** Marks the log so that `logSince(mark)` returns only what libbpf said after it. */
+export function logMark(): number {
+  logLines.push('\u0000mark');
+  return logLines.length;
+}
+export function logSince(mark: number): string[] {
+  const at = logLines.lastIndexOf('\u0000mark', Math.max(0, mark - 1));
+  return logLines.slice(at + 1).filter((l) => l !== '\u0000mark');
+}
+
+export const lib = native;
+export const c = libc;
+export const version = `${native.libbpf_major_version()}.${native.libbpf_minor_version()}`;

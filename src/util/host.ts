@@ -1,0 +1,72 @@
+// host.ts — where things are on this host: the cgroup2 and bpffs mounts (from /proc/mounts,
+// never assumed), cgroup ids, and mounting bpffs when it is missing.
+import { readFileSync, statSync, existsSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join, resolve } from 'node:path';
+
+interface Mount {
+  source: string;
+  target: string;
+  type: string;
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+export function mounts(): Mount[] {
+  return readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => {
+      const [source = '', target = '', type = ''] = l.split(' ');
+      return { source, target: unescapeMount(target), type };
+    });
+}
+
+export function cgroup2Mount(): string | null {
+  return mounts().find((m) => m.type === 'cgroup2')?.target ?? null;
+}
+
+export function bpffsMount(): string | null {
+  return mounts().find((m) => m.type === 'bpf')?.target ?? null;
+}
+
+/** Makes sure a bpffs is mounted at or above `dir`; mounts one at /sys/fs/bpf if none exists. */
+export function ensureBpffs(dir: string): void {
+  const abs = resolve(dir);
+  const bpf = mounts().filter((m) => m.type === 'bpf' && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)));
+  if (bpf.length > 0) return;
+  if (!abs.startsWith('/sys/fs/bpf')) throw new Error(`${dir} is not on a bpffs mount (mount one, or use a directory under /sys/fs/bpf)`);
+  mkdirSync('/sys/fs/bpf', { recursive: true });
+  execFileSync('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf'], { stdio: 'pipe' });
+}
+
+/** The cgroup2 mount, or an error saying there is none. */
+export function requireCgroup2(): string {
+  const m = cgroup2Mount();
+  if (!m) throw new Error('no cgroup2 filesystem is mounted (see /proc/mounts); meshredir needs cgroup v2');
+  return m;
+}
+
+/** A policy's cgroup path ("/pods/a") as a directory under the cgroup2 mount. */
+export function cgroupDir(cgroupPath: string, mount = requireCgroup2()): string {
+  return cgroupPath === '/' ? mount : join(mount, cgroupPath);
+}
+
+/** The cgroup id (the kernfs inode number) of a cgroup directory, or null if it does not exist. */
+export function cgroupId(dir: string): bigint | null {
+  try {
+    return statSync(dir, { bigint: true }).ino;
+  } catch {
+    return null;
+  }
+}
+
+/** Accepts either a path under the cgroup2 mount or a path relative to it; returns the directory. */
+export function resolveCgroupArg(arg: string): string {
+  const mount = requireCgroup2();
+  const dir = arg.startsWith(mount) ? arg : cgroupDir(arg.startsWith('/') ? arg : `/${arg}`, mount);
+  if (!existsSync(dir)) throw new Error(`cgroup ${arg} does not exist (looked for ${dir})`);
+  return dir;
+}

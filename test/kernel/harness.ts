@@ -1,0 +1,250 @@
+// harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
+// processes run inside both, and a teardown that removes all of it, also when a test fails.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'vitest';
+
+export { ROOT, CLI, OBJECT, ORIGDST_PROXY, TOOLS, CI, cgroup2, cannotRun, sh, leftovers } from './hoststate.js';
+import { CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
+
+/** A describe() that, when the kernel tests cannot run, fails under CI=true and skips elsewhere. */
+export function kernelDescribe(name: string, fn: () => void): void {
+  const why = cannotRun();
+  if (!why) return describe(name, fn);
+  if (CI) {
+    describe(name, () =>
+      it('can run', () => {
+        throw new Error(`kernel test cannot run under CI: ${why}`);
+      }),
+    );
+  } else describe.skip(`${name} (skipped: ${why})`, fn);
+}
+
+export interface Proc {
+  child: ChildProcess;
+  out: string;
+  err: string;
+  exited: Promise<number | null>;
+}
+
+export class Env {
+  readonly id = randomBytes(3).toString('hex');
+  readonly cgName = `meshredir-test-${this.id}`;
+  readonly cgMount = cgroup2()!;
+  readonly cgRootDir = join(this.cgMount, this.cgName);
+  /** The test root as a policy path ("/meshredir-test-…"). */
+  readonly cgRoot = `/${this.cgName}`;
+  readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
+  private namespaces: string[] = [];
+  private procs: Proc[] = [];
+  private cgroups: string[] = [];
+
+  constructor() {
+    mkdirSync(this.cgRootDir);
+    this.cgroups.push(this.cgRootDir);
+  }
+
+  /** Creates a cgroup under the test root; returns its policy path ("/meshredir-test-…/a/b"). */
+  cgroup(rel: string): string {
+    let dir = this.cgRootDir;
+    for (const part of rel.split('/').filter(Boolean)) {
+      dir = join(dir, part);
+      if (!existsSync(dir)) {
+        mkdirSync(dir);
+        this.cgroups.push(dir);
+      }
+    }
+    return `${this.cgRoot}/${rel}`;
+  }
+
+  cgDir(path: string): string {
+    return join(this.cgMount, path);
+  }
+
+  /** A network namespace named mr-<id>-<name> with lo up. */
+  netns(name: string): string {
+    const ns = `mr-${this.id}-${name}`;
+    sh('ip', ['netns', 'add', ns]);
+    this.namespaces.push(ns);
+    sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    return ns;
+  }
+
+  ip(ns: string, ...args: string[]): string {
+    return sh('ip', ['-n', ns, ...args]);
+  }
+
+  /** veth between two namespaces, addresses (with prefix) on each end; returns the interface names. */
+  veth(nsA: string, ifA: string, addrsA: string[], nsB: string, ifB: string, addrsB: string[]): void {
+    sh('ip', ['-n', nsA, 'link', 'add', ifA, 'type', 'veth', 'peer', 'name', ifB, 'netns', nsB]);
+    for (const [ns, ifc, addrs] of [
+      [nsA, ifA, addrsA],
+      [nsB, ifB, addrsB],
+    ] as const) {
+      for (const a of addrs) this.ip(ns, 'addr', 'add', a, 'dev', ifc, ...(a.includes(':') ? ['nodad'] : []));
+      this.ip(ns, 'link', 'set', ifc, 'up');
+    }
+  }
+
+  /** A bridge in `ns` with the given addresses. */
+  bridge(ns: string, name: string, addrs: string[]): void {
+    this.ip(ns, 'link', 'add', name, 'type', 'bridge');
+    for (const a of addrs) this.ip(ns, 'addr', 'add', a, 'dev', name, ...(a.includes(':') ? ['nodad'] : []));
+    this.ip(ns, 'link', 'set', name, 'up');
+  }
+
+  /** A namespace plugged into `bridge` (in `nodeNs`) with the given addresses on its eth0. */
+  plug(nodeNs: string, bridge: string, ns: string, addrs: string[]): void {
+    const port = `v${this.namespaces.indexOf(ns)}-${this.id}`;
+    this.veth(nodeNs, port, [], ns, 'eth0', addrs);
+    this.ip(nodeNs, 'link', 'set', port, 'master', bridge);
+  }
+
+  /** Argv that runs `cmd` inside netns `ns` (null: the test's own) and cgroup `cg` (null: none). */
+  private wrap(ns: string | null, cg: string | null, cmd: string, args: string[]): string[] {
+    const inner = cg ? ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgDir(cg), cmd, ...args] : [cmd, ...args];
+    return ns ? ['ip', 'netns', 'exec', ns, ...inner] : inner;
+  }
+
+  spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean } = {}): Proc {
+    // Join the netns and cgroup as root first, then drop to the uid (setpriv) right before exec.
+    const final = opts.uid !== undefined ? this.wrap(ns, cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', cmd, ...args]) : this.wrap(ns, cg, cmd, args);
+    const child = spawn(final[0]!, final.slice(1), { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const p: Proc = { child, out: '', err: '', exited: new Promise((r) => child.on('exit', (code) => r(code))) };
+    child.stdout!.on('data', (d: Buffer) => (p.out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (p.err += d.toString()));
+    this.procs.push(p);
+    return p;
+  }
+
+  /** Runs to completion; returns stdout. */
+  async run(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; timeoutMs?: number } = {}): Promise<string> {
+    const p = this.spawn(ns, cg, cmd, args, opts);
+    const timer = setTimeout(() => p.child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    const code = await p.exited;
+    clearTimeout(timer);
+    if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${p.err.trim()}`);
+    return p.out;
+  }
+
+  /** Runs the test client in a pod; parses its JSON line. */
+  async client<T = ClientResult>(ns: string, cg: string | null, args: string[], opts: { uid?: number; timeoutMs?: number } = {}): Promise<T> {
+    const out = await this.run(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), ...args], opts);
+    return JSON.parse(out.trim().split('\n').pop()!) as T;
+  }
+
+  /** Starts the upstream test server and waits until it listens. */
+  async server(ns: string, host: string, port: number, name: string): Promise<Proc> {
+    const p = this.spawn(ns, null, process.execPath, [join(TOOLS, 'server.mjs'), host, String(port), name]);
+    await waitFor(() => p.out.includes('ready'), `server ${name} on ${host}:${port}`, p);
+    return p;
+  }
+
+  async waitListening(ns: string, port: number, what: string, p?: Proc): Promise<void> {
+    await waitFor(() => sh('ip', ['netns', 'exec', ns, 'ss', '-Hltn', `sport = :${port}`]).trim().length > 0, what, p);
+  }
+
+  /** HAProxy in tcp mode forwarding to the original destination (server o 0.0.0.0:0). */
+  async haproxy(ns: string, cg: string, bind: string, port: number): Promise<Proc> {
+    const cfg = join('/tmp', `meshredir-test-${this.id}-haproxy-${port}.cfg`);
+    writeFileSync(
+      cfg,
+      ['global', '  maxconn 8192', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 30s', '  timeout server 30s', 'frontend fe', `  bind ${bind}`, '  default_backend be', 'backend be', '  server o 0.0.0.0:0', ''].join('\n'),
+    );
+    this.tmpFiles.push(cfg);
+    const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg]);
+    await this.waitListening(ns, port, `haproxy on ${bind}`, p);
+    return p;
+  }
+  private tmpFiles: string[] = [];
+
+  /** The meshredir CLI, as a child process. */
+  cli(args: string[]): Proc {
+    const p = this.spawn(null, null, process.execPath, [CLI, ...args]);
+    return p;
+  }
+
+  async cliRun(args: string[]): Promise<string> {
+    return this.run(null, null, process.execPath, [CLI, ...args]);
+  }
+
+  /** Starts the agent on this env's cgroup root and bpffs; waits until it is redirect-ready. */
+  async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
+    const p = this.cli(['agent', '--policies', policiesDir, '--cgroup-root', this.cgRoot, '--bpffs', this.bpffs, '--mode', 'ebpf', ...extra]);
+    await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
+    return p;
+  }
+
+  async stop(p: Proc, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal);
+    return p.exited;
+  }
+
+  async teardown(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const p of this.procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    await Promise.all(this.procs.map((p) => p.exited));
+    // Anything still in our cgroups was started by this test (cgroup.kill kills only the subtree).
+    if (existsSync(join(this.cgRootDir, 'cgroup.kill'))) writeFileSync(join(this.cgRootDir, 'cgroup.kill'), '1');
+    if (existsSync(this.bpffs)) {
+      try {
+        sh(process.execPath, [CLI, 'cleanup', '--bpffs', this.bpffs]);
+      } catch (e) {
+        problems.push((e as Error).message);
+      }
+    }
+    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
+    for (const dir of this.cgroups.reverse()) {
+      for (let i = 0; i < 50 && existsSync(dir); i++) {
+        try {
+          rmdirSync(dir);
+        } catch {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      if (existsSync(dir)) problems.push(`cgroup ${dir} could not be removed`);
+    }
+    for (const f of this.tmpFiles) sh('rm', ['-f', f]);
+    return problems;
+  }
+}
+
+export interface ClientResult {
+  ok: boolean;
+  error?: string;
+  peer: { address: string; port: number } | null;
+  local?: { address: string; port: number };
+  data?: string;
+}
+
+export async function waitFor(cond: () => boolean, what: string, p?: Proc, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (cond()) return;
+    if (p && (p.child.exitCode !== null || p.child.signalCode !== null)) throw new Error(`${what}: process exited (${p.child.exitCode ?? p.child.signalCode}): ${p.err.trim().slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what}: not ready after ${timeoutMs} ms${p ? `; stderr: ${p.err.trim().slice(-2000)}` : ''}`);
+}
+
+/** A policy file's YAML text. */
+export function policyYaml(spec: { name: string; cgroup: string; outbound?: string; outbound6?: string; bypassCgroups?: string[]; uids?: number[]; gids?: number[]; outboundSpec?: Record<string, unknown>; accelerate?: boolean }): string {
+  const doc = {
+    apiVersion: 'meshredir/v1',
+    kind: 'RedirectPolicy',
+    metadata: { name: spec.name },
+    spec: {
+      cgroup: spec.cgroup,
+      ...(spec.accelerate ? { accelerate: true } : {}),
+      proxy: {
+        ...(spec.outbound ? { outbound: spec.outbound } : {}),
+        ...(spec.outbound6 ? { outbound6: spec.outbound6 } : {}),
+        bypass: { cgroups: spec.bypassCgroups ?? [], uids: spec.uids ?? [], gids: spec.gids ?? [] },
+      },
+      ...(spec.outboundSpec ? { outbound: spec.outboundSpec } : {}),
+    },
+  };
+  return JSON.stringify(doc, null, 2); // JSON is YAML
+}
