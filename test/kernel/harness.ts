@@ -104,8 +104,9 @@ export class Env {
 
   /** Argv that runs `cmd` inside netns `ns` (null: the test's own) and cgroup `cg` (null: none). */
   private wrap(ns: string | null, cg: string | null, cmd: string, args: string[]): string[] {
-    const inner = cg ? ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgDir(cg), cmd, ...args] : [cmd, ...args];
-    return ns ? ['ip', 'netns', 'exec', ns, ...inner] : inner;
+    // Join the cgroup first: `ip netns exec` remounts /sys, which hides the cgroup2 mount.
+    const inNs = ns ? ['ip', 'netns', 'exec', ns, cmd, ...args] : [cmd, ...args];
+    return cg ? ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgDir(cg), ...inNs] : inNs;
   }
 
   spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean } = {}): Proc {

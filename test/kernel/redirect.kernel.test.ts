@@ -1,0 +1,127 @@
+// redirect.kernel.test.ts — eBPF outbound redirection end to end: real cgroups, netns, an
+// unmodified HAProxy reading SO_ORIGINAL_DST, and the agent CLI as users run it.
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { Env, kernelDescribe, policyYaml, ORIGDST_PROXY, type Proc } from './harness.js';
+
+kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', () => {
+  let env: Env;
+  let dir: string;
+  let agent: Proc;
+  let node: string, podA: string, podB: string, up: string;
+  let cgA: string, cgB: string, cgProxy: string;
+
+  beforeAll(async () => {
+    env = new Env();
+    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+    node = env.netns('node');
+    podA = env.netns('a');
+    podB = env.netns('b');
+    up = env.netns('up');
+    env.bridge(node, 'br0', ['10.200.0.1/24', 'fd00:200::1/64']);
+    env.plug(node, 'br0', podA, ['10.200.0.11/24', 'fd00:200::11/64']);
+    env.plug(node, 'br0', podB, ['10.200.0.12/24', 'fd00:200::12/64']);
+    env.plug(node, 'br0', up, ['10.200.0.100/24', 'fd00:200::100/64']);
+    cgA = env.cgroup('pod-a');
+    cgB = env.cgroup('pod-b');
+    cgProxy = env.cgroup('proxy');
+    await env.server(up, '10.200.0.100', 8080, 'up');
+    await env.server(up, '10.200.0.100', 9090, 'up9090');
+    await env.server(up, 'fd00:200::100', 8080, 'up6');
+    await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
+    // IPv6: HAProxy asks only SOL_IP; this proxy asks IP6T_SO_ORIGINAL_DST on v6 sockets.
+    const p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
+    await env.waitListening(node, 15006, 'origdst-proxy', p6);
+    writeFileSync(
+      join(dir, 'a.yaml'),
+      policyYaml({
+        name: 'pod-a',
+        cgroup: cgA,
+        outbound: '10.200.0.1:15001',
+        outbound6: '[fd00:200::1]:15006',
+        bypassCgroups: [cgProxy],
+        outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.200.0.96/30'] },
+      }),
+    );
+    agent = await env.agent(dir);
+  });
+
+  afterAll(async () => {
+    const problems = await env?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+    expect(problems).toEqual([]);
+  });
+
+  it('a pod with a policy reaches the upstream through the proxy; getpeername shows the original destination', async () => {
+    const r = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    // The upstream saw the proxy's address, so the connection went through HAProxy…
+    expect(r.data).toMatch(/^up 10\.200\.0\.1 \d+$/);
+    // …and the application still believes it talks to the original destination.
+    expect(r.peer).toEqual({ address: '10.200.0.100', port: 8080 });
+  });
+
+  it('a pod without a policy goes direct', async () => {
+    const r = await env.client(podB, cgB, ['connect', '10.200.0.100', '8080']);
+    expect(r.data).toMatch(/^up 10\.200\.0\.12 \d+$/);
+  });
+
+  it('excluded port and excluded CIDR go direct', async () => {
+    const port = await env.client(podA, cgA, ['connect', '10.200.0.100', '9090']);
+    expect(port.data).toMatch(/^up9090 10\.200\.0\.11 /);
+    // 10.200.0.100 is in 10.200.0.96/30? No: .96-.99. Use a second address to test the CIDR.
+    env.ip(up, 'addr', 'add', '10.200.0.97/24', 'dev', 'eth0');
+    const srv = await env.server(up, '10.200.0.97', 8080, 'up97');
+    const cidr = await env.client(podA, cgA, ['connect', '10.200.0.97', '8080']);
+    expect(cidr.data).toMatch(/^up97 10\.200\.0\.11 /);
+    await env.stop(srv);
+  });
+
+  it('IPv6 through a proxy that asks IP6T_SO_ORIGINAL_DST; getpeername6 shows the original', async () => {
+    const r = await env.client(podA, cgA, ['connect', 'fd00:200::100', '8080']);
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    expect(r.data).toMatch(/^up6 fd00:200::1 \d+$/);
+    expect(r.peer).toEqual({ address: 'fd00:200::100', port: 8080 });
+  });
+
+  it('a container cgroup created after the policy was loaded is covered on its first connect', async () => {
+    const late = env.cgroup('pod-a/late-container');
+    const r = await env.client(podA, late, ['connect', '10.200.0.100', '8080']);
+    expect(r.data).toMatch(/^up 10\.200\.0\.1 /);
+  });
+
+  it('a uid-1337 workload is still redirected when the policy bypasses by cgroup only', async () => {
+    const r = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080'], { uid: 1337 });
+    expect(r.data).toMatch(/^up 10\.200\.0\.1 /);
+  });
+
+  it('status --json reports the links at the test root and the policy counters', async () => {
+    const s = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as {
+      attachPoint: string;
+      links: { name: string; attached: boolean }[];
+      policies: { name: string; cgroup: string; counters: Record<string, number> }[];
+    };
+    expect(s.attachPoint).toBe(env.cgRoot);
+    expect(s.links.map((l) => l.name).sort()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_sockops']);
+    expect(s.links.every((l) => l.attached)).toBe(true);
+    const a = s.policies.find((p) => p.name === 'pod-a')!;
+    expect(a.cgroup).toBe(cgA);
+    expect(a.counters.redirected).toBeGreaterThanOrEqual(4);
+    expect(a.counters.origdst_served).toBeGreaterThanOrEqual(4);
+    expect(a.counters.bypass_port).toBeGreaterThanOrEqual(1);
+    expect(a.counters.bypass_cidr).toBeGreaterThanOrEqual(1);
+    expect(a.counters.bypass_cgroup).toBeGreaterThanOrEqual(1); // HAProxy's own upstream connections
+  });
+
+  it('SIGTERM leaves redirection in place; cleanup removes it', async () => {
+    expect(await env.stop(agent)).toBe(0);
+    const r = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);
+    expect(r.data).toMatch(/^up 10\.200\.0\.1 /);
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    const d = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);
+    expect(d.data).toMatch(/^up 10\.200\.0\.11 /);
+    mkdirSync(dir, { recursive: true });
+  });
+});
