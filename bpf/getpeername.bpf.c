@@ -8,7 +8,7 @@ int mr_getpeername4(struct bpf_sock_addr *ctx)
 	if (!ctx->sk)
 		return 1;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
-	if (!st || st->orig.family != AF_INET)
+	if (!st || !(st->flags & MR_SK_APP) || st->orig.family != AF_INET)
 		return 1;
 	ctx->user_ip4 = ((__u32 *)st->orig.addr)[0];
 	ctx->user_port = st->orig.port;
@@ -21,7 +21,7 @@ int mr_getpeername6(struct bpf_sock_addr *ctx)
 	if (!ctx->sk)
 		return 1;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
-	if (!st || st->orig.family != AF_INET6)
+	if (!st || !(st->flags & MR_SK_APP) || st->orig.family != AF_INET6)
 		return 1;
 	__u32 a[4];
 	__builtin_memcpy(a, st->orig.addr, 16);

@@ -11,45 +11,61 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
 
-	__u32 local[4] = {}, remote[4] = {};
-	int v4 = 1;
-	if (sk->family == AF_INET) {
-		local[0] = sk->src_ip4;
-		remote[0] = sk->dst_ip4;
+	struct mr_orig o;
+	struct mr_sk *served = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	if (served && (served->flags & MR_SK_SERVED)) {
+		o = served->orig;
 	} else {
-		local[0] = sk->src_ip6[0];
-		local[1] = sk->src_ip6[1];
-		local[2] = sk->src_ip6[2];
-		local[3] = sk->src_ip6[3];
-		remote[0] = sk->dst_ip6[0];
-		remote[1] = sk->dst_ip6[1];
-		remote[2] = sk->dst_ip6[2];
-		remote[3] = sk->dst_ip6[3];
-		v4 = mr_is_v4_mapped(remote);
-		if (v4) {
-			local[0] = local[3];
-			remote[0] = remote[3];
-			local[1] = local[2] = local[3] = 0;
-			remote[1] = remote[2] = remote[3] = 0;
+		__u32 local[4] = {}, remote[4] = {};
+		int v4 = 1;
+		if (sk->family == AF_INET) {
+			local[0] = sk->src_ip4;
+			remote[0] = sk->dst_ip4;
+		} else {
+			local[0] = sk->src_ip6[0];
+			local[1] = sk->src_ip6[1];
+			local[2] = sk->src_ip6[2];
+			local[3] = sk->src_ip6[3];
+			remote[0] = sk->dst_ip6[0];
+			remote[1] = sk->dst_ip6[1];
+			remote[2] = sk->dst_ip6[2];
+			remote[3] = sk->dst_ip6[3];
+			v4 = mr_is_v4_mapped(remote);
+			if (v4) {
+				local[0] = local[3];
+				remote[0] = remote[3];
+				local[1] = local[2] = local[3] = 0;
+				remote[1] = remote[2] = remote[3] = 0;
+			}
 		}
-	}
-	struct mr_tuple_key k;
-	mr_tuple(&k, v4, remote, sk->dst_port, local, bpf_htons((__u16)sk->src_port),
-		 bpf_get_netns_cookie(ctx));
-	struct mr_orig *o = bpf_map_lookup_elem(&mr_orig, &k);
-	if (!o) {
-		MR_COUNT(0, origdst_unknown);
-		return 1;
+		struct mr_tuple_key k;
+		mr_tuple(&k, v4, remote, sk->dst_port, local, bpf_htons((__u16)sk->src_port),
+			 bpf_get_netns_cookie(ctx));
+		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
+		if (!rec) {
+			MR_COUNT(0, origdst_unknown);
+			return 1;
+		}
+		o = *rec;
+		/* Move the record onto the accepted socket: later reads are answered from there, and the
+		 * table keeps room for connections still waiting for accept. Without storage it stays in
+		 * the table until the application closes. */
+		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st) {
+			st->orig = o;
+			st->flags = MR_SK_SERVED;
+			bpf_map_delete_elem(&mr_orig, &k);
+		}
 	}
 
 	__u8 *buf = ctx->optval;
 	if (ctx->level == SOL_IP) {
 		struct sockaddr_in sin = {};
-		if (o->family != AF_INET || buf + sizeof(sin) > (__u8 *)ctx->optval_end)
+		if (o.family != AF_INET || buf + sizeof(sin) > (__u8 *)ctx->optval_end)
 			return 1;
 		sin.sin_family = AF_INET;
-		sin.sin_port = o->port;
-		sin.sin_addr.s_addr = ((__u32 *)o->addr)[0];
+		sin.sin_port = o.port;
+		sin.sin_addr.s_addr = ((__u32 *)o.addr)[0];
 		__builtin_memcpy(buf, &sin, sizeof(sin));
 		ctx->optlen = sizeof(sin);
 	} else {
@@ -57,17 +73,17 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		if (buf + sizeof(sin6) > (__u8 *)ctx->optval_end)
 			return 1;
 		sin6.sin6_family = AF_INET6;
-		sin6.sin6_port = o->port;
-		if (o->family == AF_INET) {
+		sin6.sin6_port = o.port;
+		if (o.family == AF_INET) {
 			sin6.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0x0000ffff);
-			sin6.sin6_addr.in6_u.u6_addr32[3] = ((__u32 *)o->addr)[0];
+			sin6.sin6_addr.in6_u.u6_addr32[3] = ((__u32 *)o.addr)[0];
 		} else {
-			__builtin_memcpy(&sin6.sin6_addr, o->addr, 16);
+			__builtin_memcpy(&sin6.sin6_addr, o.addr, 16);
 		}
 		__builtin_memcpy(buf, &sin6, sizeof(sin6));
 		ctx->optlen = sizeof(sin6);
 	}
 	ctx->retval = 0;
-	MR_COUNT(o->slot, origdst_served);
+	MR_COUNT(o.slot, origdst_served);
 	return 1;
 }

@@ -83,10 +83,14 @@ struct mr_orig {
 	__u8 addr[16];
 };
 
-/* mr_sk: per-socket storage on the application's socket (freed by the kernel with the socket). */
+/* mr_sk: per-socket storage (freed by the kernel with the socket), on two kinds of socket: the
+ * application's redirected socket (MR_SK_APP) and the proxy's accepted socket once it has read the
+ * original destination (MR_SK_SERVED; repeated reads are answered from here). */
 #define MR_SK_RECORDED (1u << 0) /* key is in mr_orig and must be deleted on close */
+#define MR_SK_APP      (1u << 1) /* the application's socket: getpeername answers with orig */
+#define MR_SK_SERVED   (1u << 2) /* the proxy's accepted socket: orig is its original destination */
 struct mr_sk {
-	struct mr_orig orig;      /* as the application gave it (getpeername answers with this) */
+	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */
 	__u32 flags;
 	__u32 pad;

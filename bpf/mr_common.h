@@ -53,12 +53,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_cidrs SEC(".maps") __weak;
 
-/* LRU: when full, the records of the oldest connections go first. Proxies read the original
- * destination once, at accept, so an evicted record almost always belonged to a connection that
- * no longer needs it; a missing record makes the proxy's getsockopt fail (ENOENT semantics of the
- * kernel's own answer), never return a wrong destination, because the key is the full tuple. */
+/* Records of redirected connections that the proxy has not read yet: the proxy's first
+ * SO_ORIGINAL_DST read moves the record onto its accepted socket (mr_sk) and deletes it here, and
+ * the application's close deletes an unread one. So this table holds only connections waiting for
+ * the proxy's accept, whatever the number of open connections. When it is full (a proxy that stopped
+ * accepting), new connections are not recorded and their proxy's read fails like the kernel's own
+ * (never a wrong destination: the key is the whole tuple); err_orig counts them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
 	__type(value, struct mr_orig);
 	__uint(max_entries, 65536);
@@ -218,7 +220,7 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 	st->orig.port = port;
 	st->orig.slot = slot;
 	__builtin_memcpy(st->orig.addr, addr, 16);
-	st->flags = 0;
+	st->flags = MR_SK_APP;
 	MR_COUNT(slot, redirected);
 	return 1;
 }

@@ -8,7 +8,7 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
-	if (!st)
+	if (!st || !(st->flags & MR_SK_APP))
 		return;
 
 	__u32 local[4] = {}, remote[4] = {};

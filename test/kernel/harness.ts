@@ -109,10 +109,10 @@ export class Env {
     return cg ? ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgDir(cg), ...inNs] : inNs;
   }
 
-  spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean } = {}): Proc {
+  spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean; env?: Record<string, string> } = {}): Proc {
     // Join the netns and cgroup as root first, then drop to the uid (setpriv) right before exec.
     const final = opts.uid !== undefined ? this.wrap(ns, cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', cmd, ...args]) : this.wrap(ns, cg, cmd, args);
-    const child = spawn(final[0]!, final.slice(1), { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const child = spawn(final[0]!, final.slice(1), { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     const p: Proc = { child, out: '', err: '', exited: new Promise((r) => child.on('exit', (code) => r(code))) };
     child.stdout!.on('data', (d: Buffer) => (p.out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (p.err += d.toString()));
@@ -121,7 +121,7 @@ export class Env {
   }
 
   /** Runs to completion; returns stdout. */
-  async run(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; timeoutMs?: number } = {}): Promise<string> {
+  async run(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<string> {
     const p = this.spawn(ns, cg, cmd, args, opts);
     const timer = setTimeout(() => p.child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
     const code = await p.exited;
@@ -131,14 +131,28 @@ export class Env {
   }
 
   /** Runs the test client in a pod; parses its JSON line. */
-  async client<T = ClientResult>(ns: string, cg: string | null, args: string[], opts: { uid?: number; timeoutMs?: number } = {}): Promise<T> {
+  async client<T = ClientResult>(ns: string, cg: string | null, args: string[], opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<T> {
     const out = await this.run(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), ...args], opts);
     return JSON.parse(out.trim().split('\n').pop()!) as T;
   }
 
+  /** Starts a `client.mjs hold` that keeps its connections until release(); resolves with the lines. */
+  async hold(ns: string, cg: string, host: string, port: number, n: number): Promise<{ lines: string[]; release: () => Promise<void> }> {
+    const p = this.spawn(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), 'hold', host, String(port), String(n)], { stdin: true });
+    await waitFor(() => p.out.includes('\n'), `hold ${n} connections`, p, 30_000);
+    const { lines } = JSON.parse(p.out.trim()) as { lines: string[] };
+    return {
+      lines,
+      release: async () => {
+        p.child.stdin!.end();
+        await p.exited;
+      },
+    };
+  }
+
   /** Starts the upstream test server and waits until it listens. */
-  async server(ns: string, host: string, port: number, name: string): Promise<Proc> {
-    const p = this.spawn(ns, null, process.execPath, [join(TOOLS, 'server.mjs'), host, String(port), name]);
+  async server(ns: string, host: string, port: number, name: string, hold = false): Promise<Proc> {
+    const p = this.spawn(ns, null, process.execPath, [join(TOOLS, 'server.mjs'), host, String(port), name, ...(hold ? ['hold'] : [])]);
     await waitFor(() => p.out.includes('ready'), `server ${name} on ${host}:${port}`, p);
     return p;
   }

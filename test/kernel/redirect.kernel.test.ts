@@ -86,6 +86,13 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     expect(r.peer).toEqual({ address: 'fd00:200::100', port: 8080 });
   });
 
+  it('IPv4-mapped IPv6 destinations are redirected as IPv4 (to the IPv4 proxy)', async () => {
+    const r = await env.client(podA, cgA, ['connect', '::ffff:10.200.0.100', '8080']);
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    expect(r.data).toMatch(/^up 10\.200\.0\.1 \d+$/);
+    expect(r.peer).toEqual({ address: '::ffff:10.200.0.100', port: 8080 });
+  });
+
   it('a container cgroup created after the policy was loaded is covered on its first connect', async () => {
     const late = env.cgroup('pod-a/late-container');
     const r = await env.client(podA, late, ['connect', '10.200.0.100', '8080']);

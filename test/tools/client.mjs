@@ -2,6 +2,9 @@
 //   connect HOST PORT           one connection: JSON with what getpeername said and what came back
 //   loop HOST PORT N [EXPECT]   N sequential short connections; counts those whose answer starts with EXPECT
 //   until-stdin HOST PORT [EXPECT]  short connections in a loop until stdin closes; same counts
+//   hold HOST PORT N            N concurrent connections, each reads one line; prints the lines, then
+//                               keeps them open until stdin closes
+//   LOCAL_PORT=n                (env) bind the client's source port (to build identical tuples)
 import net from 'node:net';
 
 const [cmd, host, portText, a3, a4] = process.argv.slice(2);
@@ -9,7 +12,7 @@ const port = Number(portText);
 
 function once() {
   return new Promise((resolve) => {
-    const s = net.connect({ host, port });
+    const s = net.connect({ host, port, ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}) });
     let data = '';
     const t = setTimeout(() => s.destroy(new Error('timeout')), 5000);
     s.on('connect', () => {
@@ -52,6 +55,26 @@ if (cmd === 'connect') {
     } else r.ok++;
   }
   process.stdout.write(JSON.stringify(r) + '\n');
+} else if (cmd === 'hold') {
+  const n = Number(a3);
+  const socks = [];
+  const lines = await Promise.all(
+    Array.from({ length: n }, () => new Promise((resolve) => {
+      const s = net.connect({ host, port });
+      socks.push(s);
+      let data = '';
+      s.on('data', (d) => {
+        data += d;
+        if (data.includes('\n')) resolve(data.trim());
+      });
+      s.on('error', (e) => resolve(`ERROR ${e.code ?? e.message}`));
+      s.on('close', () => resolve(data.trim() || 'CLOSED'));
+    })),
+  );
+  process.stdout.write(JSON.stringify({ lines }) + '\n');
+  process.stdin.on('data', () => {});
+  await new Promise((r) => process.stdin.on('close', r));
+  for (const s of socks) s.destroy();
 } else {
   console.error(`client.mjs: unknown command ${cmd}`);
   process.exit(2);
