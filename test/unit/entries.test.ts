@@ -1,0 +1,72 @@
+// entries.test.ts — policies as map contents, and stable slot assignment.
+import { describe, expect, it } from 'vitest';
+import { parsePolicyText } from '../../src/policy/load.js';
+import { assignSlots, toEntries } from '../../src/policy/entries.js';
+import { MAPS, cidrKey, policyValue } from '../../src/bpf/abi.js';
+
+const text = `
+apiVersion: meshredir/v1
+kind: RedirectPolicy
+metadata: { name: a }
+spec:
+  cgroup: /t/a
+  proxy:
+    outbound: 10.0.0.1:15001
+    bypass: { cgroups: [/t/proxy], uids: [1337], gids: [7] }
+  outbound:
+    includePorts: [80]
+    excludeCidrs: ["10.0.0.0/8", "fd00::/16"]
+`;
+
+describe('policy → map entries', () => {
+  const p = parsePolicyText(text, 'a.yaml').policies[0]!;
+
+  it('keeps slots stable and fills the lowest free one (slot 0 is reserved)', () => {
+    expect([...assignSlots(['a', 'b'], new Map()).entries()]).toEqual([
+      ['a', 1],
+      ['b', 2],
+    ]);
+    expect([...assignSlots(['c', 'b'], new Map([['b', 2]])).entries()]).toEqual([
+      ['b', 2],
+      ['c', 1],
+    ]);
+  });
+
+  it('translates every field', () => {
+    const e = toEntries([p], new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
+    expect(e.mr_cgroups).toEqual([
+      [100n, { kind: 1, slot: 3 }],
+      [200n, { kind: 2, slot: 3 }],
+    ]);
+    const [, pol] = e.mr_policies[0]!;
+    expect(pol.flags).toBe(1 | 4); // PROXY4 | INCLUDE_PORTS
+    expect([...pol.proxy4_addr]).toEqual([10, 0, 0, 1]);
+    expect(pol.proxy4_port).toBe(15001);
+    expect(e.mr_owners).toEqual([
+      [{ slot: 3, kind: 1, id: 1337 }, 1],
+      [{ slot: 3, kind: 2, id: 7 }, 1],
+    ]);
+    expect(e.mr_ports).toEqual([[{ slot: 3, port: 80, pad: 0 }, 1]]);
+    expect(e.mr_cidrs.map(([k, v]) => [k.prefixlen, k.family, v])).toEqual([
+      [48, 2, 2],
+      [56, 10, 2],
+    ]);
+  });
+
+  it('an unresolved cgroup contributes only its slot name', () => {
+    const e = toEntries([p], new Map([['a', 1]]), new Map([['a', { cgroup: null, bypass: [null] }]]));
+    expect(e.mr_cgroups).toEqual([]);
+    expect(e.mr_policies).toEqual([]);
+    expect(e.mr_slots).toHaveLength(1);
+  });
+
+  it('codecs encode with the C layout (big-endian where the header says so)', () => {
+    const k = cidrKey.encode({ prefixlen: 48, slot: 3, family: 2, addr: Buffer.from([10]), pad: Buffer.alloc(3) });
+    expect(cidrKey.size).toBe(28);
+    expect(k.subarray(0, 10).toString('hex')).toBe('30000000' + '00000003' + '02' + '0a');
+    const v = policyValue.encode({ flags: 1, proxy4_addr: Buffer.from([10, 0, 0, 1]), proxy6_addr: Buffer.alloc(16), proxy4_port: 15001, proxy6_port: 0 });
+    expect(policyValue.size).toBe(28);
+    expect(v.readUInt16BE(24)).toBe(15001);
+    expect(MAPS.mr_orig.key.size).toBe(48);
+  });
+});

@@ -1,0 +1,118 @@
+// policy.test.ts — the policy format: valid documents, field-level errors, cross-file conflicts,
+// and a property test feeding thousands of malformed documents to the parser.
+import { describe, expect, it } from 'vitest';
+import { parse as yamlParse } from 'yaml';
+import { parsePolicyText, checkSet, formatError } from '../../src/policy/load.js';
+
+const valid = `
+apiVersion: meshredir/v1
+kind: RedirectPolicy
+metadata: { name: reviews }
+spec:
+  cgroup: /meshredir-test-x/pod-a
+  proxy:
+    outbound: 10.200.0.1:15001
+    outbound6: "[fd00:200::1]:15001"
+    bypass: { cgroups: [/meshredir-test-x/proxy], uids: [1337], gids: [] }
+  outbound:
+    includePorts: []
+    excludePorts: [15090, 15021]
+    includeCidrs: ["0.0.0.0/0", "::/0"]
+    excludeCidrs: ["10.200.0.0/30"]
+`;
+
+const errs = (text: string) => parsePolicyText(text, 'policies/a.yaml').errors.map(formatError);
+
+describe('policy parsing', () => {
+  it('accepts the documented example', () => {
+    const r = parsePolicyText(valid, 'policies/a.yaml');
+    expect(r.errors).toEqual([]);
+    const p = r.policies[0]!;
+    expect(p.name).toBe('reviews');
+    expect(p.proxy.outbound).toMatchObject({ family: 4, bytes: [10, 200, 0, 1], port: 15001, text: '10.200.0.1:15001' });
+    expect(p.proxy.outbound6?.text).toBe('[fd00:200::1]:15001');
+    expect(p.outbound.excludeCidrs[0]).toMatchObject({ family: 4, prefix: 30, text: '10.200.0.0/30' });
+    expect(p.bypass.uids).toEqual([1337]);
+  });
+
+  it('says which field is wrong, with the file', () => {
+    expect(errs(valid.replace('[15090, 15021]', '[15090, 70000]'))).toEqual(['policies/a.yaml: spec.outbound.excludePorts[1]: 70000 is not a port (1-65535)']);
+    expect(errs(valid.replace('10.200.0.1:15001', '10.200.0.1'))).toEqual([
+      'policies/a.yaml: spec.proxy.outbound: "10.200.0.1" is not an IPv4 address:port such as "10.0.0.1:15001"',
+    ]);
+    expect(errs(valid.replace('"10.200.0.0/30"', '"10.200.0.0/33"'))).toEqual(['policies/a.yaml: spec.outbound.excludeCidrs[0]: "10.200.0.0/33": /33 is not a prefix length (0-32)']);
+    expect(errs(valid.replace('  outbound:\n    includePorts', '  outbund: {}\n  outbound:\n    includePorts'))).toEqual(['policies/a.yaml: spec: unknown field "outbund"']);
+    expect(errs(valid.replace('cgroup: /meshredir', 'cgroup: meshredir'))[0]).toMatch(/spec\.cgroup: "meshredir-test-x\/pod-a" is not an absolute cgroup path/);
+    expect(errs(valid.replace('apiVersion: meshredir/v1', 'apiVersion: v2'))[0]).toMatch(/^policies\/a\.yaml: apiVersion: "v2": only "meshredir\/v1" is known/);
+  });
+
+  it('rejects a policy with nowhere to redirect, and overlapping include/exclude', () => {
+    const noProxy = valid.replace('    outbound: 10.200.0.1:15001\n    outbound6: "[fd00:200::1]:15001"\n', '');
+    expect(errs(noProxy)).toEqual(['policies/a.yaml: spec.proxy: needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to']);
+    expect(errs(valid.replace('includePorts: []', 'includePorts: [15021]'))).toEqual(['policies/a.yaml: spec.outbound.excludePorts[1]: 15021 is also in includePorts']);
+  });
+
+  it('normalises CIDRs (host bits cleared) and endpoints', () => {
+    const r = parsePolicyText(valid.replace('"10.200.0.0/30"', '"10.200.0.3/30", "fd00::1:2/64"'), 'a.yaml');
+    expect(r.policies[0]!.outbound.excludeCidrs.map((c) => c.text)).toEqual(['10.200.0.0/30', 'fd00::/64']);
+  });
+
+  it('reads several documents per file; one bad document rejects the file', () => {
+    const two = `${valid}\n---\n${valid.replace('name: reviews', 'name: ratings').replace('pod-a', 'pod-b')}`;
+    expect(parsePolicyText(two, 'a.yaml').policies.map((p) => p.name)).toEqual(['reviews', 'ratings']);
+    const bad = `${valid}\n---\n${valid.replace('name: reviews', 'name: Bad_Name')}`;
+    const r = parsePolicyText(bad, 'a.yaml');
+    expect(r.policies).toEqual([]);
+    expect(r.errors[0]!.path).toBe('document 2: metadata.name');
+  });
+
+  it('two policies claiming one cgroup is an error naming both files', () => {
+    const a = parsePolicyText(valid, 'a.yaml');
+    const b = parsePolicyText(valid.replace('name: reviews', 'name: other'), 'b.yaml');
+    const set = checkSet([a, b]);
+    expect(set.policies).toEqual([]);
+    expect(set.errors.map(formatError)).toEqual([
+      'a.yaml: spec.cgroup: /meshredir-test-x/pod-a is also claimed by b.yaml (other)',
+      'b.yaml: spec.cgroup: /meshredir-test-x/pod-a is also claimed by a.yaml (reviews)',
+    ]);
+  });
+
+  it('rejects every one of thousands of generated malformed policies with a message, never throwing', () => {
+    let seed = 42;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+    const junk = () => pick<unknown>([null, -1, 0, 65536, 1.5, '', 'x', '999.1.1.1:80', '[::1]', '::/129', true, [], {}, [1, 'a'], { a: 1 }, '10.0.0.1:0', '/..', 'a'.repeat(300)]);
+    const base = yamlParse(valid) as Record<string, unknown>;
+    let rejected = 0;
+    for (let i = 0; i < 3000; i++) {
+      const doc = structuredClone(base) as Record<string, unknown>;
+      // Corrupt one to three random places.
+      for (let n = 0; n <= Math.floor(rnd() * 3); n++) {
+        let node = doc as Record<string, unknown>;
+        const path: string[] = [];
+        for (;;) {
+          const keys = Object.keys(node);
+          if (keys.length === 0) break;
+          const k = pick(keys);
+          path.push(k);
+          const v = node[k];
+          if (v && typeof v === 'object' && rnd() < 0.7) node = v as Record<string, unknown>;
+          else {
+            node[rnd() < 0.15 ? `${k}x` : k] = junk();
+            break;
+          }
+        }
+      }
+      const text = rnd() < 0.1 ? JSON.stringify(doc).slice(0, Math.floor(rnd() * 200)) : JSON.stringify(doc);
+      const r = parsePolicyText(text, 'fuzz.yaml');
+      if (r.errors.length) {
+        rejected++;
+        for (const e of r.errors) expect(e.message.length).toBeGreaterThan(0);
+      } else {
+        // Still valid after "corruption" (e.g. a junk value that happens to be valid): must be a real policy.
+        expect(r.policies.length).toBeLessThanOrEqual(1);
+      }
+    }
+    expect(rejected).toBeGreaterThan(2500);
+  });
+});
