@@ -5,6 +5,8 @@ import { agentCommand } from './commands/agent.js';
 import { cleanupCommand } from './commands/cleanup.js';
 import { policyCommand } from './commands/policy.js';
 import { statusCommand } from './commands/status.js';
+import { verifyCommand } from './commands/verify.js';
+import { verifyProbeCommand } from './commands/verify-probe.js';
 
 export function buildProgram(): Command {
   return new Command('meshredir')
@@ -15,6 +17,8 @@ export function buildProgram(): Command {
     .addCommand(probeCommand)
     .addCommand(agentCommand)
     .addCommand(statusCommand)
+    .addCommand(verifyCommand)
+    .addCommand(verifyProbeCommand, { hidden: true })
     .addCommand(policyCommand)
     .addCommand(cleanupCommand);
 }

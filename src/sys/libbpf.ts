@@ -1,4 +1,4 @@
-// libbpf.ts — the only file that touches the FFI: thin declarations of the libbpf (and libc)
+// libbpf.ts — the only file that touches the FFI: thin declarations of the libbpf (and the few libc)
 // functions meshredir calls, plus libbpf's log routed into a buffer errors can quote.
 import ffi from '@2060.io/ffi-napi';
 import ref from '@2060.io/ref-napi';
@@ -71,6 +71,13 @@ const libcDecl = {
   vsnprintf: ['int', [p, 'size_t', p, p]],
   close: ['int', ['int']],
   open: ['int', ['string', 'int']],
+  setns: ['int', ['int', 'int']],
+  socket: ['int', ['int', 'int', 'int']],
+  setsockopt: ['int', ['int', 'int', 'int', p, 'uint32']],
+  getsockopt: ['int', ['int', 'int', 'int', p, p]],
+  connect: ['int', ['int', p, 'uint32']],
+  getsockname: ['int', ['int', p, p]],
+  getpeername: ['int', ['int', p, p]],
 } as const;
 const libc = ffi.Library(null as unknown as string, libcDecl as never) as unknown as Native<typeof libcDecl>;
 

@@ -12,6 +12,7 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
   let agent: Proc;
   let node: string, podA: string, podB: string, up: string;
   let cgA: string, cgB: string, cgProxy: string;
+  let p6: Proc;
 
   beforeAll(async () => {
     env = new Env();
@@ -32,7 +33,7 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     await env.server(up, 'fd00:200::100', 8080, 'up6');
     await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
     // IPv6: HAProxy asks only SOL_IP; this proxy asks IP6T_SO_ORIGINAL_DST on v6 sockets.
-    const p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
+    p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
     await env.waitListening(node, 15006, 'origdst-proxy', p6);
     writeFileSync(
       join(dir, 'a.yaml'),
@@ -120,6 +121,32 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     expect(a.counters.bypass_port).toBeGreaterThanOrEqual(1);
     expect(a.counters.bypass_cidr).toBeGreaterThanOrEqual(1);
     expect(a.counters.bypass_cgroup).toBeGreaterThanOrEqual(1); // HAProxy's own upstream connections
+  });
+
+  it('verify: the chain works for pod A, and says which link is broken otherwise', async () => {
+    const verify = async (args: string[]) => {
+      const p = env.cli(['verify', '--json', '--bpffs', env.bpffs, ...args]);
+      const code = await p.exited;
+      return { code, out: JSON.parse(p.out) as { ok: boolean; steps: { step: string; ok: boolean; detail: string }[] } };
+    };
+    const good = await verify(['--cgroup', cgA, '--netns', `/run/netns/${podA}`]);
+    expect(good.out.ok, JSON.stringify(good.out.steps)).toBe(true);
+    expect(good.code).toBe(0);
+    expect(good.out.steps.map((s) => s.step)).toEqual(['cgroup', 'attached', 'policy', 'redirect', 'original destination', 'getpeername', 'proxy']);
+
+    const noPolicy = await verify(['--cgroup', cgB, '--netns', `/run/netns/${podB}`]);
+    expect(noPolicy.code).toBe(1);
+    expect(noPolicy.out.steps.at(-1)).toMatchObject({ step: 'policy', ok: false });
+
+    const missing = await verify(['--cgroup', `${env.cgRoot}/nope`]);
+    expect(missing.out.steps.at(-1)).toMatchObject({ step: 'cgroup', ok: false });
+
+    await env.stop(p6); // the IPv6 proxy goes down
+    const down = await verify(['--cgroup', cgA, '--netns', `/run/netns/${podA}`, '--dest', '[fd00:200::100]:8080']);
+    expect(down.code).toBe(1);
+    expect(down.out.steps.at(-1)).toMatchObject({ step: 'proxy', ok: false });
+    expect(down.out.steps.at(-1)!.detail).toMatch(/nothing listens on \[fd00:200::1\]:15006/);
+    expect(down.out.steps.find((s) => s.step === 'original destination')).toMatchObject({ ok: true });
   });
 
   it('SIGTERM leaves redirection in place; cleanup removes it', async () => {
