@@ -37,6 +37,8 @@ export class Env {
   /** The test root as a policy path ("/meshredir-test-…"). */
   readonly cgRoot = `/${this.cgName}`;
   readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
+  readonly toolsDir = TOOLS;
+  readonly cliPath = CLI;
   private namespaces: string[] = [];
   private procs: Proc[] = [];
   private cgroups: string[] = [];

@@ -101,6 +101,8 @@ export class EbpfMode {
         rep.createdMaps.push(name);
       }
 
+      // Fault injection for the crash-safety test: die with maps pinned and nothing attached.
+      if (process.env.MESHREDIR_FAULT === 'after-load') process.kill(process.pid, 'SIGKILL');
       for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
         const prog = obj.program(name);
         const pin = join(this.linksDir, name);

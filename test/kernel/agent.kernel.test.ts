@@ -1,0 +1,164 @@
+// agent.kernel.test.ts — the agent unattended: SIGKILL under load, a crash between load and attach,
+// apply/apply/cleanup/apply, drift repaired within an interval, invalid files never break what works.
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { Env, kernelDescribe, policyYaml, sh, waitFor, type Proc } from './harness.js';
+import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
+import { POLICY_MAPS } from '../../src/bpf/abi.js';
+
+kernelDescribe('node agent', () => {
+  let env: Env;
+  let dir: string;
+  let node: string, podA: string, up: string;
+  let cgA: string, cgProxy: string;
+  const agents: Proc[] = [];
+
+  const startAgent = async (extra: string[] = []) => {
+    const a = await env.agent(dir, extra);
+    agents.push(a);
+    return a;
+  };
+  const mode = () => new EbpfMode({ bpffs: env.bpffs, cgroupRoot: env.cgRootDir, object: '' });
+  /** Everything the agent wrote, as bytes, plus which programs are attached where. */
+  const snapshot = () => {
+    const m = mode();
+    const maps = Object.fromEntries(
+      POLICY_MAPS.map((n) => {
+        const map = m.openMap(n);
+        try {
+          return [n, map.rawEntries().map(([k, v]) => `${k.toString('hex')}=${v.toString('hex')}`).filter((e) => !/=0+$/.test(e)).sort()];
+        } finally {
+          map.close();
+        }
+      }),
+    );
+    return { maps, links: m.links().map((l) => ({ name: l.name, attached: l.attached, cgroupId: l.cgroupId })) };
+  };
+  /** The agent's log messages (one JSON object per line on stderr). */
+  const messages = (a: Proc): string[] =>
+    a.err
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+  const viaProxy = async () => (await env.client(podA, cgA, ['connect', '10.200.0.100', '8080'])).data ?? '';
+
+  beforeAll(async () => {
+    env = new Env();
+    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+    node = env.netns('node');
+    podA = env.netns('a');
+    up = env.netns('up');
+    env.bridge(node, 'br0', ['10.200.0.1/24']);
+    env.plug(node, 'br0', podA, ['10.200.0.11/24']);
+    env.plug(node, 'br0', up, ['10.200.0.100/24']);
+    cgA = env.cgroup('pod-a');
+    cgProxy = env.cgroup('proxy');
+    await env.server(up, '10.200.0.100', 8080, 'up');
+    await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
+    writeFileSync(join(dir, 'a.yaml'), policyYaml({ name: 'pod-a', cgroup: cgA, outbound: '10.200.0.1:15001', bypassCgroups: [cgProxy], outboundSpec: { excludePorts: [9090] } }));
+  });
+
+  afterAll(async () => {
+    for (const a of agents) await env.stop(a, 'SIGKILL');
+    const problems = await env?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+    expect(problems).toEqual([]);
+  });
+
+  it('pins are root-owned, 0600 (directories 0700)', async () => {
+    const a = await startAgent();
+    for (const sub of ['maps', 'links']) {
+      expect(statSync(join(env.bpffs, sub)).mode & 0o777).toBe(0o700);
+      for (const f of readdirSync(join(env.bpffs, sub))) {
+        const st = statSync(join(env.bpffs, sub, f));
+        expect([st.mode & 0o777, st.uid]).toEqual([0o600, 0]);
+      }
+    }
+    await env.stop(a);
+  });
+
+  it('SIGKILL and restart under load: no connection fails or goes unredirected', async () => {
+    let a = await startAgent();
+    const loop = env.spawn(podA, cgA, process.execPath, [join(env.toolsDir, 'client.mjs'), 'until-stdin', '10.200.0.100', '8080', 'up 10.200.0.1 '], { stdin: true });
+    await new Promise((r) => setTimeout(r, 1000));
+    await env.stop(a, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 1000)); // no agent at all for a second
+    a = await startAgent();
+    await new Promise((r) => setTimeout(r, 1000));
+    loop.child.stdin!.end();
+    await loop.exited;
+    const r = JSON.parse(loop.out) as { total: number; ok: number; failed: number; unexpected: number; firstError: string | null; firstUnexpected: string | null };
+    expect(r.failed, r.firstError ?? '').toBe(0);
+    expect(r.unexpected, r.firstUnexpected ?? '').toBe(0);
+    expect(r.total).toBeGreaterThan(500);
+    await env.stop(a);
+  });
+
+  it('a crash between loading and attaching converges to the same state as a clean start', async () => {
+    const clean = snapshot();
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    const faulty = env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: 'after-load' } });
+    await faulty.exited;
+    expect(faulty.child.signalCode).toBe('SIGKILL');
+    expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]); // died before attaching
+    const a = await startAgent();
+    expect(snapshot()).toEqual({ ...clean, links: clean.links });
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    await env.stop(a);
+  });
+
+  it('apply, apply, cleanup, apply: the same state each time; cleanup leaves nothing', async () => {
+    const states = [];
+    for (let i = 0; i < 2; i++) {
+      const a = await startAgent();
+      states.push(snapshot());
+      await env.stop(a);
+    }
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    expect(sh('bpftool', ['cgroup', 'show', env.cgRootDir]).trim().split('\n').filter((l) => / mr_/.test(l))).toEqual([]);
+    expect(sh('sh', ['-c', `ls -A ${env.bpffs} 2>/dev/null || true`]).trim()).toBe('');
+    const a = await startAgent();
+    states.push(snapshot());
+    expect(states[1]).toEqual(states[0]);
+    expect(states[2]!.maps).toEqual(states[0]!.maps);
+    await env.stop(a);
+  });
+
+  it('a detached link and a deleted policy entry are restored within one interval', async () => {
+    const a = await startAgent(['--interval', '1']);
+    const before = snapshot();
+    const link = mode().links().find((l) => l.name === 'mr_connect4')!;
+    sh('bpftool', ['link', 'detach', 'id', String(link.id)]);
+    const cg = mode().openMap('mr_cgroups');
+    try {
+      for (const k of cg.keys()) cg.delete(k);
+    } finally {
+      cg.close();
+    }
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // broken: goes direct
+    await waitFor(() => {
+      const s = snapshot();
+      return JSON.stringify(s.maps) === JSON.stringify(before.maps) && s.links.every((l) => l.attached);
+    }, 'drift repaired', a, 5000);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    await env.stop(a);
+  });
+
+  it('an invalid file is reported with path and field; valid files apply; the old state of the invalid file stays', async () => {
+    const a = await startAgent(['--interval', '1']);
+    const good = readdirSync(dir);
+    writeFileSync(join(dir, 'b.yaml'), policyYaml({ name: 'pod-b', cgroup: `${env.cgRoot}/pod-b`, outbound: '10.200.0.1:99999' }));
+    await waitFor(() => messages(a).some((m) => m.includes('b.yaml: spec.proxy.outbound')), 'error for b.yaml', a, 5000);
+    expect(messages(a)).toContainEqual(expect.stringMatching(/b\.yaml: spec\.proxy\.outbound: "10\.200\.0\.1:99999": 99999 is not a port/));
+    // Now break a.yaml, whose policy is applied: it must keep working as before.
+    writeFileSync(join(dir, 'a.yaml'), 'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n');
+    await waitFor(() => messages(a).some((m) => /a\.yaml: not applied; keeping its previously applied content \(pod-a\)/.test(m)), 'keeps a.yaml', a, 5000);
+    expect(messages(a)).toContainEqual(expect.stringMatching(/a\.yaml: spec\.cgroup: /));
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    rmSync(join(dir, 'b.yaml'));
+    void good;
+    await env.stop(a);
+  });
+});
