@@ -67,8 +67,10 @@ kernelDescribe('node agent', () => {
     expect(problems).toEqual([]);
   });
 
-  it('pins are root-owned, 0600 (directories 0700)', async () => {
-    const a = await startAgent();
+  it('pins are root-owned, 0600 (directories 0700); an in-sync reconcile writes nothing', async () => {
+    const a = await startAgent(['--interval', '0.5']);
+    await new Promise((r) => setTimeout(r, 2000)); // four periodic reconciles
+    expect(messages(a).filter((m) => m === 'reconciled')).toHaveLength(1); // only the start wrote
     for (const sub of ['maps', 'links']) {
       expect(statSync(join(env.bpffs, sub)).mode & 0o777).toBe(0o700);
       for (const f of readdirSync(join(env.bpffs, sub))) {
@@ -144,6 +146,31 @@ kernelDescribe('node agent', () => {
     }, 'drift repaired', a, 5000);
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     await env.stop(a);
+  });
+
+  it('a changed object replaces the program inside the existing link (bpf_link_update), nothing else', async () => {
+    let a = await startAgent();
+    const before = mode().links();
+    await env.stop(a);
+    // The same sources built at -O1: a different mr_connect4, identical everything else.
+    const out = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
+    const build = join(env.rootDir, 'build');
+    sh('clang', ['-g', '-O1', '-target', 'bpf', '-D__TARGET_ARCH_x86', '-Wall', '-Werror', `-I${build}`, `-I${join(env.rootDir, 'bpf')}`, '-c', join(env.rootDir, 'bpf', 'connect4.bpf.c'), '-o', join(out, 'connect4.bpf.o')]);
+    const others = ['connect6', 'getpeername', 'getsockopt', 'sockops'].map((n) => join(build, `${n}.bpf.o`));
+    sh('bpftool', ['gen', 'object', join(out, 'variant.bpf.o'), join(out, 'connect4.bpf.o'), ...others]);
+    try {
+      a = await startAgent(['--object', join(out, 'variant.bpf.o')]);
+      const after = mode().links();
+      const c4 = (l: typeof after) => l.find((x) => x.name === 'mr_connect4')!;
+      expect(c4(after).id).toBe(c4(before).id); // same link: never detached
+      expect(c4(after).progTag).not.toBe(c4(before).progTag);
+      for (const l of after.filter((x) => x.name !== 'mr_connect4')) expect(l.progId).toBe(before.find((x) => x.name === l.name)!.progId);
+      expect(messages(a).join('\n')).toMatch(/programs loaded and attached/);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+      await env.stop(a);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 
   it('an invalid file is reported with path and field; valid files apply; the old state of the invalid file stays', async () => {

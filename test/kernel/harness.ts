@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, it } from 'vitest';
 
 export { ROOT, CLI, OBJECT, ORIGDST_PROXY, TOOLS, CI, cgroup2, cannotRun, sh, leftovers } from './hoststate.js';
-import { CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
+import { ROOT, CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
 
 /** A describe() that, when the kernel tests cannot run, fails under CI=true and skips elsewhere. */
 export function kernelDescribe(name: string, fn: () => void): void {
@@ -38,6 +38,7 @@ export class Env {
   readonly cgRoot = `/${this.cgName}`;
   readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
   readonly toolsDir = TOOLS;
+  readonly rootDir = ROOT;
   readonly cliPath = CLI;
   private namespaces: string[] = [];
   private procs: Proc[] = [];
