@@ -4,6 +4,8 @@ import { watch, existsSync, type FSWatcher } from 'node:fs';
 import { loadPolicyFile, policyFiles, checkSet, formatError, type FileResult } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
 import { EbpfMode } from '../modes/ebpf/ebpf.js';
+import { IptablesMode, type IptablesConfig } from '../modes/iptables/iptables.js';
+import { ignoredFields } from '../modes/iptables/rules.js';
 import { cgroupId } from '../util/host.js';
 import type { Logger } from './log.js';
 
@@ -17,6 +19,8 @@ export interface AgentOptions {
   interval: number;
   cleanupOnExit: boolean;
   maxConnections?: number;
+  mode: 'ebpf' | 'iptables';
+  iptables?: IptablesConfig;
 }
 
 export interface ReconcileResult {
@@ -29,6 +33,7 @@ export interface ReconcileResult {
 
 export class Agent {
   readonly mode: EbpfMode;
+  readonly iptables?: IptablesMode;
   /** Last valid content of each file: an invalid edit keeps what was applied from that file. */
   private lastGood = new Map<string, Policy[]>();
   private expectedProgs = new Map<string, number>();
@@ -43,6 +48,7 @@ export class Agent {
     private readonly log: Logger,
   ) {
     this.mode = new EbpfMode({ bpffs: opts.bpffs, cgroupRoot: opts.cgroupRoot, object: opts.object, ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}) });
+    if (opts.mode === 'iptables') this.iptables = new IptablesMode(opts.iptables!);
   }
 
   /** True when every pinned link is attached at our root with the program we put there. */
@@ -80,6 +86,15 @@ export class Agent {
   async reconcile(reason: string): Promise<ReconcileResult> {
     const { policies, errors } = await this.readPolicies();
     for (const e of errors) this.log.error({ event: 'policy_error', reason }, e);
+    if (this.iptables) {
+      const r = this.iptables.apply(policies);
+      for (const sk of r.skipped) this.log.error({ event: 'unsupported', mode: 'iptables', policy: sk.policy }, `${sk.policy}: not applied in iptables mode: ${sk.reason}`);
+      for (const p of policies) for (const n of ignoredFields(p)) this.log.warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
+      const writes = r.applied.length + r.removed.length;
+      if (writes) this.log.info({ event: 'reconciled', mode: 'iptables', reason, applied: r.applied, removed: r.removed }, 'reconciled');
+      else this.log.debug({ event: 'reconciled', reason, writes: 0 }, 'in sync');
+      return { loaded: false, writes, deletes: r.removed.length, errors, policies: policies.length };
+    }
     let loaded = false;
     if (!this.linksIntact()) {
       const rep = this.mode.ensureLoaded();
@@ -131,7 +146,9 @@ export class Agent {
     clearTimeout(this.debounce);
     this.watcher?.close();
     await this.running;
-    if (this.opts.cleanupOnExit) {
+    if (this.opts.cleanupOnExit && this.iptables) {
+      this.log.info({ event: 'cleanup', netns: this.iptables.cleanup() }, 'removed every MESHREDIR chain');
+    } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
       this.log.info({ event: 'cleanup', ...r }, 'removed everything meshredir made');
     } else {

@@ -6,6 +6,7 @@ import { cleanupCommand } from './commands/cleanup.js';
 import { policyCommand } from './commands/policy.js';
 import { statusCommand } from './commands/status.js';
 import { verifyCommand } from './commands/verify.js';
+import { iptablesRulesCommand } from './commands/iptables-rules.js';
 import { verifyProbeCommand } from './commands/verify-probe.js';
 
 export function buildProgram(): Command {
@@ -20,5 +21,6 @@ export function buildProgram(): Command {
     .addCommand(verifyCommand)
     .addCommand(verifyProbeCommand, { hidden: true })
     .addCommand(policyCommand)
+    .addCommand(iptablesRulesCommand)
     .addCommand(cleanupCommand);
 }

@@ -164,14 +164,16 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   const ipt = { nft: nft === true, legacy: legacy === true };
 
   const missing = EBPF_REQUIRED.filter((f) => !features[f]);
-  if (!cg2) missing.push('bpf'); // no cgroup2, nothing to attach to
   let mode: ProbeReport['mode'];
   let reason: string;
-  if (missing.length === 0 && cg2) {
+  if (!cg2) {
+    mode = ipt.nft || ipt.legacy ? 'iptables' : 'none';
+    reason = 'no cgroup2 mount: the eBPF programs have nothing to attach to';
+  } else if (missing.length === 0) {
     mode = 'ebpf';
     reason = `every program the eBPF mode needs loads and attaches (${EBPF_REQUIRED.join(', ')})`;
   } else {
-    const what = missing.map((f) => `${f} (${why[f] ?? 'no cgroup2'})`).join('; ');
+    const what = missing.map((f) => `${f} (${why[f]})`).join('; ');
     if (ipt.nft || ipt.legacy) {
       mode = 'iptables';
       reason = `eBPF mode unavailable: ${what}`;

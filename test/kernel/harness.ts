@@ -165,14 +165,14 @@ export class Env {
   }
 
   /** HAProxy in tcp mode forwarding to the original destination (server o 0.0.0.0:0). */
-  async haproxy(ns: string, cg: string, bind: string, port: number): Promise<Proc> {
+  async haproxy(ns: string, cg: string, bind: string, port: number, opts: { uid?: number; source?: string } = {}): Promise<Proc> {
     const cfg = join('/tmp', `meshredir-test-${this.id}-haproxy-${port}.cfg`);
     writeFileSync(
       cfg,
-      ['global', '  maxconn 8192', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 30s', '  timeout server 30s', 'frontend fe', `  bind ${bind}`, '  default_backend be', 'backend be', '  server o 0.0.0.0:0', ''].join('\n'),
+      ['global', '  maxconn 8192', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 30s', '  timeout server 30s', 'frontend fe', `  bind ${bind}`, '  default_backend be', 'backend be', `  server o 0.0.0.0:0${opts.source ? ` source ${opts.source}` : ''}`, ''].join('\n'),
     );
     this.tmpFiles.push(cfg);
-    const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg]);
+    const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg], opts.uid === undefined ? {} : { uid: opts.uid });
     await this.waitListening(ns, port, `haproxy on ${bind}`, p);
     return p;
   }

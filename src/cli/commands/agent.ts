@@ -7,7 +7,9 @@ import { DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
 import { probe } from '../../probe/probe.js';
 import { resolveCgroupArg, requireCgroup2 } from '../../util/host.js';
 import { DEFAULT_OBJECT } from '../paths.js';
-import { UserError } from '../output.js';
+import { UserError, printJson } from '../output.js';
+import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
+import { loadPolicies, formatError } from '../../policy/load.js';
 
 const flags = z.object({
   policies: z.string().min(1),
@@ -18,6 +20,10 @@ const flags = z.object({
   cleanupOnExit: z.boolean().default(false),
   maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
   object: z.string(),
+  iptablesState: z.string(),
+  iptablesBackend: z.enum(['nft', 'legacy']).optional(),
+  lockWait: z.coerce.number().int().min(0).max(600),
+  dryRun: z.boolean().default(false),
 });
 
 export const agentCommand = new Command('agent')
@@ -28,7 +34,11 @@ export const agentCommand = new Command('agent')
   .addOption(new Option('--mode <mode>', 'redirection mode').choices(['auto', 'ebpf', 'iptables']).default('auto'))
   .option('--interval <seconds>', 'periodic reconcile interval', '30')
   .option('--cleanup-on-exit', 'remove everything on SIGTERM/SIGINT (default: leave redirection in place)')
-  .option('--max-connections <n>', 'capacity of the original-destination table')
+  .option('--max-connections <n>', 'eBPF: capacity of the table of connections waiting for the proxy to accept them')
+  .option('--iptables-state <file>', 'iptables: where the per-netns backend choice and applied rules are remembered', DEFAULT_STATE)
+  .addOption(new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices(['nft', 'legacy']))
+  .option('--lock-wait <seconds>', 'iptables: how long to wait for the xtables lock', '10')
+  .option('--dry-run', 'print what would be applied (iptables: the exact iptables-restore input) and exit')
   .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
   .action(async (raw: Record<string, unknown>) => {
     const r = flags.safeParse(raw);
@@ -42,8 +52,22 @@ export const agentCommand = new Command('agent')
       if (p.mode === 'none') throw new UserError(`no redirection mode works here: ${p.reason}`);
       mode = p.mode;
     }
-    if (mode === 'iptables') throw new UserError('iptables mode: not implemented in this version (see the iptables-mode issue)');
-    const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
+    if (o.dryRun) {
+      const set = await loadPolicies(o.policies);
+      for (const e of set.errors) console.error(formatError(e));
+      if (mode === 'iptables') {
+        const ipt = new IptablesMode({ stateFile: o.iptablesState, lockWait: o.lockWait });
+        for (const r of ipt.dryRun(set.policies)) process.stdout.write(`# policy ${r.policy}, ${r.family === 4 ? 'iptables-restore' : 'ip6tables-restore'} --noflush\n${r.text}`);
+      } else {
+        const { toEntries, assignSlots } = await import('../../policy/entries.js');
+        const slots = assignSlots(set.policies.map((p) => p.name), new Map());
+        const ids = new Map(set.policies.map((p) => [p.name, { cgroup: 0n, bypass: p.bypass.cgroups.map(() => 0n) }]));
+        printJson({ mode: 'ebpf', note: 'cgroup ids resolve at apply time (0 here)', entries: toEntries(set.policies, slots, ids) });
+      }
+      if (set.errors.length) process.exitCode = 1;
+      return;
+    }
+    const cgroupRoot = mode === 'iptables' ? (o.cgroupRoot ?? '/') : o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
     const agent = new Agent(
       {
         policies: o.policies,
@@ -52,12 +76,14 @@ export const agentCommand = new Command('agent')
         object: o.object,
         interval: o.interval,
         cleanupOnExit: o.cleanupOnExit,
+        mode,
+        iptables: { stateFile: o.iptablesState, lockWait: o.lockWait, ...(o.iptablesBackend ? { backend: o.iptablesBackend } : {}) },
         ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
       },
       log,
     );
     await agent.start();
-    log.info({ event: 'ready', cgroupRoot, bpffs: o.bpffs, policies: o.policies }, 'redirect-ready');
+    log.info({ event: 'ready', mode, cgroupRoot, bpffs: o.bpffs, policies: o.policies }, 'redirect-ready');
     await new Promise<void>((resolve) => {
       const done = () => resolve();
       process.once('SIGINT', done);

@@ -5,10 +5,21 @@ import { STAT_FIELDS } from '../../bpf/abi.js';
 import { printJson, table } from '../output.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { cgroupPathById } from '../../util/cgroups.js';
+import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
 
-export function readStatus(bpffs: string) {
+const IPTABLES_LIMITS = [
+  'proxy must listen in the pod netns (REDIRECT rewrites to a local address; SO_ORIGINAL_DST works only where the NAT happened)',
+  'the proxy is recognised by uid/gid only (bypass.cgroups are ignored)',
+  'no sk_msg fast path (spec.accelerate)',
+];
+
+export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
   const mode = new EbpfMode({ bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
-  if (!mode.installed()) return { installed: false as const, bpffs };
+  const ipt = new IptablesMode({ stateFile: iptablesState, lockWait: 5 }).status();
+  if (!mode.installed()) {
+    if (ipt.length) return { installed: true as const, mode: 'iptables' as const, iptables: ipt, unsupported: IPTABLES_LIMITS };
+    return { installed: false as const, bpffs };
+  }
   const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
   const stats = mode.stats();
   const slots = mode.currentSlots();
@@ -41,20 +52,28 @@ export function readStatus(bpffs: string) {
     policies,
     maps: mode.fill(),
     unknownOrigDst: Number(global?.origdst_unknown ?? 0n),
-    unsupported: [] as string[],
+    unsupported: ['spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)'],
+    ...(ipt.length ? { iptables: ipt } : {}),
   };
 }
 
 export const statusCommand = new Command('status')
   .description('show what is loaded, attached and applied (read from the pins; works without the agent)')
   .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
+  .option('--iptables-state <file>', 'state file of the iptables mode', DEFAULT_STATE)
   .option('--json', 'print one JSON object')
-  .action((opts: { bpffs: string; json?: boolean }) => {
-    const s = readStatus(opts.bpffs);
+  .action((opts: { bpffs: string; iptablesState: string; json?: boolean }) => {
+    const s = readStatus(opts.bpffs, opts.iptablesState);
     if (opts.json) return printJson(s);
     if (!s.installed) {
-      console.log(`meshredir is not installed here (no pins under ${opts.bpffs})`);
+      console.log(`meshredir is not installed here (no pins under ${opts.bpffs}, no iptables state in ${opts.iptablesState})`);
       process.exitCode = 3;
+      return;
+    }
+    if (s.mode === 'iptables') {
+      console.log('mode iptables');
+      console.log(table(['netns', 'backend', 'policies', 'rules'], s.iptables.map((n) => [n.netns, n.backend, n.policies.join(', '), n.rules])));
+      console.log(`limits of this mode: ${s.unsupported.join('; ')}`);
       return;
     }
     console.log(`mode ebpf · attached at ${s.attachPoint ?? '(nowhere)'} · pins ${s.bpffs}`);

@@ -149,8 +149,13 @@ export class IptablesMode {
       }
       const p = ps[0]!;
       seen.add(key);
-      const prev = state.netns[key];
-      const backend = prev?.backend ?? this.detectBackend(path);
+      let prev = state.netns[key];
+      // A forced backend wins over the remembered one; our rules move off the old backend first.
+      if (prev && this.cfg.backend && prev.backend !== this.cfg.backend) {
+        this.removeFrom(prev);
+        prev = undefined;
+      }
+      const backend = this.cfg.backend ?? prev?.backend ?? this.detectBackend(path);
       const families: string[] = [];
       const next: NetnsState = { path, inode: key, backend, applied: { '4': [], '6': [] }, rendered: { '4': '', '6': '' }, policies: [p.name] };
       let changed = false;
