@@ -17,27 +17,8 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		o = served->orig;
 	} else {
 		__u32 local[4] = {}, remote[4] = {};
-		int v4 = 1;
-		if (sk->family == AF_INET) {
-			local[0] = sk->src_ip4;
-			remote[0] = sk->dst_ip4;
-		} else {
-			local[0] = sk->src_ip6[0];
-			local[1] = sk->src_ip6[1];
-			local[2] = sk->src_ip6[2];
-			local[3] = sk->src_ip6[3];
-			remote[0] = sk->dst_ip6[0];
-			remote[1] = sk->dst_ip6[1];
-			remote[2] = sk->dst_ip6[2];
-			remote[3] = sk->dst_ip6[3];
-			v4 = mr_is_v4_mapped(remote);
-			if (v4) {
-				local[0] = local[3];
-				remote[0] = remote[3];
-				local[1] = local[2] = local[3] = 0;
-				remote[1] = remote[2] = remote[3] = 0;
-			}
-		}
+		int v4;
+		MR_READ_ADDRS(sk, src_ip4, dst_ip4, src_ip6, dst_ip6, local, remote, v4);
 		struct mr_tuple_key k;
 		mr_tuple(&k, v4, remote, sk->dst_port, local, bpf_htons((__u16)sk->src_port),
 			 bpf_get_netns_cookie(ctx));

@@ -225,6 +225,35 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 	return 1;
 }
 
+/* Reads a socket's local and remote addresses into local[4]/remote[4] (zeroed by the caller) and sets
+ * v4 (IPv4, or IPv6 socket with v4-mapped addresses, unmapped here). A macro because the contexts
+ * name the fields differently; each field is read in its own branch because the verifier rejects
+ * a computed offset into the socket context (which is what a ternary on the family compiles to). */
+#define MR_READ_ADDRS(ctx, L4, R4, L6, R6, local, remote, v4)                   \
+	do {                                                                   \
+		v4 = 1;                                                        \
+		if ((ctx)->family == AF_INET) {                                \
+			local[0] = (ctx)->L4;                                  \
+			remote[0] = (ctx)->R4;                                 \
+		} else {                                                       \
+			local[0] = (ctx)->L6[0];                               \
+			local[1] = (ctx)->L6[1];                               \
+			local[2] = (ctx)->L6[2];                               \
+			local[3] = (ctx)->L6[3];                               \
+			remote[0] = (ctx)->R6[0];                              \
+			remote[1] = (ctx)->R6[1];                              \
+			remote[2] = (ctx)->R6[2];                              \
+			remote[3] = (ctx)->R6[3];                              \
+			v4 = mr_is_v4_mapped(remote);                          \
+			if (v4) {                                              \
+				local[0] = local[3];                           \
+				remote[0] = remote[3];                         \
+				local[1] = local[2] = local[3] = 0;            \
+				remote[1] = remote[2] = remote[3] = 0;         \
+			}                                                      \
+		}                                                              \
+	} while (0)
+
 /* Builds the mr_orig key of a connection from the addresses of one of its sockets. For the
  * application's socket `local` is the application; for the proxy's accepted socket it is the proxy.
  * Addresses are v4 (in [0]) when v4 is set, v4-mapped addresses having been unmapped by the caller. */

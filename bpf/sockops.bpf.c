@@ -12,27 +12,8 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 		return;
 
 	__u32 local[4] = {}, remote[4] = {};
-	int v4 = 1;
-	if (skops->family == AF_INET) {
-		local[0] = skops->local_ip4;
-		remote[0] = skops->remote_ip4;
-	} else {
-		local[0] = skops->local_ip6[0];
-		local[1] = skops->local_ip6[1];
-		local[2] = skops->local_ip6[2];
-		local[3] = skops->local_ip6[3];
-		remote[0] = skops->remote_ip6[0];
-		remote[1] = skops->remote_ip6[1];
-		remote[2] = skops->remote_ip6[2];
-		remote[3] = skops->remote_ip6[3];
-		v4 = mr_is_v4_mapped(remote);
-		if (v4) {
-			local[0] = local[3];
-			remote[0] = remote[3];
-			local[1] = local[2] = local[3] = 0;
-			remote[1] = remote[2] = remote[3] = 0;
-		}
-	}
+	int v4;
+	MR_READ_ADDRS(skops, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
 	/* remote_port holds the network-order port in its upper 16 bits (little-endian hosts). */
 	mr_tuple(&st->key, v4, local, bpf_htons((__u16)skops->local_port), remote,
 		 (__be16)(skops->remote_port >> 16), bpf_get_netns_cookie(skops));

@@ -5,6 +5,12 @@ import { buildProgram } from './index.js';
 import { UserError } from './output.js';
 import { BpfError } from '../bpf/errors.js';
 
+// A reader that went away (`meshredir … | head`) is not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 const program = buildProgram().exitOverride();
 const debug = process.argv.includes('--debug');
 
