@@ -34,7 +34,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st) {
 			st->orig = o;
-			st->flags = MR_SK_SERVED;
+			st->flags |= MR_SK_SERVED;
 			bpf_map_delete_elem(&mr_orig, &k);
 		}
 	}

@@ -89,6 +89,8 @@ struct mr_orig {
 #define MR_SK_RECORDED (1u << 0) /* key is in mr_orig and must be deleted on close */
 #define MR_SK_APP      (1u << 1) /* the application's socket: getpeername answers with orig */
 #define MR_SK_SERVED   (1u << 2) /* the proxy's accepted socket: orig is its original destination */
+#define MR_SK_ACCEL    (1u << 3) /* in mr_sockhash (orig.slot names the policy) */
+#define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP, so none can overtake it */
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */
@@ -111,7 +113,14 @@ struct mr_stats {
 	__u64 established;     /* redirected connections that completed the handshake */
 	__u64 origdst_served;  /* SO_ORIGINAL_DST answered from our records */
 	__u64 origdst_unknown; /* SO_ORIGINAL_DST asked for a connection we did not redirect (slot 0) */
+	__u64 accel_sockets;   /* sockets put in the sockhash (app and proxy side) */
+	__u64 msg_fast;        /* messages the sk_msg program sent straight to the peer socket */
+	__u64 msg_slow;        /* messages of accelerated sockets that took the TCP path */
 };
+
+/* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with
+ * saddr/sport = the socket's local end and daddr/dport = its remote end; netns as in mr_orig (the
+ * cookie when the remote address is loopback, else 0). The peer of a socket has the mirrored key. */
 
 /* mr_slots: user-space bookkeeping (no program reads it): which policy owns a slot, so that slots
  * stay stable across agent restarts and `status` can name policies from the pins alone. */

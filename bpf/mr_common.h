@@ -87,6 +87,13 @@ struct {
 	__uint(max_entries, MR_MAX_POLICIES);
 } mr_slots SEC(".maps") __weak;
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct mr_tuple_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} mr_sockhash SEC(".maps") __weak;
+
 #define MR_COUNT(slot, field)                                                  \
 	do {                                                                   \
 		__u32 __k = (slot);                                            \

@@ -2,6 +2,21 @@
  * destination under the tuple the proxy will see; removes it when the connection closes. */
 #include "mr_common.h"
 
+/* Puts the socket in the sockhash when its policy asks for the fast path. kTLS cannot be on yet
+ * (no ULP is set before the handshake completes) and the kernel refuses sockets it cannot hold;
+ * a full sockhash leaves the connection on the normal path. */
+static __always_inline void mr_accelerate(struct bpf_sock_ops *skops, struct mr_sk *st, __u32 slot,
+					  struct mr_tuple_key *key)
+{
+	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
+	if (!p || !(p->flags & MR_F_ACCELERATE))
+		return;
+	if (bpf_sock_hash_update(skops, &mr_sockhash, key, BPF_NOEXIST) == 0) {
+		st->flags |= MR_SK_ACCEL;
+		MR_COUNT(slot, accel_sockets);
+	}
+}
+
 static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -32,6 +47,34 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 	st->flags |= MR_SK_RECORDED;
 	MR_COUNT(o.slot, established);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	mr_accelerate(skops, st, o.slot, &st->key);
+}
+
+/* The proxy's side of a redirected connection: accelerated when the application's policy asks. */
+static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	__u32 local[4] = {}, remote[4] = {};
+	int v4;
+	MR_READ_ADDRS(skops, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
+	__u64 cookie = bpf_get_netns_cookie(skops);
+	__be16 lport = bpf_htons((__u16)skops->local_port);
+	__be16 rport = (__be16)(skops->remote_port >> 16);
+	struct mr_tuple_key k;
+	mr_tuple(&k, v4, remote, rport, local, lport, cookie); /* as the application published it */
+	struct mr_orig *o = bpf_map_lookup_elem(&mr_orig, &k);
+	if (!o)
+		return;
+	__u32 slot = o->slot;
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;
+	st->orig.slot = slot;
+	struct mr_tuple_key own;
+	mr_tuple(&own, v4, local, lport, remote, rport, cookie);
+	mr_accelerate(skops, st, slot, &own);
 }
 
 static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
@@ -52,6 +95,9 @@ int mr_sockops(struct bpf_sock_ops *skops)
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		mr_on_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		mr_on_passive(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)

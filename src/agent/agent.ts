@@ -57,7 +57,7 @@ export class Agent {
     const rootId = String(cgroupId(this.opts.cgroupRoot));
     const links = this.mode.links();
     if (links.length !== this.expectedProgs.size) return false;
-    return links.every((l) => l.attached && l.cgroupId === rootId && this.expectedProgs.get(l.name) === l.progId);
+    return links.every((l) => l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId);
   }
 
   private async readPolicies(): Promise<{ policies: Policy[]; errors: string[] }> {
@@ -101,6 +101,9 @@ export class Agent {
       loaded = true;
       this.expectedProgs = new Map(this.mode.links().map((l) => [l.name, l.progId ?? -1]));
       this.log.info({ event: 'loaded', reason, ...rep }, 'programs loaded and attached');
+      for (const [prog, why] of Object.entries(rep.unavailable)) {
+        this.log.warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);
+      }
     }
     const r = this.mode.applyPolicies(policies);
     for (const p of r.policies) {

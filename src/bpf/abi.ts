@@ -61,6 +61,9 @@ export const STAT_FIELDS = [
   'established',
   'origdst_served',
   'origdst_unknown',
+  'accel_sockets',
+  'msg_fast',
+  'msg_slow',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
@@ -79,6 +82,7 @@ export const MAPS = {
   mr_orig: { key: tupleKey, value: origValue },
   mr_stats: { key: u32, value: statsValue },
   mr_slots: { key: u32, value: slotMeta },
+  mr_sockhash: { key: tupleKey, value: u64 },
 } as const;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
@@ -92,5 +96,6 @@ export const PROGRAMS = {
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
+  mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup
 } as const;
 export type ProgramName = keyof typeof PROGRAMS;

@@ -1,7 +1,7 @@
 // link.ts — a bpf_link as a first-class object: attach to a cgroup, pin, reopen from a pin,
 // swap its program atomically, detach.
 import { openSync, closeSync } from 'node:fs';
-import { lib, isNull, errno, type Ptr } from '../sys/libbpf.js';
+import { lib, isNull, errno, c, NULL, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import type { Program } from './object.js';
 
@@ -12,9 +12,13 @@ export interface LinkInfo {
   /** For cgroup links. */
   cgroupId?: bigint;
   attachType?: number;
+  /** For sockmap links (sk_msg on a sockhash). */
+  mapId?: number;
 }
 
 const BPF_LINK_TYPE_CGROUP = 3;
+export const BPF_LINK_TYPE_SOCKMAP = 14;
+const BPF_SK_MSG_VERDICT = 7;
 
 export function linkInfoByFd(fd: number, what: string): LinkInfo {
   const buf = Buffer.alloc(64);
@@ -27,6 +31,10 @@ export function linkInfoByFd(fd: number, what: string): LinkInfo {
   if (type === BPF_LINK_TYPE_CGROUP) {
     info.cgroupId = buf.readBigUInt64LE(16);
     info.attachType = buf.readUInt32LE(24);
+  }
+  if (type === BPF_LINK_TYPE_SOCKMAP) {
+    info.mapId = buf.readUInt32LE(16);
+    info.attachType = buf.readUInt32LE(20);
   }
   return info;
 }
@@ -66,6 +74,19 @@ export class Link {
       return new Link(p, `${prog.name}@${cgroupPath}`);
     } finally {
       closeSync(cgfd);
+    }
+  }
+
+  /** Attaches an sk_msg program to a sockhash through a bpf_link (kernel 6.10+) and pins it. */
+  static attachSkMsgPinned(prog: Program, mapFd: number, pinPath: string): void {
+    const what = `attach ${prog.name} to its sockhash`;
+    const fd: number = lib.bpf_link_create(prog.fd, mapFd, BPF_SK_MSG_VERDICT, NULL);
+    if (fd < 0) throw new BpfError(what, 'bpf_link_create', fd);
+    try {
+      const r: number = lib.bpf_obj_pin(fd, pinPath);
+      if (r < 0) throw new BpfError(`pin link ${prog.name} at ${pinPath}`, 'bpf_obj_pin', r);
+    } finally {
+      c.close(fd);
     }
   }
 

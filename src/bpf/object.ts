@@ -92,6 +92,11 @@ export class BpfObject {
     return new BpfMap(name, lib.bpf_map__fd(this.mapPtr(name)), key, value, false);
   }
 
+  /** After load: the fd of a map (owned by the object). */
+  mapFd(name: string): number {
+    return lib.bpf_map__fd(this.mapPtr(name));
+  }
+
   /** After load: pins a map the object created. */
   pinMap(name: string, path: string): void {
     const fd: number = lib.bpf_map__fd(this.mapPtr(name));

@@ -428,13 +428,13 @@ static void fwd_event(struct conn *c, int i, uint32_t ev)
 
 		if (getsockopt(c->ep[1].fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 			err = errno;
-		if (err) {
-			fprintf(stderr, "origdst-proxy: connect: %s\n", strerror(err));
+		/* Only EPOLLOUT was asked for; a hang-up without it is a failed connect whose error was
+		 * already consumed, and ignoring it would spin on the level-triggered HUP. */
+		if (err || !(ev & EPOLLOUT)) {
+			fprintf(stderr, "origdst-proxy: connect: %s\n", strerror(err ? err : ECONNRESET));
 			conn_close(c, 1);
 			return;
 		}
-		if (!(ev & EPOLLOUT))
-			return;
 		c->connecting = 0;
 	}
 	if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && fwd_read(c, i) < 0)

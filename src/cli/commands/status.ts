@@ -48,6 +48,7 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
     mode: 'ebpf' as const,
     bpffs,
     attachPoint: links.find((l) => l.cgroup)?.cgroup ?? null,
+    fastPath: links.some((l) => l.name === 'mr_skmsg' && l.attached) ? 'available' : 'unavailable (no sk_msg link: kernel < 6.10?)',
     links,
     policies,
     maps: mode.fill(),
@@ -77,14 +78,14 @@ export const statusCommand = new Command('status')
       return;
     }
     console.log(`mode ebpf · attached at ${s.attachPoint ?? '(nowhere)'} · pins ${s.bpffs}`);
-    console.log(table(['program', 'link', 'prog', 'attached at'], s.links.map((l) => [l.name, l.id ?? '-', l.progId ?? '-', l.attached ? (l.cgroup ?? `cgroup ${l.cgroupId}`) : `DETACHED ${l.error ?? ''}`])));
+    console.log(table(['program', 'link', 'prog', 'attached at'], s.links.map((l) => [l.name, l.id ?? '-', l.progId ?? '-', !l.attached ? `DETACHED ${l.error ?? ''}` : l.mapId !== undefined ? `sockhash (map ${l.mapId})` : (l.cgroup ?? `cgroup ${l.cgroupId}`)])));
     console.log(
       table(
-        ['policy', 'cgroup', 'redirected', 'established', 'origdst served', 'bypassed', 'errors'],
+        ['policy', 'cgroup', 'redirected', 'established', 'origdst served', 'bypassed', 'accelerated', 'errors'],
         s.policies.map((p) => {
           const c = p.counters;
           const bypassed = Object.entries(c).filter(([k]) => k.startsWith('bypass_')).reduce((a, [, v]) => a + v, 0);
-          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, (c.err_storage ?? 0) + (c.err_orig ?? 0)];
+          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, `${c.accel_sockets ?? 0} sockets, ${c.msg_fast ?? 0} msgs`, (c.err_storage ?? 0) + (c.err_orig ?? 0)];
         }),
       ),
     );

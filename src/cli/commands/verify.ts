@@ -29,9 +29,10 @@ function check(o: { cgroup: string; bpffs: string; netns?: string; dest?: string
   const mode = new EbpfMode({ bpffs: o.bpffs, cgroupRoot: '/', object: '' });
   if (!mode.installed()) return fail('installed', `no pins under ${o.bpffs}: the agent has never run here (or was cleaned up)`);
   const links = mode.links();
-  const broken = links.filter((l) => !l.attached);
-  if (links.length < 6 || broken.length) return fail('attached', `programs not attached: ${broken.map((l) => l.name).join(', ') || `only ${links.length} links pinned`}`);
-  const root = cgroupPathById(BigInt(links[0]!.cgroupId!));
+  const cgLinks = links.filter((l) => l.mapId === undefined);
+  const broken = cgLinks.filter((l) => !l.attached);
+  if (cgLinks.length < 6 || broken.length) return fail('attached', `programs not attached: ${broken.map((l) => l.name).join(', ') || `only ${cgLinks.length} cgroup links pinned`}`);
+  const root = cgroupPathById(BigInt(cgLinks[0]!.cgroupId!));
   const rootDir = root === null ? null : cgroupDir(root, mount);
   if (!rootDir || !(dir === rootDir || dir.startsWith(`${rootDir}/`))) return fail('attached', `programs are attached at ${root ?? '?'}, which does not contain ${o.cgroup}`);
   ok('attached', `6 programs at ${root}`);

@@ -29,6 +29,8 @@ export interface EbpfConfig {
 }
 
 export interface LoadReport {
+  /** Programs that could not be attached on this kernel, with why (the fast path is optional). */
+  unavailable: Record<string, string>;
   adoptedMaps: string[];
   createdMaps: string[];
   adoptedLinks: string[];
@@ -59,7 +61,7 @@ export class EbpfMode {
 
   /** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
   ensureLoaded(): LoadReport {
-    const rep: LoadReport = { adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [] };
+    const rep: LoadReport = { unavailable: {}, adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [] };
     ensureBpffs(this.cfg.bpffs);
     mkdirPrivate(this.cfg.bpffs);
     mkdirPrivate(this.mapsDir);
@@ -103,14 +105,16 @@ export class EbpfMode {
 
       // Fault injection for the crash-safety test: die with maps pinned and nothing attached.
       if (process.env.MESHREDIR_FAULT === 'after-load') process.kill(process.pid, 'SIGKILL');
+      const sockhashId = mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id;
       for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
         const prog = obj.program(name);
         const pin = join(this.linksDir, name);
+        const skmsg = PROGRAMS[name].attach === 'sk_msg';
         if (existsSync(pin)) {
           const link = Link.open(pin);
           try {
             const info = link.info();
-            if (info.cgroupId === rootId) {
+            if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
               const cur = progInfoById(info.progId);
               const next = progInfoByFd(prog.fd, name);
               if (!cur || cur.tag !== next.tag) {
@@ -119,13 +123,26 @@ export class EbpfMode {
               } else rep.adoptedLinks.push(name);
               continue;
             }
-            if (info.cgroupId && info.cgroupId !== 0n) {
+            if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
               throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
             }
             link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
           } finally {
             link.close();
           }
+        }
+        if (skmsg) {
+          try {
+            Link.attachSkMsgPinned(prog, obj.mapFd('mr_sockhash'), pin);
+          } catch (e) {
+            // sk_msg links need kernel 6.10; without them accelerate stays off, and status says so.
+            if (!(e instanceof BpfError)) throw e;
+            rep.unavailable[name] = e.message;
+            continue;
+          }
+          chmodSync(pin, 0o600);
+          rep.attachedLinks.push(name);
+          continue;
         }
         const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
         try {
@@ -264,7 +281,7 @@ export class EbpfMode {
     );
   }
 
-  links(): { name: string; pin: string; id?: number; progId?: number; progTag?: string; cgroupId?: string; attached: boolean; error?: string }[] {
+  links(): { name: string; pin: string; id?: number; progId?: number; progTag?: string; cgroupId?: string; mapId?: number; attached: boolean; error?: string }[] {
     if (!existsSync(this.linksDir)) return [];
     return readdirSync(this.linksDir)
       .sort()
@@ -275,6 +292,7 @@ export class EbpfMode {
           try {
             const i = l.info();
             const tag = progInfoById(i.progId)?.tag;
+            if (i.mapId !== undefined) return { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}), mapId: i.mapId, attached: i.mapId !== 0 };
             return { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}), cgroupId: String(i.cgroupId ?? 0n), attached: (i.cgroupId ?? 0n) !== 0n };
           } finally {
             l.close();
