@@ -11,6 +11,14 @@ int mr_skmsg(struct sk_msg_md *msg)
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
 	if (!st || (st->flags & MR_SK_SLOWPATH))
 		return SK_PASS;
+	/* A socket with an upper-layer protocol (kTLS, set after it was accelerated) must not have its
+	 * plaintext redirected past the TLS layer: it leaves the fast path for good. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->inet_conn.icsk_ulp_ops) {
+		st->flags |= MR_SK_SLOWPATH;
+		MR_COUNT(st->orig.slot, msg_slow);
+		return SK_PASS;
+	}
 
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
