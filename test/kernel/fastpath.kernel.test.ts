@@ -84,6 +84,14 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     });
   }
 
+  it('blocking sockets: 1 B to 64 MiB arrive intact both ways through HAProxy', async () => {
+    const p = pods.haproxy!;
+    for (const size of [1, 1024, 65536, 1 << 20, 64 << 20]) {
+      const out = await env.run(p.ns, p.app, 'python3', [join(env.toolsDir, 'transfer_blocking.py'), '10.203.0.254', '7000', String(size)], { timeoutMs: 90_000 });
+      expect(JSON.parse(out), `${size} bytes`).toMatchObject({ ok: true, received: size });
+    }
+  });
+
   it('the fast path is really taken: the sk_msg counter grows and the bytes do not cross lo', async () => {
     const before = await counters('haproxy');
     const lo = loBytes(pods.haproxy!.ns);
@@ -125,6 +133,10 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     const cut = await running;
     expect(cut.ok).toBe(false); // cut, not hung: the deadline did not fire
     expect(cut.stalled).toBeUndefined();
+    // The proxy's side went away (its sockets closed by the kernel): the entries went with them.
+    const end = Date.now() + 5000;
+    while ((await sockhash()) > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+    expect(await sockhash()).toBe(0);
     odp = env.spawn(p.ns, p.proxy, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'forward']);
     await env.waitListening(p.ns, 15001, 'origdst-proxy', odp);
     const before = (await counters('forward')).msg_fast!;
