@@ -16,7 +16,7 @@ deps:
 
 build: bpf ts
 
-bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload
 
 $(BUILD)/vmlinux.h: /sys/kernel/btf/vmlinux
 	@mkdir -p $(BUILD)
@@ -31,6 +31,11 @@ $(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
 
 # The small test/benchmark proxy that asks SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST itself.
 $(BUILD)/origdst-proxy: test/tools/origdst-proxy.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Werror -o $@ $<
+
+# The benchmark's load generator (TCP_CRR and RR with latency percentiles).
+$(BUILD)/mrload: bench/mrload.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Werror -o $@ $<
 
@@ -50,7 +55,7 @@ demo: build
 	scripts/demo.sh
 
 bench: build
-	node dist/cli/main.js bench
+	node dist/cli/main.js bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BUILD) dist

@@ -68,6 +68,9 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 	if (!o)
 		return;
 	__u32 slot = o->slot;
+	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
+	if (!p || !(p->flags & MR_F_ACCELERATE))
+		return; /* nothing to do for this connection: no storage allocated on the proxy's socket */
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;

@@ -7,6 +7,7 @@ import { policyCommand } from './commands/policy.js';
 import { statusCommand } from './commands/status.js';
 import { verifyCommand } from './commands/verify.js';
 import { iptablesRulesCommand } from './commands/iptables-rules.js';
+import { benchCommand } from './commands/bench.js';
 import { verifyProbeCommand } from './commands/verify-probe.js';
 
 export function buildProgram(): Command {
@@ -22,5 +23,6 @@ export function buildProgram(): Command {
     .addCommand(verifyProbeCommand, { hidden: true })
     .addCommand(policyCommand)
     .addCommand(iptablesRulesCommand)
-    .addCommand(cleanupCommand);
+    .addCommand(cleanupCommand)
+    .addCommand(benchCommand);
 }

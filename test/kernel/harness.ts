@@ -116,7 +116,7 @@ export class Env {
     // Join the netns and cgroup as root first, then drop to the uid (setpriv) right before exec.
     const final = opts.uid !== undefined ? this.wrap(ns, cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', cmd, ...args]) : this.wrap(ns, cg, cmd, args);
     const child = spawn(final[0]!, final.slice(1), { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
-    const p: Proc = { child, out: '', err: '', exited: new Promise((r) => child.on('exit', (code) => r(code))) };
+    const p: Proc = { child, out: '', err: '', exited: new Promise((r) => child.on('close', (code) => r(code))) };
     child.stdout!.on('data', (d: Buffer) => (p.out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (p.err += d.toString()));
     this.procs.push(p);
