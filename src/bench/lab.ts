@@ -1,18 +1,14 @@
 // lab.ts — the benchmark's private world: a network namespace (mr-bench-*), a cgroup subtree
 // (meshredir-test-bench-*) where the programs attach, processes started inside both, and a teardown
 // that removes all of it, also when a run fails or is interrupted.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { requireCgroup2 } from '../util/host.js';
+import { startPlaced, type Proc } from '../util/proc.js';
 
-export interface LabProc {
-  child: ChildProcess;
-  out: string;
-  err: string;
-  exited: Promise<number | null>;
-}
+export type LabProc = Proc;
 
 export class Lab {
   readonly id = randomBytes(3).toString('hex');
@@ -71,12 +67,7 @@ export class Lab {
 
   /** Starts cmd in the lab netns and cgroup `cg` (joined before entering the netns). */
   spawn(cg: string, cmd: string, args: string[], uid?: number, ns = this.ns): LabProc {
-    const inner = uid === undefined ? [cmd, ...args] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', cmd, ...args];
-    const argv = ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', join(this.cgMount, cg), 'ip', 'netns', 'exec', ns, ...inner];
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    const p: LabProc = { child, out: '', err: '', exited: new Promise((r) => child.on('close', (c) => r(c))) };
-    child.stdout!.on('data', (d: Buffer) => (p.out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (p.err += d.toString()));
+    const p = startPlaced({ cgroupDir: join(this.cgMount, cg), netns: ns, ...(uid === undefined ? {} : { uid }) }, cmd, args);
     this.procs.push(p);
     return p;
   }

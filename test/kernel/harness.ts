@@ -1,6 +1,6 @@
 // harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
 // processes run inside both, and a teardown that removes all of it, also when a test fails.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { startPlaced, type Proc } from '../../src/util/proc.js';
 import { existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -12,7 +12,10 @@ import { ROOT, CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
 /** A describe() that, when the kernel tests cannot run, fails under CI=true and skips elsewhere. */
 export function kernelDescribe(name: string, fn: () => void): void {
   const why = cannotRun();
-  if (!why) return describe(name, fn);
+  if (!why) {
+    describe(name, fn);
+    return;
+  }
   if (CI) {
     describe(name, () =>
       it('can run', () => {
@@ -22,12 +25,7 @@ export function kernelDescribe(name: string, fn: () => void): void {
   } else describe.skip(`${name} (skipped: ${why})`, fn);
 }
 
-export interface Proc {
-  child: ChildProcess;
-  out: string;
-  err: string;
-  exited: Promise<number | null>;
-}
+export type { Proc };
 
 export class Env {
   readonly id = randomBytes(3).toString('hex');
@@ -105,20 +103,8 @@ export class Env {
     this.ip(nodeNs, 'link', 'set', port, 'master', bridge);
   }
 
-  /** Argv that runs `cmd` inside netns `ns` (null: the test's own) and cgroup `cg` (null: none). */
-  private wrap(ns: string | null, cg: string | null, cmd: string, args: string[]): string[] {
-    // Join the cgroup first: `ip netns exec` remounts /sys, which hides the cgroup2 mount.
-    const inNs = ns ? ['ip', 'netns', 'exec', ns, cmd, ...args] : [cmd, ...args];
-    return cg ? ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgDir(cg), ...inNs] : inNs;
-  }
-
   spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean; env?: Record<string, string> } = {}): Proc {
-    // Join the netns and cgroup as root first, then drop to the uid (setpriv) right before exec.
-    const final = opts.uid !== undefined ? this.wrap(ns, cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', cmd, ...args]) : this.wrap(ns, cg, cmd, args);
-    const child = spawn(final[0]!, final.slice(1), { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
-    const p: Proc = { child, out: '', err: '', exited: new Promise((r) => child.on('close', (code) => r(code))) };
-    child.stdout!.on('data', (d: Buffer) => (p.out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (p.err += d.toString()));
+    const p = startPlaced({ cgroupDir: cg ? this.cgDir(cg) : null, netns: ns, ...opts }, cmd, args);
     this.procs.push(p);
     return p;
   }
