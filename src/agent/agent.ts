@@ -61,7 +61,9 @@ export class Agent {
   }
 
   private async readPolicies(): Promise<{ policies: Policy[]; errors: string[] }> {
-    const files = existsSync(this.opts.policies) ? await policyFiles(this.opts.policies) : [];
+    // A directory that vanished (unmounted, renamed) is not "no policies": change nothing.
+    if (!existsSync(this.opts.policies)) throw new Error(`policy directory ${this.opts.policies} does not exist; nothing was changed`);
+    const files = await policyFiles(this.opts.policies);
     const results: FileResult[] = [];
     const errors: string[] = [];
     for (const f of files) {

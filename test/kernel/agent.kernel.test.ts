@@ -186,6 +186,15 @@ kernelDescribe('node agent', () => {
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     rmSync(join(dir, 'b.yaml'));
     void good;
+    // The whole directory vanishing is an error, not "remove every policy".
+    const moved = `${dir}-moved`;
+    sh('mv', [dir, moved]);
+    try {
+      await waitFor(() => messages(a).some((m) => /policy directory .* does not exist; nothing was changed/.test(m)), 'missing dir reported', a, 5000);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    } finally {
+      sh('mv', [moved, dir]);
+    }
     await env.stop(a);
   });
 });
