@@ -14,7 +14,10 @@ export default defineConfig({
         test: {
           name: 'kernel',
           include: ['test/kernel/**/*.kernel.test.ts'],
-          fileParallelism: false,
+          // One process runs the kernel files one after another (fileParallelism is not a project
+          // option): they share the host's kernel, and the suite ends with a leftovers check.
+          pool: 'forks',
+          poolOptions: { forks: { singleFork: true } },
           sequence: { concurrent: false },
           testTimeout: 120_000,
           hookTimeout: 120_000,

@@ -4,16 +4,19 @@
 SEC("cgroup/connect4")
 int mr_connect4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM || !ctx->sk)
+	/* TCP only: MPTCP and SCTP stream sockets have no record path (sockops is TCP's). */
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP || !ctx->sk)
 		return 1;
 	struct mr_dst d = { .family = AF_INET, .port = (__be16)ctx->user_port };
 	d.addr[0] = ctx->user_ip4;
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p)
+	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p) {
+		mr_forget(ctx->sk);
 		return 1;
+	}
 	/* Fail closed: without a record the proxy could not learn the destination. */
-	if (!mr_record(ctx->sk, AF_INET, d.addr, d.port, slot))
+	if (!mr_room(slot) || !mr_record(ctx->sk, AF_INET, d.addr, d.port, slot))
 		return 0;
 	ctx->user_ip4 = p->proxy4_addr;
 	ctx->user_port = p->proxy4_port;

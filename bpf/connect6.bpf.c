@@ -4,7 +4,7 @@
 SEC("cgroup/connect6")
 int mr_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM || !ctx->sk)
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP || !ctx->sk)
 		return 1;
 	__u32 ip6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
 	struct mr_dst d = { .port = (__be16)ctx->user_port };
@@ -18,10 +18,12 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 	}
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p)
+	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p) {
+		mr_forget(ctx->sk);
 		return 1;
-	/* Recorded as the application gave it (v4-mapped stays mapped for getpeername6). */
-	if (!mr_record(ctx->sk, AF_INET6, ip6, d.port, slot))
+	}
+	/* Recorded as the application gave it (v4-mapped stays mapped for getpeername6). Fail closed. */
+	if (!mr_room(slot) || !mr_record(ctx->sk, AF_INET6, ip6, d.port, slot))
 		return 0;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;

@@ -2,14 +2,26 @@
  * accepted socket from our records, exactly as the kernel's NAT would; every other call untouched. */
 #include "mr_common.h"
 
+#define MR_PAGE_SIZE 4096
+
+/* Leaves the call as the kernel answered it. The program sees at most a page of optval: for a longer
+ * one, optlen 0 tells the kernel to return its own buffer untouched (kernels before 6.5 otherwise
+ * fail such calls with EFAULT — every getsockopt of every socket under the attach point). */
+static __always_inline int mr_pass(struct bpf_sockopt *ctx)
+{
+	if (ctx->optlen > MR_PAGE_SIZE)
+		ctx->optlen = 0;
+	return 1;
+}
+
 SEC("cgroup/getsockopt")
 int mr_getsockopt(struct bpf_sockopt *ctx)
 {
 	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
-		return 1;
+		return mr_pass(ctx);
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk || sk->protocol != IPPROTO_TCP)
-		return 1;
+		return mr_pass(ctx);
 
 	struct mr_orig o;
 	struct mr_sk *served = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
@@ -25,7 +37,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
 		if (!rec) {
 			MR_COUNT(0, origdst_unknown);
-			return 1;
+			return mr_pass(ctx);
 		}
 		o = *rec;
 		/* Move the record onto the accepted socket: later reads are answered from there, and the
@@ -35,7 +47,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		if (st) {
 			st->orig = o;
 			st->flags |= MR_SK_SERVED;
-			bpf_map_delete_elem(&mr_orig, &k);
+			mr_orig_del(&k);
 		}
 	}
 
@@ -43,7 +55,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	if (ctx->level == SOL_IP) {
 		struct sockaddr_in sin = {};
 		if (o.family != AF_INET || buf + sizeof(sin) > (__u8 *)ctx->optval_end)
-			return 1;
+			return mr_pass(ctx);
 		sin.sin_family = AF_INET;
 		sin.sin_port = o.port;
 		sin.sin_addr.s_addr = ((__u32 *)o.addr)[0];
@@ -52,7 +64,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	} else {
 		struct sockaddr_in6 sin6 = {};
 		if (buf + sizeof(sin6) > (__u8 *)ctx->optval_end)
-			return 1;
+			return mr_pass(ctx);
 		sin6.sin6_family = AF_INET6;
 		sin6.sin6_port = o.port;
 		if (o.family == AF_INET) {

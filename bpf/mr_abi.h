@@ -98,6 +98,13 @@ struct mr_sk {
 	__u32 pad;
 };
 
+/* mr_gauges: global values shared by every hook (array of __u64). */
+enum mr_gauge {
+	MR_G_PENDING = 0, /* records in mr_orig now (atomically kept by the programs) */
+	MR_G_LIMIT = 1,   /* set by the agent: past this many pending records a connect is refused */
+	MR_G_MAX = 2,
+};
+
 /* mr_stats: per-CPU counters per policy slot (slot 0: events not tied to a policy). */
 struct mr_stats {
 	__u64 redirected;
@@ -110,6 +117,7 @@ struct mr_stats {
 	__u64 bypass_proxy;    /* the destination is the proxy itself */
 	__u64 err_storage;     /* no socket storage: connect() refused (fail closed) */
 	__u64 err_orig;        /* could not record the connection for the proxy */
+	__u64 err_full;        /* connect() refused: the record table reached its limit (fail closed) */
 	__u64 established;     /* redirected connections that completed the handshake */
 	__u64 origdst_served;  /* SO_ORIGINAL_DST answered from our records */
 	__u64 origdst_unknown; /* SO_ORIGINAL_DST asked for a connection we did not redirect (slot 0) */

@@ -24,11 +24,14 @@ struct {
 	__uint(max_entries, 65536);
 } mr_cgroups SEC(".maps") __weak;
 
+/* A hash, not an array: an update replaces the whole value at once (the old one is freed after an
+ * RCU grace period), so a connect racing a policy edit reads the old or the new policy, never a mix. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, struct mr_policy);
 	__uint(max_entries, MR_MAX_POLICIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_policies SEC(".maps") __weak;
 
 struct {
@@ -56,15 +59,25 @@ struct {
 /* Records of redirected connections that the proxy has not read yet: the proxy's first
  * SO_ORIGINAL_DST read moves the record onto its accepted socket (mr_sk) and deletes it here, and
  * the application's close deletes an unread one. So this table holds only connections waiting for
- * the proxy's accept, whatever the number of open connections. When it is full (a proxy that stopped
- * accepting), new connections are not recorded and their proxy's read fails like the kernel's own
- * (never a wrong destination: the key is the whole tuple); err_orig counts them. */
+ * the proxy's accept, whatever the number of open connections. Its size is twice the agent's limit
+ * (mr_gauges[MR_G_LIMIT]): once that many records wait, connect() is refused (fail closed), because a
+ * redirected connection without a record would make a proxy such as HAProxy, whose SO_ORIGINAL_DST
+ * read fails, forward the connection to its own address. The other half is headroom for connects
+ * that passed the check and have not completed their handshake yet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
 	__type(value, struct mr_orig);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_orig SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, MR_G_MAX);
+} mr_gauges SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -114,11 +127,16 @@ struct mr_dst {
 	__u32 addr[4];
 };
 
+/* Host-local destinations: 127/8 and ::1, and also 0.0.0.0/8 and ::, which the kernel turns into a
+ * connection to the caller's own host only after the connect hook has run. */
 static __always_inline int mr_is_loopback(const struct mr_dst *d)
 {
-	if (d->family == AF_INET)
-		return (bpf_ntohl(d->addr[0]) >> 24) == 127;
-	return d->addr[0] == 0 && d->addr[1] == 0 && d->addr[2] == 0 && d->addr[3] == bpf_htonl(1);
+	if (d->family == AF_INET) {
+		__u32 first = bpf_ntohl(d->addr[0]) >> 24;
+		return first == 127 || first == 0;
+	}
+	return d->addr[0] == 0 && d->addr[1] == 0 && d->addr[2] == 0 &&
+	       (d->addr[3] == bpf_htonl(1) || d->addr[3] == 0);
 }
 
 static __always_inline int mr_eq6(const __u32 a[4], const __u8 b8[16])
@@ -212,6 +230,53 @@ static __always_inline int mr_decide(const struct mr_dst *d, __u32 *slot, struct
 	*slot = s;
 	*pol = p;
 	return MR_REDIRECT;
+}
+
+static __always_inline __u64 *mr_gauge(__u32 which)
+{
+	return bpf_map_lookup_elem(&mr_gauges, &which);
+}
+
+/* Whether a new redirected connection may be recorded; counts the refusal when it may not. */
+static __always_inline int mr_room(__u32 slot)
+{
+	__u64 *limit = mr_gauge(MR_G_LIMIT);
+	__u64 *pending = mr_gauge(MR_G_PENDING);
+	if (!limit || !pending || *limit == 0 || *pending < *limit)
+		return 1;
+	MR_COUNT(slot, err_full);
+	return 0;
+}
+
+/* Adds or replaces a record, keeping MR_G_PENDING equal to the number of records. */
+static __always_inline int mr_orig_put(const struct mr_tuple_key *k, const struct mr_orig *o)
+{
+	if (bpf_map_update_elem(&mr_orig, k, o, BPF_NOEXIST) == 0) {
+		__u64 *pending = mr_gauge(MR_G_PENDING);
+		if (pending)
+			__sync_fetch_and_add(pending, 1);
+		return 0;
+	}
+	return bpf_map_update_elem(&mr_orig, k, o, BPF_EXIST);
+}
+
+/* Deletes a record; only the caller that really removed it decrements the gauge. */
+static __always_inline void mr_orig_del(const struct mr_tuple_key *k)
+{
+	if (bpf_map_delete_elem(&mr_orig, k) == 0) {
+		__u64 *pending = mr_gauge(MR_G_PENDING);
+		if (pending)
+			__sync_fetch_and_add(pending, -1);
+	}
+}
+
+/* A connect that is not redirected: a socket reconnected after connect(AF_UNSPEC) must not keep
+ * answering getpeername with the destination of its earlier, redirected connection. */
+static __always_inline void mr_forget(struct bpf_sock *sk)
+{
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	if (st)
+		st->flags &= ~MR_SK_APP;
 }
 
 /* Records the original destination on the socket; 0 when the kernel has no storage for it. */

@@ -40,7 +40,7 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 		((__u32 *)o.addr)[0] = a;
 		o.family = AF_INET;
 	}
-	if (bpf_map_update_elem(&mr_orig, &st->key, &o, BPF_ANY)) {
+	if (mr_orig_put(&st->key, &o)) {
 		MR_COUNT(o.slot, err_orig);
 		return;
 	}
@@ -88,7 +88,7 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
 	if (!st || !(st->flags & MR_SK_RECORDED))
 		return;
-	bpf_map_delete_elem(&mr_orig, &st->key);
+	mr_orig_del(&st->key);
 	st->flags &= ~MR_SK_RECORDED;
 }
 

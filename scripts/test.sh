@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# test.sh — the whole test suite: unit tests, then the kernel tests (serial, real kernel), then a
-# check that nothing was left on the host.
+# test.sh — the whole test suite: type-check of sources and tests, unit tests, then the kernel tests
+# (one file after another, real kernel), which end with a check that nothing was left on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+npx tsc -p tsconfig.test.json
 npx vitest run --project unit
 npx vitest run --project kernel

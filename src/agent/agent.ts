@@ -108,6 +108,7 @@ export class Agent {
       }
     }
     const r = this.mode.applyPolicies(policies);
+    if (this.mode.syncPending()) this.log.warn({ event: 'drift', map: 'mr_gauges' }, 'the pending-record gauge disagreed with mr_orig (records removed from outside?); corrected');
     for (const p of r.policies) {
       if (!p.resolved) this.log.warn({ event: 'unresolved', policy: p.name, cgroup: p.cgroup }, `cgroup ${p.cgroup} does not exist yet; policy ${p.name} waits for it`);
       for (const b of p.unresolvedBypass) this.log.warn({ event: 'unresolved_bypass', policy: p.name, cgroup: b }, `bypass cgroup ${b} of ${p.name} does not exist`);

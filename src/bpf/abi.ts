@@ -58,6 +58,7 @@ export const STAT_FIELDS = [
   'bypass_proxy',
   'err_storage',
   'err_orig',
+  'err_full',
   'established',
   'origdst_served',
   'origdst_unknown',
@@ -83,7 +84,12 @@ export const MAPS = {
   mr_stats: { key: u32, value: statsValue },
   mr_slots: { key: u32, value: slotMeta },
   mr_sockhash: { key: tupleKey, value: u64 },
+  mr_gauges: { key: u32, value: u64 },
 } as const;
+/** Indexes of mr_gauges (enum mr_gauge). */
+export const Gauge = { PENDING: 0, LIMIT: 1 } as const;
+/** Default limit of connections waiting for the proxy's accept (mr_orig holds twice as many). */
+export const DEFAULT_MAX_CONNECTIONS = 65_536;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
 export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;

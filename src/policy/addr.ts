@@ -18,6 +18,11 @@ export interface Cidr {
   text: string;
 }
 
+/** 127/8 or ::1. */
+export function isLoopback(e: { family: 4 | 6; bytes: number[] }): boolean {
+  return e.family === 4 ? e.bytes[0] === 127 : e.bytes.slice(0, 15).every((b) => b === 0) && e.bytes[15] === 1;
+}
+
 export function parseEndpoint(s: string, family: 4 | 6): Endpoint | string {
   const m = family === 4 ? /^([0-9.]+):(\d+)$/.exec(s) : /^\[([0-9a-fA-F:.]+)\]:(\d+)$/.exec(s);
   if (!m) return `${JSON.stringify(s)} is not ${family === 4 ? 'an IPv4 address:port such as "10.0.0.1:15001"' : 'an IPv6 [address]:port such as "[fd00::1]:15001"'}`;
@@ -47,7 +52,12 @@ export function parseCidr(s: string): Cidr | string {
   const max = family === 4 ? 32 : 128;
   const prefix = Number(prefixText);
   if (!/^\d+$/.test(prefixText) || prefix > max) return `${JSON.stringify(s)}: /${prefixText} is not a prefix length (0-${max})`;
-  const bytes = ipaddr.parse(host).toByteArray();
+  const parsed = ipaddr.parse(host);
+  if (family === 6 && prefix >= 96 && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) {
+    const v4 = (parsed as ipaddr.IPv6).toIPv4Address().toString();
+    return `${JSON.stringify(s)}: IPv4-mapped destinations are decided as IPv4; write ${v4}/${prefix - 96}`;
+  }
+  const bytes = parsed.toByteArray();
   for (let bit = prefix; bit < max; bit++) {
     const i = bit >> 3;
     bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> (bit & 7));

@@ -1,6 +1,6 @@
 // schema.ts — the RedirectPolicy file format (a user-facing contract) and its validated form.
 import { z } from 'zod';
-import { parseEndpoint, parseCidr, type Endpoint, type Cidr } from './addr.js';
+import { parseEndpoint, parseCidr, isLoopback, type Endpoint, type Cidr } from './addr.js';
 
 const port = z
   .number({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
@@ -92,6 +92,18 @@ export const policyDocument = z.strictObject({
       spec.outbound.excludeCidrs.forEach((c, i) => {
         if (incC.has(c.text)) ctx.addIssue({ code: 'custom', path: ['outbound', 'excludeCidrs', i], message: `${c.text} is also in includeCidrs` });
       });
+      if (spec.outbound.redirectLoopback) {
+        for (const field of ['outbound', 'outbound6'] as const) {
+          const ep = spec.proxy[field];
+          if (ep && !isLoopback(ep)) {
+            ctx.addIssue({
+              code: 'custom',
+              path: ['outbound', 'redirectLoopback'],
+              message: `needs loopback proxies: spec.proxy.${field} ${ep.text} is in another network namespace, where the pod's loopback destinations mean another host`,
+            });
+          }
+        }
+      }
       if (spec.proxy.bypass.cgroups.includes(spec.cgroup)) {
         ctx.addIssue({ code: 'custom', path: ['proxy', 'bypass', 'cgroups'], message: `${spec.cgroup} is the policy's own cgroup: nothing would be redirected` });
       }

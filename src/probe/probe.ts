@@ -1,11 +1,14 @@
 // probe.ts — what this kernel and this process can do, decided by loading and attaching tiny
 // programs and creating maps (never by reading the version); the report mode selection reads.
 import { release } from 'node:os';
-import { existsSync, mkdirSync, rmdirSync, openSync, closeSync, accessSync, constants as fsc } from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { lib, c, NULL } from '../sys/libbpf.js';
-import { errnoName } from '../bpf/errors.js';
+import { lib, c, NULL, isNull, errno } from '../sys/libbpf.js';
+import { errnoName, BpfError } from '../bpf/errors.js';
+import { BpfObject } from '../bpf/object.js';
+import { Link } from '../bpf/link.js';
+import { PROGRAMS, type ProgramName } from '../bpf/abi.js';
 import { cgroup2Mount, bpffsMount } from '../util/host.js';
 
 export const FEATURES = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'sockhash', 'skMsg', 'getsockopt', 'getpeername', 'skLookup', 'sendmsg'] as const;
@@ -14,12 +17,23 @@ export type Feature = (typeof FEATURES)[number];
 /** What the eBPF mode needs, all of it: a partial set must not make a half-working mode. */
 export const EBPF_REQUIRED: Feature[] = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername'];
 
+export interface ObjectCheck {
+  path: string;
+  /** The real programs (meshredir.bpf.o) pass the verifier on this kernel. */
+  loads: boolean;
+  /** Each cgroup program attaches through a bpf_link (to a throwaway cgroup). */
+  attaches: boolean;
+  why?: string;
+}
+
 export interface ProbeReport {
   kernel: string;
   libbpf: string;
   cgroup2: string | null;
   bpffs: string | null;
   features: Record<Feature, boolean> & { iptables: { nft: boolean; legacy: boolean } };
+  /** The eBPF mode's own object, loaded and attached for real (null: no object given). */
+  object: ObjectCheck | null;
   /** Why a feature is false (errno name and the operation). */
   why: Partial<Record<Feature | 'iptables.nft' | 'iptables.legacy', string>>;
   mode: 'ebpf' | 'iptables' | 'none';
@@ -81,6 +95,72 @@ function iptablesWorks(bin: string): Outcome {
 export interface ProbeOptions {
   /** Where the probe makes its temporary cgroup (default: the cgroup2 mount). */
   cgroupParent?: string;
+  /** meshredir.bpf.o: when given, mode ebpf also needs its programs to load and attach. */
+  object?: string;
+}
+
+// A minimal BTF blob (one 32-bit int type): the kernel must accept BTF for CO-RE objects and maps.
+function tinyBtf(): Buffer {
+  const strings = Buffer.from('\0int\0', 'latin1');
+  const types = Buffer.alloc(16);
+  types.writeUInt32LE(1, 0); // name_off -> "int"
+  types.writeUInt32LE(1 << 24, 4); // BTF_KIND_INT, vlen 0
+  types.writeUInt32LE(4, 8); // size
+  types.writeUInt32LE(32, 12); // encoding 0, offset 0, 32 bits
+  const hdr = Buffer.alloc(24);
+  hdr.writeUInt16LE(0xeb9f, 0);
+  hdr.writeUInt8(1, 2);
+  hdr.writeUInt32LE(24, 4);
+  hdr.writeUInt32LE(0, 8);
+  hdr.writeUInt32LE(types.length, 12);
+  hdr.writeUInt32LE(types.length, 16);
+  hdr.writeUInt32LE(strings.length, 20);
+  return Buffer.concat([hdr, types, strings]);
+}
+
+function probeBtf(): Outcome {
+  const blob = tinyBtf();
+  const fd: number = lib.bpf_btf_load(blob, blob.length, NULL);
+  if (fd < 0) return fail('bpf_btf_load', fd);
+  c.close(fd);
+  const vmlinux = lib.btf__load_vmlinux_btf();
+  if (isNull(vmlinux)) return `btf__load_vmlinux_btf: ${errnoName(errno())} (no usable kernel BTF: CONFIG_DEBUG_INFO_BTF)`;
+  lib.btf__free(vmlinux);
+  return true;
+}
+
+/** A load error with the failing program and the verifier's verdict, from libbpf's log. */
+function withVerifier(e: BpfError): string {
+  const prog = e.log.find((l) => /prog '.*': failed to load/.test(l))?.replace(/^libbpf: /, '');
+  const at = e.log.findIndex((l) => /^processed \d+ insns/.test(l));
+  const verdict = at > 0 ? e.log[at - 1] : undefined;
+  return [e.message, prog, verdict].filter(Boolean).join('; ');
+}
+
+/** Loads the real object and attaches each of its cgroup programs to `cgroupDir`, then lets go. */
+function probeObject(path: string, cgroupDir: string | null): ObjectCheck {
+  let obj: BpfObject | undefined;
+  try {
+    obj = BpfObject.open(path);
+    obj.load();
+  } catch (e) {
+    obj?.close();
+    return { path, loads: false, attaches: false, why: e instanceof BpfError ? withVerifier(e) : (e as Error).message };
+  }
+  try {
+    if (!cgroupDir) return { path, loads: true, attaches: false, why: 'no cgroup2 mount to attach to' };
+    for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
+      if (PROGRAMS[name].attach === 'sk_msg') continue; // optional (fast path), probed as skMsg
+      try {
+        Link.attachCgroup(obj.program(name), cgroupDir).close(); // unpinned: detached on close
+      } catch (e) {
+        return { path, loads: true, attaches: false, why: (e as Error).message };
+      }
+    }
+    return { path, loads: true, attaches: true };
+  } finally {
+    obj.close();
+  }
 }
 
 export function probe(opts: ProbeOptions = {}): ProbeReport {
@@ -92,17 +172,13 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
     if (o !== true) why[f] = o;
   };
 
+  let object: ObjectCheck | null = null;
   const mfd: number = lib.bpf_map_create(MAP.ARRAY, 'mr_probe', 4, 4, 1, NULL);
   set('bpf', mfd >= 0 ? true : fail('bpf_map_create', mfd));
   if (mfd >= 0) c.close(mfd);
 
   if (features.bpf) {
-    try {
-      accessSync('/sys/kernel/btf/vmlinux', fsc.R_OK);
-      set('btf', true);
-    } catch {
-      set('btf', '/sys/kernel/btf/vmlinux: not readable (kernel built without CONFIG_DEBUG_INFO_BTF)');
-    }
+    set('btf', probeBtf());
     const sh: number = lib.bpf_map_create(MAP.SOCKHASH, 'mr_probe', 4, 4, 1, NULL);
     set('sockhash', sh >= 0 ? true : fail('bpf_map_create(sockhash)', sh));
 
@@ -144,9 +220,11 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
         const g6 = probeCgroupHook(PROG.CGROUP_SOCK_ADDR, ATTACH.INET6_GETPEERNAME, cgfd);
         set('getpeername', g4.link !== true ? (g4.load === true ? g4.link : g4.load) : g6.link !== true ? (g6.load === true ? g6.link : g6.load) : true);
         set('bpfLink', anyLink);
+        if (opts.object) object = probeObject(opts.object, dir);
       } catch (e) {
         const msg = `temporary cgroup ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
         for (const f of ['bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername', 'sendmsg'] as Feature[]) set(f, msg);
+        if (opts.object) object = { path: opts.object, loads: false, attaches: false, why: msg };
       } finally {
         if (cgfd >= 0) closeSync(cgfd);
         if (existsSync(dir)) rmdirSync(dir);
@@ -163,7 +241,10 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   if (legacy !== true) why['iptables.legacy'] = legacy;
   const ipt = { nft: nft === true, legacy: legacy === true };
 
-  const missing = EBPF_REQUIRED.filter((f) => !features[f]);
+  if (opts.object && !object) object = { path: opts.object, loads: false, attaches: false, why: features.bpf ? 'no cgroup2 mount' : 'bpf() is not usable by this process' };
+  // Without bpf() every other check failed for that one reason: name it alone.
+  const missing: string[] = !features.bpf ? [`bpf (${why.bpf})`] : EBPF_REQUIRED.filter((f) => !features[f]).map((f) => `${f} (${why[f]})`);
+  if (features.bpf && object && !(object.loads && object.attaches)) missing.push(`${object.path} (${object.why})`);
   let mode: ProbeReport['mode'];
   let reason: string;
   if (!cg2) {
@@ -171,9 +252,11 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
     reason = 'no cgroup2 mount: the eBPF programs have nothing to attach to';
   } else if (missing.length === 0) {
     mode = 'ebpf';
-    reason = `every program the eBPF mode needs loads and attaches (${EBPF_REQUIRED.join(', ')})`;
+    reason = object
+      ? `meshredir's programs load and attach here (${Object.keys(PROGRAMS).filter((n) => n !== 'mr_skmsg').join(', ')}), and so do the hooks they need (${EBPF_REQUIRED.join(', ')})`
+      : `every hook the eBPF mode needs loads and attaches (${EBPF_REQUIRED.join(', ')}); meshredir's own object was not tried`;
   } else {
-    const what = missing.map((f) => `${f} (${why[f]})`).join('; ');
+    const what = missing.join('; ');
     if (ipt.nft || ipt.legacy) {
       mode = 'iptables';
       reason = `eBPF mode unavailable: ${what}`;
@@ -188,6 +271,7 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
     cgroup2: cg2,
     bpffs: bpffsMount(),
     features: { ...features, iptables: ipt },
+    object,
     why,
     mode,
     reason,

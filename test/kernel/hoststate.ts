@@ -44,12 +44,28 @@ export function sh(cmd: string, args: string[], opts: { input?: string; allowFai
   }
 }
 
-/** What meshredir's names say is still on the host (the same rules as shared/tools/leftovers). */
+/** What meshredir's names say is still on the host (the rules of shared/tools/leftovers). */
 export function leftovers(): string[] {
   const out: string[] = [];
   const mount = cgroup2();
   if (existsSync('/sys/fs/bpf')) for (const n of readdirSync('/sys/fs/bpf')) if (n.startsWith('meshredir') || n.startsWith('mr-')) out.push(`bpffs pin /sys/fs/bpf/${n}`);
-  if (mount) for (const n of readdirSync(mount)) if (n.startsWith('meshredir-test-') || n.startsWith('meshredir-probe-')) out.push(`cgroup ${join(mount, n)}`);
+  if (mount) {
+    // Test and probe cgroups at any depth (a probe's throwaway cgroup lives under a test root).
+    const walk = (dir: string, depth: number) => {
+      if (depth > 6) return;
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        if (!e.isDirectory()) continue;
+        if (e.name.startsWith('meshredir-test-') || e.name.startsWith('meshredir-probe-')) out.push(`cgroup ${join(dir, e.name)}`);
+        else walk(join(dir, e.name), depth + 1);
+      }
+    };
+    walk(mount, 1);
+    let path = '';
+    for (const l of sh('bpftool', ['cgroup', 'tree', mount], { allowFail: true }).split('\n')) {
+      if (l.startsWith('/')) path = l.trim();
+      else if (/ mr_/.test(l)) out.push(`attached at ${path}: ${l.trim()}`);
+    }
+  }
   for (const l of sh('ip', ['netns', 'list'], { allowFail: true }).split('\n')) if (l.startsWith('mr-')) out.push(`netns ${l.split(' ')[0]}`);
   for (const l of sh('bpftool', ['prog', 'show'], { allowFail: true }).split('\n')) if (/ name mr_/.test(l)) out.push(`loaded program ${l.trim()}`);
   for (const t of ['iptables-save', 'ip6tables-save', 'iptables-legacy-save', 'ip6tables-legacy-save']) {
@@ -57,4 +73,3 @@ export function leftovers(): string[] {
   }
   return out;
 }
-

@@ -10,8 +10,8 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
   let env: Env;
   let dir: string;
   let agent: Proc;
-  let node: string, podA: string, podB: string, up: string;
-  let cgA: string, cgB: string, cgProxy: string;
+  let node: string, podA: string, podB: string, podC: string, podD: string, up: string;
+  let cgA: string, cgB: string, cgC: string, cgD: string, cgProxy: string;
   let p6: Proc;
 
   beforeAll(async () => {
@@ -20,17 +20,26 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     node = env.netns('node');
     podA = env.netns('a');
     podB = env.netns('b');
+    podC = env.netns('c');
+    podD = env.netns('d');
     up = env.netns('up');
     env.bridge(node, 'br0', ['10.200.0.1/24', 'fd00:200::1/64']);
     env.plug(node, 'br0', podA, ['10.200.0.11/24', 'fd00:200::11/64']);
     env.plug(node, 'br0', podB, ['10.200.0.12/24', 'fd00:200::12/64']);
-    env.plug(node, 'br0', up, ['10.200.0.100/24', 'fd00:200::100/64']);
+    env.plug(node, 'br0', podC, ['10.200.0.13/24', 'fd00:200::13/64']);
+    env.plug(node, 'br0', podD, ['10.200.0.14/24', 'fd00:200::14/64']);
+    env.plug(node, 'br0', up, ['10.200.0.100/24', 'fd00:200::100/64', '10.200.0.97/24', '10.200.0.120/24', 'fd00:200::97/64', 'fd00:200::98/64']);
     cgA = env.cgroup('pod-a');
     cgB = env.cgroup('pod-b');
+    cgC = env.cgroup('pod-c');
+    cgD = env.cgroup('pod-d');
     cgProxy = env.cgroup('proxy');
     await env.server(up, '10.200.0.100', 8080, 'up');
     await env.server(up, '10.200.0.100', 9090, 'up9090');
     await env.server(up, 'fd00:200::100', 8080, 'up6');
+    for (const [addr, port] of [['10.200.0.97', 8080], ['10.200.0.120', 8080], ['10.200.0.120', 9090], ['fd00:200::97', 8080], ['fd00:200::98', 8080]] as const) {
+      await env.server(up, addr, port, `up-${addr}-${port}`);
+    }
     await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
     // IPv6: HAProxy asks only SOL_IP; this proxy asks IP6T_SO_ORIGINAL_DST on v6 sockets.
     p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
@@ -44,6 +53,27 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
         outbound6: '[fd00:200::1]:15006',
         bypassCgroups: [cgProxy],
         outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.200.0.96/30'] },
+      }),
+    );
+    // Include/exclude lists, nested both ways; the longest prefix decides.
+    writeFileSync(
+      join(dir, 'c.yaml'),
+      policyYaml({
+        name: 'pod-c',
+        cgroup: cgC,
+        outbound: '10.200.0.1:15001',
+        bypassCgroups: [cgProxy],
+        outboundSpec: { includePorts: [8080], includeCidrs: ['10.200.0.0/24', '10.200.0.97/32'], excludeCidrs: ['10.200.0.96/28'] },
+      }),
+    );
+    writeFileSync(
+      join(dir, 'd.yaml'),
+      policyYaml({
+        name: 'pod-d',
+        cgroup: cgD,
+        outbound6: '[fd00:200::1]:15006',
+        bypassCgroups: [cgProxy],
+        outboundSpec: { includeCidrs: ['fd00:200::/64', 'fd00:200::97/128'], excludeCidrs: ['fd00:200::/120'] },
       }),
     );
     agent = await env.agent(dir);
@@ -72,12 +102,27 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
   it('excluded port and excluded CIDR go direct', async () => {
     const port = await env.client(podA, cgA, ['connect', '10.200.0.100', '9090']);
     expect(port.data).toMatch(/^up9090 10\.200\.0\.11 /);
-    // 10.200.0.100 is in 10.200.0.96/30? No: .96-.99. Use a second address to test the CIDR.
-    env.ip(up, 'addr', 'add', '10.200.0.97/24', 'dev', 'eth0');
-    const srv = await env.server(up, '10.200.0.97', 8080, 'up97');
+    // pod A excludes 10.200.0.96/30 (.96-.99).
     const cidr = await env.client(podA, cgA, ['connect', '10.200.0.97', '8080']);
-    expect(cidr.data).toMatch(/^up97 10\.200\.0\.11 /);
-    await env.stop(srv);
+    expect(cidr.data).toMatch(/^up-10\.200\.0\.97-8080 10\.200\.0\.11 /);
+  });
+
+  it('include lists and nested CIDRs: the longest prefix decides, in both directions (IPv4)', async () => {
+    // pod C: includePorts [8080]; include 10.200.0.0/24 and 10.200.0.97/32; exclude 10.200.0.96/28.
+    const via = async (addr: string, port: number) => (await env.client(podC, cgC, ['connect', addr, String(port)])).data ?? '';
+    expect(await via('10.200.0.120', 8080)).toMatch(/^up-10\.200\.0\.120-8080 10\.200\.0\.1 /); // /24 include → proxy
+    expect(await via('10.200.0.100', 8080)).toMatch(/^up 10\.200\.0\.13 /); // /28 exclude inside /24 include → direct
+    expect(await via('10.200.0.97', 8080)).toMatch(/^up-10\.200\.0\.97-8080 10\.200\.0\.1 /); // /32 include inside /28 exclude → proxy
+    expect(await via('10.200.0.120', 9090)).toMatch(/^up-10\.200\.0\.120-9090 10\.200\.0\.13 /); // port not included → direct
+  });
+
+  it('include and exclude CIDRs for IPv6; an IPv6-only policy leaves IPv4 alone', async () => {
+    // pod D: include fd00:200::/64 and fd00:200::97/128; exclude fd00:200::/120 (::0-::ff).
+    const via = async (addr: string) => (await env.client(podD, cgD, ['connect', addr, '8080'])).data ?? '';
+    expect(await via('fd00:200::100')).toMatch(/^up6 fd00:200::1 /); // outside the /120: /64 include → proxy
+    expect(await via('fd00:200::98')).toMatch(/^up-fd00:200::98-8080 fd00:200::14 /); // /120 exclude → direct
+    expect(await via('fd00:200::97')).toMatch(/^up-fd00:200::97-8080 fd00:200::1 /); // /128 include inside the exclude → proxy
+    expect((await env.client(podD, cgD, ['connect', '10.200.0.100', '8080'])).data).toMatch(/^up 10\.200\.0\.14 /);
   });
 
   it('IPv6 through a proxy that asks IP6T_SO_ORIGINAL_DST; getpeername6 shows the original', async () => {

@@ -1,14 +1,16 @@
 // sidecar.kernel.test.ts — the proxy inside each pod's netns on 127.0.0.1:15001: two pods whose
 // connections have identical loopback tuples each get their own original destination; records are
-// freed with their connections; a full table never yields a wrong destination.
+// freed with their connections; a full table refuses connects (never a connection without a record);
+// loopback destinations; every getsockopt other than SO_ORIGINAL_DST answered as the kernel did.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 
 interface Status {
   maps: { map: string; entries: number; max: number }[];
+  records: { pending: number; limit: number };
   policies: { name: string; counters: Record<string, number> }[];
 }
 
@@ -19,20 +21,55 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
   const pods: { ns: string; cg: string; proxyCg: string }[] = [];
 
   const status = async (): Promise<Status> => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
-  const origEntries = async () => (await status()).maps.find((m) => m.map === 'mr_orig')!;
+  const origEntries = async () => {
+    const s = await status();
+    const m = s.maps.find((x) => x.map === 'mr_orig')!;
+    expect(s.records.pending).toBe(m.entries); // the gauge the connect hook reads is exact
+    return m;
+  };
+  const stopped = async <T>(pids: number[], fn: () => Promise<T>): Promise<T> => {
+    for (const pid of pids) process.kill(pid, 'SIGSTOP');
+    try {
+      return await fn();
+    } finally {
+      for (const pid of pids) process.kill(pid, 'SIGCONT');
+    }
+  };
+  const proxyPids = (cg: string) => sh('cat', [join(env.cgDir(cg), 'cgroup.procs')]).trim().split('\n').map(Number);
+  /** `client.mjs hold` started without waiting for answers: { proc, lines() }. */
+  const holdLater = (ns: string, cg: string, host: string, port: number, n: number, localPort?: number) => {
+    const p = env.spawn(ns, cg, process.execPath, [join(env.toolsDir, 'client.mjs'), 'hold', host, String(port), String(n)], { stdin: true, ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}) });
+    return {
+      proc: p,
+      lines: async () => {
+        await waitFor(() => p.out.includes('\n'), `hold ${n}`, p, 30_000);
+        return (JSON.parse(p.out.trim()) as { lines: string[] }).lines;
+      },
+      release: async () => {
+        p.child.stdin!.end();
+        await p.exited;
+      },
+    };
+  };
 
   beforeAll(async () => {
     env = new Env();
     dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
-    for (const name of ['s1', 's2']) {
+    for (const name of ['s1', 's2', 's3']) {
       const ns = env.netns(name);
       const cg = env.cgroup(`${name}/app`);
       const proxyCg = env.cgroup(`${name}/proxy`);
       const policyCg = `${env.cgRoot}/${name}`;
       const p = env.spawn(ns, proxyCg, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
       await env.waitListening(ns, 15001, `origdst-proxy in ${name}`, p);
-      writeFileSync(join(dir, `${name}.yaml`), policyYaml({ name, cgroup: policyCg, outbound: '127.0.0.1:15001', bypassCgroups: [proxyCg] }));
+      // s3 also sends loopback destinations to its proxy.
+      const outboundSpec = name === 's3' ? { redirectLoopback: true } : undefined;
+      writeFileSync(join(dir, `${name}.yaml`), policyYaml({ name, cgroup: policyCg, outbound: '127.0.0.1:15001', bypassCgroups: [proxyCg], ...(outboundSpec ? { outboundSpec } : {}) }));
       pods.push({ ns, cg, proxyCg });
+      // A local service of the pod on loopback (port 9999), outside every covered cgroup.
+      await env.server(ns, '127.0.0.1', 9999, `local-${name}`);
+      // One that keeps connections open, so their TCP state is the same for every reader.
+      if (name === 's1') await env.server(ns, '127.0.0.1', 9998, 'local-held', true);
     }
     agent = await env.agent(dir, ['--max-connections', '128']);
   });
@@ -43,8 +80,27 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
     expect(problems).toEqual([]);
   });
 
-  it('two pods with identical loopback tuples each get their own destination', async () => {
+  it('two pods with identical loopback tuples each get their own destination, both records held at once', async () => {
     const [s1, s2] = pods as [(typeof pods)[0], (typeof pods)[0]];
+    // With both proxies stopped, both records must exist side by side in the table: same tuple
+    // 127.0.0.1:41100 → 127.0.0.1:15001, told apart only by the netns.
+    let a: ReturnType<typeof holdLater> | undefined;
+    let b: ReturnType<typeof holdLater> | undefined;
+    try {
+      await stopped([...proxyPids(s1.proxyCg), ...proxyPids(s2.proxyCg)], async () => {
+        a = holdLater(s1.ns, s1.cg, '10.201.0.5', 8080, 1, 41100);
+        b = holdLater(s2.ns, s2.cg, '10.201.0.6', 9090, 1, 41100);
+        const end = Date.now() + 10_000;
+        while ((await origEntries()).entries < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+        expect((await origEntries()).entries).toBe(2);
+      });
+      expect(await a!.lines()).toEqual(['ORIGDST 10.201.0.5 8080 PEER 127.0.0.1 41100']);
+      expect(await b!.lines()).toEqual(['ORIGDST 10.201.0.6 9090 PEER 127.0.0.1 41100']);
+    } finally {
+      await a?.release();
+      await b?.release();
+    }
+    // And the same again, quickly, from fresh processes.
     for (let round = 0; round < 10; round++) {
       const port = String(41000 + round);
       // Nothing routes 10.201.0.0/24 in these namespaces: a failed redirect could not leave them.
@@ -91,36 +147,78 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
     }
   });
 
-  it('a proxy that stops accepting fills the table: later connections fail at the proxy, none gets a wrong destination', async () => {
-    const s2 = pods[1]!;
-    const pids = (await env.run(null, null, 'cat', [join(env.cgDir(s2.proxyCg), 'cgroup.procs')])).trim().split('\n').map(Number);
-    const before = (await status()).policies.find((p) => p.name === 's2')!.counters;
-    for (const pid of pids) process.kill(pid, 'SIGSTOP');
-    let held: Awaited<ReturnType<Env['hold']>> | undefined;
-    try {
-      const holding = env.hold(s2.ns, s2.cg, '10.201.0.11', 7100, 200);
-      // The kernel completes the handshakes (backlog 4096) while nothing accepts them.
+  it('records go when the application closes before the proxy ever read them', async () => {
+    const s1 = pods[0]!;
+    const base = (await origEntries()).entries;
+    let held: ReturnType<typeof holdLater> | undefined;
+    await stopped(proxyPids(s1.proxyCg), async () => {
+      held = holdLater(s1.ns, s1.cg, '10.201.0.12', 7200, 50);
       const end = Date.now() + 15_000;
-      while ((await origEntries()).entries < 128 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
-      expect((await origEntries()).entries).toBe(128);
-      await new Promise((r) => setTimeout(r, 500)); // the remaining 72 handshakes complete
-      for (const pid of pids) process.kill(pid, 'SIGCONT');
-      held = await holding;
-    } finally {
-      for (const pid of pids) process.kill(pid, 'SIGCONT');
-    }
+      while ((await origEntries()).entries < base + 50 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+      expect((await origEntries()).entries).toBe(base + 50);
+      held.proc.child.kill('SIGKILL'); // the kernel closes its 50 sockets
+      await held.proc.exited;
+      const end2 = Date.now() + 15_000;
+      while ((await origEntries()).entries > base && Date.now() < end2) await new Promise((r) => setTimeout(r, 100));
+      expect((await origEntries()).entries).toBe(base);
+    });
+  });
+
+  it('a full table refuses new connects (fail closed): never a connection the proxy cannot place', async () => {
+    const s2 = pods[1]!;
+    const before = (await status()).policies.find((p) => p.name === 's2')!.counters;
+    let first: ReturnType<typeof holdLater> | undefined;
+    let second: ReturnType<typeof holdLater> | undefined;
     try {
-      const right = held.lines.filter((l) => /^ORIGDST 10\.201\.0\.11 7100 /.test(l));
-      const refused = held.lines.filter((l) => l.startsWith('ERR ') || l === 'CLOSED' || l.startsWith('ERROR '));
-      expect(right.length + refused.length, held.lines.join('\n')).toBe(200); // nothing else: never a wrong destination
-      expect(right.length).toBe(128);
+      await stopped(proxyPids(s2.proxyCg), async () => {
+        // 128 handshakes complete in the kernel's backlog while nothing accepts: the table's limit.
+        first = holdLater(s2.ns, s2.cg, '10.201.0.11', 7100, 128);
+        const end = Date.now() + 15_000;
+        while ((await origEntries()).entries < 128 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+        expect((await origEntries()).entries).toBe(128);
+        // Past the limit, connect() itself fails: without a record, a proxy like HAProxy would fall
+        // back to its own address and connect to itself.
+        second = holdLater(s2.ns, s2.cg, '10.201.0.11', 7100, 72);
+        expect(await second.lines()).toEqual(new Array<string>(72).fill('ERROR EPERM'));
+      });
+      const lines = await first!.lines();
+      expect(lines.filter((l) => !/^ORIGDST 10\.201\.0\.11 7100 PEER 127\.0\.0\.1 \d+$/.test(l))).toEqual([]);
       const after = (await status()).policies.find((p) => p.name === 's2')!.counters;
-      expect((after.err_orig ?? 0) - (before.err_orig ?? 0)).toBe(72);
+      expect((after.err_full ?? 0) - (before.err_full ?? 0)).toBe(72);
+      expect((after.err_orig ?? 0) - (before.err_orig ?? 0)).toBe(0);
     } finally {
-      await held.release();
+      await first?.release();
+      await second?.release();
     }
     const fresh = await env.client(s2.ns, s2.cg, ['connect', '10.201.0.10', '7001']);
     expect(fresh.data).toMatch(/^ORIGDST 10\.201\.0\.10 7001 /);
+  });
+
+  it('loopback destinations (127/8, 0.0.0.0) go direct, unless the policy says redirectLoopback', async () => {
+    const [s1, , s3] = pods as [(typeof pods)[0], (typeof pods)[0], (typeof pods)[0]];
+    const before = (await status()).policies.find((p) => p.name === 's1')!.counters;
+    expect((await env.client(s1.ns, s1.cg, ['connect', '127.0.0.1', '9999'])).data).toMatch(/^local-s1 127\.0\.0\.1 \d+$/);
+    // The kernel turns 0.0.0.0 into a local connection only after the connect hook: still loopback.
+    expect((await env.client(s1.ns, s1.cg, ['connect', '0.0.0.0', '9999'])).data).toMatch(/^local-s1 127\.0\.0\.1 \d+$/);
+    const after = (await status()).policies.find((p) => p.name === 's1')!.counters;
+    expect(after.bypass_loopback! - before.bypass_loopback!).toBe(2);
+    const r = await env.client(s3.ns, s3.cg, ['connect', '127.0.0.1', '9999']);
+    expect(r.data).toMatch(/^ORIGDST 127\.0\.0\.1 9999 PEER 127\.0\.0\.1 \d+$/);
+    expect(r.peer).toEqual({ address: '127.0.0.1', port: 9999 });
+  });
+
+  it('every other getsockopt is answered as the kernel did: with and without the hook, the same', async () => {
+    const s1 = pods[0]!;
+    // A filter table of more than a page, read back through IPT_SO_GET_ENTRIES.
+    const rules = Array.from({ length: 80 }, (_, i) => `-A mrtest -p tcp --dport ${20000 + i} -m comment --comment meshredir-test-filler -j ACCEPT`);
+    sh('ip', ['netns', 'exec', s1.ns, 'iptables-legacy-restore', '--noflush'], { input: ['*filter', ':mrtest - [0:0]', ...rules, 'COMMIT', ''].join('\n') });
+    const run = async (cg: string | null) => JSON.parse(await env.run(s1.ns, cg, 'python3', [join(env.toolsDir, 'sockopts.py'), '127.0.0.1', '9998', 'filter'])) as Record<string, unknown>;
+    const hooked = await run(s1.cg); // under the attach point, in a covered cgroup
+    const plain = await run(null); // the test runner's own cgroup: no hook at all
+    expect(hooked).toEqual(plain);
+    expect(hooked.tcp_info).toMatchObject({ state: 1 });
+    expect((hooked.ipt_entries as { len: number }).len).toBeGreaterThan(4096);
+    expect((hooked.ipt_entries as { errno: string | null }).errno).toBeNull();
   });
 
   it('agent SIGTERM keeps redirection; cleanup is idempotent', async () => {

@@ -3,7 +3,7 @@
 //   loop HOST PORT N [EXPECT]   N sequential short connections; counts those whose answer starts with EXPECT
 //   until-stdin HOST PORT [EXPECT]  short connections in a loop until stdin closes; same counts
 //   hold HOST PORT N            N concurrent connections, each reads one line; prints the lines, then
-//                               keeps them open until stdin closes
+//                               keeps them open until stdin closes (LOCAL_PORT: for N = 1)
 //   LOCAL_PORT=n                (env) bind the client's source port (to build identical tuples)
 import net from 'node:net';
 
@@ -60,7 +60,7 @@ if (cmd === 'connect') {
   const socks = [];
   const lines = await Promise.all(
     Array.from({ length: n }, () => new Promise((resolve) => {
-      const s = net.connect({ host, port });
+      const s = net.connect({ host, port, ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}) });
       socks.push(s);
       let data = '';
       s.on('data', (d) => {

@@ -47,7 +47,7 @@ export const agentCommand = new Command('agent')
     const log = makeLogger();
     let mode = o.mode;
     if (mode === 'auto') {
-      const p = probe();
+      const p = probe({ object: o.object, ...(o.cgroupRoot ? { cgroupParent: resolveCgroupArg(o.cgroupRoot) } : {}) });
       log.info({ event: 'mode', mode: p.mode, reason: p.reason }, `mode auto chose ${p.mode}: ${p.reason}`);
       if (p.mode === 'none') throw new UserError(`no redirection mode works here: ${p.reason}`);
       mode = p.mode;

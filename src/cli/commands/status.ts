@@ -52,6 +52,7 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
     links,
     policies,
     maps: mode.fill(),
+    records: mode.pending(),
     unknownOrigDst: Number(global?.origdst_unknown ?? 0n),
     unsupported: ['spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)'],
     ...(ipt.length ? { iptables: ipt } : {}),
@@ -85,9 +86,10 @@ export const statusCommand = new Command('status')
         s.policies.map((p) => {
           const c = p.counters;
           const bypassed = Object.entries(c).filter(([k]) => k.startsWith('bypass_')).reduce((a, [, v]) => a + v, 0);
-          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, `${c.accel_sockets ?? 0} sockets, ${c.msg_fast ?? 0} msgs`, (c.err_storage ?? 0) + (c.err_orig ?? 0)];
+          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, `${c.accel_sockets ?? 0} sockets, ${c.msg_fast ?? 0} msgs`, (c.err_storage ?? 0) + (c.err_orig ?? 0) + (c.err_full ?? 0)];
         }),
       ),
     );
     console.log(table(['map', 'entries', 'capacity'], s.maps.map((m) => [m.map, m.entries, m.max])));
+    console.log(`connections waiting for the proxy's accept: ${s.records.pending} (connect() is refused past ${s.records.limit})`);
   });

@@ -8,7 +8,7 @@ import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
-import { MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import { MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, Gauge, DEFAULT_MAX_CONNECTIONS, u32, u64, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import { assignSlots, toEntries, type MapEntries, type Resolution } from '../../policy/entries.js';
@@ -24,7 +24,8 @@ export interface EbpfConfig {
   cgroupRoot: string;
   /** meshredir.bpf.o */
   object: string;
-  /** Capacity of the original-destination table (mr_orig); default from the object. */
+  /** Connections that may wait for the proxy's accept before connect() is refused (mr_orig holds
+   * twice as many: the rest is headroom for handshakes in flight). Default DEFAULT_MAX_CONNECTIONS. */
   maxConnections?: number;
 }
 
@@ -74,7 +75,8 @@ export class EbpfMode {
     try {
       const drift = obj.checkCodecs(STRUCT_CODECS);
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
-      if (this.cfg.maxConnections) obj.setMaxEntries('mr_orig', this.cfg.maxConnections);
+      const limit = this.cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+      obj.setMaxEntries('mr_orig', 2 * limit);
 
       for (const name of ALL_MAPS) {
         const pin = join(this.mapsDir, name);
@@ -96,6 +98,8 @@ export class EbpfMode {
         rep.adoptedMaps.push(name);
       }
       obj.load();
+      const gauges = obj.map('mr_gauges', u32, u64);
+      if (gauges.get(Gauge.LIMIT) !== BigInt(limit)) gauges.set(Gauge.LIMIT, BigInt(limit));
       for (const name of ALL_MAPS) {
         if (rep.adoptedMaps.includes(name)) continue;
         obj.pinMap(name, join(this.mapsDir, name));
@@ -254,6 +258,23 @@ export class EbpfMode {
     };
   }
 
+  /**
+   * Keeps the pending-record gauge equal to the number of records. The programs keep it exact; this
+   * repairs drift from outside (records deleted by hand), which would otherwise make connects fail
+   * closed early. Rewrites it only when two reads around the count agree. Returns whether it wrote.
+   */
+  syncPending(): boolean {
+    return this.withMaps(['mr_gauges', 'mr_orig'], (maps) => {
+      const g = maps.get('mr_gauges')! as BpfMap<number, bigint>;
+      const before = g.get(Gauge.PENDING) ?? 0n;
+      const n = BigInt(maps.get('mr_orig')!.rawKeys().length);
+      const after = g.get(Gauge.PENDING) ?? 0n;
+      if (before !== after || after === n) return false;
+      g.set(Gauge.PENDING, n);
+      return true;
+    });
+  }
+
   /** Whether meshredir's pins exist under the bpffs directory. */
   installed(): boolean {
     return existsSync(this.linksDir) || existsSync(this.mapsDir);
@@ -271,6 +292,14 @@ export class EbpfMode {
         out.set(slot, sum);
       }
       return out;
+    });
+  }
+
+  /** Connections waiting for the proxy's accept (records), and the limit past which connect fails. */
+  pending(): { pending: number; limit: number } {
+    return this.withMaps(['mr_gauges'], (maps) => {
+      const g = maps.get('mr_gauges')! as BpfMap<number, bigint>;
+      return { pending: Number(g.get(Gauge.PENDING) ?? 0n), limit: Number(g.get(Gauge.LIMIT) ?? 0n) };
     });
   }
 
