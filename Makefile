@@ -16,7 +16,7 @@ deps:
 
 build: bpf ts
 
-bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer
 
 $(BUILD)/vmlinux.h: /sys/kernel/btf/vmlinux
 	@mkdir -p $(BUILD)
@@ -33,6 +33,11 @@ $(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
 $(BUILD)/origdst-proxy: test/tools/origdst-proxy.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Werror -o $@ $<
+
+# The fast-path tests' checksummed transfer client.
+$(BUILD)/xfer: test/tools/xfer.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Werror -pthread -o $@ $<
 
 # The benchmark's load generator (TCP_CRR and RR with latency percentiles).
 $(BUILD)/mrload: bench/mrload.c

@@ -2,8 +2,6 @@
  * accepted socket from our records, exactly as the kernel's NAT would; every other call untouched. */
 #include "mr_common.h"
 
-#define MR_PAGE_SIZE 4096
-
 /* Leaves the call as the kernel answered it. The program sees at most a page of optval: for a longer
  * one, optlen 0 tells the kernel to return its own buffer untouched (kernels before 6.5 otherwise
  * fail such calls with EFAULT — every getsockopt of every socket under the attach point). */

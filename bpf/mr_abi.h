@@ -42,6 +42,15 @@ struct mr_owner_key {
 	__u32 id;
 };
 
+/* mr_proxies key: a cgroup that is a bypass (proxy) cgroup of policy `slot`. Value: __u8 1. A proxy
+ * cgroup may serve several policies (mr_cgroups keeps one entry per cgroup): sockops reads this one to
+ * accelerate a proxy's socket only for a policy that names that proxy. */
+struct mr_proxy_key {
+	__u64 cgroup_id;
+	__u32 slot;
+	__u32 pad;
+};
+
 /* mr_ports / mr_cidrs values */
 enum mr_action { MR_ACT_INCLUDE = 1, MR_ACT_EXCLUDE = 2 };
 
@@ -75,9 +84,10 @@ struct mr_tuple_key {
 };
 
 /* An original destination. */
+#define MR_O_ACCEL (1u << 0) /* mr_orig.flags: the application's socket went on the fast path */
 struct mr_orig {
 	__u8 family;
-	__u8 pad;
+	__u8 flags;
 	__be16 port;
 	__u32 slot;
 	__u8 addr[16];
@@ -90,7 +100,7 @@ struct mr_orig {
 #define MR_SK_APP      (1u << 1) /* the application's socket: getpeername answers with orig */
 #define MR_SK_SERVED   (1u << 2) /* the proxy's accepted socket: orig is its original destination */
 #define MR_SK_ACCEL    (1u << 3) /* in mr_sockhash (orig.slot names the policy) */
-#define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP, so none can overtake it */
+#define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP until the peer has read all of it */
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */
@@ -122,13 +132,24 @@ struct mr_stats {
 	__u64 origdst_served;  /* SO_ORIGINAL_DST answered from our records */
 	__u64 origdst_unknown; /* SO_ORIGINAL_DST asked for a connection we did not redirect (slot 0) */
 	__u64 accel_sockets;   /* sockets put in the sockhash (app and proxy side) */
+	__u64 accel_open;      /* of those, open now (+1 in, -1 at close: the sum over CPUs is exact) */
+	__u64 accel_blocking;  /* app sockets left off the fast path: blocking at the handshake */
 	__u64 msg_fast;        /* messages the sk_msg program sent straight to the peer socket */
 	__u64 msg_slow;        /* messages of accelerated sockets that took the TCP path */
+	__u64 msg_resumed;     /* times a socket went back to the fast path once TCP had drained */
+	__u64 ulp_refused;     /* setsockopt(TCP_ULP) (kTLS) refused on an accelerated socket */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with
  * saddr/sport = the socket's local end and daddr/dport = its remote end; netns as in mr_orig (the
  * cookie when the remote address is loopback, else 0). The peer of a socket has the mirrored key. */
+
+/* mr_peers: the same keys as mr_sockhash, each with the address of its socket (struct tcp_sock).
+ * sk_msg programs cannot take a reference on a sockhash entry (no bpf_sk_release there), so the peer's
+ * state (its unread fast-path bytes, its buffer, an upper-layer protocol) is read through this address
+ * with probe reads: a hint that is only trusted to choose TCP, never to redirect (the redirect itself
+ * goes through the sockhash). TCP sockets are freed RCU-type-safe, so a stale address reads another
+ * socket's numbers at worst. */
 
 /* mr_slots: user-space bookkeeping (no program reads it): which policy owns a slot, so that slots
  * stay stable across agent restarts and `status` can name policies from the pins alone. */

@@ -14,6 +14,9 @@
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80 /* == IP6T_SO_ORIGINAL_DST */
+#define SOL_TCP 6
+#define TCP_ULP 31
+#define MR_PAGE_SIZE 4096
 
 char LICENSE[] SEC("license") __weak = "GPL";
 
@@ -40,6 +43,13 @@ struct {
 	__type(value, __u8);
 	__uint(max_entries, 65536);
 } mr_owners SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mr_proxy_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} mr_proxies SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -107,12 +117,30 @@ struct {
 	__uint(max_entries, 65536);
 } mr_sockhash SEC(".maps") __weak;
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mr_tuple_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} mr_peers SEC(".maps") __weak;
+
+/* Counters are per CPU, but a program in process context can be interrupted on its CPU by one in
+ * softirq context that counts the same field: the add is atomic so that no update is lost (a gauge
+ * such as accel_open would otherwise keep the error for good). */
 #define MR_COUNT(slot, field)                                                  \
 	do {                                                                   \
 		__u32 __k = (slot);                                            \
 		struct mr_stats *__s = bpf_map_lookup_elem(&mr_stats, &__k);  \
 		if (__s)                                                       \
-			__s->field++;                                          \
+			__sync_fetch_and_add(&__s->field, 1);                  \
+	} while (0)
+
+#define MR_DEC(slot, field)                                                    \
+	do {                                                                   \
+		__u32 __k = (slot);                                            \
+		struct mr_stats *__s = bpf_map_lookup_elem(&mr_stats, &__k);  \
+		if (__s)                                                       \
+			__sync_fetch_and_add(&__s->field, -1);                 \
 	} while (0)
 
 static __always_inline int mr_is_v4_mapped(const __u32 a[4])

@@ -1,20 +1,73 @@
 /* sockops.bpf.c — sockops: when a redirected connection is established, publishes its original
- * destination under the tuple the proxy will see; removes it when the connection closes. */
+ * destination under the tuple the proxy will see; removes it when the connection closes. With a
+ * policy's `accelerate`, puts both ends of the app↔proxy connection in the sockhash. */
 #include "mr_common.h"
 
-/* Puts the socket in the sockhash when its policy asks for the fast path. kTLS cannot be on yet
- * (no ULP is set before the handshake completes) and the kernel refuses sockets it cannot hold;
- * a full sockhash leaves the connection on the normal path. */
-static __always_inline void mr_accelerate(struct bpf_sock_ops *skops, struct mr_sk *st, __u32 slot,
-					  struct mr_tuple_key *key)
+/* Whether the socket was created in a bypass (proxy) cgroup of policy `slot`, or below one. The
+ * accepting socket is handled in softirq context, where the current task means nothing: the cgroup is
+ * the one the socket was created in (sk_cgrp_data), walked up like a task's. */
+static __always_inline int mr_sock_is_proxy(struct bpf_sock *sk, __u32 slot)
 {
-	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
-	if (!p || !(p->flags & MR_F_ACCELERATE))
-		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
+	struct mr_proxy_key k = { .slot = slot };
+	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
+		if (!cg)
+			return 0;
+		k.cgroup_id = cg->kn->id;
+		if (bpf_map_lookup_elem(&mr_proxies, &k))
+			return 1;
+		struct cgroup_subsys_state *parent = cg->self.parent;
+		if (!parent)
+			return 0;
+		cg = parent->cgroup;
+	}
+	return 0;
+}
+
+/* Puts the socket in the sockhash. kTLS cannot be on yet (no ULP is set before the handshake
+ * completes) and the kernel refuses sockets it cannot hold; a full sockhash leaves the connection on
+ * the normal path. The close of an accelerated socket is watched, for the open-sockets gauge. */
+static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct mr_sk *st,
+					 __u32 slot, struct mr_tuple_key *key)
+{
 	if (bpf_sock_hash_update(skops, &mr_sockhash, key, BPF_NOEXIST) == 0) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+		__u64 addr = (__u64)tp;
+		if (tp)
+			bpf_map_update_elem(&mr_peers, key, &addr, BPF_ANY);
+		if (key != &st->key)
+			st->key = *key; /* the proxy's socket: its own key, for the close */
 		st->flags |= MR_SK_ACCEL;
 		MR_COUNT(slot, accel_sockets);
+		MR_COUNT(slot, accel_open);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
 	}
+	return 0;
+}
+
+/* Whether the socket's file is in non-blocking mode. A blocking reader on the fast path can get EAGAIN
+ * from recv(): the kernel's sockmap receive path waits once and gives up on any wakeup that brought no
+ * data (a write-space or state-change wakeup, say), where TCP's own receive path waits again. */
+static __always_inline int mr_nonblocking(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct socket *so = tp->inet_conn.icsk_inet.sk.sk_socket;
+	if (!so)
+		return 0;
+	struct file *f = so->file;
+	return f && (f->f_flags & 04000 /* O_NONBLOCK */);
+}
+
+static __always_inline int mr_accelerated_policy(__u32 slot)
+{
+	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
+	return p && (p->flags & MR_F_ACCELERATE);
 }
 
 static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
@@ -40,6 +93,14 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 		((__u32 *)o.addr)[0] = a;
 		o.family = AF_INET;
 	}
+	/* The fast path first, so that the record tells the proxy's side whether to join it. */
+	o.flags = 0;
+	if (mr_accelerated_policy(o.slot)) {
+		if (!mr_nonblocking(sk))
+			MR_COUNT(o.slot, accel_blocking);
+		else if (mr_accelerate(skops, sk, st, o.slot, &st->key))
+			o.flags |= MR_O_ACCEL;
+	}
 	if (mr_orig_put(&st->key, &o)) {
 		MR_COUNT(o.slot, err_orig);
 		return;
@@ -47,10 +108,10 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 	st->flags |= MR_SK_RECORDED;
 	MR_COUNT(o.slot, established);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	mr_accelerate(skops, st, o.slot, &st->key);
 }
 
-/* The proxy's side of a redirected connection: accelerated when the application's policy asks. */
+/* The proxy's side of a redirected connection: accelerated when the application's policy asks and
+ * the accepting socket belongs to that policy's proxy (not any listener that happens to sit there). */
 static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -68,16 +129,16 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 	if (!o)
 		return;
 	__u32 slot = o->slot;
-	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
-	if (!p || !(p->flags & MR_F_ACCELERATE))
-		return; /* nothing to do for this connection: no storage allocated on the proxy's socket */
+	/* Only when the application's side is on the fast path (else this end could never redirect). */
+	if (!(o->flags & MR_O_ACCEL) || !mr_sock_is_proxy(sk, slot))
+		return; /* nothing to do: no storage allocated on the proxy's socket */
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;
 	st->orig.slot = slot;
 	struct mr_tuple_key own;
 	mr_tuple(&own, v4, local, lport, remote, rport, cookie);
-	mr_accelerate(skops, st, slot, &own);
+	mr_accelerate(skops, sk, st, slot, &own);
 }
 
 static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
@@ -86,10 +147,18 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
-	if (!st || !(st->flags & MR_SK_RECORDED))
+	if (!st)
 		return;
-	mr_orig_del(&st->key);
-	st->flags &= ~MR_SK_RECORDED;
+	if (st->flags & MR_SK_RECORDED) {
+		mr_orig_del(&st->key);
+		st->flags &= ~MR_SK_RECORDED;
+	}
+	/* The kernel takes a closing socket out of the sockhash itself; this keeps the gauge. */
+	if (st->flags & MR_SK_ACCEL) {
+		bpf_map_delete_elem(&mr_peers, &st->key);
+		st->flags &= ~MR_SK_ACCEL;
+		MR_DEC(st->orig.slot, accel_open);
+	}
 }
 
 SEC("sockops")

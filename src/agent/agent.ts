@@ -19,6 +19,7 @@ export interface AgentOptions {
   interval: number;
   cleanupOnExit: boolean;
   maxConnections?: number;
+  maxAccelerated?: number;
   mode: 'ebpf' | 'iptables';
   iptables?: IptablesConfig;
 }
@@ -47,7 +48,13 @@ export class Agent {
     readonly opts: AgentOptions,
     private readonly log: Logger,
   ) {
-    this.mode = new EbpfMode({ bpffs: opts.bpffs, cgroupRoot: opts.cgroupRoot, object: opts.object, ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}) });
+    this.mode = new EbpfMode({
+      bpffs: opts.bpffs,
+      cgroupRoot: opts.cgroupRoot,
+      object: opts.object,
+      ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}),
+      ...(opts.maxAccelerated ? { maxAccelerated: opts.maxAccelerated } : {}),
+    });
     if (opts.mode === 'iptables') this.iptables = new IptablesMode(opts.iptables!);
   }
 
@@ -156,7 +163,8 @@ export class Agent {
       this.log.info({ event: 'cleanup', netns: this.iptables.cleanup() }, 'removed every MESHREDIR chain');
     } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
-      this.log.info({ event: 'cleanup', ...r }, 'removed everything meshredir made');
+      if (r.kept.length) this.log.warn({ event: 'cleanup', ...r }, `removed everything but the fast path, kept for ${r.openAccelerated} socket(s) of open accelerated connections; run meshredir cleanup once they have closed`);
+      else this.log.info({ event: 'cleanup', ...r }, 'removed everything meshredir made');
     } else {
       this.log.info({ event: 'stopped' }, 'stopped; redirection stays in place (pins kept)');
     }

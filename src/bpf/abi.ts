@@ -28,6 +28,7 @@ export const policyValue = struct('mr_policy', {
   proxy6_port: 'be16',
 });
 export const ownerKey = struct('mr_owner_key', { slot: 'u32', kind: 'u32', id: 'u32' });
+export const proxyKey = struct('mr_proxy_key', { cgroup_id: 'u64', slot: 'u32', pad: 'u32' });
 export const portKey = struct('mr_port_key', { slot: 'u32', port: 'u16', pad: 'u16' });
 export const cidrKey = struct('mr_cidr_key', {
   prefixlen: 'u32',
@@ -45,7 +46,7 @@ export const tupleKey = struct('mr_tuple_key', {
   family: 'u8',
   pad: { bytes: 3 },
 });
-export const origValue = struct('mr_orig', { family: 'u8', pad: 'u8', port: 'be16', slot: 'u32', addr: { bytes: 16 } });
+export const origValue = struct('mr_orig', { family: 'u8', flags: 'u8', port: 'be16', slot: 'u32', addr: { bytes: 16 } });
 
 export const STAT_FIELDS = [
   'redirected',
@@ -63,8 +64,12 @@ export const STAT_FIELDS = [
   'origdst_served',
   'origdst_unknown',
   'accel_sockets',
+  'accel_open',
+  'accel_blocking',
   'msg_fast',
   'msg_slow',
+  'msg_resumed',
+  'ulp_refused',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
@@ -78,6 +83,7 @@ export const MAPS = {
   mr_cgroups: { key: u64, value: cgEntry },
   mr_policies: { key: u32, value: policyValue },
   mr_owners: { key: ownerKey, value: u8 },
+  mr_proxies: { key: proxyKey, value: u8 },
   mr_ports: { key: portKey, value: u8 },
   mr_cidrs: { key: cidrKey, value: u8 },
   mr_orig: { key: tupleKey, value: origValue },
@@ -92,14 +98,15 @@ export const Gauge = { PENDING: 0, LIMIT: 1 } as const;
 export const DEFAULT_MAX_CONNECTIONS = 65_536;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
-export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
-export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
+export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
+export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, proxyKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
 
 export const PROGRAMS = {
   mr_connect4: { attach: 'cgroup/connect4' },
   mr_connect6: { attach: 'cgroup/connect6' },
   mr_sockops: { attach: 'sockops' },
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
+  mr_setsockopt: { attach: 'cgroup/setsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
   mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup

@@ -12,6 +12,7 @@ export interface MapEntries {
   mr_cgroups: [bigint, { kind: number; slot: number }][];
   mr_policies: [number, { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number }][];
   mr_owners: [{ slot: number; kind: number; id: number }, number][];
+  mr_proxies: [{ cgroup_id: bigint; slot: number; pad: number }, number][];
   mr_ports: [{ slot: number; port: number; pad: number }, number][];
   mr_cidrs: [{ prefixlen: number; slot: number; family: number; addr: Buffer; pad: Buffer }, number][];
   mr_slots: [number, { cgroup_id: bigint; name: Buffer }][];
@@ -39,20 +40,26 @@ export function assignSlots(names: string[], previous: Map<string, number>): Map
   return out;
 }
 
-export function policyFlags(p: Policy): number {
+/** What the kernel side offers: without an sk_msg link, `accelerate` must not put sockets in the
+ * sockhash (their send and receive would go through tcp_bpf for nothing). */
+export interface Capabilities {
+  fastPath: boolean;
+}
+
+export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }): number {
   let f = 0;
   if (p.proxy.outbound) f |= PolicyFlag.PROXY4;
   if (p.proxy.outbound6) f |= PolicyFlag.PROXY6;
   if (p.outbound.includePorts.length > 0) f |= PolicyFlag.INCLUDE_PORTS;
   if (p.outbound.includeCidrs.length > 0) f |= PolicyFlag.INCLUDE_CIDRS;
   if (p.outbound.redirectLoopback) f |= PolicyFlag.REDIRECT_LOOPBACK;
-  if (p.accelerate) f |= PolicyFlag.ACCELERATE;
+  if (p.accelerate && caps.fastPath) f |= PolicyFlag.ACCELERATE;
   return f;
 }
 
 /** Policies whose cgroup does not exist yet contribute nothing but their slot metadata. */
-export function toEntries(policies: Policy[], slots: Map<string, number>, res: Map<string, Resolution>): MapEntries {
-  const e: MapEntries = { mr_cgroups: [], mr_policies: [], mr_owners: [], mr_ports: [], mr_cidrs: [], mr_slots: [] };
+export function toEntries(policies: Policy[], slots: Map<string, number>, res: Map<string, Resolution>, caps: Capabilities = { fastPath: true }): MapEntries {
+  const e: MapEntries = { mr_cgroups: [], mr_policies: [], mr_owners: [], mr_proxies: [], mr_ports: [], mr_cidrs: [], mr_slots: [] };
   for (const p of policies) {
     const slot = slots.get(p.name);
     if (slot === undefined) throw new Error(`policy ${p.name}: no slot`);
@@ -62,13 +69,17 @@ export function toEntries(policies: Policy[], slots: Map<string, number>, res: M
     e.mr_slots.push([slot, { cgroup_id: r?.cgroup ?? 0n, name }]);
     if (!r?.cgroup) continue;
     e.mr_cgroups.push([r.cgroup, { kind: CgKind.POLICY, slot }]);
-    for (const b of r.bypass) if (b) e.mr_cgroups.push([b, { kind: CgKind.BYPASS, slot }]);
+    for (const b of r.bypass) {
+      if (!b) continue;
+      e.mr_cgroups.push([b, { kind: CgKind.BYPASS, slot }]);
+      e.mr_proxies.push([{ cgroup_id: b, slot, pad: 0 }, 1]);
+    }
     const o4 = p.proxy.outbound;
     const o6 = p.proxy.outbound6;
     e.mr_policies.push([
       slot,
       {
-        flags: policyFlags(p),
+        flags: policyFlags(p, caps),
         proxy4_addr: Buffer.from(o4?.bytes ?? [0, 0, 0, 0]),
         proxy6_addr: Buffer.from(o6?.bytes ?? new Array<number>(16).fill(0)),
         proxy4_port: o4?.port ?? 0,

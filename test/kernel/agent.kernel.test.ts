@@ -156,7 +156,9 @@ kernelDescribe('node agent', () => {
     const out = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
     const build = join(env.rootDir, 'build');
     sh('clang', ['-g', '-O1', '-target', 'bpf', '-D__TARGET_ARCH_x86', '-Wall', '-Werror', `-I${build}`, `-I${join(env.rootDir, 'bpf')}`, '-c', join(env.rootDir, 'bpf', 'connect4.bpf.c'), '-o', join(out, 'connect4.bpf.o')]);
-    const others = ['connect6', 'getpeername', 'getsockopt', 'skmsg', 'sockops'].map((n) => join(build, `${n}.bpf.o`));
+    const others = readdirSync(build)
+      .filter((n) => n.endsWith('.bpf.o') && n !== 'connect4.bpf.o' && n !== 'meshredir.bpf.o')
+      .map((n) => join(build, n));
     sh('bpftool', ['gen', 'object', join(out, 'variant.bpf.o'), join(out, 'connect4.bpf.o'), ...others]);
     try {
       a = await startAgent(['--object', join(out, 'variant.bpf.o')]);

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'vitest';
 
-export { ROOT, CLI, OBJECT, ORIGDST_PROXY, TOOLS, CI, cgroup2, cannotRun, sh, leftovers } from './hoststate.js';
+export { ROOT, CLI, OBJECT, ORIGDST_PROXY, XFER, TOOLS, CI, cgroup2, cannotRun, sh, leftovers } from './hoststate.js';
 import { ROOT, CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
 
 /** A describe() that, when the kernel tests cannot run, fails under CI=true and skips elsewhere. */
@@ -194,7 +194,7 @@ export class Env {
     if (existsSync(join(this.cgRootDir, 'cgroup.kill'))) writeFileSync(join(this.cgRootDir, 'cgroup.kill'), '1');
     if (existsSync(this.bpffs)) {
       try {
-        sh(process.execPath, [CLI, 'cleanup', '--bpffs', this.bpffs]);
+        sh(process.execPath, [CLI, 'cleanup', '--force', '--bpffs', this.bpffs]);
       } catch (e) {
         problems.push((e as Error).message);
       }

@@ -8,6 +8,7 @@ export const ROOT = resolve(import.meta.dirname, '..', '..');
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 export const OBJECT = join(ROOT, 'build', 'meshredir.bpf.o');
 export const ORIGDST_PROXY = join(ROOT, 'build', 'origdst-proxy');
+export const XFER = join(ROOT, 'build', 'xfer');
 export const TOOLS = join(ROOT, 'test', 'tools');
 export const CI = process.env.CI === 'true';
 
@@ -29,7 +30,7 @@ function has(bin: string): boolean {
 export function cannotRun(): string | null {
   if (process.getuid?.() !== 0) return 'kernel tests need root';
   if (!cgroup2()) return 'no cgroup2 mount in /proc/mounts';
-  for (const f of [CLI, OBJECT, ORIGDST_PROXY]) if (!existsSync(f)) return `${f} is not built (run make build)`;
+  for (const f of [CLI, OBJECT, ORIGDST_PROXY, XFER]) if (!existsSync(f)) return `${f} is not built (run make build)`;
   for (const b of ['ip', 'haproxy', 'bpftool']) if (!has(b)) return `${b} is not installed (run make deps)`;
   return null;
 }

@@ -157,7 +157,7 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
       policies: { name: string; cgroup: string; counters: Record<string, number> }[];
     };
     expect(s.attachPoint).toBe(env.cgRoot);
-    expect(s.links.map((l) => l.name).sort()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_skmsg', 'mr_sockops']);
+    expect(s.links.map((l) => l.name).sort()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_setsockopt', 'mr_skmsg', 'mr_sockops']);
     expect(s.links.every((l) => l.attached)).toBe(true);
     const a = s.policies.find((p) => p.name === 'pod-a')!;
     expect(a.cgroup).toBe(cgA);

@@ -19,6 +19,7 @@ const flags = z.object({
   interval: z.coerce.number().positive('must be a positive number of seconds'),
   cleanupOnExit: z.boolean().default(false),
   maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
+  maxAccelerated: z.coerce.number().int().min(2).max(16_777_216).optional(),
   object: z.string(),
   iptablesState: z.string(),
   iptablesBackend: z.enum(['nft', 'legacy']).optional(),
@@ -34,7 +35,8 @@ export const agentCommand = new Command('agent')
   .addOption(new Option('--mode <mode>', 'redirection mode').choices(['auto', 'ebpf', 'iptables']).default('auto'))
   .option('--interval <seconds>', 'periodic reconcile interval', '30')
   .option('--cleanup-on-exit', 'remove everything on SIGTERM/SIGINT (default: leave redirection in place)')
-  .option('--max-connections <n>', 'eBPF: capacity of the table of connections waiting for the proxy to accept them')
+  .option('--max-connections <n>', 'eBPF: connections that may wait for the proxy\'s accept before connect() is refused (default 65536)')
+  .option('--max-accelerated <n>', 'eBPF: sockets the sk_msg fast path may hold, two per connection (default 65536); past it, connections take TCP')
   .option('--iptables-state <file>', 'iptables: where the per-netns backend choice and applied rules are remembered', DEFAULT_STATE)
   .addOption(new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices(['nft', 'legacy']))
   .option('--lock-wait <seconds>', 'iptables: how long to wait for the xtables lock', '10')
@@ -79,6 +81,7 @@ export const agentCommand = new Command('agent')
         mode,
         iptables: { stateFile: o.iptablesState, lockWait: o.lockWait, ...(o.iptablesBackend ? { backend: o.iptablesBackend } : {}) },
         ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+        ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
       },
       log,
     );

@@ -1,22 +1,28 @@
 // cleanup.ts — `meshredir cleanup`: remove every program, link, pin and map meshredir made.
 import { Command } from 'commander';
 import { EbpfMode, DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
-import { printJson } from '../output.js';
+import { printJson, UserError } from '../output.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
 
 export const cleanupCommand = new Command('cleanup')
-  .description('detach and remove everything meshredir made under --bpffs (idempotent)')
+  .description('detach and remove everything meshredir made under --bpffs and in the iptables state (idempotent)')
   .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
   .option('--iptables-state <file>', 'state file of the iptables mode', DEFAULT_STATE)
+  .option('--force', 'also remove the fast path while accelerated connections are open (their bytes in flight may be lost)')
   .option('--json', 'print one JSON object')
-  .action((opts: { bpffs: string; iptablesState: string; json?: boolean }) => {
+  .action((opts: { bpffs: string; iptablesState: string; force?: boolean; json?: boolean }) => {
     const mode = new EbpfMode({ bpffs: opts.bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
-    const r = { ...mode.cleanup(), iptablesNetns: new IptablesMode({ stateFile: opts.iptablesState, lockWait: 10 }).cleanup() };
-    if (opts.json) return printJson(r);
-    if (r.detached.length === 0 && r.unpinned.length === 0 && r.iptablesNetns.length === 0) console.log(`nothing to clean under ${opts.bpffs} or in ${opts.iptablesState}`);
+    const r = { ...mode.cleanup({ force: Boolean(opts.force) }), iptablesNetns: new IptablesMode({ stateFile: opts.iptablesState, lockWait: 10 }).cleanup() };
+    const kept = r.kept.length
+      ? `kept the fast path (${r.kept.join(', ')}) for ${r.openAccelerated} socket(s) of open accelerated connections: removing it now could lose bytes in flight between them. ` +
+        'Redirection of new connections has stopped; run cleanup again once they have closed, or use --force.'
+      : null;
+    if (opts.json) printJson(r);
+    else if (r.detached.length === 0 && r.unpinned.length === 0 && r.kept.length === 0 && r.iptablesNetns.length === 0) console.log(`nothing to clean under ${opts.bpffs} or in ${opts.iptablesState}`);
     else {
       if (r.detached.length || r.unpinned.length) console.log(`detached ${r.detached.length} link(s), removed ${r.unpinned.length} pin(s) under ${opts.bpffs}`);
       if (r.iptablesNetns.length) console.log(`removed MESHREDIR chains from ${r.iptablesNetns.length} network namespace(s)`);
     }
+    if (kept) throw new UserError(kept);
   });

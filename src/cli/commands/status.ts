@@ -1,7 +1,7 @@
 // status.ts — `meshredir status`: the state from the pins, whether or not the agent runs.
 import { Command } from 'commander';
 import { EbpfMode, DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
-import { STAT_FIELDS } from '../../bpf/abi.js';
+import { STAT_FIELDS, PolicyFlag } from '../../bpf/abi.js';
 import { printJson, table } from '../output.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { cgroupPathById } from '../../util/cgroups.js';
@@ -23,13 +23,17 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
   const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
   const stats = mode.stats();
   const slots = mode.currentSlots();
-  const cgroups = mode.openMap('mr_cgroups');
-  let cgEntries: [bigint, { kind: number; slot: number }][];
-  try {
-    cgEntries = cgroups.entries() as [bigint, { kind: number; slot: number }][];
-  } finally {
-    cgroups.close();
-  }
+  const read = <T>(name: 'mr_cgroups' | 'mr_proxies' | 'mr_policies'): T => {
+    const m = mode.openMap(name);
+    try {
+      return m.entries() as T;
+    } finally {
+      m.close();
+    }
+  };
+  const cgEntries = read<[bigint, { kind: number; slot: number }][]>('mr_cgroups');
+  const proxies = read<[{ cgroup_id: bigint; slot: number }, number][]>('mr_proxies');
+  const flags = new Map(read<[number, { flags: number }][]>('mr_policies').map(([slot, p]) => [slot, p.flags]));
   const policies = [...slots.entries()].map(([name, slot]) => {
     const own = cgEntries.filter(([, v]) => v.slot === slot);
     const cg = own.find(([, v]) => v.kind === 1);
@@ -38,7 +42,8 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
       slot,
       cgroup: cg ? cgroupPathById(cg[0]) : null,
       resolved: Boolean(cg),
-      bypassCgroups: own.filter(([, v]) => v.kind === 2).map(([id]) => cgroupPathById(id)),
+      bypassCgroups: proxies.filter(([k]) => k.slot === slot).map(([k]) => cgroupPathById(k.cgroup_id)),
+      accelerate: Boolean((flags.get(slot) ?? 0) & PolicyFlag.ACCELERATE),
       counters: Object.fromEntries(STAT_FIELDS.map((f) => [f, Number(stats.get(slot)?.[f] ?? 0n)])),
     };
   });
@@ -86,7 +91,7 @@ export const statusCommand = new Command('status')
         s.policies.map((p) => {
           const c = p.counters;
           const bypassed = Object.entries(c).filter(([k]) => k.startsWith('bypass_')).reduce((a, [, v]) => a + v, 0);
-          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, `${c.accel_sockets ?? 0} sockets, ${c.msg_fast ?? 0} msgs`, (c.err_storage ?? 0) + (c.err_orig ?? 0) + (c.err_full ?? 0)];
+          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, p.accelerate || c.accel_sockets ? `${c.accel_open ?? 0} sockets now, ${c.accel_sockets ?? 0} in all; ${c.msg_fast ?? 0} msgs fast, ${c.msg_slow ?? 0} by TCP` : 'off', (c.err_storage ?? 0) + (c.err_orig ?? 0) + (c.err_full ?? 0)];
         }),
       ),
     );

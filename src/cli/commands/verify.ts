@@ -10,6 +10,9 @@ import { coverage, podNetns, listensOn, cgroupPids, type Step, type ChildResult 
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import { cgroupPathById } from '../../util/cgroups.js';
 import { printJson, table } from '../output.js';
+import { PROGRAMS } from '../../bpf/abi.js';
+
+const CGROUP_PROGRAMS = Object.values(PROGRAMS).filter((p) => p.attach !== 'sk_msg').length;
 import ipaddr from 'ipaddr.js';
 
 function ipBytes(text: string): number[] {
@@ -31,11 +34,11 @@ function check(o: { cgroup: string; bpffs: string; netns?: string; dest?: string
   const links = mode.links();
   const cgLinks = links.filter((l) => l.mapId === undefined);
   const broken = cgLinks.filter((l) => !l.attached);
-  if (cgLinks.length < 6 || broken.length) return fail('attached', `programs not attached: ${broken.map((l) => l.name).join(', ') || `only ${cgLinks.length} cgroup links pinned`}`);
+  if (cgLinks.length < CGROUP_PROGRAMS || broken.length) return fail('attached', `programs not attached: ${broken.map((l) => l.name).join(', ') || `only ${cgLinks.length} cgroup links pinned`}`);
   const root = cgroupPathById(BigInt(cgLinks[0]!.cgroupId!));
   const rootDir = root === null ? null : cgroupDir(root, mount);
   if (!rootDir || !(dir === rootDir || dir.startsWith(`${rootDir}/`))) return fail('attached', `programs are attached at ${root ?? '?'}, which does not contain ${o.cgroup}`);
-  ok('attached', `6 programs at ${root}`);
+  ok('attached', `${cgLinks.length} programs at ${root}`);
 
   const cov = coverage(mode, dir);
   if (!cov) return fail('policy', `no policy covers ${o.cgroup} (nor any ancestor)`);

@@ -27,6 +27,8 @@ export interface EbpfConfig {
   /** Connections that may wait for the proxy's accept before connect() is refused (mr_orig holds
    * twice as many: the rest is headroom for handshakes in flight). Default DEFAULT_MAX_CONNECTIONS. */
   maxConnections?: number;
+  /** Sockets the fast path may hold (mr_sockhash; two per connection). Default from the object. */
+  maxAccelerated?: number;
 }
 
 export interface LoadReport {
@@ -77,6 +79,7 @@ export class EbpfMode {
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
       const limit = this.cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
       obj.setMaxEntries('mr_orig', 2 * limit);
+      if (this.cfg.maxAccelerated) for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, this.cfg.maxAccelerated);
 
       for (const name of ALL_MAPS) {
         const pin = join(this.mapsDir, name);
@@ -201,7 +204,8 @@ export class EbpfMode {
       this.currentSlots(),
     );
     const res = this.resolve(policies);
-    return { entries: toEntries(policies, slots, res), slots, res };
+    const fastPath = this.links().some((l) => l.name === 'mr_skmsg' && l.attached);
+    return { entries: toEntries(policies, slots, res, { fastPath }), slots, res };
   }
 
   /** Makes the policy maps hold exactly `policies`; writes only what differs. */
@@ -212,7 +216,7 @@ export class EbpfMode {
     this.withMaps(POLICY_MAPS, (maps) => {
       // Order matters for a consistent view: policy details before the cgroup entries that point at
       // them when adding; cgroup entries before details when removing (done below by map order).
-      const order: MapName[] = ['mr_slots', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_cgroups'];
+      const order: MapName[] = ['mr_slots', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_cgroups'];
       const stale: [BpfMap<unknown, unknown>, Buffer, boolean][] = [];
       for (const name of order) {
         const map = maps.get(name)!;
@@ -289,6 +293,9 @@ export class EbpfMode {
         const per = maps.get('mr_stats')!.getPerCpu(slot) as Record<StatName, bigint>[] | undefined;
         const sum = Object.fromEntries(STAT_FIELDS.map((f) => [f, 0n])) as Record<StatName, bigint>;
         for (const cpu of per ?? []) for (const f of STAT_FIELDS) sum[f] += cpu[f];
+        // Per-CPU parts wrap (a gauge is decremented on another CPU than it was incremented on):
+        // the sum modulo 2^64 is exact.
+        for (const f of STAT_FIELDS) sum[f] = BigInt.asIntN(64, sum[f]);
         out.set(slot, sum);
       }
       return out;
@@ -332,12 +339,37 @@ export class EbpfMode {
       });
   }
 
-  /** Detaches every pinned link, removes every pin and the directory. Idempotent. */
-  cleanup(): { detached: string[]; unpinned: string[] } {
-    const out = { detached: [] as string[], unpinned: [] as string[] };
+  /** Sockets on the fast path now (entries of the pinned sockhash); 0 when it is not pinned. */
+  acceleratedSockets(): number {
+    if (!existsSync(join(this.mapsDir, 'mr_sockhash'))) return 0;
+    const m = this.openMap('mr_sockhash');
+    try {
+      return m.rawKeys().length;
+    } finally {
+      m.close();
+    }
+  }
+
+  /**
+   * Detaches every pinned link, removes every pin and the directories. Idempotent.
+   *
+   * While sockets are on the fast path, removing the sockhash would drop the bytes already handed to a
+   * peer's fast-path queue and not read yet (the kernel frees those queues with the sockhash). So unless
+   * `force`, the sk_msg link, the sockhash and the setsockopt link (which keeps kTLS off those sockets)
+   * are kept until those connections have closed: redirection stops at once for new connections, the
+   * open ones finish intact, and another cleanup removes the rest.
+   */
+  cleanup(opts: { force?: boolean } = {}): { detached: string[]; unpinned: string[]; kept: string[]; openAccelerated: number } {
+    const open = this.acceleratedSockets();
+    const keep = new Set<string>(open > 0 && !opts.force ? [join(this.linksDir, 'mr_skmsg'), join(this.linksDir, 'mr_setsockopt'), join(this.mapsDir, 'mr_sockhash')] : []);
+    const out = { detached: [] as string[], unpinned: [] as string[], kept: [] as string[], openAccelerated: open };
     if (existsSync(this.linksDir)) {
       for (const name of readdirSync(this.linksDir)) {
         const pin = join(this.linksDir, name);
+        if (keep.has(pin)) {
+          out.kept.push(pin);
+          continue;
+        }
         try {
           const l = Link.open(pin);
           try {
@@ -356,18 +388,25 @@ export class EbpfMode {
     }
     if (existsSync(this.mapsDir)) {
       for (const name of readdirSync(this.mapsDir)) {
-        rmSync(join(this.mapsDir, name), { force: true });
-        out.unpinned.push(join(this.mapsDir, name));
+        const pin = join(this.mapsDir, name);
+        if (keep.has(pin)) {
+          out.kept.push(pin);
+          continue;
+        }
+        rmSync(pin, { force: true });
+        out.unpinned.push(pin);
       }
     }
     for (const d of [this.linksDir, this.mapsDir, this.cfg.bpffs]) {
       try {
-        if (existsSync(d) && statSync(d).isDirectory()) rmdirSync(d);
+        if (existsSync(d) && statSync(d).isDirectory() && readdirSync(d).length === 0) rmdirSync(d);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw e;
-        throw new Error(`${d} holds files meshredir did not make; left in place`);
       }
     }
+    const foreign = [this.linksDir, this.mapsDir, this.cfg.bpffs].filter((d) => existsSync(d) && readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps'));
+    if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
     return out;
   }
+
 }
