@@ -97,12 +97,19 @@ export class Agent {
     for (const e of errors) this.log.error({ event: 'policy_error', reason }, e);
     if (this.iptables) {
       const r = this.iptables.apply(policies);
-      for (const sk of r.skipped) this.log.error({ event: 'unsupported', mode: 'iptables', policy: sk.policy }, `${sk.policy}: not applied in iptables mode: ${sk.reason}`);
+      for (const sk of r.skipped) this.log.error({ event: 'skipped', mode: 'iptables', policy: sk.policy, reason: sk.reason }, `${sk.policy}: not applied in iptables mode: ${sk.reason}`);
+      for (const f of r.failed) this.log.error({ event: 'apply_failed', mode: 'iptables', policy: f.policy, netns: f.netns, reason: f.reason }, `${f.policy}: ${f.reason}`);
+      for (const rm of r.removed) {
+        if (rm.outcome === 'failed') this.log.error({ event: 'remove_failed', mode: 'iptables', ...rm }, rm.detail);
+        else this.log.info({ event: 'removed', mode: 'iptables', ...rm }, rm.detail);
+      }
       for (const p of policies) for (const n of ignoredFields(p)) this.log.warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
-      const writes = r.applied.length + r.removed.length;
-      if (writes) this.log.info({ event: 'reconciled', mode: 'iptables', reason, applied: r.applied, removed: r.removed }, 'reconciled');
-      else this.log.debug({ event: 'reconciled', reason, writes: 0 }, 'in sync');
-      return { loaded: false, writes, deletes: r.removed.length, errors, policies: policies.length };
+      const removed = r.removed.filter((x) => x.outcome !== 'failed').length;
+      const writes = r.applied.length + removed;
+      if (writes || r.stateWritten) this.log.info({ event: 'reconciled', mode: 'iptables', reason, applied: r.applied, removed: r.removed, stateWritten: r.stateWritten }, 'reconciled');
+      else this.log.debug({ event: 'reconciled', mode: 'iptables', reason, writes: 0 }, 'in sync');
+      errors.push(...r.failed.map((f) => `${f.policy}: ${f.reason}`), ...r.removed.filter((x) => x.outcome === 'failed').map((x) => x.detail));
+      return { loaded: false, writes, deletes: removed, errors, policies: policies.length };
     }
     let loaded = false;
     if (!this.linksIntact()) {
@@ -160,7 +167,10 @@ export class Agent {
     this.watcher?.close();
     await this.running;
     if (this.opts.cleanupOnExit && this.iptables) {
-      this.log.info({ event: 'cleanup', netns: this.iptables.cleanup() }, 'removed every MESHREDIR chain');
+      const done = this.iptables.cleanup();
+      const failed = done.filter((d) => d.outcome === 'failed');
+      if (failed.length) this.log.error({ event: 'cleanup_failed', netns: failed }, `could not remove MESHREDIR chains from ${failed.length} network namespace(s): ${failed.map((f) => f.detail).join('; ')}`);
+      else this.log.info({ event: 'cleanup', netns: done }, 'removed every MESHREDIR chain');
     } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
       if (r.kept.length) this.log.warn({ event: 'cleanup', ...r }, `removed everything but the fast path, kept for ${r.openAccelerated} socket(s) of open accelerated connections; run meshredir cleanup once they have closed`);

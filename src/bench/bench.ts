@@ -77,15 +77,24 @@ spec:
       return r.policies[0]!;
     };
     /** Puts exactly one mode in force for the app cgroup. */
+    const iptApply = (p: Policy) => {
+      const r = ipt.apply([p]);
+      const bad = [...r.skipped.map((x) => x.reason), ...r.failed.map((x) => x.reason)];
+      if (bad.length) throw new Error(`iptables mode did not apply the bench policy: ${bad.join('; ')}`);
+    };
+    const iptCleanup = () => {
+      const bad = ipt.cleanup().filter((x) => x.outcome === 'failed');
+      if (bad.length) throw new Error(`iptables cleanup failed: ${bad.map((x) => x.detail).join('; ')}`);
+    };
     const use = (mode: string, p?: Policy) => {
       if (mode === 'iptables') {
         ebpf.applyPolicies([]);
-        ipt.apply([p!]);
+        iptApply(p!);
       } else if (mode.startsWith('ebpf')) {
-        ipt.cleanup();
+        iptCleanup();
         ebpf.applyPolicies([p!]);
       } else {
-        ipt.cleanup();
+        iptCleanup();
         ebpf.applyPolicies([]);
       }
     };
@@ -188,9 +197,9 @@ spec:
       ebpf.applyPolicies([]);
       tick(`apply 10,000 map entries: ${(performance.now() - t).toFixed(0)} ms`);
       t = performance.now();
-      ipt.apply([big]);
+      iptApply(big);
       samples.push({ scenario: 'control', mode: 'iptables', variant: 'apply 10000 entries', round: 1, metrics: { ms: performance.now() - t } });
-      ipt.cleanup();
+      iptCleanup();
       tick(`apply 10,000 iptables rules: ${(performance.now() - t).toFixed(0)} ms`);
 
       const dir = mkdtempSync(join(tmpdir(), 'meshredir-bench-policies-'));

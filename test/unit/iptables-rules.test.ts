@@ -1,10 +1,10 @@
 // iptables-rules.test.ts — golden files: policy in → iptables-restore text out, per family.
-// UPDATE_GOLDEN=1 rewrites them; review the diff like code.
+// UPDATE_GOLDEN=1 (re)writes them; review the diff like code. Without it a missing golden fails.
 import { describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parsePolicyText } from '../../src/policy/load.js';
-import { renderRestore, jumpRules, unsupported, ignoredFields } from '../../src/modes/iptables/rules.js';
+import { renderRestore, jumpLines, unsupported, ignoredFields, families } from '../../src/modes/iptables/rules.js';
 
 const dir = join(import.meta.dirname, '..', 'golden', 'iptables');
 const policy = (name: string) => {
@@ -18,21 +18,42 @@ describe('iptables rules (golden)', () => {
     const name = file.replace(/\.yaml$/, '');
     for (const family of [4, 6] as const) {
       it(`${name} v${family}`, () => {
+        const golden0 = join(dir, `${name}.v${family}.rules`);
+        if (!families(policy(name)).includes(family)) {
+          // Nothing is applied for a family the policy does not use: no golden either.
+          if (process.env.UPDATE_GOLDEN === '1') rmSync(golden0, { force: true });
+          expect(existsSync(golden0), `${golden0} is stale: the policy needs no IPv${family} rules`).toBe(false);
+          return;
+        }
         const text = renderRestore(policy(name), { family });
         const golden = join(dir, `${name}.v${family}.rules`);
-        if (process.env.UPDATE_GOLDEN === '1' || !existsSync(golden)) writeFileSync(golden, text);
+        if (process.env.UPDATE_GOLDEN === '1') writeFileSync(golden, text);
+        if (!existsSync(golden)) throw new Error(`${golden} is missing: run with UPDATE_GOLDEN=1 to write it, then review it like code`);
         expect(text).toBe(readFileSync(golden, 'utf8'));
         expect(renderRestore(policy(name), { family })).toBe(text); // deterministic
       });
     }
   }
 
-  it('jumps from the built-in chains are separate, for check-then-add', () => {
-    expect(jumpRules(policy('istio'), { family: 4 })).toEqual([
-      ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-m', 'comment', '--comment', 'meshredir', '-j', 'MESHREDIR_OUTPUT'],
-      ['-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '-m', 'comment', '--comment', 'meshredir', '-j', 'MESHREDIR_INBOUND'],
+  it('jumps from the built-in chains are part of the input, only for what the policy uses', () => {
+    expect(jumpLines(policy('istio'), { family: 4 })).toEqual([
+      '-A OUTPUT -p tcp -m comment --comment meshredir -j MESHREDIR_OUTPUT',
+      '-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND',
     ]);
-    expect(jumpRules(policy('v6-only'), { family: 4 })).toEqual([]);
+    expect(jumpLines(policy('v6-only'), { family: 4 })).toEqual([]);
+    expect(jumpLines(policy('inbound-v6-outbound'), { family: 4 })).toEqual(['-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND']);
+    expect(families(policy('minimal'))).toEqual([4]);
+    expect(families(policy('v6-only'))).toEqual([6]);
+    expect(families(policy('inbound-v6-outbound'))).toEqual([4, 6]);
+  });
+
+  it('redirectLoopback: no rule returns loopback destinations or everything an app sends over lo', () => {
+    const v4 = renderRestore(policy('redirect-loopback'), { family: 4 });
+    expect(v4).not.toMatch(/-d 127\.0\.0\.0\/8 .*-j RETURN/);
+    expect(v4).not.toMatch(/-o lo/);
+    const off = renderRestore(policy('minimal'), { family: 4 });
+    expect(off).toMatch(/-A MESHREDIR_OUTPUT -d 127\.0\.0\.0\/8 .*-j RETURN/);
+    expect(off).not.toMatch(/-o lo/);
   });
 
   it('says what the mode cannot do, and what it ignores', () => {

@@ -58,8 +58,25 @@ export const agentCommand = new Command('agent')
       const set = await loadPolicies(o.policies);
       for (const e of set.errors) console.error(formatError(e));
       if (mode === 'iptables') {
-        const ipt = new IptablesMode({ stateFile: o.iptablesState, lockWait: o.lockWait });
-        for (const r of ipt.dryRun(set.policies)) process.stdout.write(`# policy ${r.policy}, ${r.family === 4 ? 'iptables-restore' : 'ip6tables-restore'} --noflush\n${r.text}`);
+        // Exactly what the first reconcile would run, read from the namespaces as they are now.
+        const ipt = new IptablesMode({ stateFile: o.iptablesState, lockWait: o.lockWait, ...(o.iptablesBackend ? { backend: o.iptablesBackend } : {}) });
+        const plan = ipt.plan(set.policies);
+        for (const sk of plan.skipped) console.error(`${sk.policy}: not applied in iptables mode: ${sk.reason}`);
+        for (const e of plan.entries) {
+          process.stdout.write(`# policy ${e.policy} → netns ${e.netns} (${e.netnsId}), backend ${e.backend}\n`);
+          for (const w of e.work) {
+            const restore = `${w.family === 4 ? 'iptables' : 'ip6tables'}-${e.backend}-restore --noflush -w ${o.lockWait}`;
+            if (w.kind === 'unused') process.stdout.write(`# IPv${w.family}: not needed (no proxy for it, no inbound), nothing to apply\n`);
+            else if (w.kind === 'in-sync') process.stdout.write(`# IPv${w.family}: in sync, nothing to apply\n`);
+            else if (w.kind === 'remove' && !w.input) process.stdout.write(`# IPv${w.family}: no longer needed, and none of our rules are there\n`);
+            else if (w.input) process.stdout.write(`# IPv${w.family}: ${restore} <<EOF\n${w.input}EOF\n`);
+          }
+          for (const r of e.removals) {
+            const restore = `${r.family === 4 ? 'iptables' : 'ip6tables'}-${r.backend}-restore --noflush -w ${o.lockWait}`;
+            process.stdout.write(r.input ? `# then off ${r.backend} (IPv${r.family}): ${restore} <<EOF\n${r.input}EOF\n` : `# nothing of ours left on ${r.backend} (IPv${r.family})\n`);
+          }
+        }
+        if (plan.skipped.length) process.exitCode = 1;
       } else {
         const { toEntries, assignSlots } = await import('../../policy/entries.js');
         const slots = assignSlots(set.policies.map((p) => p.name), new Map());

@@ -14,6 +14,8 @@ export const cleanupCommand = new Command('cleanup')
   .action((opts: { bpffs: string; iptablesState: string; force?: boolean; json?: boolean }) => {
     const mode = new EbpfMode({ bpffs: opts.bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
     const r = { ...mode.cleanup({ force: Boolean(opts.force) }), iptablesNetns: new IptablesMode({ stateFile: opts.iptablesState, lockWait: 10 }).cleanup() };
+    const failed = r.iptablesNetns.filter((n) => n.outcome === 'failed');
+    if (failed.length) process.exitCode = 1;
     const kept = r.kept.length
       ? `kept the fast path (${r.kept.join(', ')}) for ${r.openAccelerated} socket(s) of open accelerated connections: removing it now could lose bytes in flight between them. ` +
         'Redirection of new connections has stopped; run cleanup again once they have closed, or use --force.'
@@ -22,7 +24,8 @@ export const cleanupCommand = new Command('cleanup')
     else if (r.detached.length === 0 && r.unpinned.length === 0 && r.kept.length === 0 && r.iptablesNetns.length === 0) console.log(`nothing to clean under ${opts.bpffs} or in ${opts.iptablesState}`);
     else {
       if (r.detached.length || r.unpinned.length) console.log(`detached ${r.detached.length} link(s), removed ${r.unpinned.length} pin(s) under ${opts.bpffs}`);
-      if (r.iptablesNetns.length) console.log(`removed MESHREDIR chains from ${r.iptablesNetns.length} network namespace(s)`);
+      for (const n of r.iptablesNetns) (n.outcome === 'failed' ? console.error : console.log)(`${n.outcome === 'failed' ? 'FAILED: ' : ''}${n.policy ? `policy ${n.policy}: ` : ''}${n.detail}`);
+      if (failed.length) console.error(`${failed.length} network namespace(s) still hold MESHREDIR rules; they stay in ${opts.iptablesState} for the next cleanup`);
     }
     if (kept) throw new UserError(kept);
   });

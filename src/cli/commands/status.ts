@@ -6,18 +6,14 @@ import { printJson, table } from '../output.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { cgroupPathById } from '../../util/cgroups.js';
 import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
-
-const IPTABLES_LIMITS = [
-  'proxy must listen in the pod netns (REDIRECT rewrites to a local address; SO_ORIGINAL_DST works only where the NAT happened)',
-  'the proxy is recognised by uid/gid only (bypass.cgroups are ignored)',
-  'no sk_msg fast path (spec.accelerate)',
-];
+import { LIMITS } from '../../modes/iptables/rules.js';
 
 export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
   const mode = new EbpfMode({ bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
-  const ipt = new IptablesMode({ stateFile: iptablesState, lockWait: 5 }).status();
+  const iptMode = new IptablesMode({ stateFile: iptablesState, lockWait: 5 });
+  const ipt = iptMode.installed() ? iptMode.status() : null;
   if (!mode.installed()) {
-    if (ipt.length) return { installed: true as const, mode: 'iptables' as const, iptables: ipt, unsupported: IPTABLES_LIMITS };
+    if (ipt) return { installed: true as const, mode: 'iptables' as const, stateFile: iptablesState, policies: ipt.policies, iptables: ipt.netns, unsupported: LIMITS };
     return { installed: false as const, bpffs };
   }
   const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
@@ -60,7 +56,7 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
     records: mode.pending(),
     unknownOrigDst: Number(global?.origdst_unknown ?? 0n),
     unsupported: ['spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)'],
-    ...(ipt.length ? { iptables: ipt } : {}),
+    ...(ipt ? { iptables: ipt.netns, iptablesPolicies: ipt.policies } : {}),
   };
 }
 
@@ -78,9 +74,15 @@ export const statusCommand = new Command('status')
       return;
     }
     if (s.mode === 'iptables') {
-      console.log('mode iptables');
-      console.log(table(['netns', 'backend', 'policies', 'rules'], s.iptables.map((n) => [n.netns, n.backend, n.policies.join(', '), n.rules])));
-      console.log(`limits of this mode: ${s.unsupported.join('; ')}`);
+      console.log(`mode iptables · state ${s.stateFile}`);
+      console.log(table(['policy', 'cgroup', 'outcome', 'netns', 'backend', 'families', 'reason'], s.policies.map((p) => [p.policy, p.cgroup, p.outcome, p.netns ?? '-', p.backend ?? '-', (p.families ?? []).join(', ') || '-', p.reason ?? ''])));
+      console.log(
+        table(
+          ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound redirected'],
+          s.iptables.map((n) => [`${n.netns} (${n.netnsId})`, n.policy, n.backend, n.rules, n.live, Object.entries(n.redirected).map(([f, c]) => `${f} ${c}`).join(', ') || '-', Object.entries(n.inboundRedirected).map(([f, c]) => `${f} ${c}`).join(', ') || '-']),
+        ),
+      );
+      console.log(`limits of this mode:\n  - ${s.unsupported.join('\n  - ')}`);
       return;
     }
     console.log(`mode ebpf · attached at ${s.attachPoint ?? '(nowhere)'} · pins ${s.bpffs}`);

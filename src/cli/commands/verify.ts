@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { EbpfMode, DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
+import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
 import { coverage, podNetns, listensOn, cgroupPids, type Step, type ChildResult } from '../../modes/ebpf/verify.js';
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import { cgroupPathById } from '../../util/cgroups.js';
@@ -19,7 +20,21 @@ function ipBytes(text: string): number[] {
   return ipaddr.parse(text).toByteArray();
 }
 
-function check(o: { cgroup: string; bpffs: string; netns?: string; dest?: string }): Step[] {
+function check(o: { cgroup: string; bpffs: string; iptablesState: string; netns?: string; dest?: string }): { mode: 'ebpf' | 'iptables' | 'none'; steps: Step[] } {
+  const ebpf = new EbpfMode({ bpffs: o.bpffs, cgroupRoot: '/', object: '' });
+  if (!ebpf.installed()) {
+    // No pins: in iptables mode the chain to check is the pod netns's nat table, not BPF.
+    const ipt = new IptablesMode({ stateFile: o.iptablesState, lockWait: 5 });
+    if (ipt.installed()) return { mode: 'iptables', steps: ipt.verify({ cgroup: o.cgroup, ...(o.netns ? { netns: o.netns } : {}), ...(o.dest ? { dest: o.dest } : {}) }) };
+    return {
+      mode: 'none',
+      steps: [{ step: 'installed', ok: false, detail: `meshredir is not applied here in either mode: no pins under ${o.bpffs} (eBPF) and no iptables state in ${o.iptablesState} (iptables); has the agent run, with these paths?` }],
+    };
+  }
+  return { mode: 'ebpf', steps: checkEbpf(o) };
+}
+
+function checkEbpf(o: { cgroup: string; bpffs: string; netns?: string; dest?: string }): Step[] {
   const steps: Step[] = [];
   const fail = (step: string, detail: string) => (steps.push({ step, ok: false, detail }), steps);
   const ok = (step: string, detail: string) => steps.push({ step, ok: true, detail });
@@ -85,16 +100,17 @@ export const verifyCommand = new Command('verify')
   .description('self-check: would a connection from this cgroup reach its proxy, and would the proxy read the original destination? (sends no packet to the destination)')
   .requiredOption('--cgroup <path>', 'cgroup to check (policy path such as /pods/a, or a directory under the cgroup2 mount)')
   .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
+  .option('--iptables-state <file>', 'state file of the iptables mode (checked when there are no pins)', DEFAULT_STATE)
   .option('--netns <path>', 'network namespace of the pod (default: that of a process in the cgroup)')
   .option('--dest <ip:port>', 'probe destination (default 192.0.2.1:80 or [2001:db8::1]:80; never contacted)')
   .option('--json', 'print one JSON object')
-  .action((o: { cgroup: string; bpffs: string; netns?: string; dest?: string; json?: boolean }) => {
-    const steps = check(o);
+  .action((o: { cgroup: string; bpffs: string; iptablesState: string; netns?: string; dest?: string; json?: boolean }) => {
+    const { mode, steps } = check(o);
     const okAll = steps.every((s) => s.ok);
-    if (o.json) printJson({ ok: okAll, steps });
+    if (o.json) printJson({ ok: okAll, mode, steps });
     else {
       console.log(table(['check', 'result', 'detail'], steps.map((s) => [s.step, s.ok ? 'ok' : 'BROKEN', s.detail])));
-      console.log(okAll ? 'the redirection chain works' : `broken at: ${steps.find((s) => !s.ok)!.step}`);
+      console.log(okAll ? `the redirection chain works (${mode} mode)` : `broken at: ${steps.find((s) => !s.ok)!.step}`);
     }
     if (!okAll) process.exitCode = 1;
   });

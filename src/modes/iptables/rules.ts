@@ -1,33 +1,80 @@
 // rules.ts — a policy as istio-style nat rules (iptables-restore input): pure, golden-tested.
 // Layout follows istio-iptables: OUTPUT → MESHREDIR_OUTPUT → MESHREDIR_REDIRECT (REDIRECT to the
 // outbound proxy port); PREROUTING → MESHREDIR_INBOUND → MESHREDIR_IN_REDIRECT (inbound port).
+// The outbound decision is the eBPF mode's, in the same order (README "Decision order"): proxy
+// itself → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
 import type { Policy } from '../../policy/schema.js';
+import type { Cidr } from '../../policy/addr.js';
 
 export interface RuleOptions {
   family: 4 | 6;
 }
 
-export const CHAINS = ['MESHREDIR_OUTPUT', 'MESHREDIR_REDIRECT', 'MESHREDIR_INBOUND', 'MESHREDIR_IN_REDIRECT'] as const;
+export const CHAINS = ['MESHREDIR_OUTPUT', 'MESHREDIR_REDIRECT', 'MESHREDIR_INBOUND', 'MESHREDIR_IN_REDIRECT', 'MESHREDIR_DEST'] as const;
+
+/** Where each built-in chain jumps into ours. */
+export const JUMPS = [
+  { from: 'OUTPUT', to: 'MESHREDIR_OUTPUT' },
+  { from: 'PREROUTING', to: 'MESHREDIR_INBOUND' },
+] as const;
 
 const q = (s: string) => `"${s.replace(/(["\\])/g, '\\$1')}"`;
 
+/** The only addresses a nat OUTPUT REDIRECT can send to: it rewrites to the loopback address. */
+export const REDIRECT_TARGET = { 4: '127.0.0.1', 6: '::1' } as const;
+
+/** The families a policy needs rules for: outbound for that family, or inbound (both families). */
+export function families(p: Policy): (4 | 6)[] {
+  return ([4, 6] as const).filter((f) => Boolean(f === 4 ? p.proxy.outbound : p.proxy.outbound6) || p.proxy.inbound !== undefined);
+}
+
 /**
- * The exact input for `iptables-restore --noflush`: declares and flushes our chains, then fills them,
- * so applying twice yields one set of rules and foreign chains are never touched. The jumps from the
- * built-in chains are not in it (a restore cannot say "add if missing"): see jumpRules().
+ * CIDRs of one family, include and exclude, longest prefix first: in a first-match chain that is a
+ * longest-prefix match, so an exclude inside a wider include wins and an include inside a wider
+ * exclude wins, as in the eBPF mode's LPM trie. Equal prefixes of one family are disjoint (the schema
+ * rejects one CIDR in both lists), so their order does not matter; it is kept stable for reviews.
  */
-export function renderRestore(p: Policy, { family }: RuleOptions): string {
-  const c = `-m comment --comment ${q(`meshredir:${p.name}`)}`;
-  const lo = family === 4 ? '127.0.0.1/32' : '::1/128';
-  const passthrough = family === 4 ? '127.0.0.6/32' : '::6/128';
+export function cidrRules(p: Policy, family: 4 | 6): { cidr: Cidr; action: 'include' | 'exclude' }[] {
+  const all = [
+    ...p.outbound.includeCidrs.filter((c) => c.family === family).map((cidr) => ({ cidr, action: 'include' as const })),
+    ...p.outbound.excludeCidrs.filter((c) => c.family === family).map((cidr) => ({ cidr, action: 'exclude' as const })),
+  ];
+  const seen = new Set<string>();
+  return all
+    .map((r, i) => ({ r, i }))
+    .sort((a, b) => b.r.cidr.prefix - a.r.cidr.prefix || a.i - b.i)
+    .map(({ r }) => r)
+    .filter((r) => (seen.has(r.cidr.text) ? false : (seen.add(r.cidr.text), true)));
+}
+
+/** The jump lines (iptables-restore syntax) from the built-in chains this policy needs. */
+export function jumpLines(p: Policy, { family }: RuleOptions): string[] {
   const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
-  const lines: string[] = ['*nat', ...CHAINS.map((ch) => `:${ch} - [0:0]`), ...CHAINS.map((ch) => `-F ${ch}`)];
+  const out: string[] = [];
+  if (proxy) out.push('-A OUTPUT -p tcp -m comment --comment meshredir -j MESHREDIR_OUTPUT');
+  if (p.proxy.inbound !== undefined) out.push('-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND');
+  return out;
+}
+
+/**
+ * Our chains, declared and flushed, then filled: the part of the iptables-restore --noflush input
+ * that is the same in every netns. Foreign chains are never named.
+ */
+export function renderChains(p: Policy, { family }: RuleOptions): string[] {
+  // xt_comment holds at most 255 characters; a 253-character policy name would not fit.
+  const c = `-m comment --comment ${q(`meshredir:${p.name}`.slice(0, 255))}`;
+  const passthrough = family === 4 ? '127.0.0.6/32' : '::6/128';
+  const lo = family === 4 ? '127.0.0.1/32' : '::1/128';
+  const loopbackNet = family === 4 ? '127.0.0.0/8' : '::1/128';
+  const host = family === 4 ? '/32' : '/128';
+  const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
+  const lines: string[] = [...CHAINS.map((ch) => `:${ch} - [0:0]`), ...CHAINS.map((ch) => `-F ${ch}`)];
   const add = (chain: string, rule: string) => {
     const at = rule.lastIndexOf('-j ');
     lines.push(`-A ${chain} ${rule.slice(0, at)}${c} ${rule.slice(at)}`.replace(/\s+/g, ' ').trim());
   };
 
-  if (p.proxy.inbound) {
+  if (p.proxy.inbound !== undefined) {
     add('MESHREDIR_IN_REDIRECT', `-p tcp -j REDIRECT --to-ports ${p.proxy.inbound}`);
     for (const port of p.inbound.excludePorts) add('MESHREDIR_INBOUND', `-p tcp --dport ${port} -j RETURN`);
     add('MESHREDIR_INBOUND', '-p tcp -j MESHREDIR_IN_REDIRECT');
@@ -35,44 +82,38 @@ export function renderRestore(p: Policy, { family }: RuleOptions): string {
 
   if (proxy) {
     add('MESHREDIR_REDIRECT', `-p tcp -j REDIRECT --to-ports ${proxy.port}`);
-    // istio: traffic the inbound proxy sends to the app from 127.0.0.6 passes through.
-    add('MESHREDIR_OUTPUT', `-s ${passthrough} -o lo -j RETURN`);
     const owners: [string, number][] = [...p.bypass.uids.map((u) => ['--uid-owner', u] as [string, number]), ...p.bypass.gids.map((g) => ['--gid-owner', g] as [string, number])];
-    for (const [flag, id] of owners) {
-      if (p.proxy.inbound) add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${p.proxy.inbound} -m owner ${flag} ${id} -j MESHREDIR_IN_REDIRECT`);
-      add('MESHREDIR_OUTPUT', `-o lo -m owner ! ${flag} ${id} -j RETURN`);
-      add('MESHREDIR_OUTPUT', `-m owner ${flag} ${id} -j RETURN`);
+    if (p.proxy.inbound !== undefined) {
+      // istio, inbound only: what the inbound proxy sends to the app from 127.0.0.6 passes through,
+      // and the proxy's own calls to this pod's address over lo go to the inbound listener.
+      add('MESHREDIR_OUTPUT', `-s ${passthrough} -o lo -j RETURN`);
+      for (const [flag, id] of owners) add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${p.proxy.inbound} -m owner ${flag} ${id} -j MESHREDIR_IN_REDIRECT`);
     }
-    if (!p.outbound.redirectLoopback) add('MESHREDIR_OUTPUT', `-d ${lo} -j RETURN`);
+    // A workload dialling the proxy itself is already where it would be sent.
+    add('MESHREDIR_OUTPUT', `-d ${REDIRECT_TARGET[family]}${host} -p tcp --dport ${proxy.port} -j RETURN`);
+    for (const [flag, id] of owners) add('MESHREDIR_OUTPUT', `-m owner ${flag} ${id} -j RETURN`);
+    // Unlike istio (which returns everything an app sends over lo), loopback means what it means in
+    // the eBPF mode: a loopback destination; with redirectLoopback it is redirected like any other.
+    if (!p.outbound.redirectLoopback) add('MESHREDIR_OUTPUT', `-d ${loopbackNet} -j RETURN`);
     for (const port of p.outbound.excludePorts) add('MESHREDIR_OUTPUT', `-p tcp --dport ${port} -j RETURN`);
-    for (const cidr of p.outbound.excludeCidrs.filter((x) => x.family === family)) add('MESHREDIR_OUTPUT', `-d ${cidr.text} -j RETURN`);
-    const incCidrs = p.outbound.includeCidrs.filter((x) => x.family === family);
+    // The destination decision: CIDRs by longest prefix, then the default (redirect unless an
+    // include list exists — for either family, as in the eBPF mode).
     const ports = p.outbound.includePorts;
-    // An include list that names only the other family redirects nothing of this one.
-    if (p.outbound.includeCidrs.length > 0 && incCidrs.length === 0) {
-      // nothing
-    } else if (incCidrs.length > 0 && ports.length > 0) {
-      for (const cidr of incCidrs) for (const port of ports) add('MESHREDIR_OUTPUT', `-d ${cidr.text} -p tcp --dport ${port} -j MESHREDIR_REDIRECT`);
-    } else if (incCidrs.length > 0) {
-      for (const cidr of incCidrs) add('MESHREDIR_OUTPUT', `-d ${cidr.text} -j MESHREDIR_REDIRECT`);
-    } else if (ports.length > 0) {
-      for (const port of ports) add('MESHREDIR_OUTPUT', `-p tcp --dport ${port} -j MESHREDIR_REDIRECT`);
-    } else {
-      add('MESHREDIR_OUTPUT', '-j MESHREDIR_REDIRECT');
-    }
+    const dest = ports.length > 0 ? 'MESHREDIR_DEST' : 'MESHREDIR_OUTPUT';
+    for (const port of ports) add('MESHREDIR_OUTPUT', `-p tcp --dport ${port} -j MESHREDIR_DEST`);
+    for (const { cidr, action } of cidrRules(p, family)) add(dest, `-d ${cidr.text} -j ${action === 'include' ? 'MESHREDIR_REDIRECT' : 'RETURN'}`);
+    if (p.outbound.includeCidrs.length === 0) add(dest, '-j MESHREDIR_REDIRECT');
   }
-  lines.push('COMMIT', '');
-  return lines.join('\n');
+  return lines;
 }
 
-/** argv (for iptables/ip6tables) of the jumps from the built-in chains; add each only if `-C` misses it. */
-export function jumpRules(p: Policy, { family }: RuleOptions): string[][] {
-  const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
-  const c = ['-m', 'comment', '--comment', 'meshredir'];
-  const out: string[][] = [];
-  if (proxy) out.push(['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', ...c, '-j', 'MESHREDIR_OUTPUT']);
-  if (p.proxy.inbound) out.push(['-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', ...c, '-j', 'MESHREDIR_INBOUND']);
-  return out;
+/**
+ * The exact input for `iptables-restore --noflush` in a network namespace that has none of our
+ * rules yet: our chains, and the jumps from the built-in chains. (In a namespace that already has a
+ * jump, the apply leaves that line out rather than adding a second one.)
+ */
+export function renderRestore(p: Policy, opts: RuleOptions): string {
+  return ['*nat', ...renderChains(p, opts), ...jumpLines(p, opts), 'COMMIT', ''].join('\n');
 }
 
 /** What the iptables mode cannot do for this policy; non-empty = the policy is rejected in this mode. */
@@ -80,7 +121,7 @@ export function unsupported(p: Policy): string[] {
   const out: string[] = [];
   if (p.bypass.uids.length === 0 && p.bypass.gids.length === 0) {
     out.push(
-      'spec.proxy.bypass: iptables mode recognises the proxy only by uid/gid (owner match); without spec.proxy.bypass.uids or gids the proxy\'s own connections would be redirected back to it',
+      "spec.proxy.bypass: iptables mode recognises the proxy only by uid/gid (owner match); without spec.proxy.bypass.uids or gids the proxy's own connections would be redirected back to it",
     );
   }
   for (const [field, ep] of [
@@ -89,9 +130,14 @@ export function unsupported(p: Policy): string[] {
   ] as const) {
     if (!ep) continue;
     const loopback = ep.family === 4 ? ep.bytes[0] === 127 : ep.bytes.slice(0, 15).every((b) => b === 0) && ep.bytes[15] === 1;
+    const target = ep.family === 4 ? `${REDIRECT_TARGET[4]}:${ep.port}` : `[${REDIRECT_TARGET[6]}]:${ep.port}`;
     if (!loopback) {
       out.push(
-        `spec.proxy.${field}: ${ep.text} — iptables REDIRECT can only send to a proxy listening in the pod's own network namespace (it rewrites to the local address and port ${ep.port}), and SO_ORIGINAL_DST only works where the NAT happened; use a loopback proxy address, or the eBPF mode for a proxy in another namespace`,
+        `spec.proxy.${field}: ${ep.text} — iptables REDIRECT can only send to a proxy listening in the pod's own network namespace (it rewrites to the local address and port ${ep.port}), and SO_ORIGINAL_DST only works where the NAT happened; use ${target}, or the eBPF mode for a proxy in another namespace`,
+      );
+    } else if (ep.text !== target) {
+      out.push(
+        `spec.proxy.${field}: ${ep.text} — iptables REDIRECT in the nat OUTPUT chain always rewrites to ${REDIRECT_TARGET[ep.family]} (port ${ep.port}), never to another loopback address; use ${target} and have the proxy listen there (or on the wildcard address)`,
       );
     }
   }
@@ -107,3 +153,13 @@ export function ignoredFields(p: Policy): string[] {
   }
   return out;
 }
+
+/** The limits of this mode, as status and the README state them. */
+export const LIMITS = [
+  'scope: the rules live in the pod network namespace and apply to every process in it (all containers of the pod, and anything else sharing that netns), not only to the policy cgroup',
+  'one policy per network namespace (two policies resolving to one netns are both refused)',
+  'the host network namespace is never used (a hostNetwork pod cannot be covered in this mode)',
+  'the proxy must listen in the pod netns on 127.0.0.1 / ::1 (REDIRECT rewrites to the loopback address; SO_ORIGINAL_DST works only where the NAT happened)',
+  'the proxy is recognised by uid/gid only (bypass.cgroups are ignored)',
+  'no sk_msg fast path (spec.accelerate)',
+];
