@@ -7,6 +7,7 @@ import ipaddr from 'ipaddr.js';
 import { readFileSync, writeFileSync, mkdirSync, rmSync, renameSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Policy } from '../../policy/schema.js';
+import { isLoopback } from '../../policy/addr.js';
 import { renderChains, jumpLines, unsupported, families, CHAINS, JUMPS, REDIRECT_TARGET } from './rules.js';
 import { NetnsHandle, resolvePolicyNetns, findNetns, hostNetnsIds, idOf, subtreePids } from './netns.js';
 import { parseNat, evaluate, type Conn } from './evaluate.js';
@@ -610,7 +611,7 @@ export class IptablesMode {
         return fail('redirect', `--dest ${dest}: ${m[1]} is not an IP address`);
       }
       if ((bytes.length === 4 ? 4 : 6) !== family) return fail('redirect', `--dest ${dest}: write IPv6 destinations as [addr]:port`);
-      const conn: Conn = { family, dst: bytes, dport: Number(m[2]), uid: ids.uid, gid: ids.gid, outLo: isLoopback(family, bytes) };
+      const conn: Conn = { family, dst: bytes, dport: Number(m[2]), uid: ids.uid, gid: ids.gid, outLo: isLoopback({ family, bytes }) };
       const trace: string[] = [];
       const ourText = ['*nat', ...save.split('\n').filter((l) => l.startsWith(':MESHREDIR_')), ...live, 'COMMIT'].join('\n');
       const v = evaluate(parseNat(ourText, family), conn, trace);
@@ -660,10 +661,6 @@ function procIds(pid: number): { uid: number; gid: number } {
 }
 
 
-function isLoopback(family: Family, b: number[]): boolean {
-  return family === 4 ? b[0] === 127 : b.slice(0, 15).every((x) => x === 0) && b[15] === 1;
-}
-
 /** Whether /proc/net/tcp{,6} text has a LISTEN socket on the loopback address or a wildcard at port. */
 function listening(text: string, family: Family, port: number): boolean {
   for (const line of text.split('\n')) {
@@ -674,7 +671,7 @@ function listening(text: string, family: Family, port: number): boolean {
     const bytes: number[] = [];
     for (let i = 0; i < hexAddr.length; i += 8) bytes.push(...Buffer.from(hexAddr.slice(i, i + 8), 'hex').reverse());
     if (bytes.every((b) => b === 0)) return true; // wildcard (a v6 wildcard is dual-stack unless v6only)
-    if (bytes.length === (family === 4 ? 4 : 16) && isLoopback(family, bytes)) return true;
+    if (bytes.length === (family === 4 ? 4 : 16) && isLoopback({ family, bytes })) return true;
   }
   return false;
 }

@@ -4,7 +4,7 @@
 // The outbound decision is the eBPF mode's, in the same order (README "Decision order"): proxy
 // itself → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
 import type { Policy } from '../../policy/schema.js';
-import type { Cidr } from '../../policy/addr.js';
+import { isLoopback, type Cidr } from '../../policy/addr.js';
 
 export interface RuleOptions {
   family: 4 | 6;
@@ -129,7 +129,7 @@ export function unsupported(p: Policy): string[] {
     ['outbound6', p.proxy.outbound6],
   ] as const) {
     if (!ep) continue;
-    const loopback = ep.family === 4 ? ep.bytes[0] === 127 : ep.bytes.slice(0, 15).every((b) => b === 0) && ep.bytes[15] === 1;
+    const loopback = isLoopback(ep);
     const target = ep.family === 4 ? `${REDIRECT_TARGET[4]}:${ep.port}` : `[${REDIRECT_TARGET[6]}]:${ep.port}`;
     if (!loopback) {
       out.push(
