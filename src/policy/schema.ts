@@ -14,11 +14,17 @@ const id = z
   .min(0)
   .max(4294967294, { error: (i) => `${JSON.stringify(i.input)} is not a uid/gid (0-4294967294)` });
 
+/** One spelling per cgroup: "//" collapsed, "." segments and trailing "/" dropped, so aliases such as
+ * /pods//a and /pods/./a are the same claim as /pods/a in the duplicate check. */
+export function normaliseCgroupPath(p: string): string {
+  return `/${p.split('/').filter((s) => s !== '' && s !== '.').join('/')}`;
+}
+
 const cgroupPath = z
   .string({ error: 'must be a cgroup path string such as /pods/a' })
   .regex(/^\/[^\0]*$/, { error: (i) => `${JSON.stringify(i.input)} is not an absolute cgroup path (starts with /)` })
   .refine((p) => !p.split('/').includes('..'), { error: 'must not contain ..' })
-  .transform((p) => (p.length > 1 ? p.replace(/\/+$/, '') : p));
+  .transform(normaliseCgroupPath);
 
 function endpoint(family: 4 | 6) {
   return z.string({ error: `must be a string such as ${family === 4 ? '"10.0.0.1:15001"' : '"[fd00::1]:15001"'}` }).transform((s, ctx) => {

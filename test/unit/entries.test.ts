@@ -1,7 +1,7 @@
 // entries.test.ts — policies as map contents, and stable slot assignment.
 import { describe, expect, it } from 'vitest';
 import { parsePolicyText } from '../../src/policy/load.js';
-import { assignSlots, toEntries } from '../../src/policy/entries.js';
+import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../src/policy/entries.js';
 import { MAPS, cidrKey, policyValue } from '../../src/bpf/abi.js';
 
 const text = `
@@ -68,5 +68,23 @@ describe('policy → map entries', () => {
     expect(policyValue.size).toBe(28);
     expect(v.readUInt16BE(24)).toBe(15001);
     expect(MAPS.mr_orig.key.size).toBe(48);
+  });
+
+  it('two policies resolving to one cgroup id: the owner in the kernel stays, else both are rejected', () => {
+    const q = parsePolicyText(text.replace('name: a', 'name: q').replace('cgroup: /t/a', 'cgroup: /t/alias'), 'q.yaml').policies[0]!;
+    const r = parsePolicyText(text.replace('name: a', 'name: r').replace('cgroup: /t/a', 'cgroup: /t/other'), 'r.yaml').policies[0]!;
+    const res = new Map([
+      ['a', { cgroup: 100n, bypass: [] }],
+      ['q', { cgroup: 100n, bypass: [] }],
+      ['r', { cgroup: 101n, bypass: [] }],
+    ]);
+    const none = cgroupIdConflicts([p, q, r], res, new Map());
+    expect(none.keep.map((x) => x.name)).toEqual(['r']);
+    expect(none.conflicts).toHaveLength(1);
+    expect(idConflictMessage(none.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, also claimed by a.yaml (a, /t/a); not applied');
+    const owned = cgroupIdConflicts([p, q, r], res, new Map([[100n, 'a']]));
+    expect(owned.keep.map((x) => x.name)).toEqual(['a', 'r']);
+    expect(idConflictMessage(owned.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, already claimed by a.yaml (a, /t/a), which is applied and stays; q is not applied');
+    expect(cgroupIdConflicts([p, r], res, new Map()).conflicts).toEqual([]);
   });
 });

@@ -66,7 +66,7 @@ describe('policy parsing', () => {
     expect(r.errors[0]!.path).toBe('document 2: metadata.name');
   });
 
-  it('two policies claiming one cgroup is an error naming both files', () => {
+  it('two policies claiming one cgroup, neither applied: both rejected, each error naming the other file', () => {
     const a = parsePolicyText(valid, 'a.yaml');
     const b = parsePolicyText(valid.replace('name: reviews', 'name: other'), 'b.yaml');
     const set = checkSet([a, b]);
@@ -75,6 +75,45 @@ describe('policy parsing', () => {
       'a.yaml: spec.cgroup: /meshredir-test-x/pod-a is also claimed by b.yaml (other)',
       'b.yaml: spec.cgroup: /meshredir-test-x/pod-a is also claimed by a.yaml (reviews)',
     ]);
+  });
+
+  it('a newcomer claiming the cgroup of an applied policy is rejected alone; the incumbent stays', () => {
+    const a = parsePolicyText(valid, 'a.yaml');
+    const b = parsePolicyText(valid.replace('name: reviews', 'name: other'), 'b.yaml');
+    for (const order of [[a, b], [b, a]]) {
+      const set = checkSet(order, a.policies);
+      expect(set.policies.map((p) => `${p.file}:${p.name}`)).toEqual(['a.yaml:reviews']);
+      expect(set.rejected.map((p) => p.file)).toEqual(['b.yaml']);
+      expect(set.errors.map(formatError)).toEqual([
+        'b.yaml: spec.cgroup: /meshredir-test-x/pod-a is already claimed by a.yaml (reviews), which is applied and stays; other from b.yaml is not applied',
+      ]);
+    }
+    // Incumbency is the file's claim: b.yaml once applied with another cgroup does not hold this one.
+    const bBefore = parsePolicyText(valid.replace('name: reviews', 'name: other').replace('pod-a', 'pod-z'), 'b.yaml');
+    expect(checkSet([a, b], bBefore.policies).policies).toEqual([]);
+    // The same for names.
+    const n = parsePolicyText(valid.replace('pod-a', 'pod-n'), 'n.yaml');
+    const byName = checkSet([a, n], a.policies);
+    expect(byName.policies.map((p) => p.file)).toEqual(['a.yaml']);
+    expect(byName.errors.map(formatError)).toEqual(['n.yaml: metadata.name: reviews is already claimed by a.yaml (reviews), which is applied and stays; reviews from n.yaml is not applied']);
+  });
+
+  it('normalises cgroup paths, so aliases of one cgroup are one claim', () => {
+    const at = (cg: string, name: string, file: string) => parsePolicyText(valid.replace('cgroup: /meshredir-test-x/pod-a', `cgroup: "${cg}"`).replace('name: reviews', `name: ${name}`), file);
+    const spellings = ['/meshredir-test-x/pod-a', '/meshredir-test-x//pod-a', '/meshredir-test-x/./pod-a', '//meshredir-test-x/pod-a/', '/./meshredir-test-x/pod-a//.'];
+    const files = spellings.map((cg, i) => at(cg, `p${i}`, `${i}.yaml`));
+    for (const f of files) expect(f.errors).toEqual([]);
+    expect(new Set(files.map((f) => f.policies[0]!.cgroup))).toEqual(new Set(['/meshredir-test-x/pod-a']));
+    const set = checkSet(files);
+    expect(set.policies).toEqual([]);
+    expect(set.errors).toHaveLength(spellings.length);
+    expect(at('/', 'root', 'r.yaml').policies[0]!.cgroup).toBe('/');
+    expect(at('//./', 'root', 'r.yaml').policies[0]!.cgroup).toBe('/');
+    // Bypass cgroups too, and the "own cgroup as bypass" check sees through the alias.
+    expect(errs(valid.replace('cgroups: [/meshredir-test-x/proxy]', 'cgroups: ["/meshredir-test-x//pod-a/."]'))).toEqual([
+      "policies/a.yaml: spec.proxy.bypass.cgroups: /meshredir-test-x/pod-a is the policy's own cgroup: nothing would be redirected",
+    ]);
+    expect(errs(valid.replace('cgroup: /meshredir-test-x/pod-a', 'cgroup: /meshredir-test-x/a/../pod-a'))).toEqual(['policies/a.yaml: spec.cgroup: must not contain ..']);
   });
 
   it('rejects every one of thousands of generated malformed policies with a message, never throwing', () => {

@@ -8,10 +8,10 @@ import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
-import { MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
-import { assignSlots, toEntries, type MapEntries, type Resolution } from '../../policy/entries.js';
+import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage, type IdConflict, type MapEntries, type Resolution } from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/meshredir';
@@ -42,6 +42,14 @@ export interface ApplyReport {
   writes: number;
   deletes: number;
   policies: { name: string; slot: number; cgroup: string; resolved: boolean; unresolvedBypass: string[] }[];
+  /** Policies left out because their cgroup is the same cgroup (by id) as another policy's. */
+  rejected: { name: string; file: string; message: string }[];
+}
+
+/** Two policies can only collide by id when two of them resolved. */
+function conflictsPossible(res: Map<string, Resolution>): boolean {
+  const ids = [...res.values()].map((r) => r.cgroup).filter((x) => x !== null);
+  return new Set(ids).size !== ids.length;
 }
 
 const TYPE_NAMES: Record<number, string> = { 1: 'hash', 2: 'array', 6: 'percpu_array', 9: 'lru_hash', 11: 'lpm_trie', 24: 'sk_storage' };
@@ -191,18 +199,33 @@ export class EbpfMode {
     return new Map(policies.map((p) => [p.name, { cgroup: cgroupId(cgroupDir(p.cgroup, mount)), bypass: p.bypass.cgroups.map((b) => cgroupId(cgroupDir(b, mount))) }]));
   }
 
-  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution> } {
-    const slots = assignSlots(
-      policies.map((p) => p.name),
-      this.currentSlots(),
-    );
+  /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
+  private cgroupOwners(slots: Map<string, number>): Map<bigint, string> {
+    const bySlot = new Map([...slots].map(([n, s]) => [s, n]));
+    return this.withMaps(['mr_cgroups'], (maps) => {
+      const out = new Map<bigint, string>();
+      for (const [id, v] of maps.get('mr_cgroups')!.entries() as [bigint, { kind: number; slot: number }][]) {
+        const name = bySlot.get(v.slot);
+        if (v.kind === CgKind.POLICY && name !== undefined) out.set(id, name);
+      }
+      return out;
+    });
+  }
+
+  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution>; keep: Policy[]; conflicts: IdConflict[] } {
+    const current = this.currentSlots();
     const res = this.resolve(policies);
-    return { entries: toEntries(policies, slots, res), slots, res };
+    const { keep, conflicts } = cgroupIdConflicts(policies, res, conflictsPossible(res) ? this.cgroupOwners(current) : new Map());
+    const slots = assignSlots(
+      keep.map((p) => p.name),
+      current,
+    );
+    return { entries: toEntries(keep, slots, res), slots, res, keep, conflicts };
   }
 
   /** Makes the policy maps hold exactly `policies`; writes only what differs. */
   applyPolicies(policies: Policy[]): ApplyReport {
-    const { entries, slots, res } = this.desired(policies);
+    const { entries, slots, res, keep, conflicts } = this.desired(policies);
     let writes = 0;
     let deletes = 0;
     this.withMaps(POLICY_MAPS, (maps) => {
@@ -241,7 +264,8 @@ export class EbpfMode {
     return {
       writes,
       deletes,
-      policies: policies.map((p) => {
+      rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => ({ name: p.name, file: p.file, message: idConflictMessage(c, p) }))),
+      policies: keep.map((p) => {
         const r = res.get(p.name)!;
         return {
           name: p.name,
