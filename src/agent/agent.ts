@@ -1,13 +1,23 @@
 // agent.ts — the node agent: policy directory (desired state) → reconcile against what is
 // loaded and pinned, on start, on every change in the directory (debounced) and periodically.
-import { watch, existsSync, type FSWatcher } from 'node:fs';
-import { loadPolicyFile, policyFiles, checkSet, formatError, type FileResult } from '../policy/load.js';
+import { watch, existsSync, renameSync, type FSWatcher } from 'node:fs';
+import { resolve } from 'node:path';
+import { loadPolicyFile, parsePolicyText, policyFiles, checkSet, formatError, type FileResult } from '../policy/load.js';
+import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
 import type { Policy } from '../policy/schema.js';
 import { EbpfMode } from '../modes/ebpf/ebpf.js';
 import { IptablesMode, type IptablesConfig } from '../modes/iptables/iptables.js';
 import { ignoredFields } from '../modes/iptables/rules.js';
 import { cgroupId } from '../util/host.js';
 import type { Logger } from './log.js';
+
+export interface ModeDecision {
+  requested: 'auto' | 'ebpf' | 'iptables';
+  chosen: 'ebpf' | 'iptables';
+  reason: string;
+  /** The probe's verdicts (auto mode). */
+  probe?: { kernel: string; libbpf: string; features: Record<string, boolean>; why: Record<string, string> };
+}
 
 export interface AgentOptions {
   policies: string;
@@ -21,6 +31,10 @@ export interface AgentOptions {
   maxConnections?: number;
   mode: 'ebpf' | 'iptables';
   iptables?: IptablesConfig;
+  /** Where agent.json lives (mode decision, last applied policies, last reconcile). */
+  stateDir: string;
+  /** How the mode was chosen (persisted for `status`). */
+  decision?: ModeDecision;
 }
 
 export interface ReconcileResult {
@@ -28,14 +42,25 @@ export interface ReconcileResult {
   writes: number;
   deletes: number;
   errors: string[];
+  warnings: string[];
   policies: number;
+}
+
+/** What was applied from one policy file: its text and the policies of it that are in force. */
+interface Applied {
+  text: string;
+  policies: Policy[];
 }
 
 export class Agent {
   readonly mode: EbpfMode;
   readonly iptables?: IptablesMode;
-  /** Last valid content of each file: an invalid edit keeps what was applied from that file. */
-  private lastGood = new Map<string, Policy[]>();
+  /**
+   * Per file, the content in force: an invalid or conflicting edit keeps it. Persisted in agent.json
+   * (and read back on start), so a restart does not lose a policy whose file turned bad meanwhile.
+   */
+  private applied = new Map<string, Applied>();
+  private state?: AgentState;
   private expectedProgs = new Map<string, number>();
   private timer?: NodeJS.Timeout;
   private debounce?: NodeJS.Timeout;
@@ -51,6 +76,53 @@ export class Agent {
     if (opts.mode === 'iptables') this.iptables = new IptablesMode(opts.iptables!);
   }
 
+  private get modeName(): 'ebpf' | 'iptables' {
+    return this.iptables ? 'iptables' : 'ebpf';
+  }
+
+  /** Reads agent.json (the previously applied content per file) and records this run's mode decision. */
+  private loadState(): void {
+    const prev = readState(this.opts.stateDir);
+    if (prev instanceof Error) {
+      const aside = `${statePath(this.opts.stateDir)}.bad`;
+      renameSync(statePath(this.opts.stateDir), aside);
+      this.log.error({ event: 'state_unreadable', file: aside }, `${prev.message}; moved to ${aside}; the previously applied content of invalid policy files is unknown`);
+    }
+    const old = prev instanceof Error ? null : prev;
+    for (const [file, a] of Object.entries(old?.applied ?? {})) {
+      const r = parsePolicyText(a.text, file);
+      if (r.errors.length) {
+        this.log.warn({ event: 'state_dropped', file }, `${file}: the remembered applied content no longer validates; forgotten (${r.errors.map(formatError).join('; ')})`);
+        continue;
+      }
+      this.applied.set(file, { text: a.text, policies: r.policies.filter((p) => a.policies.includes(p.name)) });
+    }
+    const d = this.opts.decision ?? { requested: this.opts.mode, chosen: this.opts.mode, reason: `--mode ${this.opts.mode} given` };
+    this.state = {
+      version: 1,
+      mode: { requested: d.requested, chosen: d.chosen, reason: d.reason, at: new Date().toISOString() },
+      ...(d.probe ? { probe: d.probe } : {}),
+      agent: { pid: process.pid, policies: resolve(this.opts.policies), cgroupRoot: this.opts.cgroupRoot, bpffs: this.opts.bpffs, ...(this.opts.iptables ? { iptablesState: this.opts.iptables.stateFile } : {}), startedAt: new Date().toISOString() },
+      applied: Object.fromEntries([...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }])),
+      ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
+    };
+    writeState(this.opts.stateDir, this.state);
+  }
+
+  /** Records a reconcile's outcome; writes agent.json only when something but the time changed. */
+  private record(rec: ReconcileRecord): void {
+    if (!this.state) return;
+    const next: AgentState = {
+      ...this.state,
+      applied: Object.fromEntries([...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }])),
+      lastReconcile: rec,
+    };
+    const same = (s: AgentState) => JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
+    if (same(next) === same(this.state)) return;
+    this.state = next;
+    writeState(this.opts.stateDir, next);
+  }
+
   /** True when every pinned link is attached at our root with the program we put there. */
   private linksIntact(): boolean {
     if (this.expectedProgs.size === 0) return false;
@@ -60,42 +132,87 @@ export class Agent {
     return links.every((l) => l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId);
   }
 
-  private async readPolicies(): Promise<{ policies: Policy[]; errors: string[] }> {
+  /**
+   * The directory as desired state. A file that is invalid, or whose policies lose a conflict, is
+   * replaced by the content applied from it before (if any); conflicts are settled in favour of what
+   * is applied (checkSet), so bad input never takes down a working policy.
+   */
+  private async readPolicies(): Promise<{ policies: Policy[]; errors: string[]; used: Map<string, Applied> }> {
     // A directory that vanished (unmounted, renamed) is not "no policies": change nothing.
     if (!existsSync(this.opts.policies)) throw new Error(`policy directory ${this.opts.policies} does not exist; nothing was changed`);
     const files = await policyFiles(this.opts.policies);
-    const results: FileResult[] = [];
+    const results = new Map<string, FileResult>();
+    const texts = new Map<string, string>();
+    const kept = new Set<string>();
     const errors: string[] = [];
+    const keep = (f: string, why: string) => {
+      const prev = this.applied.get(f)!;
+      results.set(f, { file: f, policies: prev.policies, errors: [] });
+      texts.set(f, prev.text);
+      kept.add(f);
+      errors.push(`${f}: not applied${why}; keeping its previously applied content (${prev.policies.map((p) => p.name).join(', ') || 'empty'})`);
+    };
     for (const f of files) {
       const r = await loadPolicyFile(f);
       if (r.errors.length) {
         errors.push(...r.errors.map(formatError));
-        const kept = this.lastGood.get(f);
-        if (kept) errors.push(`${f}: not applied; keeping its previously applied content (${kept.map((p) => p.name).join(', ') || 'empty'})`);
-        results.push({ file: f, policies: kept ?? [], errors: [] });
+        if (this.applied.has(f)) keep(f, '');
       } else {
-        this.lastGood.set(f, r.policies);
-        results.push(r);
+        results.set(f, r);
+        texts.set(f, r.text ?? '');
       }
     }
-    for (const f of [...this.lastGood.keys()]) if (!files.includes(f)) this.lastGood.delete(f);
-    const set = checkSet(results);
-    errors.push(...set.errors.map(formatError));
-    return { policies: set.policies, errors };
+    const incumbents = [...this.applied.values()].flatMap((a) => a.policies);
+    const seen = new Set<string>();
+    for (;;) {
+      const set = checkSet([...results.values()], incumbents);
+      for (const e of set.errors.map(formatError)) {
+        if (seen.has(e)) continue;
+        seen.add(e);
+        errors.push(e);
+      }
+      const back = [...new Set(set.rejected.map((p) => p.file))].filter((f) => !kept.has(f) && this.applied.has(f));
+      if (back.length === 0) {
+        const used = new Map([...results.keys()].map((f) => [f, { text: texts.get(f)!, policies: set.policies.filter((p) => p.file === f) }]));
+        return { policies: set.policies, errors, used };
+      }
+      for (const f of back) keep(f, ' (it conflicts with an applied policy)');
+    }
   }
 
   /** One reconcile: make the kernel's state match the directory. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
-    const { policies, errors } = await this.readPolicies();
+    const warnings: string[] = [];
+    try {
+      const r = await this.reconcileOnce(reason, warnings);
+      this.record({ at: new Date().toISOString(), reason, ok: true, mode: this.modeName, writes: r.writes, deletes: r.deletes, policies: r.policies, errors: r.errors, warnings });
+      return r;
+    } catch (e) {
+      this.record({ at: new Date().toISOString(), reason, ok: false, mode: this.modeName, writes: 0, deletes: 0, policies: 0, errors: [(e as Error).message], warnings });
+      throw e;
+    }
+  }
+
+  private async reconcileOnce(reason: string, warnings: string[]): Promise<ReconcileResult> {
+    const warn = (fields: Record<string, unknown>, msg: string) => {
+      warnings.push(msg);
+      this.log.warn(fields, msg);
+    };
+    const { policies, errors, used } = await this.readPolicies();
     for (const e of errors) this.log.error({ event: 'policy_error', reason }, e);
     if (this.iptables) {
       const r = this.iptables.apply(policies);
-      for (const sk of r.skipped) this.log.error({ event: 'unsupported', mode: 'iptables', policy: sk.policy }, `${sk.policy}: not applied in iptables mode: ${sk.reason}`);
-      for (const p of policies) for (const n of ignoredFields(p)) this.log.warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
+      this.applied = used;
+      for (const sk of r.skipped) {
+        const msg = `${sk.policy}: not applied in iptables mode: ${sk.reason}`;
+        errors.push(msg);
+        this.log.error({ event: 'unsupported', mode: 'iptables', policy: sk.policy }, msg);
+      }
+      for (const p of policies) for (const n of ignoredFields(p)) warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
       const writes = r.applied.length + r.removed.length;
       if (writes) this.log.info({ event: 'reconciled', mode: 'iptables', reason, applied: r.applied, removed: r.removed }, 'reconciled');
       else this.log.debug({ event: 'reconciled', reason, writes: 0 }, 'in sync');
-      return { loaded: false, writes, deletes: r.removed.length, errors, policies: policies.length };
+      return { loaded: false, writes, deletes: r.removed.length, errors, warnings, policies: policies.length };
     }
     let loaded = false;
     if (!this.linksIntact()) {
@@ -104,20 +221,27 @@ export class Agent {
       this.expectedProgs = new Map(this.mode.links().map((l) => [l.name, l.progId ?? -1]));
       this.log.info({ event: 'loaded', reason, ...rep }, 'programs loaded and attached');
       for (const [prog, why] of Object.entries(rep.unavailable)) {
-        this.log.warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);
+        warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);
       }
     }
     const r = this.mode.applyPolicies(policies);
+    for (const x of r.rejected) {
+      errors.push(x.message);
+      this.log.error({ event: 'policy_error', reason, policy: x.name }, x.message);
+      const u = used.get(x.file);
+      if (u) used.set(x.file, { ...u, policies: u.policies.filter((p) => p.name !== x.name) });
+    }
+    this.applied = used;
     for (const p of r.policies) {
-      if (!p.resolved) this.log.warn({ event: 'unresolved', policy: p.name, cgroup: p.cgroup }, `cgroup ${p.cgroup} does not exist yet; policy ${p.name} waits for it`);
-      for (const b of p.unresolvedBypass) this.log.warn({ event: 'unresolved_bypass', policy: p.name, cgroup: b }, `bypass cgroup ${b} of ${p.name} does not exist`);
+      if (!p.resolved) warn({ event: 'unresolved', policy: p.name, cgroup: p.cgroup }, `cgroup ${p.cgroup} does not exist yet; policy ${p.name} waits for it`);
+      for (const b of p.unresolvedBypass) warn({ event: 'unresolved_bypass', policy: p.name, cgroup: b }, `bypass cgroup ${b} of ${p.name} does not exist`);
       if (p.resolved && policies.find((x) => x.name === p.name)?.proxy.inbound) {
-        this.log.warn({ event: 'unsupported', policy: p.name, field: 'spec.proxy.inbound' }, `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`);
+        warn({ event: 'unsupported', policy: p.name, field: 'spec.proxy.inbound' }, `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`);
       }
     }
-    if (r.writes || r.deletes || loaded) this.log.info({ event: 'reconciled', reason, writes: r.writes, deletes: r.deletes, policies: policies.length }, 'reconciled');
+    if (r.writes || r.deletes || loaded) this.log.info({ event: 'reconciled', reason, writes: r.writes, deletes: r.deletes, policies: r.policies.length }, 'reconciled');
     else this.log.debug({ event: 'reconciled', reason, writes: 0, deletes: 0 }, 'in sync');
-    return { loaded, writes: r.writes, deletes: r.deletes, errors, policies: policies.length };
+    return { loaded, writes: r.writes, deletes: r.deletes, errors, warnings, policies: r.policies.length };
   }
 
   /** Serialises reconciles: a change during a reconcile runs another one after it. */
@@ -134,6 +258,7 @@ export class Agent {
   }
 
   async start(): Promise<ReconcileResult> {
+    this.loadState();
     const first = await this.reconcile('start');
     if (existsSync(this.opts.policies)) {
       this.watcher = watch(this.opts.policies, () => {
@@ -152,10 +277,10 @@ export class Agent {
     this.watcher?.close();
     await this.running;
     if (this.opts.cleanupOnExit && this.iptables) {
-      this.log.info({ event: 'cleanup', netns: this.iptables.cleanup() }, 'removed every MESHREDIR chain');
+      this.log.info({ event: 'cleanup', netns: this.iptables.cleanup(), state: removeState(this.opts.stateDir).removed }, 'removed every MESHREDIR chain');
     } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
-      this.log.info({ event: 'cleanup', ...r }, 'removed everything meshredir made');
+      this.log.info({ event: 'cleanup', ...r, state: removeState(this.opts.stateDir).removed }, 'removed everything meshredir made');
     } else {
       this.log.info({ event: 'stopped' }, 'stopped; redirection stays in place (pins kept)');
     }

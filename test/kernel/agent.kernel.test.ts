@@ -1,7 +1,7 @@
 // agent.kernel.test.ts — the agent unattended: SIGKILL under load, a crash between load and attach,
 // apply/apply/cleanup/apply, drift repaired within an interval, invalid files never break what works.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, type Proc } from './harness.js';
@@ -100,8 +100,8 @@ kernelDescribe('node agent', () => {
 
   it('a crash between loading and attaching converges to the same state as a clean start', async () => {
     const clean = snapshot();
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
-    const faulty = env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: 'after-load' } });
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    const faulty = env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: 'after-load' } });
     await faulty.exited;
     expect(faulty.child.signalCode).toBe('SIGKILL');
     expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]); // died before attaching
@@ -118,9 +118,10 @@ kernelDescribe('node agent', () => {
       states.push(snapshot());
       await env.stop(a);
     }
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
     expect(sh('bpftool', ['cgroup', 'show', env.cgRootDir]).trim().split('\n').filter((l) => / mr_/.test(l))).toEqual([]);
     expect(sh('sh', ['-c', `ls -A ${env.bpffs} 2>/dev/null || true`]).trim()).toBe('');
+    expect(existsSync(env.stateDir)).toBe(false); // agent.json too
     const a = await startAgent();
     states.push(snapshot());
     expect(states[1]).toEqual(states[0]);
@@ -170,6 +171,47 @@ kernelDescribe('node agent', () => {
       await env.stop(a);
     } finally {
       rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it('a second policy claiming the applied cgroup (by an alias spelling) is rejected alone, naming both files', async () => {
+    const a = await startAgent(['--interval', '1']);
+    const aYaml = join(dir, 'a.yaml');
+    // /./ and // spell the same cgroup: the schema normalises them, so this is a duplicate claim.
+    writeFileSync(join(dir, 'c.yaml'), policyYaml({ name: 'pod-c', cgroup: cgA.replace('/pod-a', '//./pod-a/'), outbound: '10.200.0.1:15001' }));
+    await waitFor(() => messages(a).some((m) => m.includes('c.yaml: spec.cgroup')), 'conflict reported', a, 5000);
+    expect(messages(a)).toContainEqual(`${join(dir, 'c.yaml')}: spec.cgroup: ${cgA} is already claimed by ${aYaml} (pod-a), which is applied and stays; pod-c from ${join(dir, 'c.yaml')} is not applied`);
+    await new Promise((r) => setTimeout(r, 1500)); // more reconciles: the incumbent must survive them
+    expect(mode().currentSlots().has('pod-a')).toBe(true);
+    expect(mode().currentSlots().has('pod-c')).toBe(false);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    rmSync(join(dir, 'c.yaml'));
+    await env.stop(a);
+  });
+
+  it('the last applied content survives a restart: a file broken while the agent was down keeps its policy', async () => {
+    const aYaml = join(dir, 'a.yaml');
+    const good = readFileSync(aYaml, 'utf8');
+    let a = await startAgent();
+    await env.stop(a);
+    const state = join(env.stateDir, 'agent.json');
+    expect(statSync(env.stateDir).mode & 0o777).toBe(0o700);
+    expect([statSync(state).mode & 0o777, statSync(state).uid]).toEqual([0o600, 0]);
+    const saved = JSON.parse(readFileSync(state, 'utf8')) as { applied: Record<string, { text: string; policies: string[] }> };
+    expect(saved.applied[aYaml]).toEqual({ text: good, policies: ['pod-a'] });
+    writeFileSync(aYaml, 'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n');
+    try {
+      a = await startAgent();
+      expect(messages(a)).toContainEqual(`${aYaml}: not applied; keeping its previously applied content (pod-a)`);
+      expect(mode().currentSlots().has('pod-a')).toBe(true);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { agent: { mode: string; requested: string; reason: string; lastReconcile: { ok: boolean; errors: string[] } } };
+      expect(st.agent).toMatchObject({ mode: 'ebpf', requested: 'ebpf', reason: '--mode ebpf given' });
+      expect(st.agent.lastReconcile.ok).toBe(true);
+      expect(st.agent.lastReconcile.errors).toContainEqual(expect.stringMatching(/a\.yaml: spec\.cgroup: /));
+      await env.stop(a);
+    } finally {
+      writeFileSync(aYaml, good);
     }
   });
 

@@ -1,7 +1,8 @@
 // agent.ts — `meshredir agent`: run the node agent until SIGINT/SIGTERM.
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { Agent } from '../../agent/agent.js';
+import { Agent, type ModeDecision } from '../../agent/agent.js';
+import { DEFAULT_STATE_DIR } from '../../agent/state.js';
 import { makeLogger } from '../../agent/log.js';
 import { DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
 import { probe } from '../../probe/probe.js';
@@ -24,6 +25,7 @@ const flags = z.object({
   iptablesBackend: z.enum(['nft', 'legacy']).optional(),
   lockWait: z.coerce.number().int().min(0).max(600),
   dryRun: z.boolean().default(false),
+  stateDir: z.string().regex(/^\//, 'must be an absolute path'),
 });
 
 export const agentCommand = new Command('agent')
@@ -38,6 +40,7 @@ export const agentCommand = new Command('agent')
   .option('--iptables-state <file>', 'iptables: where the per-netns backend choice and applied rules are remembered', DEFAULT_STATE)
   .addOption(new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices(['nft', 'legacy']))
   .option('--lock-wait <seconds>', 'iptables: how long to wait for the xtables lock', '10')
+  .option('--state-dir <dir>', 'where the agent keeps agent.json (mode decision, last applied policies, last reconcile)', DEFAULT_STATE_DIR)
   .option('--dry-run', 'print what would be applied (iptables: the exact iptables-restore input) and exit')
   .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
   .action(async (raw: Record<string, unknown>) => {
@@ -46,12 +49,21 @@ export const agentCommand = new Command('agent')
     const o = r.data;
     const log = makeLogger();
     let mode = o.mode;
+    let decision: ModeDecision | undefined;
     if (mode === 'auto') {
-      const p = probe();
+      // Probe where the programs will attach (--cgroup-root), never above it.
+      const p = probe(o.cgroupRoot ? { cgroupParent: resolveCgroupArg(o.cgroupRoot) } : {});
       log.info({ event: 'mode', mode: p.mode, reason: p.reason }, `mode auto chose ${p.mode}: ${p.reason}`);
       if (p.mode === 'none') throw new UserError(`no redirection mode works here: ${p.reason}`);
       mode = p.mode;
-    }
+      const { iptables, ...features } = p.features;
+      decision = {
+        requested: 'auto',
+        chosen: p.mode,
+        reason: p.reason,
+        probe: { kernel: p.kernel, libbpf: p.libbpf, features: { ...features, 'iptables.nft': iptables.nft, 'iptables.legacy': iptables.legacy }, why: p.why as Record<string, string> },
+      };
+    } else decision = { requested: mode, chosen: mode, reason: `--mode ${mode} given` };
     if (o.dryRun) {
       const set = await loadPolicies(o.policies);
       for (const e of set.errors) console.error(formatError(e));
@@ -77,6 +89,8 @@ export const agentCommand = new Command('agent')
         interval: o.interval,
         cleanupOnExit: o.cleanupOnExit,
         mode,
+        stateDir: o.stateDir,
+        decision,
         iptables: { stateFile: o.iptablesState, lockWait: o.lockWait, ...(o.iptablesBackend ? { backend: o.iptablesBackend } : {}) },
         ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
       },
