@@ -89,13 +89,22 @@ export type MapName = keyof typeof MAPS;
 export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
 export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
 
+/**
+ * Every program, in attach order: whatever answers for a redirected connection (sockops publishing the
+ * record, getsockopt serving SO_ORIGINAL_DST, getpeername) before the connect hooks that redirect, so an
+ * attach that fails or a crash in between never leaves connections redirected with nothing answering
+ * the proxy.
+ */
 export const PROGRAMS = {
-  mr_connect4: { attach: 'cgroup/connect4' },
-  mr_connect6: { attach: 'cgroup/connect6' },
   mr_sockops: { attach: 'sockops' },
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
   mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup
+  mr_connect4: { attach: 'cgroup/connect4' },
+  mr_connect6: { attach: 'cgroup/connect6' },
 } as const;
+/** Programs that redirect, and what must be attached before them. */
+export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
+export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];
 export type ProgramName = keyof typeof PROGRAMS;

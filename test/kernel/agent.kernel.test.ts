@@ -111,6 +111,60 @@ kernelDescribe('node agent', () => {
     await env.stop(a);
   });
 
+  /** Names of meshredir programs attached at the test root, as the kernel reports them (bpftool). */
+  const attachedAtRoot = () =>
+    sh('bpftool', ['cgroup', 'show', env.cgRootDir])
+      .split('\n')
+      .map((l) => / (mr_\w+)\s*$/.exec(l)?.[1])
+      .filter((x): x is string => Boolean(x))
+      .sort();
+  const faultyAgent = (fault: string) =>
+    env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: fault } });
+
+  it('a crash between attaches never leaves a connect hook without sockops and getsockopt; a restart converges', async () => {
+    await env.stop(await startAgent());
+    const clean = snapshot();
+    // Cgroup attach order: sockops, getsockopt, getpeername4, getpeername6, (sk_msg on the sockhash), connect4, connect6.
+    const cgroupAttached = ['mr_sockops', 'mr_getsockopt', 'mr_getpeername4', 'mr_getpeername6', 'mr_connect4'];
+    for (let n = 1; n <= 6; n++) {
+      await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      const faulty = faultyAgent(`between-attach:${n}`);
+      await faulty.exited;
+      expect(faulty.child.signalCode, faulty.err).toBe('SIGKILL');
+      const names = attachedAtRoot();
+      expect(names).toEqual(cgroupAttached.slice(0, n <= 4 ? n : n - 1).sort());
+      if (names.some((x) => x.startsWith('mr_connect'))) expect(names).toEqual(expect.arrayContaining(['mr_sockops', 'mr_getsockopt']));
+      const a = await startAgent();
+      expect(snapshot()).toEqual(clean);
+      expect(attachedAtRoot()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_sockops']);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+      await env.stop(a);
+    }
+  });
+
+  it('an attach that fails undoes what that load attached, and never leaves a connect hook without its dependencies', async () => {
+    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    let p = faultyAgent('fail-attach:mr_connect6');
+    expect(await p.exited).toBe(1);
+    expect(p.err).toMatch(/attach mr_connect6: injected failure .*; detached what this load had attached \(mr_connect4, mr_skmsg, mr_getpeername6, mr_getpeername4, mr_getsockopt, mr_sockops\)/);
+    expect(attachedAtRoot()).toEqual([]);
+    expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]);
+    // Installed and working; then getsockopt's link is detached behind our back and cannot be re-attached:
+    // the adopted connect hooks must go too, so connections go direct rather than to a proxy that
+    // cannot learn their destination.
+    let a = await startAgent();
+    await env.stop(a);
+    sh('bpftool', ['link', 'detach', 'id', String(mode().links().find((l) => l.name === 'mr_getsockopt')!.id)]);
+    p = faultyAgent('fail-attach:mr_getsockopt');
+    expect(await p.exited).toBe(1);
+    expect(p.err).toMatch(/nothing had been attached by this load; detached mr_connect4, mr_connect6 too: without mr_getsockopt redirected connections could not be resolved/);
+    expect(attachedAtRoot().filter((x) => x.startsWith('mr_connect'))).toEqual([]);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // direct, not broken
+    a = await startAgent();
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    await env.stop(a);
+  });
+
   it('apply, apply, cleanup, apply: the same state each time; cleanup leaves nothing', async () => {
     const states = [];
     for (let i = 0; i < 2; i++) {

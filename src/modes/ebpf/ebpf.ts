@@ -1,14 +1,14 @@
 // ebpf.ts — the eBPF mode: loads (or re-adopts) meshredir.bpf.o with its maps and links pinned
 // under the bpffs directory, writes policy maps by difference, reports status, cleans up.
 import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, chmodSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { BpfObject } from '../../bpf/object.js';
 import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
-import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, REDIRECTING, REDIRECT_NEEDS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage, type IdConflict, type MapEntries, type Resolution } from '../../policy/entries.js';
@@ -50,6 +50,17 @@ export interface ApplyReport {
 function conflictsPossible(res: Map<string, Resolution>): boolean {
   const ids = [...res.values()].map((r) => r.cgroup).filter((x) => x !== null);
   return new Set(ids).size !== ids.length;
+}
+
+/** Fault injection for tests: MESHREDIR_FAULT=fail-attach:NAME makes attaching NAME fail. */
+function injectAttachFault(name: string, attachedSoFar: number): void {
+  if (process.env.MESHREDIR_FAULT === `fail-attach:${name}`) throw new Error(`attach ${name}: injected failure (MESHREDIR_FAULT, after ${attachedSoFar} attach(es) of this load)`);
+}
+
+/** Fault injection for tests: MESHREDIR_FAULT=between-attach[:N] dies after the Nth attach of a load (default 1). */
+function injectCrashAfterAttach(attached: number): void {
+  const f = /^between-attach(?::(\d+))?$/.exec(process.env.MESHREDIR_FAULT ?? '');
+  if (f && attached === Number(f[1] ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
 
 const TYPE_NAMES: Record<number, string> = { 1: 'hash', 2: 'array', 6: 'percpu_array', 9: 'lru_hash', 11: 'lpm_trie', 24: 'sk_storage' };
@@ -114,58 +125,106 @@ export class EbpfMode {
       // Fault injection for the crash-safety test: die with maps pinned and nothing attached.
       if (process.env.MESHREDIR_FAULT === 'after-load') process.kill(process.pid, 'SIGKILL');
       const sockhashId = mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id;
-      for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
-        const prog = obj.program(name);
-        const pin = join(this.linksDir, name);
-        const skmsg = PROGRAMS[name].attach === 'sk_msg';
-        if (existsSync(pin)) {
-          const link = Link.open(pin);
-          try {
-            const info = link.info();
-            if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
-              const cur = progInfoById(info.progId);
-              const next = progInfoByFd(prog.fd, name);
-              if (!cur || cur.tag !== next.tag) {
-                link.update(prog);
-                rep.updatedLinks.push(name);
-              } else rep.adoptedLinks.push(name);
+      const attachedNow: string[] = [];
+      try {
+        for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
+          const prog = obj.program(name);
+          const pin = join(this.linksDir, name);
+          const skmsg = PROGRAMS[name].attach === 'sk_msg';
+          if (existsSync(pin)) {
+            const link = Link.open(pin);
+            try {
+              const info = link.info();
+              if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
+                const cur = progInfoById(info.progId);
+                const next = progInfoByFd(prog.fd, name);
+                if (!cur || cur.tag !== next.tag) {
+                  link.update(prog);
+                  rep.updatedLinks.push(name);
+                } else rep.adoptedLinks.push(name);
+                continue;
+              }
+              if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
+                throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
+              }
+              link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
+            } finally {
+              link.close();
+            }
+          }
+          injectAttachFault(name, attachedNow.length);
+          if (skmsg) {
+            try {
+              Link.attachSkMsgPinned(prog, obj.mapFd('mr_sockhash'), pin);
+            } catch (e) {
+              // sk_msg links need kernel 6.10; without them accelerate stays off, and status says so.
+              if (!(e instanceof BpfError)) throw e;
+              rep.unavailable[name] = e.message;
               continue;
             }
-            if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
-              throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
-            }
-            link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
+            attachedNow.push(pin);
+            chmodSync(pin, 0o600);
+            rep.attachedLinks.push(name);
+            injectCrashAfterAttach(attachedNow.length);
+            continue;
+          }
+          const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
+          try {
+            link.pin(pin);
+            attachedNow.push(pin);
+            chmodSync(pin, 0o600);
+          } catch (e) {
+            link.detach(); // never attached without a pin: nobody could find it to detach it
+            throw e;
           } finally {
             link.close();
           }
-        }
-        if (skmsg) {
-          try {
-            Link.attachSkMsgPinned(prog, obj.mapFd('mr_sockhash'), pin);
-          } catch (e) {
-            // sk_msg links need kernel 6.10; without them accelerate stays off, and status says so.
-            if (!(e instanceof BpfError)) throw e;
-            rep.unavailable[name] = e.message;
-            continue;
-          }
-          chmodSync(pin, 0o600);
           rep.attachedLinks.push(name);
-          continue;
+          injectCrashAfterAttach(attachedNow.length);
         }
-        const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
-        try {
-          link.pin(pin);
-          chmodSync(pin, 0o600);
-        } finally {
-          link.close();
-        }
-        rep.attachedLinks.push(name);
+      } catch (e) {
+        const undone = this.rollback(attachedNow);
+        throw new Error(`${(e as Error).message}; ${undone.length ? `detached what this load had attached (${undone.join(', ')})` : 'nothing had been attached by this load'}${this.enforceDependencies()}`, { cause: e });
       }
       return rep;
     } finally {
       obj.close();
       for (const fd of reusedFds) c.close(fd);
     }
+  }
+
+  /** Detaches and unpins the given link pins (what a failed load attached). Returns their names. */
+  private rollback(pins: string[]): string[] {
+    const done: string[] = [];
+    for (const pin of [...pins].reverse()) {
+      try {
+        const l = Link.open(pin);
+        try {
+          l.detach();
+        } finally {
+          l.close();
+        }
+      } catch (e) {
+        if (!(e instanceof BpfError)) throw e;
+      }
+      rmSync(pin, { force: true });
+      done.push(basename(pin));
+    }
+    return done;
+  }
+
+  /**
+   * A connect hook without sockops and getsockopt redirects connections that the proxy cannot resolve;
+   * if that is what is left (e.g. adopted connect links while a dependency failed to attach), the
+   * connect hooks go too, so connections go direct instead. Returns a note for the error message.
+   */
+  private enforceDependencies(): string {
+    const attached = new Set(this.links().filter((l) => l.attached).map((l) => l.name));
+    const missing = REDIRECT_NEEDS.filter((n) => !attached.has(n));
+    const redirecting = REDIRECTING.filter((n) => attached.has(n));
+    if (missing.length === 0 || redirecting.length === 0) return '';
+    this.rollback(redirecting.map((n) => join(this.linksDir, n)));
+    return `; detached ${redirecting.join(', ')} too: without ${missing.join(', ')} redirected connections could not be resolved by the proxy`;
   }
 
   openMap<N extends MapName>(name: N): BpfMap<unknown, unknown> {
