@@ -20,6 +20,10 @@ export interface MapInfo {
   maxEntries: number;
   flags: number;
   name: string;
+  /** The kernel BTF object describing key and value (0: the map has none), and their type ids in it. */
+  btfId: number;
+  btfKeyTypeId: number;
+  btfValueTypeId: number;
 }
 
 export function mapInfo(fd: number, what: string): MapInfo {
@@ -36,6 +40,9 @@ export function mapInfo(fd: number, what: string): MapInfo {
     maxEntries: buf.readUInt32LE(16),
     flags: buf.readUInt32LE(20),
     name: buf.toString('latin1', 24, 40).replace(/\0.*$/s, ''),
+    btfId: buf.readUInt32LE(64),
+    btfKeyTypeId: buf.readUInt32LE(68),
+    btfValueTypeId: buf.readUInt32LE(72),
   };
 }
 

@@ -62,6 +62,8 @@ const libbpfDecl = {
   btf__find_by_name_kind: ['int', [p, 'string', 'uint32']],
   btf__type_by_id: [p, [p, 'uint32']],
   btf__name_by_offset: ['string', [p, 'uint32']],
+  btf__load_from_kernel_by_id: [p, ['uint32']],
+  btf__free: ['void', [p]],
 } as const;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Native<D> = { [K in keyof D]: (...args: any[]) => any };

@@ -228,6 +228,37 @@ kernelDescribe('node agent', () => {
     }
   });
 
+  it('a pinned map whose struct changed at the same size (mr_sk fields swapped) is refused; the links stay attached and working', async () => {
+    let a = await startAgent();
+    await env.stop(a);
+    const before = mode().links();
+    // The same sources with struct mr_sk's flags and pad swapped: every size equal, the layout not.
+    const out = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
+    try {
+      sh('cp', ['-r', join(env.rootDir, 'bpf'), join(out, 'bpf')]);
+      const hdr = join(out, 'bpf', 'mr_abi.h');
+      const text = readFileSync(hdr, 'utf8');
+      const swapped = text.replace(/(struct mr_sk \{[^}]*?)\t__u32 flags;\n\t__u32 pad;\n\};/, '$1\t__u32 pad;\n\t__u32 flags;\n};');
+      expect(swapped).not.toBe(text);
+      writeFileSync(hdr, swapped);
+      // Built by the project's own Makefile rules (same clang flags, bpftool gen object), in the copy.
+      sh('make', ['-s', '-C', out, '-f', join(env.rootDir, 'Makefile'), 'build/meshredir.bpf.o']);
+      const p = env.cli(['agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', '--object', join(out, 'build', 'meshredir.bpf.o')]);
+      await waitFor(() => p.child.exitCode !== null, 'the agent refuses and exits', undefined, 30_000);
+      expect(await p.exited).toBe(1);
+      expect(p.err).toMatch(/pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 72 in the pinned map, at byte 76 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad; object orig, key, pad, flags\)\)\. Adopting it would make the new programs misread/);
+      expect(p.err).toMatch(/run 'meshredir cleanup --bpffs /);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+    const after = mode().links();
+    expect(after.map((l) => [l.name, l.id, l.progId, l.attached])).toEqual(before.map((l) => [l.name, l.id, l.progId, true]));
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    a = await startAgent(); // the normal object is still adopted as before
+    expect(mode().links().map((l) => l.id)).toEqual(before.map((l) => l.id));
+    await env.stop(a);
+  });
+
   it('a second policy claiming the applied cgroup (by an alias spelling) is rejected alone, naming both files', async () => {
     const a = await startAgent(['--interval', '1']);
     const aYaml = join(dir, 'a.yaml');

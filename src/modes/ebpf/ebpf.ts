@@ -3,7 +3,8 @@
 import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, chmodSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { BpfObject } from '../../bpf/object.js';
-import { BpfMap, mapInfo } from '../../bpf/map.js';
+import { BpfMap, mapInfo, type MapInfo } from '../../bpf/map.js';
+import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
@@ -90,6 +91,7 @@ export class EbpfMode {
 
     const obj = BpfObject.open(this.cfg.object);
     const reusedFds: number[] = [];
+    const btfs = new Map<number, KernelBtf>();
     try {
       const drift = obj.checkCodecs(STRUCT_CODECS);
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
@@ -109,6 +111,13 @@ export class EbpfMode {
           throw new Error(
             `pinned map ${pin} has another layout than ${this.cfg.object} (pinned: ${say(have)}; object: ${say(want)}). ` +
               `Its contents cannot be read with the new layout: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
+          );
+        }
+        const btfDiff = this.compareMapBtf(obj, name, have, pin, btfs);
+        if (btfDiff) {
+          throw new Error(
+            `pinned map ${pin} has another layout than ${this.cfg.object} (same sizes, different types: ${btfDiff}). ` +
+              `Adopting it would make the new programs misread what is stored: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
           );
         }
         obj.reuseMapFd(name, fd);
@@ -190,7 +199,30 @@ export class EbpfMode {
     } finally {
       obj.close();
       for (const fd of reusedFds) c.close(fd);
+      for (const b of btfs.values()) b.close();
     }
+  }
+
+  /**
+   * The pinned map's key and value types (its BTF in the kernel) against the object's, structurally:
+   * a field reorder of the same size passes every size check but would be misread. Returns the first
+   * difference or null. A map the kernel keeps without BTF can only have been created so by this
+   * same loader, and is compared by sizes (done by the caller) alone.
+   */
+  private compareMapBtf(obj: BpfObject, name: string, have: MapInfo, pin: string, btfs: Map<number, KernelBtf>): string | null {
+    const want = obj.mapBtf(name);
+    if (!want.btf || (want.keyTypeId === 0 && want.valueTypeId === 0)) return null;
+    if (have.btfId === 0 || (have.btfKeyTypeId === 0 && have.btfValueTypeId === 0)) return null;
+    let k = btfs.get(have.btfId);
+    if (!k) {
+      k = KernelBtf.load(have.btfId, `pinned map ${pin}`);
+      btfs.set(have.btfId, k);
+    }
+    if (have.btfKeyTypeId !== 0 && want.keyTypeId !== 0) {
+      const d = compareBtfTypes(k.ptr, have.btfKeyTypeId, want.btf, want.keyTypeId, 'key');
+      if (d) return d;
+    }
+    return compareBtfTypes(k.ptr, have.btfValueTypeId, want.btf, want.valueTypeId, 'value');
   }
 
   /** Detaches and unpins the given link pins (what a failed load attached). Returns their names. */
