@@ -62,6 +62,7 @@ export class Agent {
   private applied = new Map<string, Applied>();
   private state?: AgentState;
   private expectedProgs = new Map<string, number>();
+  private expectedMaps = new Map<string, number | undefined>();
   private timer?: NodeJS.Timeout;
   private debounce?: NodeJS.Timeout;
   private watcher?: FSWatcher;
@@ -123,13 +124,19 @@ export class Agent {
     writeState(this.opts.stateDir, next);
   }
 
-  /** True when every pinned link is attached at our root with the program we put there. */
-  private linksIntact(): boolean {
+  /**
+   * True when every pinned link is attached at our root with the program we put there, and every map
+   * pin is there and is the map we loaded with (a deleted or replaced map pin needs ensureLoaded: the
+   * policy maps are written through their pins).
+   */
+  private installIntact(): boolean {
     if (this.expectedProgs.size === 0) return false;
     const rootId = String(cgroupId(this.opts.cgroupRoot));
     const links = this.mode.links();
     if (links.length !== this.expectedProgs.size) return false;
-    return links.every((l) => l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId);
+    if (!links.every((l) => l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId)) return false;
+    const maps = this.mode.pinnedMapIds();
+    return [...this.expectedMaps].every(([name, id]) => id !== undefined && maps.get(name) === id);
   }
 
   /**
@@ -215,10 +222,13 @@ export class Agent {
       return { loaded: false, writes, deletes: r.removed.length, errors, warnings, policies: policies.length };
     }
     let loaded = false;
-    if (!this.linksIntact()) {
+    if (!this.installIntact()) {
       const rep = this.mode.ensureLoaded();
       loaded = true;
       this.expectedProgs = new Map(this.mode.links().map((l) => [l.name, l.progId ?? -1]));
+      this.expectedMaps = this.mode.pinnedMapIds();
+      if (rep.repinnedMaps.length) warn({ event: 'repinned', maps: rep.repinnedMaps }, `map pins ${rep.repinnedMaps.join(', ')} had been deleted; pinned again from the maps the attached programs use (contents kept)`);
+      for (const [prog, why] of Object.entries(rep.rebound)) warn({ event: 'rebound', program: prog }, `${prog} used other maps than the pinned ones (${why}); its link now runs the program on the pinned maps`);
       this.log.info({ event: 'loaded', reason, ...rep }, 'programs loaded and attached');
       for (const [prog, why] of Object.entries(rep.unavailable)) {
         warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);

@@ -87,6 +87,9 @@ export const NULL: Ptr = ref.NULL;
 export const isNull = (x: Ptr): boolean => ref.isNull(x);
 export const errno = (): number => ffi.errno();
 
+/** The address of a buffer's memory, for the pointer fields of bpf_*_info (e.g. map_ids). */
+export const addressOf = (b: Buffer): bigint => BigInt(ref.address(b));
+
 /** Reads `size` bytes that a C pointer points at (BTF records). */
 export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {
   return ref.reinterpret(ptr as never, size + offset, 0).subarray(offset, offset + size);

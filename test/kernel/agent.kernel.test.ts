@@ -4,9 +4,10 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, sh, waitFor, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
 import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
 import { POLICY_MAPS } from '../../src/bpf/abi.js';
+import { BpfObject } from '../../src/bpf/object.js';
 
 kernelDescribe('node agent', () => {
   let env: Env;
@@ -226,6 +227,63 @@ kernelDescribe('node agent', () => {
     } finally {
       rmSync(out, { recursive: true, force: true });
     }
+  });
+
+  const pinnedId = (name: string) => (JSON.parse(sh('bpftool', ['map', 'show', 'pinned', join(env.bpffs, 'maps', name), '-j'])) as { id: number }).id;
+  /** The meshredir maps a program uses, name → id, as the kernel reports them (bpftool). */
+  const progMaps = (progId: number) =>
+    Object.fromEntries(
+      ((JSON.parse(sh('bpftool', ['prog', 'show', 'id', String(progId), '-j'])) as { map_ids?: number[] }).map_ids ?? [])
+        .map((id) => [(JSON.parse(sh('bpftool', ['map', 'show', 'id', String(id), '-j'])) as { name: string }).name, id] as const)
+        .filter(([n]) => n.startsWith('mr_')),
+    );
+
+  it('deleted map pins while the links are intact are pinned again from the running programs within one interval', async () => {
+    const a = await startAgent(['--interval', '1']);
+    const names = ['mr_cgroups', 'mr_orig'];
+    const ids = names.map(pinnedId);
+    for (const n of names) rmSync(join(env.bpffs, 'maps', n));
+    // (An interval reconcile may fall between the two deletions: one message or two.)
+    const repinned = () => messages(a).filter((m) => /^map pins .* had been deleted; pinned again from the maps the attached programs use \(contents kept\)$/.test(m)).join(' ');
+    await waitFor(() => names.every((n) => repinned().includes(n)), 'map pins restored', a, 5000);
+    expect(names.map(pinnedId)).toEqual(ids); // the same maps: contents kept, programs unchanged
+    await new Promise((r) => setTimeout(r, 1500)); // more reconciles: none may fail
+    expect(a.err).not.toMatch(/reconcile_failed/);
+    expect(statSync(join(env.bpffs, 'maps', 'mr_cgroups')).mode & 0o777).toBe(0o600);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    await env.stop(a);
+  });
+
+  it('map pins lost and one replaced by another map while links remain: the links are updated to programs on the pinned maps', async () => {
+    let a = await startAgent();
+    await env.stop(a);
+    const old = mode().openMap('mr_cgroups');
+    try {
+      for (const k of old.keys()) old.delete(k);
+    } finally {
+      old.close();
+    }
+    for (const n of readdirSync(join(env.bpffs, 'maps'))) rmSync(join(env.bpffs, 'maps', n));
+    // Another (empty, same layout) mr_cgroups appears at the pin; the attached programs still use the old one.
+    const obj = BpfObject.open(OBJECT);
+    try {
+      obj.load();
+      obj.pinMap('mr_cgroups', join(env.bpffs, 'maps', 'mr_cgroups'));
+    } finally {
+      obj.close();
+    }
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // the programs read the old, emptied map: direct
+    a = await startAgent();
+    const loaded = a.err.split('\n').filter((l) => l.includes('"event":"loaded"')).map((l) => JSON.parse(l) as { rebound: Record<string, string>; repinnedMaps: string[]; adoptedLinks: string[] })[0]!;
+    expect(Object.keys(loaded.rebound)).toEqual(expect.arrayContaining(['mr_connect4', 'mr_connect6']));
+    expect(loaded.rebound.mr_connect4).toMatch(/^uses map ids mr_cgroups \d+ → \d+$/);
+    expect(loaded.repinnedMaps).toContain('mr_policies');
+    for (const l of mode().links()) {
+      const used = progMaps(l.progId!);
+      for (const [name, id] of Object.entries(used)) expect(`${l.name}: ${name} ${id}`).toBe(`${l.name}: ${name} ${pinnedId(name)}`);
+    }
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    await env.stop(a);
   });
 
   it('a pinned map whose struct changed at the same size (mr_sk fields swapped) is refused; the links stay attached and working', async () => {

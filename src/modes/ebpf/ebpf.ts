@@ -6,7 +6,7 @@ import { BpfObject } from '../../bpf/object.js';
 import { BpfMap, mapInfo, type MapInfo } from '../../bpf/map.js';
 import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
 import { Link } from '../../bpf/link.js';
-import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
+import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
 import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, REDIRECTING, REDIRECT_NEEDS, STRUCT_CODECS, STAT_FIELDS, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
@@ -32,11 +32,26 @@ export interface EbpfConfig {
 export interface LoadReport {
   /** Programs that could not be attached on this kernel, with why (the fast path is optional). */
   unavailable: Record<string, string>;
+  /** Map pins that had been deleted, pinned again from the maps the attached programs use. */
+  repinnedMaps: string[];
   adoptedMaps: string[];
   createdMaps: string[];
   adoptedLinks: string[];
   attachedLinks: string[];
   updatedLinks: string[];
+  /** Links updated because their program used other maps than the pinned ones: which, and how. */
+  rebound: Record<string, string>;
+}
+
+/** Compares the meshredir maps two programs use (name → id); a description of the difference or null. */
+function mapsDiffer(cur: Map<string, number> | null, next: Map<string, number>): string | null {
+  const diffs: string[] = [];
+  for (const [name, id] of next) {
+    if (!name.startsWith('mr_')) continue; // .rodata/.bss are per load
+    const had = cur?.get(name);
+    if (had !== id) diffs.push(`${name} ${had ?? 'none'} → ${id}`);
+  }
+  return diffs.length ? `uses map ids ${diffs.join(', ')}` : null;
 }
 
 export interface ApplyReport {
@@ -81,7 +96,7 @@ export class EbpfMode {
 
   /** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
   ensureLoaded(): LoadReport {
-    const rep: LoadReport = { unavailable: {}, adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [] };
+    const rep: LoadReport = { unavailable: {}, repinnedMaps: [], adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [], rebound: {} };
     ensureBpffs(this.cfg.bpffs);
     mkdirPrivate(this.cfg.bpffs);
     mkdirPrivate(this.mapsDir);
@@ -97,6 +112,7 @@ export class EbpfMode {
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
       if (this.cfg.maxConnections) obj.setMaxEntries('mr_orig', this.cfg.maxConnections);
 
+      this.repinFromLinks(rep);
       for (const name of ALL_MAPS) {
         const pin = join(this.mapsDir, name);
         if (!existsSync(pin)) continue;
@@ -147,9 +163,13 @@ export class EbpfMode {
               if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
                 const cur = progInfoById(info.progId);
                 const next = progInfoByFd(prog.fd, name);
-                if (!cur || cur.tag !== next.tag) {
+                // The tag hashes the instructions only: the same program bound to other maps (pins
+                // lost and maps recreated) has the same tag, so the maps are compared too.
+                const maps = cur ? mapsDiffer(progMapsById(cur.id), progMapsByFd(prog.fd, name)) : null;
+                if (!cur || cur.tag !== next.tag || maps) {
                   link.update(prog);
                   rep.updatedLinks.push(name);
+                  if (maps) rep.rebound[name] = maps;
                 } else rep.adoptedLinks.push(name);
                 continue;
               }
@@ -223,6 +243,51 @@ export class EbpfMode {
       if (d) return d;
     }
     return compareBtfTypes(k.ptr, have.btfValueTypeId, want.btf, want.valueTypeId, 'value');
+  }
+
+  /**
+   * Map pins deleted behind our back while links remain: the attached programs still use those maps,
+   * so they are pinned again (contents kept, no program change). Only when every attached program
+   * agrees on the map; otherwise the map is created anew and the links are updated to use it.
+   */
+  private repinFromLinks(rep: LoadReport): void {
+    const missing = ALL_MAPS.filter((n) => !existsSync(join(this.mapsDir, n)));
+    if (missing.length === 0 || !existsSync(this.linksDir)) return;
+    const inUse = new Map<string, Set<number>>();
+    for (const l of this.links()) {
+      if (!l.attached || l.progId === undefined) continue;
+      for (const [name, id] of progMapsById(l.progId) ?? []) inUse.set(name, new Set([...(inUse.get(name) ?? []), id]));
+    }
+    for (const name of missing) {
+      const ids = [...(inUse.get(name) ?? [])];
+      if (ids.length !== 1) continue;
+      const fd: number = lib.bpf_map_get_fd_by_id(ids[0]!);
+      if (fd < 0) continue;
+      try {
+        const pin = join(this.mapsDir, name);
+        const r: number = lib.bpf_obj_pin(fd, pin);
+        if (r < 0) throw new BpfError(`pin map ${name} (id ${ids[0]}) again at ${pin}`, 'bpf_obj_pin', r);
+        chmodSync(pin, 0o600);
+        rep.repinnedMaps.push(name);
+      } finally {
+        c.close(fd);
+      }
+    }
+  }
+
+  /** Map name → id of every pinned map (undefined where the pin is missing or unreadable). */
+  pinnedMapIds(): Map<string, number | undefined> {
+    return new Map(
+      ALL_MAPS.map((name) => {
+        const fd: number = lib.bpf_obj_get(join(this.mapsDir, name));
+        if (fd < 0) return [name, undefined];
+        try {
+          return [name, mapInfo(fd, name).id];
+        } finally {
+          c.close(fd);
+        }
+      }),
+    );
   }
 
   /** Detaches and unpins the given link pins (what a failed load attached). Returns their names. */
