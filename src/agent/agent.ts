@@ -1,7 +1,7 @@
 // agent.ts — the node agent: policy directory (desired state) → reconcile against what is
 // loaded and pinned, on start, on every change in the directory (debounced) and periodically.
-import { watch, existsSync, renameSync, type FSWatcher } from 'node:fs';
-import { resolve } from 'node:path';
+import { watch, existsSync, renameSync, statSync, type FSWatcher } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
 import { loadPolicyFile, parsePolicyText, policyFiles, checkSet, formatError, type FileResult } from '../policy/load.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
 import type { Policy } from '../policy/schema.js';
@@ -66,6 +66,9 @@ export class Agent {
   private timer?: NodeJS.Timeout;
   private debounce?: NodeJS.Timeout;
   private watcher?: FSWatcher;
+  private parentWatcher?: FSWatcher;
+  private watchedIno?: bigint;
+  private rearm?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
 
@@ -270,21 +273,96 @@ export class Agent {
   async start(): Promise<ReconcileResult> {
     this.loadState();
     const first = await this.reconcile('start');
-    if (existsSync(this.opts.policies)) {
-      this.watcher = watch(this.opts.policies, () => {
-        clearTimeout(this.debounce);
-        this.debounce = setTimeout(() => void this.queue('policy change'), 200);
-      });
-    }
-    this.timer = setInterval(() => void this.queue('interval'), this.opts.interval * 1000);
+    this.arm();
+    if (process.env.MESHREDIR_FAULT === 'watch-error') setTimeout(() => this.watcher?.emit('error', new Error('injected watch error (MESHREDIR_FAULT=watch-error)')), 300);
+    this.timer = setInterval(() => {
+      this.checkWatch();
+      void this.queue('interval');
+    }, this.opts.interval * 1000);
     return first;
+  }
+
+  /**
+   * Watches the policy directory, and its parent for the directory's own name: fs.watch follows the
+   * inode, so a directory that is replaced (moved away and another moved in, a symlink swapped) would
+   * otherwise go unwatched. A directory that is missing is polled for until it appears.
+   */
+  private arm(): void {
+    this.disarm();
+    if (this.stopped) return;
+    const dir = resolve(this.opts.policies);
+    try {
+      this.parentWatcher = watch(dirname(dir), (_event, name) => {
+        if (name === basename(dir)) this.changed('policy directory replaced');
+      });
+      this.parentWatcher.on('error', (e) => this.watchFailed(e));
+    } catch (e) {
+      this.log.warn({ event: 'watch_error', dir: dirname(dir) }, `cannot watch ${dirname(dir)} for ${dir} being replaced: ${(e as Error).message}`);
+    }
+    try {
+      this.watchedIno = statSync(dir, { bigint: true }).ino;
+      this.watcher = watch(dir, () => this.changed('policy change'));
+      this.watcher.on('error', (e) => this.watchFailed(e));
+    } catch (e) {
+      this.watchedIno = undefined;
+      this.log.warn({ event: 'watch_error', dir }, `cannot watch ${dir}: ${(e as Error).message}; looking again every second`);
+      this.rearm = setTimeout(() => {
+        this.arm();
+        if (this.watcher) this.changed('policy directory appeared');
+      }, 1000);
+    }
+  }
+
+  private disarm(): void {
+    clearTimeout(this.rearm);
+    this.watcher?.close();
+    this.parentWatcher?.close();
+    this.watcher = undefined;
+    this.parentWatcher = undefined;
+  }
+
+  /** A watcher failed (its directory went away, the kernel ran out of watches, …): say so, watch again. */
+  private watchFailed(e: Error): void {
+    this.log.error({ event: 'watch_error', err: e }, `watching ${this.opts.policies} failed: ${e.message}; watching it again`);
+    this.disarm();
+    clearTimeout(this.rearm);
+    this.rearm = setTimeout(() => {
+      this.arm();
+      if (this.watcher) this.log.info({ event: 'watch', dir: this.opts.policies }, `watching ${this.opts.policies} again`);
+      this.changed('policy directory watched again');
+    }, 1000);
+  }
+
+  /** Re-arms the watch when the directory is no longer the one watched (replaced, or re-created). */
+  private checkWatch(): void {
+    if (this.stopped) return;
+    let ino: bigint | undefined;
+    try {
+      ino = statSync(this.opts.policies, { bigint: true }).ino;
+    } catch {
+      ino = undefined;
+    }
+    if (ino !== undefined && (!this.watcher || ino !== this.watchedIno)) {
+      this.log.info({ event: 'watch', dir: this.opts.policies }, `${this.opts.policies} was replaced; watching the new directory`);
+      this.arm();
+    }
+  }
+
+  /** A change in or of the directory: reconcile once things settle (debounced). */
+  private changed(reason: string): void {
+    if (this.stopped) return;
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => {
+      this.checkWatch();
+      void this.queue(reason);
+    }, 200);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
     clearTimeout(this.debounce);
-    this.watcher?.close();
+    this.disarm();
     await this.running;
     if (this.opts.cleanupOnExit && this.iptables) {
       this.log.info({ event: 'cleanup', netns: this.iptables.cleanup(), state: removeState(this.opts.stateDir).removed }, 'removed every MESHREDIR chain');

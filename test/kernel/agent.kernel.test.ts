@@ -1,7 +1,7 @@
 // agent.kernel.test.ts — the agent unattended: SIGKILL under load, a crash between load and attach,
 // apply/apply/cleanup/apply, drift repaired within an interval, invalid files never break what works.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync, readFileSync, existsSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
@@ -119,8 +119,8 @@ kernelDescribe('node agent', () => {
       .map((l) => / (mr_\w+)\s*$/.exec(l)?.[1])
       .filter((x): x is string => Boolean(x))
       .sort();
-  const faultyAgent = (fault: string) =>
-    env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: fault } });
+  const faultyAgent = (fault: string, extra: string[] = []) =>
+    env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', ...extra], { env: { MESHREDIR_FAULT: fault } });
 
   it('a crash between attaches never leaves a connect hook without sockops and getsockopt; a restart converges', async () => {
     await env.stop(await startAgent());
@@ -356,6 +356,84 @@ kernelDescribe('node agent', () => {
     } finally {
       writeFileSync(aYaml, good);
     }
+  });
+
+  /** The agent's log events (one JSON object per line on stderr). */
+  const events = (a: Proc) =>
+    a.err
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { event?: string; reason?: string; msg: string });
+  /** Reconciles that wrote something, other than at start. */
+  const changes = (a: Proc) => events(a).filter((e) => e.event === 'reconciled' && e.reason !== 'start');
+  const podAYaml = (excludePorts: number[]) => policyYaml({ name: 'pod-a', cgroup: cgA, outbound: '10.200.0.1:15001', bypassCgroups: [cgProxy], outboundSpec: { excludePorts } });
+
+  it('with a 600 s interval, edits apply through the directory watch, also after the directory is replaced', async () => {
+    const aYaml = join(dir, 'a.yaml');
+    const good = readFileSync(aYaml, 'utf8');
+    const fresh = `${dir}-new`;
+    const old = `${dir}-old`;
+    const a = await startAgent(['--interval', '600']);
+    const edit = async (text: string, target = aYaml) => {
+      const n = changes(a).length;
+      writeFileSync(target, text);
+      await waitFor(() => changes(a).length > n, `reconcile after writing ${target}`, a, 10_000);
+    };
+    try {
+      await edit(podAYaml([9090, 8080]));
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // 8080 excluded now: direct
+      // Replace the whole directory (move it away, move another in): the watch must follow.
+      sh('cp', ['-a', dir, fresh]);
+      writeFileSync(join(fresh, 'a.yaml'), good);
+      const n = changes(a).length;
+      renameSync(dir, old);
+      renameSync(fresh, dir);
+      await waitFor(() => changes(a).length > n, 'reconcile after the directory was replaced', a, 10_000);
+      rmSync(old, { recursive: true, force: true });
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+      // Edits inside the new directory are seen: the watch was re-armed on it.
+      await edit(podAYaml([9090, 8080]));
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /);
+      await edit(good);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+      expect(changes(a).map((e) => e.reason)).not.toContain('interval');
+      expect(messages(a)).toContainEqual(`${dir} was replaced; watching the new directory`);
+    } finally {
+      if (!existsSync(dir)) renameSync(old, dir);
+      rmSync(fresh, { recursive: true, force: true });
+      rmSync(old, { recursive: true, force: true });
+      writeFileSync(aYaml, good);
+      await env.stop(a);
+    }
+  });
+
+  it('a failing directory watch is reported and re-armed; edits still apply', async () => {
+    const aYaml = join(dir, 'a.yaml');
+    const good = readFileSync(aYaml, 'utf8');
+    const a = faultyAgent('watch-error', ['--interval', '600']);
+    agents.push(a);
+    try {
+      await waitFor(() => messages(a).includes(`watching ${dir} again`), 'watch re-armed after the error', a, 15_000);
+      expect(messages(a)).toContainEqual(`watching ${dir} failed: injected watch error (MESHREDIR_FAULT=watch-error); watching it again`);
+      const n = changes(a).length;
+      writeFileSync(aYaml, podAYaml([9090, 8080]));
+      await waitFor(() => changes(a).length > n, 'reconcile after the edit', a, 10_000);
+      expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /);
+    } finally {
+      writeFileSync(aYaml, good);
+      await env.stop(a);
+    }
+  });
+
+  it('--cleanup-on-exit: SIGTERM removes links, pins and the state file; connections go direct', async () => {
+    const a = await startAgent(['--cleanup-on-exit']);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
+    expect(await env.stop(a)).toBe(0);
+    expect(messages(a)).toContain('removed everything meshredir made');
+    expect(attachedAtRoot()).toEqual([]);
+    expect(existsSync(env.bpffs)).toBe(false);
+    expect(existsSync(join(env.stateDir, 'agent.json'))).toBe(false);
+    expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /);
   });
 
   it('an invalid file is reported with path and field; valid files apply; the old state of the invalid file stays', async () => {
