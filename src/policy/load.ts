@@ -34,11 +34,17 @@ function fieldPath(path: PropertyKey[]): string {
   return out;
 }
 
+const article = (t: string) => (t === 'null' ? 'null' : /^[aeiou]/.test(t) ? `an ${t}` : `a ${t}`);
+
 function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[] {
   return err.issues.map((i) => {
     let message = i.message;
     if (i.code === 'unrecognized_keys') message = `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-    else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) message = `is required (${i.expected})`;
+    else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) {
+      // "Invalid input: expected object, received string": absent is "required", present is a wrong type.
+      const received = /received (\w+)$/.exec(i.message)?.[1];
+      message = received === undefined || received === 'undefined' ? `is required (${i.expected})` : `must be ${article(i.expected)}, not ${article(received)}`;
+    }
     return { file, path: prefix + fieldPath(i.path), message };
   });
 }

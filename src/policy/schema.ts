@@ -2,6 +2,17 @@
 import { z } from 'zod';
 import { parseEndpoint, parseCidr, type Endpoint, type Cidr } from './addr.js';
 
+/** What a wrong value is, for messages: "a string", "an array", "null". */
+export function typeOf(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  const t = typeof v;
+  return t === 'object' ? 'an object' : t === 'undefined' ? 'nothing' : `a ${t}`;
+}
+
+/** The message for a value of the wrong type: "is required" only when it is absent. */
+const wrongType = (what: string) => (i: { input: unknown }) => (i.input === undefined ? `is required (${what})` : `must be ${what}, not ${typeOf(i.input)}`);
+
 const port = z
   .number({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
   .int({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
@@ -21,7 +32,7 @@ export function normaliseCgroupPath(p: string): string {
 }
 
 const cgroupPath = z
-  .string({ error: 'must be a cgroup path string such as /pods/a' })
+  .string({ error: wrongType('a cgroup path string such as /pods/a') })
   .regex(/^\/[^\0]*$/, { error: (i) => `${JSON.stringify(i.input)} is not an absolute cgroup path (starts with /)` })
   .refine((p) => !p.split('/').includes('..'), { error: 'must not contain ..' })
   .transform(normaliseCgroupPath);
@@ -47,11 +58,11 @@ const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).t
 });
 
 export const policyDocument = z.strictObject({
-  apiVersion: z.literal('meshredir/v1', { error: (i) => `${JSON.stringify(i.input)}: only "meshredir/v1" is known` }),
-  kind: z.literal('RedirectPolicy', { error: (i) => `${JSON.stringify(i.input)}: only "RedirectPolicy" is known` }),
+  apiVersion: z.literal('meshredir/v1', { error: (i) => (i.input === undefined ? 'is required ("meshredir/v1")' : `${JSON.stringify(i.input)}: only "meshredir/v1" is known`) }),
+  kind: z.literal('RedirectPolicy', { error: (i) => (i.input === undefined ? 'is required ("RedirectPolicy")' : `${JSON.stringify(i.input)}: only "RedirectPolicy" is known`) }),
   metadata: z.strictObject({
     name: z
-      .string({ error: 'is required (a DNS-label-like name)' })
+      .string({ error: wrongType('a DNS-label-like name') })
       .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, { error: (i) => `${JSON.stringify(i.input)} is not a valid name (lowercase letters, digits, "-" and ".")` }),
   }),
   spec: z
