@@ -68,7 +68,9 @@ export const STAT_FIELDS = [
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
 
-export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: 120 } });
+/** Room for the longest metadata.name the schema allows (253) and a NUL, so slots are found by name. */
+export const SLOT_NAME_BYTES = 256;
+export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: SLOT_NAME_BYTES } });
 
 export { u8, u32, u64 };
 

@@ -1,6 +1,6 @@
 // entries.ts — a policy set as the eBPF maps' contents: pure, so it is unit-tested without root.
 import type { Policy } from './schema.js';
-import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES } from '../bpf/abi.js';
+import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES, SLOT_NAME_BYTES } from '../bpf/abi.js';
 
 /** How a policy's cgroups resolved on this host (ids are kernfs inode numbers). */
 export interface Resolution {
@@ -57,8 +57,9 @@ export function toEntries(policies: Policy[], slots: Map<string, number>, res: M
     const slot = slots.get(p.name);
     if (slot === undefined) throw new Error(`policy ${p.name}: no slot`);
     const r = res.get(p.name);
-    const name = Buffer.alloc(120);
-    name.write(p.name.slice(0, 119), 'utf8');
+    const name = Buffer.alloc(SLOT_NAME_BYTES);
+    if (Buffer.byteLength(p.name) >= SLOT_NAME_BYTES) throw new Error(`policy ${p.name}: name longer than ${SLOT_NAME_BYTES - 1} bytes`);
+    name.write(p.name, 'utf8');
     e.mr_slots.push([slot, { cgroup_id: r?.cgroup ?? 0n, name }]);
     if (!r?.cgroup) continue;
     e.mr_cgroups.push([r.cgroup, { kind: CgKind.POLICY, slot }]);

@@ -63,6 +63,7 @@ export const policyDocument = z.strictObject({
   metadata: z.strictObject({
     name: z
       .string({ error: wrongType('a DNS-label-like name') })
+      // At most 253 characters, like a Kubernetes object name; mr_slots keeps all of them (256 bytes).
       .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, { error: (i) => `${JSON.stringify(i.input)} is not a valid name (lowercase letters, digits, "-" and ".")` }),
   }),
   spec: z

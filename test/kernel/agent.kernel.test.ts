@@ -338,6 +338,25 @@ kernelDescribe('node agent', () => {
     await env.stop(a);
   });
 
+  it('a 253-character policy name is stored whole: status shows it and its slot survives a restart', async () => {
+    const long = `l${'o'.repeat(251)}g`;
+    const cgL = env.cgroup('pod-long');
+    writeFileSync(join(dir, 'long.yaml'), policyYaml({ name: long, cgroup: cgL, outbound: '10.200.0.1:15001' }));
+    try {
+      let a = await startAgent();
+      const slot = mode().currentSlots().get(long);
+      expect(slot).toBeGreaterThan(0);
+      await env.stop(a);
+      a = await startAgent();
+      expect(mode().currentSlots().get(long)).toBe(slot);
+      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { policies: { name: string; slot: number; cgroup: string }[] };
+      expect(st.policies).toContainEqual(expect.objectContaining({ name: long, slot, cgroup: cgL }));
+      await env.stop(a);
+    } finally {
+      rmSync(join(dir, 'long.yaml'));
+    }
+  });
+
   it('the last applied content survives a restart: a file broken while the agent was down keeps its policy', async () => {
     const aYaml = join(dir, 'a.yaml');
     const good = readFileSync(aYaml, 'utf8');

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePolicyText } from '../../src/policy/load.js';
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../src/policy/entries.js';
-import { MAPS, cidrKey, policyValue } from '../../src/bpf/abi.js';
+import { MAPS, cidrKey, policyValue, slotMeta } from '../../src/bpf/abi.js';
 
 const text = `
 apiVersion: meshredir/v1
@@ -86,5 +86,22 @@ describe('policy → map entries', () => {
     expect(owned.keep.map((x) => x.name)).toEqual(['a', 'r']);
     expect(idConflictMessage(owned.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, already claimed by a.yaml (a, /t/a), which is applied and stays; q is not applied');
     expect(cgroupIdConflicts([p, r], res, new Map()).conflicts).toEqual([]);
+  });
+
+  it('a 253-character name (the schema maximum) is kept whole in mr_slots, so its slot survives a restart', () => {
+    const long = `a${'b'.repeat(251)}c`;
+    expect(long).toHaveLength(253);
+    const q = parsePolicyText(text.replace('name: a', `name: ${long}`), 'q.yaml');
+    expect(q.errors).toEqual([]);
+    expect(parsePolicyText(text.replace('name: a', `name: ${long}d`), 'q.yaml').errors[0]!.path).toBe('metadata.name');
+    const e = toEntries(q.policies, new Map([[long, 7]]), new Map([[long, { cgroup: 1n, bypass: [] }]]));
+    // Through the map's bytes and back, as currentSlots() reads it after a restart.
+    const raw = slotMeta.encode(e.mr_slots[0]![1]);
+    const name = slotMeta.decode(raw).name.toString('utf8').replace(/\0.*$/s, '');
+    expect(name).toBe(long);
+    expect([...assignSlots([long, 'other'], new Map([[name, 7]])).entries()]).toEqual([
+      [long, 7],
+      ['other', 1],
+    ]);
   });
 });
