@@ -8,7 +8,8 @@ import type { Policy } from '../policy/schema.js';
 import { EbpfMode } from '../modes/ebpf/ebpf.js';
 import { IptablesMode, type IptablesConfig } from '../modes/iptables/iptables.js';
 import { ignoredFields } from '../modes/iptables/rules.js';
-import { cgroupId } from '../util/host.js';
+import { cgroupId, cgroupPathOf } from '../util/host.js';
+import { outsideRoot } from '../policy/scope.js';
 import type { Logger } from './log.js';
 
 export interface ModeDecision {
@@ -237,6 +238,7 @@ export class Agent {
         warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);
       }
     }
+    for (const o of outsideRoot(policies, cgroupPathOf(this.opts.cgroupRoot))) warn({ event: 'outside_root', policy: o.policy, field: o.field, cgroup: o.cgroup }, o.message);
     const r = this.mode.applyPolicies(policies);
     for (const x of r.rejected) {
       errors.push(x.message);

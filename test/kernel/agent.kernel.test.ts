@@ -461,6 +461,45 @@ kernelDescribe('node agent', () => {
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /);
   });
 
+  it('--dry-run (eBPF) prints the real cgroup ids and names missing cgroups; a policy outside --cgroup-root is warned about in the log and status', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+    const missing = `${env.cgRoot}/pod-missing`;
+    const elsewhere = `${env.cgRoot}-elsewhere/pod`; // not below the agent's --cgroup-root (and never created)
+    writeFileSync(join(d, 'a.yaml'), podAYaml([9090]));
+    writeFileSync(join(d, 'm.yaml'), policyYaml({ name: 'pod-m', cgroup: missing, outbound: '10.200.0.1:15001' }));
+    writeFileSync(join(d, 'o.yaml'), policyYaml({ name: 'pod-o', cgroup: elsewhere, outbound: '10.200.0.1:15001' }));
+    try {
+      const had = existsSync(env.bpffs);
+      const before = had ? snapshot() : null;
+      const p = env.cli(['agent', '--policies', d, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', '--dry-run']);
+      expect(await p.exited, p.err).toBe(0);
+      const out = JSON.parse(p.out) as { entries: { mr_cgroups: [string, { kind: number; slot: number }][] }; unresolved: unknown[]; outsideRoot: { policy: string; field: string }[] };
+      const ino = (cg: string) => String(statSync(env.cgDir(cg), { bigint: true }).ino);
+      expect(out.entries.mr_cgroups).toContainEqual([ino(cgA), { kind: 1, slot: expect.any(Number) }]);
+      expect(out.entries.mr_cgroups).toContainEqual([ino(cgProxy), { kind: 2, slot: expect.any(Number) }]);
+      expect(out.entries.mr_cgroups.map(([id]) => id)).not.toContain('0');
+      expect(out.unresolved).toEqual([
+        { policy: 'pod-m', field: 'spec.cgroup', cgroup: missing },
+        { policy: 'pod-o', field: 'spec.cgroup', cgroup: elsewhere },
+      ]);
+      expect(p.err).toContain(`cgroup ${missing} of policy pod-m does not exist (yet): no entries for it until it does`);
+      expect(out.outsideRoot).toEqual([expect.objectContaining({ policy: 'pod-o', field: 'spec.cgroup' })]);
+      expect(existsSync(env.bpffs)).toBe(had); // a dry run writes nothing
+      if (before) expect(snapshot()).toEqual(before);
+      const warning = `${join(d, 'o.yaml')}: policy pod-o: cgroup ${elsewhere} is outside --cgroup-root ${env.cgRoot}, where the programs are attached: the hooks do not run there, so nothing from it is redirected`;
+      expect(p.err).toContain(warning);
+      const a = await env.agent(d);
+      agents.push(a);
+      expect(messages(a)).toContain(warning);
+      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { agent: { lastReconcile: { warnings: string[] } } };
+      expect(st.agent.lastReconcile.warnings).toContain(warning);
+      expect(await env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toContain(`warning: ${warning}`);
+      await env.stop(a);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
   it('an invalid file is reported with path and field; valid files apply; the old state of the invalid file stays', async () => {
     const a = await startAgent(['--interval', '1']);
     const good = readdirSync(dir);

@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePolicyText } from '../../src/policy/load.js';
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../src/policy/entries.js';
+import { outsideRoot } from '../../src/policy/scope.js';
 import { MAPS, cidrKey, policyValue, slotMeta } from '../../src/bpf/abi.js';
 
 const text = `
@@ -103,5 +104,22 @@ describe('policy → map entries', () => {
       [long, 7],
       ['other', 1],
     ]);
+  });
+});
+
+describe('cgroups outside the attach point', () => {
+  const at = (cg: string, bypass: string[]) =>
+    parsePolicyText(text.replace('cgroup: /t/a', `cgroup: ${cg}`).replace('cgroups: [/t/proxy]', `cgroups: [${bypass.join(', ')}]`), 'a.yaml').policies[0]!;
+
+  it('names policy and bypass cgroups that are not at or below the root', () => {
+    expect(outsideRoot([at('/t/a', ['/t/proxy'])], '/t')).toEqual([]);
+    expect(outsideRoot([at('/t', [])], '/t')).toEqual([]);
+    expect(outsideRoot([at('/x/a', ['/t/proxy'])], '/')).toEqual([]);
+    const r = outsideRoot([at('/tt/a', ['/t/proxy', '/u/proxy'])], '/t');
+    expect(r.map((x) => [x.field, x.cgroup])).toEqual([
+      ['spec.cgroup', '/tt/a'],
+      ['spec.proxy.bypass.cgroups', '/u/proxy'],
+    ]);
+    expect(r[0]!.message).toBe('a.yaml: policy a: cgroup /tt/a is outside --cgroup-root /t, where the programs are attached: the hooks do not run there, so nothing from it is redirected');
   });
 });

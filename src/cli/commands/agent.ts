@@ -4,9 +4,10 @@ import { z } from 'zod';
 import { Agent, type ModeDecision } from '../../agent/agent.js';
 import { DEFAULT_STATE_DIR } from '../../agent/state.js';
 import { makeLogger } from '../../agent/log.js';
-import { DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
+import { DEFAULT_BPFFS, EbpfMode } from '../../modes/ebpf/ebpf.js';
+import { outsideRoot } from '../../policy/scope.js';
 import { probe } from '../../probe/probe.js';
-import { resolveCgroupArg, requireCgroup2 } from '../../util/host.js';
+import { resolveCgroupArg, requireCgroup2, cgroupPathOf } from '../../util/host.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
@@ -41,7 +42,7 @@ export const agentCommand = new Command('agent')
   .addOption(new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices(['nft', 'legacy']))
   .option('--lock-wait <seconds>', 'iptables: how long to wait for the xtables lock', '10')
   .option('--state-dir <dir>', 'where the agent keeps agent.json (mode decision, last applied policies, last reconcile)', DEFAULT_STATE_DIR)
-  .option('--dry-run', 'print what would be applied (iptables: the exact iptables-restore input) and exit')
+  .option('--dry-run', 'print what would be applied and exit (iptables: the exact iptables-restore input; eBPF: the map entries, with the ids of the cgroups that exist)')
   .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
   .action(async (raw: Record<string, unknown>) => {
     const r = flags.safeParse(raw);
@@ -71,10 +72,13 @@ export const agentCommand = new Command('agent')
         const ipt = new IptablesMode({ stateFile: o.iptablesState, lockWait: o.lockWait });
         for (const r of ipt.dryRun(set.policies)) process.stdout.write(`# policy ${r.policy}, ${r.family === 4 ? 'iptables-restore' : 'ip6tables-restore'} --noflush\n${r.text}`);
       } else {
-        const { toEntries, assignSlots } = await import('../../policy/entries.js');
-        const slots = assignSlots(set.policies.map((p) => p.name), new Map());
-        const ids = new Map(set.policies.map((p) => [p.name, { cgroup: 0n, bypass: p.bypass.cgroups.map(() => 0n) }]));
-        printJson({ mode: 'ebpf', note: 'cgroup ids resolve at apply time (0 here)', entries: toEntries(set.policies, slots, ids) });
+        const root = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
+        const r = new EbpfMode({ bpffs: o.bpffs, cgroupRoot: root, object: o.object }).dryRun(set.policies);
+        const outside = outsideRoot(set.policies, cgroupPathOf(root));
+        for (const u of r.unresolved) console.error(`${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`);
+        for (const m of [...r.rejected, ...outside.map((x) => x.message)]) console.error(m);
+        printJson({ mode: 'ebpf', slots: r.slotsFrom === 'pins' ? `kept from the pinned mr_slots under ${o.bpffs}` : 'assigned anew (nothing pinned)', unresolved: r.unresolved, outsideRoot: outside, rejected: r.rejected, entries: r.entries });
+        if (r.rejected.length) process.exitCode = 1;
       }
       if (set.errors.length) process.exitCode = 1;
       return;

@@ -379,6 +379,33 @@ export class EbpfMode {
     return { entries: toEntries(keep, slots, res), slots, res, keep, conflicts };
   }
 
+  /**
+   * What applyPolicies would write, without writing: the map entries with real cgroup ids where the
+   * cgroups exist (slots from the pinned mr_slots when installed), and which cgroups do not exist.
+   */
+  dryRun(policies: Policy[]): { entries: MapEntries; slotsFrom: 'pins' | 'new'; unresolved: { policy: string; field: string; cgroup: string }[]; rejected: string[] } {
+    const pinned = existsSync(join(this.mapsDir, 'mr_slots'));
+    const res = this.resolve(policies);
+    const { keep, conflicts } = cgroupIdConflicts(policies, res, new Map());
+    const slots = assignSlots(
+      keep.map((p) => p.name),
+      pinned ? this.currentSlots() : new Map(),
+    );
+    const unresolved = keep.flatMap((p) => {
+      const r = res.get(p.name)!;
+      return [
+        ...(r.cgroup === null ? [{ policy: p.name, field: 'spec.cgroup', cgroup: p.cgroup }] : []),
+        ...p.bypass.cgroups.filter((_, i) => r.bypass[i] === null).map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups', cgroup: b })),
+      ];
+    });
+    return {
+      entries: toEntries(keep, slots, res),
+      slotsFrom: pinned ? 'pins' : 'new',
+      unresolved,
+      rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => idConflictMessage(c, p))),
+    };
+  }
+
   /** Makes the policy maps hold exactly `policies`; writes only what differs. */
   applyPolicies(policies: Policy[]): ApplyReport {
     const { entries, slots, res, keep, conflicts } = this.desired(policies);
