@@ -155,7 +155,7 @@ struct mr_stats {
  * stay stable across agent restarts and `status` can name policies from the pins alone. */
 struct mr_slot_meta {
 	__u64 cgroup_id;
-	char name[120];
+	char name[256]; /* metadata.name (at most 253 characters) and its NUL: never truncated */
 };
 
 #endif

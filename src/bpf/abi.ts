@@ -74,7 +74,9 @@ export const STAT_FIELDS = [
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
 
-export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: 120 } });
+/** Room for the longest metadata.name the schema allows (253) and a NUL, so slots are found by name. */
+export const SLOT_NAME_BYTES = 256;
+export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: SLOT_NAME_BYTES } });
 
 export { u8, u32, u64 };
 
@@ -90,6 +92,7 @@ export const MAPS = {
   mr_stats: { key: u32, value: statsValue },
   mr_slots: { key: u32, value: slotMeta },
   mr_sockhash: { key: tupleKey, value: u64 },
+  mr_peers: { key: tupleKey, value: u64 },
   mr_gauges: { key: u32, value: u64 },
 } as const;
 /** Indexes of mr_gauges (enum mr_gauge). */
@@ -101,14 +104,23 @@ export type MapName = keyof typeof MAPS;
 export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
 export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, proxyKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
 
+/**
+ * Every program, in attach order: whatever answers for a redirected connection (sockops publishing the
+ * record, getsockopt serving SO_ORIGINAL_DST, getpeername) before the connect hooks that redirect, so an
+ * attach that fails or a crash in between never leaves connections redirected with nothing answering
+ * the proxy.
+ */
 export const PROGRAMS = {
-  mr_connect4: { attach: 'cgroup/connect4' },
-  mr_connect6: { attach: 'cgroup/connect6' },
   mr_sockops: { attach: 'sockops' },
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
   mr_setsockopt: { attach: 'cgroup/setsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
   mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup
+  mr_connect4: { attach: 'cgroup/connect4' },
+  mr_connect6: { attach: 'cgroup/connect6' },
 } as const;
+/** Programs that redirect, and what must be attached before them. */
+export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
+export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];
 export type ProgramName = keyof typeof PROGRAMS;

@@ -1,6 +1,6 @@
 // map.ts — a BPF map by file descriptor, typed by codecs: get/set/delete/entries/setMany,
-// pin and reopen; per-CPU maps return one value per possible CPU.
-import { readFileSync } from 'node:fs';
+// pin, unpin and reopen; per-CPU maps return one value per possible CPU.
+import { readFileSync, unlinkSync } from 'node:fs';
 import { lib, c, NULL } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import type { Codec } from './codec.js';
@@ -20,6 +20,10 @@ export interface MapInfo {
   maxEntries: number;
   flags: number;
   name: string;
+  /** The kernel BTF object describing key and value (0: the map has none), and their type ids in it. */
+  btfId: number;
+  btfKeyTypeId: number;
+  btfValueTypeId: number;
 }
 
 export function mapInfo(fd: number, what: string): MapInfo {
@@ -36,6 +40,9 @@ export function mapInfo(fd: number, what: string): MapInfo {
     maxEntries: buf.readUInt32LE(16),
     flags: buf.readUInt32LE(20),
     name: buf.toString('latin1', 24, 40).replace(/\0.*$/s, ''),
+    btfId: buf.readUInt32LE(64),
+    btfKeyTypeId: buf.readUInt32LE(68),
+    btfValueTypeId: buf.readUInt32LE(72),
   };
 }
 
@@ -208,6 +215,28 @@ export class BpfMap<K, V> {
   pin(path: string): void {
     const r: number = lib.bpf_obj_pin(this.fd, path);
     if (r < 0) throw new BpfError(`pin map ${this.name} at ${path}`, 'bpf_obj_pin', r);
+  }
+
+  /**
+   * Removes the pin at `path`, which must be this map (another map's pin is refused, not removed).
+   * The map itself lives on while an fd or a program holds it; this object stays usable.
+   */
+  unpin(path: string): void {
+    const what = `unpin map ${this.name} at ${path}`;
+    const fd: number = lib.bpf_obj_get(path);
+    if (fd < 0) throw new BpfError(what, 'bpf_obj_get', fd);
+    let id: number;
+    try {
+      id = mapInfo(fd, path).id;
+    } finally {
+      c.close(fd);
+    }
+    if (id !== this.info.id) throw new Error(`${what}: the pin is map id ${id}, not this map (id ${this.info.id}); left in place`);
+    try {
+      unlinkSync(path);
+    } catch (e) {
+      throw new BpfError(what, 'unlink', (e as NodeJS.ErrnoException).errno ?? -1);
+    }
   }
 
   close(): void {

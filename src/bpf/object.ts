@@ -67,6 +67,13 @@ export class BpfObject {
     return { type: lib.bpf_map__type(m), keySize: lib.bpf_map__key_size(m), valueSize: lib.bpf_map__value_size(m), maxEntries: lib.bpf_map__max_entries(m) };
   }
 
+  /** The object's BTF and the ids of a map's key and value types in it (0: none declared). */
+  mapBtf(name: string): { btf: Ptr | null; keyTypeId: number; valueTypeId: number } {
+    const m = this.mapPtr(name);
+    const btf: Ptr = lib.bpf_object__btf(this.handle);
+    return { btf: isNull(btf) ? null : btf, keyTypeId: lib.bpf_map__btf_key_type_id(m), valueTypeId: lib.bpf_map__btf_value_type_id(m) };
+  }
+
   /** Before load: use an existing map (e.g. a pinned one) instead of creating it. */
   reuseMapFd(name: string, fd: number): void {
     const r: number = lib.bpf_map__reuse_fd(this.mapPtr(name), fd);

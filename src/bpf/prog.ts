@@ -1,5 +1,7 @@
-// prog.ts — facts about loaded programs by id: name, tag (hash of the instructions), type.
-import { lib, c } from '../sys/libbpf.js';
+// prog.ts — facts about loaded programs by id: name, tag (hash of the instructions), type, and the
+// maps a program uses.
+import { lib, c, addressOf } from '../sys/libbpf.js';
+import { mapInfo } from './map.js';
 import { BpfError } from './errors.js';
 
 export interface ProgInfo {
@@ -31,4 +33,52 @@ export function progInfoById(id: number): ProgInfo | null {
   } finally {
     c.close(fd);
   }
+}
+
+const INFO_SIZE = 232;
+
+/** The ids of the maps a program uses (bpf_prog_info.map_ids). */
+export function progMapIds(fd: number, what: string): number[] {
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(INFO_SIZE);
+  const first = Buffer.alloc(INFO_SIZE);
+  let r: number = lib.bpf_obj_get_info_by_fd(fd, first, len);
+  if (r < 0) throw new BpfError(what, 'bpf_obj_get_info_by_fd', r);
+  const n = first.readUInt32LE(52);
+  if (n === 0) return [];
+  const ids = Buffer.alloc(n * 4);
+  const info = Buffer.alloc(INFO_SIZE);
+  info.writeUInt32LE(n, 52); // nr_map_ids
+  info.writeBigUInt64LE(addressOf(ids), 56); // map_ids
+  len.writeUInt32LE(INFO_SIZE);
+  r = lib.bpf_obj_get_info_by_fd(fd, info, len);
+  if (r < 0) throw new BpfError(what, 'bpf_obj_get_info_by_fd', r);
+  return Array.from({ length: Math.min(n, info.readUInt32LE(52)) }, (_, i) => ids.readUInt32LE(i * 4));
+}
+
+/** The maps a program (by id) uses, by map name → map id; null when the program is gone. */
+export function progMapsById(progId: number): Map<string, number> | null {
+  const fd: number = lib.bpf_prog_get_fd_by_id(progId);
+  if (fd < 0) return null;
+  try {
+    const out = new Map<string, number>();
+    for (const id of progMapIds(fd, `program ${progId}: map ids`)) {
+      const mfd: number = lib.bpf_map_get_fd_by_id(id);
+      if (mfd < 0) continue; // freed meanwhile
+      try {
+        out.set(mapInfo(mfd, `map ${id}`).name, id);
+      } finally {
+        c.close(mfd);
+      }
+    }
+    return out;
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** The same for a program by fd (e.g. one just loaded). */
+export function progMapsByFd(fd: number, what: string): Map<string, number> {
+  const info = progInfoByFd(fd, what);
+  return progMapsById(info.id) ?? new Map();
 }

@@ -1,6 +1,6 @@
 // entries.ts — a policy set as the eBPF maps' contents: pure, so it is unit-tested without root.
 import type { Policy } from './schema.js';
-import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES } from '../bpf/abi.js';
+import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES, SLOT_NAME_BYTES } from '../bpf/abi.js';
 
 /** How a policy's cgroups resolved on this host (ids are kernfs inode numbers). */
 export interface Resolution {
@@ -64,8 +64,9 @@ export function toEntries(policies: Policy[], slots: Map<string, number>, res: M
     const slot = slots.get(p.name);
     if (slot === undefined) throw new Error(`policy ${p.name}: no slot`);
     const r = res.get(p.name);
-    const name = Buffer.alloc(120);
-    name.write(p.name.slice(0, 119), 'utf8');
+    const name = Buffer.alloc(SLOT_NAME_BYTES);
+    if (Buffer.byteLength(p.name) >= SLOT_NAME_BYTES) throw new Error(`policy ${p.name}: name longer than ${SLOT_NAME_BYTES - 1} bytes`);
+    name.write(p.name, 'utf8');
     e.mr_slots.push([slot, { cgroup_id: r?.cgroup ?? 0n, name }]);
     if (!r?.cgroup) continue;
     e.mr_cgroups.push([r.cgroup, { kind: CgKind.POLICY, slot }]);
@@ -107,4 +108,43 @@ export function toEntries(policies: Policy[], slots: Map<string, number>, res: M
   }
   e.mr_cgroups = [...byId.entries()];
   return e;
+}
+
+export interface IdConflict {
+  /** The cgroup id two or more policies resolved to. */
+  id: bigint;
+  policies: Policy[];
+  /** The policy that keeps the cgroup (it holds it in the kernel now), if exactly one does. */
+  kept?: Policy;
+}
+
+/**
+ * Policies whose cgroups resolve to the same cgroup id (different spellings of one directory that the
+ * schema could not normalise away). The policy that owns the id in the kernel now (`owners`: id → policy
+ * name) keeps it; the others are rejected; when none (or more than one) owns it, all are rejected.
+ */
+export function cgroupIdConflicts(policies: Policy[], res: Map<string, Resolution>, owners: Map<bigint, string>): { keep: Policy[]; conflicts: IdConflict[] } {
+  const byId = new Map<bigint, Policy[]>();
+  for (const p of policies) {
+    const id = res.get(p.name)?.cgroup;
+    if (id) byId.set(id, [...(byId.get(id) ?? []), p]);
+  }
+  const rejected = new Set<Policy>();
+  const conflicts: IdConflict[] = [];
+  for (const [id, ps] of byId) {
+    if (ps.length < 2) continue;
+    const owning = ps.filter((p) => owners.get(id) === p.name);
+    const kept = owning.length === 1 ? owning[0] : undefined;
+    for (const p of ps) if (p !== kept) rejected.add(p);
+    conflicts.push({ id, policies: ps, ...(kept ? { kept } : {}) });
+  }
+  return { keep: policies.filter((p) => !rejected.has(p)), conflicts };
+}
+
+/** The error of a rejected policy in an id conflict, naming the other files. */
+export function idConflictMessage(c: IdConflict, p: Policy): string {
+  const others = c.policies.filter((o) => o !== p).map((o) => `${o.file} (${o.name}, ${o.cgroup})`);
+  return c.kept
+    ? `${p.file}: spec.cgroup: ${p.cgroup} is cgroup id ${c.id}, already claimed by ${c.kept.file} (${c.kept.name}, ${c.kept.cgroup}), which is applied and stays; ${p.name} is not applied`
+    : `${p.file}: spec.cgroup: ${p.cgroup} is cgroup id ${c.id}, also claimed by ${others.join(', ')}; not applied`;
 }

@@ -17,6 +17,8 @@ export interface FileResult {
   file: string;
   policies: Policy[];
   errors: PolicyError[];
+  /** The file's text as read (what the agent remembers as applied content). */
+  text?: string;
 }
 
 export function formatError(e: PolicyError): string {
@@ -32,11 +34,17 @@ function fieldPath(path: PropertyKey[]): string {
   return out;
 }
 
+const article = (t: string) => (t === 'null' ? 'null' : /^[aeiou]/.test(t) ? `an ${t}` : `a ${t}`);
+
 function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[] {
   return err.issues.map((i) => {
     let message = i.message;
     if (i.code === 'unrecognized_keys') message = `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-    else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) message = `is required (${i.expected})`;
+    else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) {
+      // "Invalid input: expected object, received string": absent is "required", present is a wrong type.
+      const received = /received (\w+)$/.exec(i.message)?.[1];
+      message = received === undefined || received === 'undefined' ? `is required (${i.expected})` : `must be ${article(i.expected)}, not ${article(received)}`;
+    }
     return { file, path: prefix + fieldPath(i.path), message };
   });
 }
@@ -81,7 +89,7 @@ export async function loadPolicyFile(file: string): Promise<FileResult> {
   } catch (e) {
     return { file, policies: [], errors: [{ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }] };
   }
-  return parsePolicyText(text, file);
+  return { ...parsePolicyText(text, file), text };
 }
 
 /** Lists the policy files of a directory (*.yaml, *.yml; hidden and editor temp files ignored). */
@@ -95,9 +103,11 @@ export async function policyFiles(dir: string): Promise<string[]> {
 
 export interface PolicySet {
   files: FileResult[];
-  /** Valid policies, conflict-free (a cgroup claimed twice is an error on both files). */
+  /** Valid policies, conflict-free (see checkSet for who wins a conflict). */
   policies: Policy[];
   errors: PolicyError[];
+  /** Policies left out because of a conflict (the agent may fall back to their file's applied content). */
+  rejected: Policy[];
 }
 
 /** Loads a file or a directory and checks cross-file rules (unique names and cgroups). */
@@ -107,29 +117,49 @@ export async function loadPolicies(path: string): Promise<PolicySet> {
   return checkSet(files);
 }
 
-export function checkSet(files: FileResult[]): PolicySet {
+const claimant = (p: Policy) => `${p.file} (${p.name})`;
+
+/**
+ * Checks cross-file rules: one policy per cgroup, one policy per name. `applied` is what is in force
+ * now (the agent's last applied set). A claim that an applied policy from the same file already holds
+ * is the incumbent's: it stays and only the newcomers are rejected, so a second file claiming a cgroup
+ * never takes down the policy that works. When no claimant (or more than one) is the incumbent, every
+ * claimant is rejected.
+ */
+export function checkSet(files: FileResult[], applied: readonly Policy[] = []): PolicySet {
   const errors = files.flatMap((f) => f.errors);
-  const byCgroup = new Map<string, Policy[]>();
-  const byName = new Map<string, Policy[]>();
-  for (const p of files.flatMap((f) => f.policies)) {
-    byCgroup.set(p.cgroup, [...(byCgroup.get(p.cgroup) ?? []), p]);
-    byName.set(p.name, [...(byName.get(p.name) ?? []), p]);
-  }
+  const all = files.flatMap((f) => f.policies);
   const rejected = new Set<Policy>();
-  for (const [cg, ps] of byCgroup) {
-    if (ps.length < 2) continue;
-    for (const p of ps) {
-      rejected.add(p);
-      const others = ps.filter((o) => o !== p).map((o) => `${o.file} (${o.name})`);
-      errors.push({ file: p.file, path: 'spec.cgroup', message: `${cg} is also claimed by ${others.join(', ')}` });
+  const rules: { field: string; key: (p: Policy) => string; what: string }[] = [
+    { field: 'spec.cgroup', key: (p) => p.cgroup, what: 'cgroup' },
+    { field: 'metadata.name', key: (p) => p.name, what: 'name' },
+  ];
+  for (const rule of rules) {
+    const held = new Set(applied.map((p) => `${p.file}\0${rule.key(p)}`));
+    const byKey = new Map<string, Policy[]>();
+    for (const p of all) byKey.set(rule.key(p), [...(byKey.get(rule.key(p)) ?? []), p]);
+    for (const [key, ps] of byKey) {
+      if (ps.length < 2) continue;
+      const incumbents = ps.filter((p) => held.has(`${p.file}\0${key}`));
+      if (incumbents.length === 1) {
+        const inc = incumbents[0]!;
+        for (const p of ps) {
+          if (p === inc) continue;
+          rejected.add(p);
+          errors.push({ file: p.file, path: rule.field, message: `${key} is already claimed by ${claimant(inc)}, which is applied and stays; ${p.name} from ${p.file} is not applied` });
+        }
+        continue;
+      }
+      for (const p of ps) {
+        rejected.add(p);
+        const others = ps.filter((o) => o !== p).map(claimant);
+        errors.push({
+          file: p.file,
+          path: rule.field,
+          message: rule.what === 'cgroup' ? `${key} is also claimed by ${others.join(', ')}` : `${key} is also used by ${ps.filter((o) => o !== p).map((o) => o.file).join(', ')}`,
+        });
+      }
     }
   }
-  for (const [name, ps] of byName) {
-    if (ps.length < 2) continue;
-    for (const p of ps) {
-      rejected.add(p);
-      errors.push({ file: p.file, path: 'metadata.name', message: `${name} is also used by ${ps.filter((o) => o !== p).map((o) => o.file).join(', ')}` });
-    }
-  }
-  return { files, policies: files.flatMap((f) => f.policies).filter((p) => !rejected.has(p)), errors };
+  return { files, policies: all.filter((p) => !rejected.has(p)), errors, rejected: [...rejected] };
 }

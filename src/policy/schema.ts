@@ -2,6 +2,17 @@
 import { z } from 'zod';
 import { parseEndpoint, parseCidr, isLoopback, type Endpoint, type Cidr } from './addr.js';
 
+/** What a wrong value is, for messages: "a string", "an array", "null". */
+export function typeOf(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  const t = typeof v;
+  return t === 'object' ? 'an object' : t === 'undefined' ? 'nothing' : `a ${t}`;
+}
+
+/** The message for a value of the wrong type: "is required" only when it is absent. */
+const wrongType = (what: string) => (i: { input: unknown }) => (i.input === undefined ? `is required (${what})` : `must be ${what}, not ${typeOf(i.input)}`);
+
 const port = z
   .number({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
   .int({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
@@ -14,11 +25,17 @@ const id = z
   .min(0)
   .max(4294967294, { error: (i) => `${JSON.stringify(i.input)} is not a uid/gid (0-4294967294)` });
 
+/** One spelling per cgroup: "//" collapsed, "." segments and trailing "/" dropped, so aliases such as
+ * /pods//a and /pods/./a are the same claim as /pods/a in the duplicate check. */
+export function normaliseCgroupPath(p: string): string {
+  return `/${p.split('/').filter((s) => s !== '' && s !== '.').join('/')}`;
+}
+
 const cgroupPath = z
-  .string({ error: 'must be a cgroup path string such as /pods/a' })
+  .string({ error: wrongType('a cgroup path string such as /pods/a') })
   .regex(/^\/[^\0]*$/, { error: (i) => `${JSON.stringify(i.input)} is not an absolute cgroup path (starts with /)` })
   .refine((p) => !p.split('/').includes('..'), { error: 'must not contain ..' })
-  .transform((p) => (p.length > 1 ? p.replace(/\/+$/, '') : p));
+  .transform(normaliseCgroupPath);
 
 function endpoint(family: 4 | 6) {
   return z.string({ error: `must be a string such as ${family === 4 ? '"10.0.0.1:15001"' : '"[fd00::1]:15001"'}` }).transform((s, ctx) => {
@@ -41,11 +58,12 @@ const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).t
 });
 
 export const policyDocument = z.strictObject({
-  apiVersion: z.literal('meshredir/v1', { error: (i) => `${JSON.stringify(i.input)}: only "meshredir/v1" is known` }),
-  kind: z.literal('RedirectPolicy', { error: (i) => `${JSON.stringify(i.input)}: only "RedirectPolicy" is known` }),
+  apiVersion: z.literal('meshredir/v1', { error: (i) => (i.input === undefined ? 'is required ("meshredir/v1")' : `${JSON.stringify(i.input)}: only "meshredir/v1" is known`) }),
+  kind: z.literal('RedirectPolicy', { error: (i) => (i.input === undefined ? 'is required ("RedirectPolicy")' : `${JSON.stringify(i.input)}: only "RedirectPolicy" is known`) }),
   metadata: z.strictObject({
     name: z
-      .string({ error: 'is required (a DNS-label-like name)' })
+      .string({ error: wrongType('a DNS-label-like name') })
+      // At most 253 characters, like a Kubernetes object name; mr_slots keeps all of them (256 bytes).
       .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, { error: (i) => `${JSON.stringify(i.input)} is not a valid name (lowercase letters, digits, "-" and ".")` }),
   }),
   spec: z

@@ -65,6 +65,7 @@ const libbpfDecl = {
   btf__find_by_name_kind: ['int', [p, 'string', 'uint32']],
   btf__type_by_id: [p, [p, 'uint32']],
   btf__name_by_offset: ['string', [p, 'uint32']],
+  btf__load_from_kernel_by_id: [p, ['uint32']],
 } as const;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Native<D> = { [K in keyof D]: (...args: any[]) => any };
@@ -87,6 +88,9 @@ const libc = ffi.Library(null as unknown as string, libcDecl as never) as unknow
 export const NULL: Ptr = ref.NULL;
 export const isNull = (x: Ptr): boolean => ref.isNull(x);
 export const errno = (): number => ffi.errno();
+
+/** The address of a buffer's memory, for the pointer fields of bpf_*_info (e.g. map_ids). */
+export const addressOf = (b: Buffer): bigint => BigInt(ref.address(b));
 
 /** Reads `size` bytes that a C pointer points at (BTF records). */
 export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {

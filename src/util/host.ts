@@ -54,6 +54,14 @@ export function cgroupDir(cgroupPath: string, mount = requireCgroup2()): string 
   return cgroupPath === '/' ? mount : join(mount, cgroupPath);
 }
 
+/** The reverse of cgroupDir: a directory under the cgroup2 mount as a policy path ("/pods/a"). */
+export function cgroupPathOf(dir: string, mount = requireCgroup2()): string {
+  const abs = resolve(dir);
+  if (abs === mount) return '/';
+  if (!abs.startsWith(`${mount}/`)) throw new Error(`${dir} is not under the cgroup2 mount ${mount}`);
+  return abs.slice(mount.length);
+}
+
 /** The cgroup id (the kernfs inode number) of a cgroup directory, or null if it does not exist. */
 export function cgroupId(dir: string): bigint | null {
   try {

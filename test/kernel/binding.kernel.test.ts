@@ -9,6 +9,7 @@ import { Link } from '../../src/bpf/link.js';
 import { BpfError } from '../../src/bpf/errors.js';
 import { MAPS, STRUCT_CODECS, portKey, cidrKey } from '../../src/bpf/abi.js';
 import { struct } from '../../src/bpf/codec.js';
+import { BpfMap } from '../../src/bpf/map.js';
 
 kernelDescribe('libbpf binding', () => {
   let env: Env;
@@ -66,6 +67,38 @@ kernelDescribe('libbpf binding', () => {
     expect(err).toBeInstanceOf(BpfError);
     expect((err as BpfError).message).toMatch(/^attach mr_getpeername4 to .*does-not-exist: open: ENOENT/);
     expect((err as BpfError).code).toBe('ENOENT');
+  });
+
+  it('a typed map pins, is reopened from the pin, and unpins only its own pin', () => {
+    mkdirSync(env.bpffs, { recursive: true, mode: 0o700 });
+    const pin = join(env.bpffs, 'ports');
+    const ports = obj.map('mr_ports', MAPS.mr_ports.key, MAPS.mr_ports.value);
+    const k = { slot: 9, port: 15001, pad: 0 };
+    ports.set(k, 1);
+    ports.pin(pin);
+    const again = BpfMap.open(pin, 'mr_ports', MAPS.mr_ports.key, MAPS.mr_ports.value);
+    try {
+      expect(again.info.id).toBe(ports.info.id);
+      expect(again.get(k)).toBe(1);
+      const owners = obj.map('mr_owners', MAPS.mr_owners.key, MAPS.mr_owners.value);
+      expect(() => owners.unpin(pin)).toThrow(/^unpin map mr_owners at .*ports: the pin is map id \d+, not this map \(id \d+\); left in place$/);
+      expect(existsSync(pin)).toBe(true);
+      again.unpin(pin);
+      expect(existsSync(pin)).toBe(false);
+      expect(again.get(k)).toBe(1); // the map lives on while it is held
+      let err: unknown;
+      try {
+        again.unpin(pin);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(BpfError);
+      expect((err as BpfError).code).toBe('ENOENT');
+    } finally {
+      again.close();
+      again.close(); // safe twice
+      rmSync(env.bpffs, { recursive: true, force: true });
+    }
   });
 
   it('attaches through a pinned link, another process re-opens and detaches it, nothing is left', async () => {

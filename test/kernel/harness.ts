@@ -1,7 +1,8 @@
 // harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
 // processes run inside both, and a teardown that removes all of it, also when a test fails.
 import { startPlaced, type Proc } from '../../src/util/proc.js';
-import { existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'vitest';
@@ -35,6 +36,8 @@ export class Env {
   /** The test root as a policy path ("/meshredir-test-…"). */
   readonly cgRoot = `/${this.cgName}`;
   readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
+  /** The agent's --state-dir (agent.json), never the host's /run/meshredir. */
+  readonly stateDir = join(tmpdir(), `meshredir-test-${this.id}-state`);
   readonly toolsDir = TOOLS;
   readonly rootDir = ROOT;
   readonly cliPath = CLI;
@@ -176,7 +179,7 @@ export class Env {
 
   /** Starts the agent on this env's cgroup root and bpffs; waits until it is redirect-ready. */
   async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
-    const p = this.cli(['agent', '--policies', policiesDir, '--cgroup-root', this.cgRoot, '--bpffs', this.bpffs, '--mode', 'ebpf', ...extra]);
+    const p = this.cli(['agent', '--policies', policiesDir, '--cgroup-root', this.cgRoot, '--bpffs', this.bpffs, '--state-dir', this.stateDir, '--mode', 'ebpf', ...extra]);
     await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
     return p;
   }
@@ -194,7 +197,7 @@ export class Env {
     if (existsSync(join(this.cgRootDir, 'cgroup.kill'))) writeFileSync(join(this.cgRootDir, 'cgroup.kill'), '1');
     if (existsSync(this.bpffs)) {
       try {
-        sh(process.execPath, [CLI, 'cleanup', '--force', '--bpffs', this.bpffs]);
+        sh(process.execPath, [CLI, 'cleanup', '--force', '--bpffs', this.bpffs, '--state-dir', this.stateDir]);
       } catch (e) {
         problems.push((e as Error).message);
       }
@@ -211,6 +214,7 @@ export class Env {
       if (existsSync(dir)) problems.push(`cgroup ${dir} could not be removed`);
     }
     for (const f of this.tmpFiles) sh('rm', ['-f', f]);
+    rmSync(this.stateDir, { recursive: true, force: true });
     return problems;
   }
 }

@@ -1,7 +1,8 @@
 // client.mjs — test client, run inside a pod (netns + cgroup) by the kernel tests.
 //   connect HOST PORT           one connection: JSON with what getpeername said and what came back
 //   loop HOST PORT N [EXPECT]   N sequential short connections; counts those whose answer starts with EXPECT
-//   until-stdin HOST PORT [EXPECT]  short connections in a loop until stdin closes; same counts
+//   until-stdin HOST PORT [EXPECT]  short connections in a loop until stdin closes; same counts;
+//                               "progress N" on stderr every 100 connections
 //   hold HOST PORT N            N concurrent connections, each reads one line; prints the lines, then
 //                               keeps them open until stdin closes (LOCAL_PORT: for N = 1)
 //   each JSON                   one short connection to each [host, port, uid?, gid?] of the JSON
@@ -68,6 +69,7 @@ if (cmd === 'each') {
       r.unexpected++;
       r.firstUnexpected ??= x.data;
     } else r.ok++;
+    if (cmd === 'until-stdin' && r.total % 100 === 0) process.stderr.write(`progress ${r.total}\n`);
   }
   process.stdout.write(JSON.stringify(r) + '\n');
 } else if (cmd === 'hold') {

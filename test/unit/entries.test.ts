@@ -1,8 +1,9 @@
 // entries.test.ts — policies as map contents, and stable slot assignment.
 import { describe, expect, it } from 'vitest';
 import { parsePolicyText } from '../../src/policy/load.js';
-import { assignSlots, toEntries } from '../../src/policy/entries.js';
-import { MAPS, cidrKey, policyValue } from '../../src/bpf/abi.js';
+import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../src/policy/entries.js';
+import { outsideRoot } from '../../src/policy/scope.js';
+import { MAPS, cidrKey, policyValue, slotMeta } from '../../src/bpf/abi.js';
 
 const text = `
 apiVersion: meshredir/v1
@@ -68,5 +69,57 @@ describe('policy → map entries', () => {
     expect(policyValue.size).toBe(28);
     expect(v.readUInt16BE(24)).toBe(15001);
     expect(MAPS.mr_orig.key.size).toBe(48);
+  });
+
+  it('two policies resolving to one cgroup id: the owner in the kernel stays, else both are rejected', () => {
+    const q = parsePolicyText(text.replace('name: a', 'name: q').replace('cgroup: /t/a', 'cgroup: /t/alias'), 'q.yaml').policies[0]!;
+    const r = parsePolicyText(text.replace('name: a', 'name: r').replace('cgroup: /t/a', 'cgroup: /t/other'), 'r.yaml').policies[0]!;
+    const res = new Map([
+      ['a', { cgroup: 100n, bypass: [] }],
+      ['q', { cgroup: 100n, bypass: [] }],
+      ['r', { cgroup: 101n, bypass: [] }],
+    ]);
+    const none = cgroupIdConflicts([p, q, r], res, new Map());
+    expect(none.keep.map((x) => x.name)).toEqual(['r']);
+    expect(none.conflicts).toHaveLength(1);
+    expect(idConflictMessage(none.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, also claimed by a.yaml (a, /t/a); not applied');
+    const owned = cgroupIdConflicts([p, q, r], res, new Map([[100n, 'a']]));
+    expect(owned.keep.map((x) => x.name)).toEqual(['a', 'r']);
+    expect(idConflictMessage(owned.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, already claimed by a.yaml (a, /t/a), which is applied and stays; q is not applied');
+    expect(cgroupIdConflicts([p, r], res, new Map()).conflicts).toEqual([]);
+  });
+
+  it('a 253-character name (the schema maximum) is kept whole in mr_slots, so its slot survives a restart', () => {
+    const long = `a${'b'.repeat(251)}c`;
+    expect(long).toHaveLength(253);
+    const q = parsePolicyText(text.replace('name: a', `name: ${long}`), 'q.yaml');
+    expect(q.errors).toEqual([]);
+    expect(parsePolicyText(text.replace('name: a', `name: ${long}d`), 'q.yaml').errors[0]!.path).toBe('metadata.name');
+    const e = toEntries(q.policies, new Map([[long, 7]]), new Map([[long, { cgroup: 1n, bypass: [] }]]));
+    // Through the map's bytes and back, as currentSlots() reads it after a restart.
+    const raw = slotMeta.encode(e.mr_slots[0]![1]);
+    const name = slotMeta.decode(raw).name.toString('utf8').replace(/\0.*$/s, '');
+    expect(name).toBe(long);
+    expect([...assignSlots([long, 'other'], new Map([[name, 7]])).entries()]).toEqual([
+      [long, 7],
+      ['other', 1],
+    ]);
+  });
+});
+
+describe('cgroups outside the attach point', () => {
+  const at = (cg: string, bypass: string[]) =>
+    parsePolicyText(text.replace('cgroup: /t/a', `cgroup: ${cg}`).replace('cgroups: [/t/proxy]', `cgroups: [${bypass.join(', ')}]`), 'a.yaml').policies[0]!;
+
+  it('names policy and bypass cgroups that are not at or below the root', () => {
+    expect(outsideRoot([at('/t/a', ['/t/proxy'])], '/t')).toEqual([]);
+    expect(outsideRoot([at('/t', [])], '/t')).toEqual([]);
+    expect(outsideRoot([at('/x/a', ['/t/proxy'])], '/')).toEqual([]);
+    const r = outsideRoot([at('/tt/a', ['/t/proxy', '/u/proxy'])], '/t');
+    expect(r.map((x) => [x.field, x.cgroup])).toEqual([
+      ['spec.cgroup', '/tt/a'],
+      ['spec.proxy.bypass.cgroups', '/u/proxy'],
+    ]);
+    expect(r[0]!.message).toBe('a.yaml: policy a: cgroup /tt/a is outside --cgroup-root /t, where the programs are attached: the hooks do not run there, so nothing from it is redirected');
   });
 });

@@ -1,11 +1,13 @@
 // agent.ts — `meshredir agent`: run the node agent until SIGINT/SIGTERM.
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { Agent } from '../../agent/agent.js';
+import { Agent, type ModeDecision } from '../../agent/agent.js';
+import { DEFAULT_STATE_DIR } from '../../agent/state.js';
 import { makeLogger } from '../../agent/log.js';
-import { DEFAULT_BPFFS } from '../../modes/ebpf/ebpf.js';
+import { DEFAULT_BPFFS, EbpfMode } from '../../modes/ebpf/ebpf.js';
+import { outsideRoot } from '../../policy/scope.js';
 import { probe } from '../../probe/probe.js';
-import { resolveCgroupArg, requireCgroup2 } from '../../util/host.js';
+import { resolveCgroupArg, requireCgroup2, cgroupPathOf } from '../../util/host.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
@@ -25,6 +27,7 @@ const flags = z.object({
   iptablesBackend: z.enum(['nft', 'legacy']).optional(),
   lockWait: z.coerce.number().int().min(0).max(600),
   dryRun: z.boolean().default(false),
+  stateDir: z.string().regex(/^\//, 'must be an absolute path'),
 });
 
 export const agentCommand = new Command('agent')
@@ -40,7 +43,8 @@ export const agentCommand = new Command('agent')
   .option('--iptables-state <file>', 'iptables: where the per-netns backend choice and applied rules are remembered', DEFAULT_STATE)
   .addOption(new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices(['nft', 'legacy']))
   .option('--lock-wait <seconds>', 'iptables: how long to wait for the xtables lock', '10')
-  .option('--dry-run', 'print what would be applied (iptables: the exact iptables-restore input) and exit')
+  .option('--state-dir <dir>', 'where the agent keeps agent.json (mode decision, last applied policies, last reconcile)', DEFAULT_STATE_DIR)
+  .option('--dry-run', 'print what would be applied and exit (iptables: the exact iptables-restore input; eBPF: the map entries, with the ids of the cgroups that exist)')
   .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
   .action(async (raw: Record<string, unknown>) => {
     const r = flags.safeParse(raw);
@@ -48,12 +52,21 @@ export const agentCommand = new Command('agent')
     const o = r.data;
     const log = makeLogger();
     let mode = o.mode;
+    let decision: ModeDecision | undefined;
     if (mode === 'auto') {
+      // Probe where the programs will attach (--cgroup-root), never above it, with meshredir's own object.
       const p = probe({ object: o.object, ...(o.cgroupRoot ? { cgroupParent: resolveCgroupArg(o.cgroupRoot) } : {}) });
       log.info({ event: 'mode', mode: p.mode, reason: p.reason }, `mode auto chose ${p.mode}: ${p.reason}`);
       if (p.mode === 'none') throw new UserError(`no redirection mode works here: ${p.reason}`);
       mode = p.mode;
-    }
+      const { iptables, ...features } = p.features;
+      decision = {
+        requested: 'auto',
+        chosen: p.mode,
+        reason: p.reason,
+        probe: { kernel: p.kernel, libbpf: p.libbpf, features: { ...features, 'iptables.nft': iptables.nft, 'iptables.legacy': iptables.legacy }, why: p.why as Record<string, string> },
+      };
+    } else decision = { requested: mode, chosen: mode, reason: `--mode ${mode} given` };
     if (o.dryRun) {
       const set = await loadPolicies(o.policies);
       for (const e of set.errors) console.error(formatError(e));
@@ -78,10 +91,13 @@ export const agentCommand = new Command('agent')
         }
         if (plan.skipped.length) process.exitCode = 1;
       } else {
-        const { toEntries, assignSlots } = await import('../../policy/entries.js');
-        const slots = assignSlots(set.policies.map((p) => p.name), new Map());
-        const ids = new Map(set.policies.map((p) => [p.name, { cgroup: 0n, bypass: p.bypass.cgroups.map(() => 0n) }]));
-        printJson({ mode: 'ebpf', note: 'cgroup ids resolve at apply time (0 here)', entries: toEntries(set.policies, slots, ids) });
+        const root = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
+        const r = new EbpfMode({ bpffs: o.bpffs, cgroupRoot: root, object: o.object }).dryRun(set.policies);
+        const outside = outsideRoot(set.policies, cgroupPathOf(root));
+        for (const u of r.unresolved) console.error(`${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`);
+        for (const m of [...r.rejected, ...outside.map((x) => x.message)]) console.error(m);
+        printJson({ mode: 'ebpf', slots: r.slotsFrom === 'pins' ? `kept from the pinned mr_slots under ${o.bpffs}` : 'assigned anew (nothing pinned)', unresolved: r.unresolved, outsideRoot: outside, rejected: r.rejected, entries: r.entries });
+        if (r.rejected.length) process.exitCode = 1;
       }
       if (set.errors.length) process.exitCode = 1;
       return;
@@ -96,6 +112,8 @@ export const agentCommand = new Command('agent')
         interval: o.interval,
         cleanupOnExit: o.cleanupOnExit,
         mode,
+        stateDir: o.stateDir,
+        decision,
         iptables: { stateFile: o.iptablesState, lockWait: o.lockWait, ...(o.iptablesBackend ? { backend: o.iptablesBackend } : {}) },
         ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
         ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),

@@ -7,14 +7,37 @@ import { DEFAULT_OBJECT } from '../paths.js';
 import { cgroupPathById } from '../../util/cgroups.js';
 import { IptablesMode, DEFAULT_STATE } from '../../modes/iptables/iptables.js';
 import { LIMITS } from '../../modes/iptables/rules.js';
+import { readState, statePath, DEFAULT_STATE_DIR } from '../../agent/state.js';
 
-export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
+/** What the agent's state file says: how the mode was chosen and the last reconcile's outcome. */
+function agentSummary(stateDir: string) {
+  const s = readState(stateDir);
+  if (s === null) return null;
+  if (s instanceof Error) return { stateFile: statePath(stateDir), error: s.message };
+  return {
+    stateFile: statePath(stateDir),
+    mode: s.mode.chosen,
+    requested: s.mode.requested,
+    reason: s.mode.reason,
+    decidedAt: s.mode.at,
+    ...(s.probe ? { probe: { kernel: s.probe.kernel, libbpf: s.probe.libbpf, missing: Object.entries(s.probe.features).filter(([, ok]) => !ok).map(([f]) => ({ feature: f, why: s.probe!.why[f] ?? '' })) } } : {}),
+    pid: s.agent.pid,
+    policies: s.agent.policies,
+    cgroupRoot: s.agent.cgroupRoot,
+    startedAt: s.agent.startedAt,
+    applied: Object.entries(s.applied).map(([file, a]) => ({ file, policies: a.policies })),
+    lastReconcile: s.lastReconcile ?? null,
+  };
+}
+
+export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE, stateDir = DEFAULT_STATE_DIR) {
   const mode = new EbpfMode({ bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
   const iptMode = new IptablesMode({ stateFile: iptablesState, lockWait: 5 });
   const ipt = iptMode.installed() ? iptMode.status() : null;
+  const agent = agentSummary(stateDir);
   if (!mode.installed()) {
-    if (ipt) return { installed: true as const, mode: 'iptables' as const, stateFile: iptablesState, policies: ipt.policies, iptables: ipt.netns, unsupported: LIMITS };
-    return { installed: false as const, bpffs };
+    if (ipt) return { installed: true as const, mode: 'iptables' as const, agent, stateFile: iptablesState, policies: ipt.policies, iptables: ipt.netns, unsupported: LIMITS };
+    return { installed: false as const, bpffs, agent };
   }
   const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
   const stats = mode.stats();
@@ -47,6 +70,7 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
   return {
     installed: true as const,
     mode: 'ebpf' as const,
+    agent,
     bpffs,
     attachPoint: links.find((l) => l.cgroup)?.cgroup ?? null,
     fastPath: links.some((l) => l.name === 'mr_skmsg' && l.attached) ? 'available' : 'unavailable (no sk_msg link: kernel < 6.10?)',
@@ -60,14 +84,31 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE) {
   };
 }
 
+function printAgent(a: ReturnType<typeof agentSummary>): void {
+  if (!a) return;
+  if ('error' in a) {
+    console.log(`agent state: ${a.error}`);
+    return;
+  }
+  console.log(`agent: mode ${a.mode} (${a.requested === 'auto' ? `chosen by --mode auto: ${a.reason}` : a.reason}) · since ${a.decidedAt} · policies ${a.policies}`);
+  const r = a.lastReconcile;
+  if (r) {
+    console.log(`last reconcile: ${r.ok ? 'ok' : 'FAILED'} at ${r.at} (${r.reason}): ${r.policies} policies, ${r.writes} writes, ${r.deletes} deletes`);
+    for (const e of r.errors) console.log(`  error: ${e}`);
+    for (const w of r.warnings) console.log(`  warning: ${w}`);
+  }
+}
+
 export const statusCommand = new Command('status')
   .description('show what is loaded, attached and applied (read from the pins; works without the agent)')
   .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
   .option('--iptables-state <file>', 'state file of the iptables mode', DEFAULT_STATE)
+  .option('--state-dir <dir>', 'state directory of the agent (agent.json)', DEFAULT_STATE_DIR)
   .option('--json', 'print one JSON object')
-  .action((opts: { bpffs: string; iptablesState: string; json?: boolean }) => {
-    const s = readStatus(opts.bpffs, opts.iptablesState);
+  .action((opts: { bpffs: string; iptablesState: string; stateDir: string; json?: boolean }) => {
+    const s = readStatus(opts.bpffs, opts.iptablesState, opts.stateDir);
     if (opts.json) return printJson(s);
+    printAgent(s.agent);
     if (!s.installed) {
       console.log(`meshredir is not installed here (no pins under ${opts.bpffs}, no iptables state in ${opts.iptablesState})`);
       process.exitCode = 3;

@@ -1,17 +1,18 @@
 // ebpf.ts — the eBPF mode: loads (or re-adopts) meshredir.bpf.o with its maps and links pinned
 // under the bpffs directory, writes policy maps by difference, reports status, cleans up.
 import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, chmodSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { BpfObject } from '../../bpf/object.js';
-import { BpfMap, mapInfo } from '../../bpf/map.js';
+import { BpfMap, mapInfo, type MapInfo } from '../../bpf/map.js';
+import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
 import { Link } from '../../bpf/link.js';
-import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
+import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
-import { MAPS, POLICY_MAPS, PROGRAMS, STRUCT_CODECS, STAT_FIELDS, Gauge, DEFAULT_MAX_CONNECTIONS, u32, u64, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, REDIRECTING, REDIRECT_NEEDS, STRUCT_CODECS, STAT_FIELDS, Gauge, DEFAULT_MAX_CONNECTIONS, u32, u64, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
-import { assignSlots, toEntries, type MapEntries, type Resolution } from '../../policy/entries.js';
+import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage, type IdConflict, type MapEntries, type Resolution } from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/meshredir';
@@ -34,17 +35,51 @@ export interface EbpfConfig {
 export interface LoadReport {
   /** Programs that could not be attached on this kernel, with why (the fast path is optional). */
   unavailable: Record<string, string>;
+  /** Map pins that had been deleted, pinned again from the maps the attached programs use. */
+  repinnedMaps: string[];
   adoptedMaps: string[];
   createdMaps: string[];
   adoptedLinks: string[];
   attachedLinks: string[];
   updatedLinks: string[];
+  /** Links updated because their program used other maps than the pinned ones: which, and how. */
+  rebound: Record<string, string>;
+}
+
+/** Compares the meshredir maps two programs use (name → id); a description of the difference or null. */
+function mapsDiffer(cur: Map<string, number> | null, next: Map<string, number>): string | null {
+  const diffs: string[] = [];
+  for (const [name, id] of next) {
+    if (!name.startsWith('mr_')) continue; // .rodata/.bss are per load
+    const had = cur?.get(name);
+    if (had !== id) diffs.push(`${name} ${had ?? 'none'} → ${id}`);
+  }
+  return diffs.length ? `uses map ids ${diffs.join(', ')}` : null;
 }
 
 export interface ApplyReport {
   writes: number;
   deletes: number;
   policies: { name: string; slot: number; cgroup: string; resolved: boolean; unresolvedBypass: string[] }[];
+  /** Policies left out because their cgroup is the same cgroup (by id) as another policy's. */
+  rejected: { name: string; file: string; message: string }[];
+}
+
+/** Two policies can only collide by id when two of them resolved. */
+function conflictsPossible(res: Map<string, Resolution>): boolean {
+  const ids = [...res.values()].map((r) => r.cgroup).filter((x) => x !== null);
+  return new Set(ids).size !== ids.length;
+}
+
+/** Fault injection for tests: MESHREDIR_FAULT=fail-attach:NAME makes attaching NAME fail. */
+function injectAttachFault(name: string, attachedSoFar: number): void {
+  if (process.env.MESHREDIR_FAULT === `fail-attach:${name}`) throw new Error(`attach ${name}: injected failure (MESHREDIR_FAULT, after ${attachedSoFar} attach(es) of this load)`);
+}
+
+/** Fault injection for tests: MESHREDIR_FAULT=between-attach[:N] dies after the Nth attach of a load (default 1). */
+function injectCrashAfterAttach(attached: number): void {
+  const f = /^between-attach(?::(\d+))?$/.exec(process.env.MESHREDIR_FAULT ?? '');
+  if (f && attached === Number(f[1] ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
 
 const TYPE_NAMES: Record<number, string> = { 1: 'hash', 2: 'array', 6: 'percpu_array', 9: 'lru_hash', 11: 'lpm_trie', 24: 'sk_storage' };
@@ -64,7 +99,7 @@ export class EbpfMode {
 
   /** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
   ensureLoaded(): LoadReport {
-    const rep: LoadReport = { unavailable: {}, adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [] };
+    const rep: LoadReport = { unavailable: {}, repinnedMaps: [], adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [], rebound: {} };
     ensureBpffs(this.cfg.bpffs);
     mkdirPrivate(this.cfg.bpffs);
     mkdirPrivate(this.mapsDir);
@@ -74,6 +109,7 @@ export class EbpfMode {
 
     const obj = BpfObject.open(this.cfg.object);
     const reusedFds: number[] = [];
+    const btfs = new Map<number, KernelBtf>();
     try {
       const drift = obj.checkCodecs(STRUCT_CODECS);
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
@@ -81,6 +117,7 @@ export class EbpfMode {
       obj.setMaxEntries('mr_orig', 2 * limit);
       if (this.cfg.maxAccelerated) for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, this.cfg.maxAccelerated);
 
+      this.repinFromLinks(rep);
       for (const name of ALL_MAPS) {
         const pin = join(this.mapsDir, name);
         if (!existsSync(pin)) continue;
@@ -95,6 +132,13 @@ export class EbpfMode {
           throw new Error(
             `pinned map ${pin} has another layout than ${this.cfg.object} (pinned: ${say(have)}; object: ${say(want)}). ` +
               `Its contents cannot be read with the new layout: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
+          );
+        }
+        const btfDiff = this.compareMapBtf(obj, name, have, pin, btfs);
+        if (btfDiff) {
+          throw new Error(
+            `pinned map ${pin} has another layout than ${this.cfg.object} (same sizes, different types: ${btfDiff}). ` +
+              `Adopting it would make the new programs misread what is stored: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
           );
         }
         obj.reuseMapFd(name, fd);
@@ -113,58 +157,178 @@ export class EbpfMode {
       // Fault injection for the crash-safety test: die with maps pinned and nothing attached.
       if (process.env.MESHREDIR_FAULT === 'after-load') process.kill(process.pid, 'SIGKILL');
       const sockhashId = mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id;
-      for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
-        const prog = obj.program(name);
-        const pin = join(this.linksDir, name);
-        const skmsg = PROGRAMS[name].attach === 'sk_msg';
-        if (existsSync(pin)) {
-          const link = Link.open(pin);
-          try {
-            const info = link.info();
-            if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
-              const cur = progInfoById(info.progId);
-              const next = progInfoByFd(prog.fd, name);
-              if (!cur || cur.tag !== next.tag) {
-                link.update(prog);
-                rep.updatedLinks.push(name);
-              } else rep.adoptedLinks.push(name);
+      const attachedNow: string[] = [];
+      try {
+        for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
+          const prog = obj.program(name);
+          const pin = join(this.linksDir, name);
+          const skmsg = PROGRAMS[name].attach === 'sk_msg';
+          if (existsSync(pin)) {
+            const link = Link.open(pin);
+            try {
+              const info = link.info();
+              if (skmsg ? info.mapId === sockhashId : info.cgroupId === rootId) {
+                const cur = progInfoById(info.progId);
+                const next = progInfoByFd(prog.fd, name);
+                // The tag hashes the instructions only: the same program bound to other maps (pins
+                // lost and maps recreated) has the same tag, so the maps are compared too.
+                const maps = cur ? mapsDiffer(progMapsById(cur.id), progMapsByFd(prog.fd, name)) : null;
+                if (!cur || cur.tag !== next.tag || maps) {
+                  link.update(prog);
+                  rep.updatedLinks.push(name);
+                  if (maps) rep.rebound[name] = maps;
+                } else rep.adoptedLinks.push(name);
+                continue;
+              }
+              if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
+                throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
+              }
+              link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
+            } finally {
+              link.close();
+            }
+          }
+          injectAttachFault(name, attachedNow.length);
+          if (skmsg) {
+            try {
+              Link.attachSkMsgPinned(prog, obj.mapFd('mr_sockhash'), pin);
+            } catch (e) {
+              // sk_msg links need kernel 6.10; without them accelerate stays off, and status says so.
+              if (!(e instanceof BpfError)) throw e;
+              rep.unavailable[name] = e.message;
               continue;
             }
-            if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
-              throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
-            }
-            link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
+            attachedNow.push(pin);
+            chmodSync(pin, 0o600);
+            rep.attachedLinks.push(name);
+            injectCrashAfterAttach(attachedNow.length);
+            continue;
+          }
+          const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
+          try {
+            link.pin(pin);
+            attachedNow.push(pin);
+            chmodSync(pin, 0o600);
+          } catch (e) {
+            link.detach(); // never attached without a pin: nobody could find it to detach it
+            throw e;
           } finally {
             link.close();
           }
-        }
-        if (skmsg) {
-          try {
-            Link.attachSkMsgPinned(prog, obj.mapFd('mr_sockhash'), pin);
-          } catch (e) {
-            // sk_msg links need kernel 6.10; without them accelerate stays off, and status says so.
-            if (!(e instanceof BpfError)) throw e;
-            rep.unavailable[name] = e.message;
-            continue;
-          }
-          chmodSync(pin, 0o600);
           rep.attachedLinks.push(name);
-          continue;
+          injectCrashAfterAttach(attachedNow.length);
         }
-        const link = Link.attachCgroup(prog, this.cfg.cgroupRoot);
-        try {
-          link.pin(pin);
-          chmodSync(pin, 0o600);
-        } finally {
-          link.close();
-        }
-        rep.attachedLinks.push(name);
+      } catch (e) {
+        const undone = this.rollback(attachedNow);
+        throw new Error(`${(e as Error).message}; ${undone.length ? `detached what this load had attached (${undone.join(', ')})` : 'nothing had been attached by this load'}${this.enforceDependencies()}`, { cause: e });
       }
       return rep;
     } finally {
       obj.close();
       for (const fd of reusedFds) c.close(fd);
+      for (const b of btfs.values()) b.close();
     }
+  }
+
+  /**
+   * The pinned map's key and value types (its BTF in the kernel) against the object's, structurally:
+   * a field reorder of the same size passes every size check but would be misread. Returns the first
+   * difference or null. A map the kernel keeps without BTF can only have been created so by this
+   * same loader, and is compared by sizes (done by the caller) alone.
+   */
+  private compareMapBtf(obj: BpfObject, name: string, have: MapInfo, pin: string, btfs: Map<number, KernelBtf>): string | null {
+    const want = obj.mapBtf(name);
+    if (!want.btf || (want.keyTypeId === 0 && want.valueTypeId === 0)) return null;
+    if (have.btfId === 0 || (have.btfKeyTypeId === 0 && have.btfValueTypeId === 0)) return null;
+    let k = btfs.get(have.btfId);
+    if (!k) {
+      k = KernelBtf.load(have.btfId, `pinned map ${pin}`);
+      btfs.set(have.btfId, k);
+    }
+    if (have.btfKeyTypeId !== 0 && want.keyTypeId !== 0) {
+      const d = compareBtfTypes(k.ptr, have.btfKeyTypeId, want.btf, want.keyTypeId, 'key');
+      if (d) return d;
+    }
+    return compareBtfTypes(k.ptr, have.btfValueTypeId, want.btf, want.valueTypeId, 'value');
+  }
+
+  /**
+   * Map pins deleted behind our back while links remain: the attached programs still use those maps,
+   * so they are pinned again (contents kept, no program change). Only when every attached program
+   * agrees on the map; otherwise the map is created anew and the links are updated to use it.
+   */
+  private repinFromLinks(rep: LoadReport): void {
+    const missing = ALL_MAPS.filter((n) => !existsSync(join(this.mapsDir, n)));
+    if (missing.length === 0 || !existsSync(this.linksDir)) return;
+    const inUse = new Map<string, Set<number>>();
+    for (const l of this.links()) {
+      if (!l.attached || l.progId === undefined) continue;
+      for (const [name, id] of progMapsById(l.progId) ?? []) inUse.set(name, new Set([...(inUse.get(name) ?? []), id]));
+    }
+    for (const name of missing) {
+      const ids = [...(inUse.get(name) ?? [])];
+      if (ids.length !== 1) continue;
+      const fd: number = lib.bpf_map_get_fd_by_id(ids[0]!);
+      if (fd < 0) continue;
+      try {
+        const pin = join(this.mapsDir, name);
+        const r: number = lib.bpf_obj_pin(fd, pin);
+        if (r < 0) throw new BpfError(`pin map ${name} (id ${ids[0]}) again at ${pin}`, 'bpf_obj_pin', r);
+        chmodSync(pin, 0o600);
+        rep.repinnedMaps.push(name);
+      } finally {
+        c.close(fd);
+      }
+    }
+  }
+
+  /** Map name → id of every pinned map (undefined where the pin is missing or unreadable). */
+  pinnedMapIds(): Map<string, number | undefined> {
+    return new Map(
+      ALL_MAPS.map((name) => {
+        const fd: number = lib.bpf_obj_get(join(this.mapsDir, name));
+        if (fd < 0) return [name, undefined];
+        try {
+          return [name, mapInfo(fd, name).id];
+        } finally {
+          c.close(fd);
+        }
+      }),
+    );
+  }
+
+  /** Detaches and unpins the given link pins (what a failed load attached). Returns their names. */
+  private rollback(pins: string[]): string[] {
+    const done: string[] = [];
+    for (const pin of [...pins].reverse()) {
+      try {
+        const l = Link.open(pin);
+        try {
+          l.detach();
+        } finally {
+          l.close();
+        }
+      } catch (e) {
+        if (!(e instanceof BpfError)) throw e;
+      }
+      rmSync(pin, { force: true });
+      done.push(basename(pin));
+    }
+    return done;
+  }
+
+  /**
+   * A connect hook without sockops and getsockopt redirects connections that the proxy cannot resolve;
+   * if that is what is left (e.g. adopted connect links while a dependency failed to attach), the
+   * connect hooks go too, so connections go direct instead. Returns a note for the error message.
+   */
+  private enforceDependencies(): string {
+    const attached = new Set(this.links().filter((l) => l.attached).map((l) => l.name));
+    const missing = REDIRECT_NEEDS.filter((n) => !attached.has(n));
+    const redirecting = REDIRECTING.filter((n) => attached.has(n));
+    if (missing.length === 0 || redirecting.length === 0) return '';
+    this.rollback(redirecting.map((n) => join(this.linksDir, n)));
+    return `; detached ${redirecting.join(', ')} too: without ${missing.join(', ')} redirected connections could not be resolved by the proxy`;
   }
 
   openMap<N extends MapName>(name: N): BpfMap<unknown, unknown> {
@@ -198,19 +362,65 @@ export class EbpfMode {
     return new Map(policies.map((p) => [p.name, { cgroup: cgroupId(cgroupDir(p.cgroup, mount)), bypass: p.bypass.cgroups.map((b) => cgroupId(cgroupDir(b, mount))) }]));
   }
 
-  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution> } {
-    const slots = assignSlots(
-      policies.map((p) => p.name),
-      this.currentSlots(),
-    );
+  /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
+  private cgroupOwners(slots: Map<string, number>): Map<bigint, string> {
+    const bySlot = new Map([...slots].map(([n, s]) => [s, n]));
+    return this.withMaps(['mr_cgroups'], (maps) => {
+      const out = new Map<bigint, string>();
+      for (const [id, v] of maps.get('mr_cgroups')!.entries() as [bigint, { kind: number; slot: number }][]) {
+        const name = bySlot.get(v.slot);
+        if (v.kind === CgKind.POLICY && name !== undefined) out.set(id, name);
+      }
+      return out;
+    });
+  }
+
+  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution>; keep: Policy[]; conflicts: IdConflict[] } {
+    const current = this.currentSlots();
     const res = this.resolve(policies);
-    const fastPath = this.links().some((l) => l.name === 'mr_skmsg' && l.attached);
-    return { entries: toEntries(policies, slots, res, { fastPath }), slots, res };
+    const { keep, conflicts } = cgroupIdConflicts(policies, res, conflictsPossible(res) ? this.cgroupOwners(current) : new Map());
+    const slots = assignSlots(
+      keep.map((p) => p.name),
+      current,
+    );
+    return { entries: toEntries(keep, slots, res, { fastPath: this.fastPathAttached() }), slots, res, keep, conflicts };
+  }
+
+  /** Whether the sk_msg program is attached (kernel >= 6.10): without it `accelerate` is not applied. */
+  fastPathAttached(): boolean {
+    return this.links().some((l) => l.name === 'mr_skmsg' && l.attached);
+  }
+
+  /**
+   * What applyPolicies would write, without writing: the map entries with real cgroup ids where the
+   * cgroups exist (slots from the pinned mr_slots when installed), and which cgroups do not exist.
+   */
+  dryRun(policies: Policy[]): { entries: MapEntries; slotsFrom: 'pins' | 'new'; unresolved: { policy: string; field: string; cgroup: string }[]; rejected: string[] } {
+    const pinned = existsSync(join(this.mapsDir, 'mr_slots'));
+    const res = this.resolve(policies);
+    const { keep, conflicts } = cgroupIdConflicts(policies, res, new Map());
+    const slots = assignSlots(
+      keep.map((p) => p.name),
+      pinned ? this.currentSlots() : new Map(),
+    );
+    const unresolved = keep.flatMap((p) => {
+      const r = res.get(p.name)!;
+      return [
+        ...(r.cgroup === null ? [{ policy: p.name, field: 'spec.cgroup', cgroup: p.cgroup }] : []),
+        ...p.bypass.cgroups.filter((_, i) => r.bypass[i] === null).map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups', cgroup: b })),
+      ];
+    });
+    return {
+      entries: toEntries(keep, slots, res, { fastPath: !pinned || this.fastPathAttached() }),
+      slotsFrom: pinned ? 'pins' : 'new',
+      unresolved,
+      rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => idConflictMessage(c, p))),
+    };
   }
 
   /** Makes the policy maps hold exactly `policies`; writes only what differs. */
   applyPolicies(policies: Policy[]): ApplyReport {
-    const { entries, slots, res } = this.desired(policies);
+    const { entries, slots, res, keep, conflicts } = this.desired(policies);
     let writes = 0;
     let deletes = 0;
     this.withMaps(POLICY_MAPS, (maps) => {
@@ -249,7 +459,8 @@ export class EbpfMode {
     return {
       writes,
       deletes,
-      policies: policies.map((p) => {
+      rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => ({ name: p.name, file: p.file, message: idConflictMessage(c, p) }))),
+      policies: keep.map((p) => {
         const r = res.get(p.name)!;
         return {
           name: p.name,

@@ -1,0 +1,120 @@
+// state.ts — the agent's state file (agent.json in --state-dir): which mode it runs and why, the probe
+// summary, the last applied content of every policy file (so a restart keeps what worked), and the
+// outcome of the last reconcile. Read by `status`, removed by `cleanup`.
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+export const DEFAULT_STATE_DIR = '/run/meshredir';
+export const STATE_FILE = 'agent.json';
+
+const reconcileRecord = z.strictObject({
+  at: z.string(),
+  reason: z.string(),
+  ok: z.boolean(),
+  mode: z.enum(['ebpf', 'iptables']),
+  writes: z.number(),
+  deletes: z.number(),
+  policies: z.number(),
+  errors: z.array(z.string()),
+  warnings: z.array(z.string()),
+});
+export type ReconcileRecord = z.infer<typeof reconcileRecord>;
+
+const agentState = z.strictObject({
+  version: z.literal(1),
+  mode: z.strictObject({
+    requested: z.enum(['auto', 'ebpf', 'iptables']),
+    chosen: z.enum(['ebpf', 'iptables']),
+    reason: z.string(),
+    at: z.string(),
+  }),
+  /** The probe's verdict per feature (auto mode only). */
+  probe: z
+    .strictObject({
+      kernel: z.string(),
+      libbpf: z.string(),
+      features: z.record(z.string(), z.boolean()),
+      why: z.record(z.string(), z.string()),
+    })
+    .optional(),
+  agent: z.strictObject({ pid: z.number(), policies: z.string(), cgroupRoot: z.string(), bpffs: z.string(), iptablesState: z.string().optional(), startedAt: z.string() }),
+  /** Per policy file (absolute path): the text that was applied and which of its policies were. */
+  applied: z.record(z.string(), z.strictObject({ text: z.string(), policies: z.array(z.string()) })),
+  lastReconcile: reconcileRecord.optional(),
+});
+export type AgentState = z.infer<typeof agentState>;
+
+export const statePath = (dir: string): string => join(dir, STATE_FILE);
+
+/** Reads agent.json: null when there is none; an Error (not thrown) when it is unreadable or malformed. */
+export function readState(dir: string): AgentState | null | Error {
+  const file = statePath(dir);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    return new Error(`${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return new Error(`${file}: not JSON: ${(e as Error).message}`);
+  }
+  const r = agentState.safeParse(value);
+  if (!r.success) return new Error(`${file}: not a meshredir agent state: ${r.error.issues.map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ')}`);
+  return r.data;
+}
+
+/**
+ * Creates the directory 0700. An existing directory keeps its mode (it may be shared, like /run), but
+ * one that others can write to is refused: they could replace agent.json.
+ */
+export function ensureStateDir(dir: string): void {
+  if (!existsSync(dir)) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700);
+    return;
+  }
+  const st = statSync(dir);
+  if (!st.isDirectory()) throw new Error(`state directory ${dir} is not a directory`);
+  if (st.mode & 0o022) throw new Error(`state directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); use a directory only root can write, such as ${DEFAULT_STATE_DIR}`);
+}
+
+/** Writes agent.json atomically (temporary file, 0600, renamed over the old one). */
+export function writeState(dir: string, s: AgentState): void {
+  ensureStateDir(dir);
+  const file = statePath(dir);
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  renameSync(tmp, file);
+}
+
+/**
+ * Removes agent.json (and the directory when nothing else is in it). Idempotent; returns what it
+ * removed. With `owner`, only the state of an agent that used that --bpffs or --iptables-state is
+ * removed, so cleaning one (test) installation never erases another agent's memory.
+ */
+export function removeState(dir: string, owner?: { bpffs: string; iptablesState: string }): { removed: string[]; kept?: string } {
+  const file = statePath(dir);
+  const removed: string[] = [];
+  if (existsSync(file)) {
+    const s = readState(dir);
+    if (owner && s && !(s instanceof Error) && s.agent.bpffs !== owner.bpffs && s.agent.iptablesState !== owner.iptablesState) {
+      return { removed, kept: `${file} belongs to the agent of ${s.agent.bpffs}${s.agent.iptablesState ? ` and ${s.agent.iptablesState}` : ''}; left in place` };
+    }
+    rmSync(file, { force: true });
+    removed.push(file);
+  }
+  try {
+    rmdirSync(dir);
+    removed.push(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
+  }
+  return { removed };
+}
