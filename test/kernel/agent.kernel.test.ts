@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
 import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
-import { POLICY_MAPS } from '../../src/bpf/abi.js';
+import { PROGRAMS, type ProgramName, POLICY_MAPS } from '../../src/bpf/abi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 
 kernelDescribe('node agent', () => {
@@ -131,19 +131,20 @@ kernelDescribe('node agent', () => {
   it('a crash between attaches never leaves a connect hook without sockops and getsockopt; a restart converges', async () => {
     await env.stop(await startAgent());
     const clean = snapshot();
-    // Cgroup attach order: sockops, getsockopt, getpeername4, getpeername6, (sk_msg on the sockhash), connect4, connect6.
-    const cgroupAttached = ['mr_sockops', 'mr_getsockopt', 'mr_getpeername4', 'mr_getpeername6', 'mr_connect4'];
-    for (let n = 1; n <= 6; n++) {
+    // Attach order (PROGRAMS): everything that answers for a redirected connection, then the connect hooks.
+    const order = Object.keys(PROGRAMS) as ProgramName[];
+    const cgroupPrograms = order.filter((x) => PROGRAMS[x].attach !== 'sk_msg');
+    for (let n = 1; n < order.length; n++) {
       await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
       const faulty = faultyAgent(`between-attach:${n}`);
       await faulty.exited;
       expect(faulty.child.signalCode, faulty.err).toBe('SIGKILL');
       const names = attachedAtRoot();
-      expect(names).toEqual(cgroupAttached.slice(0, n <= 4 ? n : n - 1).sort());
+      expect(names).toEqual(order.slice(0, n).filter((x) => PROGRAMS[x].attach !== 'sk_msg').sort());
       if (names.some((x) => x.startsWith('mr_connect'))) expect(names).toEqual(expect.arrayContaining(['mr_sockops', 'mr_getsockopt']));
       const a = await startAgent();
       expect(snapshot()).toEqual(clean);
-      expect(attachedAtRoot()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_sockops']);
+      expect(attachedAtRoot()).toEqual([...cgroupPrograms].sort());
       expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
       await env.stop(a);
     }
@@ -153,7 +154,9 @@ kernelDescribe('node agent', () => {
     await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
     let p = faultyAgent('fail-attach:mr_connect6');
     expect(await p.exited).toBe(1);
-    expect(p.err).toMatch(/attach mr_connect6: injected failure .*; detached what this load had attached \(mr_connect4, mr_skmsg, mr_getpeername6, mr_getpeername4, mr_getsockopt, mr_sockops\)/);
+    const before6 = (Object.keys(PROGRAMS) as ProgramName[]).slice(0, Object.keys(PROGRAMS).indexOf('mr_connect6')).reverse();
+    expect(p.err).toContain(`attach mr_connect6: injected failure`);
+    expect(p.err).toContain(`; detached what this load had attached (${before6.join(', ')})`);
     expect(attachedAtRoot()).toEqual([]);
     expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]);
     // Installed and working; then getsockopt's link is detached behind our back and cannot be re-attached:

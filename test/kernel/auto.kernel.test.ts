@@ -65,8 +65,8 @@ kernelDescribe('auto mode decision in status', () => {
       const s = JSON.parse(sh(process.execPath, [CLI, 'status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as AgentStatus;
       expect(s.mode).toBe('ebpf');
       expect(s.agent).toMatchObject({ mode: 'ebpf', requested: 'auto', lastReconcile: { ok: true } });
-      expect(s.agent.reason).toMatch(/^every program the eBPF mode needs loads and attaches/);
-      expect(sh(process.execPath, [CLI, 'status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toMatch(/agent: mode ebpf \(chosen by --mode auto: every program/);
+      expect(s.agent.reason).toMatch(/^meshredir's programs load and attach here/);
+      expect(sh(process.execPath, [CLI, 'status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toMatch(/agent: mode ebpf \(chosen by --mode auto: meshredir's programs load and attach/);
     } finally {
       await env.stop(a);
     }

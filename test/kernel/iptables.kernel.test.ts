@@ -278,7 +278,7 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const pdir = mkdtempSync(join(dir, 'policies-'));
       writeFileSync(join(pdir, 'x.yaml'), `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: ${x.cg}\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n  outbound: { excludePorts: [22] }\n`);
       const dry = async () => {
-        const p = env.spawn(null, null, process.execPath, [CLI, 'agent', '--mode', 'iptables', '--dry-run', '--policies', pdir, '--iptables-state', state, '--lock-wait', '1']);
+        const p = env.spawn(null, null, process.execPath, [CLI, 'agent', '--mode', 'iptables', '--dry-run', '--policies', pdir, '--iptables-state', state, '--state-dir', env.stateDir, '--lock-wait', '1']);
         return { code: await p.exited, out: p.out, err: p.err };
       };
       const first = await dry();

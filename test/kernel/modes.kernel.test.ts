@@ -103,7 +103,7 @@ kernelDescribe('both modes, sidecar topology', () => {
 
       afterAll(async () => {
         if (agent) await env.stop(agent);
-        if (mode === 'iptables') await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs]);
+        if (mode === 'iptables') await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
         const problems = await env?.teardown();
         rmSync(dir, { recursive: true, force: true });
         expect(problems).toEqual([]);
@@ -239,7 +239,7 @@ kernelDescribe('both modes, sidecar topology', () => {
           const holder = env.spawn(null, null, 'python3', ['-c', "import fcntl,sys\nf=open('/run/xtables.lock','a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()"], { stdin: true });
           await waitFor(() => holder.out.includes('locked'), 'lock held', holder);
           try {
-            const p = env.cli(['agent', '--policies', dir, '--mode', 'iptables', '--iptables-state', state, '--iptables-backend', 'legacy', '--lock-wait', '1', '--interval', '60']);
+            const p = env.cli(['agent', '--policies', dir, '--mode', 'iptables', '--iptables-state', state, '--state-dir', env.stateDir, '--iptables-backend', 'legacy', '--lock-wait', '1', '--interval', '60']);
             await waitFor(() => /xtables lock was held by another process for more than 1s/.test(p.err), 'lock error', undefined, 10_000);
             expect(p.err).toMatch(/moving the rules from nft to legacy failed: .*the rules stay on nft, unchanged/);
             await env.stop(p);
@@ -281,7 +281,7 @@ kernelDescribe('both modes, sidecar topology', () => {
         it('cleanup removes every MESHREDIR line and leaves foreign rules alone', async () => {
           sh('ip', ['netns', 'exec', pod, 'iptables', '-t', 'nat', '-A', 'OUTPUT', '-p', 'udp', '--dport', '5353', '-j', 'RETURN']);
           await env.stop(agent);
-          await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs]);
+          await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
           const after = save(pod);
           expect(after).not.toMatch(/MESHREDIR/);
           expect(save(pod, 'ip6tables-save')).not.toMatch(/MESHREDIR/);
@@ -317,7 +317,7 @@ kernelDescribe('both modes, sidecar topology', () => {
       writeFileSync(join(dir, 'pod.yaml'), policyYaml({ name: 'pod', cgroup: `${env.cgRoot}/pod`, outbound: '127.0.0.1:15001', uids: [1337] }));
       // Like istio-init: the agent runs in the pod's netns, with CAP_NET_ADMIN but no CAP_BPF/SYS_ADMIN
       // (nsenter, not `ip netns exec`, which would remount /sys and hide the cgroup2 mount).
-      const p = env.spawn(null, null, 'nsenter', [`--net=/run/netns/${pod}`, 'capsh', '--drop=cap_bpf,cap_sys_admin,cap_perfmon', '--', '-c', `exec ${process.execPath} ${CLI} agent --policies ${dir} --iptables-state ${state} --interval 60`]);
+      const p = env.spawn(null, null, 'nsenter', [`--net=/run/netns/${pod}`, 'capsh', '--drop=cap_bpf,cap_sys_admin,cap_perfmon', '--', '-c', `exec ${process.execPath} ${CLI} agent --policies ${dir} --iptables-state ${state} --state-dir ${env.stateDir} --interval 60`]);
       await waitFor(() => p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
       const chose = p.err.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event?: string; mode?: string; reason?: string }).find((l) => l.event === 'mode')!;
       expect(chose.mode).toBe('iptables');
@@ -325,7 +325,7 @@ kernelDescribe('both modes, sidecar topology', () => {
       const r = await env.client(pod, cgApp, ['connect', '10.202.0.2', '8080']);
       expect(r.data).toMatch(/^up 10\.202\.0\.11 /);
       await env.stop(p);
-      sh(process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs]);
+      sh(process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
       expect(sh('ip', ['netns', 'exec', pod, 'iptables-save', '-t', 'nat'])).not.toMatch(/MESHREDIR/);
     });
   });
