@@ -37,7 +37,8 @@ interface Load {
   p99_us: number;
   errors: number;
   requests: number;
-  client_cpu: number;
+  client_user: number;
+  client_sys: number;
 }
 
 const D_REDIRECT = '10.250.0.99:80'; // nothing answers there: only a redirect reaches a server
@@ -124,7 +125,7 @@ spec:
         for (const mode of ['direct', 'iptables', 'ebpf']) {
           use(mode, p);
           const r = await load(mode === 'direct' ? SERVER : D_REDIRECT, 'crr', 16);
-          samples.push({ scenario: 'crr', mode, variant: '1B', round, metrics: { rate: r.rate, p50_us: r.p50_us, p99_us: r.p99_us, errors: r.errors, client_cpu: r.client_cpu } });
+          samples.push({ scenario: 'crr', mode, variant: '1B', round, metrics: { rate: r.rate, p50_us: r.p50_us, p99_us: r.p99_us, errors: r.errors, client_cpu: r.client_user + r.client_sys } });
           tick(`redirect-only CRR, ${mode}, round ${round}: ${Math.round(r.rate)} conn/s`);
         }
       }
@@ -161,7 +162,7 @@ spec:
           use(mode === 'explicit' ? 'direct' : mode, mode === 'ebpf+sk_msg' ? pa : p);
           const target = mode === 'explicit' ? '127.0.0.1:15002' : UPSTREAM;
           const crr = await load(target, 'crr', 16);
-          samples.push({ scenario: 'proxy', mode, variant: 'crr', round, metrics: { rate: crr.rate, errors: crr.errors, client_cpu: crr.client_cpu } });
+          samples.push({ scenario: 'proxy', mode, variant: 'crr', round, metrics: { rate: crr.rate, errors: crr.errors, client_cpu: crr.client_user + crr.client_sys } });
           tick(`through HAProxy, CRR, ${mode}, round ${round}: ${Math.round(crr.rate)} conn/s`);
           const rr = await load(target, 'rr', 1);
           samples.push({ scenario: 'proxy', mode, variant: 'rr', round, metrics: { rate: rr.rate, p50_us: rr.p50_us, p99_us: rr.p99_us, errors: rr.errors } });
