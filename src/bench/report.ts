@@ -143,7 +143,7 @@ export async function renderSvg(rows: Row[]): Promise<string> {
 
 export function renderMarkdown(rows: Row[], meta: Record<string, unknown>, samples: Sample[] = [], missing: Missing[] = []): string {
   const lines = [
-    `Run: ${String(meta.date)} · kernel ${String(meta.kernel)} · ${String(meta.cpus)} CPUs · ${String(meta.rounds)} rounds × ${String(meta.duration)} s per measurement (after ${String(meta.warmup ?? '')} s of warm-up), modes interleaved and rotated · ${meta.seconds === undefined ? '' : `${Number(meta.seconds).toFixed(0)} s in all`}`,
+    `Run: ${String(meta.date)} · kernel ${String(meta.kernel)} · ${String(meta.cpus)} CPUs · ${String(meta.rounds)} rounds × ${String(meta.duration)} s per measurement (after ${String(meta.warmup ?? '')} s of warm-up), modes interleaved and rotated${meta.seconds === undefined ? '' : ` · ${Number(meta.seconds).toFixed(0)} s in all`}${meta.tcp_rmem ? ` · bench netns tcp_rmem ${String(meta.tcp_rmem)} (the fast path's bound: its maximum, at least 4 MiB)` : ''}`,
     '',
   ];
   const cpu = cpuLines(rows);
