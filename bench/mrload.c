@@ -1,7 +1,11 @@
-/* mrload.c — meshredir's load generator and echo server for the benchmark: TCP_CRR (a new connection
- * per request, like netperf's) or RR (ping-pong on persistent connections), K requests in flight on
- * one epoll loop, latency percentiles; one JSON line out. `server` answers each request with the same
- * number of bytes; in CRR mode the client closes with RST (SO_LINGER 0) so no TIME_WAIT piles up. */
+/* mrload.c — meshredir's load generator and servers for the benchmark. Client modes: TCP_CRR (a new
+ * connection per request, like netperf's), RR (ping-pong on persistent connections) and STREAM (one
+ * direction, non-blocking writes of SIZE bytes as fast as the socket takes them); K connections on one
+ * epoll loop; latency percentiles; one JSON line out. `server` echoes every byte back; `sink` reads
+ * and discards, and on the client's EOF answers with the byte count it read, so a stream's bytes are
+ * confirmed by the receiver. Every socket is non-blocking (the sk_msg fast path never accelerates a
+ * blocking application socket). In CRR mode the client closes with RST (SO_LINGER 0) so no TIME_WAIT
+ * piles up. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,10 +18,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/time.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#define RBUF (256 * 1024)
 
 static double now(void)
 {
@@ -67,8 +73,29 @@ static void raise_nofile(void)
 	}
 }
 
-/* ---- server: echo requests of `size` bytes back, any number per connection ---- */
-static int run_server(const char *ep, int size)
+/* ---- servers: `server` echoes, `sink` counts; neither ever spins on EAGAIN ---- */
+struct conn {
+	int fd;
+	char *pend; /* echo bytes the socket did not take yet (reading pauses until they are out) */
+	size_t plen, poff;
+	long long count; /* sink: bytes read */
+};
+
+static void conn_close(int efd, struct conn *c)
+{
+	epoll_ctl(efd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	free(c->pend);
+	free(c);
+}
+
+static void conn_events(int efd, struct conn *c, unsigned ev)
+{
+	struct epoll_event e = { .events = ev, .data.ptr = c };
+	epoll_ctl(efd, EPOLL_CTL_MOD, c->fd, &e);
+}
+
+static int run_server(const char *ep, int sink)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -82,53 +109,91 @@ static int run_server(const char *ep, int size)
 		perror("mrload: bind/listen");
 		return 1;
 	}
-	int ep_fd = epoll_create1(0);
-	struct epoll_event ev = { .events = EPOLLIN, .data.fd = l };
-	epoll_ctl(ep_fd, EPOLL_CTL_ADD, l, &ev);
-	fprintf(stderr, "mrload: serving on %s\n", ep);
+	int efd = epoll_create1(0);
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	epoll_ctl(efd, EPOLL_CTL_ADD, l, &ev);
+	fprintf(stderr, "mrload: %s on %s\n", sink ? "sink" : "echo", ep);
 	fflush(stderr);
-	char *buf = malloc(size > 65536 ? size : 65536);
+	char *buf = malloc(RBUF);
 	struct epoll_event evs[256];
 	for (;;) {
-		int n = epoll_wait(ep_fd, evs, 256, -1);
+		int n = epoll_wait(efd, evs, 256, -1);
 		for (int i = 0; i < n; i++) {
-			int fd = evs[i].data.fd;
-			if (fd == l) {
-				int c;
-				while ((c = accept4(l, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
-					setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-					struct epoll_event ce = { .events = EPOLLIN, .data.fd = c };
-					epoll_ctl(ep_fd, EPOLL_CTL_ADD, c, &ce);
+			struct conn *c = evs[i].data.ptr;
+			if (!c) {
+				int fd;
+				while ((fd = accept4(l, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+					setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+					c = calloc(1, sizeof(*c));
+					c->fd = fd;
+					struct epoll_event ce = { .events = EPOLLIN, .data.ptr = c };
+					epoll_ctl(efd, EPOLL_CTL_ADD, fd, &ce);
 				}
 				continue;
 			}
-			ssize_t r = read(fd, buf, 65536);
+			if (c->plen) { /* echo: finish the pending bytes first */
+				ssize_t w = write(c->fd, c->pend + c->poff, c->plen - c->poff);
+				if (w < 0 && errno != EAGAIN && errno != EINTR) {
+					conn_close(efd, c);
+					continue;
+				}
+				if (w > 0)
+					c->poff += w;
+				if (c->poff == c->plen) {
+					c->plen = c->poff = 0;
+					conn_events(efd, c, EPOLLIN);
+				}
+				continue;
+			}
+			ssize_t r = read(c->fd, buf, sink ? RBUF : 65536);
+			if (r < 0 && (errno == EAGAIN || errno == EINTR))
+				continue;
 			if (r <= 0) {
-				if (r == 0 || (errno != EAGAIN && errno != EINTR))
-					close(fd);
+				if (r == 0 && sink) {
+					/* The client's EOF: tell it how many bytes arrived (a few bytes into an
+					 * empty send buffer: they go out at once). */
+					char line[32];
+					int k = snprintf(line, sizeof(line), "%lld\n", c->count);
+					if (write(c->fd, line, k) != k)
+						fprintf(stderr, "mrload: sink could not confirm %lld bytes\n", c->count);
+				}
+				conn_close(efd, c);
+				continue;
+			}
+			if (sink) {
+				c->count += r;
 				continue;
 			}
 			/* Echo exactly what arrived: request/response sizes stay matched. */
-			ssize_t off = 0;
-			while (off < r) {
-				ssize_t w = write(fd, buf + off, r - off);
-				if (w < 0) {
-					if (errno == EAGAIN)
-						continue;
-					close(fd);
-					break;
-				}
-				off += w;
+			ssize_t w = write(c->fd, buf, r);
+			if (w < 0 && errno != EAGAIN && errno != EINTR) {
+				conn_close(efd, c);
+				continue;
+			}
+			if (w < 0)
+				w = 0;
+			if (w < r) {
+				c->pend = realloc(c->pend, r - w);
+				memcpy(c->pend, buf + w, r - w);
+				c->plen = r - w;
+				c->poff = 0;
+				conn_events(efd, c, EPOLLOUT);
 			}
 		}
 	}
 }
 
 /* ---- client ---- */
+enum kind { CRR, RR, STREAM };
+
 struct slot {
 	int fd;
-	int got, sent;
-	double t0;
+	long got, sent;     /* this request: bytes received, bytes sent */
+	long long total;    /* stream: bytes the kernel took on this connection */
+	int answered;       /* a response arrived on this connection (it reached a server) */
+	int out;            /* EPOLLOUT is armed */
+	double t0, retry_at;
+	long long confirmed; /* stream: what the sink said it read, -1 until it answered */
 };
 
 static int cmp_d(const void *a, const void *b)
@@ -137,117 +202,285 @@ static int cmp_d(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int run_client(const char *ep, int crr, int conc, double duration, double warmup, int size)
-{
+static struct {
+	int efd, conc, size;
+	enum kind kind;
 	struct sockaddr_storage ss;
 	socklen_t len;
-	if (parse_ep(ep, &ss, &len) < 0) {
+	struct slot *s;
+	char *req;
+	long err_connect, err_reset, err_other, conns;
+} C;
+
+static void arm(int i, int out)
+{
+	struct slot *x = &C.s[i];
+	if (x->out == out)
+		return;
+	struct epoll_event e = { .events = EPOLLIN | (out ? EPOLLOUT : 0), .data.u32 = i };
+	epoll_ctl(C.efd, EPOLL_CTL_MOD, x->fd, &e);
+	x->out = out;
+}
+
+static void drop(int i, long *err)
+{
+	struct slot *x = &C.s[i];
+	if (err)
+		(*err)++;
+	if (x->fd >= 0) {
+		epoll_ctl(C.efd, EPOLL_CTL_DEL, x->fd, NULL);
+		close(x->fd);
+	}
+	x->fd = -1;
+	x->retry_at = 0;
+}
+
+/* Sends what is left of the current request; arms EPOLLOUT only while something is left. */
+static void push(int i)
+{
+	struct slot *x = &C.s[i];
+	while (x->sent < C.size) {
+		ssize_t w = write(x->fd, C.req + x->sent, C.size - x->sent);
+		if (w < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				break;
+			drop(i, errno == ECONNRESET || errno == EPIPE ? &C.err_reset : &C.err_other);
+			return;
+		}
+		x->sent += w;
+	}
+	arm(i, x->sent < C.size);
+}
+
+/* A new connection in slot i; a connect() that fails is counted and retried a millisecond later. */
+static void open_slot(int i)
+{
+	struct slot *x = &C.s[i];
+	static const struct linger lg = { 1, 0 };
+	int one = 1;
+	x->got = x->sent = 0;
+	x->total = 0;
+	x->answered = 0;
+	x->confirmed = -1;
+	x->t0 = now();
+	x->fd = socket(C.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	if (x->fd < 0) {
+		C.err_connect++;
+		x->retry_at = now() + 0.001;
+		return;
+	}
+	/* A stream keeps Nagle, as bulk senders (iperf3) do; request/response turns it off. */
+	if (C.kind != STREAM)
+		setsockopt(x->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (C.kind == CRR)
+		setsockopt(x->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	if (connect(x->fd, (struct sockaddr *)&C.ss, C.len) < 0 && errno != EINPROGRESS) {
+		close(x->fd);
+		x->fd = -1;
+		C.err_connect++;
+		x->retry_at = now() + 0.001;
+		return;
+	}
+	struct epoll_event e = { .events = EPOLLIN | EPOLLOUT, .data.u32 = i };
+	epoll_ctl(C.efd, EPOLL_CTL_ADD, x->fd, &e);
+	x->out = 1;
+}
+
+static double cpu_of(struct timeval t)
+{
+	return t.tv_sec + t.tv_usec / 1e6;
+}
+
+static int run_client(const char *ep, enum kind kind, int conc, double duration, double warmup, int size)
+{
+	if (parse_ep(ep, &C.ss, &C.len) < 0) {
 		fprintf(stderr, "mrload: bad address %s\n", ep);
 		return 2;
 	}
-	int efd = epoll_create1(0), one = 1;
-	struct slot *s = calloc(conc, sizeof(*s));
-	char *req = malloc(size), *buf = malloc(size > 65536 ? size : 65536);
-	memset(req, 'x', size);
+	if (size < 1 || conc < 1) {
+		fprintf(stderr, "mrload: size and concurrency must be >= 1\n");
+		return 2;
+	}
+	C.efd = epoll_create1(0);
+	C.kind = kind;
+	C.conc = conc;
+	C.size = size;
+	C.s = calloc(conc, sizeof(*C.s));
+	C.req = malloc(size);
+	memset(C.req, 'x', size);
+	char *buf = malloc(RBUF);
 	size_t cap = 1 << 20, nlat = 0;
 	double *lat = malloc(cap * sizeof(double));
-	long done = 0, errors = 0;
-	struct linger lg = { 1, 0 };
+	long done = 0;
+	long long window_bytes = 0;
 	double start = now(), measure_from = start + warmup, end = measure_from + duration;
 
 	for (int i = 0; i < conc; i++)
-		s[i].fd = -1;
-	/* (Re)starts slot i: a new connection in CRR mode, or a new request on the open one in RR. */
-#define START(i)                                                                                   \
-	do {                                                                                       \
-		struct slot *x = &s[i];                                                            \
-		x->got = x->sent = 0;                                                              \
-		x->t0 = now();                                                                     \
-		if (x->fd < 0) {                                                                   \
-			x->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);              \
-			setsockopt(x->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));            \
-			if (crr)                                                                   \
-				setsockopt(x->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));         \
-			int rc = connect(x->fd, (struct sockaddr *)&ss, len);                      \
-			if (rc < 0 && errno != EINPROGRESS) {                                      \
-				errors++;                                                          \
-				close(x->fd);                                                      \
-				x->fd = -1;                                                        \
-				break;                                                             \
-			}                                                                          \
-			struct epoll_event e = { .events = EPOLLOUT | EPOLLIN, .data.u32 = i };    \
-			epoll_ctl(efd, EPOLL_CTL_ADD, x->fd, &e);                                  \
-		} else {                                                                           \
-			ssize_t w = write(x->fd, req, size);                                       \
-			if (w > 0)                                                                 \
-				x->sent = w;                                                       \
-		}                                                                                  \
-	} while (0)
-
-	for (int i = 0; i < conc; i++)
-		START(i);
+		open_slot(i);
 	struct epoll_event evs[512];
-	while (now() < end) {
-		int n = epoll_wait(efd, evs, 512, 100);
+	for (;;) {
+		double t = now();
+		if (t >= end)
+			break;
+		int dead = 0;
+		for (int i = 0; i < conc; i++) {
+			if (C.s[i].fd >= 0)
+				continue;
+			if (t >= C.s[i].retry_at)
+				open_slot(i);
+			if (C.s[i].fd < 0)
+				dead = 1;
+		}
+		int n = epoll_wait(C.efd, evs, 512, dead ? 1 : 50);
 		for (int k = 0; k < n; k++) {
 			int i = evs[k].data.u32;
-			struct slot *x = &s[i];
+			struct slot *x = &C.s[i];
 			if (x->fd < 0)
 				continue;
-			if (evs[k].events & (EPOLLERR | EPOLLHUP) && !(evs[k].events & EPOLLIN)) {
-				errors++;
-				close(x->fd);
-				x->fd = -1;
-				START(i);
+			unsigned e = evs[k].events;
+			if ((e & (EPOLLERR | EPOLLHUP)) && !(e & EPOLLIN)) {
+				drop(i, x->answered || x->total ? &C.err_reset : &C.err_connect);
 				continue;
 			}
-			if (x->sent < size && (evs[k].events & EPOLLOUT)) {
-				ssize_t w = write(x->fd, req + x->sent, size - x->sent);
-				if (w > 0)
-					x->sent += w;
-				if (x->sent == size) {
-					struct epoll_event e = { .events = EPOLLIN, .data.u32 = i };
-					epoll_ctl(efd, EPOLL_CTL_MOD, x->fd, &e);
-				}
-			}
-			if (evs[k].events & EPOLLIN) {
-				ssize_t r = read(x->fd, buf, 65536);
-				if (r <= 0) {
-					if (r < 0 && errno == EAGAIN)
-						continue;
-					errors++;
-					close(x->fd);
-					x->fd = -1;
-					START(i);
+			if (kind == STREAM) {
+				if (e & EPOLLIN) { /* the sink never speaks during a stream: EOF or an error */
+					drop(i, x->total ? &C.err_reset : &C.err_connect);
 					continue;
 				}
-				x->got += r;
-				if (x->got >= size) {
-					double t = now();
-					if (t >= measure_from) {
-						done++;
-						if (nlat == cap) {
-							cap *= 2;
-							lat = realloc(lat, cap * sizeof(double));
+				if (e & EPOLLOUT) {
+					int bursts = 64;
+					while (bursts--) {
+						ssize_t w = write(x->fd, C.req + x->sent, size - x->sent);
+						if (w < 0) {
+							if (errno != EAGAIN && errno != EINTR)
+								drop(i, x->total ? &C.err_reset : &C.err_connect);
+							break;
 						}
-						lat[nlat++] = t - x->t0;
+						if (!x->total)
+							C.conns++;
+						x->total += w;
+						x->sent = (x->sent + w) % size;
+						double tw = now();
+						if (tw >= measure_from && tw < end)
+							window_bytes += w;
 					}
-					if (crr) {
-						close(x->fd); /* RST: SO_LINGER 0 */
-						x->fd = -1;
-					}
-					START(i);
 				}
+				continue;
+			}
+			if (e & EPOLLOUT) {
+				push(i);
+				if (x->fd < 0)
+					continue;
+			}
+			if (!(e & EPOLLIN))
+				continue;
+			ssize_t r = read(x->fd, buf, RBUF);
+			if (r < 0 && (errno == EAGAIN || errno == EINTR))
+				continue;
+			if (r <= 0) {
+				/* Nothing back yet on this connection: it never reached a server (refused, timed
+				 * out, unreachable, or closed at once by a proxy that could not forward it). */
+				drop(i, !(x->answered || x->got) ? &C.err_connect
+				     : r == 0 || errno == ECONNRESET ? &C.err_reset : &C.err_other);
+				continue;
+			}
+			x->got += r;
+			if (x->got < size)
+				continue;
+			double t1 = now();
+			if (!x->answered) {
+				x->answered = 1;
+				C.conns++;
+			}
+			if (t1 >= measure_from) {
+				done++;
+				if (nlat == cap) {
+					cap *= 2;
+					lat = realloc(lat, cap * sizeof(double));
+				}
+				lat[nlat++] = t1 - x->t0;
+			}
+			if (kind == CRR) {
+				drop(i, NULL); /* RST: SO_LINGER 0 */
+				open_slot(i);
+			} else { /* the next request on the open connection */
+				x->got = x->sent = 0;
+				x->t0 = t1;
+				push(i);
 			}
 		}
 	}
+	double t_end = now();
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+	double wall = t_end - start;
+
+	/* A stream ends with EOF; each sink answers with what it read: the bytes must match. */
+	double drain = 0, e2e = 0;
+	long long total = 0, confirmed = 0;
+	if (kind == STREAM) {
+		for (int i = 0; i < conc; i++) {
+			struct slot *x = &C.s[i];
+			if (x->fd < 0)
+				continue;
+			shutdown(x->fd, SHUT_WR);
+			struct epoll_event e = { .events = EPOLLIN, .data.u32 = i };
+			epoll_ctl(C.efd, EPOLL_CTL_MOD, x->fd, &e);
+			x->got = 0;
+		}
+		char line[64];
+		int waiting = 0;
+		for (int i = 0; i < conc; i++)
+			waiting += C.s[i].fd >= 0;
+		while (waiting && now() < t_end + 10) {
+			int n = epoll_wait(C.efd, evs, 512, 100);
+			for (int k = 0; k < n; k++) {
+				int i = evs[k].data.u32;
+				struct slot *x = &C.s[i];
+				if (x->fd < 0)
+					continue;
+				ssize_t r = read(x->fd, line + x->got, sizeof(line) - 1 - x->got);
+				if (r < 0 && (errno == EAGAIN || errno == EINTR))
+					continue;
+				if (r > 0) {
+					x->got += r;
+					line[x->got] = 0;
+					if (!strchr(line, '\n'))
+						continue;
+					x->confirmed = atoll(line);
+				}
+				waiting--;
+				epoll_ctl(C.efd, EPOLL_CTL_DEL, x->fd, NULL);
+				close(x->fd);
+				x->fd = -1;
+			}
+		}
+		drain = now() - t_end;
+		for (int i = 0; i < conc; i++) {
+			struct slot *x = &C.s[i];
+			total += x->total;
+			if (x->confirmed < 0) {
+				if (x->total)
+					C.err_other++; /* no confirmation: the bytes' arrival is unknown */
+			} else {
+				confirmed += x->confirmed;
+				if (x->confirmed != x->total)
+					C.err_other++; /* the sink read another number of bytes than were sent */
+			}
+		}
+		e2e = confirmed / (now() - start);
+	}
 	qsort(lat, nlat, sizeof(double), cmp_d);
 	double p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(size_t)(nlat * 0.99)] : 0;
-	printf("{\"mode\":\"%s\",\"requests\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"errors\":%ld,\"client_cpu\":%.2f}\n",
-	       crr ? "crr" : "rr", done, duration, done / duration, p50 * 1e6, p99 * 1e6, errors, cpu / (now() - start));
+	long errors = C.err_connect + C.err_reset + C.err_other;
+	static const char *names[] = { "crr", "rr", "stream" };
+	printf("{\"mode\":\"%s\",\"requests\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+	       "\"errors\":%ld,\"err_connect\":%ld,\"err_reset\":%ld,\"err_other\":%ld,\"conns\":%ld,"
+	       "\"client_user\":%.4f,\"client_sys\":%.4f,\"wall\":%.3f,"
+	       "\"bytes\":%lld,\"confirmed\":%lld,\"mbytes_s\":%.2f,\"e2e_mbytes_s\":%.2f,\"drain_ms\":%.2f}\n",
+	       names[kind], done, duration, done / duration, p50 * 1e6, p99 * 1e6, errors, C.err_connect, C.err_reset,
+	       C.err_other, C.conns, cpu_of(ru.ru_utime) / wall, cpu_of(ru.ru_stime) / wall, wall, total, confirmed,
+	       window_bytes / duration / 1e6, e2e / 1e6, drain * 1e3);
 	return 0;
 }
 
@@ -256,15 +489,23 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 	if (argc >= 3 && !strcmp(argv[1], "server"))
-		return run_server(argv[2], argc > 3 ? atoi(argv[3]) : 1);
+		return run_server(argv[2], 0);
+	if (argc >= 3 && !strcmp(argv[1], "sink"))
+		return run_server(argv[2], 1);
 	if (argc >= 3 && !strcmp(argv[1], "client")) {
-		/* client ADDR:PORT crr|rr CONCURRENCY DURATION WARMUP SIZE */
-		int crr = argc > 3 ? !strcmp(argv[3], "crr") : 1;
+		/* client ADDR:PORT crr|rr|stream CONCURRENCY DURATION WARMUP SIZE */
+		const char *m = argc > 3 ? argv[3] : "crr";
+		enum kind kind = !strcmp(m, "rr") ? RR : !strcmp(m, "stream") ? STREAM : CRR;
+		if (strcmp(m, "rr") && strcmp(m, "stream") && strcmp(m, "crr")) {
+			fprintf(stderr, "mrload: unknown client mode %s\n", m);
+			return 2;
+		}
 		int conc = argc > 4 ? atoi(argv[4]) : 16;
 		double dur = argc > 5 ? atof(argv[5]) : 5, warm = argc > 6 ? atof(argv[6]) : 0.5;
 		int size = argc > 7 ? atoi(argv[7]) : 1;
-		return run_client(argv[2], crr, conc, dur, warm, size);
+		return run_client(argv[2], kind, conc, dur, warm, size);
 	}
-	fprintf(stderr, "usage: mrload server ADDR:PORT [SIZE] | mrload client ADDR:PORT crr|rr CONC DURATION WARMUP SIZE\n");
+	fprintf(stderr, "usage: mrload server ADDR:PORT | mrload sink ADDR:PORT |\n"
+			"       mrload client ADDR:PORT crr|rr|stream CONC DURATION WARMUP SIZE\n");
 	return 2;
 }

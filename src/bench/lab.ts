@@ -10,6 +10,15 @@ import { startPlaced, type Proc } from '../util/proc.js';
 
 export type LabProc = Proc;
 
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux architecture in use). */
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
 export class Lab {
   readonly id = randomBytes(3).toString('hex');
   readonly ns = `mr-bench-${this.id}`;
@@ -89,6 +98,35 @@ export class Lab {
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error(`nothing listens on ${port}`);
+  }
+
+  /** CPU time a process has used so far, in seconds (user and system). */
+  cpu(pid: number): { user: number; sys: number } {
+    // Fields after the command name (which may hold spaces): state is [0], utime [11], stime [12].
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { user: Number(f[11]) / CLK_TCK, sys: Number(f[12]) / CLK_TCK };
+  }
+
+  /** The whole machine's CPU time so far, in seconds summed over CPUs: all of it, and idle. */
+  machine(): { total: number; idle: number } {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const v = line.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
+    return { total: v.reduce((a, b) => a + b, 0) / CLK_TCK, idle: (v[3]! + v[4]!) / CLK_TCK };
+  }
+
+  /** The backends whose nat table in the lab netns holds a MESHREDIR rule or chain. */
+  natRulesOfOurs(): string[] {
+    const out: string[] = [];
+    for (const b of ['nft', 'legacy']) {
+      try {
+        const text = execFileSync('ip', ['netns', 'exec', this.ns, `iptables-${b}-save`, '-t', 'nat'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+        if (text.includes('MESHREDIR')) out.push(b);
+      } catch {
+        // that backend is not installed: it holds nothing
+      }
+    }
+    return out;
   }
 
   rss(pid: number): number {

@@ -59,8 +59,17 @@ export function nPossibleCpus(): number {
   return possibleCpus;
 }
 
-/** Map types whose kernel implementation has BPF_MAP_UPDATE_BATCH. */
-const BATCH_TYPES = new Set([1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */]);
+/** Map types whose kernel implementation has the BPF_MAP_*_BATCH commands: hash and array maps have
+ * their own; the LPM trie has the kernel's generic ones (get_next_key/lookup/update/delete in a loop
+ * inside one syscall, since 5.6). A kernel that refuses them anyway is noticed per map (see below). */
+const BATCH_TYPES = new Set([1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */, 11 /* lpm trie */]);
+const EINVAL = 22;
+const ENOSPC = 28;
+const EOPNOTSUPP = 95;
+const ENOTSUPP = 524; // the kernel's "this map type has no such batch operation"
+/** Why a batch command was refused outright (nothing done), per map type: later calls go one by one. */
+export const batchRefused = new Map<number, string>();
+const refusal = (r: number) => (r === -ENOTSUPP ? 'ENOTSUPP' : r === -EOPNOTSUPP ? 'EOPNOTSUPP' : r === -EINVAL ? 'EINVAL' : null);
 
 export class BpfMap<K, V> {
   private closed = false;
@@ -162,33 +171,108 @@ export class BpfMap<K, V> {
     return out;
   }
 
-  /** Writes many entries: one BPF_MAP_UPDATE_BATCH where the map type has it, else one by one. */
+  /** Writes many entries: BPF_MAP_UPDATE_BATCH where the map type has it, else one by one. */
   setMany(entries: Iterable<[K, V]>): number {
     const list = [...entries];
     if (list.length === 0) return 0;
-    if (!BATCH_TYPES.has(this.info.type) || this.perCpu) {
+    if (this.perCpu) {
       for (const [k, v] of list) this.set(k, v);
       return list.length;
     }
+    return this.setManyRaw(list.map(([k, v]) => [this.key.encode(k, Buffer.alloc(this.key.size)), this.value.encode(v, Buffer.alloc(this.value.size))]));
+  }
+
+  private batchable(): boolean {
+    return BATCH_TYPES.has(this.info.type) && !this.perCpu && !batchRefused.has(this.info.type);
+  }
+
+  /** The kernel refused a batch command before doing anything: remember why, go one by one. */
+  private refused(r: number, written: number, cmd: string): boolean {
+    const why = refusal(r);
+    if (!why || written !== 0) return false;
+    batchRefused.set(this.info.type, `${cmd} on ${this.name}: ${why}`);
+    return true;
+  }
+
+  /** Writes raw entries (key and value already encoded), in order, in as few syscalls as it can. */
+  setManyRaw(list: [Buffer, Buffer][]): number {
+    if (list.length === 0) return 0;
     const chunk = 8192;
-    for (let i = 0; i < list.length; i += chunk) {
-      const part = list.slice(i, i + chunk);
-      const keys = Buffer.alloc(this.key.size * part.length);
-      const vals = Buffer.alloc(this.value.size * part.length);
-      part.forEach(([k, v], j) => {
-        this.key.encode(k, keys, j * this.key.size);
-        this.value.encode(v, vals, j * this.value.size);
-      });
-      const count = Buffer.alloc(4);
-      count.writeUInt32LE(part.length);
-      const r: number = lib.bpf_map_update_batch(this.fd, keys, vals, count, NULL);
-      if (r < 0) throw new BpfError(`batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`, 'bpf_map_update_batch', r);
+    let i = 0;
+    if (this.batchable()) {
+      for (; i < list.length; i += chunk) {
+        const part = list.slice(i, i + chunk);
+        const keys = Buffer.concat(part.map(([k]) => k));
+        const vals = Buffer.concat(part.map(([, v]) => v));
+        const count = Buffer.alloc(4);
+        count.writeUInt32LE(part.length);
+        const r: number = lib.bpf_map_update_batch(this.fd, keys, vals, count, NULL);
+        if (r < 0 && this.refused(r, count.readUInt32LE(0), 'BPF_MAP_UPDATE_BATCH')) break;
+        if (r < 0) throw new BpfError(`batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`, 'bpf_map_update_batch', r);
+      }
     }
+    for (; i < list.length; i++) this.setRaw(list[i]![0], list[i]![1]);
     return list.length;
   }
 
-  /** Every entry as raw bytes (for diffing desired state against the kernel's). */
+  /** Deletes raw keys, in order, in as few syscalls as it can; keys that are not there are passed
+   * over (like deleteRaw). Returns how many were deleted. */
+  deleteManyRaw(keys: Buffer[]): number {
+    const chunk = 8192;
+    let i = 0;
+    let deleted = 0;
+    if (this.batchable()) {
+      while (i < keys.length) {
+        const part = keys.slice(i, i + chunk);
+        const count = Buffer.alloc(4);
+        count.writeUInt32LE(part.length);
+        const r: number = lib.bpf_map_delete_batch(this.fd, Buffer.concat(part), count, NULL);
+        const n = count.readUInt32LE(0);
+        if (r < 0 && this.refused(r, n, 'BPF_MAP_DELETE_BATCH')) break;
+        if (r < 0 && r !== -ENOENT) throw new BpfError(`batch delete from ${this.name} (${n} of ${part.length} deleted)`, 'bpf_map_delete_batch', r);
+        deleted += n;
+        i += r === -ENOENT ? n + 1 : part.length; // the kernel stops at a missing key: go on after it
+      }
+    }
+    for (; i < keys.length; i++) if (this.deleteRaw(keys[i]!)) deleted++;
+    return deleted;
+  }
+
+  /** Every entry as raw bytes (for diffing desired state against the kernel's): BPF_MAP_LOOKUP_BATCH
+   * where the map type has it (a few syscalls for the whole map), else key by key. */
   rawEntries(): [Buffer, Buffer][] {
+    if (!this.batchable()) return this.rawEntriesOneByOne();
+    const out: [Buffer, Buffer][] = [];
+    let chunk = 4096;
+    // The batch cursor is opaque: 4 bytes for hash maps (a bucket), a key for the generic
+    // implementation. A buffer of the larger size serves both.
+    let inBatch: Buffer | null = null;
+    const outBatch = Buffer.alloc(Math.max(8, this.key.size));
+    for (;;) {
+      const keys = Buffer.alloc(this.key.size * chunk);
+      const vals = Buffer.alloc(this.value.size * chunk);
+      const count = Buffer.alloc(4);
+      count.writeUInt32LE(chunk);
+      const r: number = lib.bpf_map_lookup_batch(this.fd, inBatch ?? NULL, outBatch, keys, vals, count, NULL);
+      const n = count.readUInt32LE(0);
+      if (r < 0 && r !== -ENOENT) {
+        if (r === -ENOSPC && n === 0 && chunk < 1 << 20) {
+          chunk *= 4; // a hash bucket holds more entries than the chunk: ask for more at once
+          continue;
+        }
+        if (inBatch === null && this.refused(r, n, 'BPF_MAP_LOOKUP_BATCH')) return this.rawEntriesOneByOne();
+        throw new BpfError(`batch look up in ${this.name}`, 'bpf_map_lookup_batch', r);
+      }
+      for (let j = 0; j < n; j++) {
+        out.push([Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)), Buffer.from(vals.subarray(j * this.value.size, (j + 1) * this.value.size))]);
+      }
+      if (r === -ENOENT) return out; // the end of the map
+      inBatch = Buffer.from(outBatch);
+      if (out.length > 50_000_000) throw new Error(`iterate ${this.name}: does not end`);
+    }
+  }
+
+  private rawEntriesOneByOne(): [Buffer, Buffer][] {
     const out: [Buffer, Buffer][] = [];
     for (const raw of this.rawKeys()) {
       const val = Buffer.alloc(this.rawValueSize);

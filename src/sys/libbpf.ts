@@ -44,6 +44,8 @@ const libbpfDecl = {
   bpf_map_delete_elem: ['int', ['int', p]],
   bpf_map_get_next_key: ['int', ['int', p, p]],
   bpf_map_update_batch: ['int', ['int', p, p, p, p]],
+  bpf_map_lookup_batch: ['int', ['int', p, p, p, p, p, p]],
+  bpf_map_delete_batch: ['int', ['int', p, p, p]],
   bpf_obj_pin: ['int', ['int', 'string']],
   bpf_obj_get: ['int', ['string']],
   bpf_obj_get_info_by_fd: ['int', ['int', p, p]],

@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Env, kernelDescribe, sh, OBJECT, ROOT } from './harness.js';
 import { BpfObject } from '../../src/bpf/object.js';
+import { batchRefused } from '../../src/bpf/map.js';
 import { Link } from '../../src/bpf/link.js';
 import { BpfError } from '../../src/bpf/errors.js';
 import { MAPS, STRUCT_CODECS, portKey, cidrKey } from '../../src/bpf/abi.js';
@@ -32,7 +33,7 @@ kernelDescribe('libbpf binding', () => {
     expect(obj.checkCodecs([drifted]).join('\n')).toMatch(/mr_port_key.*(size|offset|missing)/);
   });
 
-  it('typed maps: set/get/delete/entries and batch set (hash) and one-by-one (LPM trie)', () => {
+  it('typed maps: set/get/delete/entries and batch set, read and delete (hash and LPM trie)', () => {
     const ports = obj.map('mr_ports', MAPS.mr_ports.key, MAPS.mr_ports.value);
     const many = Array.from({ length: 5000 }, (_, i) => [{ slot: 7, port: i + 1, pad: 0 }, 2] as [typeof portKey extends { decode(b: Buffer): infer T } ? T : never, number]);
     expect(ports.setMany(many)).toBe(5000);
@@ -53,6 +54,19 @@ kernelDescribe('libbpf binding', () => {
     expect(cidrs.get(key(32, [10, 1, 2, 3]))).toBe(2);
     expect(cidrs.get(key(32, [10, 9, 9, 9]))).toBe(1);
     expect(cidrs.get(key(32, [11, 0, 0, 1]))).toBeUndefined();
+    // Batches on the LPM trie (the kernel's generic batch commands, since 5.6): write, read back, and
+    // delete with a key in the middle that is not there, which is passed over.
+    const many24 = Array.from({ length: 3000 }, (_, i) => [key(24, [172, 16 + (i >> 8), i & 255]), 2] as [ReturnType<typeof key>, number]);
+    expect(cidrs.setMany(many24)).toBe(3000);
+    const raw = cidrs.rawEntries();
+    expect(raw).toHaveLength(3002);
+    expect(batchRefused.get(11)).toBeUndefined(); // this kernel took the batch, no fallback
+    expect(cidrs.get(key(32, [172, 16 + (2999 >> 8), 2999 & 255, 9]))).toBe(2);
+    const enc = (k: ReturnType<typeof key>) => cidrs.key.encode(k, Buffer.alloc(cidrs.key.size));
+    const del = [...many24.slice(0, 1000).map(([k]) => enc(k)), enc(key(24, [192, 168, 1])), ...many24.slice(1000).map(([k]) => enc(k))];
+    expect(cidrs.deleteManyRaw(del)).toBe(3000);
+    expect(cidrs.keys()).toHaveLength(2);
+    expect(ports.rawEntries()).toHaveLength(4999);
     void cidrKey;
   });
 

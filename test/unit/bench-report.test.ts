@@ -1,27 +1,135 @@
-// bench-report.test.ts — the benchmark's summary: medians, min–max and ratios to the baseline mode.
+// bench-report.test.ts — the benchmark's summary (medians, min–max, ratios, rejected samples left out),
+// the checks that reject a sample whose counters show the mode did not act, and the run's plan.
 import { describe, expect, it } from 'vitest';
-import { summarise, renderMarkdown } from '../../src/bench/report.js';
-import type { Sample } from '../../src/bench/bench.js';
+import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } from '../../src/bench/report.js';
+import { judge, combine, fastShare, type LoadResult } from '../../src/bench/checks.js';
+import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
 
-const s = (mode: string, round: number, rate: number): Sample => ({ scenario: 'crr', mode, variant: '1B', round, metrics: { rate, ignored: 1 } });
+const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({ scenario: 'crr', mode, variant: '1B', round, metrics: { rate, ignored: 1, client_sys: 0.9 }, ...extra });
 
 describe('bench summary', () => {
-  const rows = summarise([s('direct', 1, 100), s('direct', 2, 120), s('direct', 3, 90), s('ebpf', 1, 80), s('ebpf', 2, 95), s('ebpf', 3, 70), s('ebpf', 4, 100)]);
+  const samples = [
+    s('direct', 1, 100),
+    s('direct', 2, 120),
+    s('direct', 3, 90),
+    s('ebpf', 1, 80),
+    s('ebpf', 2, 95),
+    s('ebpf', 3, 70),
+    s('ebpf', 4, 100),
+    s('ebpf', 5, 1_000_000, { invalid: ['eBPF redirected 0 of the 5 connections that reached a server'] }),
+  ];
+  const rows = summarise(samples);
+  const main = rows.filter((r) => r.metric === 'rate');
 
-  it('takes medians (odd and even counts), min–max, and only the metrics it shows', () => {
-    expect(rows.map((r) => [r.mode, r.metric, r.median, r.min, r.max, r.n])).toEqual([
-      ['direct', 'rate', 100, 90, 120, 3],
-      ['ebpf', 'rate', 87.5, 70, 100, 4],
+  it('takes medians (odd and even counts) and min–max over valid samples only, and counts the rejected', () => {
+    expect(main.map((r) => [r.mode, r.metric, r.median, r.min, r.max, r.n, r.rejected])).toEqual([
+      ['direct', 'rate', 100, 90, 120, 3, 0],
+      ['ebpf', 'rate', 87.5, 70, 100, 4, 1],
     ]);
+    expect(rows.some((r) => r.metric === 'ignored')).toBe(false);
   });
 
-  it('gives each mode its ratio to the baseline of the same scenario and variant', () => {
-    expect(rows.find((r) => r.mode === 'ebpf')!.ratio).toBeCloseTo(0.875);
-    expect(rows.find((r) => r.mode === 'direct')!.ratio).toBe(1);
+  it('gives each mode its ratio to the baseline of the same scenario and variant; CPU gets none', () => {
+    expect(main.find((r) => r.mode === 'ebpf')!.ratio).toBeCloseTo(0.875);
+    expect(main.find((r) => r.mode === 'direct')!.ratio).toBe(1);
+    expect(rows.find((r) => r.metric === 'client_sys')!.ratio).toBeUndefined();
   });
 
-  it('renders a markdown table per scenario', () => {
-    const md = renderMarkdown(rows, { date: 'd', kernel: 'k', cpus: 2, rounds: 4, duration: 3 });
-    expect(md).toContain('| 1B | ebpf | rate | 87.5 | 70.0–100 | 0.88× |');
+  it('renders per scenario a table, its CPU, the missing modes and every rejected sample with why', () => {
+    const md = renderMarkdown(rows, { date: 'd', kernel: 'k', cpus: 2, rounds: 5, duration: 3, warmup: 0.3 }, samples, [{ scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'no sk_msg link' }]);
+    expect(md).toContain('| 1B | ebpf | rate | 87.5 | 70.0–100 | 4 (+1 rejected) | 0.88× |');
+    expect(md).toContain('| 1B | ebpf | – | 90% (90%–90%) | – | – | – |');
+    expect(md).toContain('| proxy | ebpf+sk_msg | no sk_msg link |');
+    expect(md).toContain('| crr | 1B | ebpf | 5 | eBPF redirected 0 of the 5 connections that reached a server |');
+    expect(renderTable(rows, [], samples)).toContain('rejected: crr 1B ebpf round 5: eBPF redirected 0');
+  });
+
+  it('lists the fast path counters of every sk_msg sample', () => {
+    const fast: Sample = { scenario: 'hop', mode: 'ebpf+sk_msg', variant: 'stream 64B', round: 2, metrics: { mbytes_s: 10 }, counters: { msg_fast: 90, msg_slow: 10, msg_resumed: 1, accel_sockets: 2, conns: 1 } };
+    const md = renderMarkdown(summarise([fast]), {}, [fast]);
+    expect(md).toContain('| hop | stream 64B | 2 | 90 | 10 | 1 | 2 | 1 | 90% | yes |');
+    expect(md).toContain('None: every sample passed its checks.');
+    expect(fastShare({ msg_fast: 0, msg_slow: 0 })).toBeUndefined();
+  });
+});
+
+const load = (o: Partial<LoadResult> = {}): LoadResult => ({
+  mode: 'crr',
+  requests: 1000,
+  rate: 1000,
+  p50_us: 100,
+  p99_us: 200,
+  errors: 0,
+  err_connect: 0,
+  err_reset: 0,
+  err_other: 0,
+  conns: 1000,
+  client_user: 0.1,
+  client_sys: 0.8,
+  wall: 1.3,
+  bytes: 0,
+  confirmed: 0,
+  mbytes_s: 0,
+  e2e_mbytes_s: 0,
+  drain_ms: 0,
+  ...o,
+});
+
+describe('bench docs', () => {
+  it('fills the generated section between its markers and nothing else', () => {
+    const text = 'method\n<!-- x:begin -->\nold\n<!-- x:end -->\nreading\n';
+    expect(splice(text, 'x', 'new')).toBe('method\n<!-- x:begin -->\nnew\n<!-- x:end -->\nreading\n');
+    expect(() => splice('no markers', 'x', 'new')).toThrow(/no <!-- x:begin -->/);
+  });
+  it('shows the two-client check and the README summary from the same rows', () => {
+    const rows = summarise([s('direct', 1, 100), { ...s('direct', 1, 150), variant: '1B, 2 clients' }, s('ebpf', 1, 90)]);
+    expect(renderMarkdown(rows, {}, [])).toContain('÷ with one (16 in flight): direct 1.50×');
+    const md = renderReadmeSummary(rows, { rounds: 5, duration: 3, date: '2026-01-01T00', kernel: 'k', cpus: 2 }, [{ scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'r' }]);
+    expect(md).toContain('| new connections/s, redirect only (TCP_CRR, 1 B) | 100 | — | 90 (0.90×) | — |');
+    expect(md).toMatch(/through HAProxy, new connections\/s .*\| missing \|$/m);
+  });
+});
+
+describe('bench checks: a sample counts only when the mode acted on every connection', () => {
+  const ebpfOk = { redirected: 1016, established: 1016, origdst_served: 1016, accel_sockets: 0 };
+  it('accepts a clean sample of each mode', () => {
+    expect(judge('direct', load(), {})).toEqual([]);
+    expect(judge('iptables', load(), { ipt_redirected: 1016 })).toEqual([]);
+    expect(judge('ebpf', load(), ebpfOk, { viaProxy: true })).toEqual([]);
+    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 2032, msg_fast: 2000, msg_slow: 5 }, { viaProxy: true })).toEqual([]);
+  });
+
+  it('rejects connections that were not redirected (they still reach a server)', () => {
+    expect(judge('iptables', load(), { ipt_redirected: 0 })).toEqual(['iptables REDIRECT took 0 of the 1000 connections that reached a server']);
+    expect(judge('ebpf', load(), { ...ebpfOk, redirected: 10 }).join()).toMatch(/eBPF redirected 10 of the 1000/);
+    expect(judge('ebpf', load(), { ...ebpfOk, origdst_served: 0 }, { viaProxy: true }).join()).toMatch(/SO_ORIGINAL_DST from eBPF for 0 of 1000/);
+  });
+
+  it('rejects sk_msg runs that did not take the fast path, and says why', () => {
+    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 1000, msg_fast: 0, msg_slow: 3000 }).join('\n')).toMatch(/1000 socket\(s\) joined the fast path for 1000 connections[^]*no message took the fast path \(msg_fast 0, msg_slow 3000\)/);
+    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_blocking: 1000, msg_fast: 0 }).join()).toMatch(/blocking application socket/);
+    expect(judge('ebpf', load(), { ...ebpfOk, accel_sockets: 2 }).join()).toMatch(/without accelerate/);
+  });
+
+  it('rejects client errors, empty runs and a stream the sink did not fully confirm', () => {
+    expect(judge('direct', load({ errors: 3, err_connect: 2, err_reset: 1 }), {})).toEqual(['3 client error(s): 2 connect, 1 reset/EOF, 0 other']);
+    expect(judge('direct', load({ requests: 0 }), {})).toEqual(['no request completed']);
+    expect(judge('direct', load({ mode: 'stream', requests: 0, bytes: 10, confirmed: 9 }), {})).toEqual(['the sink confirmed 9 of 10 bytes']);
+    expect(judge('direct', load({ mode: 'stream', requests: 0, bytes: 10, confirmed: 10 }), {})).toEqual([]);
+  });
+
+  it('adds up clients that ran side by side', () => {
+    const c = combine([load({ rate: 100, conns: 10, requests: 100, p50_us: 10, client_sys: 0.5 }), load({ rate: 300, conns: 30, requests: 300, p50_us: 20, client_sys: 0.7 })]);
+    expect([c.rate, c.conns, c.client_sys, c.p50_us]).toEqual([400, 40, 1.2, 17.5]);
+  });
+});
+
+describe('bench plan', () => {
+  it('rotates the mode order each round', () => {
+    expect([1, 2, 3, 4].map((r) => rotate(['a', 'b', 'c'], r).join(''))).toEqual(['abc', 'bca', 'cab', 'abc']);
+  });
+  it('counts the measurements of the modes that can run', () => {
+    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (6 + 6 + 10 + 16 + 1));
+    expect(plannedSteps(['proxy'], 2, undefined, () => 1)).toBe(4);
   });
 });

@@ -1,11 +1,12 @@
 // bench.ts — `meshredir bench`: eBPF vs iptables vs direct on this machine, side by side.
 import { Command } from 'commander';
 import { z } from 'zod';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { release, cpus } from 'node:os';
-import type { Scenario } from '../../bench/bench.js';
+import type { Scenario, Sample, Missing } from '../../bench/bench.js';
+import type { Row } from '../../bench/report.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError } from '../output.js';
 
@@ -14,50 +15,90 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 // Kept here (not imported from the bench module) so that loading the CLI does not load the bench
 // and its chart renderer: the agent's memory and start time are among the things measured.
 const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'control'] as const satisfies readonly Scenario[];
+/** The full run's defaults, and the quick run's (every scenario once, short measurements). */
+const FULL = { rounds: 5, duration: 3 };
+const QUICK = { rounds: 1, duration: 0.5, hopSizes: [64, 65536] };
 
 const flags = z.object({
   only: z
     .string()
     .transform((s) => s.split(',').map((x) => x.trim()))
     .pipe(z.array(z.enum(SCENARIOS))),
-  rounds: z.coerce.number().int().min(1).max(50),
-  duration: z.coerce.number().min(0.2).max(60),
+  rounds: z.coerce.number().int().min(1).max(50).optional(),
+  duration: z.coerce.number().min(0.2).max(60).optional(),
   out: z.string(),
   quick: z.boolean().optional(),
+  docs: z.boolean().optional(),
+  from: z.string().optional(),
 });
 
 export const benchCommand = new Command('bench')
   .description('measure direct, iptables, eBPF and eBPF+sk_msg side by side in namespaces it creates and removes (root)')
   .option('--only <list>', `scenarios, comma-separated: ${SCENARIOS.join(',')}`, SCENARIOS.join(','))
-  .option('--rounds <n>', 'rounds (modes interleaved within each round)', '5')
-  .option('--duration <seconds>', 'seconds per measurement', '3')
-  .option('--quick', 'a run under a minute: crr and control only, 1 s measurements')
+  .option('--rounds <n>', `rounds (modes interleaved within each round, their order rotated each round) (default: ${FULL.rounds}; --quick: ${QUICK.rounds})`)
+  .option('--duration <seconds>', `seconds per measurement (default: ${FULL.duration}; --quick: ${QUICK.duration})`)
+  .option('--quick', `a run under a minute: every scenario (or --only's) once, ${QUICK.duration} s measurements, hop sizes ${QUICK.hopSizes.join(' and ')} B only`)
   .option('--out <dir>', 'where the JSON (every raw sample), the SVG chart and the markdown go', join(root, 'bench-results'))
+  .option('--docs', 'also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README\'s measured results')
+  .option('--from <json>', 'measure nothing: render the outputs (and with --docs the docs) again from the JSON of an earlier run')
   .action(async (raw: Record<string, unknown>) => {
     const r = flags.safeParse(raw);
     if (!r.success) throw new UserError(r.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join('\n'), 2);
     const o = r.data;
-    const { runBench } = await import('../../bench/bench.js');
     const { summarise, renderTable, renderSvg, renderMarkdown } = await import('../../bench/report.js');
-    const only: Scenario[] = o.quick ? ['crr', 'control'] : o.only;
-    const duration = o.quick ? 1 : o.duration;
+    if (o.from) {
+      let run: { meta: Record<string, unknown>; missing?: Missing[]; samples: Sample[] };
+      try {
+        run = JSON.parse(readFileSync(o.from, 'utf8')) as typeof run;
+      } catch (e) {
+        throw new UserError(`--from: ${(e as Error).message}`, 2);
+      }
+      if (!Array.isArray(run.samples) || typeof run.meta !== 'object') throw new UserError(`--from: ${o.from} is not the JSON of a bench run`, 2);
+      const rows = summarise(run.samples);
+      console.log(renderTable(rows, run.missing ?? [], run.samples));
+      if (o.docs) await writeDocs(run.meta, rows, run.samples, run.missing ?? []);
+      return;
+    }
+    const { runBench, WARMUP } = await import('../../bench/bench.js');
+    const preset = o.quick ? QUICK : FULL;
+    const rounds = o.rounds ?? preset.rounds;
+    const duration = o.duration ?? preset.duration;
+    const hopSizes = o.quick ? QUICK.hopSizes : undefined;
     const started = Date.now();
-    const { samples } = await runBench({
-      only,
-      rounds: o.rounds,
+    const { samples, missing, env } = await runBench({
+      only: o.only,
+      rounds,
       duration,
+      ...(hopSizes ? { hopSizes } : {}),
       object: DEFAULT_OBJECT,
       mrload: join(root, 'build', 'mrload'),
       cli: join(root, 'dist', 'cli', 'main.js'),
       progress: (line) => process.stderr.write(`${line}\n`),
     });
-    const meta = { date: new Date().toISOString(), kernel: release(), cpus: cpus().length, rounds: o.rounds, duration, only, seconds: (Date.now() - started) / 1000 };
+    const meta = { date: new Date().toISOString(), kernel: release(), cpus: cpus().length, rounds, duration, warmup: WARMUP, only: o.only, quick: !!o.quick, tcp_rmem: env.tcp_rmem, seconds: (Date.now() - started) / 1000 };
     const rows = summarise(samples);
     mkdirSync(o.out, { recursive: true });
     const stamp = meta.date.replace(/[:.]/g, '-');
-    writeFileSync(join(o.out, `bench-${stamp}.json`), JSON.stringify({ meta, rows, samples }, null, 2));
+    writeFileSync(join(o.out, `bench-${stamp}.json`), JSON.stringify({ meta, missing, rows, samples }, null, 2));
     writeFileSync(join(o.out, `bench-${stamp}.svg`), await renderSvg(rows));
-    writeFileSync(join(o.out, `bench-${stamp}.md`), renderMarkdown(rows, meta));
-    console.log(renderTable(rows));
+    writeFileSync(join(o.out, `bench-${stamp}.md`), renderMarkdown(rows, meta, samples, missing));
+    console.log(renderTable(rows, missing, samples));
     console.log(`raw samples, chart and markdown: ${join(o.out, `bench-${stamp}.{json,svg,md}`)} (${meta.seconds.toFixed(0)} s)`);
+    if (o.docs) await writeDocs(meta, rows, samples, missing);
+    const rejected = samples.filter((s) => s.invalid).length;
+    if (rejected) throw new Error(`${rejected} of ${samples.length} samples were rejected (listed above): their medians are over fewer samples, or missing`);
   });
+
+/** The documented run: docs/benchmarks.{json,svg}, the generated section of docs/benchmarks.md and
+ * the README's measured results. The method and the reading around them are written by hand. */
+async function writeDocs(meta: Record<string, unknown>, rows: Row[], samples: Sample[], missing: Missing[]): Promise<void> {
+  const { renderSvg, renderMarkdown, renderReadmeSummary, splice } = await import('../../bench/report.js');
+  const docs = join(root, 'docs');
+  writeFileSync(join(docs, 'benchmarks.json'), JSON.stringify({ meta, missing, samples }, null, 2));
+  writeFileSync(join(docs, 'benchmarks.svg'), await renderSvg(rows));
+  const md = join(docs, 'benchmarks.md');
+  writeFileSync(md, splice(readFileSync(md, 'utf8'), 'bench:results', renderMarkdown(rows, meta, samples, missing)));
+  const readme = join(root, 'README.md');
+  writeFileSync(readme, splice(readFileSync(readme, 'utf8'), 'bench:summary', renderReadmeSummary(rows, meta, missing)));
+  console.log(`docs: ${md} (generated section), ${join(docs, 'benchmarks.{json,svg}')}, ${readme} (measured results)`);
+}
