@@ -101,6 +101,7 @@ struct mr_orig {
 #define MR_SK_SERVED   (1u << 2) /* the proxy's accepted socket: orig is its original destination */
 #define MR_SK_ACCEL    (1u << 3) /* in mr_sockhash (orig.slot names the policy) */
 #define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP until the peer has read all of it */
+#define MR_SK_FRESH    (1u << 5) /* just accelerated: bytes may have gone by TCP before (TFO data) */
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */

@@ -66,21 +66,22 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_cidrs SEC(".maps") __weak;
 
-/* Records of redirected connections that the proxy has not read yet: the proxy's first
- * SO_ORIGINAL_DST read moves the record onto its accepted socket (mr_sk) and deletes it here, and
- * the application's close deletes an unread one. So this table holds only connections waiting for
- * the proxy's accept, whatever the number of open connections. Its size is twice the agent's limit
- * (mr_gauges[MR_G_LIMIT]): once that many records wait, connect() is refused (fail closed), because a
- * redirected connection without a record would make a proxy such as HAProxy, whose SO_ORIGINAL_DST
- * read fails, forward the connection to its own address. The other half is headroom for connects
- * that passed the check and have not completed their handshake yet. */
+/* Records of redirected connections whose handshake is in flight: published by sockops as the SYN
+ * leaves, moved onto the proxy's accepted socket (mr_sk) when the proxy's kernel completes the
+ * handshake, and deleted by the application's close if no proxy socket ever claimed them (a failed
+ * handshake; a connect in TCP_REPAIR mode, as `meshredir verify` does). So this table holds only
+ * handshakes in flight, whatever the number of open connections. Its size is twice the agent's limit
+ * (mr_gauges[MR_G_LIMIT]): once that many records exist (a proxy whose accept queue is full drops
+ * SYNs, and the connects wait), connect() is refused (fail closed), because a redirected connection
+ * without a record would make a proxy such as HAProxy, whose SO_ORIGINAL_DST read fails, forward the
+ * connection to its own address. The other half is headroom for connects between the check and the
+ * SYN. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
 	__type(value, struct mr_orig);
-	__uint(max_entries, 131072);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} mr_orig SEC(".maps") __weak;
+	__uint(max_entries, 32768);
+} mr_orig SEC(".maps") __weak; /* preallocated: a record must not fail for want of memory */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -270,7 +271,8 @@ static __always_inline int mr_room(__u32 slot)
 {
 	__u64 *limit = mr_gauge(MR_G_LIMIT);
 	__u64 *pending = mr_gauge(MR_G_PENDING);
-	if (!limit || !pending || *limit == 0 || *pending < *limit)
+	/* Signed: a gauge pushed below zero from outside must not read as a full table. */
+	if (!limit || !pending || *limit == 0 || (__s64)*pending < (__s64)*limit)
 		return 1;
 	MR_COUNT(slot, err_full);
 	return 0;

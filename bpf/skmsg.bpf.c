@@ -88,11 +88,14 @@ int mr_skmsg(struct sk_msg_md *msg)
 	struct tcp_sock *peer = mr_peer_ok(&key, msg->size);
 	if (!peer)
 		return mr_slow(st);
-	if (st->flags & MR_SK_SLOWPATH) {
+	if (st->flags & (MR_SK_SLOWPATH | MR_SK_FRESH)) {
+		int fresh = st->flags & MR_SK_FRESH;
+		st->flags &= ~MR_SK_FRESH;
 		if (!mr_drained(tp, peer))
 			return mr_slow(st);
+		if (!fresh || (st->flags & MR_SK_SLOWPATH))
+			MR_COUNT(st->orig.slot, msg_resumed);
 		st->flags &= ~MR_SK_SLOWPATH;
-		MR_COUNT(st->orig.slot, msg_resumed);
 	}
 	if (bpf_msg_redirect_hash(msg, &mr_sockhash, &key, BPF_F_INGRESS) != SK_PASS)
 		return mr_slow(st);

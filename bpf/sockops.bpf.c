@@ -40,7 +40,8 @@ static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_
 			bpf_map_update_elem(&mr_peers, key, &addr, BPF_ANY);
 		if (key != &st->key)
 			st->key = *key; /* the proxy's socket: its own key, for the close */
-		st->flags |= MR_SK_ACCEL;
+		/* Its first message checks that no byte went by TCP before it joined (TCP Fast Open). */
+		st->flags |= MR_SK_ACCEL | MR_SK_FRESH;
 		MR_COUNT(slot, accel_sockets);
 		MR_COUNT(slot, accel_open);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -70,15 +71,12 @@ static __always_inline int mr_accelerated_policy(__u32 slot)
 	return p && (p->flags & MR_F_ACCELERATE);
 }
 
-static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
+/* Publishes the application socket's record under the tuple the proxy will see. Called when the SYN
+ * is about to leave (TCP_CONNECT_CB: so the record exists before any proxy-side socket can, TCP Fast
+ * Open included, and counts against the limit while the handshake is in flight), or at
+ * ACTIVE_ESTABLISHED for a connect that sent no SYN (TCP_REPAIR: `meshredir verify`). */
+static __always_inline void mr_publish(struct bpf_sock_ops *skops, struct mr_sk *st)
 {
-	struct bpf_sock *sk = skops->sk;
-	if (!sk)
-		return;
-	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
-	if (!st || !(st->flags & MR_SK_APP))
-		return;
-
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
 	MR_READ_ADDRS(skops, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
@@ -93,25 +91,63 @@ static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
 		((__u32 *)o.addr)[0] = a;
 		o.family = AF_INET;
 	}
-	/* The fast path first, so that the record tells the proxy's side whether to join it. */
 	o.flags = 0;
-	if (mr_accelerated_policy(o.slot)) {
-		if (!mr_nonblocking(sk))
-			MR_COUNT(o.slot, accel_blocking);
-		else if (mr_accelerate(skops, sk, st, o.slot, &st->key))
-			o.flags |= MR_O_ACCEL;
-	}
 	if (mr_orig_put(&st->key, &o)) {
 		MR_COUNT(o.slot, err_orig);
 		return;
 	}
 	st->flags |= MR_SK_RECORDED;
-	MR_COUNT(o.slot, established);
+	/* The close of the socket (also of a handshake that fails) deletes an unclaimed record. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* The proxy's side of a redirected connection: accelerated when the application's policy asks and
- * the accepting socket belongs to that policy's proxy (not any listener that happens to sit there). */
+static __always_inline struct mr_sk *mr_app_storage(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	return st && (st->flags & MR_SK_APP) ? st : 0;
+}
+
+static __always_inline void mr_on_connect(struct bpf_sock_ops *skops)
+{
+	struct mr_sk *st = mr_app_storage(skops);
+	if (st && !(st->flags & MR_SK_RECORDED))
+		mr_publish(skops, st);
+}
+
+static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct mr_sk *st = mr_app_storage(skops);
+	if (!sk || !st)
+		return;
+	if (!(st->flags & MR_SK_RECORDED))
+		mr_publish(skops, st);
+	if (!(st->flags & MR_SK_RECORDED))
+		return;
+	__u32 slot = st->orig.slot;
+	MR_COUNT(slot, established);
+	/* The fast path: decided before our ACK leaves, so the record tells the proxy's side. */
+	if (!mr_accelerated_policy(slot))
+		return;
+	if (!mr_nonblocking(sk)) {
+		MR_COUNT(slot, accel_blocking);
+		return;
+	}
+	if (mr_accelerate(skops, sk, st, slot, &st->key)) {
+		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &st->key);
+		if (rec)
+			rec->flags |= MR_O_ACCEL;
+	}
+}
+
+/* The proxy's side of a redirected connection, as soon as its kernel completes the handshake (before
+ * accept()): the record moves onto the accepted socket, where SO_ORIGINAL_DST reads it however late
+ * the proxy gets to it and whatever the application did meanwhile (even closed). The table then only
+ * holds handshakes in flight. With the application's side on the fast path, this end joins it if the
+ * accepting socket belongs to the policy's proxy (not any listener that happens to sit there). */
 static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -128,17 +164,19 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 	struct mr_orig *o = bpf_map_lookup_elem(&mr_orig, &k);
 	if (!o)
 		return;
-	__u32 slot = o->slot;
-	/* Only when the application's side is on the fast path (else this end could never redirect). */
-	if (!(o->flags & MR_O_ACCEL) || !mr_sock_is_proxy(sk, slot))
-		return; /* nothing to do: no storage allocated on the proxy's socket */
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
-		return;
-	st->orig.slot = slot;
-	struct mr_tuple_key own;
-	mr_tuple(&own, v4, local, lport, remote, rport, cookie);
-	mr_accelerate(skops, sk, st, slot, &own);
+		return; /* the record stays in the table: getsockopt finds it there */
+	st->orig = *o;
+	st->flags |= MR_SK_SERVED;
+	__u32 slot = o->slot;
+	int accel = o->flags & MR_O_ACCEL;
+	mr_orig_del(&k);
+	if (accel && mr_sock_is_proxy(sk, slot)) {
+		struct mr_tuple_key own;
+		mr_tuple(&own, v4, local, lport, remote, rport, cookie);
+		mr_accelerate(skops, sk, st, slot, &own);
+	}
 }
 
 static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
@@ -150,7 +188,7 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
 	if (!st)
 		return;
 	if (st->flags & MR_SK_RECORDED) {
-		mr_orig_del(&st->key);
+		mr_orig_del(&st->key); /* a no-op when the proxy's side claimed it */
 		st->flags &= ~MR_SK_RECORDED;
 	}
 	/* The kernel takes a closing socket out of the sockhash itself; this keeps the gauge. */
@@ -165,6 +203,9 @@ SEC("sockops")
 int mr_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		mr_on_connect(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		mr_on_established(skops);
 		break;

@@ -73,6 +73,7 @@ export class Agent {
   private rearm?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
+  private lastDrift = 0n;
 
   constructor(
     readonly opts: AgentOptions,
@@ -254,7 +255,15 @@ export class Agent {
     }
     for (const o of outsideRoot(policies, cgroupPathOf(this.opts.cgroupRoot))) warn({ event: 'outside_root', policy: o.policy, field: o.field, cgroup: o.cgroup }, o.message);
     const r = this.mode.applyPolicies(policies);
-    if (this.mode.syncPending()) warn({ event: 'drift', map: 'mr_gauges' }, 'the pending-record gauge disagreed with mr_orig (records removed from outside?); corrected');
+    const drift = this.mode.pendingDrift();
+    // Records come and go between the two reads: only a gap seen twice in a row is reported.
+    if (drift.gauge !== BigInt(drift.records) && this.lastDrift === drift.gauge - BigInt(drift.records)) {
+      this.log.error(
+        { event: 'drift', map: 'mr_gauges', gauge: String(drift.gauge), records: drift.records },
+        `the count of handshakes in flight (${drift.gauge}) disagrees with the records in mr_orig (${drift.records}): records were deleted from outside; connects are refused past --max-connections by that count until 'meshredir cleanup' and a restart`,
+      );
+    }
+    this.lastDrift = drift.gauge - BigInt(drift.records);
     for (const x of r.rejected) {
       errors.push(x.message);
       this.log.error({ event: 'policy_error', reason, policy: x.name }, x.message);
@@ -390,7 +399,7 @@ export class Agent {
     } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
       const state = removeState(this.opts.stateDir).removed;
-      if (r.kept.length) this.log.warn({ event: 'cleanup', ...r, state }, `removed everything but the fast path, kept for ${r.openAccelerated} socket(s) of open accelerated connections; run meshredir cleanup once they have closed`);
+      if (r.kept.length) this.log.warn({ event: 'cleanup', ...r, state }, `removed everything but the kTLS guard and the maps of ${r.openAccelerated} socket(s) still on the fast path (kept until they close); run meshredir cleanup once they have closed`);
       else this.log.info({ event: 'cleanup', ...r, state }, 'removed everything meshredir made');
     } else {
       this.log.info({ event: 'stopped' }, 'stopped; redirection stays in place (pins kept)');

@@ -97,8 +97,8 @@ export const MAPS = {
 } as const;
 /** Indexes of mr_gauges (enum mr_gauge). */
 export const Gauge = { PENDING: 0, LIMIT: 1 } as const;
-/** Default limit of connections waiting for the proxy's accept (mr_orig holds twice as many). */
-export const DEFAULT_MAX_CONNECTIONS = 65_536;
+/** Default limit of redirected handshakes in flight (mr_orig holds twice as many). */
+export const DEFAULT_MAX_CONNECTIONS = 16_384;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
 export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;

@@ -37,6 +37,24 @@ export function checkStruct(btf: Ptr, codec: StructCodec<unknown>): string[] {
   return problems;
 }
 
+/** Whether the running kernel's BTF has `struct name` with a member `member` (null: no kernel BTF). */
+export function kernelHasMember(struct: string, member: string): boolean | null {
+  const btf: Ptr = lib.btf__load_vmlinux_btf();
+  if (isNull(btf)) return null;
+  try {
+    const id: number = lib.btf__find_by_name_kind(btf, struct, BTF_KIND_STRUCT);
+    if (id < 0) return false;
+    const t: Ptr = lib.btf__type_by_id(btf, id);
+    if (isNull(t)) return false;
+    const vlen = readAt(t, 12).readUInt32LE(4) & 0xffff;
+    const members = readAt(t, vlen * 12, 12);
+    for (let i = 0; i < vlen; i++) if (lib.btf__name_by_offset(btf, members.readUInt32LE(i * 12)) === member) return true;
+    return false;
+  } finally {
+    lib.btf__free(btf);
+  }
+}
+
 // --- Structural comparison of two BTF types (a pinned map's, from the kernel, and the new object's) ---
 
 const KIND = ['void', 'int', 'ptr', 'array', 'struct', 'union', 'enum', 'fwd', 'typedef', 'volatile', 'const', 'restrict', 'func', 'func_proto', 'var', 'datasec', 'float', 'decl_tag', 'type_tag', 'enum64'];

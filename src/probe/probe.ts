@@ -8,10 +8,11 @@ import { lib, c, NULL, isNull, errno } from '../sys/libbpf.js';
 import { errnoName, BpfError } from '../bpf/errors.js';
 import { BpfObject } from '../bpf/object.js';
 import { Link } from '../bpf/link.js';
+import { kernelHasMember } from '../bpf/btf.js';
 import { PROGRAMS, type ProgramName } from '../bpf/abi.js';
 import { cgroup2Mount, bpffsMount } from '../util/host.js';
 
-export const FEATURES = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'sockhash', 'skMsg', 'getsockopt', 'getpeername', 'skLookup', 'sendmsg'] as const;
+export const FEATURES = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'sockhash', 'skMsg', 'skMsgQueueLen', 'getsockopt', 'getpeername', 'skLookup', 'sendmsg'] as const;
 export type Feature = (typeof FEATURES)[number];
 
 /** What the eBPF mode needs, all of it: a partial set must not make a half-working mode. */
@@ -179,6 +180,9 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
 
   if (features.bpf) {
     set('btf', probeBtf());
+    // The fast path's flow control reads a peer's unread fast-path bytes (psock msg_tot_len).
+    const qlen = kernelHasMember('sk_psock', 'msg_tot_len');
+    set('skMsgQueueLen', qlen === true ? true : qlen === null ? 'no kernel BTF to look in' : "struct sk_psock has no msg_tot_len: the fast path could not bound a slow reader's queue (accelerate is not applied)");
     const sh: number = lib.bpf_map_create(MAP.SOCKHASH, 'mr_probe', 4, 4, 1, NULL);
     set('sockhash', sh >= 0 ? true : fail('bpf_map_create(sockhash)', sh));
 

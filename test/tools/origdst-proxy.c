@@ -87,6 +87,7 @@ struct conn {
 
 static int epfd = -1;
 static enum mode mode = MODE_REPORT;
+static int log_reports; /* --log: report lines also go to stdout (the client may be gone) */
 static struct ep listeners[2];
 static int nlisteners;
 static struct ep sigep;
@@ -529,6 +530,10 @@ static void handle_accepted(int fd, int family, const union addr *peer)
 		fprintf(stderr, "origdst-proxy: getsockopt: %s\n", strerror(err));
 		if (mode == MODE_REPORT) {
 			snprintf(line, sizeof(line), "ERR %s\n", errno_name(err));
+			if (log_reports) {
+				fputs(line, stdout);
+				fflush(stdout);
+			}
 			report_start(fd, line);
 		} else {
 			close(fd);
@@ -541,6 +546,10 @@ static void handle_accepted(int fd, int family, const union addr *peer)
 		fmt_addr(&dst, dip, sizeof(dip), &dport);
 		fmt_addr(peer, pip, sizeof(pip), &pport);
 		snprintf(line, sizeof(line), "ORIGDST %s %u PEER %s %u\n", dip, dport, pip, pport);
+		if (log_reports) {
+			fputs(line, stdout);
+			fflush(stdout);
+		}
 		report_start(fd, line);
 		return;
 	}
@@ -601,7 +610,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: origdst-proxy --listen ADDR:PORT [--listen6 [ADDR6]:PORT]\n"
-		"                     [--mode forward|report] [--ready-fd N]\n");
+		"                     [--mode forward|report] [--log] [--ready-fd N]\n");
 	exit(2);
 }
 
@@ -732,6 +741,10 @@ int main(int argc, char **argv)
 
 		if (!strcmp(opt, "-h") || !strcmp(opt, "--help"))
 			usage();
+		if (!strcmp(opt, "--log")) { /* the one flag without a value */
+			log_reports = 1;
+			continue;
+		}
 		if (eq)
 			val = eq + 1;
 		else if (i + 1 < argc)

@@ -11,7 +11,7 @@ export const cleanupCommand = new Command('cleanup')
   .option('--bpffs <dir>', 'bpffs directory of the agent', DEFAULT_BPFFS)
   .option('--iptables-state <file>', 'state file of the iptables mode', DEFAULT_STATE)
   .option('--state-dir <dir>', 'state directory of the agent (agent.json is removed)', DEFAULT_STATE_DIR)
-  .option('--force', 'also remove the fast path while accelerated connections are open (their bytes in flight may be lost)')
+  .option('--force', 'remove everything even while sockets are on the fast path (they keep it until they close, without the kTLS guard)')
   .option('--json', 'print one JSON object')
   .action((opts: { bpffs: string; iptablesState: string; stateDir: string; force?: boolean; json?: boolean }) => {
     const mode = new EbpfMode({ bpffs: opts.bpffs, cgroupRoot: '/', object: DEFAULT_OBJECT });
@@ -23,9 +23,10 @@ export const cleanupCommand = new Command('cleanup')
     const failed = r.iptablesNetns.filter((n) => n.outcome === 'failed');
     if (failed.length) process.exitCode = 1;
     const kept = r.kept.length
-      ? `kept the fast path (${r.kept.join(', ')}) for ${r.openAccelerated} socket(s) of open accelerated connections: removing it now could lose bytes in flight between them. ` +
-        'Redirection of new connections has stopped; run cleanup again once they have closed, or use --force.'
+      ? `kept ${r.kept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
+        'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).'
       : null;
+    if (r.undrained > 0 && !opts.json) console.error(`${r.undrained} redirected handshake(s) were still in flight after 5 s: their proxy may not find their original destination`);
     if (opts.json) printJson(r);
     else if (r.state.kept) console.log(r.state.kept);
     if (opts.json) {

@@ -73,11 +73,11 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE, stateDi
     agent,
     bpffs,
     attachPoint: links.find((l) => l.cgroup)?.cgroup ?? null,
-    fastPath: links.some((l) => l.name === 'mr_skmsg' && l.attached) ? 'available' : 'unavailable (no sk_msg link: kernel < 6.10?)',
+    fastPath: ((f) => (f.usable ? 'available' : `unavailable: ${f.why}`))(mode.fastPath()),
     links,
     policies,
     maps: mode.fill(),
-    records: mode.pending(),
+    records: { ...mode.pending(), inTable: mode.pendingDrift().records },
     unknownOrigDst: Number(global?.origdst_unknown ?? 0n),
     unsupported: ['spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)'],
     ...(ipt ? { iptables: ipt.netns, iptablesPolicies: ipt.policies } : {}),
@@ -139,5 +139,5 @@ export const statusCommand = new Command('status')
       ),
     );
     console.log(table(['map', 'entries', 'capacity'], s.maps.map((m) => [m.map, m.entries, m.max])));
-    console.log(`connections waiting for the proxy's accept: ${s.records.pending} (connect() is refused past ${s.records.limit})`);
+    console.log(`redirected handshakes in flight: ${s.records.pending} (connect() is refused past ${s.records.limit})${s.records.inTable !== s.records.pending ? `; ${s.records.inTable} records in mr_orig` : ''}`);
   });

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, chmodSync, statS
 import { basename, join } from 'node:path';
 import { BpfObject } from '../../bpf/object.js';
 import { BpfMap, mapInfo, type MapInfo } from '../../bpf/map.js';
-import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
+import { KernelBtf, compareBtfTypes, kernelHasMember } from '../../bpf/btf.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
@@ -386,9 +386,19 @@ export class EbpfMode {
     return { entries: toEntries(keep, slots, res, { fastPath: this.fastPathAttached() }), slots, res, keep, conflicts };
   }
 
-  /** Whether the sk_msg program is attached (kernel >= 6.10): without it `accelerate` is not applied. */
+  /** Whether `accelerate` can be applied here, and if not why: the sk_msg program is attached (sk_msg
+   * links: kernel >= 6.10) and the kernel lets it see a peer's unread fast-path bytes (the psock's
+   * msg_tot_len, its only flow control; without it a slow reader would let a sender queue without
+   * bound). */
+  fastPath(): { usable: boolean; why?: string } {
+    if (!this.links().some((l) => l.name === 'mr_skmsg' && l.attached)) return { usable: false, why: 'no sk_msg link (kernel < 6.10, or not attached)' };
+    const queue = kernelHasMember('sk_psock', 'msg_tot_len');
+    if (queue !== true) return { usable: false, why: "the kernel's psock has no msg_tot_len: the fast path could not bound a slow reader's queue" };
+    return { usable: true };
+  }
+
   fastPathAttached(): boolean {
-    return this.links().some((l) => l.name === 'mr_skmsg' && l.attached);
+    return this.fastPath().usable;
   }
 
   /**
@@ -480,21 +490,17 @@ export class EbpfMode {
   }
 
   /**
-   * Keeps the pending-record gauge equal to the number of records. The programs keep it exact; this
-   * repairs drift from outside (records deleted by hand), which would otherwise make connects fail
-   * closed early. Rewrites it only when two reads around the count agree. Returns whether it wrote.
+   * The pending-record gauge against the records really in mr_orig. The programs keep the gauge exact
+   * (+1 per record added, -1 per record really deleted); only deletions from outside (bpftool) make
+   * them disagree, and only a program may change the gauge (a write from here would race theirs).
    */
-  syncPending(): boolean {
-    return this.withMaps(['mr_gauges', 'mr_orig'], (maps) => {
-      const g = maps.get('mr_gauges')! as BpfMap<number, bigint>;
-      const before = g.get(Gauge.PENDING) ?? 0n;
-      const n = BigInt(maps.get('mr_orig')!.rawKeys().length);
-      const after = g.get(Gauge.PENDING) ?? 0n;
-      if (before !== after || after === n) return false;
-      g.set(Gauge.PENDING, n);
-      return true;
-    });
+  pendingDrift(): { gauge: bigint; records: number } {
+    return this.withMaps(['mr_gauges', 'mr_orig'], (maps) => ({
+      gauge: BigInt.asIntN(64, (maps.get('mr_gauges')! as BpfMap<number, bigint>).get(Gauge.PENDING) ?? 0n),
+      records: maps.get('mr_orig')!.rawKeys().length,
+    }));
   }
+
 
   /** Whether meshredir's pins exist under the bpffs directory. */
   installed(): boolean {
@@ -523,7 +529,7 @@ export class EbpfMode {
   pending(): { pending: number; limit: number } {
     return this.withMaps(['mr_gauges'], (maps) => {
       const g = maps.get('mr_gauges')! as BpfMap<number, bigint>;
-      return { pending: Number(g.get(Gauge.PENDING) ?? 0n), limit: Number(g.get(Gauge.LIMIT) ?? 0n) };
+      return { pending: Number(BigInt.asIntN(64, g.get(Gauge.PENDING) ?? 0n)), limit: Number(g.get(Gauge.LIMIT) ?? 0n) };
     });
   }
 
@@ -570,38 +576,48 @@ export class EbpfMode {
   /**
    * Detaches every pinned link, removes every pin and the directories. Idempotent.
    *
-   * While sockets are on the fast path, removing the sockhash would drop the bytes already handed to a
-   * peer's fast-path queue and not read yet (the kernel frees those queues with the sockhash). So unless
-   * `force`, the sk_msg link, the sockhash and the setsockopt link (which keeps kTLS off those sockets)
-   * are kept until those connections have closed: redirection stops at once for new connections, the
-   * open ones finish intact, and another cleanup removes the rest.
+   * In order: the connect hooks first (nothing new is redirected), then a bounded wait for the
+   * handshakes already redirected to be claimed by their proxy's socket (so none reaches the proxy
+   * without the record it reads), then the rest. A socket on the fast path keeps it until it closes
+   * (the kernel gives each socket its own hold on the sk_msg program and its maps); while such sockets
+   * exist, unless `force`, the setsockopt link (which refuses kTLS on them) and the maps they use stay
+   * pinned, so that they keep that guard and a restarted agent re-adopts the same maps; another cleanup
+   * once they have closed removes the rest.
    */
-  cleanup(opts: { force?: boolean } = {}): { detached: string[]; unpinned: string[]; kept: string[]; openAccelerated: number } {
-    const open = this.acceleratedSockets();
-    const keep = new Set<string>(open > 0 && !opts.force ? [join(this.linksDir, 'mr_skmsg'), join(this.linksDir, 'mr_setsockopt'), join(this.mapsDir, 'mr_sockhash')] : []);
-    const out = { detached: [] as string[], unpinned: [] as string[], kept: [] as string[], openAccelerated: open };
-    if (existsSync(this.linksDir)) {
-      for (const name of readdirSync(this.linksDir)) {
-        const pin = join(this.linksDir, name);
-        if (keep.has(pin)) {
-          out.kept.push(pin);
-          continue;
-        }
+  cleanup(opts: { force?: boolean; drainMs?: number } = {}): { detached: string[]; unpinned: string[]; kept: string[]; openAccelerated: number; undrained: number } {
+    const out = { detached: [] as string[], unpinned: [] as string[], kept: [] as string[], openAccelerated: 0, undrained: 0 };
+    const detach = (name: string) => {
+      const pin = join(this.linksDir, name);
+      if (!existsSync(pin)) return;
+      try {
+        const l = Link.open(pin);
         try {
-          const l = Link.open(pin);
-          try {
-            l.detach();
-            out.detached.push(name);
-          } finally {
-            l.close();
-          }
-        } catch (e) {
-          // A pin that is not a link (or already defunct) is still ours to remove.
-          if (!(e instanceof BpfError)) throw e;
+          l.detach();
+          out.detached.push(name);
+        } finally {
+          l.close();
         }
-        rmSync(pin, { force: true });
-        out.unpinned.push(pin);
+      } catch (e) {
+        // A pin that is not a link (or already defunct) is still ours to remove.
+        if (!(e instanceof BpfError)) throw e;
       }
+      rmSync(pin, { force: true });
+      out.unpinned.push(pin);
+    };
+    for (const name of REDIRECTING) detach(name);
+    if (existsSync(join(this.mapsDir, 'mr_gauges'))) {
+      const end = Date.now() + (opts.drainMs ?? 5000);
+      // A synchronous wait (cleanup is a last step, and callers are synchronous): Atomics.wait sleeps.
+      const nap = new Int32Array(new SharedArrayBuffer(4));
+      while ((out.undrained = this.pending().pending) > 0 && Date.now() < end) Atomics.wait(nap, 0, 0, 50);
+    }
+    if (existsSync(this.linksDir)) for (const name of readdirSync(this.linksDir).filter((n) => n !== 'mr_setsockopt')) detach(name);
+    // Counted once nothing can join the fast path any more (sockops is detached).
+    out.openAccelerated = this.acceleratedSockets();
+    const keep = new Set<string>(out.openAccelerated > 0 && !opts.force ? [join(this.linksDir, 'mr_setsockopt'), ...['mr_sockhash', 'mr_sk', 'mr_peers', 'mr_stats'].map((m) => join(this.mapsDir, m))] : []);
+    if (existsSync(join(this.linksDir, 'mr_setsockopt'))) {
+      if (keep.has(join(this.linksDir, 'mr_setsockopt'))) out.kept.push(join(this.linksDir, 'mr_setsockopt'));
+      else detach('mr_setsockopt');
     }
     if (existsSync(this.mapsDir)) {
       for (const name of readdirSync(this.mapsDir)) {
@@ -625,5 +641,6 @@ export class EbpfMode {
     if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
     return out;
   }
+
 
 }

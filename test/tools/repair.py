@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+# repair.py — a connect in TCP_REPAIR mode (the kernel runs the connect and sockops hooks but sends no
+# packet), from LOCAL_PORT to HOST PORT; prints {"local": ..., "peer": ...} and holds the socket until
+# stdin closes. Two of these with the same port in two network namespaces have identical tuples.
+import json
+import socket
+import sys
+
+host, port, lport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_TCP, 19, 1)  # TCP_REPAIR
+s.bind(("0.0.0.0", lport))
+s.connect((host, port))
+print(json.dumps({"local": s.getsockname(), "peer": s.getpeername()}), flush=True)
+sys.stdin.read()
+s.close()
