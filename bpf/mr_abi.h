@@ -93,6 +93,19 @@ struct mr_orig {
 	__u8 addr[16];
 };
 
+/* mr_peers: the same keys as mr_sockhash, each with what a peer's sk_msg program needs to know of
+ * this socket. sk_msg programs cannot take a reference on a sockhash entry (no bpf_sk_release there), so
+ * the socket is described by addresses taken when it joined the fast path and read with probe reads: a
+ * hint that is only trusted to choose TCP, never to redirect (the redirect itself goes through the
+ * sockhash). TCP sockets are freed RCU-type-safe and psocks after an RCU grace period, so a stale
+ * address reads another object's numbers at worst. */
+struct mr_peer {
+	__u64 sk;     /* struct tcp_sock * */
+	__u64 psock;  /* struct sk_psock * (its msg_tot_len: bytes redirected to it and not read yet) */
+	__u32 limit;  /* unread fast-path bytes it may hold: tcp_rmem's maximum in its netns, >= 4 MiB */
+	__u32 pad;
+};
+
 /* mr_sk: per-socket storage (freed by the kernel with the socket), on two kinds of socket: the
  * application's redirected socket (MR_SK_APP) and the proxy's accepted socket once it has read the
  * original destination (MR_SK_SERVED; repeated reads are answered from here). */
@@ -102,11 +115,14 @@ struct mr_orig {
 #define MR_SK_ACCEL    (1u << 3) /* in mr_sockhash (orig.slot names the policy) */
 #define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP until the peer has read all of it */
 #define MR_SK_FRESH    (1u << 5) /* just accelerated: bytes may have gone by TCP before (TFO data) */
+#define MR_SK_PEER     (1u << 6) /* peer_key and peer are cached */
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
-	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED */
+	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED, and (its own) when MR_SK_ACCEL */
 	__u32 flags;
 	__u32 pad;
+	struct mr_tuple_key peer_key; /* MR_SK_PEER: the peer's sockhash key ... */
+	struct mr_peer peer;          /* ... and its description, from mr_peers (cached: one lookup) */
 };
 
 /* mr_gauges: global values shared by every hook (array of __u64). */
@@ -144,13 +160,6 @@ struct mr_stats {
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with
  * saddr/sport = the socket's local end and daddr/dport = its remote end; netns as in mr_orig (the
  * cookie when the remote address is loopback, else 0). The peer of a socket has the mirrored key. */
-
-/* mr_peers: the same keys as mr_sockhash, each with the address of its socket (struct tcp_sock).
- * sk_msg programs cannot take a reference on a sockhash entry (no bpf_sk_release there), so the peer's
- * state (its unread fast-path bytes, its buffer, an upper-layer protocol) is read through this address
- * with probe reads: a hint that is only trusted to choose TCP, never to redirect (the redirect itself
- * goes through the sockhash). TCP sockets are freed RCU-type-safe, so a stale address reads another
- * socket's numbers at worst. */
 
 /* mr_slots: user-space bookkeeping (no program reads it): which policy owns a slot, so that slots
  * stay stable across agent restarts and `status` can name policies from the pins alone. */

@@ -17,6 +17,8 @@
 #define SOL_TCP 6
 #define TCP_ULP 31
 #define MR_PAGE_SIZE 4096
+#define MR_SK_USER_DATA_PTRMASK (~7ul) /* sk_user_data carries flag bits (NOCOPY, BPF, PSOCK) */
+#define MR_INGRESS_MIN (4u << 20)      /* the smallest bound on a peer's unread fast-path bytes */
 
 char LICENSE[] SEC("license") __weak = "GPL";
 
@@ -121,7 +123,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
-	__type(value, __u64);
+	__type(value, struct mr_peer);
 	__uint(max_entries, 65536);
 } mr_peers SEC(".maps") __weak;
 

@@ -34,10 +34,17 @@ static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_
 					 __u32 slot, struct mr_tuple_key *key)
 {
 	if (bpf_sock_hash_update(skops, &mr_sockhash, key, BPF_NOEXIST) == 0) {
+		/* What the peer's sk_msg program reads of this socket: taken once here, so that each
+		 * message costs one probe read (the psock's unread bytes), not a walk through the socket. */
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-		__u64 addr = (__u64)tp;
-		if (tp)
-			bpf_map_update_elem(&mr_peers, key, &addr, BPF_ANY);
+		if (tp) {
+			struct mr_peer pe = { .sk = (__u64)tp };
+			pe.psock = (__u64)tp->inet_conn.icsk_inet.sk.sk_user_data & MR_SK_USER_DATA_PTRMASK;
+			struct net *net = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net;
+			int rmax = net ? net->ipv4.sysctl_tcp_rmem[2] : 0;
+			pe.limit = rmax > (int)MR_INGRESS_MIN ? (__u32)rmax : MR_INGRESS_MIN;
+			bpf_map_update_elem(&mr_peers, key, &pe, BPF_ANY);
+		}
 		if (key != &st->key)
 			st->key = *key; /* the proxy's socket: its own key, for the close */
 		/* Its first message checks that no byte went by TCP before it joined (TCP Fast Open). */

@@ -46,6 +46,7 @@ export const tupleKey = struct('mr_tuple_key', {
   family: 'u8',
   pad: { bytes: 3 },
 });
+export const peerValue = struct('mr_peer', { sk: 'u64', psock: 'u64', limit: 'u32', pad: 'u32' });
 export const origValue = struct('mr_orig', { family: 'u8', flags: 'u8', port: 'be16', slot: 'u32', addr: { bytes: 16 } });
 
 export const STAT_FIELDS = [
@@ -92,7 +93,7 @@ export const MAPS = {
   mr_stats: { key: u32, value: statsValue },
   mr_slots: { key: u32, value: slotMeta },
   mr_sockhash: { key: tupleKey, value: u64 },
-  mr_peers: { key: tupleKey, value: u64 },
+  mr_peers: { key: tupleKey, value: peerValue },
   mr_gauges: { key: u32, value: u64 },
 } as const;
 /** Indexes of mr_gauges (enum mr_gauge). */
@@ -102,7 +103,7 @@ export const DEFAULT_MAX_CONNECTIONS = 16_384;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
 export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
-export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, proxyKey, portKey, cidrKey, tupleKey, origValue, statsValue, slotMeta];
+export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, proxyKey, portKey, cidrKey, tupleKey, origValue, peerValue, statsValue, slotMeta];
 
 /**
  * Every program, in attach order: whatever answers for a redirected connection (sockops publishing the

@@ -307,7 +307,7 @@ kernelDescribe('node agent', () => {
       sh('cp', ['-r', join(env.rootDir, 'bpf'), join(out, 'bpf')]);
       const hdr = join(out, 'bpf', 'mr_abi.h');
       const text = readFileSync(hdr, 'utf8');
-      const swapped = text.replace(/(struct mr_sk \{[^}]*?)\t__u32 flags;\n\t__u32 pad;\n\};/, '$1\t__u32 pad;\n\t__u32 flags;\n};');
+      const swapped = text.replace(/(struct mr_sk \{[^}]*?)\t__u32 flags;\n\t__u32 pad;\n/, '$1\t__u32 pad;\n\t__u32 flags;\n');
       expect(swapped).not.toBe(text);
       writeFileSync(hdr, swapped);
       // Built by the project's own Makefile rules (same clang flags, bpftool gen object), in the copy.
@@ -315,7 +315,7 @@ kernelDescribe('node agent', () => {
       const p = env.cli(['agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', '--object', join(out, 'build', 'meshredir.bpf.o')]);
       await waitFor(() => p.child.exitCode !== null, 'the agent refuses and exits', undefined, 30_000);
       expect(await p.exited).toBe(1);
-      expect(p.err).toMatch(/pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 72 in the pinned map, at byte 76 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad; object orig, key, pad, flags\)\)\. Adopting it would make the new programs misread/);
+      expect(p.err).toMatch(/pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 72 in the pinned map, at byte 76 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad, peer_key, peer; object orig, key, pad, flags, peer_key, peer\)\)\. Adopting it would make the new programs misread/);
       expect(p.err).toMatch(/run 'meshredir cleanup --bpffs /);
     } finally {
       rmSync(out, { recursive: true, force: true });
