@@ -11,6 +11,8 @@ cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
 root="/meshredir-test-demo-$id"
 bpffs="/sys/fs/bpf/meshredir-test-demo-$id"
 policies=$(mktemp -d /tmp/meshredir-demo-XXXXXX)
+state=$(mktemp -d /tmp/meshredir-demo-state-XXXXXX)   # the demo's own agent state, never the host's /run/meshredir
+own=(--bpffs "$bpffs" --state-dir "$state" --iptables-state "$state/iptables.json")
 node_ns="mr-demo-$id-node"; a_ns="mr-demo-$id-a"; b_ns="mr-demo-$id-b"; up_ns="mr-demo-$id-up"
 pids=()
 meshredir() { node dist/cli/main.js "$@"; }
@@ -20,12 +22,12 @@ cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  [ -e "$bpffs" ] && meshredir cleanup --bpffs "$bpffs" >/dev/null
+  [ -e "$bpffs" ] && meshredir cleanup "${own[@]}" >/dev/null
   [ -e "$cg2$root/cgroup.kill" ] && echo 1 > "$cg2$root/cgroup.kill"
   for ns in "$node_ns" "$a_ns" "$b_ns" "$up_ns"; do ip netns del "$ns" 2>/dev/null; done
   sleep 0.2
   find "$cg2$root" -depth -type d -exec rmdir {} \; 2>/dev/null
-  rm -rf "$policies" "/tmp/meshredir-demo-$id.cfg"
+  rm -rf "$policies" "$state" "/tmp/meshredir-demo-$id.cfg"
   echo; echo "demo: cleaned up (namespaces, cgroups, pins)"
 }
 trap cleanup EXIT INT TERM
@@ -77,7 +79,7 @@ say "Policy: pod A's connections go to the node proxy (HAProxy, 'server o 0.0.0.
 cat "$policies/pod-a.yaml"
 
 say "Starting the agent (programs attach at $root, never the machine's root cgroup)"
-node dist/cli/main.js agent --policies "$policies" --cgroup-root "$root" --bpffs "$bpffs" --mode ebpf 2> "$policies/agent.log" & pids+=($!)
+node dist/cli/main.js agent --policies "$policies" --cgroup-root "$root" "${own[@]}" --mode ebpf 2> "$policies/agent.log" & pids+=($!)
 for _ in $(seq 100); do grep -q redirect-ready "$policies/agent.log" && break; sleep 0.1; done
 grep -q redirect-ready "$policies/agent.log" || { cat "$policies/agent.log"; exit 1; }
 
@@ -95,4 +97,4 @@ show "pod A" "$root/pod-a" "$a_ns"
 show "pod B" "$root/pod-b" "$b_ns"
 
 say "meshredir status"
-meshredir status --bpffs "$bpffs"
+meshredir status "${own[@]}"

@@ -107,7 +107,7 @@ kernelDescribe('node agent', () => {
 
   it('a crash between loading and attaching converges to the same state as a clean start', async () => {
     const clean = snapshot();
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    await env.cliRun(env.cleanupArgs());
     const faulty = env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: 'after-load' } });
     await faulty.exited;
     expect(faulty.child.signalCode).toBe('SIGKILL');
@@ -135,7 +135,7 @@ kernelDescribe('node agent', () => {
     const order = Object.keys(PROGRAMS) as ProgramName[];
     const cgroupPrograms = order.filter((x) => PROGRAMS[x].attach !== 'sk_msg');
     for (let n = 1; n < order.length; n++) {
-      await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      await env.cliRun(env.cleanupArgs());
       const faulty = faultyAgent(`between-attach:${n}`);
       await faulty.exited;
       expect(faulty.child.signalCode, faulty.err).toBe('SIGKILL');
@@ -151,7 +151,7 @@ kernelDescribe('node agent', () => {
   });
 
   it('an attach that fails undoes what that load attached, and never leaves a connect hook without its dependencies', async () => {
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    await env.cliRun(env.cleanupArgs());
     let p = faultyAgent('fail-attach:mr_connect6');
     expect(await p.exited).toBe(1);
     const before6 = (Object.keys(PROGRAMS) as ProgramName[]).slice(0, Object.keys(PROGRAMS).indexOf('mr_connect6')).reverse();
@@ -182,7 +182,7 @@ kernelDescribe('node agent', () => {
       states.push(snapshot());
       await env.stop(a);
     }
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    await env.cliRun(env.cleanupArgs());
     expect(sh('bpftool', ['cgroup', 'show', env.cgRootDir]).trim().split('\n').filter((l) => / mr_/.test(l))).toEqual([]);
     expect(sh('sh', ['-c', `ls -A ${env.bpffs} 2>/dev/null || true`]).trim()).toBe('');
     expect(existsSync(env.stateDir)).toBe(false); // agent.json too

@@ -269,7 +269,7 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     await L.until('the transfer on the fast path', async () => (await L.counters('forward')).accel_sockets! - before.accel_sockets! === 2);
     expect(await env.stop(agent)).toBe(0);
     const open = await L.sockhash();
-    const first = env.cli(['cleanup', '--bpffs', env.bpffs]);
+    const first = env.cli(env.cleanupArgs());
     expect(await first.exited).toBe(1);
     expect(first.err).toMatch(new RegExp(`kept .* for ${open} socket\\(s\\) still on the fast path`));
     // Kept: the kTLS guard, and the maps those sockets' programs use (a restart re-adopts them).
@@ -281,7 +281,7 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     // …and the open one finishes intact, still on the fast path.
     const r = await long.result();
     expect(r).toMatchObject({ ok: true });
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    await env.cliRun(env.cleanupArgs());
     expect(existsSync(env.bpffs)).toBe(false);
   });
 });

@@ -38,6 +38,10 @@ export class Env {
   readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
   /** The agent's --state-dir (agent.json), never the host's /run/meshredir. */
   readonly stateDir = join(tmpdir(), `meshredir-test-${this.id}-state`);
+  /** `meshredir cleanup` of this env's install only (never the host's default state files). */
+  cleanupArgs(...extra: string[]): string[] {
+    return ['cleanup', '--bpffs', this.bpffs, '--state-dir', this.stateDir, '--iptables-state', join(this.stateDir, 'iptables.json'), ...extra];
+  }
   readonly toolsDir = TOOLS;
   readonly rootDir = ROOT;
   readonly cliPath = CLI;
@@ -197,7 +201,7 @@ export class Env {
     if (existsSync(join(this.cgRootDir, 'cgroup.kill'))) writeFileSync(join(this.cgRootDir, 'cgroup.kill'), '1');
     if (existsSync(this.bpffs)) {
       try {
-        sh(process.execPath, [CLI, 'cleanup', '--force', '--bpffs', this.bpffs, '--state-dir', this.stateDir]);
+        sh(process.execPath, [CLI, ...this.cleanupArgs('--force')]);
       } catch (e) {
         problems.push((e as Error).message);
       }

@@ -179,13 +179,13 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const f = await pod('f');
       mode(state).apply([policy('f', f.cg)]);
       const fail = shim({ 'iptables-nft-restore': 'echo "iptables-nft-restore: simulated failure" >&2; exit 1' });
-      const p = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs], { env: { PATH: `${fail}:${process.env.PATH}` } });
+      const p = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir], { env: { PATH: `${fail}:${process.env.PATH}` } });
       expect(await p.exited).toBe(1);
       expect(p.err).toMatch(/FAILED: policy f: .*simulated failure.*rules may remain in network namespace/);
       expect(p.err).toMatch(/1 network namespace\(s\) still hold MESHREDIR rules; they stay in/);
       expect(ours(f.ns).length).toBeGreaterThan(0);
       expect(Object.keys((JSON.parse(readFileSync(state, 'utf8')) as { netns: object }).netns)).toHaveLength(1);
-      const ok = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs]);
+      const ok = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
       expect(await ok.exited).toBe(0);
       expect(ok.out).toMatch(/policy f: removed every MESHREDIR line/);
       expect(ours(f.ns)).toEqual([]);

@@ -198,7 +198,7 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     expect(await env.stop(agent)).toBe(0);
     const r = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);
     expect(r.data).toMatch(/^up 10\.200\.0\.1 /);
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
+    await env.cliRun(env.cleanupArgs());
     const d = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);
     expect(d.data).toMatch(/^up 10\.200\.0\.11 /);
     mkdirSync(dir, { recursive: true });

@@ -243,7 +243,7 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
 
   it('agent SIGTERM keeps redirection; cleanup is idempotent', async () => {
     expect(await env.stop(agent)).toBe(0);
-    await env.cliRun(['cleanup', '--bpffs', env.bpffs]);
-    expect(await env.cliRun(['cleanup', '--bpffs', env.bpffs])).toMatch(/nothing to clean/);
+    await env.cliRun(env.cleanupArgs());
+    expect(await env.cliRun(env.cleanupArgs())).toMatch(/nothing to clean/);
   });
 });
