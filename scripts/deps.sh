@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux wrk iperf3 sockperf)
+pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,8 +16,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# npm 11 here refuses `npm ci` when the lock file lacks optional packages of other platforms that this
-# registry does not serve; `npm install` honours the lock file's versions all the same.
+# Exactly the committed lock file (it carries every platform's optional packages, so npm ci accepts it
+# and a fresh clone stays clean). Skipped when node_modules already matches the lock.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm install --no-audit --no-fund --loglevel=error
+  npm ci --no-audit --no-fund --loglevel=error
 fi

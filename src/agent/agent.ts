@@ -2,7 +2,14 @@
 // loaded and pinned, on start, on every change in the directory (debounced) and periodically.
 import { watch, existsSync, renameSync, statSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { loadPolicyFile, parsePolicyText, policyFiles, checkSet, formatError, type FileResult } from '../policy/load.js';
+import {
+  loadPolicyFile,
+  parsePolicyText,
+  policyFiles,
+  checkSet,
+  formatError,
+  type FileResult,
+} from '../policy/load.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
 import type { Policy } from '../policy/schema.js';
 import { EbpfMode } from '../modes/ebpf/ebpf.js';
@@ -99,24 +106,43 @@ export class Agent {
     if (prev instanceof Error) {
       const aside = `${statePath(this.opts.stateDir)}.bad`;
       renameSync(statePath(this.opts.stateDir), aside);
-      this.log.error({ event: 'state_unreadable', file: aside }, `${prev.message}; moved to ${aside}; the previously applied content of invalid policy files is unknown`);
+      this.log.error(
+        { event: 'state_unreadable', file: aside },
+        `${prev.message}; moved to ${aside}; the previously applied content of invalid policy files is unknown`,
+      );
     }
     const old = prev instanceof Error ? null : prev;
     for (const [file, a] of Object.entries(old?.applied ?? {})) {
       const r = parsePolicyText(a.text, file);
       if (r.errors.length) {
-        this.log.warn({ event: 'state_dropped', file }, `${file}: the remembered applied content no longer validates; forgotten (${r.errors.map(formatError).join('; ')})`);
+        this.log.warn(
+          { event: 'state_dropped', file },
+          `${file}: the remembered applied content no longer validates; forgotten (${r.errors.map(formatError).join('; ')})`,
+        );
         continue;
       }
       this.applied.set(file, { text: a.text, policies: r.policies.filter((p) => a.policies.includes(p.name)) });
     }
-    const d = this.opts.decision ?? { requested: this.opts.mode, chosen: this.opts.mode, reason: `--mode ${this.opts.mode} given` };
+    const d = this.opts.decision ?? {
+      requested: this.opts.mode,
+      chosen: this.opts.mode,
+      reason: `--mode ${this.opts.mode} given`,
+    };
     this.state = {
       version: 1,
       mode: { requested: d.requested, chosen: d.chosen, reason: d.reason, at: new Date().toISOString() },
       ...(d.probe ? { probe: d.probe } : {}),
-      agent: { pid: process.pid, policies: resolve(this.opts.policies), cgroupRoot: this.opts.cgroupRoot, bpffs: this.opts.bpffs, ...(this.opts.iptables ? { iptablesState: this.opts.iptables.stateFile } : {}), startedAt: new Date().toISOString() },
-      applied: Object.fromEntries([...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }])),
+      agent: {
+        pid: process.pid,
+        policies: resolve(this.opts.policies),
+        cgroupRoot: this.opts.cgroupRoot,
+        bpffs: this.opts.bpffs,
+        ...(this.opts.iptables ? { iptablesState: this.opts.iptables.stateFile } : {}),
+        startedAt: new Date().toISOString(),
+      },
+      applied: Object.fromEntries(
+        [...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }]),
+      ),
       ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
     };
     writeState(this.opts.stateDir, this.state);
@@ -127,10 +153,13 @@ export class Agent {
     if (!this.state) return;
     const next: AgentState = {
       ...this.state,
-      applied: Object.fromEntries([...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }])),
+      applied: Object.fromEntries(
+        [...this.applied].map(([f, a]) => [f, { text: a.text, policies: a.policies.map((p) => p.name) }]),
+      ),
       lastReconcile: rec,
     };
-    const same = (s: AgentState) => JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
+    const same = (s: AgentState) =>
+      JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
     if (same(next) === same(this.state)) return;
     this.state = next;
     writeState(this.opts.stateDir, next);
@@ -146,7 +175,13 @@ export class Agent {
     const rootId = String(cgroupId(this.opts.cgroupRoot));
     const links = this.mode.links();
     if (links.length !== this.expectedProgs.size) return false;
-    if (!links.every((l) => l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId)) return false;
+    if (
+      !links.every(
+        (l) =>
+          l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId,
+      )
+    )
+      return false;
     const maps = this.mode.pinnedMapIds();
     return [...this.expectedMaps].every(([name, id]) => id !== undefined && maps.get(name) === id);
   }
@@ -158,7 +193,8 @@ export class Agent {
    */
   private async readPolicies(): Promise<{ policies: Policy[]; errors: string[]; used: Map<string, Applied> }> {
     // A directory that vanished (unmounted, renamed) is not "no policies": change nothing.
-    if (!existsSync(this.opts.policies)) throw new Error(`policy directory ${this.opts.policies} does not exist; nothing was changed`);
+    if (!existsSync(this.opts.policies))
+      throw new Error(`policy directory ${this.opts.policies} does not exist; nothing was changed`);
     const files = await policyFiles(this.opts.policies);
     const results = new Map<string, FileResult>();
     const texts = new Map<string, string>();
@@ -169,7 +205,9 @@ export class Agent {
       results.set(f, { file: f, policies: prev.policies, errors: [] });
       texts.set(f, prev.text);
       kept.add(f);
-      errors.push(`${f}: not applied${why}; keeping its previously applied content (${prev.policies.map((p) => p.name).join(', ') || 'empty'})`);
+      errors.push(
+        `${f}: not applied${why}; keeping its previously applied content (${prev.policies.map((p) => p.name).join(', ') || 'empty'})`,
+      );
     };
     for (const f of files) {
       const r = await loadPolicyFile(f);
@@ -192,7 +230,12 @@ export class Agent {
       }
       const back = [...new Set(set.rejected.map((p) => p.file))].filter((f) => !kept.has(f) && this.applied.has(f));
       if (back.length === 0) {
-        const used = new Map([...results.keys()].map((f) => [f, { text: texts.get(f)!, policies: set.policies.filter((p) => p.file === f) }]));
+        const used = new Map(
+          [...results.keys()].map((f) => [
+            f,
+            { text: texts.get(f)!, policies: set.policies.filter((p) => p.file === f) },
+          ]),
+        );
         return { policies: set.policies, errors, used };
       }
       for (const f of back) keep(f, ' (it conflicts with an applied policy)');
@@ -204,10 +247,30 @@ export class Agent {
     const warnings: string[] = [];
     try {
       const r = await this.reconcileOnce(reason, warnings);
-      this.record({ at: new Date().toISOString(), reason, ok: true, mode: this.modeName, writes: r.writes, deletes: r.deletes, policies: r.policies, errors: r.errors, warnings });
+      this.record({
+        at: new Date().toISOString(),
+        reason,
+        ok: true,
+        mode: this.modeName,
+        writes: r.writes,
+        deletes: r.deletes,
+        policies: r.policies,
+        errors: r.errors,
+        warnings,
+      });
       return r;
     } catch (e) {
-      this.record({ at: new Date().toISOString(), reason, ok: false, mode: this.modeName, writes: 0, deletes: 0, policies: 0, errors: [(e as Error).message], warnings });
+      this.record({
+        at: new Date().toISOString(),
+        reason,
+        ok: false,
+        mode: this.modeName,
+        writes: 0,
+        deletes: 0,
+        policies: 0,
+        errors: [(e as Error).message],
+        warnings,
+      });
       throw e;
     }
   }
@@ -227,17 +290,36 @@ export class Agent {
         errors.push(msg);
         this.log.error({ event: 'skipped', mode: 'iptables', policy: sk.policy, reason: sk.reason }, msg);
       }
-      for (const f of r.failed) this.log.error({ event: 'apply_failed', mode: 'iptables', policy: f.policy, netns: f.netns, reason: f.reason }, `${f.policy}: ${f.reason}`);
+      for (const f of r.failed)
+        this.log.error(
+          { event: 'apply_failed', mode: 'iptables', policy: f.policy, netns: f.netns, reason: f.reason },
+          `${f.policy}: ${f.reason}`,
+        );
       for (const rm of r.removed) {
         if (rm.outcome === 'failed') this.log.error({ event: 'remove_failed', mode: 'iptables', ...rm }, rm.detail);
         else this.log.info({ event: 'removed', mode: 'iptables', ...rm }, rm.detail);
       }
-      for (const p of policies) for (const n of ignoredFields(p)) warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
+      for (const p of policies)
+        for (const n of ignoredFields(p)) warn({ event: 'ignored', policy: p.name }, `${p.name}: ${n}`);
       const removed = r.removed.filter((x) => x.outcome !== 'failed').length;
       const writes = r.applied.length + removed;
-      if (writes || r.stateWritten) this.log.info({ event: 'reconciled', mode: 'iptables', reason, applied: r.applied, removed: r.removed, stateWritten: r.stateWritten }, 'reconciled');
+      if (writes || r.stateWritten)
+        this.log.info(
+          {
+            event: 'reconciled',
+            mode: 'iptables',
+            reason,
+            applied: r.applied,
+            removed: r.removed,
+            stateWritten: r.stateWritten,
+          },
+          'reconciled',
+        );
       else this.log.debug({ event: 'reconciled', mode: 'iptables', reason, writes: 0 }, 'in sync');
-      errors.push(...r.failed.map((f) => `${f.policy}: ${f.reason}`), ...r.removed.filter((x) => x.outcome === 'failed').map((x) => x.detail));
+      errors.push(
+        ...r.failed.map((f) => `${f.policy}: ${f.reason}`),
+        ...r.removed.filter((x) => x.outcome === 'failed').map((x) => x.detail),
+      );
       return { loaded: false, writes, deletes: removed, errors, warnings, policies: policies.length };
     }
     let loaded = false;
@@ -246,14 +328,26 @@ export class Agent {
       loaded = true;
       this.expectedProgs = new Map(this.mode.links().map((l) => [l.name, l.progId ?? -1]));
       this.expectedMaps = this.mode.pinnedMapIds();
-      if (rep.repinnedMaps.length) warn({ event: 'repinned', maps: rep.repinnedMaps }, `map pins ${rep.repinnedMaps.join(', ')} had been deleted; pinned again from the maps the attached programs use (contents kept)`);
-      for (const [prog, why] of Object.entries(rep.rebound)) warn({ event: 'rebound', program: prog }, `${prog} used other maps than the pinned ones (${why}); its link now runs the program on the pinned maps`);
+      if (rep.repinnedMaps.length)
+        warn(
+          { event: 'repinned', maps: rep.repinnedMaps },
+          `map pins ${rep.repinnedMaps.join(', ')} had been deleted; pinned again from the maps the attached programs use (contents kept)`,
+        );
+      for (const [prog, why] of Object.entries(rep.rebound))
+        warn(
+          { event: 'rebound', program: prog },
+          `${prog} used other maps than the pinned ones (${why}); its link now runs the program on the pinned maps`,
+        );
       this.log.info({ event: 'loaded', reason, ...rep }, 'programs loaded and attached');
       for (const [prog, why] of Object.entries(rep.unavailable)) {
-        warn({ event: 'unavailable', program: prog }, `${prog} not attached (${why}): policies with accelerate use the normal path`);
+        warn(
+          { event: 'unavailable', program: prog },
+          `${prog} not attached (${why}): policies with accelerate use the normal path`,
+        );
       }
     }
-    for (const o of outsideRoot(policies, cgroupPathOf(this.opts.cgroupRoot))) warn({ event: 'outside_root', policy: o.policy, field: o.field, cgroup: o.cgroup }, o.message);
+    for (const o of outsideRoot(policies, cgroupPathOf(this.opts.cgroupRoot)))
+      warn({ event: 'outside_root', policy: o.policy, field: o.field, cgroup: o.cgroup }, o.message);
     const r = this.mode.applyPolicies(policies);
     const drift = this.mode.pendingDrift();
     // Records come and go between the two reads: only a gap seen twice in a row is reported.
@@ -272,13 +366,28 @@ export class Agent {
     }
     this.applied = used;
     for (const p of r.policies) {
-      if (!p.resolved) warn({ event: 'unresolved', policy: p.name, cgroup: p.cgroup }, `cgroup ${p.cgroup} does not exist yet; policy ${p.name} waits for it`);
-      for (const b of p.unresolvedBypass) warn({ event: 'unresolved_bypass', policy: p.name, cgroup: b }, `bypass cgroup ${b} of ${p.name} does not exist`);
+      if (!p.resolved)
+        warn(
+          { event: 'unresolved', policy: p.name, cgroup: p.cgroup },
+          `cgroup ${p.cgroup} does not exist yet; policy ${p.name} waits for it`,
+        );
+      for (const b of p.unresolvedBypass)
+        warn(
+          { event: 'unresolved_bypass', policy: p.name, cgroup: b },
+          `bypass cgroup ${b} of ${p.name} does not exist`,
+        );
       if (p.resolved && policies.find((x) => x.name === p.name)?.proxy.inbound) {
-        warn({ event: 'unsupported', policy: p.name, field: 'spec.proxy.inbound' }, `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`);
+        warn(
+          { event: 'unsupported', policy: p.name, field: 'spec.proxy.inbound' },
+          `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`,
+        );
       }
     }
-    if (r.writes || r.deletes || loaded) this.log.info({ event: 'reconciled', reason, writes: r.writes, deletes: r.deletes, policies: r.policies.length }, 'reconciled');
+    if (r.writes || r.deletes || loaded)
+      this.log.info(
+        { event: 'reconciled', reason, writes: r.writes, deletes: r.deletes, policies: r.policies.length },
+        'reconciled',
+      );
     else this.log.debug({ event: 'reconciled', reason, writes: 0, deletes: 0 }, 'in sync');
     return { loaded, writes: r.writes, deletes: r.deletes, errors, warnings, policies: r.policies.length };
   }
@@ -300,7 +409,11 @@ export class Agent {
     this.loadState();
     const first = await this.reconcile('start');
     this.arm();
-    if (process.env.MESHREDIR_FAULT === 'watch-error') setTimeout(() => this.watcher?.emit('error', new Error('injected watch error (MESHREDIR_FAULT=watch-error)')), 300);
+    if (process.env.MESHREDIR_FAULT === 'watch-error')
+      setTimeout(
+        () => this.watcher?.emit('error', new Error('injected watch error (MESHREDIR_FAULT=watch-error)')),
+        300,
+      );
     this.timer = setInterval(() => {
       this.checkWatch();
       void this.queue('interval');
@@ -323,7 +436,10 @@ export class Agent {
       });
       this.parentWatcher.on('error', (e) => this.watchFailed(e));
     } catch (e) {
-      this.log.warn({ event: 'watch_error', dir: dirname(dir) }, `cannot watch ${dirname(dir)} for ${dir} being replaced: ${(e as Error).message}`);
+      this.log.warn(
+        { event: 'watch_error', dir: dirname(dir) },
+        `cannot watch ${dirname(dir)} for ${dir} being replaced: ${(e as Error).message}`,
+      );
     }
     try {
       this.watchedIno = statSync(dir, { bigint: true }).ino;
@@ -331,7 +447,10 @@ export class Agent {
       this.watcher.on('error', (e) => this.watchFailed(e));
     } catch (e) {
       this.watchedIno = undefined;
-      this.log.warn({ event: 'watch_error', dir }, `cannot watch ${dir}: ${(e as Error).message}; looking again every second`);
+      this.log.warn(
+        { event: 'watch_error', dir },
+        `cannot watch ${dir}: ${(e as Error).message}; looking again every second`,
+      );
       this.rearm = setTimeout(() => {
         this.arm();
         if (this.watcher) this.changed('policy directory appeared');
@@ -349,12 +468,16 @@ export class Agent {
 
   /** A watcher failed (its directory went away, the kernel ran out of watches, …): say so, watch again. */
   private watchFailed(e: Error): void {
-    this.log.error({ event: 'watch_error', err: e }, `watching ${this.opts.policies} failed: ${e.message}; watching it again`);
+    this.log.error(
+      { event: 'watch_error', err: e },
+      `watching ${this.opts.policies} failed: ${e.message}; watching it again`,
+    );
     this.disarm();
     clearTimeout(this.rearm);
     this.rearm = setTimeout(() => {
       this.arm();
-      if (this.watcher) this.log.info({ event: 'watch', dir: this.opts.policies }, `watching ${this.opts.policies} again`);
+      if (this.watcher)
+        this.log.info({ event: 'watch', dir: this.opts.policies }, `watching ${this.opts.policies} again`);
       this.changed('policy directory watched again');
     }, 1000);
   }
@@ -369,7 +492,10 @@ export class Agent {
       ino = undefined;
     }
     if (ino !== undefined && (!this.watcher || ino !== this.watchedIno)) {
-      this.log.info({ event: 'watch', dir: this.opts.policies }, `${this.opts.policies} was replaced; watching the new directory`);
+      this.log.info(
+        { event: 'watch', dir: this.opts.policies },
+        `${this.opts.policies} was replaced; watching the new directory`,
+      );
       this.arm();
     }
   }
@@ -394,12 +520,20 @@ export class Agent {
       const done = this.iptables.cleanup();
       const failed = done.filter((d) => d.outcome === 'failed');
       const state = removeState(this.opts.stateDir).removed;
-      if (failed.length) this.log.error({ event: 'cleanup_failed', netns: failed }, `could not remove MESHREDIR chains from ${failed.length} network namespace(s): ${failed.map((f) => f.detail).join('; ')}`);
+      if (failed.length)
+        this.log.error(
+          { event: 'cleanup_failed', netns: failed },
+          `could not remove MESHREDIR chains from ${failed.length} network namespace(s): ${failed.map((f) => f.detail).join('; ')}`,
+        );
       else this.log.info({ event: 'cleanup', netns: done, state }, 'removed every MESHREDIR chain');
     } else if (this.opts.cleanupOnExit) {
       const r = this.mode.cleanup();
       const state = removeState(this.opts.stateDir).removed;
-      if (r.kept.length) this.log.warn({ event: 'cleanup', ...r, state }, `removed everything but the kTLS guard and the maps of ${r.openAccelerated} socket(s) still on the fast path (kept until they close); run meshredir cleanup once they have closed`);
+      if (r.kept.length)
+        this.log.warn(
+          { event: 'cleanup', ...r, state },
+          `removed everything but the kTLS guard and the maps of ${r.openAccelerated} socket(s) still on the fast path (kept until they close); run meshredir cleanup once they have closed`,
+        );
       else this.log.info({ event: 'cleanup', ...r, state }, 'removed everything meshredir made');
     } else {
       this.log.info({ event: 'stopped' }, 'stopped; redirection stays in place (pins kept)');

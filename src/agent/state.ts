@@ -1,7 +1,17 @@
 // state.ts — the agent's state file (agent.json in --state-dir): which mode it runs and why, the probe
 // summary, the last applied content of every policy file (so a restart keeps what worked), and the
 // outcome of the last reconcile. Read by `status`, removed by `cleanup`.
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  rmdirSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 
@@ -38,7 +48,14 @@ const agentState = z.strictObject({
       why: z.record(z.string(), z.string()),
     })
     .optional(),
-  agent: z.strictObject({ pid: z.number(), policies: z.string(), cgroupRoot: z.string(), bpffs: z.string(), iptablesState: z.string().optional(), startedAt: z.string() }),
+  agent: z.strictObject({
+    pid: z.number(),
+    policies: z.string(),
+    cgroupRoot: z.string(),
+    bpffs: z.string(),
+    iptablesState: z.string().optional(),
+    startedAt: z.string(),
+  }),
   /** Per policy file (absolute path): the text that was applied and which of its policies were. */
   applied: z.record(z.string(), z.strictObject({ text: z.string(), policies: z.array(z.string()) })),
   lastReconcile: reconcileRecord.optional(),
@@ -64,7 +81,10 @@ export function readState(dir: string): AgentState | null | Error {
     return new Error(`${file}: not JSON: ${(e as Error).message}`);
   }
   const r = agentState.safeParse(value);
-  if (!r.success) return new Error(`${file}: not a meshredir agent state: ${r.error.issues.map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    return new Error(
+      `${file}: not a meshredir agent state: ${r.error.issues.map((i) => `${i.path.join('.') || '(document)'}: ${i.message}`).join('; ')}`,
+    );
   return r.data;
 }
 
@@ -80,7 +100,10 @@ export function ensureStateDir(dir: string): void {
   }
   const st = statSync(dir);
   if (!st.isDirectory()) throw new Error(`state directory ${dir} is not a directory`);
-  if (st.mode & 0o022) throw new Error(`state directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); use a directory only root can write, such as ${DEFAULT_STATE_DIR}`);
+  if (st.mode & 0o022)
+    throw new Error(
+      `state directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); use a directory only root can write, such as ${DEFAULT_STATE_DIR}`,
+    );
 }
 
 /** Writes agent.json atomically (temporary file, 0600, renamed over the old one). */
@@ -98,13 +121,25 @@ export function writeState(dir: string, s: AgentState): void {
  * removed. With `owner`, only the state of an agent that used that --bpffs or --iptables-state is
  * removed, so cleaning one (test) installation never erases another agent's memory.
  */
-export function removeState(dir: string, owner?: { bpffs: string; iptablesState: string }): { removed: string[]; kept?: string } {
+export function removeState(
+  dir: string,
+  owner?: { bpffs: string; iptablesState: string },
+): { removed: string[]; kept?: string } {
   const file = statePath(dir);
   const removed: string[] = [];
   if (existsSync(file)) {
     const s = readState(dir);
-    if (owner && s && !(s instanceof Error) && s.agent.bpffs !== owner.bpffs && s.agent.iptablesState !== owner.iptablesState) {
-      return { removed, kept: `${file} belongs to the agent of ${s.agent.bpffs}${s.agent.iptablesState ? ` and ${s.agent.iptablesState}` : ''}; left in place` };
+    if (
+      owner &&
+      s &&
+      !(s instanceof Error) &&
+      s.agent.bpffs !== owner.bpffs &&
+      s.agent.iptablesState !== owner.iptablesState
+    ) {
+      return {
+        removed,
+        kept: `${file} belongs to the agent of ${s.agent.bpffs}${s.agent.iptablesState ? ` and ${s.agent.iptablesState}` : ''}; left in place`,
+      };
     }
     rmSync(file, { force: true });
     removed.push(file);

@@ -77,7 +77,12 @@ export const MODES: Record<Exclude<Scenario, 'control'>, string[]> = {
 };
 
 /** How many measurements a run makes with the modes that can run (for progress and its estimate). */
-export function plannedSteps(only: Scenario[], rounds: number, hopSizes = HOP_SIZES, modes: (s: Exclude<Scenario, 'control'>) => number = (s) => MODES[s].length): number {
+export function plannedSteps(
+  only: Scenario[],
+  rounds: number,
+  hopSizes = HOP_SIZES,
+  modes: (s: Exclude<Scenario, 'control'>) => number = (s) => MODES[s].length,
+): number {
   const per: Record<Scenario, number> = {
     crr: modes('crr') * 2, // × (1 client, 2 clients)
     scale: modes('scale') * 3, // × 3 policy sizes
@@ -105,12 +110,16 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const tick = (what: string) => {
     steps.done++;
     const el = (performance.now() - started) / 1000;
-    const eta = steps.done < steps.total ? `, ~${Math.round((el / steps.done) * (steps.total - steps.done))} s left` : '';
+    const eta =
+      steps.done < steps.total ? `, ~${Math.round((el / steps.done) * (steps.total - steps.done))} s left` : '';
     o.progress(`[${steps.done}/${steps.total}${eta}] ${what}`);
   };
   try {
     const policy = (p: { proxy: string; exclusions?: number; accelerate?: boolean }): Policy => {
-      const excl = Array.from({ length: p.exclusions ?? 0 }, (_, i) => `"172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32"`);
+      const excl = Array.from(
+        { length: p.exclusions ?? 0 },
+        (_, i) => `"172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32"`,
+      );
       const text = `apiVersion: meshredir/v1
 kind: RedirectPolicy
 metadata: { name: bench }
@@ -132,7 +141,8 @@ spec:
     try {
       const rep = ebpf.ensureLoaded();
       ebpfLoaded = true;
-      if (rep.unavailable.mr_skmsg) unavailable.set('ebpf+sk_msg', `no sk_msg link on this kernel (needs 6.10): ${rep.unavailable.mr_skmsg}`);
+      if (rep.unavailable.mr_skmsg)
+        unavailable.set('ebpf+sk_msg', `no sk_msg link on this kernel (needs 6.10): ${rep.unavailable.mr_skmsg}`);
     } catch (e) {
       unavailable.set('ebpf', `the eBPF mode cannot load here: ${msg(e)}`);
       unavailable.set('ebpf+sk_msg', `the eBPF mode cannot load here: ${msg(e)}`);
@@ -165,7 +175,9 @@ spec:
     } catch (e) {
       haproxyMissing = `haproxy cannot run here: ${msg(e)}`;
     }
-    const extraMissing: Partial<Record<Scenario, Record<string, string>>> = haproxyMissing ? { proxy: Object.fromEntries(MODES.proxy.filter((m) => m !== 'direct').map((m) => [m, haproxyMissing!])) } : {};
+    const extraMissing: Partial<Record<Scenario, Record<string, string>>> = haproxyMissing
+      ? { proxy: Object.fromEntries(MODES.proxy.filter((m) => m !== 'direct').map((m) => [m, haproxyMissing!])) }
+      : {};
     const why = (scenario: Scenario, m: string) => extraMissing[scenario]?.[m] ?? unavailable.get(m);
     /** The modes of a scenario that can run; the others are recorded as missing, once. */
     const runnable = (scenario: Exclude<Scenario, 'control'>) =>
@@ -214,14 +226,30 @@ spec:
       }
       return {};
     };
-    const delta = (a: Counters, b: Counters): Counters => Object.fromEntries(Object.keys(b).map((k) => [k, b[k]! - (a[k] ?? 0)]));
+    const delta = (a: Counters, b: Counters): Counters =>
+      Object.fromEntries(Object.keys(b).map((k) => [k, b[k]! - (a[k] ?? 0)]));
 
-    const client = async (target: string, kind: 'crr' | 'rr' | 'stream', conc: number, size = 1): Promise<LoadResult> => {
-      const out = await lab.run(app, o.mrload, ['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)]);
+    const client = async (
+      target: string,
+      kind: 'crr' | 'rr' | 'stream',
+      conc: number,
+      size = 1,
+    ): Promise<LoadResult> => {
+      const out = await lab.run(app, o.mrload, [
+        'client',
+        target,
+        kind,
+        String(conc),
+        String(o.duration),
+        String(WARMUP),
+        String(size),
+      ]);
       try {
         return JSON.parse(out) as LoadResult;
       } catch {
-        throw new Error(`load generator (${kind} to ${target}) printed no result: ${JSON.stringify(out.slice(0, 300))}`);
+        throw new Error(
+          `load generator (${kind} to ${target}) printed no result: ${JSON.stringify(out.slice(0, 300))}`,
+        );
       }
     };
 
@@ -246,7 +274,9 @@ spec:
         const p0 = procs.map(([, p]) => lab.cpu(p.child.pid!));
         const m0 = lab.machine();
         const t0 = performance.now();
-        const rs = await Promise.all(Array.from({ length: load.clients ?? 1 }, () => client(load.target, load.kind, load.conc, load.size)));
+        const rs = await Promise.all(
+          Array.from({ length: load.clients ?? 1 }, () => client(load.target, load.kind, load.conc, load.size)),
+        );
         const wall = (performance.now() - t0) / 1000;
         const m1 = lab.machine();
         const p1 = procs.map(([, p]) => lab.cpu(p.child.pid!));
@@ -258,7 +288,9 @@ spec:
           errors: l.errors,
           client_user: l.client_user,
           client_sys: l.client_sys,
-          ...Object.fromEntries(procs.map(([name], i) => [`${name}_cpu`, (p1[i]!.user + p1[i]!.sys - p0[i]!.user - p0[i]!.sys) / wall])),
+          ...Object.fromEntries(
+            procs.map(([name], i) => [`${name}_cpu`, (p1[i]!.user + p1[i]!.sys - p0[i]!.user - p0[i]!.sys) / wall]),
+          ),
           idle: (m1.idle - m0.idle) / Math.max(1e-9, m1.total - m0.total),
         };
         const why = judge(s.mode, l, sample.counters, opts);
@@ -270,10 +302,18 @@ spec:
       return sample;
     };
     const say = (x: Sample, text: string) => (x.invalid ? `REJECTED (${x.invalid.join('; ')})` : text);
-    const fastNote = (x: Sample) => (x.mode === 'ebpf+sk_msg' && x.counters ? `, msg_fast ${x.counters.msg_fast ?? 0} / msg_slow ${x.counters.msg_slow ?? 0}` : '');
+    const fastNote = (x: Sample) =>
+      x.mode === 'ebpf+sk_msg' && x.counters
+        ? `, msg_fast ${x.counters.msg_fast ?? 0} / msg_slow ${x.counters.msg_slow ?? 0}`
+        : '';
 
     // The fast path's flow-control bound is the peer netns's tcp_rmem maximum (at least 4 MiB).
-    const tcpRmem = execFileSync('ip', ['netns', 'exec', lab.ns, 'sysctl', '-n', 'net.ipv4.tcp_rmem'], { encoding: 'utf8' }).trim().split(/\s+/).join(' ');
+    const tcpRmem = execFileSync('ip', ['netns', 'exec', lab.ns, 'sysctl', '-n', 'net.ipv4.tcp_rmem'], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split(/\s+/)
+      .join(' ');
     const server = lab.spawn(srvCg, o.mrload, ['server', SERVER]);
     await lab.waitListening(9000, server);
 
@@ -292,7 +332,9 @@ spec:
               { server },
               (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }),
             );
-            tick(`redirect-only CRR, ${mode}, ${clients} client(s), round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s`)}`);
+            tick(
+              `redirect-only CRR, ${mode}, ${clients} client(s), round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s`)}`,
+            );
           }
         }
       }
@@ -305,12 +347,20 @@ spec:
       for (let round = 1; round <= o.rounds; round++) {
         for (const n of sizes) {
           for (const mode of rotate(modes, round)) {
-            const x = await measure({ scenario: 'scale', mode, variant: String(n), round }, { policy: ps.get(n)! }, { target: D_REDIRECT, kind: 'crr', conc: 16 }, { server }, (l) => ({
-              rate: l.rate,
-              p50_us: l.p50_us,
-              p99_us: l.p99_us,
-            }));
-            tick(`CRR with ${n} exclusions, ${mode}, round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s`)}`);
+            const x = await measure(
+              { scenario: 'scale', mode, variant: String(n), round },
+              { policy: ps.get(n)! },
+              { target: D_REDIRECT, kind: 'crr', conc: 16 },
+              { server },
+              (l) => ({
+                rate: l.rate,
+                p50_us: l.p50_us,
+                p99_us: l.p99_us,
+              }),
+            );
+            tick(
+              `CRR with ${n} exclusions, ${mode}, round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s`)}`,
+            );
           }
         }
       }
@@ -324,9 +374,27 @@ spec:
       if (!haproxyMissing) {
         const cfg = lab.writeTmp(
           'haproxy.cfg',
-          ['global', '  maxconn 4096', '  nbthread 1', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 30s', '  timeout server 30s',
-            'frontend transparent', '  bind 127.0.0.1:15001', '  default_backend orig', 'backend orig', '  server o 0.0.0.0:0',
-            'frontend explicit', '  bind 127.0.0.1:15002', '  default_backend fixed', 'backend fixed', `  server s ${UPSTREAM}`, ''].join('\n'),
+          [
+            'global',
+            '  maxconn 4096',
+            '  nbthread 1',
+            'defaults',
+            '  mode tcp',
+            '  timeout connect 5s',
+            '  timeout client 30s',
+            '  timeout server 30s',
+            'frontend transparent',
+            '  bind 127.0.0.1:15001',
+            '  default_backend orig',
+            'backend orig',
+            '  server o 0.0.0.0:0',
+            'frontend explicit',
+            '  bind 127.0.0.1:15002',
+            '  default_backend fixed',
+            'backend fixed',
+            `  server s ${UPSTREAM}`,
+            '',
+          ].join('\n'),
         );
         // In the policy's proxy (bypass) cgroup and as uid 1337: its own connections are never
         // redirected, by either mode, and the fast path accepts its sockets.
@@ -341,10 +409,28 @@ spec:
           const target = mode === 'explicit' ? '127.0.0.1:15002' : UPSTREAM;
           const watch = { server: upstream, haproxy: mode === 'direct' ? undefined : haproxy };
           const viaProxy = { viaProxy: mode.startsWith('ebpf') };
-          const crr = await measure({ scenario: 'proxy', mode, variant: 'crr', round }, setup, { target, kind: 'crr', conc: 16 }, watch, (l) => ({ rate: l.rate }), viaProxy);
-          tick(`through HAProxy, CRR, ${mode}, round ${round}: ${say(crr, `${Math.round(crr.metrics.rate ?? 0)} conn/s${fastNote(crr)}`)}`);
-          const rr = await measure({ scenario: 'proxy', mode, variant: 'rr', round }, setup, { target, kind: 'rr', conc: 1 }, watch, (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }), viaProxy);
-          tick(`through HAProxy, RR, ${mode}, round ${round}: ${say(rr, `p50 ${(rr.metrics.p50_us ?? 0).toFixed(1)} µs${fastNote(rr)}`)}`);
+          const crr = await measure(
+            { scenario: 'proxy', mode, variant: 'crr', round },
+            setup,
+            { target, kind: 'crr', conc: 16 },
+            watch,
+            (l) => ({ rate: l.rate }),
+            viaProxy,
+          );
+          tick(
+            `through HAProxy, CRR, ${mode}, round ${round}: ${say(crr, `${Math.round(crr.metrics.rate ?? 0)} conn/s${fastNote(crr)}`)}`,
+          );
+          const rr = await measure(
+            { scenario: 'proxy', mode, variant: 'rr', round },
+            setup,
+            { target, kind: 'rr', conc: 1 },
+            watch,
+            (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }),
+            viaProxy,
+          );
+          tick(
+            `through HAProxy, RR, ${mode}, round ${round}: ${say(rr, `p50 ${(rr.metrics.p50_us ?? 0).toFixed(1)} µs${fastNote(rr)}`)}`,
+          );
         }
       }
       use('direct');
@@ -366,18 +452,34 @@ spec:
       for (let round = 1; round <= o.rounds; round++) {
         for (const size of hopSizes) {
           for (const mode of rotate(modes, round)) {
-            const rr = await measure({ scenario: 'hop', mode, variant: `rr ${size}B`, round }, { policy: pol.rr[mode] }, { target: D_REDIRECT, kind: 'rr', conc: 1, size }, { server: echo }, (l) => ({
-              rate: l.rate,
-              p50_us: l.p50_us,
-              p99_us: l.p99_us,
-            }));
-            tick(`app→proxy hop, RR ${size} B, ${mode}, round ${round}: ${say(rr, `p50 ${(rr.metrics.p50_us ?? 0).toFixed(1)} µs${fastNote(rr)}`)}`);
-            const st = await measure({ scenario: 'hop', mode, variant: `stream ${size}B`, round }, { policy: pol.stream[mode] }, { target: D_REDIRECT, kind: 'stream', conc: 1, size }, { server: sink }, (l) => ({
-              mbytes_s: l.mbytes_s,
-              e2e_mbytes_s: l.e2e_mbytes_s,
-              drain_ms: l.drain_ms,
-            }));
-            tick(`app→proxy hop, stream ${size} B, ${mode}, round ${round}: ${say(st, `${(st.metrics.mbytes_s ?? 0).toFixed(0)} MB/s${fastNote(st)}`)}`);
+            const rr = await measure(
+              { scenario: 'hop', mode, variant: `rr ${size}B`, round },
+              { policy: pol.rr[mode] },
+              { target: D_REDIRECT, kind: 'rr', conc: 1, size },
+              { server: echo },
+              (l) => ({
+                rate: l.rate,
+                p50_us: l.p50_us,
+                p99_us: l.p99_us,
+              }),
+            );
+            tick(
+              `app→proxy hop, RR ${size} B, ${mode}, round ${round}: ${say(rr, `p50 ${(rr.metrics.p50_us ?? 0).toFixed(1)} µs${fastNote(rr)}`)}`,
+            );
+            const st = await measure(
+              { scenario: 'hop', mode, variant: `stream ${size}B`, round },
+              { policy: pol.stream[mode] },
+              { target: D_REDIRECT, kind: 'stream', conc: 1, size },
+              { server: sink },
+              (l) => ({
+                mbytes_s: l.mbytes_s,
+                e2e_mbytes_s: l.e2e_mbytes_s,
+                drain_ms: l.drain_ms,
+              }),
+            );
+            tick(
+              `app→proxy hop, stream ${size} B, ${mode}, round ${round}: ${say(st, `${(st.metrics.mbytes_s ?? 0).toFixed(0)} MB/s${fastNote(st)}`)}`,
+            );
           }
         }
       }
@@ -387,9 +489,24 @@ spec:
     }
 
     if (o.only.includes('control')) {
-      await control(o, lab, app, { ebpf, use, iptApply, iptCleanup, policy, unavailable, samples, missing, tick, setLoaded: (v) => (ebpfLoaded = v) });
+      await control(o, lab, app, {
+        ebpf,
+        use,
+        iptApply,
+        iptCleanup,
+        policy,
+        unavailable,
+        samples,
+        missing,
+        tick,
+        setLoaded: (v) => (ebpfLoaded = v),
+      });
     }
-    return { samples, missing, env: { netns: lab.ns, cgroup: lab.cgRoot, tcp_rmem: tcpRmem, seconds: (performance.now() - started) / 1000 } };
+    return {
+      samples,
+      missing,
+      env: { netns: lab.ns, cgroup: lab.cgRoot, tcp_rmem: tcpRmem, seconds: (performance.now() - started) / 1000 },
+    };
   } finally {
     try {
       ipt.cleanup();
@@ -420,8 +537,10 @@ interface ControlCtx {
  * load + attach, agent start to redirect-ready, Node's own start, agent RSS. */
 async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): Promise<void> {
   const big = x.policy({ proxy: SERVER, exclusions: 10000 });
-  const push = (mode: string, variant: string, round: number, metrics: Record<string, number>) => x.samples.push({ scenario: 'control', mode, variant, round, metrics });
-  const fail = (mode: string, variant: string, round: number, e: unknown) => x.samples.push({ scenario: 'control', mode, variant, round, metrics: {}, invalid: [`failed: ${msg(e)}`] });
+  const push = (mode: string, variant: string, round: number, metrics: Record<string, number>) =>
+    x.samples.push({ scenario: 'control', mode, variant, round, metrics });
+  const fail = (mode: string, variant: string, round: number, e: unknown) =>
+    x.samples.push({ scenario: 'control', mode, variant, round, metrics: {}, invalid: [`failed: ${msg(e)}`] });
   for (const m of ['ebpf', 'iptables']) {
     const why = x.unavailable.get(m);
     if (why) x.missing.push({ scenario: 'control', mode: m, reason: why });
@@ -480,9 +599,28 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
       const dir = mkdtempSync(join(tmpdir(), 'meshredir-bench-policies-'));
       const bpffs = `${lab.bpffs}-agent`;
       try {
-        writeFileSync(join(dir, 'p.yaml'), `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: a }\nspec:\n  cgroup: ${app}\n  proxy: { outbound: "${SERVER}" }\n`);
+        writeFileSync(
+          join(dir, 'p.yaml'),
+          `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: a }\nspec:\n  cgroup: ${app}\n  proxy: { outbound: "${SERVER}" }\n`,
+        );
         const t = performance.now();
-        const agent = spawn(process.execPath, [o.cli, 'agent', '--policies', dir, '--cgroup-root', lab.cgRoot, '--bpffs', bpffs, '--mode', 'ebpf', '--cleanup-on-exit'], { stdio: ['ignore', 'ignore', 'pipe'] });
+        const agent = spawn(
+          process.execPath,
+          [
+            o.cli,
+            'agent',
+            '--policies',
+            dir,
+            '--cgroup-root',
+            lab.cgRoot,
+            '--bpffs',
+            bpffs,
+            '--mode',
+            'ebpf',
+            '--cleanup-on-exit',
+          ],
+          { stdio: ['ignore', 'ignore', 'pipe'] },
+        );
         let err = '';
         const exited = new Promise<void>((r) => agent.on('exit', () => r()));
         try {
@@ -510,7 +648,10 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
           if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGTERM');
           await exited;
           // The agent removes its pins on exit (--cleanup-on-exit); a crashed one would leave them.
-          if (existsSync(bpffs)) new EbpfMode({ bpffs, cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object }).cleanup({ force: true });
+          if (existsSync(bpffs))
+            new EbpfMode({ bpffs, cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object }).cleanup({
+              force: true,
+            });
         }
       } catch (e) {
         fail('ebpf', 'agent start to redirect-ready', round, e);

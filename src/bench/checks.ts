@@ -32,7 +32,19 @@ export interface LoadResult {
  * `ipt_redirected` (packets of the nat REDIRECT rules: the first packet of each connection). */
 export type Counters = Record<string, number>;
 
-export const EBPF_COUNTERS = ['redirected', 'established', 'origdst_served', 'accel_sockets', 'accel_blocking', 'msg_fast', 'msg_slow', 'msg_resumed', 'err_full', 'err_storage', 'err_orig'] as const;
+export const EBPF_COUNTERS = [
+  'redirected',
+  'established',
+  'origdst_served',
+  'accel_sockets',
+  'accel_blocking',
+  'msg_fast',
+  'msg_slow',
+  'msg_resumed',
+  'err_full',
+  'err_storage',
+  'err_orig',
+] as const;
 
 /** Adds up the results of clients that ran side by side. */
 export function combine(rs: LoadResult[]): LoadResult {
@@ -70,7 +82,8 @@ export function combine(rs: LoadResult[]): LoadResult {
  */
 export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: boolean } = {}): string[] {
   const why: string[] = [];
-  if (l.errors > 0) why.push(`${l.errors} client error(s): ${l.err_connect} connect, ${l.err_reset} reset/EOF, ${l.err_other} other`);
+  if (l.errors > 0)
+    why.push(`${l.errors} client error(s): ${l.err_connect} connect, ${l.err_reset} reset/EOF, ${l.err_other} other`);
   if (l.mode === 'stream') {
     if (l.bytes === 0) why.push('no byte was sent');
     else if (l.confirmed !== l.bytes) why.push(`the sink confirmed ${l.confirmed} of ${l.bytes} bytes`);
@@ -78,17 +91,27 @@ export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: 
   const n = l.conns;
   const get = (k: string) => c[k] ?? 0;
   if (mode === 'iptables') {
-    if (get('ipt_redirected') < n) why.push(`iptables REDIRECT took ${get('ipt_redirected')} of the ${n} connections that reached a server`);
+    if (get('ipt_redirected') < n)
+      why.push(`iptables REDIRECT took ${get('ipt_redirected')} of the ${n} connections that reached a server`);
   }
   if (mode === 'ebpf' || mode === 'ebpf+sk_msg') {
-    if (get('redirected') < n) why.push(`eBPF redirected ${get('redirected')} of the ${n} connections that reached a server`);
-    if (o.viaProxy && get('origdst_served') < n) why.push(`the proxy got SO_ORIGINAL_DST from eBPF for ${get('origdst_served')} of ${n} connections`);
+    if (get('redirected') < n)
+      why.push(`eBPF redirected ${get('redirected')} of the ${n} connections that reached a server`);
+    if (o.viaProxy && get('origdst_served') < n)
+      why.push(`the proxy got SO_ORIGINAL_DST from eBPF for ${get('origdst_served')} of ${n} connections`);
     for (const e of ['err_full', 'err_storage', 'err_orig']) if (get(e) > 0) why.push(`${e} ${get(e)}`);
   }
-  if (mode === 'ebpf' && get('accel_sockets') > 0) why.push(`${get('accel_sockets')} socket(s) joined the fast path in a run without accelerate`);
+  if (mode === 'ebpf' && get('accel_sockets') > 0)
+    why.push(`${get('accel_sockets')} socket(s) joined the fast path in a run without accelerate`);
   if (mode === 'ebpf+sk_msg') {
-    if (get('accel_blocking') > 0) why.push(`${get('accel_blocking')} blocking application socket(s), never accelerated: the load must use non-blocking sockets`);
-    if (get('accel_sockets') < 2 * n) why.push(`${get('accel_sockets')} socket(s) joined the fast path for ${n} connections (both ends of each expected)`);
+    if (get('accel_blocking') > 0)
+      why.push(
+        `${get('accel_blocking')} blocking application socket(s), never accelerated: the load must use non-blocking sockets`,
+      );
+    if (get('accel_sockets') < 2 * n)
+      why.push(
+        `${get('accel_sockets')} socket(s) joined the fast path for ${n} connections (both ends of each expected)`,
+      );
     if (get('msg_fast') === 0) why.push(`no message took the fast path (msg_fast 0, msg_slow ${get('msg_slow')})`);
   }
   return why;

@@ -39,7 +39,20 @@ export class Lab {
       // reaches a namespace where nothing answers: never off the machine.
       execFileSync('ip', ['netns', 'add', this.upNs]);
       execFileSync('ip', ['-n', this.upNs, 'link', 'set', 'lo', 'up']);
-      execFileSync('ip', ['-n', this.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', this.upNs]);
+      execFileSync('ip', [
+        '-n',
+        this.ns,
+        'link',
+        'add',
+        'eth0',
+        'type',
+        'veth',
+        'peer',
+        'name',
+        'eth0',
+        'netns',
+        this.upNs,
+      ]);
       execFileSync('ip', ['-n', this.ns, 'addr', 'add', '10.250.0.1/24', 'dev', 'eth0']);
       execFileSync('ip', ['-n', this.upNs, 'addr', 'add', '10.250.0.2/24', 'dev', 'eth0']);
       execFileSync('ip', ['-n', this.ns, 'link', 'set', 'eth0', 'up']);
@@ -47,7 +60,8 @@ export class Lab {
       for (const [k, v] of [
         ['net.ipv4.ip_local_port_range', '1024 65000'],
         ['net.ipv4.tcp_tw_reuse', '1'],
-      ]) execFileSync('ip', ['netns', 'exec', this.ns, 'sysctl', '-qw', `${k}=${v}`]);
+      ])
+        execFileSync('ip', ['netns', 'exec', this.ns, 'sysctl', '-qw', `${k}=${v}`]);
       this.cgroup('');
     } catch (e) {
       for (const n of [this.ns, this.upNs]) {
@@ -76,7 +90,11 @@ export class Lab {
 
   /** Starts cmd in the lab netns and cgroup `cg` (joined before entering the netns). */
   spawn(cg: string, cmd: string, args: string[], uid?: number, ns = this.ns): LabProc {
-    const p = startPlaced({ cgroupDir: join(this.cgMount, cg), netns: ns, ...(uid === undefined ? {} : { uid }) }, cmd, args);
+    const p = startPlaced(
+      { cgroupDir: join(this.cgMount, cg), netns: ns, ...(uid === undefined ? {} : { uid }) },
+      cmd,
+      args,
+    );
     this.procs.push(p);
     return p;
   }
@@ -120,7 +138,10 @@ export class Lab {
     const out: string[] = [];
     for (const b of ['nft', 'legacy']) {
       try {
-        const text = execFileSync('ip', ['netns', 'exec', this.ns, `iptables-${b}-save`, '-t', 'nat'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+        const text = execFileSync('ip', ['netns', 'exec', this.ns, `iptables-${b}-save`, '-t', 'nat'], {
+          encoding: 'utf8',
+          stdio: ['ignore', 'pipe', 'ignore'],
+        });
         if (text.includes('MESHREDIR')) out.push(b);
       } catch {
         // that backend is not installed: it holds nothing

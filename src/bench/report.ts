@@ -72,7 +72,13 @@ export function summarise(samples: Sample[]): Row[] {
   }));
   for (const r of rows) {
     if (isCpu(r.metric)) continue;
-    const base = rows.find((b) => b.scenario === r.scenario && b.variant === r.variant && b.metric === r.metric && b.mode === BASELINE[r.scenario]);
+    const base = rows.find(
+      (b) =>
+        b.scenario === r.scenario &&
+        b.variant === r.variant &&
+        b.metric === r.metric &&
+        b.mode === BASELINE[r.scenario],
+    );
     if (base && base.median) r.ratio = r.median / base.median;
   }
   return rows;
@@ -101,13 +107,33 @@ const CPU_HEAD = ['client user', 'client sys', 'server', 'HAProxy', 'machine idl
 export function renderTable(rows: Row[], missing: Missing[] = [], samples: Sample[] = []): string {
   const main = table(
     ['scenario', 'variant', 'mode', 'metric', 'median', 'min–max', 'n', 'vs baseline'],
-    rows.filter((r) => !isCpu(r.metric)).map((r) => [r.scenario, r.variant, r.mode, r.metric, fmt(r.median, r.metric), `${fmt(r.min, r.metric)}–${fmt(r.max, r.metric)}`, nCell(r), ratio(r)]),
+    rows
+      .filter((r) => !isCpu(r.metric))
+      .map((r) => [
+        r.scenario,
+        r.variant,
+        r.mode,
+        r.metric,
+        fmt(r.median, r.metric),
+        `${fmt(r.min, r.metric)}–${fmt(r.max, r.metric)}`,
+        nCell(r),
+        ratio(r),
+      ]),
   );
   const cpu = cpuLines(rows);
   const parts = [main];
-  if (cpu.length) parts.push('', 'CPU (median, min–max; client/server/HAProxy: share of one core; idle: share of the whole machine)', table(['scenario', 'variant', 'mode', ...CPU_HEAD], cpu.map((l) => [l.scenario, l.variant, l.mode, ...l.cells])));
+  if (cpu.length)
+    parts.push(
+      '',
+      'CPU (median, min–max; client/server/HAProxy: share of one core; idle: share of the whole machine)',
+      table(
+        ['scenario', 'variant', 'mode', ...CPU_HEAD],
+        cpu.map((l) => [l.scenario, l.variant, l.mode, ...l.cells]),
+      ),
+    );
   for (const m of missing) parts.push(`missing: ${m.scenario} ${m.mode}: ${m.reason}`);
-  for (const s of samples.filter((x) => x.invalid)) parts.push(`rejected: ${s.scenario} ${s.variant} ${s.mode} round ${s.round}: ${s.invalid!.join('; ')}`);
+  for (const s of samples.filter((x) => x.invalid))
+    parts.push(`rejected: ${s.scenario} ${s.variant} ${s.mode} round ${s.round}: ${s.invalid!.join('; ')}`);
   return parts.join('\n');
 }
 
@@ -118,52 +144,108 @@ function chartRow(r: Row): boolean {
   if (r.metric === 'mbytes_s') return true;
   return r.metric === 'p50_us' && (r.scenario === 'hop' || (r.scenario === 'proxy' && r.variant === 'rr'));
 }
-const METRIC_TITLE: Record<string, string> = { rate: 'rate', mbytes_s: 'MB/s', p50_us: 'p50 latency (lower is better)' };
+const METRIC_TITLE: Record<string, string> = {
+  rate: 'rate',
+  mbytes_s: 'MB/s',
+  p50_us: 'p50 latency (lower is better)',
+};
 
 /** One bar per mode: its median relative to the scenario's baseline. */
 export async function renderSvg(rows: Row[]): Promise<string> {
-  const data = rows.filter(chartRow).map((r) => ({ panel: `${r.scenario} ${r.variant} ${METRIC_TITLE[r.metric] ?? r.metric} (vs ${BASELINE[r.scenario]})`, mode: r.mode, ratio: Number(r.ratio!.toFixed(3)) }));
-  const spec = compile({
-    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
-    data: { values: data },
-    facet: { row: { field: 'panel', type: 'nominal', title: null, sort: [...new Set(data.map((d) => d.panel))], header: { labelAngle: 0, labelAlign: 'left', labelFontSize: 11 } } },
-    spec: {
-      width: 420,
-      height: { step: 16 },
-      layer: [
-        { mark: 'bar', encoding: { y: { field: 'mode', type: 'nominal', title: null }, x: { field: 'ratio', type: 'quantitative', title: 'median ÷ baseline median' }, color: { field: 'mode', type: 'nominal', legend: null } } },
-        { mark: { type: 'text', align: 'left', dx: 3 }, encoding: { y: { field: 'mode', type: 'nominal' }, x: { field: 'ratio', type: 'quantitative' }, text: { field: 'ratio', type: 'quantitative', format: '.2f' } } },
-      ],
-    },
-    resolve: { scale: { y: 'independent' } },
-  } as never, { logger: vega.logger(vega.None) }).spec;
+  const data = rows
+    .filter(chartRow)
+    .map((r) => ({
+      panel: `${r.scenario} ${r.variant} ${METRIC_TITLE[r.metric] ?? r.metric} (vs ${BASELINE[r.scenario]})`,
+      mode: r.mode,
+      ratio: Number(r.ratio!.toFixed(3)),
+    }));
+  const spec = compile(
+    {
+      $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+      data: { values: data },
+      facet: {
+        row: {
+          field: 'panel',
+          type: 'nominal',
+          title: null,
+          sort: [...new Set(data.map((d) => d.panel))],
+          header: { labelAngle: 0, labelAlign: 'left', labelFontSize: 11 },
+        },
+      },
+      spec: {
+        width: 420,
+        height: { step: 16 },
+        layer: [
+          {
+            mark: 'bar',
+            encoding: {
+              y: { field: 'mode', type: 'nominal', title: null },
+              x: { field: 'ratio', type: 'quantitative', title: 'median ÷ baseline median' },
+              color: { field: 'mode', type: 'nominal', legend: null },
+            },
+          },
+          {
+            mark: { type: 'text', align: 'left', dx: 3 },
+            encoding: {
+              y: { field: 'mode', type: 'nominal' },
+              x: { field: 'ratio', type: 'quantitative' },
+              text: { field: 'ratio', type: 'quantitative', format: '.2f' },
+            },
+          },
+        ],
+      },
+      resolve: { scale: { y: 'independent' } },
+    } as never,
+    { logger: vega.logger(vega.None) },
+  ).spec;
   const view = new vega.View(vega.parse(spec), { renderer: 'none', logger: vega.logger(vega.None) });
   return view.toSVG();
 }
 
-export function renderMarkdown(rows: Row[], meta: Record<string, unknown>, samples: Sample[] = [], missing: Missing[] = []): string {
+export function renderMarkdown(
+  rows: Row[],
+  meta: Record<string, unknown>,
+  samples: Sample[] = [],
+  missing: Missing[] = [],
+): string {
   const lines = [
     `Run: ${String(meta.date)} · kernel ${String(meta.kernel)} · ${String(meta.cpus)} CPUs · ${String(meta.rounds)} rounds × ${String(meta.duration)} s per measurement (after ${String(meta.warmup ?? '')} s of warm-up), modes interleaved and rotated${meta.seconds === undefined ? '' : ` · ${Number(meta.seconds).toFixed(0)} s in all`}${meta.tcp_rmem ? ` · bench netns tcp_rmem ${String(meta.tcp_rmem)} (the fast path's bound: its maximum, at least 4 MiB)` : ''}`,
     '',
   ];
   const cpu = cpuLines(rows);
   for (const scenario of [...new Set(rows.map((r) => r.scenario))]) {
-    lines.push(`### ${scenario}`, '', '| variant | mode | metric | median | min–max | n | vs baseline |', '|---|---|---|---|---|---|---|');
+    lines.push(
+      `### ${scenario}`,
+      '',
+      '| variant | mode | metric | median | min–max | n | vs baseline |',
+      '|---|---|---|---|---|---|---|',
+    );
     for (const r of rows.filter((x) => x.scenario === scenario && !isCpu(x.metric))) {
-      lines.push(`| ${r.variant} | ${r.mode} | ${r.metric} | ${fmt(r.median, r.metric)} | ${fmt(r.min, r.metric)}–${fmt(r.max, r.metric)} | ${nCell(r)} | ${ratio(r)} |`);
+      lines.push(
+        `| ${r.variant} | ${r.mode} | ${r.metric} | ${fmt(r.median, r.metric)} | ${fmt(r.min, r.metric)}–${fmt(r.max, r.metric)} | ${nCell(r)} | ${ratio(r)} |`,
+      );
     }
     lines.push('');
     if (scenario === 'crr') {
       const scaling = [...new Set(rows.filter((r) => r.scenario === 'crr').map((r) => r.mode))].flatMap((m) => {
         const one = rows.find((r) => r.scenario === 'crr' && r.variant === '1B' && r.mode === m && r.metric === 'rate');
-        const two = rows.find((r) => r.scenario === 'crr' && r.variant === '1B, 2 clients' && r.mode === m && r.metric === 'rate');
+        const two = rows.find(
+          (r) => r.scenario === 'crr' && r.variant === '1B, 2 clients' && r.mode === m && r.metric === 'rate',
+        );
         return one && two && one.median ? [`${m} ${(two.median / one.median).toFixed(2)}×`] : [];
       });
-      if (scaling.length) lines.push(`Client bottleneck check — median rate with two clients (8 in flight each) ÷ with one (16 in flight): ${scaling.join(', ')}.`, '');
+      if (scaling.length)
+        lines.push(
+          `Client bottleneck check — median rate with two clients (8 in flight each) ÷ with one (16 in flight): ${scaling.join(', ')}.`,
+          '',
+        );
     }
     const c = cpu.filter((l) => l.scenario === scenario);
     if (c.length) {
-      lines.push(`CPU of ${scenario} (median, min–max; client, server, HAProxy: share of one core; idle: share of the whole machine):`, '');
+      lines.push(
+        `CPU of ${scenario} (median, min–max; client, server, HAProxy: share of one core; idle: share of the whole machine):`,
+        '',
+      );
       lines.push(`| variant | mode | ${CPU_HEAD.join(' | ')} |`, `|---|---|${CPU_HEAD.map(() => '---|').join('')}`);
       for (const l of c) lines.push(`| ${l.variant} | ${l.mode} | ${l.cells.join(' | ')} |`);
       lines.push('');
@@ -171,11 +253,18 @@ export function renderMarkdown(rows: Row[], meta: Record<string, unknown>, sampl
   }
   const fast = samples.filter((s) => s.mode === 'ebpf+sk_msg' && s.counters);
   if (fast.length) {
-    lines.push('### fast path counters (every eBPF + sk_msg sample)', '', '| scenario | variant | round | msg_fast | msg_slow | msg_resumed | sockets accelerated | connections | fast share | valid |', '|---|---|---|---|---|---|---|---|---|---|');
+    lines.push(
+      '### fast path counters (every eBPF + sk_msg sample)',
+      '',
+      '| scenario | variant | round | msg_fast | msg_slow | msg_resumed | sockets accelerated | connections | fast share | valid |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+    );
     for (const s of fast) {
       const c = s.counters!;
       const share = fastShare(c);
-      lines.push(`| ${s.scenario} | ${s.variant} | ${s.round} | ${c.msg_fast ?? 0} | ${c.msg_slow ?? 0} | ${c.msg_resumed ?? 0} | ${c.accel_sockets ?? 0} | ${c.conns ?? 0} | ${share === undefined ? '–' : pct(share)} | ${s.invalid ? 'rejected' : 'yes'} |`);
+      lines.push(
+        `| ${s.scenario} | ${s.variant} | ${s.round} | ${c.msg_fast ?? 0} | ${c.msg_slow ?? 0} | ${c.msg_resumed ?? 0} | ${c.accel_sockets ?? 0} | ${c.conns ?? 0} | ${share === undefined ? '–' : pct(share)} | ${s.invalid ? 'rejected' : 'yes'} |`,
+      );
     }
     lines.push('');
   }
@@ -189,7 +278,10 @@ export function renderMarkdown(rows: Row[], meta: Record<string, unknown>, sampl
   if (!bad.length) lines.push('None: every sample passed its checks.', '');
   else {
     lines.push('| scenario | variant | mode | round | why |', '|---|---|---|---|---|');
-    for (const s of bad) lines.push(`| ${s.scenario} | ${s.variant} | ${s.mode} | ${s.round} | ${s.invalid!.join('; ').replace(/\|/g, '\\|')} |`);
+    for (const s of bad)
+      lines.push(
+        `| ${s.scenario} | ${s.variant} | ${s.mode} | ${s.round} | ${s.invalid!.join('; ').replace(/\|/g, '\\|')} |`,
+      );
     lines.push('');
   }
   return lines.join('\n');
@@ -207,22 +299,34 @@ export function splice(text: string, name: string, content: string): string {
   return `${text.slice(0, a + begin.length)}\n${content.trim()}\n${text.slice(b)}`;
 }
 
-const k = (v: number) => (v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v >= 1000 ? `${(v / 1000).toFixed(2)}k` : v.toFixed(0));
+const k = (v: number) =>
+  v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v >= 1000 ? `${(v / 1000).toFixed(2)}k` : v.toFixed(0);
 const us = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} µs`;
-const mbs = (v: number) => (v >= 1000 ? `${(v / 1000).toFixed(2)} GB/s` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} MB/s`);
+const mbs = (v: number) =>
+  v >= 1000 ? `${(v / 1000).toFixed(2)} GB/s` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} MB/s`;
 const ms = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ms`;
 
 /** The README's "Measured results": medians of the run, ratios where they say something. */
 export function renderReadmeSummary(rows: Row[], meta: Record<string, unknown>, missing: Missing[] = []): string {
-  const get = (scenario: string, variant: string, mode: string, metric: string) => rows.find((r) => r.scenario === scenario && r.variant === variant && r.mode === mode && r.metric === metric);
-  const cell = (scenario: string, variant: string, mode: string, metric: string, f: (v: number) => string, showRatio = true) => {
+  const get = (scenario: string, variant: string, mode: string, metric: string) =>
+    rows.find((r) => r.scenario === scenario && r.variant === variant && r.mode === mode && r.metric === metric);
+  const cell = (
+    scenario: string,
+    variant: string,
+    mode: string,
+    metric: string,
+    f: (v: number) => string,
+    showRatio = true,
+  ) => {
     const r = get(scenario, variant, mode, metric);
     if (!r) return missing.some((m) => m.scenario === scenario && m.mode === mode) ? 'missing' : '—';
     return `${f(r.median)}${showRatio && r.ratio !== undefined && r.mode !== BASELINE[scenario] ? ` (${r.ratio.toFixed(2)}×)` : ''}`;
   };
   const modes = ['direct', 'iptables', 'ebpf', 'ebpf+sk_msg'];
-  const line = (what: string, scenario: string, variant: string, metric: string, f: (v: number) => string) => `| ${what} | ${modes.map((m) => cell(scenario, variant, m, metric, f)).join(' | ')} |`;
-  const explicit = (variant: string, metric: string, f: (v: number) => string) => cell('proxy', variant, 'explicit', metric, f, false);
+  const line = (what: string, scenario: string, variant: string, metric: string, f: (v: number) => string) =>
+    `| ${what} | ${modes.map((m) => cell(scenario, variant, m, metric, f)).join(' | ')} |`;
+  const explicit = (variant: string, metric: string, f: (v: number) => string) =>
+    cell('proxy', variant, 'explicit', metric, f, false);
   const out = [
     `Medians of ${String(meta.rounds)} rounds × ${String(meta.duration)} s, modes interleaved; ratios to the first column that has a number (direct; iptables for the exclusions row; eBPF for the hop). Run ${String(meta.date).slice(0, 10)}, Linux ${String(meta.kernel)}, ${String(meta.cpus)} CPUs — method, CPU use, counters and the reading: [docs/benchmarks.md](docs/benchmarks.md).`,
     '',
@@ -230,8 +334,20 @@ export function renderReadmeSummary(rows: Row[], meta: Record<string, unknown>, 
     '|---|---|---|---|---|',
     line('new connections/s, redirect only (TCP_CRR, 1 B)', 'crr', '1B', 'rate', k),
     line('… with 10,000 exclusions', 'scale', '10000', 'rate', k),
-    line(`through HAProxy, new connections/s (explicit floor: ${explicit('crr', 'rate', k)})`, 'proxy', 'crr', 'rate', k),
-    line(`through HAProxy, request/response p50 (explicit: ${explicit('rr', 'p50_us', us)})`, 'proxy', 'rr', 'p50_us', us),
+    line(
+      `through HAProxy, new connections/s (explicit floor: ${explicit('crr', 'rate', k)})`,
+      'proxy',
+      'crr',
+      'rate',
+      k,
+    ),
+    line(
+      `through HAProxy, request/response p50 (explicit: ${explicit('rr', 'p50_us', us)})`,
+      'proxy',
+      'rr',
+      'p50_us',
+      us,
+    ),
     ...HOP_ROWS.map(([what, variant, metric, f]) => line(what, 'hop', variant, metric, f)),
   ];
   const c = (variant: string, mode: string, metric = 'ms', f = ms) => cell('control', variant, mode, metric, f, false);

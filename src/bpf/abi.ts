@@ -47,7 +47,13 @@ export const tupleKey = struct('mr_tuple_key', {
   pad: { bytes: 3 },
 });
 export const peerValue = struct('mr_peer', { sk: 'u64', psock: 'u64', limit: 'u32', pad: 'u32' });
-export const origValue = struct('mr_orig', { family: 'u8', flags: 'u8', port: 'be16', slot: 'u32', addr: { bytes: 16 } });
+export const origValue = struct('mr_orig', {
+  family: 'u8',
+  flags: 'u8',
+  port: 'be16',
+  slot: 'u32',
+  addr: { bytes: 16 },
+});
 
 export const STAT_FIELDS = [
   'redirected',
@@ -73,7 +79,10 @@ export const STAT_FIELDS = [
   'ulp_refused',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
-export const statsValue = struct('mr_stats', Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>);
+export const statsValue = struct(
+  'mr_stats',
+  Object.fromEntries(STAT_FIELDS.map((f) => [f, 'u64'])) as Record<StatName, 'u64'>,
+);
 
 /** Room for the longest metadata.name the schema allows (253) and a NUL, so slots are found by name. */
 export const SLOT_NAME_BYTES = 256;
@@ -102,8 +111,28 @@ export const Gauge = { PENDING: 0, LIMIT: 1 } as const;
 export const DEFAULT_MAX_CONNECTIONS = 16_384;
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
-export const POLICY_MAPS = ['mr_cgroups', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_slots'] as const;
-export const STRUCT_CODECS = [cgEntry, policyValue, ownerKey, proxyKey, portKey, cidrKey, tupleKey, origValue, peerValue, statsValue, slotMeta];
+export const POLICY_MAPS = [
+  'mr_cgroups',
+  'mr_policies',
+  'mr_owners',
+  'mr_proxies',
+  'mr_ports',
+  'mr_cidrs',
+  'mr_slots',
+] as const;
+export const STRUCT_CODECS = [
+  cgEntry,
+  policyValue,
+  ownerKey,
+  proxyKey,
+  portKey,
+  cidrKey,
+  tupleKey,
+  origValue,
+  peerValue,
+  statsValue,
+  slotMeta,
+];
 
 /**
  * Every program, in attach order: whatever answers for a redirected connection (sockops publishing the

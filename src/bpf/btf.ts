@@ -29,10 +29,12 @@ export function checkStruct(btf: Ptr, codec: StructCodec<unknown>): string[] {
   for (const f of codec.fields) {
     const off = inBtf.get(f.name);
     if (off === undefined) problems.push(`struct ${codec.cName}: field ${f.name} not in BTF`);
-    else if (off !== f.offset) problems.push(`struct ${codec.cName}.${f.name}: offset ${off} in BTF, ${f.offset} in the codec`);
+    else if (off !== f.offset)
+      problems.push(`struct ${codec.cName}.${f.name}: offset ${off} in BTF, ${f.offset} in the codec`);
   }
   for (const name of inBtf.keys()) {
-    if (!codec.fields.some((f) => f.name === name)) problems.push(`struct ${codec.cName}: BTF field ${name} missing from the codec`);
+    if (!codec.fields.some((f) => f.name === name))
+      problems.push(`struct ${codec.cName}: BTF field ${name} missing from the codec`);
   }
   return problems;
 }
@@ -48,7 +50,8 @@ export function kernelHasMember(struct: string, member: string): boolean | null 
     if (isNull(t)) return false;
     const vlen = readAt(t, 12).readUInt32LE(4) & 0xffff;
     const members = readAt(t, vlen * 12, 12);
-    for (let i = 0; i < vlen; i++) if (lib.btf__name_by_offset(btf, members.readUInt32LE(i * 12)) === member) return true;
+    for (let i = 0; i < vlen; i++)
+      if (lib.btf__name_by_offset(btf, members.readUInt32LE(i * 12)) === member) return true;
     return false;
   } finally {
     lib.btf__free(btf);
@@ -57,7 +60,28 @@ export function kernelHasMember(struct: string, member: string): boolean | null 
 
 // --- Structural comparison of two BTF types (a pinned map's, from the kernel, and the new object's) ---
 
-const KIND = ['void', 'int', 'ptr', 'array', 'struct', 'union', 'enum', 'fwd', 'typedef', 'volatile', 'const', 'restrict', 'func', 'func_proto', 'var', 'datasec', 'float', 'decl_tag', 'type_tag', 'enum64'];
+const KIND = [
+  'void',
+  'int',
+  'ptr',
+  'array',
+  'struct',
+  'union',
+  'enum',
+  'fwd',
+  'typedef',
+  'volatile',
+  'const',
+  'restrict',
+  'func',
+  'func_proto',
+  'var',
+  'datasec',
+  'float',
+  'decl_tag',
+  'type_tag',
+  'enum64',
+];
 
 interface BtfType {
   kind: string;
@@ -101,7 +125,14 @@ function typeAt(btf: Ptr, id: number): BtfType | null {
   const info = head.readUInt32LE(4);
   const kind = KIND[(info >>> 24) & 0x1f] ?? `kind ${(info >>> 24) & 0x1f}`;
   const vlen = info & 0xffff;
-  return { kind, name: lib.btf__name_by_offset(btf, head.readUInt32LE(0)) ?? '', vlen, kflag: info >>> 31, sizeOrType: head.readUInt32LE(8), rest: readAt(t, restSize(kind, vlen), 12) };
+  return {
+    kind,
+    name: lib.btf__name_by_offset(btf, head.readUInt32LE(0)) ?? '',
+    vlen,
+    kflag: info >>> 31,
+    sizeOrType: head.readUInt32LE(8),
+    rest: readAt(t, restSize(kind, vlen), 12),
+  };
 }
 
 const label = (t: BtfType) => (t.kind === 'void' ? 'void' : `${t.kind}${t.name ? ` ${t.name}` : ''}`);
@@ -111,19 +142,29 @@ const label = (t: BtfType) => (t.kind === 'void' ? 'void' : `${t.kind}${t.name ?
  * kinds, names, sizes, integer encodings, array lengths, enum values, and struct/union members by name
  * with their offsets, recursively. Returns the first difference, worded for a person, or null.
  */
-export function compareBtfTypes(btfA: Ptr, a: number, btfB: Ptr, b: number, where: string, seen = new Set<string>()): string | null {
+export function compareBtfTypes(
+  btfA: Ptr,
+  a: number,
+  btfB: Ptr,
+  b: number,
+  where: string,
+  seen = new Set<string>(),
+): string | null {
   const pair = `${a}:${b}`;
   if (seen.has(pair)) return null; // a cycle through pointers, already being compared
   seen.add(pair);
   const ta = typeAt(btfA, a);
   const tb = typeAt(btfB, b);
   if (!ta || !tb) return `${where}: BTF type ${!ta ? `${a} of the pinned map` : `${b} of the object`} is unreadable`;
-  if (ta.kind !== tb.kind || ta.name !== tb.name) return `${where}: ${label(ta)} in the pinned map, ${label(tb)} in the object`;
+  if (ta.kind !== tb.kind || ta.name !== tb.name)
+    return `${where}: ${label(ta)} in the pinned map, ${label(tb)} in the object`;
   const sized = ['int', 'struct', 'union', 'enum', 'enum64', 'float'];
-  if (sized.includes(ta.kind) && ta.sizeOrType !== tb.sizeOrType) return `${where}: ${label(ta)} is ${ta.sizeOrType} bytes in the pinned map, ${tb.sizeOrType} in the object`;
+  if (sized.includes(ta.kind) && ta.sizeOrType !== tb.sizeOrType)
+    return `${where}: ${label(ta)} is ${ta.sizeOrType} bytes in the pinned map, ${tb.sizeOrType} in the object`;
   switch (ta.kind) {
     case 'int': {
-      if (ta.rest.readUInt32LE(0) !== tb.rest.readUInt32LE(0)) return `${where}: ${label(ta)} has another encoding (signedness or bits) in the object`;
+      if (ta.rest.readUInt32LE(0) !== tb.rest.readUInt32LE(0))
+        return `${where}: ${label(ta)} has another encoding (signedness or bits) in the object`;
       return null;
     }
     case 'ptr':
@@ -132,7 +173,14 @@ export function compareBtfTypes(btfA: Ptr, a: number, btfB: Ptr, b: number, wher
     case 'const':
     case 'restrict':
     case 'type_tag':
-      return compareBtfTypes(btfA, ta.sizeOrType, btfB, tb.sizeOrType, ta.kind === 'typedef' ? `${where} (${ta.name})` : where, seen);
+      return compareBtfTypes(
+        btfA,
+        ta.sizeOrType,
+        btfB,
+        tb.sizeOrType,
+        ta.kind === 'typedef' ? `${where} (${ta.name})` : where,
+        seen,
+      );
     case 'array': {
       const na = ta.rest.readUInt32LE(8);
       const nb = tb.rest.readUInt32LE(8);
@@ -144,11 +192,21 @@ export function compareBtfTypes(btfA: Ptr, a: number, btfB: Ptr, b: number, wher
       const members = (t: BtfType, btf: Ptr) =>
         Array.from({ length: t.vlen }, (_, i) => {
           const off = t.rest.readUInt32LE(i * 12 + 8);
-          return { name: lib.btf__name_by_offset(btf, t.rest.readUInt32LE(i * 12)) as string, type: t.rest.readUInt32LE(i * 12 + 4), bitOffset: t.kflag ? off & 0xffffff : off, bitSize: t.kflag ? off >>> 24 : 0 };
+          return {
+            name: lib.btf__name_by_offset(btf, t.rest.readUInt32LE(i * 12)) as string,
+            type: t.rest.readUInt32LE(i * 12 + 4),
+            bitOffset: t.kflag ? off & 0xffffff : off,
+            bitSize: t.kflag ? off >>> 24 : 0,
+          };
         });
       const ma = members(ta, btfA);
       const mb = members(tb, btfB);
-      const at = (m: { bitOffset: number; bitSize: number }) => (m.bitSize ? `bit ${m.bitOffset} (${m.bitSize} bits)` : m.bitOffset % 8 ? `bit ${m.bitOffset}` : `byte ${m.bitOffset / 8}`);
+      const at = (m: { bitOffset: number; bitSize: number }) =>
+        m.bitSize
+          ? `bit ${m.bitOffset} (${m.bitSize} bits)`
+          : m.bitOffset % 8
+            ? `bit ${m.bitOffset}`
+            : `byte ${m.bitOffset / 8}`;
       const names = (ms: { name: string }[]) => ms.map((m) => m.name || '(anonymous)').join(', ');
       if (ma.length !== mb.length || ma.some((m, i) => m.name !== mb[i]!.name && !mb.some((x) => x.name === m.name))) {
         return `${where}: ${label(ta)} has members ${names(ma)} in the pinned map, ${names(mb)} in the object`;
@@ -156,7 +214,8 @@ export function compareBtfTypes(btfA: Ptr, a: number, btfB: Ptr, b: number, wher
       for (const m of ma) {
         const o = m.name ? mb.find((x) => x.name === m.name)! : mb[ma.indexOf(m)]!;
         const path = `${where}.${m.name || '(anonymous)'}`;
-        if (m.bitOffset !== o.bitOffset || m.bitSize !== o.bitSize) return `${path}: at ${at(m)} in the pinned map, at ${at(o)} in the object (${label(ta)} members in order: pinned ${names(ma)}; object ${names(mb)})`;
+        if (m.bitOffset !== o.bitOffset || m.bitSize !== o.bitSize)
+          return `${path}: at ${at(m)} in the pinned map, at ${at(o)} in the object (${label(ta)} members in order: pinned ${names(ma)}; object ${names(mb)})`;
         const d = compareBtfTypes(btfA, m.type, btfB, o.type, path, seen);
         if (d) return d;
       }
@@ -166,7 +225,11 @@ export function compareBtfTypes(btfA: Ptr, a: number, btfB: Ptr, b: number, wher
     case 'enum64': {
       const stride = ta.kind === 'enum' ? 8 : 12;
       const vals = (t: BtfType, btf: Ptr) =>
-        Array.from({ length: t.vlen }, (_, i) => `${lib.btf__name_by_offset(btf, t.rest.readUInt32LE(i * stride)) as string}=${t.rest.readUInt32LE(i * stride + 4)}${stride === 12 ? `:${t.rest.readUInt32LE(i * stride + 8)}` : ''}`).join(', ');
+        Array.from(
+          { length: t.vlen },
+          (_, i) =>
+            `${lib.btf__name_by_offset(btf, t.rest.readUInt32LE(i * stride)) as string}=${t.rest.readUInt32LE(i * stride + 4)}${stride === 12 ? `:${t.rest.readUInt32LE(i * stride + 8)}` : ''}`,
+        ).join(', ');
       const va = vals(ta, btfA);
       const vb = vals(tb, btfB);
       return va === vb ? null : `${where}: ${label(ta)} is {${va}} in the pinned map, {${vb}} in the object`;
@@ -183,7 +246,8 @@ export class KernelBtf {
   private constructor(readonly ptr: Ptr) {}
   static load(id: number, what: string): KernelBtf {
     const p: Ptr = lib.btf__load_from_kernel_by_id(id);
-    if (isNull(p)) throw new BpfError(`${what}: load BTF ${id} from the kernel`, 'btf__load_from_kernel_by_id', errno());
+    if (isNull(p))
+      throw new BpfError(`${what}: load BTF ${id} from the kernel`, 'btf__load_from_kernel_by_id', errno());
     return new KernelBtf(p);
   }
   close(): void {

@@ -15,7 +15,15 @@ export interface StructCodec<T> extends Codec<T> {
 
 type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 'be16' | 'be32';
 type FieldType = Scalar | { bytes: number } | StructCodec<unknown>;
-type FieldValue<F> = F extends 'u64' ? bigint : F extends Scalar ? number : F extends { bytes: number } ? Buffer : F extends StructCodec<infer S> ? S : never;
+type FieldValue<F> = F extends 'u64'
+  ? bigint
+  : F extends Scalar
+    ? number
+    : F extends { bytes: number }
+      ? Buffer
+      : F extends StructCodec<infer S>
+        ? S
+        : never;
 
 const scalarSize: Record<Scalar, number> = { u8: 1, u16: 2, u32: 4, u64: 8, be16: 2, be32: 4 };
 
@@ -88,7 +96,11 @@ export function struct<const D extends Record<string, FieldType>>(
   };
 }
 
-function scalar<T>(size: number, enc: (b: Buffer, v: T, o: number) => void, dec: (b: Buffer, o: number) => T): Codec<T> {
+function scalar<T>(
+  size: number,
+  enc: (b: Buffer, v: T, o: number) => void,
+  dec: (b: Buffer, o: number) => T,
+): Codec<T> {
   return {
     size,
     encode(v: T, into = Buffer.alloc(size), at = 0) {
@@ -98,6 +110,18 @@ function scalar<T>(size: number, enc: (b: Buffer, v: T, o: number) => void, dec:
     decode: (b: Buffer, at = 0) => dec(b, at),
   };
 }
-export const u8 = scalar<number>(1, (b, v, o) => b.writeUInt8(v, o), (b, o) => b.readUInt8(o));
-export const u32 = scalar<number>(4, (b, v, o) => b.writeUInt32LE(v >>> 0, o), (b, o) => b.readUInt32LE(o));
-export const u64 = scalar<bigint>(8, (b, v, o) => b.writeBigUInt64LE(v, o), (b, o) => b.readBigUInt64LE(o));
+export const u8 = scalar<number>(
+  1,
+  (b, v, o) => b.writeUInt8(v, o),
+  (b, o) => b.readUInt8(o),
+);
+export const u32 = scalar<number>(
+  4,
+  (b, v, o) => b.writeUInt32LE(v >>> 0, o),
+  (b, o) => b.readUInt32LE(o),
+);
+export const u64 = scalar<bigint>(
+  8,
+  (b, v, o) => b.writeBigUInt64LE(v, o),
+  (b, o) => b.readBigUInt64LE(o),
+);

@@ -62,14 +62,17 @@ export function nPossibleCpus(): number {
 /** Map types whose kernel implementation has the BPF_MAP_*_BATCH commands: hash and array maps have
  * their own; the LPM trie has the kernel's generic ones (get_next_key/lookup/update/delete in a loop
  * inside one syscall, since 5.6). A kernel that refuses them anyway is noticed per map (see below). */
-const BATCH_TYPES = new Set([1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */, 11 /* lpm trie */]);
+const BATCH_TYPES = new Set([
+  1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */, 11 /* lpm trie */,
+]);
 const EINVAL = 22;
 const ENOSPC = 28;
 const EOPNOTSUPP = 95;
 const ENOTSUPP = 524; // the kernel's "this map type has no such batch operation"
 /** Why a batch command was refused outright (nothing done), per map type: later calls go one by one. */
 export const batchRefused = new Map<number, string>();
-const refusal = (r: number) => (r === -ENOTSUPP ? 'ENOTSUPP' : r === -EOPNOTSUPP ? 'EOPNOTSUPP' : r === -EINVAL ? 'EINVAL' : null);
+const refusal = (r: number) =>
+  r === -ENOTSUPP ? 'ENOTSUPP' : r === -EOPNOTSUPP ? 'EOPNOTSUPP' : r === -EINVAL ? 'EINVAL' : null;
 
 export class BpfMap<K, V> {
   private closed = false;
@@ -87,7 +90,9 @@ export class BpfMap<K, V> {
     this.info = mapInfo(fd, `map ${name}`);
     if (this.info.keySize !== key.size || this.info.valueSize !== value.size) {
       if (ownsFd) c.close(fd);
-      throw new Error(`map ${name}: kernel sizes key ${this.info.keySize}/value ${this.info.valueSize}, codec ${key.size}/${value.size}`);
+      throw new Error(
+        `map ${name}: kernel sizes key ${this.info.keySize}/value ${this.info.valueSize}, codec ${key.size}/${value.size}`,
+      );
     }
     this.keyBuf = Buffer.alloc(key.size);
     this.valBuf = Buffer.alloc(this.rawValueSize);
@@ -179,7 +184,12 @@ export class BpfMap<K, V> {
       for (const [k, v] of list) this.set(k, v);
       return list.length;
     }
-    return this.setManyRaw(list.map(([k, v]) => [this.key.encode(k, Buffer.alloc(this.key.size)), this.value.encode(v, Buffer.alloc(this.value.size))]));
+    return this.setManyRaw(
+      list.map(([k, v]) => [
+        this.key.encode(k, Buffer.alloc(this.key.size)),
+        this.value.encode(v, Buffer.alloc(this.value.size)),
+      ]),
+    );
   }
 
   private batchable(): boolean {
@@ -208,7 +218,12 @@ export class BpfMap<K, V> {
         count.writeUInt32LE(part.length);
         const r: number = lib.bpf_map_update_batch(this.fd, keys, vals, count, NULL);
         if (r < 0 && this.refused(r, count.readUInt32LE(0), 'BPF_MAP_UPDATE_BATCH')) break;
-        if (r < 0) throw new BpfError(`batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`, 'bpf_map_update_batch', r);
+        if (r < 0)
+          throw new BpfError(
+            `batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`,
+            'bpf_map_update_batch',
+            r,
+          );
       }
     }
     for (; i < list.length; i++) this.setRaw(list[i]![0], list[i]![1]);
@@ -229,7 +244,12 @@ export class BpfMap<K, V> {
         const r: number = lib.bpf_map_delete_batch(this.fd, Buffer.concat(part), count, NULL);
         const n = count.readUInt32LE(0);
         if (r < 0 && this.refused(r, n, 'BPF_MAP_DELETE_BATCH')) break;
-        if (r < 0 && r !== -ENOENT) throw new BpfError(`batch delete from ${this.name} (${n} of ${part.length} deleted)`, 'bpf_map_delete_batch', r);
+        if (r < 0 && r !== -ENOENT)
+          throw new BpfError(
+            `batch delete from ${this.name} (${n} of ${part.length} deleted)`,
+            'bpf_map_delete_batch',
+            r,
+          );
         deleted += n;
         i += r === -ENOENT ? n + 1 : part.length; // the kernel stops at a missing key: go on after it
       }
@@ -264,7 +284,10 @@ export class BpfMap<K, V> {
         throw new BpfError(`batch look up in ${this.name}`, 'bpf_map_lookup_batch', r);
       }
       for (let j = 0; j < n; j++) {
-        out.push([Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)), Buffer.from(vals.subarray(j * this.value.size, (j + 1) * this.value.size))]);
+        out.push([
+          Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)),
+          Buffer.from(vals.subarray(j * this.value.size, (j + 1) * this.value.size)),
+        ]);
       }
       if (r === -ENOENT) return out; // the end of the map
       inBatch = Buffer.from(outBatch);
@@ -315,7 +338,8 @@ export class BpfMap<K, V> {
     } finally {
       c.close(fd);
     }
-    if (id !== this.info.id) throw new Error(`${what}: the pin is map id ${id}, not this map (id ${this.info.id}); left in place`);
+    if (id !== this.info.id)
+      throw new Error(`${what}: the pin is map id ${id}, not this map (id ${this.info.id}); left in place`);
     try {
       unlinkSync(path);
     } catch (e) {

@@ -64,14 +64,23 @@ export class BpfObject {
   /** Declared layout of a map (before or after load). */
   mapSpec(name: string): { type: number; keySize: number; valueSize: number; maxEntries: number } {
     const m = this.mapPtr(name);
-    return { type: lib.bpf_map__type(m), keySize: lib.bpf_map__key_size(m), valueSize: lib.bpf_map__value_size(m), maxEntries: lib.bpf_map__max_entries(m) };
+    return {
+      type: lib.bpf_map__type(m),
+      keySize: lib.bpf_map__key_size(m),
+      valueSize: lib.bpf_map__value_size(m),
+      maxEntries: lib.bpf_map__max_entries(m),
+    };
   }
 
   /** The object's BTF and the ids of a map's key and value types in it (0: none declared). */
   mapBtf(name: string): { btf: Ptr | null; keyTypeId: number; valueTypeId: number } {
     const m = this.mapPtr(name);
     const btf: Ptr = lib.bpf_object__btf(this.handle);
-    return { btf: isNull(btf) ? null : btf, keyTypeId: lib.bpf_map__btf_key_type_id(m), valueTypeId: lib.bpf_map__btf_value_type_id(m) };
+    return {
+      btf: isNull(btf) ? null : btf,
+      keyTypeId: lib.bpf_map__btf_key_type_id(m),
+      valueTypeId: lib.bpf_map__btf_value_type_id(m),
+    };
   }
 
   /** Before load: use an existing map (e.g. a pinned one) instead of creating it. */

@@ -12,7 +12,9 @@ import { verifyProbeCommand } from './commands/verify-probe.js';
 
 export function buildProgram(): Command {
   return new Command('meshredir')
-    .description('transparent traffic redirection for service-mesh proxies: eBPF first, iptables when the kernel cannot')
+    .description(
+      'transparent traffic redirection for service-mesh proxies: eBPF first, iptables when the kernel cannot',
+    )
     .version('0.1.0')
     .option('--debug', 'print the cause chain and libbpf log of errors')
     .showHelpAfterError()

@@ -6,7 +6,11 @@ export function printJson(value: unknown): void {
 }
 
 export function table(head: string[], rows: (string | number | boolean)[][]): string {
-  const t = new Table({ head, style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
+  const t = new Table({
+    head,
+    style: { head: [], border: [] },
+    chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' },
+  });
   for (const r of rows) t.push(r.map(String));
   return t.toString();
 }

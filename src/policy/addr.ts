@@ -25,10 +25,12 @@ export function isLoopback(e: { family: 4 | 6; bytes: number[] }): boolean {
 
 export function parseEndpoint(s: string, family: 4 | 6): Endpoint | string {
   const m = family === 4 ? /^([0-9.]+):(\d+)$/.exec(s) : /^\[([0-9a-fA-F:.]+)\]:(\d+)$/.exec(s);
-  if (!m) return `${JSON.stringify(s)} is not ${family === 4 ? 'an IPv4 address:port such as "10.0.0.1:15001"' : 'an IPv6 [address]:port such as "[fd00::1]:15001"'}`;
+  if (!m)
+    return `${JSON.stringify(s)} is not ${family === 4 ? 'an IPv4 address:port such as "10.0.0.1:15001"' : 'an IPv6 [address]:port such as "[fd00::1]:15001"'}`;
   const [, host = '', portText = ''] = m;
   const port = Number(portText);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return `${JSON.stringify(s)}: ${portText} is not a port (1-65535)`;
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    return `${JSON.stringify(s)}: ${portText} is not a port (1-65535)`;
   if (family === 4 ? !ipaddr.IPv4.isValidFourPartDecimal(host) : !ipaddr.IPv6.isValid(host)) {
     return `${JSON.stringify(s)}: ${host} is not an IPv${family} address`;
   }
@@ -51,7 +53,8 @@ export function parseCidr(s: string): Cidr | string {
   if (!family) return `${JSON.stringify(s)}: ${host} is not an IP address`;
   const max = family === 4 ? 32 : 128;
   const prefix = Number(prefixText);
-  if (!/^\d+$/.test(prefixText) || prefix > max) return `${JSON.stringify(s)}: /${prefixText} is not a prefix length (0-${max})`;
+  if (!/^\d+$/.test(prefixText) || prefix > max)
+    return `${JSON.stringify(s)}: /${prefixText} is not a prefix length (0-${max})`;
   const parsed = ipaddr.parse(host);
   if (family === 6 && prefix >= 96 && (parsed as ipaddr.IPv6).isIPv4MappedAddress()) {
     const v4 = (parsed as ipaddr.IPv6).toIPv4Address().toString();
@@ -62,6 +65,9 @@ export function parseCidr(s: string): Cidr | string {
     const i = bit >> 3;
     bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> (bit & 7));
   }
-  const norm = family === 4 ? ipaddr.fromByteArray(bytes).toString() : (ipaddr.fromByteArray(bytes) as ipaddr.IPv6).toRFC5952String();
+  const norm =
+    family === 4
+      ? ipaddr.fromByteArray(bytes).toString()
+      : (ipaddr.fromByteArray(bytes) as ipaddr.IPv6).toRFC5952String();
   return { family, bytes, prefix, text: `${norm}/${prefix}` };
 }

@@ -10,7 +10,10 @@ export interface Resolution {
 
 export interface MapEntries {
   mr_cgroups: [bigint, { kind: number; slot: number }][];
-  mr_policies: [number, { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number }][];
+  mr_policies: [
+    number,
+    { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number },
+  ][];
   mr_owners: [{ slot: number; kind: number; id: number }, number][];
   mr_proxies: [{ cgroup_id: bigint; slot: number; pad: number }, number][];
   mr_ports: [{ slot: number; port: number; pad: number }, number][];
@@ -58,14 +61,28 @@ export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }):
 }
 
 /** Policies whose cgroup does not exist yet contribute nothing but their slot metadata. */
-export function toEntries(policies: Policy[], slots: Map<string, number>, res: Map<string, Resolution>, caps: Capabilities = { fastPath: true }): MapEntries {
-  const e: MapEntries = { mr_cgroups: [], mr_policies: [], mr_owners: [], mr_proxies: [], mr_ports: [], mr_cidrs: [], mr_slots: [] };
+export function toEntries(
+  policies: Policy[],
+  slots: Map<string, number>,
+  res: Map<string, Resolution>,
+  caps: Capabilities = { fastPath: true },
+): MapEntries {
+  const e: MapEntries = {
+    mr_cgroups: [],
+    mr_policies: [],
+    mr_owners: [],
+    mr_proxies: [],
+    mr_ports: [],
+    mr_cidrs: [],
+    mr_slots: [],
+  };
   for (const p of policies) {
     const slot = slots.get(p.name);
     if (slot === undefined) throw new Error(`policy ${p.name}: no slot`);
     const r = res.get(p.name);
     const name = Buffer.alloc(SLOT_NAME_BYTES);
-    if (Buffer.byteLength(p.name) >= SLOT_NAME_BYTES) throw new Error(`policy ${p.name}: name longer than ${SLOT_NAME_BYTES - 1} bytes`);
+    if (Buffer.byteLength(p.name) >= SLOT_NAME_BYTES)
+      throw new Error(`policy ${p.name}: name longer than ${SLOT_NAME_BYTES - 1} bytes`);
     name.write(p.name, 'utf8');
     e.mr_slots.push([slot, { cgroup_id: r?.cgroup ?? 0n, name }]);
     if (!r?.cgroup) continue;
@@ -91,10 +108,16 @@ export function toEntries(policies: Policy[], slots: Map<string, number>, res: M
     for (const gid of p.bypass.gids) e.mr_owners.push([{ slot, kind: OwnerKind.GID, id: gid }, 1]);
     for (const port of p.outbound.includePorts) e.mr_ports.push([{ slot, port, pad: 0 }, Action.INCLUDE]);
     for (const port of p.outbound.excludePorts) e.mr_ports.push([{ slot, port, pad: 0 }, Action.EXCLUDE]);
-    const cidr = (c: { family: 4 | 6; bytes: number[]; prefix: number }, action: number): MapEntries['mr_cidrs'][number] => {
+    const cidr = (
+      c: { family: 4 | 6; bytes: number[]; prefix: number },
+      action: number,
+    ): MapEntries['mr_cidrs'][number] => {
       const addr = Buffer.alloc(16);
       Buffer.from(c.bytes).copy(addr);
-      return [{ prefixlen: 32 + 8 + c.prefix, slot, family: c.family === 4 ? AF_INET : AF_INET6, addr, pad: Buffer.alloc(3) }, action];
+      return [
+        { prefixlen: 32 + 8 + c.prefix, slot, family: c.family === 4 ? AF_INET : AF_INET6, addr, pad: Buffer.alloc(3) },
+        action,
+      ];
     };
     for (const c of p.outbound.includeCidrs) e.mr_cidrs.push(cidr(c, Action.INCLUDE));
     for (const c of p.outbound.excludeCidrs) e.mr_cidrs.push(cidr(c, Action.EXCLUDE));
@@ -123,7 +146,11 @@ export interface IdConflict {
  * schema could not normalise away). The policy that owns the id in the kernel now (`owners`: id → policy
  * name) keeps it; the others are rejected; when none (or more than one) owns it, all are rejected.
  */
-export function cgroupIdConflicts(policies: Policy[], res: Map<string, Resolution>, owners: Map<bigint, string>): { keep: Policy[]; conflicts: IdConflict[] } {
+export function cgroupIdConflicts(
+  policies: Policy[],
+  res: Map<string, Resolution>,
+  owners: Map<bigint, string>,
+): { keep: Policy[]; conflicts: IdConflict[] } {
   const byId = new Map<bigint, Policy[]>();
   for (const p of policies) {
     const id = res.get(p.name)?.cgroup;

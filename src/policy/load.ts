@@ -39,11 +39,15 @@ const article = (t: string) => (t === 'null' ? 'null' : /^[aeiou]/.test(t) ? `an
 function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[] {
   return err.issues.map((i) => {
     let message = i.message;
-    if (i.code === 'unrecognized_keys') message = `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    if (i.code === 'unrecognized_keys')
+      message = `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
     else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) {
       // "Invalid input: expected object, received string": absent is "required", present is a wrong type.
       const received = /received (\w+)$/.exec(i.message)?.[1];
-      message = received === undefined || received === 'undefined' ? `is required (${i.expected})` : `must be ${article(i.expected)}, not ${article(received)}`;
+      message =
+        received === undefined || received === 'undefined'
+          ? `is required (${i.expected})`
+          : `must be ${article(i.expected)}, not ${article(received)}`;
     }
     return { file, path: prefix + fieldPath(i.path), message };
   });
@@ -63,7 +67,8 @@ export function parsePolicyText(text: string, file: string): FileResult {
   list.forEach((doc, n) => {
     const where = list.length > 1 ? `document ${n + 1}: ` : '';
     if (doc.errors.length > 0) {
-      for (const e of doc.errors) errors.push({ file, path: '', message: `${where}not YAML: ${e.message.split('\n')[0]}` });
+      for (const e of doc.errors)
+        errors.push({ file, path: '', message: `${where}not YAML: ${e.message.split('\n')[0]}` });
       return;
     }
     let value: unknown;
@@ -87,7 +92,13 @@ export async function loadPolicyFile(file: string): Promise<FileResult> {
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    return { file, policies: [], errors: [{ file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }] };
+    return {
+      file,
+      policies: [],
+      errors: [
+        { file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` },
+      ],
+    };
   }
   return { ...parsePolicyText(text, file), text };
 }
@@ -113,7 +124,9 @@ export interface PolicySet {
 /** Loads a file or a directory and checks cross-file rules (unique names and cgroups). */
 export async function loadPolicies(path: string): Promise<PolicySet> {
   const st = await stat(path);
-  const files = st.isDirectory() ? await Promise.all((await policyFiles(path)).map(loadPolicyFile)) : [await loadPolicyFile(path)];
+  const files = st.isDirectory()
+    ? await Promise.all((await policyFiles(path)).map(loadPolicyFile))
+    : [await loadPolicyFile(path)];
   return checkSet(files);
 }
 
@@ -146,7 +159,11 @@ export function checkSet(files: FileResult[], applied: readonly Policy[] = []): 
         for (const p of ps) {
           if (p === inc) continue;
           rejected.add(p);
-          errors.push({ file: p.file, path: rule.field, message: `${key} is already claimed by ${claimant(inc)}, which is applied and stays; ${p.name} from ${p.file} is not applied` });
+          errors.push({
+            file: p.file,
+            path: rule.field,
+            message: `${key} is already claimed by ${claimant(inc)}, which is applied and stays; ${p.name} from ${p.file} is not applied`,
+          });
         }
         continue;
       }
@@ -156,7 +173,13 @@ export function checkSet(files: FileResult[], applied: readonly Policy[] = []): 
         errors.push({
           file: p.file,
           path: rule.field,
-          message: rule.what === 'cgroup' ? `${key} is also claimed by ${others.join(', ')}` : `${key} is also used by ${ps.filter((o) => o !== p).map((o) => o.file).join(', ')}`,
+          message:
+            rule.what === 'cgroup'
+              ? `${key} is also claimed by ${others.join(', ')}`
+              : `${key} is also used by ${ps
+                  .filter((o) => o !== p)
+                  .map((o) => o.file)
+                  .join(', ')}`,
         });
       }
     }

@@ -11,7 +11,8 @@ export function typeOf(v: unknown): string {
 }
 
 /** The message for a value of the wrong type: "is required" only when it is absent. */
-const wrongType = (what: string) => (i: { input: unknown }) => (i.input === undefined ? `is required (${what})` : `must be ${what}, not ${typeOf(i.input)}`);
+const wrongType = (what: string) => (i: { input: unknown }) =>
+  i.input === undefined ? `is required (${what})` : `must be ${what}, not ${typeOf(i.input)}`;
 
 const port = z
   .number({ error: (i) => `${JSON.stringify(i.input)} is not a port (1-65535)` })
@@ -28,7 +29,10 @@ const id = z
 /** One spelling per cgroup: "//" collapsed, "." segments and trailing "/" dropped, so aliases such as
  * /pods//a and /pods/./a are the same claim as /pods/a in the duplicate check. */
 export function normaliseCgroupPath(p: string): string {
-  return `/${p.split('/').filter((s) => s !== '' && s !== '.').join('/')}`;
+  return `/${p
+    .split('/')
+    .filter((s) => s !== '' && s !== '.')
+    .join('/')}`;
 }
 
 const cgroupPath = z
@@ -38,14 +42,16 @@ const cgroupPath = z
   .transform(normaliseCgroupPath);
 
 function endpoint(family: 4 | 6) {
-  return z.string({ error: `must be a string such as ${family === 4 ? '"10.0.0.1:15001"' : '"[fd00::1]:15001"'}` }).transform((s, ctx) => {
-    const r = parseEndpoint(s, family);
-    if (typeof r === 'string') {
-      ctx.addIssue({ code: 'custom', message: r });
-      return z.NEVER;
-    }
-    return r;
-  });
+  return z
+    .string({ error: `must be a string such as ${family === 4 ? '"10.0.0.1:15001"' : '"[fd00::1]:15001"'}` })
+    .transform((s, ctx) => {
+      const r = parseEndpoint(s, family);
+      if (typeof r === 'string') {
+        ctx.addIssue({ code: 'custom', message: r });
+        return z.NEVER;
+      }
+      return r;
+    });
 }
 
 const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).transform((s, ctx) => {
@@ -58,13 +64,25 @@ const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).t
 });
 
 export const policyDocument = z.strictObject({
-  apiVersion: z.literal('meshredir/v1', { error: (i) => (i.input === undefined ? 'is required ("meshredir/v1")' : `${JSON.stringify(i.input)}: only "meshredir/v1" is known`) }),
-  kind: z.literal('RedirectPolicy', { error: (i) => (i.input === undefined ? 'is required ("RedirectPolicy")' : `${JSON.stringify(i.input)}: only "RedirectPolicy" is known`) }),
+  apiVersion: z.literal('meshredir/v1', {
+    error: (i) =>
+      i.input === undefined
+        ? 'is required ("meshredir/v1")'
+        : `${JSON.stringify(i.input)}: only "meshredir/v1" is known`,
+  }),
+  kind: z.literal('RedirectPolicy', {
+    error: (i) =>
+      i.input === undefined
+        ? 'is required ("RedirectPolicy")'
+        : `${JSON.stringify(i.input)}: only "RedirectPolicy" is known`,
+  }),
   metadata: z.strictObject({
     name: z
       .string({ error: wrongType('a DNS-label-like name') })
       // At most 253 characters, like a Kubernetes object name; mr_slots keeps all of them (256 bytes).
-      .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, { error: (i) => `${JSON.stringify(i.input)} is not a valid name (lowercase letters, digits, "-" and ".")` }),
+      .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, {
+        error: (i) => `${JSON.stringify(i.input)} is not a valid name (lowercase letters, digits, "-" and ".")`,
+      }),
   }),
   spec: z
     .strictObject({
@@ -100,15 +118,29 @@ export const policyDocument = z.strictObject({
     })
     .superRefine((spec, ctx) => {
       if (!spec.proxy.outbound && !spec.proxy.outbound6) {
-        ctx.addIssue({ code: 'custom', path: ['proxy'], message: 'needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxy'],
+          message: 'needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to',
+        });
       }
       const inc = new Set(spec.outbound.includePorts);
       spec.outbound.excludePorts.forEach((p, i) => {
-        if (inc.has(p)) ctx.addIssue({ code: 'custom', path: ['outbound', 'excludePorts', i], message: `${p} is also in includePorts` });
+        if (inc.has(p))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['outbound', 'excludePorts', i],
+            message: `${p} is also in includePorts`,
+          });
       });
       const incC = new Set(spec.outbound.includeCidrs.map((c) => c.text));
       spec.outbound.excludeCidrs.forEach((c, i) => {
-        if (incC.has(c.text)) ctx.addIssue({ code: 'custom', path: ['outbound', 'excludeCidrs', i], message: `${c.text} is also in includeCidrs` });
+        if (incC.has(c.text))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['outbound', 'excludeCidrs', i],
+            message: `${c.text} is also in includeCidrs`,
+          });
       });
       if (spec.outbound.redirectLoopback) {
         for (const field of ['outbound', 'outbound6'] as const) {
@@ -123,7 +155,11 @@ export const policyDocument = z.strictObject({
         }
       }
       if (spec.proxy.bypass.cgroups.includes(spec.cgroup)) {
-        ctx.addIssue({ code: 'custom', path: ['proxy', 'bypass', 'cgroups'], message: `${spec.cgroup} is the policy's own cgroup: nothing would be redirected` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['proxy', 'bypass', 'cgroups'],
+          message: `${spec.cgroup} is the policy's own cgroup: nothing would be redirected`,
+        });
       }
     }),
 });
@@ -139,7 +175,13 @@ export interface Policy {
   accelerate: boolean;
   proxy: { outbound?: Endpoint; outbound6?: Endpoint; inbound?: number };
   bypass: { cgroups: string[]; uids: number[]; gids: number[] };
-  outbound: { includePorts: number[]; excludePorts: number[]; includeCidrs: Cidr[]; excludeCidrs: Cidr[]; redirectLoopback: boolean };
+  outbound: {
+    includePorts: number[];
+    excludePorts: number[];
+    includeCidrs: Cidr[];
+    excludeCidrs: Cidr[];
+    redirectLoopback: boolean;
+  };
   inbound: { excludePorts: number[] };
 }
 

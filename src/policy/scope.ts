@@ -19,11 +19,21 @@ export function outsideRoot(policies: Policy[], root: string): OutOfScope[] {
   const out: OutOfScope[] = [];
   for (const p of policies) {
     if (!underRoot(p.cgroup, root)) {
-      out.push({ policy: p.name, field: 'spec.cgroup', cgroup: p.cgroup, message: `${p.file}: policy ${p.name}: cgroup ${p.cgroup} is outside --cgroup-root ${root}, where the programs are attached: the hooks do not run there, so nothing from it is redirected` });
+      out.push({
+        policy: p.name,
+        field: 'spec.cgroup',
+        cgroup: p.cgroup,
+        message: `${p.file}: policy ${p.name}: cgroup ${p.cgroup} is outside --cgroup-root ${root}, where the programs are attached: the hooks do not run there, so nothing from it is redirected`,
+      });
     }
     for (const b of p.bypass.cgroups) {
       if (underRoot(b, root)) continue;
-      out.push({ policy: p.name, field: 'spec.proxy.bypass.cgroups', cgroup: b, message: `${p.file}: policy ${p.name}: bypass cgroup ${b} is outside --cgroup-root ${root}: the hooks never run there, so this entry has no effect` });
+      out.push({
+        policy: p.name,
+        field: 'spec.proxy.bypass.cgroups',
+        cgroup: b,
+        message: `${p.file}: policy ${p.name}: bypass cgroup ${b} is outside --cgroup-root ${root}: the hooks never run there, so this entry has no effect`,
+      });
     }
   }
   return out;

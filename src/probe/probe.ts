@@ -12,11 +12,34 @@ import { kernelHasMember } from '../bpf/btf.js';
 import { PROGRAMS, type ProgramName } from '../bpf/abi.js';
 import { cgroup2Mount, bpffsMount } from '../util/host.js';
 
-export const FEATURES = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'sockhash', 'skMsg', 'skMsgQueueLen', 'getsockopt', 'getpeername', 'skLookup', 'sendmsg'] as const;
+export const FEATURES = [
+  'bpf',
+  'btf',
+  'bpfLink',
+  'connect4',
+  'connect6',
+  'sockops',
+  'sockhash',
+  'skMsg',
+  'skMsgQueueLen',
+  'getsockopt',
+  'getpeername',
+  'skLookup',
+  'sendmsg',
+] as const;
 export type Feature = (typeof FEATURES)[number];
 
 /** What the eBPF mode needs, all of it: a partial set must not make a half-working mode. */
-export const EBPF_REQUIRED: Feature[] = ['bpf', 'btf', 'bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername'];
+export const EBPF_REQUIRED: Feature[] = [
+  'bpf',
+  'btf',
+  'bpfLink',
+  'connect4',
+  'connect6',
+  'sockops',
+  'getsockopt',
+  'getpeername',
+];
 
 export interface ObjectCheck {
   path: string;
@@ -125,7 +148,8 @@ function probeBtf(): Outcome {
   if (fd < 0) return fail('bpf_btf_load', fd);
   c.close(fd);
   const vmlinux = lib.btf__load_vmlinux_btf();
-  if (isNull(vmlinux)) return `btf__load_vmlinux_btf: ${errnoName(errno())} (no usable kernel BTF: CONFIG_DEBUG_INFO_BTF)`;
+  if (isNull(vmlinux))
+    return `btf__load_vmlinux_btf: ${errnoName(errno())} (no usable kernel BTF: CONFIG_DEBUG_INFO_BTF)`;
   lib.btf__free(vmlinux);
   return true;
 }
@@ -182,7 +206,14 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
     set('btf', probeBtf());
     // The fast path's flow control reads a peer's unread fast-path bytes (psock msg_tot_len).
     const qlen = kernelHasMember('sk_psock', 'msg_tot_len');
-    set('skMsgQueueLen', qlen === true ? true : qlen === null ? 'no kernel BTF to look in' : "struct sk_psock has no msg_tot_len: the fast path could not bound a slow reader's queue (accelerate is not applied)");
+    set(
+      'skMsgQueueLen',
+      qlen === true
+        ? true
+        : qlen === null
+          ? 'no kernel BTF to look in'
+          : "struct sk_psock has no msg_tot_len: the fast path could not bound a slow reader's queue (accelerate is not applied)",
+    );
     const sh: number = lib.bpf_map_create(MAP.SOCKHASH, 'mr_probe', 4, 4, 1, NULL);
     set('sockhash', sh >= 0 ? true : fail('bpf_map_create(sockhash)', sh));
 
@@ -199,7 +230,16 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
 
     const parent = opts.cgroupParent ?? cg2;
     if (!parent) {
-      for (const f of ['bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername', 'sendmsg'] as Feature[]) set(f, 'no cgroup2 mount to attach to');
+      for (const f of [
+        'bpfLink',
+        'connect4',
+        'connect6',
+        'sockops',
+        'getsockopt',
+        'getpeername',
+        'sendmsg',
+      ] as Feature[])
+        set(f, 'no cgroup2 mount to attach to');
     } else {
       const dir = join(parent, `meshredir-probe-${process.pid}`);
       let cgfd = -1;
@@ -222,12 +262,32 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
         }
         const g4 = probeCgroupHook(PROG.CGROUP_SOCK_ADDR, ATTACH.INET4_GETPEERNAME, cgfd);
         const g6 = probeCgroupHook(PROG.CGROUP_SOCK_ADDR, ATTACH.INET6_GETPEERNAME, cgfd);
-        set('getpeername', g4.link !== true ? (g4.load === true ? g4.link : g4.load) : g6.link !== true ? (g6.load === true ? g6.link : g6.load) : true);
+        set(
+          'getpeername',
+          g4.link !== true
+            ? g4.load === true
+              ? g4.link
+              : g4.load
+            : g6.link !== true
+              ? g6.load === true
+                ? g6.link
+                : g6.load
+              : true,
+        );
         set('bpfLink', anyLink);
         if (opts.object) object = probeObject(opts.object, dir);
       } catch (e) {
         const msg = `temporary cgroup ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
-        for (const f of ['bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername', 'sendmsg'] as Feature[]) set(f, msg);
+        for (const f of [
+          'bpfLink',
+          'connect4',
+          'connect6',
+          'sockops',
+          'getsockopt',
+          'getpeername',
+          'sendmsg',
+        ] as Feature[])
+          set(f, msg);
         if (opts.object) object = { path: opts.object, loads: false, attaches: false, why: msg };
       } finally {
         if (cgfd >= 0) closeSync(cgfd);
@@ -245,9 +305,17 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   if (legacy !== true) why['iptables.legacy'] = legacy;
   const ipt = { nft: nft === true, legacy: legacy === true };
 
-  if (opts.object && !object) object = { path: opts.object, loads: false, attaches: false, why: features.bpf ? 'no cgroup2 mount' : 'bpf() is not usable by this process' };
+  if (opts.object && !object)
+    object = {
+      path: opts.object,
+      loads: false,
+      attaches: false,
+      why: features.bpf ? 'no cgroup2 mount' : 'bpf() is not usable by this process',
+    };
   // Without bpf() every other check failed for that one reason: name it alone.
-  const missing: string[] = !features.bpf ? [`bpf (${why.bpf})`] : EBPF_REQUIRED.filter((f) => !features[f]).map((f) => `${f} (${why[f]})`);
+  const missing: string[] = !features.bpf
+    ? [`bpf (${why.bpf})`]
+    : EBPF_REQUIRED.filter((f) => !features[f]).map((f) => `${f} (${why[f]})`);
   if (features.bpf && object && !(object.loads && object.attaches)) missing.push(`${object.path} (${object.why})`);
   let mode: ProbeReport['mode'];
   let reason: string;
@@ -257,7 +325,9 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   } else if (missing.length === 0) {
     mode = 'ebpf';
     reason = object
-      ? `meshredir's programs load and attach here (${Object.keys(PROGRAMS).filter((n) => n !== 'mr_skmsg').join(', ')}), and so do the hooks they need (${EBPF_REQUIRED.join(', ')})`
+      ? `meshredir's programs load and attach here (${Object.keys(PROGRAMS)
+          .filter((n) => n !== 'mr_skmsg')
+          .join(', ')}), and so do the hooks they need (${EBPF_REQUIRED.join(', ')})`
       : `every hook the eBPF mode needs loads and attaches (${EBPF_REQUIRED.join(', ')}); meshredir's own object was not tried`;
   } else {
     const what = missing.join('; ');

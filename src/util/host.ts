@@ -35,9 +35,12 @@ export function bpffsMount(): string | null {
 /** Makes sure a bpffs is mounted at or above `dir`; mounts one at /sys/fs/bpf if none exists. */
 export function ensureBpffs(dir: string): void {
   const abs = resolve(dir);
-  const bpf = mounts().filter((m) => m.type === 'bpf' && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)));
+  const bpf = mounts().filter(
+    (m) => m.type === 'bpf' && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)),
+  );
   if (bpf.length > 0) return;
-  if (!abs.startsWith('/sys/fs/bpf')) throw new Error(`${dir} is not on a bpffs mount (mount one, or use a directory under /sys/fs/bpf)`);
+  if (!abs.startsWith('/sys/fs/bpf'))
+    throw new Error(`${dir} is not on a bpffs mount (mount one, or use a directory under /sys/fs/bpf)`);
   mkdirSync('/sys/fs/bpf', { recursive: true });
   execFileSync('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf'], { stdio: 'pipe' });
 }

@@ -1,7 +1,16 @@
 // agent.kernel.test.ts — the agent unattended: SIGKILL under load, a crash between load and attach,
 // apply/apply/cleanup/apply, drift repaired within an interval, invalid files never break what works.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, statSync, readdirSync, readFileSync, existsSync, renameSync } from 'node:fs';
+import {
+  mkdtempSync,
+  rmSync,
+  writeFileSync,
+  statSync,
+  readdirSync,
+  readFileSync,
+  existsSync,
+  renameSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
@@ -29,7 +38,14 @@ kernelDescribe('node agent', () => {
       POLICY_MAPS.map((n) => {
         const map = m.openMap(n);
         try {
-          return [n, map.rawEntries().map(([k, v]) => `${k.toString('hex')}=${v.toString('hex')}`).filter((e) => !/=0+$/.test(e)).sort()];
+          return [
+            n,
+            map
+              .rawEntries()
+              .map(([k, v]) => `${k.toString('hex')}=${v.toString('hex')}`)
+              .filter((e) => !/=0+$/.test(e))
+              .sort(),
+          ];
         } finally {
           map.close();
         }
@@ -58,7 +74,16 @@ kernelDescribe('node agent', () => {
     cgProxy = env.cgroup('proxy');
     await env.server(up, '10.200.0.100', 8080, 'up');
     await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
-    writeFileSync(join(dir, 'a.yaml'), policyYaml({ name: 'pod-a', cgroup: cgA, outbound: '10.200.0.1:15001', bypassCgroups: [cgProxy], outboundSpec: { excludePorts: [9090] } }));
+    writeFileSync(
+      join(dir, 'a.yaml'),
+      policyYaml({
+        name: 'pod-a',
+        cgroup: cgA,
+        outbound: '10.200.0.1:15001',
+        bypassCgroups: [cgProxy],
+        outboundSpec: { excludePorts: [9090] },
+      }),
+    );
   });
 
   afterAll(async () => {
@@ -84,7 +109,13 @@ kernelDescribe('node agent', () => {
 
   it('SIGKILL and restart under load: thousands of connections, none fails or goes unredirected', async () => {
     let a = await startAgent();
-    const loop = env.spawn(podA, cgA, process.execPath, [join(env.toolsDir, 'client.mjs'), 'until-stdin', '10.200.0.100', '8080', 'up 10.200.0.1 '], { stdin: true });
+    const loop = env.spawn(
+      podA,
+      cgA,
+      process.execPath,
+      [join(env.toolsDir, 'client.mjs'), 'until-stdin', '10.200.0.100', '8080', 'up 10.200.0.1 '],
+      { stdin: true },
+    );
     const done = () => Number([...loop.err.matchAll(/progress (\d+)/g)].pop()?.[1] ?? 0);
     // Phases by count, not by time: ≥ 700 connections before the kill, while no agent runs, and after
     // the restart (which itself happens under load).
@@ -97,7 +128,14 @@ kernelDescribe('node agent', () => {
     await waitFor(() => done() >= atStart + 700, 'connections after the restart', loop, 60_000);
     loop.child.stdin!.end();
     await loop.exited;
-    const r = JSON.parse(loop.out) as { total: number; ok: number; failed: number; unexpected: number; firstError: string | null; firstUnexpected: string | null };
+    const r = JSON.parse(loop.out) as {
+      total: number;
+      ok: number;
+      failed: number;
+      unexpected: number;
+      firstError: string | null;
+      firstUnexpected: string | null;
+    };
     expect(r.failed, r.firstError ?? '').toBe(0);
     expect(r.unexpected, r.firstUnexpected ?? '').toBe(0);
     expect(r.total).toBeGreaterThanOrEqual(2000);
@@ -108,7 +146,26 @@ kernelDescribe('node agent', () => {
   it('a crash between loading and attaching converges to the same state as a clean start', async () => {
     const clean = snapshot();
     await env.cliRun(env.cleanupArgs());
-    const faulty = env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf'], { env: { MESHREDIR_FAULT: 'after-load' } });
+    const faulty = env.spawn(
+      null,
+      null,
+      process.execPath,
+      [
+        env.cliPath,
+        'agent',
+        '--policies',
+        dir,
+        '--cgroup-root',
+        env.cgRoot,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+        '--mode',
+        'ebpf',
+      ],
+      { env: { MESHREDIR_FAULT: 'after-load' } },
+    );
     await faulty.exited;
     expect(faulty.child.signalCode).toBe('SIGKILL');
     expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]); // died before attaching
@@ -126,7 +183,27 @@ kernelDescribe('node agent', () => {
       .filter((x): x is string => Boolean(x))
       .sort();
   const faultyAgent = (fault: string, extra: string[] = []) =>
-    env.spawn(null, null, process.execPath, [env.cliPath, 'agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', ...extra], { env: { MESHREDIR_FAULT: fault } });
+    env.spawn(
+      null,
+      null,
+      process.execPath,
+      [
+        env.cliPath,
+        'agent',
+        '--policies',
+        dir,
+        '--cgroup-root',
+        env.cgRoot,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+        '--mode',
+        'ebpf',
+        ...extra,
+      ],
+      { env: { MESHREDIR_FAULT: fault } },
+    );
 
   it('a crash between attaches never leaves a connect hook without sockops and getsockopt; a restart converges', async () => {
     await env.stop(await startAgent());
@@ -140,8 +217,14 @@ kernelDescribe('node agent', () => {
       await faulty.exited;
       expect(faulty.child.signalCode, faulty.err).toBe('SIGKILL');
       const names = attachedAtRoot();
-      expect(names).toEqual(order.slice(0, n).filter((x) => PROGRAMS[x].attach !== 'sk_msg').sort());
-      if (names.some((x) => x.startsWith('mr_connect'))) expect(names).toEqual(expect.arrayContaining(['mr_sockops', 'mr_getsockopt']));
+      expect(names).toEqual(
+        order
+          .slice(0, n)
+          .filter((x) => PROGRAMS[x].attach !== 'sk_msg')
+          .sort(),
+      );
+      if (names.some((x) => x.startsWith('mr_connect')))
+        expect(names).toEqual(expect.arrayContaining(['mr_sockops', 'mr_getsockopt']));
       const a = await startAgent();
       expect(snapshot()).toEqual(clean);
       expect(attachedAtRoot()).toEqual([...cgroupPrograms].sort());
@@ -154,7 +237,9 @@ kernelDescribe('node agent', () => {
     await env.cliRun(env.cleanupArgs());
     let p = faultyAgent('fail-attach:mr_connect6');
     expect(await p.exited).toBe(1);
-    const before6 = (Object.keys(PROGRAMS) as ProgramName[]).slice(0, Object.keys(PROGRAMS).indexOf('mr_connect6')).reverse();
+    const before6 = (Object.keys(PROGRAMS) as ProgramName[])
+      .slice(0, Object.keys(PROGRAMS).indexOf('mr_connect6'))
+      .reverse();
     expect(p.err).toContain(`attach mr_connect6: injected failure`);
     expect(p.err).toContain(`; detached what this load had attached (${before6.join(', ')})`);
     expect(attachedAtRoot()).toEqual([]);
@@ -164,10 +249,21 @@ kernelDescribe('node agent', () => {
     // cannot learn their destination.
     let a = await startAgent();
     await env.stop(a);
-    sh('bpftool', ['link', 'detach', 'id', String(mode().links().find((l) => l.name === 'mr_getsockopt')!.id)]);
+    sh('bpftool', [
+      'link',
+      'detach',
+      'id',
+      String(
+        mode()
+          .links()
+          .find((l) => l.name === 'mr_getsockopt')!.id,
+      ),
+    ]);
     p = faultyAgent('fail-attach:mr_getsockopt');
     expect(await p.exited).toBe(1);
-    expect(p.err).toMatch(/nothing had been attached by this load; detached mr_connect4, mr_connect6 too: without mr_getsockopt redirected connections could not be resolved/);
+    expect(p.err).toMatch(
+      /nothing had been attached by this load; detached mr_connect4, mr_connect6 too: without mr_getsockopt redirected connections could not be resolved/,
+    );
     expect(attachedAtRoot().filter((x) => x.startsWith('mr_connect'))).toEqual([]);
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // direct, not broken
     a = await startAgent();
@@ -183,7 +279,12 @@ kernelDescribe('node agent', () => {
       await env.stop(a);
     }
     await env.cliRun(env.cleanupArgs());
-    expect(sh('bpftool', ['cgroup', 'show', env.cgRootDir]).trim().split('\n').filter((l) => / mr_/.test(l))).toEqual([]);
+    expect(
+      sh('bpftool', ['cgroup', 'show', env.cgRootDir])
+        .trim()
+        .split('\n')
+        .filter((l) => / mr_/.test(l)),
+    ).toEqual([]);
     expect(sh('sh', ['-c', `ls -A ${env.bpffs} 2>/dev/null || true`]).trim()).toBe('');
     expect(existsSync(env.stateDir)).toBe(false); // agent.json too
     const a = await startAgent();
@@ -196,7 +297,9 @@ kernelDescribe('node agent', () => {
   it('a detached link and a deleted policy entry are restored within one interval', async () => {
     const a = await startAgent(['--interval', '1']);
     const before = snapshot();
-    const link = mode().links().find((l) => l.name === 'mr_connect4')!;
+    const link = mode()
+      .links()
+      .find((l) => l.name === 'mr_connect4')!;
     sh('bpftool', ['link', 'detach', 'id', String(link.id)]);
     const cg = mode().openMap('mr_cgroups');
     try {
@@ -205,10 +308,15 @@ kernelDescribe('node agent', () => {
       cg.close();
     }
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // broken: goes direct
-    await waitFor(() => {
-      const s = snapshot();
-      return JSON.stringify(s.maps) === JSON.stringify(before.maps) && s.links.every((l) => l.attached);
-    }, 'drift repaired', a, 5000);
+    await waitFor(
+      () => {
+        const s = snapshot();
+        return JSON.stringify(s.maps) === JSON.stringify(before.maps) && s.links.every((l) => l.attached);
+      },
+      'drift repaired',
+      a,
+      5000,
+    );
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     await env.stop(a);
   });
@@ -220,7 +328,21 @@ kernelDescribe('node agent', () => {
     // The same sources built at -O1: a different mr_connect4, identical everything else.
     const out = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
     const build = join(env.rootDir, 'build');
-    sh('clang', ['-g', '-O1', '-target', 'bpf', '-D__TARGET_ARCH_x86', '-Wall', '-Werror', `-I${build}`, `-I${join(env.rootDir, 'bpf')}`, '-c', join(env.rootDir, 'bpf', 'connect4.bpf.c'), '-o', join(out, 'connect4.bpf.o')]);
+    sh('clang', [
+      '-g',
+      '-O1',
+      '-target',
+      'bpf',
+      '-D__TARGET_ARCH_x86',
+      '-Wall',
+      '-Werror',
+      `-I${build}`,
+      `-I${join(env.rootDir, 'bpf')}`,
+      '-c',
+      join(env.rootDir, 'bpf', 'connect4.bpf.c'),
+      '-o',
+      join(out, 'connect4.bpf.o'),
+    ]);
     const others = readdirSync(build)
       .filter((n) => n.endsWith('.bpf.o') && n !== 'connect4.bpf.o' && n !== 'meshredir.bpf.o')
       .map((n) => join(build, n));
@@ -231,7 +353,8 @@ kernelDescribe('node agent', () => {
       const c4 = (l: typeof after) => l.find((x) => x.name === 'mr_connect4')!;
       expect(c4(after).id).toBe(c4(before).id); // same link: never detached
       expect(c4(after).progTag).not.toBe(c4(before).progTag);
-      for (const l of after.filter((x) => x.name !== 'mr_connect4')) expect(l.progId).toBe(before.find((x) => x.name === l.name)!.progId);
+      for (const l of after.filter((x) => x.name !== 'mr_connect4'))
+        expect(l.progId).toBe(before.find((x) => x.name === l.name)!.progId);
       expect(messages(a).join('\n')).toMatch(/programs loaded and attached/);
       expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
       await env.stop(a);
@@ -240,12 +363,22 @@ kernelDescribe('node agent', () => {
     }
   });
 
-  const pinnedId = (name: string) => (JSON.parse(sh('bpftool', ['map', 'show', 'pinned', join(env.bpffs, 'maps', name), '-j'])) as { id: number }).id;
+  const pinnedId = (name: string) =>
+    (JSON.parse(sh('bpftool', ['map', 'show', 'pinned', join(env.bpffs, 'maps', name), '-j'])) as { id: number }).id;
   /** The meshredir maps a program uses, name → id, as the kernel reports them (bpftool). */
   const progMaps = (progId: number) =>
     Object.fromEntries(
-      ((JSON.parse(sh('bpftool', ['prog', 'show', 'id', String(progId), '-j'])) as { map_ids?: number[] }).map_ids ?? [])
-        .map((id) => [(JSON.parse(sh('bpftool', ['map', 'show', 'id', String(id), '-j'])) as { name: string }).name, id] as const)
+      (
+        (JSON.parse(sh('bpftool', ['prog', 'show', 'id', String(progId), '-j'])) as { map_ids?: number[] }).map_ids ??
+        []
+      )
+        .map(
+          (id) =>
+            [
+              (JSON.parse(sh('bpftool', ['map', 'show', 'id', String(id), '-j'])) as { name: string }).name,
+              id,
+            ] as const,
+        )
         .filter(([n]) => n.startsWith('mr_')),
     );
 
@@ -255,7 +388,14 @@ kernelDescribe('node agent', () => {
     const ids = names.map(pinnedId);
     for (const n of names) rmSync(join(env.bpffs, 'maps', n));
     // (An interval reconcile may fall between the two deletions: one message or two.)
-    const repinned = () => messages(a).filter((m) => /^map pins .* had been deleted; pinned again from the maps the attached programs use \(contents kept\)$/.test(m)).join(' ');
+    const repinned = () =>
+      messages(a)
+        .filter((m) =>
+          /^map pins .* had been deleted; pinned again from the maps the attached programs use \(contents kept\)$/.test(
+            m,
+          ),
+        )
+        .join(' ');
     await waitFor(() => names.every((n) => repinned().includes(n)), 'map pins restored', a, 5000);
     expect(names.map(pinnedId)).toEqual(ids); // the same maps: contents kept, programs unchanged
     await new Promise((r) => setTimeout(r, 1500)); // more reconciles: none may fail
@@ -285,13 +425,19 @@ kernelDescribe('node agent', () => {
     }
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.11 /); // the programs read the old, emptied map: direct
     a = await startAgent();
-    const loaded = a.err.split('\n').filter((l) => l.includes('"event":"loaded"')).map((l) => JSON.parse(l) as { rebound: Record<string, string>; repinnedMaps: string[]; adoptedLinks: string[] })[0]!;
+    const loaded = a.err
+      .split('\n')
+      .filter((l) => l.includes('"event":"loaded"'))
+      .map(
+        (l) => JSON.parse(l) as { rebound: Record<string, string>; repinnedMaps: string[]; adoptedLinks: string[] },
+      )[0]!;
     expect(Object.keys(loaded.rebound)).toEqual(expect.arrayContaining(['mr_connect4', 'mr_connect6']));
     expect(loaded.rebound.mr_connect4).toMatch(/^uses map ids mr_cgroups \d+ → \d+$/);
     expect(loaded.repinnedMaps).toContain('mr_policies');
     for (const l of mode().links()) {
       const used = progMaps(l.progId!);
-      for (const [name, id] of Object.entries(used)) expect(`${l.name}: ${name} ${id}`).toBe(`${l.name}: ${name} ${pinnedId(name)}`);
+      for (const [name, id] of Object.entries(used))
+        expect(`${l.name}: ${name} ${id}`).toBe(`${l.name}: ${name} ${pinnedId(name)}`);
     }
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     await env.stop(a);
@@ -307,24 +453,49 @@ kernelDescribe('node agent', () => {
       sh('cp', ['-r', join(env.rootDir, 'bpf'), join(out, 'bpf')]);
       const hdr = join(out, 'bpf', 'mr_abi.h');
       const text = readFileSync(hdr, 'utf8');
-      const swapped = text.replace(/(struct mr_sk \{[^}]*?)\t__u32 flags;\n\t__u32 pad;\n/, '$1\t__u32 pad;\n\t__u32 flags;\n');
+      const swapped = text.replace(
+        /(struct mr_sk \{[^}]*?)\t__u32 flags;\n\t__u32 pad;\n/,
+        '$1\t__u32 pad;\n\t__u32 flags;\n',
+      );
       expect(swapped).not.toBe(text);
       writeFileSync(hdr, swapped);
       // Built by the project's own Makefile rules (same clang flags, bpftool gen object), in the copy.
       sh('make', ['-s', '-C', out, '-f', join(env.rootDir, 'Makefile'), 'build/meshredir.bpf.o']);
-      const p = env.cli(['agent', '--policies', dir, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', '--object', join(out, 'build', 'meshredir.bpf.o')]);
+      const p = env.cli([
+        'agent',
+        '--policies',
+        dir,
+        '--cgroup-root',
+        env.cgRoot,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+        '--mode',
+        'ebpf',
+        '--object',
+        join(out, 'build', 'meshredir.bpf.o'),
+      ]);
       await waitFor(() => p.child.exitCode !== null, 'the agent refuses and exits', undefined, 30_000);
       expect(await p.exited).toBe(1);
-      expect(p.err).toMatch(/pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 72 in the pinned map, at byte 76 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad, peer_key, peer; object orig, key, pad, flags, peer_key, peer\)\)\. Adopting it would make the new programs misread/);
+      expect(p.err).toMatch(
+        /pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 72 in the pinned map, at byte 76 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad, peer_key, peer; object orig, key, pad, flags, peer_key, peer\)\)\. Adopting it would make the new programs misread/,
+      );
       expect(p.err).toMatch(/run 'meshredir cleanup --bpffs /);
     } finally {
       rmSync(out, { recursive: true, force: true });
     }
     const after = mode().links();
-    expect(after.map((l) => [l.name, l.id, l.progId, l.attached])).toEqual(before.map((l) => [l.name, l.id, l.progId, true]));
+    expect(after.map((l) => [l.name, l.id, l.progId, l.attached])).toEqual(
+      before.map((l) => [l.name, l.id, l.progId, true]),
+    );
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     a = await startAgent(); // the normal object is still adopted as before
-    expect(mode().links().map((l) => l.id)).toEqual(before.map((l) => l.id));
+    expect(
+      mode()
+        .links()
+        .map((l) => l.id),
+    ).toEqual(before.map((l) => l.id));
     await env.stop(a);
   });
 
@@ -332,9 +503,14 @@ kernelDescribe('node agent', () => {
     const a = await startAgent(['--interval', '1']);
     const aYaml = join(dir, 'a.yaml');
     // /./ and // spell the same cgroup: the schema normalises them, so this is a duplicate claim.
-    writeFileSync(join(dir, 'c.yaml'), policyYaml({ name: 'pod-c', cgroup: cgA.replace('/pod-a', '//./pod-a/'), outbound: '10.200.0.1:15001' }));
+    writeFileSync(
+      join(dir, 'c.yaml'),
+      policyYaml({ name: 'pod-c', cgroup: cgA.replace('/pod-a', '//./pod-a/'), outbound: '10.200.0.1:15001' }),
+    );
     await waitFor(() => messages(a).some((m) => m.includes('c.yaml: spec.cgroup')), 'conflict reported', a, 5000);
-    expect(messages(a)).toContainEqual(`${join(dir, 'c.yaml')}: spec.cgroup: ${cgA} is already claimed by ${aYaml} (pod-a), which is applied and stays; pod-c from ${join(dir, 'c.yaml')} is not applied`);
+    expect(messages(a)).toContainEqual(
+      `${join(dir, 'c.yaml')}: spec.cgroup: ${cgA} is already claimed by ${aYaml} (pod-a), which is applied and stays; pod-c from ${join(dir, 'c.yaml')} is not applied`,
+    );
     await new Promise((r) => setTimeout(r, 1500)); // more reconciles: the incumbent must survive them
     expect(mode().currentSlots().has('pod-a')).toBe(true);
     expect(mode().currentSlots().has('pod-c')).toBe(false);
@@ -354,7 +530,9 @@ kernelDescribe('node agent', () => {
       await env.stop(a);
       a = await startAgent();
       expect(mode().currentSlots().get(long)).toBe(slot);
-      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { policies: { name: string; slot: number; cgroup: string }[] };
+      const st = JSON.parse(
+        await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),
+      ) as { policies: { name: string; slot: number; cgroup: string }[] };
       expect(st.policies).toContainEqual(expect.objectContaining({ name: long, slot, cgroup: cgL }));
       await env.stop(a);
     } finally {
@@ -370,15 +548,24 @@ kernelDescribe('node agent', () => {
     const state = join(env.stateDir, 'agent.json');
     expect(statSync(env.stateDir).mode & 0o777).toBe(0o700);
     expect([statSync(state).mode & 0o777, statSync(state).uid]).toEqual([0o600, 0]);
-    const saved = JSON.parse(readFileSync(state, 'utf8')) as { applied: Record<string, { text: string; policies: string[] }> };
+    const saved = JSON.parse(readFileSync(state, 'utf8')) as {
+      applied: Record<string, { text: string; policies: string[] }>;
+    };
     expect(saved.applied[aYaml]).toEqual({ text: good, policies: ['pod-a'] });
-    writeFileSync(aYaml, 'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n');
+    writeFileSync(
+      aYaml,
+      'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n',
+    );
     try {
       a = await startAgent();
       expect(messages(a)).toContainEqual(`${aYaml}: not applied; keeping its previously applied content (pod-a)`);
       expect(mode().currentSlots().has('pod-a')).toBe(true);
       expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
-      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { agent: { mode: string; requested: string; reason: string; lastReconcile: { ok: boolean; errors: string[] } } };
+      const st = JSON.parse(
+        await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),
+      ) as {
+        agent: { mode: string; requested: string; reason: string; lastReconcile: { ok: boolean; errors: string[] } };
+      };
       expect(st.agent).toMatchObject({ mode: 'ebpf', requested: 'ebpf', reason: '--mode ebpf given' });
       expect(st.agent.lastReconcile.ok).toBe(true);
       expect(st.agent.lastReconcile.errors).toContainEqual(expect.stringMatching(/a\.yaml: spec\.cgroup: /));
@@ -396,7 +583,14 @@ kernelDescribe('node agent', () => {
       .map((l) => JSON.parse(l) as { event?: string; reason?: string; msg: string });
   /** Reconciles that wrote something, other than at start. */
   const changes = (a: Proc) => events(a).filter((e) => e.event === 'reconciled' && e.reason !== 'start');
-  const podAYaml = (excludePorts: number[]) => policyYaml({ name: 'pod-a', cgroup: cgA, outbound: '10.200.0.1:15001', bypassCgroups: [cgProxy], outboundSpec: { excludePorts } });
+  const podAYaml = (excludePorts: number[]) =>
+    policyYaml({
+      name: 'pod-a',
+      cgroup: cgA,
+      outbound: '10.200.0.1:15001',
+      bypassCgroups: [cgProxy],
+      outboundSpec: { excludePorts },
+    });
 
   it('with a 600 s interval, edits apply through the directory watch, also after the directory is replaced', async () => {
     const aYaml = join(dir, 'a.yaml');
@@ -444,7 +638,9 @@ kernelDescribe('node agent', () => {
     agents.push(a);
     try {
       await waitFor(() => messages(a).includes(`watching ${dir} again`), 'watch re-armed after the error', a, 15_000);
-      expect(messages(a)).toContainEqual(`watching ${dir} failed: injected watch error (MESHREDIR_FAULT=watch-error); watching it again`);
+      expect(messages(a)).toContainEqual(
+        `watching ${dir} failed: injected watch error (MESHREDIR_FAULT=watch-error); watching it again`,
+      );
       const n = changes(a).length;
       writeFileSync(aYaml, podAYaml([9090, 8080]));
       await waitFor(() => changes(a).length > n, 'reconcile after the edit', a, 10_000);
@@ -476,9 +672,26 @@ kernelDescribe('node agent', () => {
     try {
       const had = existsSync(env.bpffs);
       const before = had ? snapshot() : null;
-      const p = env.cli(['agent', '--policies', d, '--cgroup-root', env.cgRoot, '--bpffs', env.bpffs, '--state-dir', env.stateDir, '--mode', 'ebpf', '--dry-run']);
+      const p = env.cli([
+        'agent',
+        '--policies',
+        d,
+        '--cgroup-root',
+        env.cgRoot,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+        '--mode',
+        'ebpf',
+        '--dry-run',
+      ]);
       expect(await p.exited, p.err).toBe(0);
-      const out = JSON.parse(p.out) as { entries: { mr_cgroups: [string, { kind: number; slot: number }][] }; unresolved: unknown[]; outsideRoot: { policy: string; field: string }[] };
+      const out = JSON.parse(p.out) as {
+        entries: { mr_cgroups: [string, { kind: number; slot: number }][] };
+        unresolved: unknown[];
+        outsideRoot: { policy: string; field: string }[];
+      };
       const ino = (cg: string) => String(statSync(env.cgDir(cg), { bigint: true }).ino);
       expect(out.entries.mr_cgroups).toContainEqual([ino(cgA), { kind: 1, slot: expect.any(Number) }]);
       expect(out.entries.mr_cgroups).toContainEqual([ino(cgProxy), { kind: 2, slot: expect.any(Number) }]);
@@ -487,7 +700,9 @@ kernelDescribe('node agent', () => {
         { policy: 'pod-m', field: 'spec.cgroup', cgroup: missing },
         { policy: 'pod-o', field: 'spec.cgroup', cgroup: elsewhere },
       ]);
-      expect(p.err).toContain(`cgroup ${missing} of policy pod-m does not exist (yet): no entries for it until it does`);
+      expect(p.err).toContain(
+        `cgroup ${missing} of policy pod-m does not exist (yet): no entries for it until it does`,
+      );
       expect(out.outsideRoot).toEqual([expect.objectContaining({ policy: 'pod-o', field: 'spec.cgroup' })]);
       expect(existsSync(env.bpffs)).toBe(had); // a dry run writes nothing
       if (before) expect(snapshot()).toEqual(before);
@@ -496,9 +711,13 @@ kernelDescribe('node agent', () => {
       const a = await env.agent(d);
       agents.push(a);
       expect(messages(a)).toContain(warning);
-      const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as { agent: { lastReconcile: { warnings: string[] } } };
+      const st = JSON.parse(
+        await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),
+      ) as { agent: { lastReconcile: { warnings: string[] } } };
       expect(st.agent.lastReconcile.warnings).toContain(warning);
-      expect(await env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toContain(`warning: ${warning}`);
+      expect(await env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toContain(
+        `warning: ${warning}`,
+      );
       await env.stop(a);
     } finally {
       rmSync(d, { recursive: true, force: true });
@@ -508,12 +727,30 @@ kernelDescribe('node agent', () => {
   it('an invalid file is reported with path and field; valid files apply; the old state of the invalid file stays', async () => {
     const a = await startAgent(['--interval', '1']);
     const good = readdirSync(dir);
-    writeFileSync(join(dir, 'b.yaml'), policyYaml({ name: 'pod-b', cgroup: `${env.cgRoot}/pod-b`, outbound: '10.200.0.1:99999' }));
-    await waitFor(() => messages(a).some((m) => m.includes('b.yaml: spec.proxy.outbound')), 'error for b.yaml', a, 5000);
-    expect(messages(a)).toContainEqual(expect.stringMatching(/b\.yaml: spec\.proxy\.outbound: "10\.200\.0\.1:99999": 99999 is not a port/));
+    writeFileSync(
+      join(dir, 'b.yaml'),
+      policyYaml({ name: 'pod-b', cgroup: `${env.cgRoot}/pod-b`, outbound: '10.200.0.1:99999' }),
+    );
+    await waitFor(
+      () => messages(a).some((m) => m.includes('b.yaml: spec.proxy.outbound')),
+      'error for b.yaml',
+      a,
+      5000,
+    );
+    expect(messages(a)).toContainEqual(
+      expect.stringMatching(/b\.yaml: spec\.proxy\.outbound: "10\.200\.0\.1:99999": 99999 is not a port/),
+    );
     // Now break a.yaml, whose policy is applied: it must keep working as before.
-    writeFileSync(join(dir, 'a.yaml'), 'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n');
-    await waitFor(() => messages(a).some((m) => /a\.yaml: not applied; keeping its previously applied content \(pod-a\)/.test(m)), 'keeps a.yaml', a, 5000);
+    writeFileSync(
+      join(dir, 'a.yaml'),
+      'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: pod-a }\nspec: { cgroup: 5 }\n',
+    );
+    await waitFor(
+      () => messages(a).some((m) => /a\.yaml: not applied; keeping its previously applied content \(pod-a\)/.test(m)),
+      'keeps a.yaml',
+      a,
+      5000,
+    );
     expect(messages(a)).toContainEqual(expect.stringMatching(/a\.yaml: spec\.cgroup: /));
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     rmSync(join(dir, 'b.yaml'));
@@ -522,7 +759,12 @@ kernelDescribe('node agent', () => {
     const moved = `${dir}-moved`;
     sh('mv', [dir, moved]);
     try {
-      await waitFor(() => messages(a).some((m) => /policy directory .* does not exist; nothing was changed/.test(m)), 'missing dir reported', a, 5000);
+      await waitFor(
+        () => messages(a).some((m) => /policy directory .* does not exist; nothing was changed/.test(m)),
+        'missing dir reported',
+        a,
+        5000,
+      );
       expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     } finally {
       sh('mv', [moved, dir]);

@@ -9,7 +9,13 @@ import { Env, kernelDescribe, policyYaml, sh, waitFor, CLI } from './harness.js'
 
 interface AgentStatus {
   mode: string;
-  agent: { mode: string; requested: string; reason: string; probe?: { missing: { feature: string; why: string }[] }; lastReconcile: { ok: boolean } | null };
+  agent: {
+    mode: string;
+    requested: string;
+    reason: string;
+    probe?: { missing: { feature: string; why: string }[] };
+    lastReconcile: { ok: boolean } | null;
+  };
 }
 
 kernelDescribe('auto mode decision in status', () => {
@@ -24,7 +30,10 @@ kernelDescribe('auto mode decision in status', () => {
     cgApp = env.cgroup('pod/app');
     // A process of the pod, so the iptables mode finds the pod's netns from the policy's cgroup.
     env.spawn(pod, cgApp, 'sleep', ['600']);
-    writeFileSync(join(dir, 'pod.yaml'), policyYaml({ name: 'pod', cgroup: `${env.cgRoot}/pod`, outbound: '127.0.0.1:15001', uids: [1337] }));
+    writeFileSync(
+      join(dir, 'pod.yaml'),
+      policyYaml({ name: 'pod', cgroup: `${env.cgRoot}/pod`, outbound: '127.0.0.1:15001', uids: [1337] }),
+    );
   });
   afterAll(async () => {
     const problems = await env?.teardown();
@@ -44,16 +53,48 @@ kernelDescribe('auto mode decision in status', () => {
     ]);
     try {
       await waitFor(() => p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
-      const s = JSON.parse(sh(process.execPath, [CLI, 'status', '--json', '--bpffs', env.bpffs, '--iptables-state', state, '--state-dir', env.stateDir])) as AgentStatus;
+      const s = JSON.parse(
+        sh(process.execPath, [
+          CLI,
+          'status',
+          '--json',
+          '--bpffs',
+          env.bpffs,
+          '--iptables-state',
+          state,
+          '--state-dir',
+          env.stateDir,
+        ]),
+      ) as AgentStatus;
       expect(s.mode).toBe('iptables');
       expect(s.agent).toMatchObject({ mode: 'iptables', requested: 'auto', lastReconcile: { ok: true } });
       expect(s.agent.reason).toMatch(/^eBPF mode unavailable: bpf \(bpf_map_create: EPERM\)/);
       expect(s.agent.probe!.missing).toContainEqual({ feature: 'bpf', why: 'bpf_map_create: EPERM' });
-      const text = sh(process.execPath, [CLI, 'status', '--bpffs', env.bpffs, '--iptables-state', state, '--state-dir', env.stateDir]);
-      expect(text).toMatch(/agent: mode iptables \(chosen by --mode auto: eBPF mode unavailable: bpf \(bpf_map_create: EPERM\)/);
+      const text = sh(process.execPath, [
+        CLI,
+        'status',
+        '--bpffs',
+        env.bpffs,
+        '--iptables-state',
+        state,
+        '--state-dir',
+        env.stateDir,
+      ]);
+      expect(text).toMatch(
+        /agent: mode iptables \(chosen by --mode auto: eBPF mode unavailable: bpf \(bpf_map_create: EPERM\)/,
+      );
     } finally {
       await env.stop(p);
-      sh(process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      sh(process.execPath, [
+        CLI,
+        'cleanup',
+        '--iptables-state',
+        state,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+      ]);
     }
     expect(sh('ip', ['netns', 'exec', pod, 'iptables-save', '-t', 'nat'])).not.toMatch(/MESHREDIR/);
     expect(existsSync(join(env.stateDir, 'agent.json'))).toBe(false);
@@ -62,11 +103,15 @@ kernelDescribe('auto mode decision in status', () => {
   it('with every capability: eBPF, and status says every program loads and attaches', async () => {
     const a = await env.agent(dir, ['--mode', 'auto', '--interval', '60']);
     try {
-      const s = JSON.parse(sh(process.execPath, [CLI, 'status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as AgentStatus;
+      const s = JSON.parse(
+        sh(process.execPath, [CLI, 'status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),
+      ) as AgentStatus;
       expect(s.mode).toBe('ebpf');
       expect(s.agent).toMatchObject({ mode: 'ebpf', requested: 'auto', lastReconcile: { ok: true } });
       expect(s.agent.reason).toMatch(/^meshredir's programs load and attach here/);
-      expect(sh(process.execPath, [CLI, 'status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toMatch(/agent: mode ebpf \(chosen by --mode auto: meshredir's programs load and attach/);
+      expect(sh(process.execPath, [CLI, 'status', '--bpffs', env.bpffs, '--state-dir', env.stateDir])).toMatch(
+        /agent: mode ebpf \(chosen by --mode auto: meshredir's programs load and attach/,
+      );
     } finally {
       await env.stop(a);
     }

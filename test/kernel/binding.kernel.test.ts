@@ -35,7 +35,14 @@ kernelDescribe('libbpf binding', () => {
 
   it('typed maps: set/get/delete/entries and batch set, read and delete (hash and LPM trie)', () => {
     const ports = obj.map('mr_ports', MAPS.mr_ports.key, MAPS.mr_ports.value);
-    const many = Array.from({ length: 5000 }, (_, i) => [{ slot: 7, port: i + 1, pad: 0 }, 2] as [typeof portKey extends { decode(b: Buffer): infer T } ? T : never, number]);
+    const many = Array.from(
+      { length: 5000 },
+      (_, i) =>
+        [{ slot: 7, port: i + 1, pad: 0 }, 2] as [
+          typeof portKey extends { decode(b: Buffer): infer T } ? T : never,
+          number,
+        ],
+    );
     expect(ports.setMany(many)).toBe(5000);
     expect(ports.get({ slot: 7, port: 4242, pad: 0 })).toBe(2);
     expect(ports.get({ slot: 8, port: 4242, pad: 0 })).toBeUndefined();
@@ -45,7 +52,13 @@ kernelDescribe('libbpf binding', () => {
     expect(ports.keys()).toHaveLength(4999);
 
     const cidrs = obj.map('mr_cidrs', MAPS.mr_cidrs.key, MAPS.mr_cidrs.value);
-    const key = (prefix: number, a: number[]) => ({ prefixlen: 40 + prefix, slot: 1, family: 2, addr: Buffer.from([...a, ...new Array(16 - a.length).fill(0)]), pad: Buffer.alloc(3) });
+    const key = (prefix: number, a: number[]) => ({
+      prefixlen: 40 + prefix,
+      slot: 1,
+      family: 2,
+      addr: Buffer.from([...a, ...new Array(16 - a.length).fill(0)]),
+      pad: Buffer.alloc(3),
+    });
     cidrs.setMany([
       [key(8, [10]), 1],
       [key(24, [10, 1, 2]), 2],
@@ -56,14 +69,21 @@ kernelDescribe('libbpf binding', () => {
     expect(cidrs.get(key(32, [11, 0, 0, 1]))).toBeUndefined();
     // Batches on the LPM trie (the kernel's generic batch commands, since 5.6): write, read back, and
     // delete with a key in the middle that is not there, which is passed over.
-    const many24 = Array.from({ length: 3000 }, (_, i) => [key(24, [172, 16 + (i >> 8), i & 255]), 2] as [ReturnType<typeof key>, number]);
+    const many24 = Array.from(
+      { length: 3000 },
+      (_, i) => [key(24, [172, 16 + (i >> 8), i & 255]), 2] as [ReturnType<typeof key>, number],
+    );
     expect(cidrs.setMany(many24)).toBe(3000);
     const raw = cidrs.rawEntries();
     expect(raw).toHaveLength(3002);
     expect(batchRefused.get(11)).toBeUndefined(); // this kernel took the batch, no fallback
     expect(cidrs.get(key(32, [172, 16 + (2999 >> 8), 2999 & 255, 9]))).toBe(2);
     const enc = (k: ReturnType<typeof key>) => cidrs.key.encode(k, Buffer.alloc(cidrs.key.size));
-    const del = [...many24.slice(0, 1000).map(([k]) => enc(k)), enc(key(24, [192, 168, 1])), ...many24.slice(1000).map(([k]) => enc(k))];
+    const del = [
+      ...many24.slice(0, 1000).map(([k]) => enc(k)),
+      enc(key(24, [192, 168, 1])),
+      ...many24.slice(1000).map(([k]) => enc(k)),
+    ];
     expect(cidrs.deleteManyRaw(del)).toBe(3000);
     expect(cidrs.keys()).toHaveLength(2);
     expect(ports.rawEntries()).toHaveLength(4999);
@@ -95,7 +115,9 @@ kernelDescribe('libbpf binding', () => {
       expect(again.info.id).toBe(ports.info.id);
       expect(again.get(k)).toBe(1);
       const owners = obj.map('mr_owners', MAPS.mr_owners.key, MAPS.mr_owners.value);
-      expect(() => owners.unpin(pin)).toThrow(/^unpin map mr_owners at .*ports: the pin is map id \d+, not this map \(id \d+\); left in place$/);
+      expect(() => owners.unpin(pin)).toThrow(
+        /^unpin map mr_owners at .*ports: the pin is map id \d+, not this map \(id \d+\); left in place$/,
+      );
       expect(existsSync(pin)).toBe(true);
       again.unpin(pin);
       expect(existsSync(pin)).toBe(false);

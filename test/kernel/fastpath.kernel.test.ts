@@ -16,7 +16,15 @@ interface Xfer {
   n: number;
   partial_writes: number;
   eagain: number;
-  bad: { i: number; lport: number; phase: string; error: string; sent: number; received: number; mismatch_at: number }[];
+  bad: {
+    i: number;
+    lport: number;
+    phase: string;
+    error: string;
+    sent: number;
+    received: number;
+    mismatch_at: number;
+  }[];
   stalled: { i: number; lport: number; phase: string; sent: number; received: number }[];
 }
 interface Status {
@@ -43,7 +51,9 @@ function lab(env: Env, dir: string) {
   /** Runs build/xfer in a pod's app cgroup; the deadline is xfer's own, which names stalled connections. */
   const xfer = async (pod: string, args: string[] = [], deadline = 60): Promise<Xfer> => {
     const p = pods[pod]!;
-    const out = await env.run(p.ns, p.app, XFER, [UP, '7000', '--deadline', String(deadline), ...args], { timeoutMs: (deadline + 20) * 1000 });
+    const out = await env.run(p.ns, p.app, XFER, [UP, '7000', '--deadline', String(deadline), ...args], {
+      timeoutMs: (deadline + 20) * 1000,
+    });
     return JSON.parse(out) as Xfer;
   };
   const started = (pod: string, args: string[]) => {
@@ -57,7 +67,10 @@ function lab(env: Env, dir: string) {
       },
     };
   };
-  const setup = async (specs: [name: string, accelerate: boolean, proxy: 'haproxy' | 'forward', proxyInBypass?: boolean][], n0 = 1) => {
+  const setup = async (
+    specs: [name: string, accelerate: boolean, proxy: 'haproxy' | 'forward', proxyInBypass?: boolean][],
+    n0 = 1,
+  ) => {
     const up = env.netns('up');
     env.bridge(up, 'br0', [`${UP}/24`]);
     const echo = env.spawn(up, null, process.execPath, [join(env.toolsDir, 'echo.mjs'), UP, '7000']);
@@ -76,7 +89,16 @@ function lab(env: Env, dir: string) {
         proc = env.spawn(ns, proxyCg, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'forward']);
         await env.waitListening(ns, 15001, 'origdst-proxy', proc);
       }
-      writeFileSync(join(dir, `${name}.yaml`), policyYaml({ name, cgroup: `${env.cgRoot}/${name}/pod`, outbound: '127.0.0.1:15001', bypassCgroups: [bypass], accelerate }));
+      writeFileSync(
+        join(dir, `${name}.yaml`),
+        policyYaml({
+          name,
+          cgroup: `${env.cgRoot}/${name}/pod`,
+          outbound: '127.0.0.1:15001',
+          bypassCgroups: [bypass],
+          accelerate,
+        }),
+      );
       pods[name] = { ns, app, proxy: proxyCg, proc };
     }
   };
@@ -88,7 +110,9 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
   let dir: string;
   let agent: Proc;
   let L: ReturnType<typeof lab>;
-  const loBytes = (ns: string) => (JSON.parse(sh('ip', ['-n', ns, '-s', '-j', 'link', 'show', 'lo'])) as { stats64: { rx: { bytes: number } } }[])[0]!.stats64.rx.bytes;
+  const loBytes = (ns: string) =>
+    (JSON.parse(sh('ip', ['-n', ns, '-s', '-j', 'link', 'show', 'lo'])) as { stats64: { rx: { bytes: number } } }[])[0]!
+      .stats64.rx.bytes;
 
   beforeAll(async () => {
     env = new Env();
@@ -110,8 +134,11 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
 
   for (const pod of ['haproxy', 'forward']) {
     it(`${pod}: 1 B to 64 MiB arrive intact both ways (non-blocking), half-close delivering everything and the EOF`, async () => {
-      for (const size of [1, 1024, 65536, MiB, 64 * MiB]) expect(await L.xfer(pod, ['--size', String(size)]), `${size} bytes`).toMatchObject({ ok: true, n: 1 });
-      expect(await L.xfer(pod, ['--size', String(MiB), '--chunk', '100']), '100-byte writes').toMatchObject({ ok: true });
+      for (const size of [1, 1024, 65536, MiB, 64 * MiB])
+        expect(await L.xfer(pod, ['--size', String(size)]), `${size} bytes`).toMatchObject({ ok: true, n: 1 });
+      expect(await L.xfer(pod, ['--size', String(MiB), '--chunk', '100']), '100-byte writes').toMatchObject({
+        ok: true,
+      });
     });
 
     it(`${pod}: blocking sockets are left on TCP (kernel limitation), and 1 B to 64 MiB arrive intact`, async () => {
@@ -146,7 +173,9 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     expect(await L.xfer('haproxy', ['--size', String(64 * MiB)])).toMatchObject({ ok: true });
     after = await L.counters('haproxy');
     const overLo = loBytes(ns) - lo;
-    console.log(`fast path flat out: ${overLo} of 128 MiB over lo, ${after.msg_fast! - before.msg_fast!} fast and ${after.msg_slow! - before.msg_slow!} TCP messages`);
+    console.log(
+      `fast path flat out: ${overLo} of 128 MiB over lo, ${after.msg_fast! - before.msg_fast!} fast and ${after.msg_slow! - before.msg_slow!} TCP messages`,
+    );
     expect(overLo).toBeLessThan(64 * MiB);
     expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(after.msg_slow! - before.msg_slow!);
     await L.until('accelerated sockets closed', async () => (await L.counters('haproxy')).accel_open === 0);
@@ -165,7 +194,9 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     // Small buffers in the pod's netns (the fast path's bound follows tcp_rmem's maximum, with a floor
     // of 4 MiB), so that a slow reader soon backs up the whole chain to the application's writes.
     const sysctl = (k: string, v: string) => sh('ip', ['netns', 'exec', p.ns, 'sysctl', '-qw', `${k}=${v}`]);
-    const saved = ['net.ipv4.tcp_rmem', 'net.ipv4.tcp_wmem'].map((k) => [k, sh('ip', ['netns', 'exec', p.ns, 'sysctl', '-n', k]).trim().replace(/\s+/g, ' ')] as const);
+    const saved = ['net.ipv4.tcp_rmem', 'net.ipv4.tcp_wmem'].map(
+      (k) => [k, sh('ip', ['netns', 'exec', p.ns, 'sysctl', '-n', k]).trim().replace(/\s+/g, ' ')] as const,
+    );
     sysctl('net.ipv4.tcp_rmem', '4096 65536 1048576');
     sysctl('net.ipv4.tcp_wmem', '4096 16384 1048576');
     try {
@@ -175,7 +206,12 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
       expect(r, JSON.stringify(r)).toMatchObject({ ok: true });
       const after = await L.counters('forward');
       const d = (k: string) => after[k]! - before[k]!;
-      const seen = { shortWrites: r.partial_writes + r.eagain, fast: d('msg_fast'), slow: d('msg_slow'), resumed: d('msg_resumed') };
+      const seen = {
+        shortWrites: r.partial_writes + r.eagain,
+        fast: d('msg_fast'),
+        slow: d('msg_slow'),
+        resumed: d('msg_resumed'),
+      };
       expect(seen.shortWrites, JSON.stringify(seen)).toBeGreaterThan(0);
       expect(seen.slow, JSON.stringify(seen)).toBeGreaterThan(0);
       expect(seen.fast, JSON.stringify(seen)).toBeGreaterThan(0);
@@ -193,7 +229,10 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
   });
 
   it('RST from the application frees both entries', async () => {
-    expect(await L.xfer('haproxy', ['--size', String(MiB), '--parallel', '20', '--rst'])).toMatchObject({ ok: true, n: 20 });
+    expect(await L.xfer('haproxy', ['--size', String(MiB), '--parallel', '20', '--rst'])).toMatchObject({
+      ok: true,
+      n: 20,
+    });
     await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
   });
 
@@ -236,7 +275,9 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
   it('kTLS is refused on an accelerated socket (EPERM), and left to the kernel elsewhere', async () => {
     const ulp = async (pod: string) => {
       const p = L.pods[pod]!;
-      return (JSON.parse(await env.run(p.ns, p.app, 'python3', [join(env.toolsDir, 'ulp.py'), UP, '7000'])) as { ulp: string }).ulp;
+      return (
+        JSON.parse(await env.run(p.ns, p.app, 'python3', [join(env.toolsDir, 'ulp.py'), UP, '7000'])) as { ulp: string }
+      ).ulp;
     };
     const before = await L.counters('haproxy');
     expect(await ulp('haproxy')).toBe('EPERM');
@@ -253,8 +294,20 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
       const c = await L.counters('haproxy');
       return c.accel_sockets! - before.accel_sockets! === 2 && c.msg_fast! - before.msg_fast! > 10;
     });
-    writeFileSync(join(dir, 'haproxy.yaml'), policyYaml({ name: 'haproxy', cgroup: `${env.cgRoot}/haproxy/pod`, outbound: '127.0.0.1:15001', bypassCgroups: [p.proxy], accelerate: false }));
-    await L.until('policy applied', async () => !(await L.status()).policies.find((x) => x.name === 'haproxy')!.accelerate);
+    writeFileSync(
+      join(dir, 'haproxy.yaml'),
+      policyYaml({
+        name: 'haproxy',
+        cgroup: `${env.cgRoot}/haproxy/pod`,
+        outbound: '127.0.0.1:15001',
+        bypassCgroups: [p.proxy],
+        accelerate: false,
+      }),
+    );
+    await L.until(
+      'policy applied',
+      async () => !(await L.status()).policies.find((x) => x.name === 'haproxy')!.accelerate,
+    );
     const mid = await L.counters('haproxy');
     expect(await L.xfer('haproxy', ['--size', String(MiB)])).toMatchObject({ ok: true });
     expect((await L.counters('haproxy')).accel_sockets).toBe(mid.accel_sockets); // the new one: not accelerated
@@ -266,7 +319,10 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     // Whatever else is on the fast path now (a connection still closing) must be gone by the end.
     const before = await L.counters('forward');
     const long = L.started('forward', ['--size', String(16 * MiB), '--pace-ms', '10']);
-    await L.until('the transfer on the fast path', async () => (await L.counters('forward')).accel_sockets! - before.accel_sockets! === 2);
+    await L.until(
+      'the transfer on the fast path',
+      async () => (await L.counters('forward')).accel_sockets! - before.accel_sockets! === 2,
+    );
     expect(await env.stop(agent)).toBe(0);
     const open = await L.sockhash();
     const first = env.cli(env.cleanupArgs());
@@ -277,7 +333,9 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     expect(readdirSync(join(env.bpffs, 'maps')).sort()).toEqual(['mr_peers', 'mr_sk', 'mr_sockhash', 'mr_stats']);
     // New connections are not redirected any more (they reach the upstream directly)…
     const plain = L.pods.forward!;
-    expect(JSON.parse(await env.run(plain.ns, plain.app, XFER, [UP, '7000', '--size', '1024']))).toMatchObject({ ok: true });
+    expect(JSON.parse(await env.run(plain.ns, plain.app, XFER, [UP, '7000', '--size', '1024']))).toMatchObject({
+      ok: true,
+    });
     // …and the open one finishes intact, still on the fast path.
     const r = await long.result();
     expect(r).toMatchObject({ ok: true });
@@ -295,10 +353,13 @@ kernelDescribe('sk_msg fast path: a full sockhash, and a listener that is not th
     env = new Env();
     dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
     L = lab(env, dir);
-    await L.setup([
-      ['small', true, 'forward'],
-      ['rogue', true, 'forward', false],
-    ], 20);
+    await L.setup(
+      [
+        ['small', true, 'forward'],
+        ['rogue', true, 'forward', false],
+      ],
+      20,
+    );
     await env.agent(dir, ['--max-accelerated', '3']);
   });
 
@@ -309,21 +370,21 @@ kernelDescribe('sk_msg fast path: a full sockhash, and a listener that is not th
   });
 
   it('a full sockhash leaves the other connections on TCP, every transfer intact', async () => {
-      const before = await L.counters('small');
-      const r = await L.xfer('small', ['--size', String(4 * MiB), '--parallel', '6']);
-      expect(r).toMatchObject({ ok: true, n: 6 });
-      const after = await L.counters('small');
-      expect(after.accel_sockets! - before.accel_sockets!).toBeLessThanOrEqual(4); // 12 sockets, room for 4
-      expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
-      await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
-    });
+    const before = await L.counters('small');
+    const r = await L.xfer('small', ['--size', String(4 * MiB), '--parallel', '6']);
+    expect(r).toMatchObject({ ok: true, n: 6 });
+    const after = await L.counters('small');
+    expect(after.accel_sockets! - before.accel_sockets!).toBeLessThanOrEqual(4); // 12 sockets, room for 4
+    expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
+    await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
+  });
 
-    it('a listener outside the policy\'s bypass cgroups is never accelerated', async () => {
-      const before = await L.counters('rogue');
-      expect(await L.xfer('rogue', ['--size', String(MiB)])).toMatchObject({ ok: true });
-      const after = await L.counters('rogue');
-      expect(after.accel_sockets! - before.accel_sockets!).toBe(1); // the application's side only
-      expect(after.msg_fast! - before.msg_fast!).toBe(0);
-      expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
+  it("a listener outside the policy's bypass cgroups is never accelerated", async () => {
+    const before = await L.counters('rogue');
+    expect(await L.xfer('rogue', ['--size', String(MiB)])).toMatchObject({ ok: true });
+    const after = await L.counters('rogue');
+    expect(after.accel_sockets! - before.accel_sockets!).toBe(1); // the application's side only
+    expect(after.msg_fast! - before.msg_fast!).toBe(0);
+    expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
   });
 });

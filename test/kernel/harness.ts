@@ -40,7 +40,16 @@ export class Env {
   readonly stateDir = join(tmpdir(), `meshredir-test-${this.id}-state`);
   /** `meshredir cleanup` of this env's install only (never the host's default state files). */
   cleanupArgs(...extra: string[]): string[] {
-    return ['cleanup', '--bpffs', this.bpffs, '--state-dir', this.stateDir, '--iptables-state', join(this.stateDir, 'iptables.json'), ...extra];
+    return [
+      'cleanup',
+      '--bpffs',
+      this.bpffs,
+      '--state-dir',
+      this.stateDir,
+      '--iptables-state',
+      join(this.stateDir, 'iptables.json'),
+      ...extra,
+    ];
   }
   readonly toolsDir = TOOLS;
   readonly rootDir = ROOT;
@@ -110,14 +119,26 @@ export class Env {
     this.ip(nodeNs, 'link', 'set', port, 'master', bridge);
   }
 
-  spawn(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; stdin?: boolean; env?: Record<string, string> } = {}): Proc {
+  spawn(
+    ns: string | null,
+    cg: string | null,
+    cmd: string,
+    args: string[],
+    opts: { uid?: number; stdin?: boolean; env?: Record<string, string> } = {},
+  ): Proc {
     const p = startPlaced({ cgroupDir: cg ? this.cgDir(cg) : null, netns: ns, ...opts }, cmd, args);
     this.procs.push(p);
     return p;
   }
 
   /** Runs to completion; returns stdout. */
-  async run(ns: string | null, cg: string | null, cmd: string, args: string[], opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<string> {
+  async run(
+    ns: string | null,
+    cg: string | null,
+    cmd: string,
+    args: string[],
+    opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {},
+  ): Promise<string> {
     const p = this.spawn(ns, cg, cmd, args, opts);
     const timer = setTimeout(() => p.child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
     const code = await p.exited;
@@ -127,14 +148,27 @@ export class Env {
   }
 
   /** Runs the test client in a pod; parses its JSON line. */
-  async client<T = ClientResult>(ns: string, cg: string | null, args: string[], opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<T> {
+  async client<T = ClientResult>(
+    ns: string,
+    cg: string | null,
+    args: string[],
+    opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {},
+  ): Promise<T> {
     const out = await this.run(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), ...args], opts);
     return JSON.parse(out.trim().split('\n').pop()!) as T;
   }
 
   /** Starts a `client.mjs hold` that keeps its connections until release(); resolves with the lines. */
-  async hold(ns: string, cg: string, host: string, port: number, n: number): Promise<{ lines: string[]; release: () => Promise<void> }> {
-    const p = this.spawn(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), 'hold', host, String(port), String(n)], { stdin: true });
+  async hold(
+    ns: string,
+    cg: string,
+    host: string,
+    port: number,
+    n: number,
+  ): Promise<{ lines: string[]; release: () => Promise<void> }> {
+    const p = this.spawn(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), 'hold', host, String(port), String(n)], {
+      stdin: true,
+    });
     await waitFor(() => p.out.includes('\n'), `hold ${n} connections`, p, 30_000);
     const { lines } = JSON.parse(p.out.trim()) as { lines: string[] };
     return {
@@ -148,7 +182,13 @@ export class Env {
 
   /** Starts the upstream test server and waits until it listens. */
   async server(ns: string, host: string, port: number, name: string, hold = false): Promise<Proc> {
-    const p = this.spawn(ns, null, process.execPath, [join(TOOLS, 'server.mjs'), host, String(port), name, ...(hold ? ['hold'] : [])]);
+    const p = this.spawn(ns, null, process.execPath, [
+      join(TOOLS, 'server.mjs'),
+      host,
+      String(port),
+      name,
+      ...(hold ? ['hold'] : []),
+    ]);
     await waitFor(() => p.out.includes('ready'), `server ${name} on ${host}:${port}`, p);
     return p;
   }
@@ -158,11 +198,31 @@ export class Env {
   }
 
   /** HAProxy in tcp mode forwarding to the original destination (server o 0.0.0.0:0). */
-  async haproxy(ns: string, cg: string, bind: string, port: number, opts: { uid?: number; source?: string } = {}): Promise<Proc> {
+  async haproxy(
+    ns: string,
+    cg: string,
+    bind: string,
+    port: number,
+    opts: { uid?: number; source?: string } = {},
+  ): Promise<Proc> {
     const cfg = join('/tmp', `meshredir-test-${this.id}-haproxy-${port}.cfg`);
     writeFileSync(
       cfg,
-      ['global', '  maxconn 8192', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 30s', '  timeout server 30s', 'frontend fe', `  bind ${bind}`, '  default_backend be', 'backend be', `  server o 0.0.0.0:0${opts.source ? ` source ${opts.source}` : ''}`, ''].join('\n'),
+      [
+        'global',
+        '  maxconn 8192',
+        'defaults',
+        '  mode tcp',
+        '  timeout connect 5s',
+        '  timeout client 30s',
+        '  timeout server 30s',
+        'frontend fe',
+        `  bind ${bind}`,
+        '  default_backend be',
+        'backend be',
+        `  server o 0.0.0.0:0${opts.source ? ` source ${opts.source}` : ''}`,
+        '',
+      ].join('\n'),
     );
     this.tmpFiles.push(cfg);
     const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg], opts.uid === undefined ? {} : { uid: opts.uid });
@@ -183,7 +243,20 @@ export class Env {
 
   /** Starts the agent on this env's cgroup root and bpffs; waits until it is redirect-ready. */
   async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
-    const p = this.cli(['agent', '--policies', policiesDir, '--cgroup-root', this.cgRoot, '--bpffs', this.bpffs, '--state-dir', this.stateDir, '--mode', 'ebpf', ...extra]);
+    const p = this.cli([
+      'agent',
+      '--policies',
+      policiesDir,
+      '--cgroup-root',
+      this.cgRoot,
+      '--bpffs',
+      this.bpffs,
+      '--state-dir',
+      this.stateDir,
+      '--mode',
+      'ebpf',
+      ...extra,
+    ]);
     await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
     return p;
   }
@@ -235,14 +308,27 @@ export async function waitFor(cond: () => boolean, what: string, p?: Proc, timeo
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
     if (cond()) return;
-    if (p && (p.child.exitCode !== null || p.child.signalCode !== null)) throw new Error(`${what}: process exited (${p.child.exitCode ?? p.child.signalCode}): ${p.err.trim().slice(-2000)}`);
+    if (p && (p.child.exitCode !== null || p.child.signalCode !== null))
+      throw new Error(
+        `${what}: process exited (${p.child.exitCode ?? p.child.signalCode}): ${p.err.trim().slice(-2000)}`,
+      );
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`${what}: not ready after ${timeoutMs} ms${p ? `; stderr: ${p.err.trim().slice(-2000)}` : ''}`);
 }
 
 /** A policy file's YAML text. */
-export function policyYaml(spec: { name: string; cgroup: string; outbound?: string; outbound6?: string; bypassCgroups?: string[]; uids?: number[]; gids?: number[]; outboundSpec?: Record<string, unknown>; accelerate?: boolean }): string {
+export function policyYaml(spec: {
+  name: string;
+  cgroup: string;
+  outbound?: string;
+  outbound6?: string;
+  bypassCgroups?: string[];
+  uids?: number[];
+  gids?: number[];
+  outboundSpec?: Record<string, unknown>;
+  accelerate?: boolean;
+}): string {
   const doc = {
     apiVersion: 'meshredir/v1',
     kind: 'RedirectPolicy',

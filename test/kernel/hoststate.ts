@@ -13,7 +13,9 @@ export const TOOLS = join(ROOT, 'test', 'tools');
 export const CI = process.env.CI === 'true';
 
 export function cgroup2(): string | null {
-  const line = readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
+  const line = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[2] === 'cgroup2');
   return line?.split(' ')[1] ?? null;
 }
 
@@ -49,14 +51,17 @@ export function sh(cmd: string, args: string[], opts: { input?: string; allowFai
 export function leftovers(): string[] {
   const out: string[] = [];
   const mount = cgroup2();
-  if (existsSync('/sys/fs/bpf')) for (const n of readdirSync('/sys/fs/bpf')) if (n.startsWith('meshredir') || n.startsWith('mr-')) out.push(`bpffs pin /sys/fs/bpf/${n}`);
+  if (existsSync('/sys/fs/bpf'))
+    for (const n of readdirSync('/sys/fs/bpf'))
+      if (n.startsWith('meshredir') || n.startsWith('mr-')) out.push(`bpffs pin /sys/fs/bpf/${n}`);
   if (mount) {
     // Test and probe cgroups at any depth (a probe's throwaway cgroup lives under a test root).
     const walk = (dir: string, depth: number) => {
       if (depth > 6) return;
       for (const e of readdirSync(dir, { withFileTypes: true })) {
         if (!e.isDirectory()) continue;
-        if (e.name.startsWith('meshredir-test-') || e.name.startsWith('meshredir-probe-')) out.push(`cgroup ${join(dir, e.name)}`);
+        if (e.name.startsWith('meshredir-test-') || e.name.startsWith('meshredir-probe-'))
+          out.push(`cgroup ${join(dir, e.name)}`);
         else walk(join(dir, e.name), depth + 1);
       }
     };
@@ -67,8 +72,10 @@ export function leftovers(): string[] {
       else if (/ mr_/.test(l)) out.push(`attached at ${path}: ${l.trim()}`);
     }
   }
-  for (const l of sh('ip', ['netns', 'list'], { allowFail: true }).split('\n')) if (l.startsWith('mr-')) out.push(`netns ${l.split(' ')[0]}`);
-  for (const l of sh('bpftool', ['prog', 'show'], { allowFail: true }).split('\n')) if (/ name mr_/.test(l)) out.push(`loaded program ${l.trim()}`);
+  for (const l of sh('ip', ['netns', 'list'], { allowFail: true }).split('\n'))
+    if (l.startsWith('mr-')) out.push(`netns ${l.split(' ')[0]}`);
+  for (const l of sh('bpftool', ['prog', 'show'], { allowFail: true }).split('\n'))
+    if (/ name mr_/.test(l)) out.push(`loaded program ${l.trim()}`);
   for (const t of ['iptables-save', 'ip6tables-save', 'iptables-legacy-save', 'ip6tables-legacy-save']) {
     if (sh(t, [], { allowFail: true }).includes('MESHREDIR')) out.push(`MESHREDIR chains in ${t}`);
   }

@@ -11,10 +11,16 @@ import type { Conn } from '../../src/modes/iptables/evaluate.js';
 import { decide, genConns, genPolicy, rng, addrText, type GenOptions } from '../unit/decision-model.js';
 
 const PORTS = [80, 443, 5432, 8080];
-const GEN: GenOptions = { proxyPorts: [15001], ports: [...PORTS, 15001], uids: [0, 1000, 1337, 1500], gids: [0, 1000, 1337, 1600] };
+const GEN: GenOptions = {
+  proxyPorts: [15001],
+  ports: [...PORTS, 15001],
+  uids: [0, 1000, 1337, 1500],
+  gids: [0, 1000, 1337, 1600],
+};
 
 /** An address the test can put on its lo (the generator also makes ::/8-style ones). */
-const usable = (c: Conn) => (c.family === 4 ? c.dst[0] === 10 || c.dst[0] === 127 : c.dst[0] === 0xfd || addrText(c.dst) === '::1');
+const usable = (c: Conn) =>
+  c.family === 4 ? c.dst[0] === 10 || c.dst[0] === 127 : c.dst[0] === 0xfd || addrText(c.dst) === '::1';
 
 kernelDescribe('iptables rules vs the decision model, on the real kernel (property)', () => {
   let env: Env;
@@ -24,7 +30,14 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
   beforeAll(async () => {
     env = new Env();
     ns = env.netns('dec');
-    proxy = env.spawn(ns, null, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--listen6', '[::1]:15001', '--mode', 'report']);
+    proxy = env.spawn(ns, null, ORIGDST_PROXY, [
+      '--listen',
+      '127.0.0.1:15001',
+      '--listen6',
+      '[::1]:15001',
+      '--mode',
+      'report',
+    ]);
     await env.waitListening(ns, 15001, 'origdst-proxy', proxy);
     for (const port of PORTS) {
       await env.server(ns, '0.0.0.0', port, 'direct');
@@ -46,18 +59,37 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
     for (let i = 0; i < 50; i++) {
       const { policy, anchors } = genPolicy(r, GEN);
       const conns = genConns(r, policy, anchors, 40, GEN).filter(usable);
-      const addrs = [...new Set(conns.filter((c) => !(c.family === 4 ? c.dst[0] === 127 : true) || (c.family === 6 && addrText(c.dst) !== '::1')).map((c) => `${addrText(c.dst)}/${c.family === 4 ? 32 : 128}`))];
+      const addrs = [
+        ...new Set(
+          conns
+            .filter((c) => !(c.family === 4 ? c.dst[0] === 127 : true) || (c.family === 6 && addrText(c.dst) !== '::1'))
+            .map((c) => `${addrText(c.dst)}/${c.family === 4 ? 32 : 128}`),
+        ),
+      ];
       // Local addresses on lo (scope global, so the flush spares 127.0.0.1 and ::1).
       env.ip(ns, 'addr', 'flush', 'dev', 'lo', 'scope', 'global');
-      if (addrs.length) sh('ip', ['-n', ns, '-batch', '-'], { input: addrs.map((a) => `addr add ${a} dev lo${a.includes(':') ? ' nodad' : ''}`).join('\n') + '\n' });
+      if (addrs.length)
+        sh('ip', ['-n', ns, '-batch', '-'], {
+          input: addrs.map((a) => `addr add ${a} dev lo${a.includes(':') ? ' nodad' : ''}`).join('\n') + '\n',
+        });
       for (const f of [4, 6] as const) {
         const tool = f === 4 ? 'iptables-nft-restore' : 'ip6tables-nft-restore';
         // The whole nat table of this throwaway netns is the policy's rules (or nothing).
-        sh('ip', ['netns', 'exec', ns, tool], { input: families(policy).includes(f) ? renderRestore(policy, { family: f }) : '*nat\nCOMMIT\n' });
+        sh('ip', ['netns', 'exec', ns, tool], {
+          input: families(policy).includes(f) ? renderRestore(policy, { family: f }) : '*nat\nCOMMIT\n',
+        });
       }
       // One client for all: it takes each connection's uid/gid as its effective ids (the owner
       // match looks at the socket's file credentials).
-      const out = sh('ip', ['netns', 'exec', ns, process.execPath, join(TOOLS, 'client.mjs'), 'each', JSON.stringify(conns.map((c) => [addrText(c.dst), c.dport, c.uid, c.gid]))]);
+      const out = sh('ip', [
+        'netns',
+        'exec',
+        ns,
+        process.execPath,
+        join(TOOLS, 'client.mjs'),
+        'each',
+        JSON.stringify(conns.map((c) => [addrText(c.dst), c.dport, c.uid, c.gid])),
+      ]);
       const res = JSON.parse(out) as { data?: string; error?: string }[];
       conns.forEach((c, k) => {
         const x = res[k]!;
@@ -84,7 +116,9 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
         checked++;
         if (got === 'redirect') redirected++;
         if ((want === 'redirect') !== (got === 'redirect')) {
-          bad.push(`seed ${seed} policy #${i} ${JSON.stringify(policy.outbound, (k2, v: unknown) => (k2 === 'bytes' ? undefined : v))} bypass ${JSON.stringify(policy.bypass)}: connect(${dest}) ${who}: model ${want}, kernel ${got}`);
+          bad.push(
+            `seed ${seed} policy #${i} ${JSON.stringify(policy.outbound, (k2, v: unknown) => (k2 === 'bytes' ? undefined : v))} bypass ${JSON.stringify(policy.bypass)}: connect(${dest}) ${who}: model ${want}, kernel ${got}`,
+          );
         }
       });
     }

@@ -44,7 +44,10 @@ kernelDescribe('golden files against the real iptables-restore', () => {
         // so compare each rule's target and its comment).
         const byChain = (ls: string[]) => {
           const m: Record<string, string[]> = {};
-          for (const l of ls) (m[l.split(' ')[1]!] ??= []).push(`${/--comment (\S+)/.exec(l)?.[1]?.replace(/"/g, '')} ${l.slice(l.lastIndexOf('-j '))}`);
+          for (const l of ls)
+            (m[l.split(' ')[1]!] ??= []).push(
+              `${/--comment (\S+)/.exec(l)?.[1]?.replace(/"/g, '')} ${l.slice(l.lastIndexOf('-j '))}`,
+            );
           return m;
         };
         expect(byChain(got)).toEqual(byChain(want));

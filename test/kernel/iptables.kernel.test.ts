@@ -19,26 +19,40 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
   let env: Env;
   let dir: string;
   const policy = (name: string, cgroup: string, extra = '', proxy = '    outbound: 127.0.0.1:15001\n'): Policy => {
-    const r = parsePolicyText(`apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: ${name} }\nspec:\n  cgroup: ${cgroup}\n${extra}  proxy:\n${proxy}    bypass: { uids: [1337] }\n`, `${name}.yaml`);
+    const r = parsePolicyText(
+      `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: ${name} }\nspec:\n  cgroup: ${cgroup}\n${extra}  proxy:\n${proxy}    bypass: { uids: [1337] }\n`,
+      `${name}.yaml`,
+    );
     expect(r.errors).toEqual([]);
     return r.policies[0]!;
   };
-  const mode = (state: string, extra: Partial<ConstructorParameters<typeof IptablesMode>[0]> = {}) => new IptablesMode({ stateFile: state, lockWait: 1, ...extra });
+  const mode = (state: string, extra: Partial<ConstructorParameters<typeof IptablesMode>[0]> = {}) =>
+    new IptablesMode({ stateFile: state, lockWait: 1, ...extra });
   const natSave = (ns: string, tool = 'iptables-nft-save') => sh('ip', ['netns', 'exec', ns, tool, '-t', 'nat']);
-  const ours = (ns: string, tool?: string) => natSave(ns, tool).split('\n').filter((l) => l.includes('MESHREDIR'));
-  const hostHasOurs = () => ['iptables-nft-save', 'ip6tables-nft-save', 'iptables-legacy-save', 'ip6tables-legacy-save'].some((t) => sh(t, ['-t', 'nat'], { allowFail: true }).includes('MESHREDIR'));
+  const ours = (ns: string, tool?: string) =>
+    natSave(ns, tool)
+      .split('\n')
+      .filter((l) => l.includes('MESHREDIR'));
+  const hostHasOurs = () =>
+    ['iptables-nft-save', 'ip6tables-nft-save', 'iptables-legacy-save', 'ip6tables-legacy-save'].some((t) =>
+      sh(t, ['-t', 'nat'], { allowFail: true }).includes('MESHREDIR'),
+    );
   /** A "pod": netns + cgroup + a process in both; resolves once the process is in the netns. */
   const pod = async (name: string): Promise<{ ns: string; cg: string; p: Proc }> => {
     const ns = env.netns(name);
     const cg = env.cgroup(name);
     const p = env.spawn(ns, cg, 'sleep', ['1000']);
-    await waitFor(() => {
-      try {
-        return ino(`/proc/${p.child.pid}/ns/net`) === ino(`/run/netns/${ns}`);
-      } catch {
-        return false;
-      }
-    }, `${name}: process in its netns`, p);
+    await waitFor(
+      () => {
+        try {
+          return ino(`/proc/${p.child.pid}/ns/net`) === ino(`/run/netns/${ns}`);
+        } catch {
+          return false;
+        }
+      },
+      `${name}: process in its netns`,
+      p,
+    );
     return { ns, cg, p };
   };
   /** PATH entries that stand in for iptables tools (a failure the real ones would give). */
@@ -86,23 +100,48 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       // hostNetwork-like: a cgroup whose process is in the host netns.
       const cgHost = env.cgroup('hostnet');
       env.spawn(null, cgHost, 'sleep', ['1000']);
-      await waitFor(() => readFileSync(join(env.cgDir(cgHost), 'cgroup.procs'), 'utf8').trim() !== '', 'host process in its cgroup');
+      await waitFor(
+        () => readFileSync(join(env.cgDir(cgHost), 'cgroup.procs'), 'utf8').trim() !== '',
+        'host process in its cgroup',
+      );
       const r = m.apply([policy('a', a.cg), policy('hostnet', cgHost)]);
       expect(r.applied.map((x) => x.policy)).toEqual(['a']);
-      expect(r.skipped).toEqual([{ policy: 'hostnet', reason: expect.stringMatching(/are in the host network namespace .*never puts rules there \(they would redirect the whole node's TCP\)/) }]);
+      expect(r.skipped).toEqual([
+        {
+          policy: 'hostnet',
+          reason: expect.stringMatching(
+            /are in the host network namespace .*never puts rules there \(they would redirect the whole node's TCP\)/,
+          ),
+        },
+      ]);
       expect(hostHasOurs()).toBe(false);
       expect(ours(a.ns)).toContain('-A OUTPUT -p tcp -m comment --comment meshredir -j MESHREDIR_OUTPUT');
       // spec.netns naming the host netns is refused the same way.
       const viaPath = m.apply([policy('a', a.cg), policy('hostpath', '/nowhere', '  netns: /proc/2/ns/net\n')]);
-      expect(viaPath.skipped).toEqual([{ policy: 'hostpath', reason: expect.stringMatching(/^spec\.netns \/proc\/2\/ns\/net is the host network namespace/) }]);
+      expect(viaPath.skipped).toEqual([
+        {
+          policy: 'hostpath',
+          reason: expect.stringMatching(/^spec\.netns \/proc\/2\/ns\/net is the host network namespace/),
+        },
+      ]);
 
       // A process that joined the cgroup before entering its netns (as our harness does): the pod's
       // processes disagree, so the policy waits, and what it applied before stays.
       const before = ours(a.ns);
       const straggler = env.spawn(null, a.cg, 'sleep', ['1000']);
-      await waitFor(() => readFileSync(join(env.cgDir(a.cg), 'cgroup.procs'), 'utf8').includes(String(straggler.child.pid)), 'straggler in the cgroup');
+      await waitFor(
+        () => readFileSync(join(env.cgDir(a.cg), 'cgroup.procs'), 'utf8').includes(String(straggler.child.pid)),
+        'straggler in the cgroup',
+      );
       const mixed = m.apply([policy('a', a.cg)]);
-      expect(mixed.skipped).toEqual([{ policy: 'a', reason: expect.stringMatching(/processes of cgroup .* are in 2 different network namespaces \(.*host netns: pid \d+.*\); waiting until they agree/) }]);
+      expect(mixed.skipped).toEqual([
+        {
+          policy: 'a',
+          reason: expect.stringMatching(
+            /processes of cgroup .* are in 2 different network namespaces \(.*host netns: pid \d+.*\); waiting until they agree/,
+          ),
+        },
+      ]);
       expect(mixed.removed).toEqual([]);
       expect(ours(a.ns)).toEqual(before);
       expect(hostHasOurs()).toBe(false);
@@ -113,7 +152,10 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       env.spawn(a.ns, cgSibling, 'sleep', ['1000']);
       await waitFor(() => m.apply([policy('a', a.cg), policy('sib', cgSibling)]).skipped.length === 2, 'both refused');
       const shared = m.status().policies;
-      expect(shared.find((p) => p.policy === 'sib')).toMatchObject({ outcome: 'skipped', reason: expect.stringMatching(/shares network namespace .* with a: iptables mode allows one policy per netns/) });
+      expect(shared.find((p) => p.policy === 'sib')).toMatchObject({
+        outcome: 'skipped',
+        reason: expect.stringMatching(/shares network namespace .* with a: iptables mode allows one policy per netns/),
+      });
       expect(ours(a.ns)).toEqual(before);
       expect(m.cleanup().map((x) => x.outcome)).toEqual(['removed']);
       expect(ours(a.ns)).toEqual([]);
@@ -126,16 +168,30 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const m = mode(state);
       const b = await pod('b');
       const c = await pod('c');
-      const fail = shim({ 'iptables-nft-restore': `if [ "$(stat -L -c %i /proc/self/ns/net)" = "${ino(`/run/netns/${b.ns}`)}" ]; then echo "iptables-nft-restore: line 2 failed (simulated: rejected in this netns)" >&2; exit 1; fi\nexec /usr/sbin/iptables-nft-restore "$@"` });
+      const fail = shim({
+        'iptables-nft-restore': `if [ "$(stat -L -c %i /proc/self/ns/net)" = "${ino(`/run/netns/${b.ns}`)}" ]; then echo "iptables-nft-restore: line 2 failed (simulated: rejected in this netns)" >&2; exit 1; fi\nexec /usr/sbin/iptables-nft-restore "$@"`,
+      });
       const r = withPath(fail, () => m.apply([policy('b', b.cg), policy('c', c.cg)]));
-      expect(r.failed).toEqual([{ policy: 'b', netns: expect.stringMatching(/^\/proc\/\d+\/ns\/net$/), reason: expect.stringMatching(/^IPv4: iptables-nft-restore --noflush -w 1 in netns .*: iptables-nft-restore: line 2 failed \(simulated.* \(no rules in place\)$/) }]);
+      expect(r.failed).toEqual([
+        {
+          policy: 'b',
+          netns: expect.stringMatching(/^\/proc\/\d+\/ns\/net$/),
+          reason: expect.stringMatching(
+            /^IPv4: iptables-nft-restore --noflush -w 1 in netns .*: iptables-nft-restore: line 2 failed \(simulated.* \(no rules in place\)$/,
+          ),
+        },
+      ]);
       expect(r.applied.map((x) => x.policy)).toEqual(['c']);
       expect(r.stateWritten).toBe(true);
       expect(ours(c.ns).length).toBeGreaterThan(0);
       expect(ours(b.ns)).toEqual([]);
       const st = m.status();
       expect(st.policies.find((p) => p.policy === 'b')).toMatchObject({ outcome: 'failed' });
-      expect(st.policies.find((p) => p.policy === 'c')).toMatchObject({ outcome: 'applied', backend: 'nft', families: ['ipv4'] });
+      expect(st.policies.find((p) => p.policy === 'c')).toMatchObject({
+        outcome: 'applied',
+        backend: 'nft',
+        families: ['ipv4'],
+      });
       // Without the failure: b is applied, c is left alone (in sync).
       const again = m.apply([policy('b', b.cg), policy('c', c.cg)]);
       expect(again.applied.map((x) => x.policy)).toEqual(['b']);
@@ -143,7 +199,9 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       // A policy edited into something this mode cannot do is not left half-applied: its earlier
       // rules go, and it says why.
       const edited = m.apply([policy('b', b.cg, '  accelerate: true\n'), policy('c', c.cg)]);
-      expect(edited.skipped).toEqual([{ policy: 'b', reason: expect.stringMatching(/^not supported in iptables mode: spec\.accelerate/) }]);
+      expect(edited.skipped).toEqual([
+        { policy: 'b', reason: expect.stringMatching(/^not supported in iptables mode: spec\.accelerate/) },
+      ]);
       expect(edited.removed).toEqual([expect.objectContaining({ policy: 'b', outcome: 'removed' })]);
       expect(ours(b.ns)).toEqual([]);
       expect(ours(c.ns).length).toBeGreaterThan(0);
@@ -158,8 +216,13 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const d = await pod('d');
       const e = await pod('e');
       m.apply([policy('d', d.cg), policy('e', e.cg)]);
-      const remembered = JSON.parse(readFileSync(state, 'utf8')) as { netns: Record<string, { path: string; policy: string }> };
-      expect(Object.values(remembered.netns).map((n) => n.path)).toEqual([`/proc/${d.p.child.pid}/ns/net`, `/proc/${e.p.child.pid}/ns/net`]);
+      const remembered = JSON.parse(readFileSync(state, 'utf8')) as {
+        netns: Record<string, { path: string; policy: string }>;
+      };
+      expect(Object.values(remembered.netns).map((n) => n.path)).toEqual([
+        `/proc/${d.p.child.pid}/ns/net`,
+        `/proc/${e.p.child.pid}/ns/net`,
+      ]);
       await env.stop(d.p);
       await env.stop(e.p);
       // e's netns goes for real: no process, no mount, no fd refers to it any more.
@@ -167,8 +230,22 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       expect(ours(d.ns).length).toBeGreaterThan(0);
       const r = m.apply([]);
       expect(r.removed).toEqual([
-        { policy: 'd', netns: `/run/netns/${d.ns}`, netnsId: expect.any(String), outcome: 'removed', detail: expect.stringMatching(/removed every MESHREDIR line/) },
-        { policy: 'e', netns: `/proc/${e.p.child.pid}/ns/net`, netnsId: expect.any(String), outcome: 'gone', detail: expect.stringMatching(/no longer exists — no process, open file or mount refers to it — so its rules went with it/) },
+        {
+          policy: 'd',
+          netns: `/run/netns/${d.ns}`,
+          netnsId: expect.any(String),
+          outcome: 'removed',
+          detail: expect.stringMatching(/removed every MESHREDIR line/),
+        },
+        {
+          policy: 'e',
+          netns: `/proc/${e.p.child.pid}/ns/net`,
+          netnsId: expect.any(String),
+          outcome: 'gone',
+          detail: expect.stringMatching(
+            /no longer exists — no process, open file or mount refers to it — so its rules went with it/,
+          ),
+        },
       ]);
       expect(ours(d.ns)).toEqual([]);
       expect(existsSync(state)).toBe(true);
@@ -179,13 +256,28 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const f = await pod('f');
       mode(state).apply([policy('f', f.cg)]);
       const fail = shim({ 'iptables-nft-restore': 'echo "iptables-nft-restore: simulated failure" >&2; exit 1' });
-      const p = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir], { env: { PATH: `${fail}:${process.env.PATH}` } });
+      const p = env.spawn(
+        null,
+        null,
+        process.execPath,
+        [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir],
+        { env: { PATH: `${fail}:${process.env.PATH}` } },
+      );
       expect(await p.exited).toBe(1);
       expect(p.err).toMatch(/FAILED: policy f: .*simulated failure.*rules may remain in network namespace/);
       expect(p.err).toMatch(/1 network namespace\(s\) still hold MESHREDIR rules; they stay in/);
       expect(ours(f.ns).length).toBeGreaterThan(0);
       expect(Object.keys((JSON.parse(readFileSync(state, 'utf8')) as { netns: object }).netns)).toHaveLength(1);
-      const ok = env.spawn(null, null, process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      const ok = env.spawn(null, null, process.execPath, [
+        CLI,
+        'cleanup',
+        '--iptables-state',
+        state,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+      ]);
       expect(await ok.exited).toBe(0);
       expect(ok.out).toMatch(/policy f: removed every MESHREDIR line/);
       expect(ours(f.ns)).toEqual([]);
@@ -201,7 +293,16 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const nftRules = ours(g.ns);
       expect(nftRules.length).toBeGreaterThan(0);
       // Hold the legacy xtables lock the way iptables-legacy does (flock on /run/xtables.lock).
-      const holder = env.spawn(null, null, 'python3', ['-c', "import fcntl,sys\nf=open('/run/xtables.lock','a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()"], { stdin: true });
+      const holder = env.spawn(
+        null,
+        null,
+        'python3',
+        [
+          '-c',
+          "import fcntl,sys\nf=open('/run/xtables.lock','a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()",
+        ],
+        { stdin: true },
+      );
       await waitFor(() => holder.out.includes('locked'), 'lock held', holder);
       let r;
       try {
@@ -210,12 +311,22 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
         holder.child.stdin!.end();
         await holder.exited;
       }
-      expect(r.failed).toEqual([{ policy: 'g', netns: expect.any(String), reason: expect.stringMatching(/^moving the rules from nft to legacy failed: IPv4: iptables-legacy-restore: the xtables lock was held by another process for more than 1s \(--lock-wait\).*; the rules stay on nft, unchanged$/) }]);
+      expect(r.failed).toEqual([
+        {
+          policy: 'g',
+          netns: expect.any(String),
+          reason: expect.stringMatching(
+            /^moving the rules from nft to legacy failed: IPv4: iptables-legacy-restore: the xtables lock was held by another process for more than 1s \(--lock-wait\).*; the rules stay on nft, unchanged$/,
+          ),
+        },
+      ]);
       expect(ours(g.ns)).toEqual(nftRules);
       expect(ours(g.ns, 'iptables-legacy-save')).toEqual([]);
       // Lock free: the rules move, and only then leave nft.
       const moved = mode(state, { backend: 'legacy' }).apply([policy('g', g.cg)]);
-      expect(moved.applied).toEqual([{ policy: 'g', netns: expect.any(String), backend: 'legacy', families: ['ipv4', 'removed from nft'] }]);
+      expect(moved.applied).toEqual([
+        { policy: 'g', netns: expect.any(String), backend: 'legacy', families: ['ipv4', 'removed from nft'] },
+      ]);
       expect(ours(g.ns)).toEqual([]);
       expect(ours(g.ns, 'iptables-legacy-save').length).toBe(nftRules.length);
       // Remembered: without forcing, the next apply stays on legacy and changes nothing.
@@ -229,13 +340,34 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const v = await pod('v');
       const calls = join(dir, 'ip6tables-calls');
       const body = `echo "$0 $*" >> ${calls}; echo "ip6tables v1.8.9 (nf_tables): can't initialize ip6tables table \\\`nat': Address family not supported by protocol" >&2; exit 3`;
-      const no6 = shim(Object.fromEntries(['ip6tables-nft', 'ip6tables-nft-save', 'ip6tables-nft-restore', 'ip6tables-legacy', 'ip6tables-legacy-save', 'ip6tables-legacy-restore'].map((t) => [t, body])));
+      const no6 = shim(
+        Object.fromEntries(
+          [
+            'ip6tables-nft',
+            'ip6tables-nft-save',
+            'ip6tables-nft-restore',
+            'ip6tables-legacy',
+            'ip6tables-legacy-save',
+            'ip6tables-legacy-restore',
+          ].map((t) => [t, body]),
+        ),
+      );
       const m = mode(state);
       const r4 = withPath(no6, () => m.apply([policy('v', v.cg)]));
       expect(r4.applied).toEqual([{ policy: 'v', netns: expect.any(String), backend: 'nft', families: ['ipv4'] }]);
       expect(existsSync(calls)).toBe(false);
-      const r6 = withPath(no6, () => m.apply([policy('v', v.cg, '', '    outbound: 127.0.0.1:15001\n    outbound6: "[::1]:15001"\n')]));
-      expect(r6.failed).toEqual([{ policy: 'v', netns: expect.any(String), reason: expect.stringMatching(/^IPv6: ip6tables-nft-save -t nat in netns .*: .*Address family not supported by protocol \(in place: ipv4 on nft\)$/) }]);
+      const r6 = withPath(no6, () =>
+        m.apply([policy('v', v.cg, '', '    outbound: 127.0.0.1:15001\n    outbound6: "[::1]:15001"\n')]),
+      );
+      expect(r6.failed).toEqual([
+        {
+          policy: 'v',
+          netns: expect.any(String),
+          reason: expect.stringMatching(
+            /^IPv6: ip6tables-nft-save -t nat in netns .*: .*Address family not supported by protocol \(in place: ipv4 on nft\)$/,
+          ),
+        },
+      ]);
       expect(existsSync(calls)).toBe(true);
       m.cleanup();
     });
@@ -246,7 +378,8 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
     /** Per chain, each rule's target: iptables-save spells matches its own way and orders chains its own way. */
     const byChain = (ls: string[]) => {
       const m: Record<string, string[]> = {};
-      for (const l of ls.filter((y) => y.startsWith('-A '))) (m[l.split(' ')[1]!] ??= []).push(l.slice(l.lastIndexOf('-j ')));
+      for (const l of ls.filter((y) => y.startsWith('-A ')))
+        (m[l.split(' ')[1]!] ??= []).push(l.slice(l.lastIndexOf('-j ')));
       return m;
     };
     it('an in-sync apply writes nothing: no state write, no restore (counters and ruleset unchanged)', async () => {
@@ -258,7 +391,9 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       await env.server(h.ns, '127.0.0.1', 15001, 'proxy');
       env.ip(h.ns, 'addr', 'add', '10.9.9.9/32', 'dev', 'lo'); // a destination that stays in this netns
       expect((await env.client(h.ns, h.cg, ['connect', '10.9.9.9', '80'])).data).toMatch(/^proxy /);
-      const counters = sh('ip', ['netns', 'exec', h.ns, 'iptables-nft-save', '-c', '-t', 'nat']).split('\n').filter((l) => l.includes('MESHREDIR'));
+      const counters = sh('ip', ['netns', 'exec', h.ns, 'iptables-nft-save', '-c', '-t', 'nat'])
+        .split('\n')
+        .filter((l) => l.includes('MESHREDIR'));
       expect(counters.find((l) => l.includes('-j REDIRECT'))).toMatch(/^\[1:\d+\]/);
       const mtime = statSync(state).mtimeMs;
       const text = readFileSync(state, 'utf8');
@@ -268,7 +403,11 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       }
       expect(statSync(state).mtimeMs).toBe(mtime);
       expect(readFileSync(state, 'utf8')).toBe(text);
-      expect(sh('ip', ['netns', 'exec', h.ns, 'iptables-nft-save', '-c', '-t', 'nat']).split('\n').filter((l) => l.includes('MESHREDIR'))).toEqual(counters);
+      expect(
+        sh('ip', ['netns', 'exec', h.ns, 'iptables-nft-save', '-c', '-t', 'nat'])
+          .split('\n')
+          .filter((l) => l.includes('MESHREDIR')),
+      ).toEqual(counters);
       m.cleanup();
     });
 
@@ -276,9 +415,26 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       const state = join(dir, 'x.json');
       x = await pod('x');
       const pdir = mkdtempSync(join(dir, 'policies-'));
-      writeFileSync(join(pdir, 'x.yaml'), `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: ${x.cg}\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n  outbound: { excludePorts: [22] }\n`);
+      writeFileSync(
+        join(pdir, 'x.yaml'),
+        `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: ${x.cg}\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n  outbound: { excludePorts: [22] }\n`,
+      );
       const dry = async () => {
-        const p = env.spawn(null, null, process.execPath, [CLI, 'agent', '--mode', 'iptables', '--dry-run', '--policies', pdir, '--iptables-state', state, '--state-dir', env.stateDir, '--lock-wait', '1']);
+        const p = env.spawn(null, null, process.execPath, [
+          CLI,
+          'agent',
+          '--mode',
+          'iptables',
+          '--dry-run',
+          '--policies',
+          pdir,
+          '--iptables-state',
+          state,
+          '--state-dir',
+          env.stateDir,
+          '--lock-wait',
+          '1',
+        ]);
         return { code: await p.exited, out: p.out, err: p.err };
       };
       const first = await dry();
@@ -289,44 +445,89 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
       expect(first.out).toMatch(/^# IPv6: not needed/m);
       expect(ours(x.ns)).toEqual([]); // a dry run changes nothing
       const input = first.out.split('<<EOF\n')[1]!.split('EOF\n')[0]!;
-      const r = mode(state).apply((await import('../../src/policy/load.js')).parsePolicyText(readFileSync(join(pdir, 'x.yaml'), 'utf8'), 'x.yaml').policies);
+      const r = mode(state).apply(
+        (await import('../../src/policy/load.js')).parsePolicyText(readFileSync(join(pdir, 'x.yaml'), 'utf8'), 'x.yaml')
+          .policies,
+      );
       expect(r.applied).toHaveLength(1);
       // What was applied is what was printed: the same rules, chain by chain.
       expect(byChain(ours(x.ns))).toEqual(byChain(input.split('\n')));
       const second = await dry();
       expect(second.out).toMatch(/^# IPv4: in sync, nothing to apply$/m);
       // A policy the mode would not apply: reason on stderr, exit 1.
-      writeFileSync(join(pdir, 'host.yaml'), `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: host }\nspec:\n  cgroup: /nowhere\n  netns: /proc/2/ns/net\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n`);
-      writeFileSync(join(pdir, 'far.yaml'), `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: far }\nspec:\n  cgroup: /far\n  proxy:\n    outbound: 10.0.0.1:15001\n    bypass: { uids: [1337] }\n`);
+      writeFileSync(
+        join(pdir, 'host.yaml'),
+        `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: host }\nspec:\n  cgroup: /nowhere\n  netns: /proc/2/ns/net\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n`,
+      );
+      writeFileSync(
+        join(pdir, 'far.yaml'),
+        `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: far }\nspec:\n  cgroup: /far\n  proxy:\n    outbound: 10.0.0.1:15001\n    bypass: { uids: [1337] }\n`,
+      );
       const refused = await dry();
       expect(refused.code).toBe(1);
-      expect(refused.err).toMatch(/^host: not applied in iptables mode: spec\.netns \/proc\/2\/ns\/net is the host network namespace/m);
-      expect(refused.err).toMatch(/^far: not applied in iptables mode: not supported in iptables mode: spec\.proxy\.outbound: 10\.0\.0\.1:15001/m);
+      expect(refused.err).toMatch(
+        /^host: not applied in iptables mode: spec\.netns \/proc\/2\/ns\/net is the host network namespace/m,
+      );
+      expect(refused.err).toMatch(
+        /^far: not applied in iptables mode: not supported in iptables mode: spec\.proxy\.outbound: 10\.0\.0\.1:15001/m,
+      );
       expect(refused.out).not.toMatch(/policy (host|far)/);
     });
 
     it('verify checks the chain of the iptables mode: policy → netns → rules → redirect → proxy listening', async () => {
       const state = join(dir, 'x.json');
       const verify = async (...args: string[]) => {
-        const p = env.spawn(null, null, process.execPath, [CLI, 'verify', '--json', '--bpffs', env.bpffs, '--iptables-state', state, '--cgroup', x.cg, ...args]);
+        const p = env.spawn(null, null, process.execPath, [
+          CLI,
+          'verify',
+          '--json',
+          '--bpffs',
+          env.bpffs,
+          '--iptables-state',
+          state,
+          '--cgroup',
+          x.cg,
+          ...args,
+        ]);
         const code = await p.exited;
-        return { code, out: JSON.parse(p.out) as { ok: boolean; mode: string; steps: { step: string; ok: boolean; detail: string }[] } };
+        return {
+          code,
+          out: JSON.parse(p.out) as {
+            ok: boolean;
+            mode: string;
+            steps: { step: string; ok: boolean; detail: string }[];
+          },
+        };
       };
       const down = await verify();
       expect(down.out.mode).toBe('iptables');
       expect(down.code).toBe(1);
-      expect(down.out.steps.at(-1)).toMatchObject({ step: 'proxy', ok: false, detail: expect.stringMatching(/nothing listens on 127\.0\.0\.1:15001/) });
+      expect(down.out.steps.at(-1)).toMatchObject({
+        step: 'proxy',
+        ok: false,
+        detail: expect.stringMatching(/nothing listens on 127\.0\.0\.1:15001/),
+      });
       await env.server(x.ns, '127.0.0.1', 15001, 'proxy');
       const good = await verify();
       expect(good.out.steps.map((s) => s.step)).toEqual(['cgroup', 'policy', 'netns', 'rules', 'redirect', 'proxy']);
       expect(good.out.ok, JSON.stringify(good.out.steps)).toBe(true);
       expect(good.code).toBe(0);
-      expect(good.out.steps.find((s) => s.step === 'redirect')!.detail).toMatch(/a connect to 192\.0\.2\.1:80 by uid 0\/gid 0 is redirected to 127\.0\.0\.1:15001/);
+      expect(good.out.steps.find((s) => s.step === 'redirect')!.detail).toMatch(
+        /a connect to 192\.0\.2\.1:80 by uid 0\/gid 0 is redirected to 127\.0\.0\.1:15001/,
+      );
       const excluded = await verify('--dest', '192.0.2.1:22');
-      expect(excluded.out.steps.at(-1)).toMatchObject({ step: 'redirect', ok: false, detail: expect.stringMatching(/would not be redirected: the rule ".*--dport 22 .*-j RETURN" lets it pass/) });
+      expect(excluded.out.steps.at(-1)).toMatchObject({
+        step: 'redirect',
+        ok: false,
+        detail: expect.stringMatching(/would not be redirected: the rule ".*--dport 22 .*-j RETURN" lets it pass/),
+      });
       sh('ip', ['netns', 'exec', x.ns, 'iptables-nft', '-t', 'nat', '-F', 'MESHREDIR_OUTPUT']);
       const drift = await verify();
-      expect(drift.out.steps.at(-1)).toMatchObject({ step: 'rules', ok: false, detail: expect.stringMatching(/applied rule\(s\) missing/) });
+      expect(drift.out.steps.at(-1)).toMatchObject({
+        step: 'rules',
+        ok: false,
+        detail: expect.stringMatching(/applied rule\(s\) missing/),
+      });
       mode(state).cleanup();
     });
   });

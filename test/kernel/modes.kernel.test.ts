@@ -20,7 +20,8 @@ type Mode = 'ebpf' | 'iptables';
 // The agents of this file log their in-sync reconciles too (the in-sync test counts them).
 process.env.MESHREDIR_LOG_LEVEL = 'debug';
 
-const doc = (name: string, spec: Record<string, unknown>) => JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);
+const doc = (name: string, spec: Record<string, unknown>) =>
+  JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);
 
 kernelDescribe('both modes, sidecar topology', () => {
   for (const mode of ['ebpf', 'iptables'] as Mode[]) {
@@ -31,9 +32,16 @@ kernelDescribe('both modes, sidecar topology', () => {
       let agent: Proc;
       let pod: string, inc: string, up: string;
       let cgApp: string, cgProxy: string, cgIncApp: string, cgIncProxy: string;
-      const start = (extra: string[] = []) => env.agent(dir, ['--mode', mode, '--iptables-state', state, '--interval', '1', ...extra]);
+      const start = (extra: string[] = []) =>
+        env.agent(dir, ['--mode', mode, '--iptables-state', state, '--interval', '1', ...extra]);
       type Where = { uid?: number; cg?: string | null; ns?: string };
-      const connect = async (host: string, port: number, opts: Where = {}) => env.client(opts.ns ?? pod, opts.cg === undefined ? cgApp : opts.cg, ['connect', host, String(port)], opts.uid === undefined ? {} : { uid: opts.uid });
+      const connect = async (host: string, port: number, opts: Where = {}) =>
+        env.client(
+          opts.ns ?? pod,
+          opts.cg === undefined ? cgApp : opts.cg,
+          ['connect', host, String(port)],
+          opts.uid === undefined ? {} : { uid: opts.uid },
+        );
       const data = async (host: string, port: number, opts: Where = {}) => (await connect(host, port, opts)).data ?? '';
       /** Polls an async condition until it holds (convergence, not timing: the bound only ends a hang). */
       const until = async <T>(get: () => Promise<T>, ok: (v: T) => boolean, what: string): Promise<T> => {
@@ -45,8 +53,15 @@ kernelDescribe('both modes, sidecar topology', () => {
         throw new Error(`${what}: never happened`);
       };
       const save = (ns: string, tool = 'iptables-save') => sh('ip', ['netns', 'exec', ns, tool, '-t', 'nat']);
-      const ours = (ns: string, tool?: string) => save(ns, tool).split('\n').filter((l) => l.includes('MESHREDIR'));
-      const logs = (p: Proc) => p.err.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+      const ours = (ns: string, tool?: string) =>
+        save(ns, tool)
+          .split('\n')
+          .filter((l) => l.includes('MESHREDIR'));
+      const logs = (p: Proc) =>
+        p.err
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .map((l) => JSON.parse(l) as Record<string, unknown>);
 
       beforeAll(async () => {
         env = new Env();
@@ -57,7 +72,15 @@ kernelDescribe('both modes, sidecar topology', () => {
         up = env.netns('up');
         // 10.202.0.11 / 10.203.0.11 are used only by the proxies (HAProxy's `source`): the upstream
         // tells who dialled. The upstream's extra addresses sit inside and around the pod's CIDRs.
-        env.veth(pod, 'eth0', ['10.202.0.1/24', '10.202.0.11/24', 'fd00:202::1/64'], up, 'eth0', ['10.202.0.2/24', '10.202.0.17/24', '10.202.0.33/24', '10.202.0.41/24', '10.204.0.2/24', 'fd00:202::2/64', 'fd00:202::12/64']);
+        env.veth(pod, 'eth0', ['10.202.0.1/24', '10.202.0.11/24', 'fd00:202::1/64'], up, 'eth0', [
+          '10.202.0.2/24',
+          '10.202.0.17/24',
+          '10.202.0.33/24',
+          '10.202.0.41/24',
+          '10.204.0.2/24',
+          'fd00:202::2/64',
+          'fd00:202::12/64',
+        ]);
         env.ip(pod, 'route', 'add', '10.204.0.0/24', 'via', '10.202.0.2');
         env.veth(inc, 'eth0', ['10.203.0.1/24', '10.203.0.11/24'], up, 'eth1', ['10.203.0.2/24']);
         cgApp = env.cgroup('pod/app');
@@ -68,7 +91,9 @@ kernelDescribe('both modes, sidecar topology', () => {
         await env.server(up, '0.0.0.0', 9090, 'up9090');
         await env.server(up, '::', 8080, 'up6');
         await env.haproxy(pod, cgProxy, '127.0.0.1:15001', 15001, { uid: 1337, source: '10.202.0.11' });
-        const p6 = env.spawn(pod, cgProxy, ORIGDST_PROXY, ['--listen6', '[::1]:15002', '--mode', 'report'], { uid: 1337 });
+        const p6 = env.spawn(pod, cgProxy, ORIGDST_PROXY, ['--listen6', '[::1]:15002', '--mode', 'report'], {
+          uid: 1337,
+        });
         await env.waitListening(pod, 15002, 'origdst-proxy [::1]:15002', p6);
         await env.haproxy(inc, cgIncProxy, '127.0.0.1:15001', 15001, { uid: 1337, source: '10.203.0.11' });
         // In the pods: a loopback-only server, and for inbound: the app's ports and an inbound proxy
@@ -83,7 +108,12 @@ kernelDescribe('both modes, sidecar topology', () => {
           join(dir, 'pod.yaml'),
           doc('pod', {
             cgroup: `${env.cgRoot}/pod`,
-            proxy: { outbound: '127.0.0.1:15001', outbound6: '[::1]:15002', inbound: 15006, bypass: { cgroups: [cgProxy], uids: [1337] } },
+            proxy: {
+              outbound: '127.0.0.1:15001',
+              outbound6: '[::1]:15002',
+              inbound: 15006,
+              bypass: { cgroups: [cgProxy], uids: [1337] },
+            },
             outbound: {
               excludePorts: [9090],
               // Longest prefix wins: .17 (exclude /28 in include /24) direct, .41 (include /29 in
@@ -96,14 +126,19 @@ kernelDescribe('both modes, sidecar topology', () => {
         );
         writeFileSync(
           join(dir, 'inc.yaml'),
-          doc('inc', { cgroup: `${env.cgRoot}/inc`, proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgIncProxy], uids: [1337] } }, outbound: { includePorts: [8080, 7000], redirectLoopback: true } }),
+          doc('inc', {
+            cgroup: `${env.cgRoot}/inc`,
+            proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgIncProxy], uids: [1337] } },
+            outbound: { includePorts: [8080, 7000], redirectLoopback: true },
+          }),
         );
         agent = await start();
       });
 
       afterAll(async () => {
         if (agent) await env.stop(agent);
-        if (mode === 'iptables') await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+        if (mode === 'iptables')
+          await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
         const problems = await env?.teardown();
         rmSync(dir, { recursive: true, force: true });
         expect(problems).toEqual([]);
@@ -162,25 +197,53 @@ kernelDescribe('both modes, sidecar topology', () => {
           // Difference: the eBPF mode has no inbound interception yet (sk_lookup); the app answers
           // itself, and the agent reported the field as unsupported instead of ignoring it.
           expect(await fromUp(7070)).toMatch(/^app7070 10\.202\.0\.2 /);
-          expect(logs(agent).find((l) => l.event === 'unsupported' && l.field === 'spec.proxy.inbound' && l.policy === 'pod')).toBeDefined();
+          expect(
+            logs(agent).find(
+              (l) => l.event === 'unsupported' && l.field === 'spec.proxy.inbound' && l.policy === 'pod',
+            ),
+          ).toBeDefined();
         }
         expect(await fromUp(2222)).toMatch(/^app2222 10\.202\.0\.2 /);
       });
 
       it(`status shows the ${mode} state`, async () => {
-        const status = async () => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--iptables-state', state])) as Record<string, unknown>;
+        const status = async () =>
+          JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--iptables-state', state])) as Record<
+            string,
+            unknown
+          >;
         if (mode === 'ebpf') {
-          const s = (await status()) as { mode: string; policies: { name: string; counters: Record<string, number> }[]; unsupported: string[] };
+          const s = (await status()) as {
+            mode: string;
+            policies: { name: string; counters: Record<string, number> }[];
+            unsupported: string[];
+          };
           expect(s.mode).toBe('ebpf');
           expect(s.policies.map((p) => p.name).sort()).toEqual(['inc', 'pod']);
           expect(s.policies.find((p) => p.name === 'pod')!.counters.redirected).toBeGreaterThan(0);
-          expect(s.unsupported).toEqual([expect.stringMatching(/^spec\.proxy\.inbound: inbound interception is not implemented in the eBPF mode/)]);
+          expect(s.unsupported).toEqual([
+            expect.stringMatching(/^spec\.proxy\.inbound: inbound interception is not implemented in the eBPF mode/),
+          ]);
           return;
         }
         // Difference: no pins in iptables mode; the state lives in each pod's nat table. A client
         // that joined its cgroup before entering the netns can make one reconcile wait, so converge.
-        type S = { mode: string; policies: { policy: string; outcome: string; netns: string; backend: string; families: string[] }[]; iptables: { policy: string; live: string; redirected: Record<string, number>; inboundRedirected: Record<string, number> }[]; unsupported: string[] };
-        const s = await until(async () => (await status()) as S, (x) => x.policies.length === 2 && x.policies.every((p) => p.outcome === 'applied'), 'both policies applied');
+        type S = {
+          mode: string;
+          policies: { policy: string; outcome: string; netns: string; backend: string; families: string[] }[];
+          iptables: {
+            policy: string;
+            live: string;
+            redirected: Record<string, number>;
+            inboundRedirected: Record<string, number>;
+          }[];
+          unsupported: string[];
+        };
+        const s = await until(
+          async () => (await status()) as S,
+          (x) => x.policies.length === 2 && x.policies.every((p) => p.outcome === 'applied'),
+          'both policies applied',
+        );
         expect(s.mode).toBe('iptables');
         expect(s.policies.map((p) => [p.policy, p.outcome, p.backend, p.families]).sort()).toEqual([
           ['inc', 'applied', 'nft', ['ipv4']],
@@ -191,10 +254,16 @@ kernelDescribe('both modes, sidecar topology', () => {
         expect(podNs.redirected.ipv4).toBeGreaterThan(0);
         expect(podNs.redirected.ipv6).toBeGreaterThan(0);
         expect(podNs.inboundRedirected.ipv4).toBeGreaterThan(0);
-        expect(s.unsupported.join('\n')).toMatch(/scope: the rules live in the pod network namespace and apply to every process in it/);
+        expect(s.unsupported.join('\n')).toMatch(
+          /scope: the rules live in the pod network namespace and apply to every process in it/,
+        );
         expect(s.unsupported.join('\n')).toMatch(/one policy per network namespace/);
-        expect(ours(pod)).toContain('-A MESHREDIR_REDIRECT -p tcp -m comment --comment "meshredir:pod" -j REDIRECT --to-ports 15001');
-        expect(ours(pod, 'ip6tables-save')).toContain('-A MESHREDIR_REDIRECT -p tcp -m comment --comment "meshredir:pod" -j REDIRECT --to-ports 15002');
+        expect(ours(pod)).toContain(
+          '-A MESHREDIR_REDIRECT -p tcp -m comment --comment "meshredir:pod" -j REDIRECT --to-ports 15001',
+        );
+        expect(ours(pod, 'ip6tables-save')).toContain(
+          '-A MESHREDIR_REDIRECT -p tcp -m comment --comment "meshredir:pod" -j REDIRECT --to-ports 15002',
+        );
       });
 
       if (mode === 'iptables') {
@@ -216,7 +285,12 @@ kernelDescribe('both modes, sidecar topology', () => {
           const inSync = () => logs(agent).filter((l) => l.msg === 'in sync').length;
           const n0 = inSync();
           await waitFor(() => inSync() >= n0 + 1, 'an in-sync reconcile', agent, 10_000);
-          const counters = () => ['iptables-save', 'ip6tables-save'].flatMap((t) => sh('ip', ['netns', 'exec', pod, t, '-c', '-t', 'nat']).split('\n').filter((l) => l.includes('MESHREDIR')));
+          const counters = () =>
+            ['iptables-save', 'ip6tables-save'].flatMap((t) =>
+              sh('ip', ['netns', 'exec', pod, t, '-c', '-t', 'nat'])
+                .split('\n')
+                .filter((l) => l.includes('MESHREDIR')),
+            );
           const before = { mtime: statSync(state).mtimeMs, counters: counters() };
           expect(before.counters.find((l) => l.includes('-j REDIRECT --to-ports 15001'))).toMatch(/^\[[1-9]\d*:/);
           const n = inSync();
@@ -228,7 +302,15 @@ kernelDescribe('both modes, sidecar topology', () => {
         it('a flushed chain is restored within one interval', async () => {
           sh('ip', ['netns', 'exec', pod, 'iptables', '-t', 'nat', '-F', 'MESHREDIR_OUTPUT']);
           expect(await data('10.202.0.2', 8080)).toMatch(/^up 10\.202\.0\.1 /); // broken: direct
-          await waitFor(() => save(pod).includes('-A MESHREDIR_OUTPUT -d 10.202.0.0/24 -m comment --comment "meshredir:pod" -j MESHREDIR_REDIRECT'), 'drift repaired', agent, 5000);
+          await waitFor(
+            () =>
+              save(pod).includes(
+                '-A MESHREDIR_OUTPUT -d 10.202.0.0/24 -m comment --comment "meshredir:pod" -j MESHREDIR_REDIRECT',
+              ),
+            'drift repaired',
+            agent,
+            5000,
+          );
           expect(await data('10.202.0.2', 8080)).toMatch(/^up 10\.202\.0\.11 /);
         });
 
@@ -236,11 +318,41 @@ kernelDescribe('both modes, sidecar topology', () => {
           await env.stop(agent);
           const nftBefore = ours(pod);
           // Hold the legacy xtables lock the way iptables-legacy does (flock on /run/xtables.lock).
-          const holder = env.spawn(null, null, 'python3', ['-c', "import fcntl,sys\nf=open('/run/xtables.lock','a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()"], { stdin: true });
+          const holder = env.spawn(
+            null,
+            null,
+            'python3',
+            [
+              '-c',
+              "import fcntl,sys\nf=open('/run/xtables.lock','a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()",
+            ],
+            { stdin: true },
+          );
           await waitFor(() => holder.out.includes('locked'), 'lock held', holder);
           try {
-            const p = env.cli(['agent', '--policies', dir, '--mode', 'iptables', '--iptables-state', state, '--state-dir', env.stateDir, '--iptables-backend', 'legacy', '--lock-wait', '1', '--interval', '60']);
-            await waitFor(() => /xtables lock was held by another process for more than 1s/.test(p.err), 'lock error', undefined, 10_000);
+            const p = env.cli([
+              'agent',
+              '--policies',
+              dir,
+              '--mode',
+              'iptables',
+              '--iptables-state',
+              state,
+              '--state-dir',
+              env.stateDir,
+              '--iptables-backend',
+              'legacy',
+              '--lock-wait',
+              '1',
+              '--interval',
+              '60',
+            ]);
+            await waitFor(
+              () => /xtables lock was held by another process for more than 1s/.test(p.err),
+              'lock error',
+              undefined,
+              10_000,
+            );
             expect(p.err).toMatch(/moving the rules from nft to legacy failed: .*the rules stay on nft, unchanged/);
             await env.stop(p);
           } finally {
@@ -263,23 +375,66 @@ kernelDescribe('both modes, sidecar topology', () => {
 
         it('verify follows the chain in the pod netns: rules, the decision for a destination, the proxy listening', async () => {
           const verify = async (...args: string[]) => {
-            const p = env.cli(['verify', '--json', '--bpffs', env.bpffs, '--iptables-state', state, '--cgroup', cgApp, ...args]);
+            const p = env.cli([
+              'verify',
+              '--json',
+              '--bpffs',
+              env.bpffs,
+              '--iptables-state',
+              state,
+              '--cgroup',
+              cgApp,
+              ...args,
+            ]);
             const code = await p.exited;
-            return { code, out: JSON.parse(p.out) as { ok: boolean; mode: string; steps: { step: string; ok: boolean; detail: string }[] } };
+            return {
+              code,
+              out: JSON.parse(p.out) as {
+                ok: boolean;
+                mode: string;
+                steps: { step: string; ok: boolean; detail: string }[];
+              },
+            };
           };
           const good = await verify('--netns', `/run/netns/${pod}`, '--dest', '10.202.0.2:8080');
           expect(good.out).toMatchObject({ ok: true, mode: 'iptables' });
           expect(good.code).toBe(0);
-          expect(good.out.steps.map((s) => s.step)).toEqual(['cgroup', 'policy', 'netns', 'rules', 'redirect', 'proxy']);
+          expect(good.out.steps.map((s) => s.step)).toEqual([
+            'cgroup',
+            'policy',
+            'netns',
+            'rules',
+            'redirect',
+            'proxy',
+          ]);
           const nested = await verify('--netns', `/run/netns/${pod}`, '--dest', '10.202.0.17:8080');
-          expect(nested.out.steps.at(-1)).toMatchObject({ step: 'redirect', ok: false, detail: expect.stringMatching(/-d 10\.202\.0\.16\/28 .*-j RETURN" lets it pass/) });
+          expect(nested.out.steps.at(-1)).toMatchObject({
+            step: 'redirect',
+            ok: false,
+            detail: expect.stringMatching(/-d 10\.202\.0\.16\/28 .*-j RETURN" lets it pass/),
+          });
           const v6 = await verify('--netns', `/run/netns/${pod}`, '--dest', '[fd00:202::2]:8080');
           expect(v6.out.ok, JSON.stringify(v6.out.steps)).toBe(true);
           expect(v6.out.steps.at(-1)!.detail).toMatch(/a socket listens on \[::1\]:15002/);
         });
 
         it('cleanup removes every MESHREDIR line and leaves foreign rules alone', async () => {
-          sh('ip', ['netns', 'exec', pod, 'iptables', '-t', 'nat', '-A', 'OUTPUT', '-p', 'udp', '--dport', '5353', '-j', 'RETURN']);
+          sh('ip', [
+            'netns',
+            'exec',
+            pod,
+            'iptables',
+            '-t',
+            'nat',
+            '-A',
+            'OUTPUT',
+            '-p',
+            'udp',
+            '--dport',
+            '5353',
+            '-j',
+            'RETURN',
+          ]);
           await env.stop(agent);
           await env.cliRun(['cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
           const after = save(pod);
@@ -314,18 +469,41 @@ kernelDescribe('both modes, sidecar topology', () => {
       const cgProxy = env.cgroup('pod/proxy');
       await env.server(up, '10.202.0.2', 8080, 'up');
       await env.haproxy(pod, cgProxy, '127.0.0.1:15001', 15001, { uid: 1337, source: '10.202.0.11' });
-      writeFileSync(join(dir, 'pod.yaml'), policyYaml({ name: 'pod', cgroup: `${env.cgRoot}/pod`, outbound: '127.0.0.1:15001', uids: [1337] }));
+      writeFileSync(
+        join(dir, 'pod.yaml'),
+        policyYaml({ name: 'pod', cgroup: `${env.cgRoot}/pod`, outbound: '127.0.0.1:15001', uids: [1337] }),
+      );
       // Like istio-init: the agent runs in the pod's netns, with CAP_NET_ADMIN but no CAP_BPF/SYS_ADMIN
       // (nsenter, not `ip netns exec`, which would remount /sys and hide the cgroup2 mount).
-      const p = env.spawn(null, null, 'nsenter', [`--net=/run/netns/${pod}`, 'capsh', '--drop=cap_bpf,cap_sys_admin,cap_perfmon', '--', '-c', `exec ${process.execPath} ${CLI} agent --policies ${dir} --iptables-state ${state} --state-dir ${env.stateDir} --interval 60`]);
+      const p = env.spawn(null, null, 'nsenter', [
+        `--net=/run/netns/${pod}`,
+        'capsh',
+        '--drop=cap_bpf,cap_sys_admin,cap_perfmon',
+        '--',
+        '-c',
+        `exec ${process.execPath} ${CLI} agent --policies ${dir} --iptables-state ${state} --state-dir ${env.stateDir} --interval 60`,
+      ]);
       await waitFor(() => p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
-      const chose = p.err.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event?: string; mode?: string; reason?: string }).find((l) => l.event === 'mode')!;
+      const chose = p.err
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { event?: string; mode?: string; reason?: string })
+        .find((l) => l.event === 'mode')!;
       expect(chose.mode).toBe('iptables');
       expect(chose.reason).toMatch(/bpf_map_create: EPERM/);
       const r = await env.client(pod, cgApp, ['connect', '10.202.0.2', '8080']);
       expect(r.data).toMatch(/^up 10\.202\.0\.11 /);
       await env.stop(p);
-      sh(process.execPath, [CLI, 'cleanup', '--iptables-state', state, '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      sh(process.execPath, [
+        CLI,
+        'cleanup',
+        '--iptables-state',
+        state,
+        '--bpffs',
+        env.bpffs,
+        '--state-dir',
+        env.stateDir,
+      ]);
       expect(sh('ip', ['netns', 'exec', pod, 'iptables-save', '-t', 'nat'])).not.toMatch(/MESHREDIR/);
     });
   });

@@ -10,7 +10,8 @@ import { EBPF_REQUIRED, type ProbeReport } from '../../src/probe/probe.js';
 
 kernelDescribe('probe', () => {
   let env: Env;
-  const probe = async (extra: string[] = []) => JSON.parse(await env.cliRun(['probe', '--json', '--cgroup-parent', env.cgRoot, ...extra])) as ProbeReport;
+  const probe = async (extra: string[] = []) =>
+    JSON.parse(await env.cliRun(['probe', '--json', '--cgroup-parent', env.cgRoot, ...extra])) as ProbeReport;
   const nothingLeft = () => {
     expect(readdirSync(env.cgRootDir).filter((n) => n.startsWith('meshredir-probe-'))).toEqual([]);
     expect(sh('bpftool', ['cgroup', 'tree', env.cgRootDir])).not.toMatch(/ mr_|mr_probe/);
@@ -35,7 +36,12 @@ kernelDescribe('probe', () => {
   });
 
   it('without CAP_BPF and CAP_SYS_ADMIN: bpf false, mode iptables, with the failing operation', async () => {
-    const out = await env.run(null, null, 'capsh', ['--drop=cap_bpf,cap_sys_admin,cap_perfmon', '--', '-c', `exec ${process.execPath} ${CLI} probe --json --cgroup-parent ${env.cgRoot}`]);
+    const out = await env.run(null, null, 'capsh', [
+      '--drop=cap_bpf,cap_sys_admin,cap_perfmon',
+      '--',
+      '-c',
+      `exec ${process.execPath} ${CLI} probe --json --cgroup-parent ${env.cgRoot}`,
+    ]);
     const r = JSON.parse(out) as ProbeReport;
     expect(r.features.bpf).toBe(false);
     expect(r.why.bpf).toMatch(/bpf_map_create: EPERM/);
@@ -54,12 +60,29 @@ kernelDescribe('probe', () => {
       const text = readFileSync(src, 'utf8');
       const anchor = '\tstruct bpf_sock *sk = ctx->sk;';
       expect(text).toContain(anchor);
-      writeFileSync(src, text.replace(anchor, `\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n${anchor}`));
+      writeFileSync(
+        src,
+        text.replace(anchor, `\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n${anchor}`),
+      );
       const objs = readdirSync(dir)
         .filter((f) => f.endsWith('.bpf.c'))
         .map((f) => {
           const o = join(dir, f.replace(/\.c$/, '.o'));
-          sh('clang', ['-g', '-O2', '-target', 'bpf', '-D__TARGET_ARCH_x86', '-Wall', '-Werror', `-I${join(ROOT, 'build')}`, `-I${dir}`, '-c', join(dir, f), '-o', o]);
+          sh('clang', [
+            '-g',
+            '-O2',
+            '-target',
+            'bpf',
+            '-D__TARGET_ARCH_x86',
+            '-Wall',
+            '-Werror',
+            `-I${join(ROOT, 'build')}`,
+            `-I${dir}`,
+            '-c',
+            join(dir, f),
+            '-o',
+            o,
+          ]);
           return o;
         });
       sh('bpftool', ['gen', 'object', join(dir, 'variant.bpf.o'), ...objs]);

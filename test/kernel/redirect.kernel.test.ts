@@ -28,7 +28,14 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     env.plug(node, 'br0', podB, ['10.200.0.12/24', 'fd00:200::12/64']);
     env.plug(node, 'br0', podC, ['10.200.0.13/24', 'fd00:200::13/64']);
     env.plug(node, 'br0', podD, ['10.200.0.14/24', 'fd00:200::14/64']);
-    env.plug(node, 'br0', up, ['10.200.0.100/24', 'fd00:200::100/64', '10.200.0.97/24', '10.200.0.120/24', 'fd00:200::97/64', 'fd00:200::98/64']);
+    env.plug(node, 'br0', up, [
+      '10.200.0.100/24',
+      'fd00:200::100/64',
+      '10.200.0.97/24',
+      '10.200.0.120/24',
+      'fd00:200::97/64',
+      'fd00:200::98/64',
+    ]);
     cgA = env.cgroup('pod-a');
     cgB = env.cgroup('pod-b');
     cgC = env.cgroup('pod-c');
@@ -37,7 +44,13 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     await env.server(up, '10.200.0.100', 8080, 'up');
     await env.server(up, '10.200.0.100', 9090, 'up9090');
     await env.server(up, 'fd00:200::100', 8080, 'up6');
-    for (const [addr, port] of [['10.200.0.97', 8080], ['10.200.0.120', 8080], ['10.200.0.120', 9090], ['fd00:200::97', 8080], ['fd00:200::98', 8080]] as const) {
+    for (const [addr, port] of [
+      ['10.200.0.97', 8080],
+      ['10.200.0.120', 8080],
+      ['10.200.0.120', 9090],
+      ['fd00:200::97', 8080],
+      ['fd00:200::98', 8080],
+    ] as const) {
       await env.server(up, addr, port, `up-${addr}-${port}`);
     }
     await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
@@ -63,7 +76,11 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
         cgroup: cgC,
         outbound: '10.200.0.1:15001',
         bypassCgroups: [cgProxy],
-        outboundSpec: { includePorts: [8080], includeCidrs: ['10.200.0.0/24', '10.200.0.97/32'], excludeCidrs: ['10.200.0.96/28'] },
+        outboundSpec: {
+          includePorts: [8080],
+          includeCidrs: ['10.200.0.0/24', '10.200.0.97/32'],
+          excludeCidrs: ['10.200.0.96/28'],
+        },
       }),
     );
     writeFileSync(
@@ -109,7 +126,8 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
 
   it('include lists and nested CIDRs: the longest prefix decides, in both directions (IPv4)', async () => {
     // pod C: includePorts [8080]; include 10.200.0.0/24 and 10.200.0.97/32; exclude 10.200.0.96/28.
-    const via = async (addr: string, port: number) => (await env.client(podC, cgC, ['connect', addr, String(port)])).data ?? '';
+    const via = async (addr: string, port: number) =>
+      (await env.client(podC, cgC, ['connect', addr, String(port)])).data ?? '';
     expect(await via('10.200.0.120', 8080)).toMatch(/^up-10\.200\.0\.120-8080 10\.200\.0\.1 /); // /24 include → proxy
     expect(await via('10.200.0.100', 8080)).toMatch(/^up 10\.200\.0\.13 /); // /28 exclude inside /24 include → direct
     expect(await via('10.200.0.97', 8080)).toMatch(/^up-10\.200\.0\.97-8080 10\.200\.0\.1 /); // /32 include inside /28 exclude → proxy
@@ -157,7 +175,16 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
       policies: { name: string; cgroup: string; counters: Record<string, number> }[];
     };
     expect(s.attachPoint).toBe(env.cgRoot);
-    expect(s.links.map((l) => l.name).sort()).toEqual(['mr_connect4', 'mr_connect6', 'mr_getpeername4', 'mr_getpeername6', 'mr_getsockopt', 'mr_setsockopt', 'mr_skmsg', 'mr_sockops']);
+    expect(s.links.map((l) => l.name).sort()).toEqual([
+      'mr_connect4',
+      'mr_connect6',
+      'mr_getpeername4',
+      'mr_getpeername6',
+      'mr_getsockopt',
+      'mr_setsockopt',
+      'mr_skmsg',
+      'mr_sockops',
+    ]);
     expect(s.links.every((l) => l.attached)).toBe(true);
     const a = s.policies.find((p) => p.name === 'pod-a')!;
     expect(a.cgroup).toBe(cgA);
@@ -172,12 +199,23 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     const verify = async (args: string[]) => {
       const p = env.cli(['verify', '--json', '--bpffs', env.bpffs, ...args]);
       const code = await p.exited;
-      return { code, out: JSON.parse(p.out) as { ok: boolean; steps: { step: string; ok: boolean; detail: string }[] } };
+      return {
+        code,
+        out: JSON.parse(p.out) as { ok: boolean; steps: { step: string; ok: boolean; detail: string }[] },
+      };
     };
     const good = await verify(['--cgroup', cgA, '--netns', `/run/netns/${podA}`]);
     expect(good.out.ok, JSON.stringify(good.out.steps)).toBe(true);
     expect(good.code).toBe(0);
-    expect(good.out.steps.map((s) => s.step)).toEqual(['cgroup', 'attached', 'policy', 'redirect', 'original destination', 'getpeername', 'proxy']);
+    expect(good.out.steps.map((s) => s.step)).toEqual([
+      'cgroup',
+      'attached',
+      'policy',
+      'redirect',
+      'original destination',
+      'getpeername',
+      'proxy',
+    ]);
 
     const noPolicy = await verify(['--cgroup', cgB, '--netns', `/run/netns/${podB}`]);
     expect(noPolicy.code).toBe(1);

@@ -22,7 +22,8 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
   const pods: { ns: string; cg: string; proxyCg: string }[] = [];
   const proxies: Proc[] = [];
 
-  const status = async (): Promise<Status> => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
+  const status = async (): Promise<Status> =>
+    JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
   const origEntries = async () => {
     const s = await status();
     const m = s.maps.find((x) => x.map === 'mr_orig')!;
@@ -37,10 +38,20 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       for (const pid of pids) process.kill(pid, 'SIGCONT');
     }
   };
-  const proxyPids = (cg: string) => sh('cat', [join(env.cgDir(cg), 'cgroup.procs')]).trim().split('\n').map(Number);
+  const proxyPids = (cg: string) =>
+    sh('cat', [join(env.cgDir(cg), 'cgroup.procs')])
+      .trim()
+      .split('\n')
+      .map(Number);
   /** `client.mjs hold` started without waiting for answers: { proc, lines() }. */
   const holdLater = (ns: string, cg: string, host: string, port: number, n: number, localPort?: number) => {
-    const p = env.spawn(ns, cg, process.execPath, [join(env.toolsDir, 'client.mjs'), 'hold', host, String(port), String(n)], { stdin: true, ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}) });
+    const p = env.spawn(
+      ns,
+      cg,
+      process.execPath,
+      [join(env.toolsDir, 'client.mjs'), 'hold', host, String(port), String(n)],
+      { stdin: true, ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}) },
+    );
     return {
       proc: p,
       lines: async () => {
@@ -70,7 +81,16 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       await env.waitListening(ns, 15001, `origdst-proxy in ${name}`, p);
       // s3 also sends loopback destinations to its proxy.
       const outboundSpec = name === 's3' ? { redirectLoopback: true } : undefined;
-      writeFileSync(join(dir, `${name}.yaml`), policyYaml({ name, cgroup: policyCg, outbound: '127.0.0.1:15001', bypassCgroups: [proxyCg], ...(outboundSpec ? { outboundSpec } : {}) }));
+      writeFileSync(
+        join(dir, `${name}.yaml`),
+        policyYaml({
+          name,
+          cgroup: policyCg,
+          outbound: '127.0.0.1:15001',
+          bypassCgroups: [proxyCg],
+          ...(outboundSpec ? { outboundSpec } : {}),
+        }),
+      );
       pods.push({ ns, cg, proxyCg });
       // A local service of the pod on loopback (port 9999), outside every covered cgroup.
       await env.server(ns, '127.0.0.1', 9999, `local-${name}`);
@@ -91,7 +111,8 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
     // A record lives from the SYN until the proxy's kernel completes the handshake. TCP_REPAIR connects
     // run the same hooks without any packet, so their records stay until close: both at once, with the
     // same tuple 127.0.0.1:41100 → 127.0.0.1:15001, told apart only by the netns.
-    const repair = (p: (typeof pods)[0], host: string, port: number) => env.spawn(p.ns, p.cg, 'python3', [join(env.toolsDir, 'repair.py'), host, String(port), '41100'], { stdin: true });
+    const repair = (p: (typeof pods)[0], host: string, port: number) =>
+      env.spawn(p.ns, p.cg, 'python3', [join(env.toolsDir, 'repair.py'), host, String(port), '41100'], { stdin: true });
     const a = repair(s1, '10.201.0.5', 8080);
     const b = repair(s2, '10.201.0.6', 9090);
     try {
@@ -99,7 +120,14 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       const m = new EbpfMode({ bpffs: env.bpffs, cgroupRoot: env.cgRootDir, object: '' }).openMap('mr_orig');
       let recs: { netns: bigint; sport: number; dport: number; to: string }[];
       try {
-        recs = (m.entries() as [{ netns: bigint; sport: number; dport: number }, { addr: Buffer; port: number }][]).map(([k, v]) => ({ netns: k.netns, sport: k.sport, dport: k.dport, to: `${[...v.addr.subarray(0, 4)].join('.')}:${v.port}` }));
+        recs = (m.entries() as [{ netns: bigint; sport: number; dport: number }, { addr: Buffer; port: number }][]).map(
+          ([k, v]) => ({
+            netns: k.netns,
+            sport: k.sport,
+            dport: k.dport,
+            to: `${[...v.addr.subarray(0, 4)].join('.')}:${v.port}`,
+          }),
+        );
       } finally {
         m.close();
       }
@@ -138,12 +166,13 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
 
   it('10,000 short connections leave no records behind', async () => {
     const s1 = pods[0]!;
-    const r = await env.client<{ total: number; ok: number; failed: number; unexpected: number; firstError: string | null }>(
-      s1.ns,
-      s1.cg,
-      ['loop', '10.201.0.7', '80', '10000', 'ORIGDST 10.201.0.7 80 '],
-      { timeoutMs: 120_000 },
-    );
+    const r = await env.client<{
+      total: number;
+      ok: number;
+      failed: number;
+      unexpected: number;
+      firstError: string | null;
+    }>(s1.ns, s1.cg, ['loop', '10.201.0.7', '80', '10000', 'ORIGDST 10.201.0.7 80 '], { timeoutMs: 120_000 });
     expect(r).toMatchObject({ total: 10000, ok: 10000, failed: 0, unexpected: 0 });
     expect((await origEntries()).entries).toBeLessThanOrEqual(2);
   });
@@ -169,7 +198,10 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       // 20 connections that send a line and close at once (a health check, a fire-and-forget push),
       // while the proxy is not accepting. The proxy's kernel completes each handshake, and with it
       // the record moves onto the proxy's socket: nothing waits in the table, whatever the app does.
-      await env.run(s1.ns, s1.cg, 'python3', ['-c', "import socket\nfor i in range(20):\n s=socket.create_connection(('10.201.0.12',7200)); s.sendall(b'x\\n'); s.close()"]);
+      await env.run(s1.ns, s1.cg, 'python3', [
+        '-c',
+        "import socket\nfor i in range(20):\n s=socket.create_connection(('10.201.0.12',7200)); s.sendall(b'x\\n'); s.close()",
+      ]);
       expect((await origEntries()).entries).toBe(0);
     });
     // Once it accepts them, every one reads its original destination (not its own address).
@@ -217,9 +249,13 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
   it('loopback destinations (127/8, 0.0.0.0) go direct, unless the policy says redirectLoopback', async () => {
     const [s1, , s3] = pods as [(typeof pods)[0], (typeof pods)[0], (typeof pods)[0]];
     const before = (await status()).policies.find((p) => p.name === 's1')!.counters;
-    expect((await env.client(s1.ns, s1.cg, ['connect', '127.0.0.1', '9999'])).data).toMatch(/^local-s1 127\.0\.0\.1 \d+$/);
+    expect((await env.client(s1.ns, s1.cg, ['connect', '127.0.0.1', '9999'])).data).toMatch(
+      /^local-s1 127\.0\.0\.1 \d+$/,
+    );
     // The kernel turns 0.0.0.0 into a local connection only after the connect hook: still loopback.
-    expect((await env.client(s1.ns, s1.cg, ['connect', '0.0.0.0', '9999'])).data).toMatch(/^local-s1 127\.0\.0\.1 \d+$/);
+    expect((await env.client(s1.ns, s1.cg, ['connect', '0.0.0.0', '9999'])).data).toMatch(
+      /^local-s1 127\.0\.0\.1 \d+$/,
+    );
     const after = (await status()).policies.find((p) => p.name === 's1')!.counters;
     expect(after.bypass_loopback! - before.bypass_loopback!).toBe(2);
     const r = await env.client(s3.ns, s3.cg, ['connect', '127.0.0.1', '9999']);
@@ -230,9 +266,17 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
   it('every other getsockopt is answered as the kernel did: with and without the hook, the same', async () => {
     const s1 = pods[0]!;
     // A filter table of more than a page, read back through IPT_SO_GET_ENTRIES.
-    const rules = Array.from({ length: 80 }, (_, i) => `-A mrtest -p tcp --dport ${20000 + i} -m comment --comment meshredir-test-filler -j ACCEPT`);
-    sh('ip', ['netns', 'exec', s1.ns, 'iptables-legacy-restore', '--noflush'], { input: ['*filter', ':mrtest - [0:0]', ...rules, 'COMMIT', ''].join('\n') });
-    const run = async (cg: string | null) => JSON.parse(await env.run(s1.ns, cg, 'python3', [join(env.toolsDir, 'sockopts.py'), '127.0.0.1', '9998', 'filter'])) as Record<string, unknown>;
+    const rules = Array.from(
+      { length: 80 },
+      (_, i) => `-A mrtest -p tcp --dport ${20000 + i} -m comment --comment meshredir-test-filler -j ACCEPT`,
+    );
+    sh('ip', ['netns', 'exec', s1.ns, 'iptables-legacy-restore', '--noflush'], {
+      input: ['*filter', ':mrtest - [0:0]', ...rules, 'COMMIT', ''].join('\n'),
+    });
+    const run = async (cg: string | null) =>
+      JSON.parse(
+        await env.run(s1.ns, cg, 'python3', [join(env.toolsDir, 'sockopts.py'), '127.0.0.1', '9998', 'filter']),
+      ) as Record<string, unknown>;
     const hooked = await run(s1.cg); // under the attach point, in a covered cgroup
     const plain = await run(null); // the test runner's own cgroup: no hook at all
     expect(hooked).toEqual(plain);

@@ -17,7 +17,11 @@ const port = Number(portText);
 
 function once(host = process.argv[3], port = Number(process.argv[4])) {
   return new Promise((resolve) => {
-    const s = net.connect({ host, port, ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}) });
+    const s = net.connect({
+      host,
+      port,
+      ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}),
+    });
     let data = '';
     const t = setTimeout(() => s.destroy(new Error('timeout')), 5000);
     s.on('connect', () => {
@@ -76,17 +80,25 @@ if (cmd === 'each') {
   const n = Number(a3);
   const socks = [];
   const lines = await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve) => {
-      const s = net.connect({ host, port, ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}) });
-      socks.push(s);
-      let data = '';
-      s.on('data', (d) => {
-        data += d;
-        if (data.includes('\n')) resolve(data.trim());
-      });
-      s.on('error', (e) => resolve(`ERROR ${e.code ?? e.message}`));
-      s.on('close', () => resolve(data.trim() || 'CLOSED'));
-    })),
+    Array.from(
+      { length: n },
+      () =>
+        new Promise((resolve) => {
+          const s = net.connect({
+            host,
+            port,
+            ...(process.env.LOCAL_PORT ? { localPort: Number(process.env.LOCAL_PORT) } : {}),
+          });
+          socks.push(s);
+          let data = '';
+          s.on('data', (d) => {
+            data += d;
+            if (data.includes('\n')) resolve(data.trim());
+          });
+          s.on('error', (e) => resolve(`ERROR ${e.code ?? e.message}`));
+          s.on('close', () => resolve(data.trim() || 'CLOSED'));
+        }),
+    ),
   );
   process.stdout.write(JSON.stringify({ lines }) + '\n');
   process.stdin.on('data', () => {});

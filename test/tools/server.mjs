@@ -11,5 +11,7 @@ const srv = net.createServer((s) => {
     s.on('end', () => s.end());
   } else s.end(line);
 });
-srv.listen({ host, port: Number(port), backlog: 4096, ipv6Only: host.includes(':') }, () => process.stdout.write('ready\n'));
+srv.listen({ host, port: Number(port), backlog: 4096, ipv6Only: host.includes(':') }, () =>
+  process.stdout.write('ready\n'),
+);
 process.on('SIGTERM', () => process.exit(0));

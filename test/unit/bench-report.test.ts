@@ -5,7 +5,14 @@ import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } f
 import { judge, combine, fastShare, type LoadResult } from '../../src/bench/checks.js';
 import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
 
-const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({ scenario: 'crr', mode, variant: '1B', round, metrics: { rate, ignored: 1, client_sys: 0.9 }, ...extra });
+const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({
+  scenario: 'crr',
+  mode,
+  variant: '1B',
+  round,
+  metrics: { rate, ignored: 1, client_sys: 0.9 },
+  ...extra,
+});
 
 describe('bench summary', () => {
   const samples = [
@@ -36,7 +43,9 @@ describe('bench summary', () => {
   });
 
   it('renders per scenario a table, its CPU, the missing modes and every rejected sample with why', () => {
-    const md = renderMarkdown(rows, { date: 'd', kernel: 'k', cpus: 2, rounds: 5, duration: 3, warmup: 0.3 }, samples, [{ scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'no sk_msg link' }]);
+    const md = renderMarkdown(rows, { date: 'd', kernel: 'k', cpus: 2, rounds: 5, duration: 3, warmup: 0.3 }, samples, [
+      { scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'no sk_msg link' },
+    ]);
     expect(md).toContain('| 1B | ebpf | rate | 87.5 | 70.0–100 | 4 (+1 rejected) | 0.88× |');
     expect(md).toContain('| 1B | ebpf | – | 90% (90%–90%) | – | – | – |');
     expect(md).toContain('| proxy | ebpf+sk_msg | no sk_msg link |');
@@ -45,7 +54,14 @@ describe('bench summary', () => {
   });
 
   it('lists the fast path counters of every sk_msg sample', () => {
-    const fast: Sample = { scenario: 'hop', mode: 'ebpf+sk_msg', variant: 'stream 64B', round: 2, metrics: { mbytes_s: 10 }, counters: { msg_fast: 90, msg_slow: 10, msg_resumed: 1, accel_sockets: 2, conns: 1 } };
+    const fast: Sample = {
+      scenario: 'hop',
+      mode: 'ebpf+sk_msg',
+      variant: 'stream 64B',
+      round: 2,
+      metrics: { mbytes_s: 10 },
+      counters: { msg_fast: 90, msg_slow: 10, msg_resumed: 1, accel_sockets: 2, conns: 1 },
+    };
     const md = renderMarkdown(summarise([fast]), {}, [fast]);
     expect(md).toContain('| hop | stream 64B | 2 | 90 | 10 | 1 | 2 | 1 | 90% | yes |');
     expect(md).toContain('None: every sample passed its checks.');
@@ -82,9 +98,15 @@ describe('bench docs', () => {
     expect(() => splice('no markers', 'x', 'new')).toThrow(/no <!-- x:begin -->/);
   });
   it('shows the two-client check and the README summary from the same rows', () => {
-    const rows = summarise([s('direct', 1, 100), { ...s('direct', 1, 150), variant: '1B, 2 clients' }, s('ebpf', 1, 90)]);
+    const rows = summarise([
+      s('direct', 1, 100),
+      { ...s('direct', 1, 150), variant: '1B, 2 clients' },
+      s('ebpf', 1, 90),
+    ]);
     expect(renderMarkdown(rows, {}, [])).toContain('÷ with one (16 in flight): direct 1.50×');
-    const md = renderReadmeSummary(rows, { rounds: 5, duration: 3, date: '2026-01-01T00', kernel: 'k', cpus: 2 }, [{ scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'r' }]);
+    const md = renderReadmeSummary(rows, { rounds: 5, duration: 3, date: '2026-01-01T00', kernel: 'k', cpus: 2 }, [
+      { scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'r' },
+    ]);
     expect(md).toContain('| new connections/s, redirect only (TCP_CRR, 1 B) | 100 | — | 90 (0.90×) | — |');
     expect(md).toMatch(/through HAProxy, new connections\/s .*\| missing \|$/m);
   });
@@ -96,30 +118,49 @@ describe('bench checks: a sample counts only when the mode acted on every connec
     expect(judge('direct', load(), {})).toEqual([]);
     expect(judge('iptables', load(), { ipt_redirected: 1016 })).toEqual([]);
     expect(judge('ebpf', load(), ebpfOk, { viaProxy: true })).toEqual([]);
-    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 2032, msg_fast: 2000, msg_slow: 5 }, { viaProxy: true })).toEqual([]);
+    expect(
+      judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 2032, msg_fast: 2000, msg_slow: 5 }, { viaProxy: true }),
+    ).toEqual([]);
   });
 
   it('rejects connections that were not redirected (they still reach a server)', () => {
-    expect(judge('iptables', load(), { ipt_redirected: 0 })).toEqual(['iptables REDIRECT took 0 of the 1000 connections that reached a server']);
+    expect(judge('iptables', load(), { ipt_redirected: 0 })).toEqual([
+      'iptables REDIRECT took 0 of the 1000 connections that reached a server',
+    ]);
     expect(judge('ebpf', load(), { ...ebpfOk, redirected: 10 }).join()).toMatch(/eBPF redirected 10 of the 1000/);
-    expect(judge('ebpf', load(), { ...ebpfOk, origdst_served: 0 }, { viaProxy: true }).join()).toMatch(/SO_ORIGINAL_DST from eBPF for 0 of 1000/);
+    expect(judge('ebpf', load(), { ...ebpfOk, origdst_served: 0 }, { viaProxy: true }).join()).toMatch(
+      /SO_ORIGINAL_DST from eBPF for 0 of 1000/,
+    );
   });
 
   it('rejects sk_msg runs that did not take the fast path, and says why', () => {
-    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 1000, msg_fast: 0, msg_slow: 3000 }).join('\n')).toMatch(/1000 socket\(s\) joined the fast path for 1000 connections[^]*no message took the fast path \(msg_fast 0, msg_slow 3000\)/);
-    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_blocking: 1000, msg_fast: 0 }).join()).toMatch(/blocking application socket/);
+    expect(
+      judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 1000, msg_fast: 0, msg_slow: 3000 }).join('\n'),
+    ).toMatch(
+      /1000 socket\(s\) joined the fast path for 1000 connections[^]*no message took the fast path \(msg_fast 0, msg_slow 3000\)/,
+    );
+    expect(judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_blocking: 1000, msg_fast: 0 }).join()).toMatch(
+      /blocking application socket/,
+    );
     expect(judge('ebpf', load(), { ...ebpfOk, accel_sockets: 2 }).join()).toMatch(/without accelerate/);
   });
 
   it('rejects client errors, empty runs and a stream the sink did not fully confirm', () => {
-    expect(judge('direct', load({ errors: 3, err_connect: 2, err_reset: 1 }), {})).toEqual(['3 client error(s): 2 connect, 1 reset/EOF, 0 other']);
+    expect(judge('direct', load({ errors: 3, err_connect: 2, err_reset: 1 }), {})).toEqual([
+      '3 client error(s): 2 connect, 1 reset/EOF, 0 other',
+    ]);
     expect(judge('direct', load({ requests: 0 }), {})).toEqual(['no request completed']);
-    expect(judge('direct', load({ mode: 'stream', requests: 0, bytes: 10, confirmed: 9 }), {})).toEqual(['the sink confirmed 9 of 10 bytes']);
+    expect(judge('direct', load({ mode: 'stream', requests: 0, bytes: 10, confirmed: 9 }), {})).toEqual([
+      'the sink confirmed 9 of 10 bytes',
+    ]);
     expect(judge('direct', load({ mode: 'stream', requests: 0, bytes: 10, confirmed: 10 }), {})).toEqual([]);
   });
 
   it('adds up clients that ran side by side', () => {
-    const c = combine([load({ rate: 100, conns: 10, requests: 100, p50_us: 10, client_sys: 0.5 }), load({ rate: 300, conns: 30, requests: 300, p50_us: 20, client_sys: 0.7 })]);
+    const c = combine([
+      load({ rate: 100, conns: 10, requests: 100, p50_us: 10, client_sys: 0.5 }),
+      load({ rate: 300, conns: 30, requests: 300, p50_us: 20, client_sys: 0.7 }),
+    ]);
     expect([c.rate, c.conns, c.client_sys, c.p50_us]).toEqual([400, 40, 1.2, 17.5]);
   });
 });

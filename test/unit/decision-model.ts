@@ -6,7 +6,8 @@ import { parsePolicyText } from '../../src/policy/load.js';
 import type { Policy } from '../../src/policy/schema.js';
 import type { Conn } from '../../src/modes/iptables/evaluate.js';
 
-export type Decision = 'redirect' | 'pass:family' | 'pass:proxy' | 'pass:owner' | 'pass:loopback' | 'pass:port' | 'pass:cidr';
+export type Decision =
+  'redirect' | 'pass:family' | 'pass:proxy' | 'pass:owner' | 'pass:loopback' | 'pass:port' | 'pass:cidr';
 
 function inCidr(addr: number[], c: { bytes: number[]; prefix: number }): boolean {
   for (let bit = 0; bit < c.prefix; bit++) {
@@ -17,7 +18,8 @@ function inCidr(addr: number[], c: { bytes: number[]; prefix: number }): boolean
   return true;
 }
 
-export const isLoopback = (family: 4 | 6, b: number[]) => (family === 4 ? b[0] === 127 : b.slice(0, 15).every((x) => x === 0) && b[15] === 1);
+export const isLoopback = (family: 4 | 6, b: number[]) =>
+  family === 4 ? b[0] === 127 : b.slice(0, 15).every((x) => x === 0) && b[15] === 1;
 
 /**
  * README "Decision order", for a process of the policy's cgroup that is not in a bypass cgroup
@@ -48,7 +50,12 @@ export function decide(p: Policy, c: Conn): Decision {
 }
 
 /** mulberry32: a small seeded PRNG, so a failure names a seed that reproduces it. */
-export function rng(seed: number): { next: () => number; int: (n: number) => number; pick: <T>(a: readonly T[]) => T; chance: (p: number) => boolean } {
+export function rng(seed: number): {
+  next: () => number;
+  int: (n: number) => number;
+  pick: <T>(a: readonly T[]) => T;
+  chance: (p: number) => boolean;
+} {
   let a = seed >>> 0;
   const next = () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -61,8 +68,10 @@ export function rng(seed: number): { next: () => number; int: (n: number) => num
   return { next, int, pick: <T>(arr: readonly T[]) => arr[int(arr.length)]!, chance: (p: number) => next() < p };
 }
 
-const mask = (bytes: number[], prefix: number) => bytes.map((b, i) => (i * 8 >= prefix ? 0 : i * 8 + 8 <= prefix ? b : b & (0xff << (8 - (prefix - i * 8))) & 0xff));
-const text = (bytes: number[]) => (bytes.length === 4 ? bytes.join('.') : (ipaddr.fromByteArray(bytes) as ipaddr.IPv6).toRFC5952String());
+const mask = (bytes: number[], prefix: number) =>
+  bytes.map((b, i) => (i * 8 >= prefix ? 0 : i * 8 + 8 <= prefix ? b : b & (0xff << (8 - (prefix - i * 8))) & 0xff));
+const text = (bytes: number[]) =>
+  bytes.length === 4 ? bytes.join('.') : (ipaddr.fromByteArray(bytes) as ipaddr.IPv6).toRFC5952String();
 
 export interface GenOptions {
   /** Proxy ports to choose from (the kernel test has one listener). */
@@ -72,20 +81,37 @@ export interface GenOptions {
   gids: readonly number[];
 }
 
-export const DEFAULT_GEN: GenOptions = { proxyPorts: [15001, 15006], ports: [80, 443, 5432, 8080, 15001, 15006], uids: [0, 1000, 1337, 1500], gids: [0, 1000, 1337, 1600] };
+export const DEFAULT_GEN: GenOptions = {
+  proxyPorts: [15001, 15006],
+  ports: [80, 443, 5432, 8080, 15001, 15006],
+  uids: [0, 1000, 1337, 1500],
+  gids: [0, 1000, 1337, 1600],
+};
 
 /** A random valid policy (no inbound: the eBPF mode has none) whose CIDRs nest around a few anchors. */
-export function genPolicy(r: ReturnType<typeof rng>, o: GenOptions = DEFAULT_GEN): { policy: Policy; anchors: { 4: number[][]; 6: number[][] } } {
+export function genPolicy(
+  r: ReturnType<typeof rng>,
+  o: GenOptions = DEFAULT_GEN,
+): { policy: Policy; anchors: { 4: number[][]; 6: number[][] } } {
   const anchors = {
     4: [0, 1, 2].map(() => [10, r.int(4), r.int(256), r.int(256)]),
-    6: [0, 1].map(() => [0xfd, 0, 0, r.int(4), r.int(256), r.int(256), ...Array.from({ length: 10 }, () => r.int(256))]),
+    6: [0, 1].map(() => [
+      0xfd,
+      0,
+      0,
+      r.int(4),
+      r.int(256),
+      r.int(256),
+      ...Array.from({ length: 10 }, () => r.int(256)),
+    ]),
   };
   const cidrs = new Map<string, boolean>(); // text → include?
   const n = r.int(7);
   for (let i = 0; i < n; i++) {
     const family = r.chance(0.6) ? 4 : 6;
     const a = r.chance(0.1) ? (family === 4 ? [127, 0, 0, 1] : [...Array(15).fill(0), 1]) : r.pick(anchors[family]);
-    const prefix = family === 4 ? r.pick([0, 8, 12, 14, 16, 20, 24, 28, 30, 32]) : r.pick([0, 8, 16, 24, 32, 48, 64, 96, 120, 128]);
+    const prefix =
+      family === 4 ? r.pick([0, 8, 12, 14, 16, 20, 24, 28, 30, 32]) : r.pick([0, 8, 16, 24, 32, 48, 64, 96, 120, 128]);
     const t = `${text(mask(a, prefix))}/${prefix}`;
     if (!cidrs.has(t)) cidrs.set(t, r.chance(0.5));
   }
@@ -118,12 +144,19 @@ export function genPolicy(r: ReturnType<typeof rng>, o: GenOptions = DEFAULT_GEN
     },
   };
   const res = parsePolicyText(JSON.stringify(doc), 'gen.yaml');
-  if (res.errors.length) throw new Error(`generated an invalid policy: ${JSON.stringify(res.errors)}\n${JSON.stringify(doc)}`);
+  if (res.errors.length)
+    throw new Error(`generated an invalid policy: ${JSON.stringify(res.errors)}\n${JSON.stringify(doc)}`);
   return { policy: res.policies[0]!, anchors };
 }
 
 /** Random connections that hit the policy's CIDRs, their edges, loopback and the proxy itself. */
-export function genConns(r: ReturnType<typeof rng>, p: Policy, anchors: { 4: number[][]; 6: number[][] }, count: number, o: GenOptions = DEFAULT_GEN): Conn[] {
+export function genConns(
+  r: ReturnType<typeof rng>,
+  p: Policy,
+  anchors: { 4: number[][]; 6: number[][] },
+  count: number,
+  o: GenOptions = DEFAULT_GEN,
+): Conn[] {
   const out: Conn[] = [];
   const cidrs = [...p.outbound.includeCidrs, ...p.outbound.excludeCidrs];
   for (let i = 0; i < count; i++) {
@@ -144,14 +177,32 @@ export function genConns(r: ReturnType<typeof rng>, p: Policy, anchors: { 4: num
       });
       if (c.prefix === 0) dst[0] = family === 4 ? 10 : 0xfd; // still inside; and an address an interface can hold
     } else if (k < 0.6) dst = [...r.pick(anchors[family])];
-    else if (k < 0.72) dst = family === 4 ? r.pick([[127, 0, 0, 1], [127, r.int(256), r.int(256), 1 + r.int(254)]]) : [...Array(15).fill(0), 1];
+    else if (k < 0.72)
+      dst =
+        family === 4
+          ? r.pick([
+              [127, 0, 0, 1],
+              [127, r.int(256), r.int(256), 1 + r.int(254)],
+            ])
+          : [...Array(15).fill(0), 1];
     else if (k < 0.82 && proxy) {
       dst = [...proxy.bytes];
       dport = proxy.port;
-    } else dst = family === 4 ? [10, r.int(4), r.int(256), 1 + r.int(254)] : [0xfd, 0, 0, r.int(4), ...Array.from({ length: 12 }, () => r.int(256))];
+    } else
+      dst =
+        family === 4
+          ? [10, r.int(4), r.int(256), 1 + r.int(254)]
+          : [0xfd, 0, 0, r.int(4), ...Array.from({ length: 12 }, () => r.int(256))];
     // Addresses the kernel test puts on an interface must be usable there.
     if (family === 4 && dst[0] === 10 && (dst[3] === 0 || dst[3] === 255)) dst[3] = 7;
-    out.push({ family, dst, dport, uid: r.pick(o.uids), gid: r.pick(o.gids), outLo: isLoopback(family, dst) || r.chance(0.2) });
+    out.push({
+      family,
+      dst,
+      dport,
+      uid: r.pick(o.uids),
+      gid: r.pick(o.gids),
+      outLo: isLoopback(family, dst) || r.chance(0.2),
+    });
   }
   return out;
 }

@@ -65,15 +65,23 @@ describe('policy → map entries', () => {
     const k = cidrKey.encode({ prefixlen: 48, slot: 3, family: 2, addr: Buffer.from([10]), pad: Buffer.alloc(3) });
     expect(cidrKey.size).toBe(28);
     expect(k.subarray(0, 10).toString('hex')).toBe('30000000' + '00000003' + '02' + '0a');
-    const v = policyValue.encode({ flags: 1, proxy4_addr: Buffer.from([10, 0, 0, 1]), proxy6_addr: Buffer.alloc(16), proxy4_port: 15001, proxy6_port: 0 });
+    const v = policyValue.encode({
+      flags: 1,
+      proxy4_addr: Buffer.from([10, 0, 0, 1]),
+      proxy6_addr: Buffer.alloc(16),
+      proxy4_port: 15001,
+      proxy6_port: 0,
+    });
     expect(policyValue.size).toBe(28);
     expect(v.readUInt16BE(24)).toBe(15001);
     expect(MAPS.mr_orig.key.size).toBe(48);
   });
 
   it('two policies resolving to one cgroup id: the owner in the kernel stays, else both are rejected', () => {
-    const q = parsePolicyText(text.replace('name: a', 'name: q').replace('cgroup: /t/a', 'cgroup: /t/alias'), 'q.yaml').policies[0]!;
-    const r = parsePolicyText(text.replace('name: a', 'name: r').replace('cgroup: /t/a', 'cgroup: /t/other'), 'r.yaml').policies[0]!;
+    const q = parsePolicyText(text.replace('name: a', 'name: q').replace('cgroup: /t/a', 'cgroup: /t/alias'), 'q.yaml')
+      .policies[0]!;
+    const r = parsePolicyText(text.replace('name: a', 'name: r').replace('cgroup: /t/a', 'cgroup: /t/other'), 'r.yaml')
+      .policies[0]!;
     const res = new Map([
       ['a', { cgroup: 100n, bypass: [] }],
       ['q', { cgroup: 100n, bypass: [] }],
@@ -82,10 +90,14 @@ describe('policy → map entries', () => {
     const none = cgroupIdConflicts([p, q, r], res, new Map());
     expect(none.keep.map((x) => x.name)).toEqual(['r']);
     expect(none.conflicts).toHaveLength(1);
-    expect(idConflictMessage(none.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, also claimed by a.yaml (a, /t/a); not applied');
+    expect(idConflictMessage(none.conflicts[0]!, q)).toBe(
+      'q.yaml: spec.cgroup: /t/alias is cgroup id 100, also claimed by a.yaml (a, /t/a); not applied',
+    );
     const owned = cgroupIdConflicts([p, q, r], res, new Map([[100n, 'a']]));
     expect(owned.keep.map((x) => x.name)).toEqual(['a', 'r']);
-    expect(idConflictMessage(owned.conflicts[0]!, q)).toBe('q.yaml: spec.cgroup: /t/alias is cgroup id 100, already claimed by a.yaml (a, /t/a), which is applied and stays; q is not applied');
+    expect(idConflictMessage(owned.conflicts[0]!, q)).toBe(
+      'q.yaml: spec.cgroup: /t/alias is cgroup id 100, already claimed by a.yaml (a, /t/a), which is applied and stays; q is not applied',
+    );
     expect(cgroupIdConflicts([p, r], res, new Map()).conflicts).toEqual([]);
   });
 
@@ -109,7 +121,10 @@ describe('policy → map entries', () => {
 
 describe('cgroups outside the attach point', () => {
   const at = (cg: string, bypass: string[]) =>
-    parsePolicyText(text.replace('cgroup: /t/a', `cgroup: ${cg}`).replace('cgroups: [/t/proxy]', `cgroups: [${bypass.join(', ')}]`), 'a.yaml').policies[0]!;
+    parsePolicyText(
+      text.replace('cgroup: /t/a', `cgroup: ${cg}`).replace('cgroups: [/t/proxy]', `cgroups: [${bypass.join(', ')}]`),
+      'a.yaml',
+    ).policies[0]!;
 
   it('names policy and bypass cgroups that are not at or below the root', () => {
     expect(outsideRoot([at('/t/a', ['/t/proxy'])], '/t')).toEqual([]);
@@ -120,6 +135,8 @@ describe('cgroups outside the attach point', () => {
       ['spec.cgroup', '/tt/a'],
       ['spec.proxy.bypass.cgroups', '/u/proxy'],
     ]);
-    expect(r[0]!.message).toBe('a.yaml: policy a: cgroup /tt/a is outside --cgroup-root /t, where the programs are attached: the hooks do not run there, so nothing from it is redirected');
+    expect(r[0]!.message).toBe(
+      'a.yaml: policy a: cgroup /tt/a is outside --cgroup-root /t, where the programs are attached: the hooks do not run there, so nothing from it is redirected',
+    );
   });
 });

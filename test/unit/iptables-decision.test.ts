@@ -34,7 +34,9 @@ function mismatches(render: Render, seed: number, policies: number, per: number)
       const want = decide(policy, c);
       const got = iptablesVerdict(render, policy, c);
       if ((want === 'redirect') !== (got === 'redirect')) {
-        bad.push(`seed ${seed} policy #${i} ${JSON.stringify({ outbound: policy.outbound, proxy: [policy.proxy.outbound?.text, policy.proxy.outbound6?.text], bypass: policy.bypass }, (k, v: unknown) => (k === 'bytes' ? undefined : v))}: connect(${addrText(c.dst)}:${c.dport}) uid ${c.uid} gid ${c.gid}${c.outLo ? ' via lo' : ''}: model ${want}, rules ${got}`);
+        bad.push(
+          `seed ${seed} policy #${i} ${JSON.stringify({ outbound: policy.outbound, proxy: [policy.proxy.outbound?.text, policy.proxy.outbound6?.text], bypass: policy.bypass }, (k, v: unknown) => (k === 'bytes' ? undefined : v))}: connect(${addrText(c.dst)}:${c.dport}) uid ${c.uid} gid ${c.gid}${c.outLo ? ' via lo' : ''}: model ${want}, rules ${got}`,
+        );
       }
     }
   }
@@ -54,7 +56,8 @@ describe('iptables rules vs the decision model (property)', () => {
   it('catch the old CIDR order (every exclude before every include)', { timeout: 60_000 }, () => {
     const excludesFirst: Render = (p, family) => {
       const lines = real(p, family).split('\n');
-      const isCidr = (l: string) => /^-A MESHREDIR_(OUTPUT|DEST) -d (?!127\.0\.0\.0\/8 |::1\/128 |127\.0\.0\.1\/32 )\S+ -m comment/.test(l);
+      const isCidr = (l: string) =>
+        /^-A MESHREDIR_(OUTPUT|DEST) -d (?!127\.0\.0\.0\/8 |::1\/128 |127\.0\.0\.1\/32 )\S+ -m comment/.test(l);
       const ex = lines.filter((l) => isCidr(l) && l.endsWith('-j RETURN'));
       const first = lines.findIndex((l) => isCidr(l));
       if (first < 0) return lines.join('\n');
@@ -69,7 +72,16 @@ describe('iptables rules vs the decision model (property)', () => {
     const oldLo: Render = (p, family) =>
       real(p, family)
         .split('\n')
-        .flatMap((l) => (/^-A MESHREDIR_OUTPUT .*--uid-owner (\d+) .*-j RETURN$/.test(l) ? [l.replace(/^-A MESHREDIR_OUTPUT /, '-A MESHREDIR_OUTPUT -o lo ').replace('--uid-owner', '! --uid-owner'), l] : [l]))
+        .flatMap((l) =>
+          /^-A MESHREDIR_OUTPUT .*--uid-owner (\d+) .*-j RETURN$/.test(l)
+            ? [
+                l
+                  .replace(/^-A MESHREDIR_OUTPUT /, '-A MESHREDIR_OUTPUT -o lo ')
+                  .replace('--uid-owner', '! --uid-owner'),
+                l,
+              ]
+            : [l],
+        )
         .join('\n');
     expect(mismatches(oldLo, seed, 400, 60).length).toBeGreaterThan(0);
   });
@@ -77,9 +89,20 @@ describe('iptables rules vs the decision model (property)', () => {
   it('a loopback proxy address other than 127.0.0.1/::1 and a too-long comment cannot happen', async () => {
     const { parsePolicyText } = await import('../../src/policy/load.js');
     const { unsupported } = await import('../../src/modes/iptables/rules.js');
-    const p = parsePolicyText('apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n  proxy:\n    outbound: 127.0.0.2:15001\n    outbound6: "[::1]:15001"\n    bypass: { uids: [1337] }\n', 'x.yaml').policies[0]!;
-    expect(unsupported(p)).toEqual([expect.stringMatching(/^spec\.proxy\.outbound: 127\.0\.0\.2:15001 — iptables REDIRECT in the nat OUTPUT chain always rewrites to 127\.0\.0\.1 \(port 15001\)/)]);
-    const long = parsePolicyText(`apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: ${'a'.repeat(253)} }\nspec:\n  cgroup: /a\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n`, 'x.yaml').policies[0]!;
-    for (const m of renderRestore(long, { family: 4 }).matchAll(/--comment "([^"]*)"/g)) expect(m[1]!.length).toBeLessThanOrEqual(255);
+    const p = parsePolicyText(
+      'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n  proxy:\n    outbound: 127.0.0.2:15001\n    outbound6: "[::1]:15001"\n    bypass: { uids: [1337] }\n',
+      'x.yaml',
+    ).policies[0]!;
+    expect(unsupported(p)).toEqual([
+      expect.stringMatching(
+        /^spec\.proxy\.outbound: 127\.0\.0\.2:15001 — iptables REDIRECT in the nat OUTPUT chain always rewrites to 127\.0\.0\.1 \(port 15001\)/,
+      ),
+    ]);
+    const long = parsePolicyText(
+      `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: ${'a'.repeat(253)} }\nspec:\n  cgroup: /a\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: { uids: [1337] }\n`,
+      'x.yaml',
+    ).policies[0]!;
+    for (const m of renderRestore(long, { family: 4 }).matchAll(/--comment "([^"]*)"/g))
+      expect(m[1]!.length).toBeLessThanOrEqual(255);
   });
 });

@@ -28,7 +28,8 @@ describe('iptables rules (golden)', () => {
         const text = renderRestore(policy(name), { family });
         const golden = join(dir, `${name}.v${family}.rules`);
         if (process.env.UPDATE_GOLDEN === '1') writeFileSync(golden, text);
-        if (!existsSync(golden)) throw new Error(`${golden} is missing: run with UPDATE_GOLDEN=1 to write it, then review it like code`);
+        if (!existsSync(golden))
+          throw new Error(`${golden} is missing: run with UPDATE_GOLDEN=1 to write it, then review it like code`);
         expect(text).toBe(readFileSync(golden, 'utf8'));
         expect(renderRestore(policy(name), { family })).toBe(text); // deterministic
       });
@@ -41,7 +42,9 @@ describe('iptables rules (golden)', () => {
       '-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND',
     ]);
     expect(jumpLines(policy('v6-only'), { family: 4 })).toEqual([]);
-    expect(jumpLines(policy('inbound-v6-outbound'), { family: 4 })).toEqual(['-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND']);
+    expect(jumpLines(policy('inbound-v6-outbound'), { family: 4 })).toEqual([
+      '-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND',
+    ]);
     expect(families(policy('minimal'))).toEqual([4]);
     expect(families(policy('v6-only'))).toEqual([6]);
     expect(families(policy('inbound-v6-outbound'))).toEqual([4, 6]);
@@ -58,7 +61,9 @@ describe('iptables rules (golden)', () => {
 
   it('says what the mode cannot do, and what it ignores', () => {
     expect(unsupported(policy('istio'))).toEqual([]);
-    expect(ignoredFields(policy('istio'))).toEqual([expect.stringMatching(/^spec\.proxy\.bypass\.cgroups: iptables mode bypasses by uid\/gid only/)]);
+    expect(ignoredFields(policy('istio'))).toEqual([
+      expect.stringMatching(/^spec\.proxy\.bypass\.cgroups: iptables mode bypasses by uid\/gid only/),
+    ]);
     const noOwner = parsePolicyText(
       'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n  accelerate: true\n  proxy:\n    outbound: 10.200.0.1:15001\n    bypass: { cgroups: [/p] }\n',
       'x.yaml',
@@ -66,7 +71,9 @@ describe('iptables rules (golden)', () => {
     const why = unsupported(noOwner);
     expect(why).toHaveLength(3);
     expect(why[0]).toMatch(/^spec\.proxy\.bypass: iptables mode recognises the proxy only by uid\/gid/);
-    expect(why[1]).toMatch(/^spec\.proxy\.outbound: 10\.200\.0\.1:15001 — iptables REDIRECT can only send to a proxy listening in the pod's own network namespace/);
+    expect(why[1]).toMatch(
+      /^spec\.proxy\.outbound: 10\.200\.0\.1:15001 — iptables REDIRECT can only send to a proxy listening in the pod's own network namespace/,
+    );
     expect(why[2]).toMatch(/^spec\.accelerate/);
   });
 });

@@ -29,7 +29,9 @@ describe('policy addresses', () => {
     expect(errs(doc('outbound: 10.0.0.1:15001', 'redirectLoopback: true'))).toEqual([
       "a.yaml: spec.outbound.redirectLoopback: needs loopback proxies: spec.proxy.outbound 10.0.0.1:15001 is in another network namespace, where the pod's loopback destinations mean another host",
     ]);
-    expect(errs(doc('outbound: 127.0.0.1:15001, outbound6: "[fd00::1]:15001"', 'redirectLoopback: true'))).toHaveLength(1);
+    expect(errs(doc('outbound: 127.0.0.1:15001, outbound6: "[fd00::1]:15001"', 'redirectLoopback: true'))).toHaveLength(
+      1,
+    );
     expect(errs(doc('outbound: 10.0.0.1:15001', 'redirectLoopback: false'))).toEqual([]);
   });
 });

@@ -43,9 +43,21 @@ function validDoc(r: Rnd): Doc {
       cgroup: `/pods/p${r.int(0, 1e6)}`,
       ...(r.next() < 0.2 ? { accelerate: r.next() < 0.5 } : {}),
       proxy: {
-        outbound: loop ? `127.0.0.1:${r.int(1, 65535)}` : `10.${octet()}.${octet()}.${r.int(1, 254)}:${r.int(1, 65535)}`,
-        ...(r.next() < 0.5 ? { outbound6: loop ? `[::1]:${r.int(1, 65535)}` : `[fd00::${r.int(1, 0xffff).toString(16)}]:${r.int(1, 65535)}` } : {}),
-        bypass: { cgroups: r.some(r.int(0, 2), () => `/proxy/q${r.int(0, 1e6)}`), uids: r.some(r.int(0, 3), () => r.int(0, 4294967294)), gids: r.some(r.int(0, 2), () => r.int(0, 65535)) },
+        outbound: loop
+          ? `127.0.0.1:${r.int(1, 65535)}`
+          : `10.${octet()}.${octet()}.${r.int(1, 254)}:${r.int(1, 65535)}`,
+        ...(r.next() < 0.5
+          ? {
+              outbound6: loop
+                ? `[::1]:${r.int(1, 65535)}`
+                : `[fd00::${r.int(1, 0xffff).toString(16)}]:${r.int(1, 65535)}`,
+            }
+          : {}),
+        bypass: {
+          cgroups: r.some(r.int(0, 2), () => `/proxy/q${r.int(0, 1e6)}`),
+          uids: r.some(r.int(0, 3), () => r.int(0, 4294967294)),
+          gids: r.some(r.int(0, 2), () => r.int(0, 65535)),
+        },
       },
       outbound: {
         includePorts: ports.slice(0, split),
@@ -70,11 +82,49 @@ const BAD = {
   cgroup: ['', 'relative', 'pods/a', '/a/../b', '/..', '/a/..', '/a\u0000b', ...NOT_STRING],
   netns: ['relative', 'run/netns/x', '', ...NOT_STRING],
   bool: ['yes', 'true', 'false', 1, 0, null, [], {}, 'on'],
-  endpoint4: ['10.200.0.1', '10.200.0.1:0', '10.200.0.1:65536', '999.1.1.1:80', '[::1]:80', '10.0.0:80', '0.0.0.0:15001', 'x:80', '', ' 10.0.0.1:80', '10.0.0.1:80 ', '10.0.0.1:-1', '10.0.0.1:1.5', ...NOT_STRING],
-  endpoint6: ['10.0.0.1:80', '[fd00::1]', '[fd00::1]:0', '[fd00::1]:70000', '[zz::1]:80', '[::]:80', '[::ffff:10.0.0.1]:80', 'fd00::1', '', ...NOT_STRING],
+  endpoint4: [
+    '10.200.0.1',
+    '10.200.0.1:0',
+    '10.200.0.1:65536',
+    '999.1.1.1:80',
+    '[::1]:80',
+    '10.0.0:80',
+    '0.0.0.0:15001',
+    'x:80',
+    '',
+    ' 10.0.0.1:80',
+    '10.0.0.1:80 ',
+    '10.0.0.1:-1',
+    '10.0.0.1:1.5',
+    ...NOT_STRING,
+  ],
+  endpoint6: [
+    '10.0.0.1:80',
+    '[fd00::1]',
+    '[fd00::1]:0',
+    '[fd00::1]:70000',
+    '[zz::1]:80',
+    '[::]:80',
+    '[::ffff:10.0.0.1]:80',
+    'fd00::1',
+    '',
+    ...NOT_STRING,
+  ],
   port: [0, -1, 65536, 70000, 1.5, '80', '', null, [], {}, true, 1e400, -1e400, 1e20],
   id: [-1, 4294967295, 4294967296, 1.5, '1337', null, [], {}, true, 1e400],
-  cidr: ['10.0.0.0/33', '::/129', 'x', '10.0.0.0', '10.0.0.0/-1', '10.0.0.0/', '300.0.0.0/8', '10.0.0.0/8/8', '', 'fd00::/1.5', ...NOT_STRING],
+  cidr: [
+    '10.0.0.0/33',
+    '::/129',
+    'x',
+    '10.0.0.0',
+    '10.0.0.0/-1',
+    '10.0.0.0/',
+    '300.0.0.0/8',
+    '10.0.0.0/8/8',
+    '',
+    'fd00::/1.5',
+    ...NOT_STRING,
+  ],
   list: ['x', 5, {}, true, { 0: 80 }],
 };
 
@@ -89,7 +139,8 @@ interface Case {
 }
 
 type Path = (string | number)[];
-const fmt = (p: Path) => p.reduce<string>((out, k) => (typeof k === 'number' ? `${out}[${k}]` : out ? `${out}.${k}` : k), '');
+const fmt = (p: Path) =>
+  p.reduce<string>((out, k) => (typeof k === 'number' ? `${out}[${k}]` : out ? `${out}.${k}` : k), '');
 
 function getAt(doc: Doc, p: Path): unknown {
   return p.reduce<unknown>((o, k) => (o as Record<string | number, unknown>)[k], doc);
@@ -184,19 +235,52 @@ function wrongValues(r: Rnd): Case {
 
 function unknownField(r: Rnd): Case {
   const doc = validDoc(r);
-  const where = r.pick<Path>([[], ['metadata'], ['spec'], ['spec', 'proxy'], ['spec', 'proxy', 'bypass'], ['spec', 'outbound'], ['spec', 'inbound']]);
+  const where = r.pick<Path>([
+    [],
+    ['metadata'],
+    ['spec'],
+    ['spec', 'proxy'],
+    ['spec', 'proxy', 'bypass'],
+    ['spec', 'outbound'],
+    ['spec', 'inbound'],
+  ]);
   ensureParents(doc, [...where, 'x']);
-  const key = r.pick(['extra', 'cgroups', 'Cgroup', 'outbund', 'excludePort', 'apiversion', 'name ', '', 'metadata2', `k${r.int(0, 999)}`]);
+  const key = r.pick([
+    'extra',
+    'cgroups',
+    'Cgroup',
+    'outbund',
+    'excludePort',
+    'apiversion',
+    'name ',
+    '',
+    'metadata2',
+    `k${r.int(0, 999)}`,
+  ]);
   const target = where.length ? (getAt(doc, where) as Doc) : doc;
   if (key in target) return unknownField(r);
   target[key] = r.pick([1, 'x', null, [], {}]);
   // At the top level the path is the document itself; the message names the field.
-  return where.length ? { text: render(r, doc), paths: [fmt(where)] } : { text: render(r, doc), paths: [], whole: new RegExp(`unknown field ${JSON.stringify(JSON.stringify(key)).slice(1, -1)}`) };
+  return where.length
+    ? { text: render(r, doc), paths: [fmt(where)] }
+    : {
+        text: render(r, doc),
+        paths: [],
+        whole: new RegExp(`unknown field ${JSON.stringify(JSON.stringify(key)).slice(1, -1)}`),
+      };
 }
 
 function missingField(r: Rnd): Case {
   const doc = validDoc(r);
-  const p = r.pick<Path>([['apiVersion'], ['kind'], ['metadata'], ['metadata', 'name'], ['spec'], ['spec', 'cgroup'], ['spec', 'proxy']]);
+  const p = r.pick<Path>([
+    ['apiVersion'],
+    ['kind'],
+    ['metadata'],
+    ['metadata', 'name'],
+    ['spec'],
+    ['spec', 'cgroup'],
+    ['spec', 'proxy'],
+  ]);
   deleteAt(doc, p);
   return { text: render(r, doc), paths: [fmt(p)] };
 }
@@ -215,13 +299,19 @@ function conflict(r: Rnd): Case {
       const p = r.int(1, 65535);
       out.includePorts = [...new Set([...(out.includePorts as number[]), p])];
       out.excludePorts = [...(out.excludePorts as number[]).filter((x) => x !== p), p];
-      return { text: render(r, doc), paths: [`spec.outbound.excludePorts[${(out.excludePorts as number[]).length - 1}]`] };
+      return {
+        text: render(r, doc),
+        paths: [`spec.outbound.excludePorts[${(out.excludePorts as number[]).length - 1}]`],
+      };
     }
     case 2: {
       const c = `10.${r.int(0, 255)}.0.0/16`;
       out.includeCidrs = [...new Set([...(out.includeCidrs as string[]), c])];
       out.excludeCidrs = [...(out.excludeCidrs as string[]).filter((x) => x !== c), c];
-      return { text: render(r, doc), paths: [`spec.outbound.excludeCidrs[${(out.excludeCidrs as string[]).length - 1}]`] };
+      return {
+        text: render(r, doc),
+        paths: [`spec.outbound.excludeCidrs[${(out.excludeCidrs as string[]).length - 1}]`],
+      };
     }
     default: {
       // The policy's own cgroup as its proxy's, spelled differently (normalised to the same path).
@@ -243,7 +333,21 @@ function yamlJunk(r: Rnd): Case {
     case 0: {
       // A nested key dedented by one space below its sibling: bad indentation.
       const indent = (l: string) => /^ */.exec(l)![0].length;
-      const [, i] = r.pick(nested.filter(([l, n]) => lines.slice(0, n).reverse().find((p) => indent(p) <= indent(l) && p.trim() !== '' && !p.trimStart().startsWith('-')) !== undefined && indent(lines.slice(0, n).reverse().find((p) => indent(p) <= indent(l))!) === indent(l)));
+      const [, i] = r.pick(
+        nested.filter(
+          ([l, n]) =>
+            lines
+              .slice(0, n)
+              .reverse()
+              .find((p) => indent(p) <= indent(l) && p.trim() !== '' && !p.trimStart().startsWith('-')) !== undefined &&
+            indent(
+              lines
+                .slice(0, n)
+                .reverse()
+                .find((p) => indent(p) <= indent(l))!,
+            ) === indent(l),
+        ),
+      );
       lines[i] = lines[i]!.slice(1);
       return { text: lines.join('\n'), paths: [], whole: notYaml };
     }
@@ -261,7 +365,11 @@ function yamlJunk(r: Rnd): Case {
     }
     case 3:
       // An alias of an anchor that does not exist.
-      return { text: y.replace(/^kind: .*$/m, `kind: *${r.pick(['nope', 'a', 'kind'])}`), paths: [], whole: /^(not YAML: )?Unresolved alias/ };
+      return {
+        text: y.replace(/^kind: .*$/m, `kind: *${r.pick(['nope', 'a', 'kind'])}`),
+        paths: [],
+        whole: /^(not YAML: )?Unresolved alias/,
+      };
     case 4: {
       // An alias that does exist but gives a field the wrong type (a mapping where a string goes).
       const t = y.replace(/^metadata:/m, 'metadata: &m').replace(/^spec:\n/m, 'spec:\n  netns: *m\n');
@@ -269,7 +377,10 @@ function yamlJunk(r: Rnd): Case {
     }
     case 5: {
       // Alias expansion past the limit ("billion laughs").
-      const bomb = ['x0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]', ...Array.from({ length: 6 }, (_, i) => `x${i + 1}: &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]`)].join('\n');
+      const bomb = [
+        'x0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]',
+        ...Array.from({ length: 6 }, (_, i) => `x${i + 1}: &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]`),
+      ].join('\n');
       return { text: `${bomb}\n${y}`, paths: [], whole: /alias|Excessive/i };
     }
     case 6: {
@@ -359,8 +470,13 @@ describe('policy parser, property test', () => {
       }
       const paths = res!.errors.map((e) => e.path);
       for (const p of c.paths) expect(paths, show).toContain(p);
-      if (c.present) for (const e of res!.errors) if (c.paths.includes(e.path)) expect(e.message, show).not.toMatch(/^is required/);
-      if (c.whole) expect(res!.errors.some((e) => (e.path === '' || /^document \d+: $/.test(e.path)) && c.whole!.test(e.message)), show).toBe(true);
+      if (c.present)
+        for (const e of res!.errors) if (c.paths.includes(e.path)) expect(e.message, show).not.toMatch(/^is required/);
+      if (c.whole)
+        expect(
+          res!.errors.some((e) => (e.path === '' || /^document \d+: $/.test(e.path)) && c.whole!.test(e.message)),
+          show,
+        ).toBe(true);
     }
     // Distinct documents, not a few hundred repeated (the old generator's seed overflowed).
     expect(texts.size).toBeGreaterThan(N * 0.95);

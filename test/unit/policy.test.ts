@@ -28,32 +28,59 @@ describe('policy parsing', () => {
     expect(r.errors).toEqual([]);
     const p = r.policies[0]!;
     expect(p.name).toBe('reviews');
-    expect(p.proxy.outbound).toMatchObject({ family: 4, bytes: [10, 200, 0, 1], port: 15001, text: '10.200.0.1:15001' });
+    expect(p.proxy.outbound).toMatchObject({
+      family: 4,
+      bytes: [10, 200, 0, 1],
+      port: 15001,
+      text: '10.200.0.1:15001',
+    });
     expect(p.proxy.outbound6?.text).toBe('[fd00:200::1]:15001');
     expect(p.outbound.excludeCidrs[0]).toMatchObject({ family: 4, prefix: 30, text: '10.200.0.0/30' });
     expect(p.bypass.uids).toEqual([1337]);
   });
 
   it('says which field is wrong, with the file', () => {
-    expect(errs(valid.replace('[15090, 15021]', '[15090, 70000]'))).toEqual(['policies/a.yaml: spec.outbound.excludePorts[1]: 70000 is not a port (1-65535)']);
+    expect(errs(valid.replace('[15090, 15021]', '[15090, 70000]'))).toEqual([
+      'policies/a.yaml: spec.outbound.excludePorts[1]: 70000 is not a port (1-65535)',
+    ]);
     expect(errs(valid.replace('10.200.0.1:15001', '10.200.0.1'))).toEqual([
       'policies/a.yaml: spec.proxy.outbound: "10.200.0.1" is not an IPv4 address:port such as "10.0.0.1:15001"',
     ]);
-    expect(errs(valid.replace('"10.200.0.0/30"', '"10.200.0.0/33"'))).toEqual(['policies/a.yaml: spec.outbound.excludeCidrs[0]: "10.200.0.0/33": /33 is not a prefix length (0-32)']);
-    expect(errs(valid.replace('  outbound:\n    includePorts', '  outbund: {}\n  outbound:\n    includePorts'))).toEqual(['policies/a.yaml: spec: unknown field "outbund"']);
-    expect(errs(valid.replace('cgroup: /meshredir', 'cgroup: meshredir'))[0]).toMatch(/spec\.cgroup: "meshredir-test-x\/pod-a" is not an absolute cgroup path/);
-    expect(errs(valid.replace(/spec:[^]*$/, 'spec: "x"\n'))).toEqual(['policies/a.yaml: spec: must be an object, not a string']);
-    expect(errs(valid.replace('metadata: { name: reviews }', 'metadata: { name: [a] }'))).toEqual(['policies/a.yaml: metadata.name: must be a DNS-label-like name, not an array']);
-    expect(errs(valid.replace('metadata: { name: reviews }', 'metadata: {}'))).toEqual(['policies/a.yaml: metadata.name: is required (a DNS-label-like name)']);
+    expect(errs(valid.replace('"10.200.0.0/30"', '"10.200.0.0/33"'))).toEqual([
+      'policies/a.yaml: spec.outbound.excludeCidrs[0]: "10.200.0.0/33": /33 is not a prefix length (0-32)',
+    ]);
+    expect(
+      errs(valid.replace('  outbound:\n    includePorts', '  outbund: {}\n  outbound:\n    includePorts')),
+    ).toEqual(['policies/a.yaml: spec: unknown field "outbund"']);
+    expect(errs(valid.replace('cgroup: /meshredir', 'cgroup: meshredir'))[0]).toMatch(
+      /spec\.cgroup: "meshredir-test-x\/pod-a" is not an absolute cgroup path/,
+    );
+    expect(errs(valid.replace(/spec:[^]*$/, 'spec: "x"\n'))).toEqual([
+      'policies/a.yaml: spec: must be an object, not a string',
+    ]);
+    expect(errs(valid.replace('metadata: { name: reviews }', 'metadata: { name: [a] }'))).toEqual([
+      'policies/a.yaml: metadata.name: must be a DNS-label-like name, not an array',
+    ]);
+    expect(errs(valid.replace('metadata: { name: reviews }', 'metadata: {}'))).toEqual([
+      'policies/a.yaml: metadata.name: is required (a DNS-label-like name)',
+    ]);
     expect(errs(valid.replace(/^kind: .*$/m, ''))).toEqual(['policies/a.yaml: kind: is required ("RedirectPolicy")']);
-    expect(errs(valid.replace(/^kind: .*$/m, 'kind: null'))).toEqual(['policies/a.yaml: kind: null: only "RedirectPolicy" is known']);
-    expect(errs(valid.replace('apiVersion: meshredir/v1', 'apiVersion: v2'))[0]).toMatch(/^policies\/a\.yaml: apiVersion: "v2": only "meshredir\/v1" is known/);
+    expect(errs(valid.replace(/^kind: .*$/m, 'kind: null'))).toEqual([
+      'policies/a.yaml: kind: null: only "RedirectPolicy" is known',
+    ]);
+    expect(errs(valid.replace('apiVersion: meshredir/v1', 'apiVersion: v2'))[0]).toMatch(
+      /^policies\/a\.yaml: apiVersion: "v2": only "meshredir\/v1" is known/,
+    );
   });
 
   it('rejects a policy with nowhere to redirect, and overlapping include/exclude', () => {
     const noProxy = valid.replace('    outbound: 10.200.0.1:15001\n    outbound6: "[fd00:200::1]:15001"\n', '');
-    expect(errs(noProxy)).toEqual(['policies/a.yaml: spec.proxy: needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to']);
-    expect(errs(valid.replace('includePorts: []', 'includePorts: [15021]'))).toEqual(['policies/a.yaml: spec.outbound.excludePorts[1]: 15021 is also in includePorts']);
+    expect(errs(noProxy)).toEqual([
+      'policies/a.yaml: spec.proxy: needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to',
+    ]);
+    expect(errs(valid.replace('includePorts: []', 'includePorts: [15021]'))).toEqual([
+      'policies/a.yaml: spec.outbound.excludePorts[1]: 15021 is also in includePorts',
+    ]);
   });
 
   it('normalises CIDRs (host bits cleared) and endpoints', () => {
@@ -84,7 +111,10 @@ describe('policy parsing', () => {
   it('a newcomer claiming the cgroup of an applied policy is rejected alone; the incumbent stays', () => {
     const a = parsePolicyText(valid, 'a.yaml');
     const b = parsePolicyText(valid.replace('name: reviews', 'name: other'), 'b.yaml');
-    for (const order of [[a, b], [b, a]]) {
+    for (const order of [
+      [a, b],
+      [b, a],
+    ]) {
       const set = checkSet(order, a.policies);
       expect(set.policies.map((p) => `${p.file}:${p.name}`)).toEqual(['a.yaml:reviews']);
       expect(set.rejected.map((p) => p.file)).toEqual(['b.yaml']);
@@ -99,12 +129,24 @@ describe('policy parsing', () => {
     const n = parsePolicyText(valid.replace('pod-a', 'pod-n'), 'n.yaml');
     const byName = checkSet([a, n], a.policies);
     expect(byName.policies.map((p) => p.file)).toEqual(['a.yaml']);
-    expect(byName.errors.map(formatError)).toEqual(['n.yaml: metadata.name: reviews is already claimed by a.yaml (reviews), which is applied and stays; reviews from n.yaml is not applied']);
+    expect(byName.errors.map(formatError)).toEqual([
+      'n.yaml: metadata.name: reviews is already claimed by a.yaml (reviews), which is applied and stays; reviews from n.yaml is not applied',
+    ]);
   });
 
   it('normalises cgroup paths, so aliases of one cgroup are one claim', () => {
-    const at = (cg: string, name: string, file: string) => parsePolicyText(valid.replace('cgroup: /meshredir-test-x/pod-a', `cgroup: "${cg}"`).replace('name: reviews', `name: ${name}`), file);
-    const spellings = ['/meshredir-test-x/pod-a', '/meshredir-test-x//pod-a', '/meshredir-test-x/./pod-a', '//meshredir-test-x/pod-a/', '/./meshredir-test-x/pod-a//.'];
+    const at = (cg: string, name: string, file: string) =>
+      parsePolicyText(
+        valid.replace('cgroup: /meshredir-test-x/pod-a', `cgroup: "${cg}"`).replace('name: reviews', `name: ${name}`),
+        file,
+      );
+    const spellings = [
+      '/meshredir-test-x/pod-a',
+      '/meshredir-test-x//pod-a',
+      '/meshredir-test-x/./pod-a',
+      '//meshredir-test-x/pod-a/',
+      '/./meshredir-test-x/pod-a//.',
+    ];
     const files = spellings.map((cg, i) => at(cg, `p${i}`, `${i}.yaml`));
     for (const f of files) expect(f.errors).toEqual([]);
     expect(new Set(files.map((f) => f.policies[0]!.cgroup))).toEqual(new Set(['/meshredir-test-x/pod-a']));
@@ -114,9 +156,13 @@ describe('policy parsing', () => {
     expect(at('/', 'root', 'r.yaml').policies[0]!.cgroup).toBe('/');
     expect(at('//./', 'root', 'r.yaml').policies[0]!.cgroup).toBe('/');
     // Bypass cgroups too, and the "own cgroup as bypass" check sees through the alias.
-    expect(errs(valid.replace('cgroups: [/meshredir-test-x/proxy]', 'cgroups: ["/meshredir-test-x//pod-a/."]'))).toEqual([
+    expect(
+      errs(valid.replace('cgroups: [/meshredir-test-x/proxy]', 'cgroups: ["/meshredir-test-x//pod-a/."]')),
+    ).toEqual([
       "policies/a.yaml: spec.proxy.bypass.cgroups: /meshredir-test-x/pod-a is the policy's own cgroup: nothing would be redirected",
     ]);
-    expect(errs(valid.replace('cgroup: /meshredir-test-x/pod-a', 'cgroup: /meshredir-test-x/a/../pod-a'))).toEqual(['policies/a.yaml: spec.cgroup: must not contain ..']);
+    expect(errs(valid.replace('cgroup: /meshredir-test-x/pod-a', 'cgroup: /meshredir-test-x/a/../pod-a'))).toEqual([
+      'policies/a.yaml: spec.cgroup: must not contain ..',
+    ]);
   });
 });

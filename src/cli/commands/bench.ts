@@ -33,17 +33,36 @@ const flags = z.object({
 });
 
 export const benchCommand = new Command('bench')
-  .description('measure direct, iptables, eBPF and eBPF+sk_msg side by side in namespaces it creates and removes (root)')
+  .description(
+    'measure direct, iptables, eBPF and eBPF+sk_msg side by side in namespaces it creates and removes (root)',
+  )
   .option('--only <list>', `scenarios, comma-separated: ${SCENARIOS.join(',')}`, SCENARIOS.join(','))
-  .option('--rounds <n>', `rounds (modes interleaved within each round, their order rotated each round) (default: ${FULL.rounds}; --quick: ${QUICK.rounds})`)
+  .option(
+    '--rounds <n>',
+    `rounds (modes interleaved within each round, their order rotated each round) (default: ${FULL.rounds}; --quick: ${QUICK.rounds})`,
+  )
   .option('--duration <seconds>', `seconds per measurement (default: ${FULL.duration}; --quick: ${QUICK.duration})`)
-  .option('--quick', `a run under a minute: every scenario (or --only's) once, ${QUICK.duration} s measurements, hop sizes ${QUICK.hopSizes.join(' and ')} B only`)
-  .option('--out <dir>', 'where the JSON (every raw sample), the SVG chart and the markdown go', join(root, 'bench-results'))
-  .option('--docs', 'also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README\'s measured results')
-  .option('--from <json>', 'measure nothing: render the outputs (and with --docs the docs) again from the JSON of an earlier run')
+  .option(
+    '--quick',
+    `a run under a minute: every scenario (or --only's) once, ${QUICK.duration} s measurements, hop sizes ${QUICK.hopSizes.join(' and ')} B only`,
+  )
+  .option(
+    '--out <dir>',
+    'where the JSON (every raw sample), the SVG chart and the markdown go',
+    join(root, 'bench-results'),
+  )
+  .option(
+    '--docs',
+    "also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README's measured results",
+  )
+  .option(
+    '--from <json>',
+    'measure nothing: render the outputs (and with --docs the docs) again from the JSON of an earlier run',
+  )
   .action(async (raw: Record<string, unknown>) => {
     const r = flags.safeParse(raw);
-    if (!r.success) throw new UserError(r.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join('\n'), 2);
+    if (!r.success)
+      throw new UserError(r.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join('\n'), 2);
     const o = r.data;
     const { summarise, renderTable, renderSvg, renderMarkdown } = await import('../../bench/report.js');
     if (o.from) {
@@ -53,7 +72,8 @@ export const benchCommand = new Command('bench')
       } catch (e) {
         throw new UserError(`--from: ${(e as Error).message}`, 2);
       }
-      if (!Array.isArray(run.samples) || typeof run.meta !== 'object') throw new UserError(`--from: ${o.from} is not the JSON of a bench run`, 2);
+      if (!Array.isArray(run.samples) || typeof run.meta !== 'object')
+        throw new UserError(`--from: ${o.from} is not the JSON of a bench run`, 2);
       const rows = summarise(run.samples);
       console.log(renderTable(rows, run.missing ?? [], run.samples));
       if (o.docs) await writeDocs(run.meta, rows, run.samples, run.missing ?? []);
@@ -75,7 +95,18 @@ export const benchCommand = new Command('bench')
       cli: join(root, 'dist', 'cli', 'main.js'),
       progress: (line) => process.stderr.write(`${line}\n`),
     });
-    const meta = { date: new Date().toISOString(), kernel: release(), cpus: cpus().length, rounds, duration, warmup: WARMUP, only: o.only, quick: !!o.quick, tcp_rmem: env.tcp_rmem, seconds: (Date.now() - started) / 1000 };
+    const meta = {
+      date: new Date().toISOString(),
+      kernel: release(),
+      cpus: cpus().length,
+      rounds,
+      duration,
+      warmup: WARMUP,
+      only: o.only,
+      quick: !!o.quick,
+      tcp_rmem: env.tcp_rmem,
+      seconds: (Date.now() - started) / 1000,
+    };
     const rows = summarise(samples);
     mkdirSync(o.out, { recursive: true });
     const stamp = meta.date.replace(/[:.]/g, '-');
@@ -83,15 +114,25 @@ export const benchCommand = new Command('bench')
     writeFileSync(join(o.out, `bench-${stamp}.svg`), await renderSvg(rows));
     writeFileSync(join(o.out, `bench-${stamp}.md`), renderMarkdown(rows, meta, samples, missing));
     console.log(renderTable(rows, missing, samples));
-    console.log(`raw samples, chart and markdown: ${join(o.out, `bench-${stamp}.{json,svg,md}`)} (${meta.seconds.toFixed(0)} s)`);
+    console.log(
+      `raw samples, chart and markdown: ${join(o.out, `bench-${stamp}.{json,svg,md}`)} (${meta.seconds.toFixed(0)} s)`,
+    );
     if (o.docs) await writeDocs(meta, rows, samples, missing);
     const rejected = samples.filter((s) => s.invalid).length;
-    if (rejected) throw new Error(`${rejected} of ${samples.length} samples were rejected (listed above): their medians are over fewer samples, or missing`);
+    if (rejected)
+      throw new Error(
+        `${rejected} of ${samples.length} samples were rejected (listed above): their medians are over fewer samples, or missing`,
+      );
   });
 
 /** The documented run: docs/benchmarks.{json,svg}, the generated section of docs/benchmarks.md and
  * the README's measured results. The method and the reading around them are written by hand. */
-async function writeDocs(meta: Record<string, unknown>, rows: Row[], samples: Sample[], missing: Missing[]): Promise<void> {
+async function writeDocs(
+  meta: Record<string, unknown>,
+  rows: Row[],
+  samples: Sample[],
+  missing: Missing[],
+): Promise<void> {
   const { renderSvg, renderMarkdown, renderReadmeSummary, splice } = await import('../../bench/report.js');
   const docs = join(root, 'docs');
   writeFileSync(join(docs, 'benchmarks.json'), JSON.stringify({ meta, missing, samples }, null, 2));
@@ -99,6 +140,9 @@ async function writeDocs(meta: Record<string, unknown>, rows: Row[], samples: Sa
   const md = join(docs, 'benchmarks.md');
   writeFileSync(md, splice(readFileSync(md, 'utf8'), 'bench:results', renderMarkdown(rows, meta, samples, missing)));
   const readme = join(root, 'README.md');
-  writeFileSync(readme, splice(readFileSync(readme, 'utf8'), 'bench:summary', renderReadmeSummary(rows, meta, missing)));
+  writeFileSync(
+    readme,
+    splice(readFileSync(readme, 'utf8'), 'bench:summary', renderReadmeSummary(rows, meta, missing)),
+  );
   console.log(`docs: ${md} (generated section), ${join(docs, 'benchmarks.{json,svg}')}, ${readme} (measured results)`);
 }

@@ -16,7 +16,10 @@ export function sharedNetns(policies: Policy[]): Map<string, string> {
       if (o === p) continue;
       if (p.netns && p.netns === o.netns) why.set(p.name, `spec.netns ${p.netns} is also that of policy ${o.name}`);
       else if (!p.netns && !o.netns && (inside(p.cgroup, o.cgroup) || inside(o.cgroup, p.cgroup))) {
-        why.set(p.name, `cgroup ${p.cgroup} and cgroup ${o.cgroup} of policy ${o.name} are one subtree, so their processes share one network namespace`);
+        why.set(
+          p.name,
+          `cgroup ${p.cgroup} and cgroup ${o.cgroup} of policy ${o.name} are one subtree, so their processes share one network namespace`,
+        );
       }
     }
   }
@@ -24,7 +27,9 @@ export function sharedNetns(policies: Policy[]): Map<string, string> {
 }
 
 export const iptablesRulesCommand = new Command('iptables-rules')
-  .description('print the iptables-restore input (nat table, MESHREDIR_* chains and the jumps into them) that a policy file becomes in iptables mode')
+  .description(
+    'print the iptables-restore input (nat table, MESHREDIR_* chains and the jumps into them) that a policy file becomes in iptables mode',
+  )
   .argument('<path>', 'policy file or directory')
   .addOption(new Option('--family <n>', 'only IPv4 (4) or IPv6 (6)').choices(['4', '6']))
   .option('--lock-wait <seconds>', 'the -w the agent would pass (shown in the command line)', '10')
@@ -36,7 +41,10 @@ export const iptablesRulesCommand = new Command('iptables-rules')
     for (const e of set.errors) console.error(formatError(e));
     const shared = sharedNetns(set.policies);
     for (const p of set.policies) {
-      const why = [...unsupported(p), ...(shared.has(p.name) ? [`one policy per network namespace: ${shared.get(p.name)!}`] : [])];
+      const why = [
+        ...unsupported(p),
+        ...(shared.has(p.name) ? [`one policy per network namespace: ${shared.get(p.name)!}`] : []),
+      ];
       if (why.length) {
         refused = true;
         for (const w of why) console.error(`${p.file}: ${p.name}: not applied in iptables mode: ${w}`);

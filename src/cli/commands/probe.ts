@@ -7,9 +7,14 @@ import { printJson, table } from '../output.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 
 export const probeCommand = new Command('probe')
-  .description('test what this kernel and process can do (by loading tiny programs and meshredir\'s own) and which mode auto would choose')
+  .description(
+    "test what this kernel and process can do (by loading tiny programs and meshredir's own) and which mode auto would choose",
+  )
   .option('--json', 'print one JSON object')
-  .option('--cgroup-parent <path>', 'cgroup under which the probe makes (and removes) its throwaway cgroup (default: the cgroup2 root)')
+  .option(
+    '--cgroup-parent <path>',
+    'cgroup under which the probe makes (and removes) its throwaway cgroup (default: the cgroup2 root)',
+  )
   .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp())
   .action((opts: { json?: boolean; cgroupParent?: string; object: string }) => {
     const r = probe({
@@ -20,7 +25,11 @@ export const probeCommand = new Command('probe')
     const rows: (string | boolean)[][] = FEATURES.map((f) => [f, r.features[f] ? 'yes' : 'no', r.why[f] ?? '']);
     rows.push(['iptables (nft)', r.features.iptables.nft ? 'yes' : 'no', r.why['iptables.nft'] ?? '']);
     rows.push(['iptables (legacy)', r.features.iptables.legacy ? 'yes' : 'no', r.why['iptables.legacy'] ?? '']);
-    rows.push(['meshredir.bpf.o', r.object ? (r.object.loads && r.object.attaches ? 'yes' : 'no') : 'not tried', r.object ? (r.object.why ?? '') : `${opts.object} not found (run make build)`]);
+    rows.push([
+      'meshredir.bpf.o',
+      r.object ? (r.object.loads && r.object.attaches ? 'yes' : 'no') : 'not tried',
+      r.object ? (r.object.why ?? '') : `${opts.object} not found (run make build)`,
+    ]);
     console.log(`kernel   ${r.kernel} (libbpf ${r.libbpf})`);
     console.log(`cgroup2  ${r.cgroup2 ?? 'not mounted'}`);
     console.log(`bpffs    ${r.bpffs ?? 'not mounted (the agent mounts it at /sys/fs/bpf)'}`);

@@ -20,7 +20,17 @@ function agentSummary(stateDir: string) {
     requested: s.mode.requested,
     reason: s.mode.reason,
     decidedAt: s.mode.at,
-    ...(s.probe ? { probe: { kernel: s.probe.kernel, libbpf: s.probe.libbpf, missing: Object.entries(s.probe.features).filter(([, ok]) => !ok).map(([f]) => ({ feature: f, why: s.probe!.why[f] ?? '' })) } } : {}),
+    ...(s.probe
+      ? {
+          probe: {
+            kernel: s.probe.kernel,
+            libbpf: s.probe.libbpf,
+            missing: Object.entries(s.probe.features)
+              .filter(([, ok]) => !ok)
+              .map(([f]) => ({ feature: f, why: s.probe!.why[f] ?? '' })),
+          },
+        }
+      : {}),
     pid: s.agent.pid,
     policies: s.agent.policies,
     cgroupRoot: s.agent.cgroupRoot,
@@ -36,10 +46,21 @@ export function readStatus(bpffs: string, iptablesState = DEFAULT_STATE, stateDi
   const ipt = iptMode.installed() ? iptMode.status() : null;
   const agent = agentSummary(stateDir);
   if (!mode.installed()) {
-    if (ipt) return { installed: true as const, mode: 'iptables' as const, agent, stateFile: iptablesState, policies: ipt.policies, iptables: ipt.netns, unsupported: LIMITS };
+    if (ipt)
+      return {
+        installed: true as const,
+        mode: 'iptables' as const,
+        agent,
+        stateFile: iptablesState,
+        policies: ipt.policies,
+        iptables: ipt.netns,
+        unsupported: LIMITS,
+      };
     return { installed: false as const, bpffs, agent };
   }
-  const links = mode.links().map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
+  const links = mode
+    .links()
+    .map((l) => ({ ...l, cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null }));
   const stats = mode.stats();
   const slots = mode.currentSlots();
   const read = <T>(name: 'mr_cgroups' | 'mr_proxies' | 'mr_policies'): T => {
@@ -90,10 +111,14 @@ function printAgent(a: ReturnType<typeof agentSummary>): void {
     console.log(`agent state: ${a.error}`);
     return;
   }
-  console.log(`agent: mode ${a.mode} (${a.requested === 'auto' ? `chosen by --mode auto: ${a.reason}` : a.reason}) · since ${a.decidedAt} · policies ${a.policies}`);
+  console.log(
+    `agent: mode ${a.mode} (${a.requested === 'auto' ? `chosen by --mode auto: ${a.reason}` : a.reason}) · since ${a.decidedAt} · policies ${a.policies}`,
+  );
   const r = a.lastReconcile;
   if (r) {
-    console.log(`last reconcile: ${r.ok ? 'ok' : 'FAILED'} at ${r.at} (${r.reason}): ${r.policies} policies, ${r.writes} writes, ${r.deletes} deletes`);
+    console.log(
+      `last reconcile: ${r.ok ? 'ok' : 'FAILED'} at ${r.at} (${r.reason}): ${r.policies} policies, ${r.writes} writes, ${r.deletes} deletes`,
+    );
     for (const e of r.errors) console.log(`  error: ${e}`);
     for (const w of r.warnings) console.log(`  warning: ${w}`);
   }
@@ -110,34 +135,95 @@ export const statusCommand = new Command('status')
     if (opts.json) return printJson(s);
     printAgent(s.agent);
     if (!s.installed) {
-      console.log(`meshredir is not installed here (no pins under ${opts.bpffs}, no iptables state in ${opts.iptablesState})`);
+      console.log(
+        `meshredir is not installed here (no pins under ${opts.bpffs}, no iptables state in ${opts.iptablesState})`,
+      );
       process.exitCode = 3;
       return;
     }
     if (s.mode === 'iptables') {
       console.log(`mode iptables · state ${s.stateFile}`);
-      console.log(table(['policy', 'cgroup', 'outcome', 'netns', 'backend', 'families', 'reason'], s.policies.map((p) => [p.policy, p.cgroup, p.outcome, p.netns ?? '-', p.backend ?? '-', (p.families ?? []).join(', ') || '-', p.reason ?? ''])));
+      console.log(
+        table(
+          ['policy', 'cgroup', 'outcome', 'netns', 'backend', 'families', 'reason'],
+          s.policies.map((p) => [
+            p.policy,
+            p.cgroup,
+            p.outcome,
+            p.netns ?? '-',
+            p.backend ?? '-',
+            (p.families ?? []).join(', ') || '-',
+            p.reason ?? '',
+          ]),
+        ),
+      );
       console.log(
         table(
           ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound redirected'],
-          s.iptables.map((n) => [`${n.netns} (${n.netnsId})`, n.policy, n.backend, n.rules, n.live, Object.entries(n.redirected).map(([f, c]) => `${f} ${c}`).join(', ') || '-', Object.entries(n.inboundRedirected).map(([f, c]) => `${f} ${c}`).join(', ') || '-']),
+          s.iptables.map((n) => [
+            `${n.netns} (${n.netnsId})`,
+            n.policy,
+            n.backend,
+            n.rules,
+            n.live,
+            Object.entries(n.redirected)
+              .map(([f, c]) => `${f} ${c}`)
+              .join(', ') || '-',
+            Object.entries(n.inboundRedirected)
+              .map(([f, c]) => `${f} ${c}`)
+              .join(', ') || '-',
+          ]),
         ),
       );
       console.log(`limits of this mode:\n  - ${s.unsupported.join('\n  - ')}`);
       return;
     }
     console.log(`mode ebpf · attached at ${s.attachPoint ?? '(nowhere)'} · pins ${s.bpffs}`);
-    console.log(table(['program', 'link', 'prog', 'attached at'], s.links.map((l) => [l.name, l.id ?? '-', l.progId ?? '-', !l.attached ? `DETACHED ${l.error ?? ''}` : l.mapId !== undefined ? `sockhash (map ${l.mapId})` : (l.cgroup ?? `cgroup ${l.cgroupId}`)])));
+    console.log(
+      table(
+        ['program', 'link', 'prog', 'attached at'],
+        s.links.map((l) => [
+          l.name,
+          l.id ?? '-',
+          l.progId ?? '-',
+          !l.attached
+            ? `DETACHED ${l.error ?? ''}`
+            : l.mapId !== undefined
+              ? `sockhash (map ${l.mapId})`
+              : (l.cgroup ?? `cgroup ${l.cgroupId}`),
+        ]),
+      ),
+    );
     console.log(
       table(
         ['policy', 'cgroup', 'redirected', 'established', 'origdst served', 'bypassed', 'accelerated', 'errors'],
         s.policies.map((p) => {
           const c = p.counters;
-          const bypassed = Object.entries(c).filter(([k]) => k.startsWith('bypass_')).reduce((a, [, v]) => a + v, 0);
-          return [p.name, p.cgroup ?? 'UNRESOLVED', c.redirected ?? 0, c.established ?? 0, c.origdst_served ?? 0, bypassed, p.accelerate || c.accel_sockets ? `${c.accel_open ?? 0} sockets now, ${c.accel_sockets ?? 0} in all; ${c.msg_fast ?? 0} msgs fast, ${c.msg_slow ?? 0} by TCP` : 'off', (c.err_storage ?? 0) + (c.err_orig ?? 0) + (c.err_full ?? 0)];
+          const bypassed = Object.entries(c)
+            .filter(([k]) => k.startsWith('bypass_'))
+            .reduce((a, [, v]) => a + v, 0);
+          return [
+            p.name,
+            p.cgroup ?? 'UNRESOLVED',
+            c.redirected ?? 0,
+            c.established ?? 0,
+            c.origdst_served ?? 0,
+            bypassed,
+            p.accelerate || c.accel_sockets
+              ? `${c.accel_open ?? 0} sockets now, ${c.accel_sockets ?? 0} in all; ${c.msg_fast ?? 0} msgs fast, ${c.msg_slow ?? 0} by TCP`
+              : 'off',
+            (c.err_storage ?? 0) + (c.err_orig ?? 0) + (c.err_full ?? 0),
+          ];
         }),
       ),
     );
-    console.log(table(['map', 'entries', 'capacity'], s.maps.map((m) => [m.map, m.entries, m.max])));
-    console.log(`redirected handshakes in flight: ${s.records.pending} (connect() is refused past ${s.records.limit})${s.records.inTable !== s.records.pending ? `; ${s.records.inTable} records in mr_orig` : ''}`);
+    console.log(
+      table(
+        ['map', 'entries', 'capacity'],
+        s.maps.map((m) => [m.map, m.entries, m.max]),
+      ),
+    );
+    console.log(
+      `redirected handshakes in flight: ${s.records.pending} (connect() is refused past ${s.records.limit})${s.records.inTable !== s.records.pending ? `; ${s.records.inTable} records in mr_orig` : ''}`,
+    );
   });

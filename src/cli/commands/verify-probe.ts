@@ -4,8 +4,6 @@ import { Command } from 'commander';
 import { probeChild } from '../../modes/ebpf/verify.js';
 import { printJson } from '../output.js';
 
-export const verifyProbeCommand = new Command('verify-probe')
-  .argument('<json>')
-  .action(async (json: string) => {
-    printJson(await probeChild(JSON.parse(json) as Parameters<typeof probeChild>[0]));
-  });
+export const verifyProbeCommand = new Command('verify-probe').argument('<json>').action(async (json: string) => {
+  printJson(await probeChild(JSON.parse(json) as Parameters<typeof probeChild>[0]));
+});

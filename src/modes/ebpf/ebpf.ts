@@ -9,10 +9,34 @@ import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { lib, c } from '../../sys/libbpf.js';
 import { BpfError } from '../../bpf/errors.js';
-import { CgKind, MAPS, POLICY_MAPS, PROGRAMS, REDIRECTING, REDIRECT_NEEDS, STRUCT_CODECS, STAT_FIELDS, Gauge, DEFAULT_MAX_CONNECTIONS, u32, u64, type MapName, type ProgramName, type StatName } from '../../bpf/abi.js';
+import {
+  CgKind,
+  MAPS,
+  POLICY_MAPS,
+  PROGRAMS,
+  REDIRECTING,
+  REDIRECT_NEEDS,
+  STRUCT_CODECS,
+  STAT_FIELDS,
+  Gauge,
+  DEFAULT_MAX_CONNECTIONS,
+  u32,
+  u64,
+  type MapName,
+  type ProgramName,
+  type StatName,
+} from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 import { ensureBpffs, cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
-import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage, type IdConflict, type MapEntries, type Resolution } from '../../policy/entries.js';
+import {
+  assignSlots,
+  toEntries,
+  cgroupIdConflicts,
+  idConflictMessage,
+  type IdConflict,
+  type MapEntries,
+  type Resolution,
+} from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/meshredir';
@@ -73,7 +97,10 @@ function conflictsPossible(res: Map<string, Resolution>): boolean {
 
 /** Fault injection for tests: MESHREDIR_FAULT=fail-attach:NAME makes attaching NAME fail. */
 function injectAttachFault(name: string, attachedSoFar: number): void {
-  if (process.env.MESHREDIR_FAULT === `fail-attach:${name}`) throw new Error(`attach ${name}: injected failure (MESHREDIR_FAULT, after ${attachedSoFar} attach(es) of this load)`);
+  if (process.env.MESHREDIR_FAULT === `fail-attach:${name}`)
+    throw new Error(
+      `attach ${name}: injected failure (MESHREDIR_FAULT, after ${attachedSoFar} attach(es) of this load)`,
+    );
 }
 
 /** Fault injection for tests: MESHREDIR_FAULT=between-attach[:N] dies after the Nth attach of a load (default 1). */
@@ -82,7 +109,14 @@ function injectCrashAfterAttach(attached: number): void {
   if (f && attached === Number(f[1] ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
 
-const TYPE_NAMES: Record<number, string> = { 1: 'hash', 2: 'array', 6: 'percpu_array', 9: 'lru_hash', 11: 'lpm_trie', 24: 'sk_storage' };
+const TYPE_NAMES: Record<number, string> = {
+  1: 'hash',
+  2: 'array',
+  6: 'percpu_array',
+  9: 'lru_hash',
+  11: 'lpm_trie',
+  24: 'sk_storage',
+};
 
 function mkdirPrivate(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -99,7 +133,16 @@ export class EbpfMode {
 
   /** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
   ensureLoaded(): LoadReport {
-    const rep: LoadReport = { unavailable: {}, repinnedMaps: [], adoptedMaps: [], createdMaps: [], adoptedLinks: [], attachedLinks: [], updatedLinks: [], rebound: {} };
+    const rep: LoadReport = {
+      unavailable: {},
+      repinnedMaps: [],
+      adoptedMaps: [],
+      createdMaps: [],
+      adoptedLinks: [],
+      attachedLinks: [],
+      updatedLinks: [],
+      rebound: {},
+    };
     ensureBpffs(this.cfg.bpffs);
     mkdirPrivate(this.cfg.bpffs);
     mkdirPrivate(this.mapsDir);
@@ -115,7 +158,8 @@ export class EbpfMode {
       if (drift.length) throw new Error(`${this.cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
       const limit = this.cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
       obj.setMaxEntries('mr_orig', 2 * limit);
-      if (this.cfg.maxAccelerated) for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, this.cfg.maxAccelerated);
+      if (this.cfg.maxAccelerated)
+        for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, this.cfg.maxAccelerated);
 
       this.repinFromLinks(rep);
       for (const name of ALL_MAPS) {
@@ -126,9 +170,12 @@ export class EbpfMode {
         reusedFds.push(fd);
         const have = mapInfo(fd, pin);
         const want = obj.mapSpec(name);
-        const diff = (['type', 'keySize', 'valueSize', 'maxEntries'] as const).filter((k) => have[k] !== want[k] && !(k === 'maxEntries' && name === 'mr_sk'));
+        const diff = (['type', 'keySize', 'valueSize', 'maxEntries'] as const).filter(
+          (k) => have[k] !== want[k] && !(k === 'maxEntries' && name === 'mr_sk'),
+        );
         if (diff.length) {
-          const say = (v: typeof have | typeof want) => diff.map((k) => `${k} ${k === 'type' ? (TYPE_NAMES[v[k]] ?? v[k]) : v[k]}`).join(', ');
+          const say = (v: typeof have | typeof want) =>
+            diff.map((k) => `${k} ${k === 'type' ? (TYPE_NAMES[v[k]] ?? v[k]) : v[k]}`).join(', ');
           throw new Error(
             `pinned map ${pin} has another layout than ${this.cfg.object} (pinned: ${say(have)}; object: ${say(want)}). ` +
               `Its contents cannot be read with the new layout: run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' and start again (connections in flight lose their records).`,
@@ -181,7 +228,9 @@ export class EbpfMode {
                 continue;
               }
               if (!skmsg && info.cgroupId && info.cgroupId !== 0n) {
-                throw new Error(`link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`);
+                throw new Error(
+                  `link ${pin} is attached to another cgroup (id ${info.cgroupId}); run 'meshredir cleanup --bpffs ${this.cfg.bpffs}' first`,
+                );
               }
               link.unpin(); // defunct (its cgroup is gone or it was detached): replace it
             } finally {
@@ -220,7 +269,10 @@ export class EbpfMode {
         }
       } catch (e) {
         const undone = this.rollback(attachedNow);
-        throw new Error(`${(e as Error).message}; ${undone.length ? `detached what this load had attached (${undone.join(', ')})` : 'nothing had been attached by this load'}${this.enforceDependencies()}`, { cause: e });
+        throw new Error(
+          `${(e as Error).message}; ${undone.length ? `detached what this load had attached (${undone.join(', ')})` : 'nothing had been attached by this load'}${this.enforceDependencies()}`,
+          { cause: e },
+        );
       }
       return rep;
     } finally {
@@ -236,7 +288,13 @@ export class EbpfMode {
    * difference or null. A map the kernel keeps without BTF can only have been created so by this
    * same loader, and is compared by sizes (done by the caller) alone.
    */
-  private compareMapBtf(obj: BpfObject, name: string, have: MapInfo, pin: string, btfs: Map<number, KernelBtf>): string | null {
+  private compareMapBtf(
+    obj: BpfObject,
+    name: string,
+    have: MapInfo,
+    pin: string,
+    btfs: Map<number, KernelBtf>,
+  ): string | null {
     const want = obj.mapBtf(name);
     if (!want.btf || (want.keyTypeId === 0 && want.valueTypeId === 0)) return null;
     if (have.btfId === 0 || (have.btfKeyTypeId === 0 && have.btfValueTypeId === 0)) return null;
@@ -323,7 +381,11 @@ export class EbpfMode {
    * connect hooks go too, so connections go direct instead. Returns a note for the error message.
    */
   private enforceDependencies(): string {
-    const attached = new Set(this.links().filter((l) => l.attached).map((l) => l.name));
+    const attached = new Set(
+      this.links()
+        .filter((l) => l.attached)
+        .map((l) => l.name),
+    );
     const missing = REDIRECT_NEEDS.filter((n) => !attached.has(n));
     const redirecting = REDIRECTING.filter((n) => attached.has(n));
     if (missing.length === 0 || redirecting.length === 0) return '';
@@ -359,7 +421,15 @@ export class EbpfMode {
 
   resolve(policies: Policy[]): Map<string, Resolution> {
     const mount = requireCgroup2();
-    return new Map(policies.map((p) => [p.name, { cgroup: cgroupId(cgroupDir(p.cgroup, mount)), bypass: p.bypass.cgroups.map((b) => cgroupId(cgroupDir(b, mount))) }]));
+    return new Map(
+      policies.map((p) => [
+        p.name,
+        {
+          cgroup: cgroupId(cgroupDir(p.cgroup, mount)),
+          bypass: p.bypass.cgroups.map((b) => cgroupId(cgroupDir(b, mount))),
+        },
+      ]),
+    );
   }
 
   /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
@@ -375,10 +445,20 @@ export class EbpfMode {
     });
   }
 
-  desired(policies: Policy[]): { entries: MapEntries; slots: Map<string, number>; res: Map<string, Resolution>; keep: Policy[]; conflicts: IdConflict[] } {
+  desired(policies: Policy[]): {
+    entries: MapEntries;
+    slots: Map<string, number>;
+    res: Map<string, Resolution>;
+    keep: Policy[];
+    conflicts: IdConflict[];
+  } {
     const current = this.currentSlots();
     const res = this.resolve(policies);
-    const { keep, conflicts } = cgroupIdConflicts(policies, res, conflictsPossible(res) ? this.cgroupOwners(current) : new Map());
+    const { keep, conflicts } = cgroupIdConflicts(
+      policies,
+      res,
+      conflictsPossible(res) ? this.cgroupOwners(current) : new Map(),
+    );
     const slots = assignSlots(
       keep.map((p) => p.name),
       current,
@@ -391,9 +471,14 @@ export class EbpfMode {
    * msg_tot_len, its only flow control; without it a slow reader would let a sender queue without
    * bound). */
   fastPath(): { usable: boolean; why?: string } {
-    if (!this.links().some((l) => l.name === 'mr_skmsg' && l.attached)) return { usable: false, why: 'no sk_msg link (kernel < 6.10, or not attached)' };
+    if (!this.links().some((l) => l.name === 'mr_skmsg' && l.attached))
+      return { usable: false, why: 'no sk_msg link (kernel < 6.10, or not attached)' };
     const queue = kernelHasMember('sk_psock', 'msg_tot_len');
-    if (queue !== true) return { usable: false, why: "the kernel's psock has no msg_tot_len: the fast path could not bound a slow reader's queue" };
+    if (queue !== true)
+      return {
+        usable: false,
+        why: "the kernel's psock has no msg_tot_len: the fast path could not bound a slow reader's queue",
+      };
     return { usable: true };
   }
 
@@ -405,7 +490,12 @@ export class EbpfMode {
    * What applyPolicies would write, without writing: the map entries with real cgroup ids where the
    * cgroups exist (slots from the pinned mr_slots when installed), and which cgroups do not exist.
    */
-  dryRun(policies: Policy[]): { entries: MapEntries; slotsFrom: 'pins' | 'new'; unresolved: { policy: string; field: string; cgroup: string }[]; rejected: string[] } {
+  dryRun(policies: Policy[]): {
+    entries: MapEntries;
+    slotsFrom: 'pins' | 'new';
+    unresolved: { policy: string; field: string; cgroup: string }[];
+    rejected: string[];
+  } {
     const pinned = existsSync(join(this.mapsDir, 'mr_slots'));
     const res = this.resolve(policies);
     const { keep, conflicts } = cgroupIdConflicts(policies, res, new Map());
@@ -417,7 +507,9 @@ export class EbpfMode {
       const r = res.get(p.name)!;
       return [
         ...(r.cgroup === null ? [{ policy: p.name, field: 'spec.cgroup', cgroup: p.cgroup }] : []),
-        ...p.bypass.cgroups.filter((_, i) => r.bypass[i] === null).map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups', cgroup: b })),
+        ...p.bypass.cgroups
+          .filter((_, i) => r.bypass[i] === null)
+          .map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups', cgroup: b })),
       ];
     });
     return {
@@ -436,7 +528,15 @@ export class EbpfMode {
     this.withMaps(POLICY_MAPS, (maps) => {
       // Order matters for a consistent view: policy details before the cgroup entries that point at
       // them when adding; cgroup entries before details when removing (done below by map order).
-      const order: MapName[] = ['mr_slots', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_cgroups'];
+      const order: MapName[] = [
+        'mr_slots',
+        'mr_policies',
+        'mr_owners',
+        'mr_proxies',
+        'mr_ports',
+        'mr_cidrs',
+        'mr_cgroups',
+      ];
       // Reads and writes go by map in batches (BPF_MAP_*_BATCH, see BpfMap): per entry through the FFI
       // they cost ~50 µs each, which made a 10,000-entry policy take a second to apply, and as long to
       // find in sync.
@@ -475,7 +575,11 @@ export class EbpfMode {
     return {
       writes,
       deletes,
-      rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => ({ name: p.name, file: p.file, message: idConflictMessage(c, p) }))),
+      rejected: conflicts.flatMap((c) =>
+        c.policies
+          .filter((p) => p !== c.kept)
+          .map((p) => ({ name: p.name, file: p.file, message: idConflictMessage(c, p) })),
+      ),
       policies: keep.map((p) => {
         const r = res.get(p.name)!;
         return {
@@ -500,7 +604,6 @@ export class EbpfMode {
       records: maps.get('mr_orig')!.rawKeys().length,
     }));
   }
-
 
   /** Whether meshredir's pins exist under the bpffs directory. */
   installed(): boolean {
@@ -529,18 +632,33 @@ export class EbpfMode {
   pending(): { pending: number; limit: number } {
     return this.withMaps(['mr_gauges'], (maps) => {
       const g = maps.get('mr_gauges')! as BpfMap<number, bigint>;
-      return { pending: Number(BigInt.asIntN(64, g.get(Gauge.PENDING) ?? 0n)), limit: Number(g.get(Gauge.LIMIT) ?? 0n) };
+      return {
+        pending: Number(BigInt.asIntN(64, g.get(Gauge.PENDING) ?? 0n)),
+        limit: Number(g.get(Gauge.LIMIT) ?? 0n),
+      };
     });
   }
 
   /** Entry counts of the maps, for fill levels. */
   fill(): { map: string; entries: number; max: number }[] {
     return this.withMaps(Object.keys(MAPS) as MapName[], (maps) =>
-      [...maps.values()].filter((m) => m.info.type !== 2 && m.info.type !== 6).map((m) => ({ map: m.name, entries: m.rawKeys().length, max: m.info.maxEntries })),
+      [...maps.values()]
+        .filter((m) => m.info.type !== 2 && m.info.type !== 6)
+        .map((m) => ({ map: m.name, entries: m.rawKeys().length, max: m.info.maxEntries })),
     );
   }
 
-  links(): { name: string; pin: string; id?: number; progId?: number; progTag?: string; cgroupId?: string; mapId?: number; attached: boolean; error?: string }[] {
+  links(): {
+    name: string;
+    pin: string;
+    id?: number;
+    progId?: number;
+    progTag?: string;
+    cgroupId?: string;
+    mapId?: number;
+    attached: boolean;
+    error?: string;
+  }[] {
     if (!existsSync(this.linksDir)) return [];
     return readdirSync(this.linksDir)
       .sort()
@@ -551,8 +669,25 @@ export class EbpfMode {
           try {
             const i = l.info();
             const tag = progInfoById(i.progId)?.tag;
-            if (i.mapId !== undefined) return { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}), mapId: i.mapId, attached: i.mapId !== 0 };
-            return { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}), cgroupId: String(i.cgroupId ?? 0n), attached: (i.cgroupId ?? 0n) !== 0n };
+            if (i.mapId !== undefined)
+              return {
+                name,
+                pin,
+                id: i.id,
+                progId: i.progId,
+                ...(tag ? { progTag: tag } : {}),
+                mapId: i.mapId,
+                attached: i.mapId !== 0,
+              };
+            return {
+              name,
+              pin,
+              id: i.id,
+              progId: i.progId,
+              ...(tag ? { progTag: tag } : {}),
+              cgroupId: String(i.cgroupId ?? 0n),
+              attached: (i.cgroupId ?? 0n) !== 0n,
+            };
           } finally {
             l.close();
           }
@@ -584,8 +719,20 @@ export class EbpfMode {
    * pinned, so that they keep that guard and a restarted agent re-adopts the same maps; another cleanup
    * once they have closed removes the rest.
    */
-  cleanup(opts: { force?: boolean; drainMs?: number } = {}): { detached: string[]; unpinned: string[]; kept: string[]; openAccelerated: number; undrained: number } {
-    const out = { detached: [] as string[], unpinned: [] as string[], kept: [] as string[], openAccelerated: 0, undrained: 0 };
+  cleanup(opts: { force?: boolean; drainMs?: number } = {}): {
+    detached: string[];
+    unpinned: string[];
+    kept: string[];
+    openAccelerated: number;
+    undrained: number;
+  } {
+    const out = {
+      detached: [] as string[],
+      unpinned: [] as string[],
+      kept: [] as string[],
+      openAccelerated: 0,
+      undrained: 0,
+    };
     const detach = (name: string) => {
       const pin = join(this.linksDir, name);
       if (!existsSync(pin)) return;
@@ -611,10 +758,18 @@ export class EbpfMode {
       const nap = new Int32Array(new SharedArrayBuffer(4));
       while ((out.undrained = this.pending().pending) > 0 && Date.now() < end) Atomics.wait(nap, 0, 0, 50);
     }
-    if (existsSync(this.linksDir)) for (const name of readdirSync(this.linksDir).filter((n) => n !== 'mr_setsockopt')) detach(name);
+    if (existsSync(this.linksDir))
+      for (const name of readdirSync(this.linksDir).filter((n) => n !== 'mr_setsockopt')) detach(name);
     // Counted once nothing can join the fast path any more (sockops is detached).
     out.openAccelerated = this.acceleratedSockets();
-    const keep = new Set<string>(out.openAccelerated > 0 && !opts.force ? [join(this.linksDir, 'mr_setsockopt'), ...['mr_sockhash', 'mr_sk', 'mr_peers', 'mr_stats'].map((m) => join(this.mapsDir, m))] : []);
+    const keep = new Set<string>(
+      out.openAccelerated > 0 && !opts.force
+        ? [
+            join(this.linksDir, 'mr_setsockopt'),
+            ...['mr_sockhash', 'mr_sk', 'mr_peers', 'mr_stats'].map((m) => join(this.mapsDir, m)),
+          ]
+        : [],
+    );
     if (existsSync(join(this.linksDir, 'mr_setsockopt'))) {
       if (keep.has(join(this.linksDir, 'mr_setsockopt'))) out.kept.push(join(this.linksDir, 'mr_setsockopt'));
       else detach('mr_setsockopt');
@@ -637,10 +792,10 @@ export class EbpfMode {
         if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw e;
       }
     }
-    const foreign = [this.linksDir, this.mapsDir, this.cfg.bpffs].filter((d) => existsSync(d) && readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps'));
+    const foreign = [this.linksDir, this.mapsDir, this.cfg.bpffs].filter(
+      (d) => existsSync(d) && readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps'),
+    );
     if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
     return out;
   }
-
-
 }

@@ -44,7 +44,12 @@ function parseSockaddr(b: Buffer): { family: 4 | 6; bytes: number[]; port: numbe
   const port = b.readUInt16BE(2);
   const bytes = fam === AF_INET ? [...b.subarray(4, 8)] : [...b.subarray(8, 24)];
   const text = ipaddr.fromByteArray(bytes).toString();
-  return { family: fam === AF_INET ? 4 : 6, bytes, port, text: fam === AF_INET ? `${text}:${port}` : `[${text}]:${port}` };
+  return {
+    family: fam === AF_INET ? 4 : 6,
+    bytes,
+    port,
+    text: fam === AF_INET ? `${text}:${port}` : `[${text}]:${port}`,
+  };
 }
 
 /** Whether a LISTEN socket in the netns of `procNet` (/proc/PID/net) accepts on ep (or a wildcard). */
@@ -113,7 +118,14 @@ export interface ChildResult {
 }
 
 /** Runs in the throwaway child: joins netns and cgroup, does the repair-mode connect, reads back. */
-export async function probeChild(o: { cgroupDir: string; netns: string | null; bpffs: string; dest: string; proxy: string; proxyLoopback: boolean }): Promise<ChildResult> {
+export async function probeChild(o: {
+  cgroupDir: string;
+  netns: string | null;
+  bpffs: string;
+  dest: string;
+  proxy: string;
+  proxyLoopback: boolean;
+}): Promise<ChildResult> {
   if (o.netns) {
     const fd = openSync(o.netns, 'r');
     const r: number = c.setns(fd, CLONE_NEWNET);
@@ -129,7 +141,8 @@ export async function probeChild(o: { cgroupDir: string; netns: string | null; b
     const one = Buffer.alloc(4);
     one.writeInt32LE(1);
     // Repair mode: connect() runs the cgroup and sockops hooks but no SYN is ever sent.
-    if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0) throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
+    if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
+      throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
     const sa = sockaddr(dest.family, dest.bytes, dest.port);
     if (c.connect(fd, sa, sa.length) < 0) {
       res.connect = errnoName(errno());
@@ -158,7 +171,10 @@ export async function probeChild(o: { cgroupDir: string; netns: string | null; b
     try {
       const norm = (b: number[]) => {
         const out = Buffer.alloc(16);
-        const v4 = b.length === 16 && ipaddr.fromByteArray(b).kind() === 'ipv6' && (ipaddr.fromByteArray(b) as ipaddr.IPv6).isIPv4MappedAddress();
+        const v4 =
+          b.length === 16 &&
+          ipaddr.fromByteArray(b).kind() === 'ipv6' &&
+          (ipaddr.fromByteArray(b) as ipaddr.IPv6).isIPv4MappedAddress();
         Buffer.from(v4 ? b.slice(12) : b).copy(out);
         return out;
       };
@@ -171,7 +187,13 @@ export async function probeChild(o: { cgroupDir: string; netns: string | null; b
         family: proxy.family === 4 ? AF_INET : AF_INET6,
         pad: Buffer.alloc(3),
       }) as { family: number; port: number; addr: Buffer } | undefined;
-      res.record = v ? { family: v.family, port: v.port, addr: ipaddr.fromByteArray([...(v.family === AF_INET ? v.addr.subarray(0, 4) : v.addr)]).toString() } : null;
+      res.record = v
+        ? {
+            family: v.family,
+            port: v.port,
+            addr: ipaddr.fromByteArray([...(v.family === AF_INET ? v.addr.subarray(0, 4) : v.addr)]).toString(),
+          }
+        : null;
     } finally {
       m.close();
     }
@@ -212,9 +234,17 @@ export function coverage(mode: EbpfMode, cgroupDir: string): Coverage | null {
       const id = cgroupId(d);
       const e = id === null ? undefined : (cg.get(id) as { kind: number; slot: number } | undefined);
       if (e) {
-        const p = pol.get(e.slot) as { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number };
+        const p = pol.get(e.slot) as {
+          flags: number;
+          proxy4_addr: Buffer;
+          proxy6_addr: Buffer;
+          proxy4_port: number;
+          proxy6_port: number;
+        };
         const name = [...slots.entries()].find(([, s]) => s === e.slot)?.[0] ?? `slot ${e.slot}`;
-        const bypassIds = (cg.entries() as [bigint, { kind: number; slot: number }][]).filter(([, v]) => v.slot === e.slot && v.kind === CgKind.BYPASS).map(([k]) => k);
+        const bypassIds = (cg.entries() as [bigint, { kind: number; slot: number }][])
+          .filter(([, v]) => v.slot === e.slot && v.kind === CgKind.BYPASS)
+          .map(([k]) => k);
         return {
           bypassIds,
           policy: name,

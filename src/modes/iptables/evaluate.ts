@@ -56,7 +56,8 @@ function parseNet(s: string, family: 4 | 6, line: string): Net {
   } catch {
     throw new RuleSyntaxError(`${line}: ${s} is not an address`);
   }
-  if ((a.kind() === 'ipv4' ? 4 : 6) !== family) throw new RuleSyntaxError(`${line}: ${s} is not an IPv${family} address`);
+  if ((a.kind() === 'ipv4' ? 4 : 6) !== family)
+    throw new RuleSyntaxError(`${line}: ${s} is not an IPv${family} address`);
   const max = family === 4 ? 32 : 128;
   const prefix = prefixText === undefined ? max : Number(prefixText);
   if (!Number.isInteger(prefix) || prefix < 0 || prefix > max) throw new RuleSyntaxError(`${line}: ${s}: bad prefix`);
@@ -116,7 +117,8 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
         break;
       case '-m': {
         const mod = next();
-        if (!['owner', 'comment', 'tcp'].includes(mod)) throw new RuleSyntaxError(`${line}: match ${mod} is not in the generated subset`);
+        if (!['owner', 'comment', 'tcp'].includes(mod))
+          throw new RuleSyntaxError(`${line}: match ${mod} is not in the generated subset`);
         break;
       }
       case '--comment':
@@ -134,7 +136,8 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
     neg = false;
   }
   if (!r.target) throw new RuleSyntaxError(`${line}: no -j target`);
-  if (r.target === 'REDIRECT' && r.toPort === undefined) throw new RuleSyntaxError(`${line}: REDIRECT without --to-ports`);
+  if (r.target === 'REDIRECT' && r.toPort === undefined)
+    throw new RuleSyntaxError(`${line}: REDIRECT without --to-ports`);
   return r;
 }
 

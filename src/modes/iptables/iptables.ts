@@ -88,12 +88,17 @@ export interface IptablesApplyReport {
 
 export class IptablesError extends Error {}
 
-const bin = (backend: Backend, family: Family, what: 'save' | 'restore' | '') => `${family === 4 ? 'iptables' : 'ip6tables'}-${backend}${what ? `-${what}` : ''}`;
+const bin = (backend: Backend, family: Family, what: 'save' | 'restore' | '') =>
+  `${family === 4 ? 'iptables' : 'ip6tables'}-${backend}${what ? `-${what}` : ''}`;
 const fkey = (f: Family) => String(f) as '4' | '6';
 const OUR_LINE = /^-A (MESHREDIR_\S+ |(OUTPUT|PREROUTING) .*-j MESHREDIR_\S+(\s|$))/;
 
 /** One family's work in a netns: nothing (in sync), a restore, or removing our rules of that family. */
-export type FamilyWork = { family: Family; kind: 'unused' } | { family: Family; kind: 'in-sync' } | { family: Family; kind: 'restore'; input: string; rendered: string } | { family: Family; kind: 'remove'; input: string | null };
+export type FamilyWork =
+  | { family: Family; kind: 'unused' }
+  | { family: Family; kind: 'in-sync' }
+  | { family: Family; kind: 'restore'; input: string; rendered: string }
+  | { family: Family; kind: 'remove'; input: string | null };
 
 export interface PlanEntry {
   policy: string;
@@ -123,7 +128,9 @@ export class IptablesMode {
       raw = JSON.parse(text);
     } catch (e) {
       // Forgetting it would forget which netns hold our rules: refuse instead.
-      throw new IptablesError(`${this.cfg.stateFile} is not valid JSON (${(e as Error).message}); fix or remove it (after removing MESHREDIR chains by hand)`);
+      throw new IptablesError(
+        `${this.cfg.stateFile} is not valid JSON (${(e as Error).message}); fix or remove it (after removing MESHREDIR chains by hand)`,
+      );
     }
     return migrate(raw, this.cfg.stateFile);
   }
@@ -147,14 +154,24 @@ export class IptablesMode {
     });
     if (r.error) {
       const code = (r.error as NodeJS.ErrnoException).code;
-      throw new IptablesError(`${full[0]}: ${code === 'ENOENT' ? 'not installed (not found in PATH)' : r.error.message} (in netns ${ns.path})`);
+      throw new IptablesError(
+        `${full[0]}: ${code === 'ENOENT' ? 'not installed (not found in PATH)' : r.error.message} (in netns ${ns.path})`,
+      );
     }
     if (r.status !== 0) {
       const msg = (r.stderr ?? '').trim() || `exited ${r.status ?? r.signal}`;
       if (/xtables lock|Another app is currently holding the xtables lock/i.test(msg)) {
-        throw new IptablesError(`${argv[0]}: the xtables lock was held by another process for more than ${this.cfg.lockWait}s (--lock-wait) in netns ${ns.path}`);
+        throw new IptablesError(
+          `${argv[0]}: the xtables lock was held by another process for more than ${this.cfg.lockWait}s (--lock-wait) in netns ${ns.path}`,
+        );
       }
-      throw new IptablesError(`${argv.join(' ')} in netns ${ns.path}: ${msg.split('\n').filter((l) => !l.startsWith('# Warning')).slice(0, 3).join(' / ')}`);
+      throw new IptablesError(
+        `${argv.join(' ')} in netns ${ns.path}: ${msg
+          .split('\n')
+          .filter((l) => !l.startsWith('# Warning'))
+          .slice(0, 3)
+          .join(' / ')}`,
+      );
     }
     return r.stdout;
   }
@@ -214,7 +231,9 @@ export class IptablesMode {
       .map((l) => l.replace(/^-A /, '-D '));
     const present = CHAINS.filter((c) => save.split('\n').some((l) => l.startsWith(`:${c} `)));
     if (del.length === 0 && present.length === 0) return null;
-    return ['*nat', ...del, ...present.map((c) => `-F ${c}`), ...present.map((c) => `-X ${c}`), 'COMMIT', ''].join('\n');
+    return ['*nat', ...del, ...present.map((c) => `-F ${c}`), ...present.map((c) => `-X ${c}`), 'COMMIT', ''].join(
+      '\n',
+    );
   }
 
   private restore(ns: NetnsHandle, backend: Backend, family: Family, input: string): void {
@@ -227,11 +246,21 @@ export class IptablesMode {
   }
 
   /** What one family needs in a netns, from what is there now and what was applied before. */
-  private familyWork(ns: NetnsHandle, p: Policy, backend: Backend, family: Family, prev: FamilyState | undefined): FamilyWork {
-    if (!families(p).includes(family)) return prev ? { family, kind: 'remove', input: IptablesMode.removalInput(this.saveNat(ns, backend, family)) } : { family, kind: 'unused' };
+  private familyWork(
+    ns: NetnsHandle,
+    p: Policy,
+    backend: Backend,
+    family: Family,
+    prev: FamilyState | undefined,
+  ): FamilyWork {
+    if (!families(p).includes(family))
+      return prev
+        ? { family, kind: 'remove', input: IptablesMode.removalInput(this.saveNat(ns, backend, family)) }
+        : { family, kind: 'unused' };
     const rendered = renderChains(p, { family }).join('\n');
     const save = this.saveNat(ns, backend, family);
-    if (prev && prev.rendered === rendered && JSON.stringify(prev.applied) === JSON.stringify(IptablesMode.ours(save))) return { family, kind: 'in-sync' };
+    if (prev && prev.rendered === rendered && JSON.stringify(prev.applied) === JSON.stringify(IptablesMode.ours(save)))
+      return { family, kind: 'in-sync' };
     return { family, kind: 'restore', input: IptablesMode.restoreInput(p, family, save), rendered };
   }
 
@@ -270,7 +299,16 @@ export class IptablesMode {
     for (const [id, { path, ps }] of byNetns) {
       if (ps.length > 1) {
         for (const p of ps) {
-          skipped.push({ p, reason: `shares network namespace ${path} with ${ps.filter((o) => o !== p).map((o) => o.name).join(', ')}: iptables mode allows one policy per netns (the rules cover the whole netns); neither is applied until one is removed`, drop: false });
+          skipped.push({
+            p,
+            reason: `shares network namespace ${path} with ${ps
+              .filter((o) => o !== p)
+              .map((o) => o.name)
+              .join(
+                ', ',
+              )}: iptables mode allows one policy per netns (the rules cover the whole netns); neither is applied until one is removed`,
+            drop: false,
+          });
         }
         continue;
       }
@@ -283,7 +321,10 @@ export class IptablesMode {
   plan(policies: Policy[]): { entries: PlanEntry[]; skipped: { policy: string; reason: string }[] } {
     const state = this.readState();
     const { targets, skipped } = this.resolve(policies);
-    const out: { entries: PlanEntry[]; skipped: { policy: string; reason: string }[] } = { entries: [], skipped: skipped.map((s) => ({ policy: s.p.name, reason: s.reason })) };
+    const out: { entries: PlanEntry[]; skipped: { policy: string; reason: string }[] } = {
+      entries: [],
+      skipped: skipped.map((s) => ({ policy: s.p.name, reason: s.reason })),
+    };
     for (const t of targets) {
       let ns: NetnsHandle;
       try {
@@ -296,9 +337,20 @@ export class IptablesMode {
         const prev = state.netns[t.id];
         const backend = this.cfg.backend ?? prev?.backend ?? this.detectBackend(ns);
         const moving = prev && prev.backend !== backend;
-        const work = ([4, 6] as const).map((f) => this.familyWork(ns, t.p, backend, f, moving ? undefined : prev?.families[fkey(f)]));
-        const others = [...(moving ? [{ backend: prev.backend, families: Object.keys(prev.families).map(Number) as Family[] }] : []), ...(prev?.stale ?? []).filter((x) => x.backend !== backend)];
-        const removals = others.flatMap((o) => o.families.map((family) => ({ backend: o.backend, family, input: IptablesMode.removalInput(this.saveNat(ns, o.backend, family)) })));
+        const work = ([4, 6] as const).map((f) =>
+          this.familyWork(ns, t.p, backend, f, moving ? undefined : prev?.families[fkey(f)]),
+        );
+        const others = [
+          ...(moving ? [{ backend: prev.backend, families: Object.keys(prev.families).map(Number) as Family[] }] : []),
+          ...(prev?.stale ?? []).filter((x) => x.backend !== backend),
+        ];
+        const removals = others.flatMap((o) =>
+          o.families.map((family) => ({
+            backend: o.backend,
+            family,
+            input: IptablesMode.removalInput(this.saveNat(ns, o.backend, family)),
+          })),
+        );
         out.entries.push({ policy: t.p.name, netns: t.path, netnsId: t.id, backend, work, removals });
       } catch (e) {
         out.skipped.push({ policy: t.p.name, reason: (e as Error).message });
@@ -310,7 +362,14 @@ export class IptablesMode {
   }
 
   apply(policies: Policy[]): IptablesApplyReport {
-    const rep: IptablesApplyReport = { applied: [], unchanged: [], skipped: [], failed: [], removed: [], stateWritten: false };
+    const rep: IptablesApplyReport = {
+      applied: [],
+      unchanged: [],
+      skipped: [],
+      failed: [],
+      removed: [],
+      stateWritten: false,
+    };
     const state = this.readState();
     const before = JSON.stringify(state);
     const statuses: Record<string, PolicyStatus> = {};
@@ -347,11 +406,16 @@ export class IptablesMode {
   }
 
   /** Applies one policy in its netns; every failure stays inside this netns and is reported. */
-  private applyOne(target: { p: Policy; path: string; id: string }, state: State, rep: IptablesApplyReport): PolicyStatus {
+  private applyOne(
+    target: { p: Policy; path: string; id: string },
+    state: State,
+    rep: IptablesApplyReport,
+  ): PolicyStatus {
     const { p } = target;
     const prev = state.netns[target.id];
     // Keep the remembered path while it still leads there: a new process in the pod is no change.
-    const t = prev && prev.path !== target.path && idOf(prev.path) === target.id ? { ...target, path: prev.path } : target;
+    const t =
+      prev && prev.path !== target.path && idOf(prev.path) === target.id ? { ...target, path: prev.path } : target;
     const base = { policy: p.name, cgroup: p.cgroup, netns: t.path, netnsId: t.id };
     let ns: NetnsHandle;
     try {
@@ -404,15 +468,25 @@ export class IptablesMode {
           // The new backend did not take them all: take back what it took, keep the old rules.
           let rollback = '';
           try {
-            for (const family of [4, 6] as const) if (next.families[fkey(family)]) this.removeFamily(ns, backend, family);
+            for (const family of [4, 6] as const)
+              if (next.families[fkey(family)]) this.removeFamily(ns, backend, family);
           } catch (e) {
             rollback = `; removing the partial rules from ${backend} failed too (${(e as Error).message}), retried at the next reconcile`;
             const partial = Object.keys(next.families).map(Number) as Family[];
-            state.netns[t.id] = { ...moving, stale: [...moving.stale.filter((s) => s.backend !== backend), { backend, families: partial }] };
+            state.netns[t.id] = {
+              ...moving,
+              stale: [...moving.stale.filter((s) => s.backend !== backend), { backend, families: partial }],
+            };
           }
           const reason = `moving the rules from ${moving.backend} to ${backend} failed: ${errors.join('; ')}; the rules stay on ${moving.backend}, unchanged${rollback}`;
           rep.failed.push({ policy: p.name, netns: t.path, reason });
-          return { ...base, outcome: 'failed', backend: moving.backend, families: Object.keys(moving.families).map((k) => `ipv${k}`), reason };
+          return {
+            ...base,
+            outcome: 'failed',
+            backend: moving.backend,
+            families: Object.keys(moving.families).map((k) => `ipv${k}`),
+            reason,
+          };
         }
         next.stale.push({ backend: moving.backend, families: Object.keys(moving.families).map(Number) as Family[] });
       }
@@ -424,7 +498,9 @@ export class IptablesMode {
           changed.push(`removed from ${s.backend}`);
           return false;
         } catch (e) {
-          staleErrors.push(`removing our rules from ${s.backend} failed (retried at the next reconcile): ${(e as Error).message}`);
+          staleErrors.push(
+            `removing our rules from ${s.backend} failed (retried at the next reconcile): ${(e as Error).message}`,
+          );
           return true;
         }
       });
@@ -432,7 +508,9 @@ export class IptablesMode {
       const fams = Object.keys(next.families).map((k) => `ipv${k}`);
       if (changed.length) rep.applied.push({ policy: p.name, netns: t.path, backend, families: changed });
       if (errors.length || staleErrors.length) {
-        const reason = [...errors, ...staleErrors].join('; ') + (fams.length ? ` (in place: ${fams.join(', ')} on ${backend})` : ' (no rules in place)');
+        const reason =
+          [...errors, ...staleErrors].join('; ') +
+          (fams.length ? ` (in place: ${fams.join(', ')} on ${backend})` : ' (no rules in place)');
         rep.failed.push({ policy: p.name, netns: t.path, reason });
         return { ...base, outcome: 'failed', backend, families: fams, reason };
       }
@@ -448,22 +526,42 @@ export class IptablesMode {
     const base = { netnsId: e.id, policy: e.policy };
     const path = findNetns(e.id, e.path);
     if (!path) {
-      return { ...base, netns: e.path, outcome: 'gone', detail: `network namespace ${e.id} (last seen as ${e.path}) no longer exists — no process, open file or mount refers to it — so its rules went with it` };
+      return {
+        ...base,
+        netns: e.path,
+        outcome: 'gone',
+        detail: `network namespace ${e.id} (last seen as ${e.path}) no longer exists — no process, open file or mount refers to it — so its rules went with it`,
+      };
     }
     let ns: NetnsHandle;
     try {
       ns = NetnsHandle.open(path, e.id);
     } catch (err) {
-      return { ...base, netns: path, outcome: 'failed', detail: `cannot enter network namespace ${e.id} at ${path}: ${(err as Error).message}; its rules are still there (retried at the next reconcile or cleanup)` };
+      return {
+        ...base,
+        netns: path,
+        outcome: 'failed',
+        detail: `cannot enter network namespace ${e.id} at ${path}: ${(err as Error).message}; its rules are still there (retried at the next reconcile or cleanup)`,
+      };
     }
     try {
       const fams = Object.keys(e.families).map(Number) as Family[];
       for (const { backend, families: fs } of [{ backend: e.backend, families: fams }, ...e.stale]) {
         for (const f of fs) this.removeFamily(ns, backend, f);
       }
-      return { ...base, netns: path, outcome: 'removed', detail: `removed every MESHREDIR line from network namespace ${e.id} (${path})` };
+      return {
+        ...base,
+        netns: path,
+        outcome: 'removed',
+        detail: `removed every MESHREDIR line from network namespace ${e.id} (${path})`,
+      };
     } catch (err) {
-      return { ...base, netns: path, outcome: 'failed', detail: `${(err as Error).message}; rules may remain in network namespace ${e.id} (${path}); retried at the next reconcile or cleanup` };
+      return {
+        ...base,
+        netns: path,
+        outcome: 'failed',
+        detail: `${(err as Error).message}; rules may remain in network namespace ${e.id} (${path}); retried at the next reconcile or cleanup`,
+      };
     } finally {
       ns.close();
     }
@@ -494,7 +592,17 @@ export class IptablesMode {
     const s = this.readState();
     const netns = Object.values(s.netns).map((e): NetnsStatus => {
       const fams = Object.keys(e.families).map((k) => Number(k) as Family);
-      const base: NetnsStatus = { netns: e.path, netnsId: e.id, policy: e.policy, backend: e.backend, families: fams.map((f) => `ipv${f}`), rules: fams.reduce((a, f) => a + (e.families[fkey(f)]?.applied.length ?? 0), 0), live: 'unknown', redirected: {}, inboundRedirected: {} };
+      const base: NetnsStatus = {
+        netns: e.path,
+        netnsId: e.id,
+        policy: e.policy,
+        backend: e.backend,
+        families: fams.map((f) => `ipv${f}`),
+        rules: fams.reduce((a, f) => a + (e.families[fkey(f)]?.applied.length ?? 0), 0),
+        live: 'unknown',
+        redirected: {},
+        inboundRedirected: {},
+      };
       const path = findNetns(e.id, e.path);
       if (!path) return { ...base, live: 'gone: the network namespace no longer exists' };
       let ns: NetnsHandle;
@@ -512,10 +620,15 @@ export class IptablesMode {
           const extra = live.filter((l) => !want.includes(l)).length;
           if (missing || extra) drift.push(`ipv${f}: ${missing} rule(s) missing, ${extra} unexpected`);
           base.redirected[`ipv${f}`] = this.counter(ns, e.backend, f, 'MESHREDIR_REDIRECT');
-          if (e.families[fkey(f)]!.rendered.includes('MESHREDIR_IN_REDIRECT -p tcp')) base.inboundRedirected[`ipv${f}`] = this.counter(ns, e.backend, f, 'MESHREDIR_IN_REDIRECT');
+          if (e.families[fkey(f)]!.rendered.includes('MESHREDIR_IN_REDIRECT -p tcp'))
+            base.inboundRedirected[`ipv${f}`] = this.counter(ns, e.backend, f, 'MESHREDIR_IN_REDIRECT');
         }
         if (e.stale.length) drift.push(`rules still on ${e.stale.map((x) => x.backend).join(', ')} (removal pending)`);
-        return { ...base, netns: path, live: drift.length ? `drifted: ${drift.join('; ')} (repaired at the next reconcile)` : 'in sync' };
+        return {
+          ...base,
+          netns: path,
+          live: drift.length ? `drifted: ${drift.join('; ')} (repaired at the next reconcile)` : 'in sync',
+        };
       } catch (err) {
         return { ...base, netns: path, live: `cannot read: ${(err as Error).message}` };
       } finally {
@@ -527,7 +640,18 @@ export class IptablesMode {
 
   /** New connections redirected by a chain's REDIRECT rule (nat sees the first packet of each). */
   private counter(ns: NetnsHandle, backend: Backend, family: Family, chain: string): number {
-    const out = this.run(ns, [bin(backend, family, ''), '-w', String(this.cfg.lockWait), '-t', 'nat', '-L', chain, '-v', '-x', '-n']);
+    const out = this.run(ns, [
+      bin(backend, family, ''),
+      '-w',
+      String(this.cfg.lockWait),
+      '-t',
+      'nat',
+      '-L',
+      chain,
+      '-v',
+      '-x',
+      '-n',
+    ]);
     return out
       .split('\n')
       .filter((l) => /\bREDIRECT\b/.test(l))
@@ -553,8 +677,13 @@ export class IptablesMode {
     const covering = Object.values(s.policies)
       .filter((p) => rel === p.cgroup || rel.startsWith(`${p.cgroup === '/' ? '' : p.cgroup}/`))
       .sort((a, b) => b.cgroup.length - a.cgroup.length)[0];
-    if (!covering) return fail('policy', `no iptables-mode policy covers ${rel} (state ${this.cfg.stateFile}${Object.keys(s.policies).length ? '' : ': empty — has the agent run in iptables mode here?'})`);
-    if (covering.outcome !== 'applied') return fail('policy', `policy ${covering.policy} is ${covering.outcome}: ${covering.reason ?? ''}`);
+    if (!covering)
+      return fail(
+        'policy',
+        `no iptables-mode policy covers ${rel} (state ${this.cfg.stateFile}${Object.keys(s.policies).length ? '' : ': empty — has the agent run in iptables mode here?'})`,
+      );
+    if (covering.outcome !== 'applied')
+      return fail('policy', `policy ${covering.policy} is ${covering.outcome}: ${covering.reason ?? ''}`);
     const e = Object.values(s.netns).find((n) => n.policy === covering.policy && n.id === covering.netnsId);
     if (!e) return fail('policy', `policy ${covering.policy} has no applied rules in the state`);
     ok('policy', `${covering.policy} (cgroup ${covering.cgroup}) → netns ${e.id}, ${e.backend}`);
@@ -566,13 +695,25 @@ export class IptablesMode {
       where = o.netns;
       if (!netnsId) return fail('netns', `${o.netns} does not exist`);
     } else {
-      const ids = new Set(subtreePids(dir).map((pid) => idOf(`/proc/${pid}/ns/net`)).filter((x): x is string => x !== null));
+      const ids = new Set(
+        subtreePids(dir)
+          .map((pid) => idOf(`/proc/${pid}/ns/net`))
+          .filter((x): x is string => x !== null),
+      );
       if (ids.size === 0) return fail('netns', `no process in ${rel} to take its network namespace from; pass --netns`);
-      if (ids.size > 1) return fail('netns', `the processes of ${rel} are in ${ids.size} different network namespaces: ${[...ids].join(', ')}`);
+      if (ids.size > 1)
+        return fail(
+          'netns',
+          `the processes of ${rel} are in ${ids.size} different network namespaces: ${[...ids].join(', ')}`,
+        );
       netnsId = [...ids][0]!;
       where = `the netns of the processes of ${rel}`;
     }
-    if (netnsId !== e.id) return fail('netns', `${where} is ${hostNetnsIds().has(netnsId) ? 'the host network namespace' : `netns ${netnsId}`}, but the rules are in netns ${e.id}`);
+    if (netnsId !== e.id)
+      return fail(
+        'netns',
+        `${where} is ${hostNetnsIds().has(netnsId) ? 'the host network namespace' : `netns ${netnsId}`}, but the rules are in netns ${e.id}`,
+      );
     const path = findNetns(e.id, e.path);
     if (!path) return fail('netns', `network namespace ${e.id} no longer exists`);
     ok('netns', `${where} is netns ${e.id}, where the rules are (${path})`);
@@ -598,7 +739,11 @@ export class IptablesMode {
       }
       const live = IptablesMode.ours(save);
       const missing = fs.applied.filter((l) => !live.includes(l));
-      if (missing.length) return fail('rules', `${missing.length} of ${fs.applied.length} applied rule(s) missing from ${bin(e.backend, family, 'save')} (first: ${missing[0]}); the agent repairs drift at its next reconcile`);
+      if (missing.length)
+        return fail(
+          'rules',
+          `${missing.length} of ${fs.applied.length} applied rule(s) missing from ${bin(e.backend, family, 'save')} (first: ${missing[0]}); the agent repairs drift at its next reconcile`,
+        );
       ok('rules', `${fs.applied.length} rule(s) in place (${bin(e.backend, family, '')}, nat)`);
 
       // The decision, by the rules as they are (only ours: foreign nat OUTPUT rules are not modelled).
@@ -610,18 +755,37 @@ export class IptablesMode {
       } catch {
         return fail('redirect', `--dest ${dest}: ${m[1]} is not an IP address`);
       }
-      if ((bytes.length === 4 ? 4 : 6) !== family) return fail('redirect', `--dest ${dest}: write IPv6 destinations as [addr]:port`);
-      const conn: Conn = { family, dst: bytes, dport: Number(m[2]), uid: ids.uid, gid: ids.gid, outLo: isLoopback({ family, bytes }) };
+      if ((bytes.length === 4 ? 4 : 6) !== family)
+        return fail('redirect', `--dest ${dest}: write IPv6 destinations as [addr]:port`);
+      const conn: Conn = {
+        family,
+        dst: bytes,
+        dport: Number(m[2]),
+        uid: ids.uid,
+        gid: ids.gid,
+        outLo: isLoopback({ family, bytes }),
+      };
       const trace: string[] = [];
-      const ourText = ['*nat', ...save.split('\n').filter((l) => l.startsWith(':MESHREDIR_')), ...live, 'COMMIT'].join('\n');
+      const ourText = ['*nat', ...save.split('\n').filter((l) => l.startsWith(':MESHREDIR_')), ...live, 'COMMIT'].join(
+        '\n',
+      );
       const v = evaluate(parseNat(ourText, family), conn, trace);
-      if (v.verdict !== 'redirect') return fail('redirect', `a connect to ${dest} by uid ${ids.uid}/gid ${ids.gid} would not be redirected: ${trace.length ? `the rule "${trace.at(-1)}" lets it pass` : 'no jump from OUTPUT into MESHREDIR_OUTPUT'}`);
+      if (v.verdict !== 'redirect')
+        return fail(
+          'redirect',
+          `a connect to ${dest} by uid ${ids.uid}/gid ${ids.gid} would not be redirected: ${trace.length ? `the rule "${trace.at(-1)}" lets it pass` : 'no jump from OUTPUT into MESHREDIR_OUTPUT'}`,
+        );
       const target = family === 4 ? `${REDIRECT_TARGET[4]}:${v.port}` : `[${REDIRECT_TARGET[6]}]:${v.port}`;
-      ok('redirect', `a connect to ${dest} by uid ${ids.uid}/gid ${ids.gid} is redirected to ${target} (conntrack keeps the original destination for SO_ORIGINAL_DST and getpeername)`);
+      ok(
+        'redirect',
+        `a connect to ${dest} by uid ${ids.uid}/gid ${ids.gid} is redirected to ${target} (conntrack keeps the original destination for SO_ORIGINAL_DST and getpeername)`,
+      );
 
       let tcp = '';
       try {
-        tcp = this.run(ns, ['cat', family === 4 ? '/proc/net/tcp' : '/proc/net/tcp6']) + (family === 4 ? this.run(ns, ['cat', '/proc/net/tcp6']) : '');
+        tcp =
+          this.run(ns, ['cat', family === 4 ? '/proc/net/tcp' : '/proc/net/tcp6']) +
+          (family === 4 ? this.run(ns, ['cat', '/proc/net/tcp6']) : '');
       } catch (err) {
         return fail('proxy', `cannot read the socket table of netns ${path}: ${(err as Error).message}`);
       }
@@ -660,7 +824,6 @@ function procIds(pid: number): { uid: number; gid: number } {
   }
 }
 
-
 /** Whether /proc/net/tcp{,6} text has a LISTEN socket on the loopback address or a wildcard at port. */
 function listening(text: string, family: Family, port: number): boolean {
   for (const line of text.split('\n')) {
@@ -678,16 +841,31 @@ function listening(text: string, family: Family, port: number): boolean {
 
 /** Reads a state file of any version we wrote into the current shape (v1: one path per netns). */
 function migrate(raw: unknown, file: string): State {
-  const s = raw as { version?: number; netns?: Record<string, Record<string, unknown>>; policies?: Record<string, PolicyStatus> };
-  if (typeof s !== 'object' || s === null || typeof s.netns !== 'object') throw new IptablesError(`${file}: not an iptables state file (no "netns" object)`);
+  const s = raw as {
+    version?: number;
+    netns?: Record<string, Record<string, unknown>>;
+    policies?: Record<string, PolicyStatus>;
+  };
+  if (typeof s !== 'object' || s === null || typeof s.netns !== 'object')
+    throw new IptablesError(`${file}: not an iptables state file (no "netns" object)`);
   if (s.version === 2) return { ...(s as unknown as State), policies: s.policies ?? {} };
-  if (s.version !== undefined) throw new IptablesError(`${file}: state version ${s.version} is newer than this meshredir understands`);
+  if (s.version !== undefined)
+    throw new IptablesError(`${file}: state version ${s.version} is newer than this meshredir understands`);
   const netns: Record<string, NetnsState> = {};
   for (const [id, v] of Object.entries(s.netns)) {
     const applied = (v.applied ?? {}) as Record<string, string[]>;
     const fams: Partial<Record<'4' | '6', FamilyState>> = {};
-    for (const f of ['4', '6'] as const) if ((applied[f] ?? []).length) fams[f] = { rendered: '', applied: applied[f]! };
-    netns[id] = { id, path: String(v.path), backend: v.backend as Backend, policy: ((v.policies as string[]) ?? [])[0] ?? '', cgroup: '', families: fams, stale: [] };
+    for (const f of ['4', '6'] as const)
+      if ((applied[f] ?? []).length) fams[f] = { rendered: '', applied: applied[f]! };
+    netns[id] = {
+      id,
+      path: String(v.path),
+      backend: v.backend as Backend,
+      policy: ((v.policies as string[]) ?? [])[0] ?? '',
+      cgroup: '',
+      families: fams,
+      stale: [],
+    };
   }
   return { version: 2, netns, policies: {} };
 }

@@ -35,12 +35,14 @@ export function hostNetnsIds(): Set<string> {
   }
   try {
     const st = readFileSync('/proc/2/status', 'utf8');
-    if (/^Name:\s+kthreadd$/m.test(st) && /^PPid:\s+0$/m.test(st)) ids.add(nsId(statSync('/proc/2/ns/net', { bigint: true })));
-    else errors.push('/proc/2 is not kthreadd (a pid namespace without the host\'s processes?)');
+    if (/^Name:\s+kthreadd$/m.test(st) && /^PPid:\s+0$/m.test(st))
+      ids.add(nsId(statSync('/proc/2/ns/net', { bigint: true })));
+    else errors.push("/proc/2 is not kthreadd (a pid namespace without the host's processes?)");
   } catch (e) {
     errors.push(`/proc/2/ns/net: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  if (ids.size === 0) throw new Error(`cannot tell the host network namespace (${errors.join('; ')}); refusing to touch any netns`);
+  if (ids.size === 0)
+    throw new Error(`cannot tell the host network namespace (${errors.join('; ')}); refusing to touch any netns`);
   return ids;
 }
 
@@ -58,8 +60,10 @@ export class NetnsHandle {
     const fd = openSync(path, 'r');
     try {
       const id = nsId(fstatSync(fd, { bigint: true }));
-      if (expect !== undefined && id !== expect) throw new Error(`${path} is now network namespace ${id}, not ${expect}`);
-      if (hostNetnsIds().has(id)) throw new Error(`${path} is the host network namespace; meshredir never puts rules there`);
+      if (expect !== undefined && id !== expect)
+        throw new Error(`${path} is now network namespace ${id}, not ${expect}`);
+      if (hostNetnsIds().has(id))
+        throw new Error(`${path} is the host network namespace; meshredir never puts rules there`);
       return new NetnsHandle(id, path, fd);
     } catch (e) {
       closeSync(fd);
@@ -99,26 +103,50 @@ export function resolvePolicyNetns(p: Policy, host = hostNetnsIds()): Resolution
   if (p.netns) {
     const id = idOf(p.netns);
     if (!id) return { ok: false, reason: `spec.netns ${p.netns} does not exist` };
-    if (host.has(id)) return { ok: false, reason: `spec.netns ${p.netns} is the host network namespace; iptables mode never puts rules there (they would redirect the whole node's TCP)` };
+    if (host.has(id))
+      return {
+        ok: false,
+        reason: `spec.netns ${p.netns} is the host network namespace; iptables mode never puts rules there (they would redirect the whole node's TCP)`,
+      };
     return { ok: true, path: p.netns, id };
   }
   const dir = cgroupDir(p.cgroup, requireCgroup2());
   // Lowest pid first: usually the pod's oldest process, so the path stays the same across reconciles.
   const pids = subtreePids(dir).sort((a, b) => a - b);
-  if (pids.length === 0) return { ok: false, reason: `no process in cgroup ${p.cgroup} (or below) yet to take the pod network namespace from, and no spec.netns; retried at the next reconcile` };
+  if (pids.length === 0)
+    return {
+      ok: false,
+      reason: `no process in cgroup ${p.cgroup} (or below) yet to take the pod network namespace from, and no spec.netns; retried at the next reconcile`,
+    };
   const seen = new Map<string, number[]>();
   for (const pid of pids) {
     const id = idOf(`/proc/${pid}/ns/net`);
     if (id === null) continue; // exited meanwhile
     seen.set(id, [...(seen.get(id) ?? []), pid]);
   }
-  if (seen.size === 0) return { ok: false, reason: `every process of cgroup ${p.cgroup} exited while it was read; retried at the next reconcile` };
+  if (seen.size === 0)
+    return {
+      ok: false,
+      reason: `every process of cgroup ${p.cgroup} exited while it was read; retried at the next reconcile`,
+    };
   if (seen.size > 1) {
-    const list = [...seen.entries()].map(([id, ps]) => `${host.has(id) ? 'host netns' : `netns ${id}`}: pid ${ps.slice(0, 3).join(', ')}${ps.length > 3 ? ', …' : ''}`).join('; ');
-    return { ok: false, reason: `the processes of cgroup ${p.cgroup} are in ${seen.size} different network namespaces (${list}); waiting until they agree (retried at the next reconcile), or set spec.netns` };
+    const list = [...seen.entries()]
+      .map(
+        ([id, ps]) =>
+          `${host.has(id) ? 'host netns' : `netns ${id}`}: pid ${ps.slice(0, 3).join(', ')}${ps.length > 3 ? ', …' : ''}`,
+      )
+      .join('; ');
+    return {
+      ok: false,
+      reason: `the processes of cgroup ${p.cgroup} are in ${seen.size} different network namespaces (${list}); waiting until they agree (retried at the next reconcile), or set spec.netns`,
+    };
   }
   const [[id, ps]] = [...seen.entries()] as [[string, number[]]];
-  if (host.has(id)) return { ok: false, reason: `the processes of cgroup ${p.cgroup} are in the host network namespace (a hostNetwork pod, or a process that has not entered its pod netns yet); iptables mode never puts rules there (they would redirect the whole node's TCP)` };
+  if (host.has(id))
+    return {
+      ok: false,
+      reason: `the processes of cgroup ${p.cgroup} are in the host network namespace (a hostNetwork pod, or a process that has not entered its pod netns yet); iptables mode never puts rules there (they would redirect the whole node's TCP)`,
+    };
   return { ok: true, path: `/proc/${ps[0]}/ns/net`, id };
 }
 
@@ -139,7 +167,8 @@ export function findNetns(id: string, hint?: string): string | null {
     for (const l of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
       const f = l.split(' ');
       const dash = f.indexOf('-');
-      if (dash > 0 && f[dash + 1] === 'nsfs' && f[4]) candidates.push(f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
+      if (dash > 0 && f[dash + 1] === 'nsfs' && f[4])
+        candidates.push(f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
     }
   } catch {
     // no mountinfo

@@ -10,7 +10,13 @@ export interface RuleOptions {
   family: 4 | 6;
 }
 
-export const CHAINS = ['MESHREDIR_OUTPUT', 'MESHREDIR_REDIRECT', 'MESHREDIR_INBOUND', 'MESHREDIR_IN_REDIRECT', 'MESHREDIR_DEST'] as const;
+export const CHAINS = [
+  'MESHREDIR_OUTPUT',
+  'MESHREDIR_REDIRECT',
+  'MESHREDIR_INBOUND',
+  'MESHREDIR_IN_REDIRECT',
+  'MESHREDIR_DEST',
+] as const;
 
 /** Where each built-in chain jumps into ours. */
 export const JUMPS = [
@@ -25,7 +31,9 @@ export const REDIRECT_TARGET = { 4: '127.0.0.1', 6: '::1' } as const;
 
 /** The families a policy needs rules for: outbound for that family, or inbound (both families). */
 export function families(p: Policy): (4 | 6)[] {
-  return ([4, 6] as const).filter((f) => Boolean(f === 4 ? p.proxy.outbound : p.proxy.outbound6) || p.proxy.inbound !== undefined);
+  return ([4, 6] as const).filter(
+    (f) => Boolean(f === 4 ? p.proxy.outbound : p.proxy.outbound6) || p.proxy.inbound !== undefined,
+  );
 }
 
 /**
@@ -52,7 +60,8 @@ export function jumpLines(p: Policy, { family }: RuleOptions): string[] {
   const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
   const out: string[] = [];
   if (proxy) out.push('-A OUTPUT -p tcp -m comment --comment meshredir -j MESHREDIR_OUTPUT');
-  if (p.proxy.inbound !== undefined) out.push('-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND');
+  if (p.proxy.inbound !== undefined)
+    out.push('-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND');
   return out;
 }
 
@@ -82,12 +91,19 @@ export function renderChains(p: Policy, { family }: RuleOptions): string[] {
 
   if (proxy) {
     add('MESHREDIR_REDIRECT', `-p tcp -j REDIRECT --to-ports ${proxy.port}`);
-    const owners: [string, number][] = [...p.bypass.uids.map((u) => ['--uid-owner', u] as [string, number]), ...p.bypass.gids.map((g) => ['--gid-owner', g] as [string, number])];
+    const owners: [string, number][] = [
+      ...p.bypass.uids.map((u) => ['--uid-owner', u] as [string, number]),
+      ...p.bypass.gids.map((g) => ['--gid-owner', g] as [string, number]),
+    ];
     if (p.proxy.inbound !== undefined) {
       // istio, inbound only: what the inbound proxy sends to the app from 127.0.0.6 passes through,
       // and the proxy's own calls to this pod's address over lo go to the inbound listener.
       add('MESHREDIR_OUTPUT', `-s ${passthrough} -o lo -j RETURN`);
-      for (const [flag, id] of owners) add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${p.proxy.inbound} -m owner ${flag} ${id} -j MESHREDIR_IN_REDIRECT`);
+      for (const [flag, id] of owners)
+        add(
+          'MESHREDIR_OUTPUT',
+          `! -d ${lo} -o lo -p tcp ! --dport ${p.proxy.inbound} -m owner ${flag} ${id} -j MESHREDIR_IN_REDIRECT`,
+        );
     }
     // A workload dialling the proxy itself is already where it would be sent.
     add('MESHREDIR_OUTPUT', `-d ${REDIRECT_TARGET[family]}${host} -p tcp --dport ${proxy.port} -j RETURN`);
@@ -101,7 +117,8 @@ export function renderChains(p: Policy, { family }: RuleOptions): string[] {
     const ports = p.outbound.includePorts;
     const dest = ports.length > 0 ? 'MESHREDIR_DEST' : 'MESHREDIR_OUTPUT';
     for (const port of ports) add('MESHREDIR_OUTPUT', `-p tcp --dport ${port} -j MESHREDIR_DEST`);
-    for (const { cidr, action } of cidrRules(p, family)) add(dest, `-d ${cidr.text} -j ${action === 'include' ? 'MESHREDIR_REDIRECT' : 'RETURN'}`);
+    for (const { cidr, action } of cidrRules(p, family))
+      add(dest, `-d ${cidr.text} -j ${action === 'include' ? 'MESHREDIR_REDIRECT' : 'RETURN'}`);
     if (p.outbound.includeCidrs.length === 0) add(dest, '-j MESHREDIR_REDIRECT');
   }
   return lines;
@@ -149,7 +166,9 @@ export function unsupported(p: Policy): string[] {
 export function ignoredFields(p: Policy): string[] {
   const out: string[] = [];
   if (p.bypass.cgroups.length && (p.bypass.uids.length || p.bypass.gids.length)) {
-    out.push('spec.proxy.bypass.cgroups: iptables mode bypasses by uid/gid only; the proxy must run as one of spec.proxy.bypass.uids/gids');
+    out.push(
+      'spec.proxy.bypass.cgroups: iptables mode bypasses by uid/gid only; the proxy must run as one of spec.proxy.bypass.uids/gids',
+    );
   }
   return out;
 }
