@@ -1,21 +1,14 @@
 // state.ts — the agent's state file (agent.json in --state-dir): which mode it runs and why, the probe
 // summary, the last applied content of every policy file (so a restart keeps what worked), and the
 // outcome of the last reconcile. Read by `status`, removed by `cleanup`.
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  rmdirSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { writeJsonAtomic } from '../util/json-file.js';
 
-export const DEFAULT_STATE_DIR = '/run/meshredir';
+import { DEFAULT_STATE_DIR } from '../modes/defaults.js';
+
+export { DEFAULT_STATE_DIR };
 export const STATE_FILE = 'agent.json';
 
 const reconcileRecord = z.strictObject({
@@ -109,11 +102,7 @@ export function ensureStateDir(dir: string): void {
 /** Writes agent.json atomically (temporary file, 0600, renamed over the old one). */
 export function writeState(dir: string, s: AgentState): void {
   ensureStateDir(dir);
-  const file = statePath(dir);
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o600 });
-  chmodSync(tmp, 0o600);
-  renameSync(tmp, file);
+  writeJsonAtomic(statePath(dir), s);
 }
 
 /**
@@ -153,3 +142,35 @@ export function removeState(
   }
   return { removed };
 }
+
+/** What agent.json says, for `status`: how the mode was chosen and the last reconcile's outcome. */
+export function agentSummary(dir: string) {
+  const s = readState(dir);
+  if (s === null) return null;
+  if (s instanceof Error) return { stateFile: statePath(dir), error: s.message };
+  return {
+    stateFile: statePath(dir),
+    mode: s.mode.chosen,
+    requested: s.mode.requested,
+    reason: s.mode.reason,
+    decidedAt: s.mode.at,
+    ...(s.probe
+      ? {
+          probe: {
+            kernel: s.probe.kernel,
+            libbpf: s.probe.libbpf,
+            missing: Object.entries(s.probe.features)
+              .filter(([, ok]) => !ok)
+              .map(([f]) => ({ feature: f, why: s.probe!.why[f] ?? '' })),
+          },
+        }
+      : {}),
+    pid: s.agent.pid,
+    policies: s.agent.policies,
+    cgroupRoot: s.agent.cgroupRoot,
+    startedAt: s.agent.startedAt,
+    applied: Object.entries(s.applied).map(([file, a]) => ({ file, policies: a.policies })),
+    lastReconcile: s.lastReconcile ?? null,
+  };
+}
+export type AgentSummary = ReturnType<typeof agentSummary>;

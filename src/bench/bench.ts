@@ -8,8 +8,10 @@ import { tmpdir } from 'node:os';
 import { spawn, execFileSync } from 'node:child_process';
 import { Lab, type LabProc } from './lab.js';
 import { judge, combine, EBPF_COUNTERS, type LoadResult, type Counters } from './checks.js';
-import { EbpfMode } from '../modes/ebpf/ebpf.js';
-import { IptablesMode } from '../modes/iptables/iptables.js';
+import { EbpfMode } from '../modes/ebpf/index.js';
+import { IptablesMode } from '../modes/iptables/index.js';
+import type { NetnsStatus } from '../modes/iptables/status.js';
+import { stats } from '../modes/ebpf/counters.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
 
@@ -100,8 +102,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const samples: Sample[] = [];
   const missing: Missing[] = [];
   const hopSizes = o.hopSizes ?? HOP_SIZES;
-  const ebpf = new EbpfMode({ bpffs: lab.bpffs, cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object });
-  const ipt = new IptablesMode({ stateFile: lab.stateFile, lockWait: 10 });
+  const ebpf = new EbpfMode({
+    bpffs: lab.bpffs,
+    attach: { cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object },
+  });
+  const ipt = new IptablesMode({ iptablesState: lab.stateFile, lockWait: 10 });
   const app = lab.cgroup('app');
   const srvCg = lab.cgroup('srv');
   const proxyCg = lab.cgroup('proxy');
@@ -139,22 +144,23 @@ spec:
     const unavailable = new Map<string, string>();
     let ebpfLoaded = false;
     try {
-      const rep = ebpf.ensureLoaded();
+      const skmsg = ebpfApply(ebpf, []).notes.find(
+        (n) => n.event === 'unavailable' && n.fields?.program === 'mr_skmsg',
+      );
       ebpfLoaded = true;
-      if (rep.unavailable.mr_skmsg)
-        unavailable.set('ebpf+sk_msg', `no sk_msg link on this kernel (needs 6.10): ${rep.unavailable.mr_skmsg}`);
+      if (skmsg) unavailable.set('ebpf+sk_msg', `no sk_msg link on this kernel (needs 6.10): ${skmsg.message}`);
     } catch (e) {
       unavailable.set('ebpf', `the eBPF mode cannot load here: ${msg(e)}`);
       unavailable.set('ebpf+sk_msg', `the eBPF mode cannot load here: ${msg(e)}`);
     }
     const iptApply = (p: Policy) => {
-      const r = ipt.apply([p]);
-      const bad = [...r.skipped.map((x) => x.reason), ...r.failed.map((x) => x.reason)];
+      const r = ipt.apply(ipt.plan([p]));
+      const bad = r.policies.filter((x) => x.state !== 'applied').map((x) => x.reason ?? x.state);
       if (bad.length) throw new Error(`iptables mode did not apply the bench policy: ${bad.join('; ')}`);
     };
     const iptCleanup = () => {
-      const bad = ipt.cleanup().filter((x) => x.outcome === 'failed');
-      if (bad.length) throw new Error(`iptables cleanup failed: ${bad.map((x) => x.detail).join('; ')}`);
+      const bad = ipt.cleanup().failed;
+      if (bad.length) throw new Error(`iptables cleanup failed: ${bad.join('; ')}`);
       const left = lab.natRulesOfOurs();
       if (left.length) throw new Error(`MESHREDIR rules still in the bench netns after cleanup (${left.join(', ')})`);
     };
@@ -207,21 +213,19 @@ spec:
         iptInForce = true; // before applying: a half-applied set must be cleaned up too
         iptApply(p!);
       } else if (mode.startsWith('ebpf')) {
-        if (!ebpfLoaded) {
-          ebpf.ensureLoaded();
-          ebpfLoaded = true;
-        }
-        ebpf.applyPolicies([p!]);
+        ebpfApply(ebpf, [p!]);
+        ebpfLoaded = true;
       }
     };
     const counters = (mode: string): Counters => {
       if (mode.startsWith('ebpf')) {
         const out: Counters = Object.fromEntries(EBPF_COUNTERS.map((k) => [k, 0]));
-        for (const s of ebpf.stats().values()) for (const k of EBPF_COUNTERS) out[k]! += Number(s[k]);
+        for (const s of stats(ebpf.pins).values()) for (const k of EBPF_COUNTERS) out[k]! += Number(s[k]);
         return out;
       }
       if (mode === 'iptables') {
-        const n = ipt.status().netns.reduce((a, e) => a + Object.values(e.redirected).reduce((x, y) => x + y, 0), 0);
+        const netns = ipt.status().json.iptables as NetnsStatus[];
+        const n = netns.reduce((a, e) => a + Object.values(e.redirected).reduce((x, y) => x + y, 0), 0);
         return { ipt_redirected: n };
       }
       return {};
@@ -235,15 +239,13 @@ spec:
       conc: number,
       size = 1,
     ): Promise<LoadResult> => {
-      const out = await lab.run(app, o.mrload, [
-        'client',
-        target,
-        kind,
-        String(conc),
-        String(o.duration),
-        String(WARMUP),
-        String(size),
-      ]);
+      const out = await lab.run(
+        lab.ns,
+        app,
+        o.mrload,
+        ['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)],
+        { timeoutMs: 120_000 },
+      );
       try {
         return JSON.parse(out) as LoadResult;
       } catch {
@@ -314,8 +316,8 @@ spec:
       .trim()
       .split(/\s+/)
       .join(' ');
-    const server = lab.spawn(srvCg, o.mrload, ['server', SERVER]);
-    await lab.waitListening(9000, server);
+    const server = lab.start(srvCg, o.mrload, ['server', SERVER]);
+    await lab.listening(9000, server);
 
     if (o.only.includes('crr')) {
       const p = policy({ proxy: SERVER });
@@ -368,11 +370,11 @@ spec:
 
     if (o.only.includes('proxy')) {
       const modes = runnable('proxy');
-      const upstream = lab.spawn(srvCg, o.mrload, ['server', UPSTREAM], undefined, lab.upNs);
-      await lab.waitListening(9000, upstream, lab.upNs);
+      const upstream = lab.start(srvCg, o.mrload, ['server', UPSTREAM], undefined, lab.upNs);
+      await lab.listening(9000, upstream, lab.upNs);
       let haproxy: LabProc | undefined;
       if (!haproxyMissing) {
-        const cfg = lab.writeTmp(
+        const cfg = lab.tmpFile(
           'haproxy.cfg',
           [
             'global',
@@ -398,8 +400,8 @@ spec:
         );
         // In the policy's proxy (bypass) cgroup and as uid 1337: its own connections are never
         // redirected, by either mode, and the fast path accepts its sockets.
-        haproxy = lab.spawn(proxyCg, 'haproxy', ['-db', '-f', cfg], 1337);
-        await lab.waitListening(15002, haproxy);
+        haproxy = lab.start(proxyCg, 'haproxy', ['-db', '-f', cfg], 1337);
+        await lab.listening(15002, haproxy);
       }
       const p = policy({ proxy: '127.0.0.1:15001' });
       const pa = policy({ proxy: '127.0.0.1:15001', accelerate: true });
@@ -440,10 +442,10 @@ spec:
     if (o.only.includes('hop')) {
       // The app↔proxy hop alone: the "proxy" is an echo server (request/response) or a sink (stream),
       // both in the policy's proxy cgroup, reached by redirection.
-      const echo = lab.spawn(proxyCg, o.mrload, ['server', HOP_ECHO]);
-      const sink = lab.spawn(proxyCg, o.mrload, ['sink', HOP_SINK]);
-      await lab.waitListening(9001, echo);
-      await lab.waitListening(9002, sink);
+      const echo = lab.start(proxyCg, o.mrload, ['server', HOP_ECHO]);
+      const sink = lab.start(proxyCg, o.mrload, ['sink', HOP_SINK]);
+      await lab.listening(9001, echo);
+      await lab.listening(9002, sink);
       const pol = {
         rr: { ebpf: policy({ proxy: HOP_ECHO }), 'ebpf+sk_msg': policy({ proxy: HOP_ECHO, accelerate: true }) },
         stream: { ebpf: policy({ proxy: HOP_SINK }), 'ebpf+sk_msg': policy({ proxy: HOP_SINK, accelerate: true }) },
@@ -551,19 +553,18 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
       try {
         x.use('direct'); // nothing attached: the next load is cold
         let t = performance.now();
-        x.ebpf.ensureLoaded();
+        ebpfApply(x.ebpf, []);
         x.setLoaded(true);
         push('ebpf', 'load + attach (in-process)', round, { ms: performance.now() - t });
-        x.ebpf.applyPolicies([]);
         t = performance.now();
-        const w = x.ebpf.applyPolicies([big]);
+        const w = ebpfApply(x.ebpf, [big]);
         push('ebpf', 'apply 10000 entries', round, { ms: performance.now() - t, writes: w.writes });
         said.push(`eBPF apply ${(performance.now() - t).toFixed(0)} ms`);
         t = performance.now();
-        const w2 = x.ebpf.applyPolicies([big]);
+        const w2 = ebpfApply(x.ebpf, [big]);
         push('ebpf', 're-apply 10000 entries (in sync)', round, { ms: performance.now() - t, writes: w2.writes });
         t = performance.now();
-        x.ebpf.applyPolicies([]);
+        ebpfApply(x.ebpf, []);
         push('ebpf', 'remove 10000 entries', round, { ms: performance.now() - t });
       } catch (e) {
         fail('ebpf', 'apply 10000 entries', round, e);
@@ -648,10 +649,7 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
           if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGTERM');
           await exited;
           // The agent removes its pins on exit (--cleanup-on-exit); a crashed one would leave them.
-          if (existsSync(bpffs))
-            new EbpfMode({ bpffs, cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object }).cleanup({
-              force: true,
-            });
+          if (existsSync(bpffs)) new EbpfMode({ bpffs }).cleanup({ force: true });
         }
       } catch (e) {
         fail('ebpf', 'agent start to redirect-ready', round, e);
@@ -661,6 +659,11 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
     }
     x.tick(`control plane, round ${round}: ${said.join(', ') || 'neither mode can run here (see missing)'}`);
   }
+}
+
+/** Plans and applies in one step, as the agent does. */
+function ebpfApply(m: EbpfMode, policies: Policy[]) {
+  return m.apply(m.plan(policies));
 }
 
 async function stop(p: LabProc): Promise<void> {

@@ -1,6 +1,6 @@
 // object.ts — a BPF object file: open, configure maps (size, reuse of pinned maps), load, find
 // programs and maps, close (safe twice; releases everything it owns).
-import { lib, isNull, errno, logMark, logSince, c, type Ptr } from '../sys/libbpf.js';
+import { lib, isNull, errno, logMark, logSince, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import { BpfMap, mapInfo } from './map.js';
 import { checkStruct } from './btf.js';
@@ -132,8 +132,4 @@ export class BpfObject {
     lib.bpf_object__close(this.ptr);
     this.ptr = null;
   }
-}
-
-export function closeFd(fd: number): void {
-  if (fd >= 0) c.close(fd);
 }

@@ -8,7 +8,6 @@ import { statusCommand } from './commands/status.js';
 import { verifyCommand } from './commands/verify.js';
 import { iptablesRulesCommand } from './commands/iptables-rules.js';
 import { benchCommand } from './commands/bench.js';
-import { verifyProbeCommand } from './commands/verify-probe.js';
 
 export function buildProgram(): Command {
   return new Command('meshredir')
@@ -22,7 +21,6 @@ export function buildProgram(): Command {
     .addCommand(agentCommand)
     .addCommand(statusCommand)
     .addCommand(verifyCommand)
-    .addCommand(verifyProbeCommand, { hidden: true })
     .addCommand(policyCommand)
     .addCommand(iptablesRulesCommand)
     .addCommand(cleanupCommand)

@@ -4,7 +4,19 @@ import { release } from 'node:os';
 import { existsSync, mkdirSync, rmdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { lib, c, NULL, isNull, errno } from '../sys/libbpf.js';
+import {
+  createMap,
+  loadTrivialProgram,
+  linkCreate,
+  progAttach,
+  progDetach,
+  loadBtf,
+  vmlinuxBtf,
+  ProgType,
+  AttachType,
+  libbpfVersion,
+} from '../bpf/raw.js';
+import { closeFd, MapType } from '../bpf/fd.js';
 import { errnoName, BpfError } from '../bpf/errors.js';
 import { BpfObject } from '../bpf/object.js';
 import { Link } from '../bpf/link.js';
@@ -64,44 +76,23 @@ export interface ProbeReport {
   reason: string;
 }
 
-const PROG = { CGROUP_SOCK_ADDR: 18, SOCK_OPS: 13, SK_MSG: 16, CGROUP_SOCKOPT: 25, SK_LOOKUP: 30 } as const;
-const ATTACH = {
-  INET4_CONNECT: 10,
-  INET6_CONNECT: 11,
-  SOCK_OPS: 3,
-  SK_MSG_VERDICT: 7,
-  UDP4_SENDMSG: 14,
-  GETSOCKOPT: 21,
-  INET4_GETPEERNAME: 29,
-  INET6_GETPEERNAME: 30,
-  SK_LOOKUP: 36,
-} as const;
-const MAP = { ARRAY: 2, SOCKHASH: 18 } as const;
-
-// r0 = 1; exit — "allow"/"pass" for every program type probed here.
-const RETURN_1 = Buffer.from([0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]);
-
-function loadProg(type: number, attach: number): number {
-  const opts = Buffer.alloc(16); // struct bpf_prog_load_opts { size_t sz; int attempts; enum expected_attach_type; }
-  opts.writeBigUInt64LE(16n, 0);
-  opts.writeUInt32LE(attach, 12);
-  return lib.bpf_prog_load(type, 'mr_probe', 'GPL', RETURN_1, 2, opts);
-}
+const PROG = ProgType;
+const ATTACH = AttachType;
 
 type Outcome = true | string;
 const fail = (op: string, r: number): string => `${op}: ${errnoName(-r)}`;
 
 /** Loads a program for the hook and attaches it to `cgroup` through a bpf_link, then undoes both. */
 function probeCgroupHook(type: number, attach: number, cgfd: number): { load: Outcome; link: Outcome } {
-  const fd = loadProg(type, attach);
+  const fd = loadTrivialProgram(type, attach);
   if (fd < 0) return { load: fail('bpf_prog_load', fd), link: 'program did not load' };
   try {
-    const l: number = lib.bpf_link_create(fd, cgfd, attach, NULL);
+    const l = linkCreate(fd, cgfd, attach);
     if (l < 0) return { load: true, link: fail('bpf_link_create', l) };
-    c.close(l); // an unpinned link detaches when its last fd closes
+    closeFd(l); // an unpinned link detaches when its last fd closes
     return { load: true, link: true };
   } finally {
-    c.close(fd);
+    closeFd(fd);
   }
 }
 
@@ -144,13 +135,12 @@ function tinyBtf(): Buffer {
 
 function probeBtf(): Outcome {
   const blob = tinyBtf();
-  const fd: number = lib.bpf_btf_load(blob, blob.length, NULL);
+  const fd = loadBtf(blob);
   if (fd < 0) return fail('bpf_btf_load', fd);
-  c.close(fd);
-  const vmlinux = lib.btf__load_vmlinux_btf();
-  if (isNull(vmlinux))
-    return `btf__load_vmlinux_btf: ${errnoName(errno())} (no usable kernel BTF: CONFIG_DEBUG_INFO_BTF)`;
-  lib.btf__free(vmlinux);
+  closeFd(fd);
+  const vmlinux = vmlinuxBtf();
+  if (vmlinux !== true)
+    return `btf__load_vmlinux_btf: ${errnoName(-vmlinux)} (no usable kernel BTF: CONFIG_DEBUG_INFO_BTF)`;
   return true;
 }
 
@@ -198,9 +188,9 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   };
 
   let object: ObjectCheck | null = null;
-  const mfd: number = lib.bpf_map_create(MAP.ARRAY, 'mr_probe', 4, 4, 1, NULL);
+  const mfd = createMap(MapType.ARRAY, 4, 4, 1);
   set('bpf', mfd >= 0 ? true : fail('bpf_map_create', mfd));
-  if (mfd >= 0) c.close(mfd);
+  closeFd(mfd);
 
   if (features.bpf) {
     set('btf', probeBtf());
@@ -214,19 +204,19 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
           ? 'no kernel BTF to look in'
           : "struct sk_psock has no msg_tot_len: the fast path could not bound a slow reader's queue (accelerate is not applied)",
     );
-    const sh: number = lib.bpf_map_create(MAP.SOCKHASH, 'mr_probe', 4, 4, 1, NULL);
+    const sh = createMap(MapType.SOCKHASH, 4, 4, 1);
     set('sockhash', sh >= 0 ? true : fail('bpf_map_create(sockhash)', sh));
 
-    const msg = loadProg(PROG.SK_MSG, ATTACH.SK_MSG_VERDICT);
+    const msg = loadTrivialProgram(PROG.SK_MSG, ATTACH.SK_MSG_VERDICT);
     if (msg < 0) set('skMsg', fail('bpf_prog_load(sk_msg)', msg));
     else if (sh < 0) set('skMsg', 'no sockhash to attach to');
     else {
-      const r: number = lib.bpf_prog_attach(msg, sh, ATTACH.SK_MSG_VERDICT, 0);
+      const r = progAttach(msg, sh, ATTACH.SK_MSG_VERDICT);
       set('skMsg', r < 0 ? fail('bpf_prog_attach(sk_msg)', r) : true);
-      if (r === 0) lib.bpf_prog_detach2(msg, sh, ATTACH.SK_MSG_VERDICT);
+      if (r === 0) progDetach(msg, sh, ATTACH.SK_MSG_VERDICT);
     }
-    if (msg >= 0) c.close(msg);
-    if (sh >= 0) c.close(sh);
+    closeFd(msg);
+    closeFd(sh);
 
     const parent = opts.cgroupParent ?? cg2;
     if (!parent) {
@@ -341,7 +331,7 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   }
   return {
     kernel: release(),
-    libbpf: `${lib.libbpf_major_version()}.${lib.libbpf_minor_version()}`,
+    libbpf: libbpfVersion,
     cgroup2: cg2,
     bpffs: bpffsMount(),
     features: { ...features, iptables: ipt },
@@ -354,27 +344,27 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
 
 /** sk_lookup attaches to a network namespace: a throwaway one, never the host's. */
 function probeSkLookup(): Outcome {
-  const fd = loadProg(PROG.SK_LOOKUP, ATTACH.SK_LOOKUP);
+  const fd = loadTrivialProgram(PROG.SK_LOOKUP, ATTACH.SK_LOOKUP);
   if (fd < 0) return fail('bpf_prog_load(sk_lookup)', fd);
   const ns = `mr-probe-${process.pid}`;
   try {
     execFileSync('ip', ['netns', 'add', ns], { stdio: 'pipe' });
   } catch (e) {
-    c.close(fd);
+    closeFd(fd);
     return `ip netns add: ${((e as { stderr?: Buffer }).stderr?.toString() ?? (e as Error).message).trim()}`;
   }
   try {
     const nsfd = openSync(`/run/netns/${ns}`, 'r');
     try {
-      const l: number = lib.bpf_link_create(fd, nsfd, ATTACH.SK_LOOKUP, NULL);
+      const l = linkCreate(fd, nsfd, ATTACH.SK_LOOKUP);
       if (l < 0) return fail('bpf_link_create(sk_lookup)', l);
-      c.close(l);
+      closeFd(l);
       return true;
     } finally {
       closeSync(nsfd);
     }
   } finally {
-    c.close(fd);
+    closeFd(fd);
     execFileSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
   }
 }

@@ -1,5 +1,6 @@
-// cgroups.ts — from a cgroup id back to its path (status shows paths, the kernel speaks ids).
-import { readdirSync, statSync } from 'node:fs';
+// cgroups.ts — cgroup trees: from a cgroup id back to its path (status shows paths, the kernel speaks
+// ids), and every process of a subtree.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { cgroup2Mount } from './host.js';
 
@@ -20,4 +21,20 @@ export function cgroupPathById(id: bigint, maxDirs = 20_000): string | null {
     }
   }
   return null;
+}
+
+/** Every pid in a cgroup subtree (a cgroup removed while we walk contributes nothing). */
+export function subtreePids(dir: string): number[] {
+  const out: number[] = [];
+  const stack = [dir];
+  while (stack.length) {
+    const d = stack.pop()!;
+    try {
+      out.push(...readFileSync(join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number));
+      for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) stack.push(join(d, e.name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }

@@ -74,10 +74,15 @@ export function cgroupId(dir: string): bigint | null {
   }
 }
 
+/** A cgroup argument (a path under the cgroup2 mount, or a policy path such as /pods/a or pods/a) as
+ * its directory under the mount; the directory may not exist. */
+export function cgroupArgDir(arg: string, mount = requireCgroup2()): string {
+  return arg === mount || arg.startsWith(`${mount}/`) ? arg : cgroupDir(arg.startsWith('/') ? arg : `/${arg}`, mount);
+}
+
 /** Accepts either a path under the cgroup2 mount or a path relative to it; returns the directory. */
 export function resolveCgroupArg(arg: string): string {
-  const mount = requireCgroup2();
-  const dir = arg.startsWith(mount) ? arg : cgroupDir(arg.startsWith('/') ? arg : `/${arg}`, mount);
+  const dir = cgroupArgDir(arg);
   if (!existsSync(dir)) throw new Error(`cgroup ${arg} does not exist (looked for ${dir})`);
   return dir;
 }

@@ -14,7 +14,7 @@ import {
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
-import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
+import { Pins } from '../../src/modes/ebpf/pins.js';
 import { PROGRAMS, type ProgramName, POLICY_MAPS } from '../../src/bpf/abi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 
@@ -30,7 +30,7 @@ kernelDescribe('node agent', () => {
     agents.push(a);
     return a;
   };
-  const mode = () => new EbpfMode({ bpffs: env.bpffs, cgroupRoot: env.cgRootDir, object: '' });
+  const mode = () => new Pins(env.bpffs);
   /** Everything the agent wrote, as bytes, plus which programs are attached where. */
   const snapshot = () => {
     const m = mode();
@@ -512,8 +512,8 @@ kernelDescribe('node agent', () => {
       `${join(dir, 'c.yaml')}: spec.cgroup: ${cgA} is already claimed by ${aYaml} (pod-a), which is applied and stays; pod-c from ${join(dir, 'c.yaml')} is not applied`,
     );
     await new Promise((r) => setTimeout(r, 1500)); // more reconciles: the incumbent must survive them
-    expect(mode().currentSlots().has('pod-a')).toBe(true);
-    expect(mode().currentSlots().has('pod-c')).toBe(false);
+    expect(mode().slots().has('pod-a')).toBe(true);
+    expect(mode().slots().has('pod-c')).toBe(false);
     expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
     rmSync(join(dir, 'c.yaml'));
     await env.stop(a);
@@ -525,11 +525,11 @@ kernelDescribe('node agent', () => {
     writeFileSync(join(dir, 'long.yaml'), policyYaml({ name: long, cgroup: cgL, outbound: '10.200.0.1:15001' }));
     try {
       let a = await startAgent();
-      const slot = mode().currentSlots().get(long);
+      const slot = mode().slots().get(long);
       expect(slot).toBeGreaterThan(0);
       await env.stop(a);
       a = await startAgent();
-      expect(mode().currentSlots().get(long)).toBe(slot);
+      expect(mode().slots().get(long)).toBe(slot);
       const st = JSON.parse(
         await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),
       ) as { policies: { name: string; slot: number; cgroup: string }[] };
@@ -559,7 +559,7 @@ kernelDescribe('node agent', () => {
     try {
       a = await startAgent();
       expect(messages(a)).toContainEqual(`${aYaml}: not applied; keeping its previously applied content (pod-a)`);
-      expect(mode().currentSlots().has('pod-a')).toBe(true);
+      expect(mode().slots().has('pod-a')).toBe(true);
       expect(await viaProxy()).toMatch(/^up 10\.200\.0\.1 /);
       const st = JSON.parse(
         await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir]),

@@ -1,9 +1,8 @@
 // harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
 // processes run inside both, and a teardown that removes all of it, also when a test fails.
-import { startPlaced, type Proc } from '../../src/util/proc.js';
-import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { Sandbox, type Proc } from '../../src/util/sandbox.js';
+import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'vitest';
 
@@ -28,16 +27,25 @@ export function kernelDescribe(name: string, fn: () => void): void {
 
 export type { Proc };
 
-export class Env {
-  readonly id = randomBytes(3).toString('hex');
-  readonly cgName = `meshredir-test-${this.id}`;
-  readonly cgMount = cgroup2()!;
-  readonly cgRootDir = join(this.cgMount, this.cgName);
-  /** The test root as a policy path ("/meshredir-test-…"). */
-  readonly cgRoot = `/${this.cgName}`;
-  readonly bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
+export class Env extends Sandbox {
+  readonly cgName: string;
+  readonly bpffs: string;
   /** The agent's --state-dir (agent.json), never the host's /run/meshredir. */
-  readonly stateDir = join(tmpdir(), `meshredir-test-${this.id}-state`);
+  readonly stateDir: string;
+  readonly toolsDir = TOOLS;
+  readonly rootDir = ROOT;
+  readonly cliPath = CLI;
+
+  constructor() {
+    super(
+      (id) => `meshredir-test-${id}`,
+      (id) => `mr-${id}`,
+    );
+    this.cgName = this.cgRoot.slice(1);
+    this.bpffs = `/sys/fs/bpf/meshredir-test-${this.id}`;
+    this.stateDir = join(tmpdir(), `meshredir-test-${this.id}-state`);
+  }
+
   /** `meshredir cleanup` of this env's install only (never the host's default state files). */
   cleanupArgs(...extra: string[]): string[] {
     return [
@@ -50,43 +58,6 @@ export class Env {
       join(this.stateDir, 'iptables.json'),
       ...extra,
     ];
-  }
-  readonly toolsDir = TOOLS;
-  readonly rootDir = ROOT;
-  readonly cliPath = CLI;
-  private namespaces: string[] = [];
-  private procs: Proc[] = [];
-  private cgroups: string[] = [];
-
-  constructor() {
-    mkdirSync(this.cgRootDir);
-    this.cgroups.push(this.cgRootDir);
-  }
-
-  /** Creates a cgroup under the test root; returns its policy path ("/meshredir-test-…/a/b"). */
-  cgroup(rel: string): string {
-    let dir = this.cgRootDir;
-    for (const part of rel.split('/').filter(Boolean)) {
-      dir = join(dir, part);
-      if (!existsSync(dir)) {
-        mkdirSync(dir);
-        this.cgroups.push(dir);
-      }
-    }
-    return `${this.cgRoot}/${rel}`;
-  }
-
-  cgDir(path: string): string {
-    return join(this.cgMount, path);
-  }
-
-  /** A network namespace named mr-<id>-<name> with lo up. */
-  netns(name: string): string {
-    const ns = `mr-${this.id}-${name}`;
-    sh('ip', ['netns', 'add', ns]);
-    this.namespaces.push(ns);
-    sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    return ns;
   }
 
   ip(ns: string, ...args: string[]): string {
@@ -117,34 +88,6 @@ export class Env {
     const port = `v${this.namespaces.indexOf(ns)}-${this.id}`;
     this.veth(nodeNs, port, [], ns, 'eth0', addrs);
     this.ip(nodeNs, 'link', 'set', port, 'master', bridge);
-  }
-
-  spawn(
-    ns: string | null,
-    cg: string | null,
-    cmd: string,
-    args: string[],
-    opts: { uid?: number; stdin?: boolean; env?: Record<string, string> } = {},
-  ): Proc {
-    const p = startPlaced({ cgroupDir: cg ? this.cgDir(cg) : null, netns: ns, ...opts }, cmd, args);
-    this.procs.push(p);
-    return p;
-  }
-
-  /** Runs to completion; returns stdout. */
-  async run(
-    ns: string | null,
-    cg: string | null,
-    cmd: string,
-    args: string[],
-    opts: { uid?: number; timeoutMs?: number; env?: Record<string, string> } = {},
-  ): Promise<string> {
-    const p = this.spawn(ns, cg, cmd, args, opts);
-    const timer = setTimeout(() => p.child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
-    const code = await p.exited;
-    clearTimeout(timer);
-    if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${p.err.trim()}`);
-    return p.out;
   }
 
   /** Runs the test client in a pod; parses its JSON line. */
@@ -193,10 +136,6 @@ export class Env {
     return p;
   }
 
-  async waitListening(ns: string, port: number, what: string, p?: Proc): Promise<void> {
-    await waitFor(() => sh('ip', ['netns', 'exec', ns, 'ss', '-Hltn', `sport = :${port}`]).trim().length > 0, what, p);
-  }
-
   /** HAProxy in tcp mode forwarding to the original destination (server o 0.0.0.0:0). */
   async haproxy(
     ns: string,
@@ -205,9 +144,8 @@ export class Env {
     port: number,
     opts: { uid?: number; source?: string } = {},
   ): Promise<Proc> {
-    const cfg = join('/tmp', `meshredir-test-${this.id}-haproxy-${port}.cfg`);
-    writeFileSync(
-      cfg,
+    const cfg = this.tmpFile(
+      `haproxy-${port}.cfg`,
       [
         'global',
         '  maxconn 8192',
@@ -224,12 +162,10 @@ export class Env {
         '',
       ].join('\n'),
     );
-    this.tmpFiles.push(cfg);
     const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg], opts.uid === undefined ? {} : { uid: opts.uid });
     await this.waitListening(ns, port, `haproxy on ${bind}`, p);
     return p;
   }
-  private tmpFiles: string[] = [];
 
   /** The meshredir CLI, as a child process. */
   cli(args: string[]): Proc {
@@ -266,31 +202,18 @@ export class Env {
     return p.exited;
   }
 
-  async teardown(): Promise<string[]> {
-    const problems: string[] = [];
-    for (const p of this.procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-    await Promise.all(this.procs.map((p) => p.exited));
-    // Anything still in our cgroups was started by this test (cgroup.kill kills only the subtree).
-    if (existsSync(join(this.cgRootDir, 'cgroup.kill'))) writeFileSync(join(this.cgRootDir, 'cgroup.kill'), '1');
-    if (existsSync(this.bpffs)) {
-      try {
-        sh(process.execPath, [CLI, ...this.cleanupArgs('--force')]);
-      } catch (e) {
-        problems.push((e as Error).message);
-      }
+  /** Pins of this env's agent go before its namespaces (its cleanup finds netns by inode). */
+  protected override async beforeNamespaces(problems: string[]): Promise<void> {
+    if (!existsSync(this.bpffs)) return;
+    try {
+      sh(process.execPath, [CLI, ...this.cleanupArgs('--force')]);
+    } catch (e) {
+      problems.push((e as Error).message);
     }
-    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
-    for (const dir of this.cgroups.reverse()) {
-      for (let i = 0; i < 50 && existsSync(dir); i++) {
-        try {
-          rmdirSync(dir);
-        } catch {
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      }
-      if (existsSync(dir)) problems.push(`cgroup ${dir} could not be removed`);
-    }
-    for (const f of this.tmpFiles) sh('rm', ['-f', f]);
+  }
+
+  override async teardown(): Promise<string[]> {
+    const problems = await super.teardown();
     rmSync(this.stateDir, { recursive: true, force: true });
     return problems;
   }

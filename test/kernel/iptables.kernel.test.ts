@@ -9,7 +9,9 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, sh, waitFor, CLI, type Proc } from './harness.js';
-import { IptablesMode } from '../../src/modes/iptables/iptables.js';
+import { IptablesMode } from '../../src/modes/iptables/index.js';
+import type { Removal } from '../../src/modes/iptables/apply.js';
+import type { PolicyStatus } from '../../src/modes/iptables/state.js';
 import { parsePolicyText } from '../../src/policy/load.js';
 import type { Policy } from '../../src/policy/schema.js';
 
@@ -26,8 +28,22 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
     expect(r.errors).toEqual([]);
     return r.policies[0]!;
   };
-  const mode = (state: string, extra: Partial<ConstructorParameters<typeof IptablesMode>[0]> = {}) =>
-    new IptablesMode({ stateFile: state, lockWait: 1, ...extra });
+  /** The mode, with its own report of an apply (what the agent's ApplyResult summarises). */
+  const mode = (state: string, extra: { backend?: 'nft' | 'legacy' } = {}) => {
+    const m = new IptablesMode({
+      iptablesState: state,
+      lockWait: 1,
+      ...(extra.backend ? { iptablesBackend: extra.backend } : {}),
+    });
+    return {
+      apply: (ps: Policy[]) => {
+        m.apply(m.plan(ps));
+        return m.last!;
+      },
+      status: () => m.status().json as { policies: PolicyStatus[] },
+      cleanup: () => m.cleanup().json.iptablesNetns as Removal[],
+    };
+  };
   const natSave = (ns: string, tool = 'iptables-nft-save') => sh('ip', ['netns', 'exec', ns, tool, '-t', 'nat']);
   const ours = (ns: string, tool?: string) =>
     natSave(ns, tool)

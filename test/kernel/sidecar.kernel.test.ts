@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
+import { Pins } from '../../src/modes/ebpf/pins.js';
 import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 
 interface Status {
@@ -117,7 +117,7 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
     const b = repair(s2, '10.201.0.6', 9090);
     try {
       await waitFor(() => a.out.includes('\n') && b.out.includes('\n'), 'repair-mode connects', a);
-      const m = new EbpfMode({ bpffs: env.bpffs, cgroupRoot: env.cgRootDir, object: '' }).openMap('mr_orig');
+      const m = new Pins(env.bpffs).openMap('mr_orig');
       let recs: { netns: bigint; sport: number; dport: number; to: string }[];
       try {
         recs = (m.entries() as [{ netns: bigint; sport: number; dport: number }, { addr: Buffer; port: number }][]).map(

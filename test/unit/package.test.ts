@@ -34,7 +34,7 @@ describe('package.json', () => {
     const used = new Map<string, string>();
     for (const f of sources(join(ROOT, 'src')))
       for (const p of runtimePackages(readFileSync(f, 'utf8'))) used.set(p, f.slice(ROOT.length + 1));
-    expect(used.get('pino-pretty')).toBe('src/agent/log.ts'); // the scan sees transport targets
+    expect(used.get('pino-pretty')).toBe('src/util/log.ts'); // the scan sees transport targets
     const missing = [...used]
       .filter(([p]) => !(p in pkg.dependencies))
       .map(([p, f]) => `${p} (used by ${f})${p in (pkg.devDependencies ?? {}) ? ' is only a devDependency' : ''}`);

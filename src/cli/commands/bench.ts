@@ -9,6 +9,7 @@ import type { Scenario, Sample, Missing } from '../../bench/bench.js';
 import type { Row } from '../../bench/report.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError } from '../output.js';
+import { parseOptions } from '../options.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -60,10 +61,7 @@ export const benchCommand = new Command('bench')
     'measure nothing: render the outputs (and with --docs the docs) again from the JSON of an earlier run',
   )
   .action(async (raw: Record<string, unknown>) => {
-    const r = flags.safeParse(raw);
-    if (!r.success)
-      throw new UserError(r.error.issues.map((i) => `--${String(i.path[0])}: ${i.message}`).join('\n'), 2);
-    const o = r.data;
+    const o = parseOptions(flags, raw);
     const { summarise, renderTable, renderSvg, renderMarkdown } = await import('../../bench/report.js');
     if (o.from) {
       let run: { meta: Record<string, unknown>; missing?: Missing[]; samples: Sample[] };

@@ -5,6 +5,7 @@ import { openSync, closeSync, fstatSync, statSync, readFileSync, readdirSync, re
 import { join } from 'node:path';
 import type { Policy } from '../../policy/schema.js';
 import { cgroupDir, requireCgroup2 } from '../../util/host.js';
+import { subtreePids } from '../../util/cgroups.js';
 
 /** dev:ino of a namespace file: its identity. */
 export function nsId(st: { dev: bigint; ino: bigint }): string {
@@ -74,22 +75,6 @@ export class NetnsHandle {
   close(): void {
     closeSync(this.fd);
   }
-}
-
-/** Every pid in a cgroup subtree (a cgroup removed while we walk contributes nothing). */
-export function subtreePids(dir: string): number[] {
-  const out: number[] = [];
-  const stack = [dir];
-  while (stack.length) {
-    const d = stack.pop()!;
-    try {
-      out.push(...readFileSync(join(d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number));
-      for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) stack.push(join(d, e.name));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 export type Resolution = { ok: true; path: string; id: string } | { ok: false; reason: string };

@@ -1,0 +1,96 @@
+// cleanup.ts — detaches every pinned link and removes every pin and the directories. Idempotent.
+//
+// In order: the connect hooks first (nothing new is redirected), then a bounded wait for the handshakes
+// already redirected to be claimed by their proxy's socket (so none reaches the proxy without the record
+// it reads), then the rest. A socket on the fast path keeps it until it closes (the kernel gives each
+// socket its own hold on the sk_msg program and its maps); while such sockets exist, unless `force`, the
+// setsockopt link (which refuses kTLS on them) and the maps they use stay pinned, so that they keep that
+// guard and a restarted agent re-adopts the same maps; another cleanup once they have closed removes the
+// rest.
+import { existsSync, readdirSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Link } from '../../bpf/link.js';
+import { BpfError } from '../../bpf/errors.js';
+import { REDIRECTING } from '../../bpf/abi.js';
+import { pending } from './counters.js';
+import type { Pins } from './pins.js';
+
+export interface EbpfCleanup {
+  detached: string[];
+  unpinned: string[];
+  kept: string[];
+  openAccelerated: number;
+  undrained: number;
+}
+
+/** What the fast path's open sockets still use: their kTLS guard and their maps. */
+const FAST_PATH_LINKS = ['mr_setsockopt'];
+const FAST_PATH_MAPS = ['mr_sockhash', 'mr_sk', 'mr_peers', 'mr_stats'];
+
+export function cleanupPins(pins: Pins, opts: { force?: boolean; drainMs?: number } = {}): EbpfCleanup {
+  const out: EbpfCleanup = { detached: [], unpinned: [], kept: [], openAccelerated: 0, undrained: 0 };
+  const detach = (name: string) => {
+    const pin = pins.linkPin(name);
+    if (!existsSync(pin)) return;
+    try {
+      const l = Link.open(pin);
+      try {
+        l.detach();
+        out.detached.push(name);
+      } finally {
+        l.close();
+      }
+    } catch (e) {
+      // A pin that is not a link (or already defunct) is still ours to remove.
+      if (!(e instanceof BpfError)) throw e;
+    }
+    rmSync(pin, { force: true });
+    out.unpinned.push(pin);
+  };
+  for (const name of REDIRECTING) detach(name);
+  if (pins.has('mr_gauges')) {
+    const end = Date.now() + (opts.drainMs ?? 5000);
+    // A synchronous wait (cleanup is a last step, and callers are synchronous): Atomics.wait sleeps.
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    while ((out.undrained = pending(pins).pending) > 0 && Date.now() < end) Atomics.wait(nap, 0, 0, 50);
+  }
+  if (existsSync(pins.linksDir)) {
+    for (const name of readdirSync(pins.linksDir).filter((n) => !FAST_PATH_LINKS.includes(n))) detach(name);
+  }
+  // Counted once nothing can join the fast path any more (sockops is detached).
+  out.openAccelerated = pins.acceleratedSockets();
+  const keep = new Set<string>(
+    out.openAccelerated > 0 && !opts.force
+      ? [...FAST_PATH_LINKS.map((l) => pins.linkPin(l)), ...FAST_PATH_MAPS.map((m) => pins.mapPin(m))]
+      : [],
+  );
+  for (const name of FAST_PATH_LINKS) {
+    if (!existsSync(pins.linkPin(name))) continue;
+    if (keep.has(pins.linkPin(name))) out.kept.push(pins.linkPin(name));
+    else detach(name);
+  }
+  if (existsSync(pins.mapsDir)) {
+    for (const name of readdirSync(pins.mapsDir)) {
+      const pin = pins.mapPin(name);
+      if (keep.has(pin)) {
+        out.kept.push(pin);
+        continue;
+      }
+      rmSync(pin, { force: true });
+      out.unpinned.push(pin);
+    }
+  }
+  const dirs = [pins.linksDir, pins.mapsDir, pins.bpffs];
+  for (const d of dirs) {
+    try {
+      if (existsSync(d) && statSync(d).isDirectory() && readdirSync(d).length === 0) rmdirSync(d);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw e;
+    }
+  }
+  const foreign = dirs.filter(
+    (d) => existsSync(d) && readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps'),
+  );
+  if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
+  return out;
+}

@@ -1,0 +1,259 @@
+// index.ts — the eBPF mode: meshredir.bpf.o loaded (or re-adopted) with its maps and links pinned under
+// the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
+// process, cleanup that keeps what open fast-path sockets still use.
+import type { Policy } from '../../policy/schema.js';
+import { outsideRoot } from '../../policy/scope.js';
+import { cgroupId, cgroupPathOf } from '../../util/host.js';
+import type {
+  ApplyResult,
+  AttachConfig,
+  CleanupReport,
+  Mode,
+  ModeConfig,
+  Note,
+  Plan,
+  PolicyOutcome,
+  VerifyRequest,
+} from '../mode.js';
+import { Pins } from './pins.js';
+import { load, type LoadReport } from './load.js';
+import { desiredState, type Desired } from './desired.js';
+import { writeEntries } from './write.js';
+import { fastPath, pendingDrift } from './counters.js';
+import { ebpfStatus } from './status.js';
+import { ebpfVerify } from './verify.js';
+import { cleanupPins } from './cleanup.js';
+
+interface EbpfPlan extends Plan {
+  readonly desired: Desired;
+}
+
+export class EbpfMode implements Mode {
+  readonly name = 'ebpf' as const;
+  readonly pins: Pins;
+  /** What the last load attached (link name → program id) and pinned (map name → id). */
+  private expectedProgs = new Map<string, number>();
+  private expectedMaps = new Map<string, number | undefined>();
+  /** The gap between the pending gauge and the records, at the last apply. */
+  private lastDrift = 0n;
+
+  constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
+    this.pins = new Pins(cfg.bpffs);
+  }
+
+  /** Where to attach and what to load: only plan and apply need it. */
+  private get attach(): AttachConfig {
+    if (!this.cfg.attach) throw new Error('the eBPF mode needs a cgroup root and an object to plan or apply');
+    return this.cfg.attach;
+  }
+
+  installed(): boolean {
+    return this.pins.installed();
+  }
+
+  /** The desired state with what the kernel offers now (the fast path is assumed before the first load). */
+  private desired(policies: Policy[]): Desired {
+    return desiredState(this.pins, policies, { fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable });
+  }
+
+  plan(policies: Policy[]): EbpfPlan {
+    const desired = this.desired(policies);
+    const outside = outsideRoot(policies, cgroupPathOf(this.attach.cgroupRoot));
+    const notes: Note[] = outside.map((o) => ({
+      level: 'warn',
+      event: 'outside_root',
+      message: o.message,
+      fields: { policy: o.policy, field: o.field, cgroup: o.cgroup },
+    }));
+    return {
+      mode: 'ebpf',
+      input: policies,
+      desired,
+      policies: outcomes(policies, desired),
+      notes,
+      render: () => ({
+        json: {
+          mode: 'ebpf',
+          slots:
+            desired.slotsFrom === 'pins'
+              ? `kept from the pinned mr_slots under ${this.cfg.bpffs}`
+              : 'assigned anew (nothing pinned)',
+          unresolved: desired.unresolved,
+          outsideRoot: outside,
+          rejected: desired.rejected.map((r) => r.message),
+          entries: desired.entries,
+        },
+        messages: [
+          ...desired.unresolved.map(
+            (u) =>
+              `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
+          ),
+          ...desired.rejected.map((r) => r.message),
+          ...outside.map((x) => x.message),
+        ],
+        ok: desired.rejected.length === 0,
+      }),
+    };
+  }
+
+  apply(plan: Plan): ApplyResult {
+    const notes: Note[] = [...plan.notes];
+    let loaded = false;
+    if (!this.intact()) {
+      notes.push(...loadNotes(this.load()));
+      loaded = true;
+    }
+    // Loading may change what the plan assumed (slots, the fast path): then it is made again.
+    const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    const { writes, deletes } = writeEntries(this.pins, desired.entries);
+    notes.push(...this.driftNotes());
+    for (const x of desired.rejected) {
+      notes.push({ level: 'error', event: 'policy_error', message: x.message, fields: { policy: x.name } });
+    }
+    for (const u of desired.unresolved) {
+      notes.push(
+        u.field === 'spec.cgroup'
+          ? {
+              level: 'warn',
+              event: 'unresolved',
+              message: `cgroup ${u.cgroup} does not exist yet; policy ${u.policy} waits for it`,
+              fields: { policy: u.policy, cgroup: u.cgroup },
+            }
+          : {
+              level: 'warn',
+              event: 'unresolved_bypass',
+              message: `bypass cgroup ${u.cgroup} of ${u.policy} does not exist`,
+              fields: { policy: u.policy, cgroup: u.cgroup },
+            },
+      );
+    }
+    const waiting = new Set(desired.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
+    for (const p of desired.keep) {
+      if (p.proxy.inbound && !waiting.has(p.name)) {
+        notes.push({
+          level: 'warn',
+          event: 'unsupported',
+          message: `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`,
+          fields: { policy: p.name, field: 'spec.proxy.inbound' },
+        });
+      }
+    }
+    return { writes, deletes, loaded, policies: outcomes(plan.input, desired), notes };
+  }
+
+  /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
+  private load(): LoadReport {
+    const rep = load(this.attach, this.pins);
+    this.expectedProgs = new Map(this.pins.links().map((l) => [l.name, l.progId ?? -1]));
+    this.expectedMaps = this.pins.mapIds();
+    return rep;
+  }
+
+  /**
+   * True when every pinned link is attached at our root with the program we put there, and every map pin
+   * is there and is the map we loaded with (a deleted or replaced map pin needs a load: the policy maps are
+   * written through their pins).
+   */
+  private intact(): boolean {
+    if (this.expectedProgs.size === 0) return false;
+    const rootId = String(cgroupId(this.attach.cgroupRoot));
+    const links = this.pins.links();
+    if (links.length !== this.expectedProgs.size) return false;
+    const ours = (l: (typeof links)[number]) =>
+      l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId;
+    if (!links.every(ours)) return false;
+    const maps = this.pins.mapIds();
+    return [...this.expectedMaps].every(([name, id]) => id !== undefined && maps.get(name) === id);
+  }
+
+  /** Records come and go between the two reads: only a gap seen twice in a row is reported. */
+  private driftNotes(): Note[] {
+    const drift = pendingDrift(this.pins);
+    const gap = drift.gauge - BigInt(drift.records);
+    const seen = gap !== 0n && this.lastDrift === gap;
+    this.lastDrift = gap;
+    if (!seen) return [];
+    return [
+      {
+        level: 'error',
+        event: 'drift',
+        message: `the count of handshakes in flight (${drift.gauge}) disagrees with the records in mr_orig (${drift.records}): records were deleted from outside; connects are refused past --max-connections by that count until 'meshredir cleanup' and a restart`,
+        fields: { map: 'mr_gauges', gauge: String(drift.gauge), records: drift.records },
+      },
+    ];
+  }
+
+  status() {
+    return ebpfStatus(this.pins);
+  }
+
+  verify(req: VerifyRequest) {
+    return ebpfVerify(this.pins, req);
+  }
+
+  cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {
+    const r = cleanupPins(this.pins, opts);
+    const kept = r.kept.length
+      ? [
+          `kept ${r.kept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
+            'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
+        ]
+      : [];
+    const notes: Note[] =
+      r.undrained > 0
+        ? [
+            {
+              level: 'warn',
+              event: 'undrained',
+              message: `${r.undrained} redirected handshake(s) were still in flight after 5 s: their proxy may not find their original destination`,
+            },
+          ]
+        : [];
+    const removed =
+      r.detached.length || r.unpinned.length
+        ? [`detached ${r.detached.length} link(s), removed ${r.unpinned.length} pin(s) under ${this.cfg.bpffs}`]
+        : [];
+    return { mode: 'ebpf', removed, kept, failed: [], notes, json: { ...r } };
+  }
+}
+
+function outcomes(policies: Policy[], d: Desired): PolicyOutcome[] {
+  const rejected = new Map(d.rejected.map((r) => [r.name, r.message]));
+  const waiting = new Set(d.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
+  return policies.map((p): PolicyOutcome => {
+    if (rejected.has(p.name)) return { policy: p.name, file: p.file, state: 'rejected', reason: rejected.get(p.name)! };
+    if (waiting.has(p.name))
+      return { policy: p.name, file: p.file, state: 'waiting', reason: `cgroup ${p.cgroup} does not exist yet` };
+    return { policy: p.name, file: p.file, state: 'applied' };
+  });
+}
+
+function loadNotes(rep: LoadReport): Note[] {
+  const notes: Note[] = [];
+  if (rep.repinnedMaps.length) {
+    notes.push({
+      level: 'warn',
+      event: 'repinned',
+      message: `map pins ${rep.repinnedMaps.join(', ')} had been deleted; pinned again from the maps the attached programs use (contents kept)`,
+      fields: { maps: rep.repinnedMaps },
+    });
+  }
+  for (const [prog, why] of Object.entries(rep.rebound)) {
+    notes.push({
+      level: 'warn',
+      event: 'rebound',
+      message: `${prog} used other maps than the pinned ones (${why}); its link now runs the program on the pinned maps`,
+      fields: { program: prog },
+    });
+  }
+  notes.push({ level: 'info', event: 'loaded', message: 'programs loaded and attached', fields: { ...rep } });
+  for (const [prog, why] of Object.entries(rep.unavailable)) {
+    notes.push({
+      level: 'warn',
+      event: 'unavailable',
+      message: `${prog} not attached (${why}): policies with accelerate use the normal path`,
+      fields: { program: prog },
+    });
+  }
+  return notes;
+}

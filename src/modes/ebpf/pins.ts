@@ -1,0 +1,123 @@
+// pins.ts — what the eBPF mode keeps under its bpffs directory (maps/, links/) and how it reads it
+// back: typed maps by name, the links with their programs and attach points, slots by policy name.
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BpfMap, mapInfo } from '../../bpf/map.js';
+import { Link } from '../../bpf/link.js';
+import { progInfoById } from '../../bpf/prog.js';
+import { tryOpenPinned, withFd } from '../../bpf/fd.js';
+import { MAPS, type MapName } from '../../bpf/abi.js';
+import type { Codec } from '../../bpf/codec.js';
+
+/** Pinned maps besides those with codecs: the socket storage has no user-space view. */
+export const ALL_MAPS = [...(Object.keys(MAPS) as MapName[]), 'mr_sk'] as const;
+
+export interface LinkState {
+  name: string;
+  pin: string;
+  id?: number;
+  progId?: number;
+  progTag?: string;
+  /** Cgroup links: the id of the cgroup it is attached to ("0": detached). */
+  cgroupId?: string;
+  /** sk_msg links: the sockhash it is attached to (0: detached). */
+  mapId?: number;
+  attached: boolean;
+  error?: string;
+}
+
+export class Pins {
+  readonly mapsDir: string;
+  readonly linksDir: string;
+  constructor(readonly bpffs: string) {
+    this.mapsDir = join(bpffs, 'maps');
+    this.linksDir = join(bpffs, 'links');
+  }
+
+  /** Whether meshredir's pins exist under the bpffs directory. */
+  installed(): boolean {
+    return existsSync(this.linksDir) || existsSync(this.mapsDir);
+  }
+
+  mapPin(name: string): string {
+    return join(this.mapsDir, name);
+  }
+
+  linkPin(name: string): string {
+    return join(this.linksDir, name);
+  }
+
+  has(name: string): boolean {
+    return existsSync(this.mapPin(name));
+  }
+
+  openMap<N extends MapName>(name: N): BpfMap<unknown, unknown> {
+    const m = MAPS[name] as { key: Codec<unknown>; value: Codec<unknown> };
+    return BpfMap.open(this.mapPin(name), name, m.key, m.value);
+  }
+
+  /** Opens the maps, runs fn, closes them. */
+  withMaps<T>(names: readonly MapName[], fn: (maps: Map<MapName, BpfMap<unknown, unknown>>) => T): T {
+    const maps = new Map<MapName, BpfMap<unknown, unknown>>();
+    try {
+      for (const n of names) maps.set(n, this.openMap(n));
+      return fn(maps);
+    } finally {
+      for (const m of maps.values()) m.close();
+    }
+  }
+
+  /** The entries of one map, decoded. */
+  entries<T>(name: MapName): T {
+    return this.withMaps([name], (m) => m.get(name)!.entries() as T);
+  }
+
+  /** Map name → id of every pinned map (undefined where the pin is missing or unreadable). */
+  mapIds(): Map<string, number | undefined> {
+    return new Map(
+      ALL_MAPS.map((name) => {
+        const fd = tryOpenPinned(this.mapPin(name));
+        return [name, fd === null ? undefined : withFd(fd, (f) => mapInfo(f, name).id)];
+      }),
+    );
+  }
+
+  /** Every pinned link, with its program and where it is attached (or why it cannot be read). */
+  links(): LinkState[] {
+    if (!existsSync(this.linksDir)) return [];
+    return readdirSync(this.linksDir)
+      .sort()
+      .map((name) => {
+        const pin = this.linkPin(name);
+        try {
+          const l = Link.open(pin);
+          try {
+            const i = l.info();
+            const tag = progInfoById(i.progId)?.tag;
+            const base = { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}) };
+            if (i.mapId !== undefined) return { ...base, mapId: i.mapId, attached: i.mapId !== 0 };
+            return { ...base, cgroupId: String(i.cgroupId ?? 0n), attached: (i.cgroupId ?? 0n) !== 0n };
+          } finally {
+            l.close();
+          }
+        } catch (e) {
+          return { name, pin, attached: false, error: (e as Error).message };
+        }
+      });
+  }
+
+  /** The slot of every policy, by name, from mr_slots. */
+  slots(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const [slot, meta] of this.entries<[number, { name: Buffer }][]>('mr_slots')) {
+      out.set(meta.name.toString('utf8').replace(/\0.*$/s, ''), slot);
+    }
+    return out;
+  }
+
+  /** Sockets on the fast path now (entries of the pinned sockhash); 0 when it is not pinned. */
+  acceleratedSockets(): number {
+    if (!this.has('mr_sockhash')) return 0;
+    return this.withMaps(['mr_sockhash'], (m) => m.get('mr_sockhash')!.rawKeys().length);
+  }
+}

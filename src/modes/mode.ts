@@ -1,0 +1,139 @@
+// mode.ts — the one interface both redirection modes implement (plan → apply → status → verify →
+// cleanup). The agent and the CLI talk only to it; a traffic feature (outbound, inbound, DNS) is a part
+// inside each mode, never a branch above it.
+import type { Policy } from '../policy/schema.js';
+
+export type ModeName = 'ebpf' | 'iptables';
+export const MODE_NAMES: readonly ModeName[] = ['ebpf', 'iptables'];
+
+/** Where each mode keeps what it installs, and its knobs: one object for every command. */
+export interface ModeConfig {
+  /** bpffs directory of the eBPF mode's pins. */
+  bpffs: string;
+  /** iptables: where the per-netns backend choice and the applied rules are remembered. */
+  iptablesState: string;
+  /** iptables: a forced backend instead of the detected one. */
+  iptablesBackend?: 'nft' | 'legacy';
+  /** iptables: seconds to wait for the xtables lock. */
+  lockWait: number;
+  /** What applying needs beyond reading what is installed (the agent has it; status, verify and cleanup
+   * do not need it). */
+  attach?: AttachConfig;
+}
+
+export interface AttachConfig {
+  /** The cgroup directory (absolute, under the cgroup2 mount) where the eBPF programs attach. */
+  cgroupRoot: string;
+  /** meshredir.bpf.o */
+  object: string;
+  /** eBPF: redirected handshakes that may be in flight before connect() is refused. */
+  maxConnections?: number;
+  /** eBPF: sockets the sk_msg fast path may hold. */
+  maxAccelerated?: number;
+}
+
+/** Something a mode wants said (the agent logs it; the CLI prints it). */
+export interface Note {
+  level: 'debug' | 'info' | 'warn' | 'error';
+  /** A stable event name for logs ("unresolved", "skipped", …). */
+  event: string;
+  message: string;
+  fields?: Record<string, unknown>;
+}
+
+/** What happens to one policy: in force, waiting for something that does not exist yet, refused by the
+ * mode (its rules/entries are removed), or failed (what was in place before stays). */
+export interface PolicyOutcome {
+  policy: string;
+  /** Where it came from (a file path, a pod). */
+  file: string;
+  state: 'applied' | 'waiting' | 'rejected' | 'failed';
+  reason?: string;
+}
+
+/** The dry run: what apply would write, exactly (iptables-restore input; eBPF map entries). */
+export interface DryRun {
+  /** For stdout: text (iptables-restore input) or one JSON document (eBPF). */
+  text?: string;
+  json?: unknown;
+  /** For stderr: what would not be applied, and warnings. */
+  messages: string[];
+  /** False when a policy would not be applied (the exit code is then 1). */
+  ok: boolean;
+}
+
+/** What apply would do, computed without changing anything (apply reads it; the dry run renders it). */
+export interface Plan {
+  readonly mode: ModeName;
+  /** The policies the plan was made for. */
+  readonly input: Policy[];
+  readonly policies: PolicyOutcome[];
+  readonly notes: Note[];
+  /** Reads what it needs from the host on demand (the exact restore inputs, real cgroup ids). */
+  render(): DryRun;
+}
+
+export interface ApplyResult {
+  /** Entries/rules written and removed (0 and 0: in sync). */
+  writes: number;
+  deletes: number;
+  /** Whether programs were (re)loaded or attached in this pass. */
+  loaded: boolean;
+  policies: PolicyOutcome[];
+  notes: Note[];
+}
+
+/** A section of a human-readable report: a few lines and/or one table. */
+export interface Section {
+  lines?: string[];
+  table?: { head: string[]; rows: (string | number | boolean)[][] };
+}
+
+export interface StatusReport {
+  mode: ModeName;
+  /** The mode's status as one JSON object (merged into `status --json`). */
+  json: Record<string, unknown>;
+  /** The same for people. */
+  text: Section[];
+}
+
+export interface VerifyRequest {
+  /** A policy path (/pods/a) or a directory under the cgroup2 mount. */
+  cgroup: string;
+  netns?: string;
+  dest?: string;
+}
+
+export interface VerifyStep {
+  step: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface CleanupReport {
+  mode: ModeName;
+  /** Everything it removed, one line each. */
+  removed: string[];
+  /** What it kept on purpose, with why (also a failure: the exit code is 1). */
+  kept: string[];
+  /** What it could not remove. */
+  failed: string[];
+  notes: Note[];
+  /** The mode-specific details, for --json. */
+  json: Record<string, unknown>;
+}
+
+export interface Mode {
+  readonly name: ModeName;
+  /** Whether anything of this mode is installed here (pins, a state file that remembers rules). */
+  installed(): boolean;
+  /** What apply would do (reads the host, writes nothing). */
+  plan(policies: Policy[]): Plan;
+  /** Makes the host match the plan: loads/attaches what is missing, writes only what differs. */
+  apply(plan: Plan): ApplyResult;
+  status(): StatusReport;
+  /** Checks, link by link, that a connection from the cgroup would be redirected; sends no packet. */
+  verify(req: VerifyRequest): Promise<VerifyStep[]>;
+  /** Removes everything the mode made. Idempotent. */
+  cleanup(opts: { force?: boolean }): CleanupReport;
+}

@@ -1,0 +1,96 @@
+// socket.ts — the few raw socket and namespace calls Node has no API for (setns, TCP_REPAIR, netns
+// cookie), typed, on the libc declarations of libbpf.ts; errors name the call and the errno.
+import { openSync, closeSync } from 'node:fs';
+import ipaddr from 'ipaddr.js';
+import { c, errno } from './libbpf.js';
+import { errnoName } from './errno.js';
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const CLONE_NEWNET = 0x40000000;
+const SOL_SOCKET = 1;
+const SO_NETNS_COOKIE = 71;
+const SOL_TCP = 6;
+const TCP_REPAIR = 19;
+const SOCK_STREAM = 1;
+
+export interface SockAddr {
+  family: 4 | 6;
+  /** 4 or 16 bytes, network order. */
+  bytes: number[];
+  port: number;
+  /** "10.0.0.1:80" or "[fd00::1]:80". */
+  text: string;
+}
+
+function encode(a: { family: 4 | 6; bytes: number[]; port: number }): Buffer {
+  const b = Buffer.alloc(a.family === 4 ? 16 : 28);
+  b.writeUInt16LE(a.family === 4 ? AF_INET : AF_INET6, 0);
+  b.writeUInt16BE(a.port, 2);
+  Buffer.from(a.bytes).copy(b, a.family === 4 ? 4 : 8);
+  return b;
+}
+
+function decode(b: Buffer): SockAddr {
+  const v4 = b.readUInt16LE(0) === AF_INET;
+  const port = b.readUInt16BE(2);
+  const bytes = v4 ? [...b.subarray(4, 8)] : [...b.subarray(8, 24)];
+  const text = ipaddr.fromByteArray(bytes).toString();
+  return { family: v4 ? 4 : 6, bytes, port, text: v4 ? `${text}:${port}` : `[${text}]:${port}` };
+}
+
+/** Moves the calling thread into the network namespace at `path` (a /proc/PID/ns/net or a bind mount). */
+export function enterNetns(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    if (c.setns(fd, CLONE_NEWNET) < 0) throw new Error(`setns ${path}: ${errnoName(errno())}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** What a connect() in TCP_REPAIR mode saw: the hooks ran, no packet was sent. */
+export interface RepairConnect {
+  /** "ok" or the errno name connect() failed with. */
+  connect: string;
+  local?: SockAddr;
+  peer?: SockAddr;
+  netnsCookie?: bigint;
+}
+
+/**
+ * connect() in TCP_REPAIR mode: the cgroup and sockops hooks run, but no SYN is ever sent (nor on close).
+ * `whileOpen` runs before the socket is closed (what the hooks recorded for it may go with the close).
+ */
+export function repairConnect<T>(
+  dest: { family: 4 | 6; bytes: number[]; port: number },
+  whileOpen: (r: Required<RepairConnect>) => T,
+): { result: RepairConnect; seen?: T } {
+  const fd: number = c.socket(dest.family === 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
+  if (fd < 0) throw new Error(`socket: ${errnoName(errno())}`);
+  try {
+    const one = Buffer.alloc(4);
+    one.writeInt32LE(1);
+    if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
+      throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
+    const sa = encode(dest);
+    if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
+    const buf = Buffer.alloc(28);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(28);
+    if (c.getsockname(fd, buf, len) < 0) throw new Error(`getsockname: ${errnoName(errno())}`);
+    const local = decode(buf);
+    len.writeUInt32LE(28);
+    if (c.getpeername(fd, buf, len) < 0) throw new Error(`getpeername: ${errnoName(errno())}`);
+    const peer = decode(buf);
+    const cookie = Buffer.alloc(8);
+    const clen = Buffer.alloc(4);
+    clen.writeUInt32LE(8);
+    if (c.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, cookie, clen) < 0)
+      throw new Error(`getsockopt SO_NETNS_COOKIE: ${errnoName(errno())}`);
+    const result = { connect: 'ok', local, peer, netnsCookie: cookie.readBigUInt64LE(0) };
+    return { result, seen: whileOpen(result) };
+  } finally {
+    c.close(fd);
+  }
+}
