@@ -618,6 +618,8 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
             bpffs,
             '--mode',
             'ebpf',
+            '--state-dir',
+            `${dir}-state`,
             '--cleanup-on-exit',
           ],
           { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -655,6 +657,7 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
         fail('ebpf', 'agent start to redirect-ready', round, e);
       } finally {
         rmSync(dir, { recursive: true, force: true });
+        rmSync(`${dir}-state`, { recursive: true, force: true });
       }
     }
     x.tick(`control plane, round ${round}: ${said.join(', ') || 'neither mode can run here (see missing)'}`);

@@ -1,69 +1,29 @@
 // map.ts — a BPF map by file descriptor, typed by codecs: get/set/delete/entries/setMany,
 // pin, unpin and reopen; per-CPU maps return one value per possible CPU.
-import { readFileSync, unlinkSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 import { lib, c, NULL } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import type { Codec } from './codec.js';
+import { MapType } from './fd.js';
+import { mapInfo, nPossibleCpus, type MapInfo } from './map-info.js';
+
+export { mapInfo, nPossibleCpus, type MapInfo } from './map-info.js';
 
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
 
 const ENOENT = 2;
-const INFO_SIZE = 88;
-
-export interface MapInfo {
-  type: number;
-  id: number;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-  flags: number;
-  name: string;
-  /** The kernel BTF object describing key and value (0: the map has none), and their type ids in it. */
-  btfId: number;
-  btfKeyTypeId: number;
-  btfValueTypeId: number;
-}
-
-export function mapInfo(fd: number, what: string): MapInfo {
-  const buf = Buffer.alloc(INFO_SIZE);
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(INFO_SIZE);
-  const r: number = lib.bpf_obj_get_info_by_fd(fd, buf, len);
-  if (r < 0) throw new BpfError(what, 'bpf_obj_get_info_by_fd', r);
-  return {
-    type: buf.readUInt32LE(0),
-    id: buf.readUInt32LE(4),
-    keySize: buf.readUInt32LE(8),
-    valueSize: buf.readUInt32LE(12),
-    maxEntries: buf.readUInt32LE(16),
-    flags: buf.readUInt32LE(20),
-    name: buf.toString('latin1', 24, 40).replace(/\0.*$/s, ''),
-    btfId: buf.readUInt32LE(64),
-    btfKeyTypeId: buf.readUInt32LE(68),
-    btfValueTypeId: buf.readUInt32LE(72),
-  };
-}
-
-let possibleCpus: number | undefined;
-export function nPossibleCpus(): number {
-  if (possibleCpus === undefined) {
-    const text = readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
-    possibleCpus = 0;
-    for (const part of text.split(',')) {
-      const [a, b] = part.split('-').map(Number);
-      possibleCpus += b === undefined ? 1 : b - (a ?? 0) + 1;
-    }
-  }
-  return possibleCpus;
-}
-
 /** Map types whose kernel implementation has the BPF_MAP_*_BATCH commands: hash and array maps have
  * their own; the LPM trie has the kernel's generic ones (get_next_key/lookup/update/delete in a loop
  * inside one syscall, since 5.6). A kernel that refuses them anyway is noticed per map (see below). */
-const BATCH_TYPES = new Set([
-  1 /* hash */, 2 /* array */, 5 /* percpu hash */, 6 /* percpu array */, 9 /* lru hash */, 11 /* lpm trie */,
+const BATCH_TYPES = new Set<number>([
+  MapType.HASH,
+  MapType.ARRAY,
+  MapType.PERCPU_HASH,
+  MapType.PERCPU_ARRAY,
+  MapType.LRU_HASH,
+  MapType.LPM_TRIE,
 ]);
 const EINVAL = 22;
 const ENOSPC = 28;
@@ -99,7 +59,8 @@ export class BpfMap<K, V> {
   }
 
   get perCpu(): boolean {
-    return this.info.type === 5 || this.info.type === 6 || this.info.type === 10;
+    const t = this.info.type;
+    return t === MapType.PERCPU_HASH || t === MapType.PERCPU_ARRAY || t === MapType.LRU_PERCPU_HASH;
   }
   private get rawValueSize(): number {
     return this.perCpu ? Math.ceil(this.value.size / 8) * 8 * nPossibleCpus() : this.value.size;

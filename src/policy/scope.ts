@@ -1,6 +1,7 @@
 // scope.ts — which cgroups of a policy set lie outside the cgroup where the programs attach (the hooks
 // run only for tasks at or below it): pure, so it is unit-tested without root.
 import type { Policy } from './schema.js';
+import { within } from '../util/host.js';
 
 export interface OutOfScope {
   policy: string;
@@ -11,7 +12,7 @@ export interface OutOfScope {
 
 /** Whether cgroup path `p` is `root` or below it (both normalised policy paths such as /pods/a). */
 export function underRoot(p: string, root: string): boolean {
-  return root === '/' || p === root || p.startsWith(`${root}/`);
+  return within(p, root);
 }
 
 /** The policy and bypass cgroups that are not at or below `root` (a policy path), with why it matters. */

@@ -14,6 +14,11 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
+/** Whether `path` is `dir` or below it (both absolute and normalised). */
+export function within(path: string, dir: string): boolean {
+  return dir === '/' || path === dir || path.startsWith(dir.endsWith('/') ? dir : `${dir}/`);
+}
+
 export function mounts(): Mount[] {
   return readFileSync('/proc/mounts', 'utf8')
     .split('\n')
@@ -35,9 +40,7 @@ export function bpffsMount(): string | null {
 /** Makes sure a bpffs is mounted at or above `dir`; mounts one at /sys/fs/bpf if none exists. */
 export function ensureBpffs(dir: string): void {
   const abs = resolve(dir);
-  const bpf = mounts().filter(
-    (m) => m.type === 'bpf' && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)),
-  );
+  const bpf = mounts().filter((m) => m.type === 'bpf' && within(abs, m.target));
   if (bpf.length > 0) return;
   if (!abs.startsWith('/sys/fs/bpf'))
     throw new Error(`${dir} is not on a bpffs mount (mount one, or use a directory under /sys/fs/bpf)`);
@@ -61,7 +64,7 @@ export function cgroupDir(cgroupPath: string, mount = requireCgroup2()): string 
 export function cgroupPathOf(dir: string, mount = requireCgroup2()): string {
   const abs = resolve(dir);
   if (abs === mount) return '/';
-  if (!abs.startsWith(`${mount}/`)) throw new Error(`${dir} is not under the cgroup2 mount ${mount}`);
+  if (!within(abs, mount)) throw new Error(`${dir} is not under the cgroup2 mount ${mount}`);
   return abs.slice(mount.length);
 }
 
@@ -77,7 +80,7 @@ export function cgroupId(dir: string): bigint | null {
 /** A cgroup argument (a path under the cgroup2 mount, or a policy path such as /pods/a or pods/a) as
  * its directory under the mount; the directory may not exist. */
 export function cgroupArgDir(arg: string, mount = requireCgroup2()): string {
-  return arg === mount || arg.startsWith(`${mount}/`) ? arg : cgroupDir(arg.startsWith('/') ? arg : `/${arg}`, mount);
+  return within(arg, mount) ? arg : cgroupDir(arg.startsWith('/') ? arg : `/${arg}`, mount);
 }
 
 /** Accepts either a path under the cgroup2 mount or a path relative to it; returns the directory. */

@@ -62,7 +62,8 @@ export const benchCommand = new Command('bench')
   )
   .action(async (raw: Record<string, unknown>) => {
     const o = parseOptions(flags, raw);
-    const { summarise, renderTable, renderSvg, renderMarkdown } = await import('../../bench/report.js');
+    const { summarise, renderTable, renderMarkdown } = await import('../../bench/report.js');
+    const { renderSvg } = await import('../../bench/chart.js');
     if (o.from) {
       let run: { meta: Record<string, unknown>; missing?: Missing[]; samples: Sample[] };
       try {
@@ -131,7 +132,8 @@ async function writeDocs(
   samples: Sample[],
   missing: Missing[],
 ): Promise<void> {
-  const { renderSvg, renderMarkdown, renderReadmeSummary, splice } = await import('../../bench/report.js');
+  const { renderMarkdown, renderReadmeSummary, splice } = await import('../../bench/report.js');
+  const { renderSvg } = await import('../../bench/chart.js');
   const docs = join(root, 'docs');
   writeFileSync(join(docs, 'benchmarks.json'), JSON.stringify({ meta, missing, samples }, null, 2));
   writeFileSync(join(docs, 'benchmarks.svg'), await renderSvg(rows));

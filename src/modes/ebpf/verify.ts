@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import ipaddr from 'ipaddr.js';
 import { CgKind, PolicyFlag, PROGRAMS, AF_INET } from '../../bpf/abi.js';
-import { cgroupArgDir, cgroupDir, cgroupId, requireCgroup2 } from '../../util/host.js';
+import { cgroupArgDir, cgroupDir, cgroupId, requireCgroup2, within } from '../../util/host.js';
 import { cgroupPathById, subtreePids } from '../../util/cgroups.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
 import { isLoopback } from '../../policy/addr.js';
@@ -107,7 +107,7 @@ export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> 
     }
     const root = cgroupPathById(BigInt(cgLinks[0]!.cgroupId!));
     const rootDir = root === null ? null : cgroupDir(root, mount);
-    if (!rootDir || !(dir === rootDir || dir.startsWith(`${rootDir}/`)))
+    if (!rootDir || !within(dir, rootDir))
       c.fail('attached', `programs are attached at ${root ?? '?'}, which does not contain ${o.cgroup}`);
     c.ok('attached', `${cgLinks.length} programs at ${root}`);
 

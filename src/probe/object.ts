@@ -1,0 +1,50 @@
+// object.ts — meshredir's own object, probed for real: loaded through the verifier and each of its cgroup
+// programs attached to a throwaway cgroup, so a kernel that has every hook but not everything the
+// programs use (helpers, socket storage, BTF features) is caught.
+import { BpfObject } from '../bpf/object.js';
+import { BpfError } from '../bpf/errors.js';
+import { Link } from '../bpf/link.js';
+import { PROGRAMS, type ProgramName } from '../bpf/abi.js';
+
+export interface ObjectCheck {
+  path: string;
+  /** The real programs (meshredir.bpf.o) pass the verifier on this kernel. */
+  loads: boolean;
+  /** Each cgroup program attaches through a bpf_link (to a throwaway cgroup). */
+  attaches: boolean;
+  why?: string;
+}
+
+/** A load error with the failing program and the verifier's verdict, from libbpf's log. */
+function withVerifier(e: BpfError): string {
+  const prog = e.log.find((l) => /prog '.*': failed to load/.test(l))?.replace(/^libbpf: /, '');
+  const at = e.log.findIndex((l) => /^processed \d+ insns/.test(l));
+  const verdict = at > 0 ? e.log[at - 1] : undefined;
+  return [e.message, prog, verdict].filter(Boolean).join('; ');
+}
+
+/** Loads the real object and attaches each of its cgroup programs to `cgroupDir`, then lets go. */
+export function probeObject(path: string, cgroupDir: string | null): ObjectCheck {
+  let obj: BpfObject | undefined;
+  try {
+    obj = BpfObject.open(path);
+    obj.load();
+  } catch (e) {
+    obj?.close();
+    return { path, loads: false, attaches: false, why: e instanceof BpfError ? withVerifier(e) : (e as Error).message };
+  }
+  try {
+    if (!cgroupDir) return { path, loads: true, attaches: false, why: 'no cgroup2 mount to attach to' };
+    for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
+      if (PROGRAMS[name].attach === 'sk_msg') continue; // optional (fast path), probed as skMsg
+      try {
+        Link.attachCgroup(obj.program(name), cgroupDir).close(); // unpinned: detached on close
+      } catch (e) {
+        return { path, loads: true, attaches: false, why: (e as Error).message };
+      }
+    }
+    return { path, loads: true, attaches: true };
+  } finally {
+    obj.close();
+  }
+}
