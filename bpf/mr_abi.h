@@ -1,11 +1,15 @@
-/* mr_abi.h — the structs that cross the kernel/user boundary: the layout of every meshredir map.
- * The TypeScript codecs in src/bpf/abi.ts mirror these and are checked against the object's BTF
- * at load, so a change here without the matching change there fails loudly. */
+/* mr_abi.h — the structs and constants that cross the kernel/user boundary: the layout of every
+ * meshredir map and the values stored in it. The TypeScript codecs and constants in src/bpf/abi.ts
+ * mirror these and are checked against the object's BTF at load, so a change here without the
+ * matching change there fails loudly. Constants are enumerators, not #defines, so that they reach BTF:
+ * each enum is the type of a field of struct mr_abi at the end of this file. */
 #ifndef MR_ABI_H
 #define MR_ABI_H
 
-#define MR_MAX_POLICIES 4096     /* policy slots; slot 0 is the global (no policy) counter slot */
-#define MR_MAX_CGROUP_DEPTH 32   /* how far up the cgroup tree a policy lookup walks */
+enum mr_limit {
+	MR_MAX_POLICIES = 4096,   /* policy slots; slot 0 is the global (no policy) counter slot */
+	MR_MAX_CGROUP_DEPTH = 32, /* how far up the cgroup tree a policy lookup walks */
+};
 
 /* mr_cgroups value: what a cgroup id means to us. */
 enum mr_cg_kind {
@@ -18,13 +22,15 @@ struct mr_cg_entry {
 	__u32 slot;
 };
 
-/* mr_policy.flags */
-#define MR_F_PROXY4           (1u << 0) /* proxy4_* set: IPv4 (and v4-mapped) connects are redirected */
-#define MR_F_PROXY6           (1u << 1) /* proxy6_* set: IPv6 connects are redirected */
-#define MR_F_INCLUDE_PORTS    (1u << 2) /* only ports with MR_ACT_INCLUDE in mr_ports are redirected */
-#define MR_F_INCLUDE_CIDRS    (1u << 3) /* only destinations whose longest match is MR_ACT_INCLUDE */
-#define MR_F_REDIRECT_LOOPBACK (1u << 4) /* loopback destinations are redirected too */
-#define MR_F_ACCELERATE       (1u << 5) /* reserved for the sk_msg fast path */
+/* mr_policy.flags: bits (the field stays a __u32, a set of these). */
+enum mr_policy_flag {
+	MR_F_PROXY4 = 1u << 0,            /* proxy4_* set: IPv4 (and v4-mapped) connects are redirected */
+	MR_F_PROXY6 = 1u << 1,            /* proxy6_* set: IPv6 connects are redirected */
+	MR_F_INCLUDE_PORTS = 1u << 2,     /* only ports with MR_ACT_INCLUDE in mr_ports are redirected */
+	MR_F_INCLUDE_CIDRS = 1u << 3,     /* only destinations whose longest match is MR_ACT_INCLUDE */
+	MR_F_REDIRECT_LOOPBACK = 1u << 4, /* loopback destinations are redirected too */
+	MR_F_ACCELERATE = 1u << 5,        /* reserved for the sk_msg fast path */
+};
 
 struct mr_policy {
 	__u32 flags;
@@ -84,7 +90,9 @@ struct mr_tuple_key {
 };
 
 /* An original destination. */
-#define MR_O_ACCEL (1u << 0) /* mr_orig.flags: the application's socket went on the fast path */
+enum mr_orig_flag {
+	MR_O_ACCEL = 1u << 0, /* mr_orig.flags: the application's socket went on the fast path */
+};
 struct mr_orig {
 	__u8 family;
 	__u8 flags;
@@ -109,13 +117,15 @@ struct mr_peer {
 /* mr_sk: per-socket storage (freed by the kernel with the socket), on two kinds of socket: the
  * application's redirected socket (MR_SK_APP) and the proxy's accepted socket once it has read the
  * original destination (MR_SK_SERVED; repeated reads are answered from here). */
-#define MR_SK_RECORDED (1u << 0) /* key is in mr_orig and must be deleted on close */
-#define MR_SK_APP      (1u << 1) /* the application's socket: getpeername answers with orig */
-#define MR_SK_SERVED   (1u << 2) /* the proxy's accepted socket: orig is its original destination */
-#define MR_SK_ACCEL    (1u << 3) /* in mr_sockhash (orig.slot names the policy) */
-#define MR_SK_SLOWPATH (1u << 4) /* a message went by TCP: stay on TCP until the peer has read all of it */
-#define MR_SK_FRESH    (1u << 5) /* just accelerated: bytes may have gone by TCP before (TFO data) */
-#define MR_SK_PEER     (1u << 6) /* peer_key and peer are cached */
+enum mr_sk_flag {
+	MR_SK_RECORDED = 1u << 0, /* key is in mr_orig and must be deleted on close */
+	MR_SK_APP = 1u << 1,      /* the application's socket: getpeername answers with orig */
+	MR_SK_SERVED = 1u << 2,   /* the proxy's accepted socket: orig is its original destination */
+	MR_SK_ACCEL = 1u << 3,    /* in mr_sockhash (orig.slot names the policy) */
+	MR_SK_SLOWPATH = 1u << 4, /* a message went by TCP: stay on TCP until the peer has read all of it */
+	MR_SK_FRESH = 1u << 5,    /* just accelerated: bytes may have gone by TCP before (TFO data) */
+	MR_SK_PEER = 1u << 6,     /* peer_key and peer are cached */
+};
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED, and (its own) when MR_SK_ACCEL */
@@ -166,6 +176,21 @@ struct mr_stats {
 struct mr_slot_meta {
 	__u64 cgroup_id;
 	char name[256]; /* metadata.name (at most 253 characters) and its NUL: never truncated */
+};
+
+/* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
+ * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
+ * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
+ * object's BTF, where the agent checks src/bpf/abi.ts against them. A new enum here needs its field. */
+struct mr_abi {
+	enum mr_limit limit;
+	enum mr_cg_kind cg_kind;
+	enum mr_policy_flag policy_flag;
+	enum mr_owner_kind owner_kind;
+	enum mr_action action;
+	enum mr_orig_flag orig_flag;
+	enum mr_sk_flag sk_flag;
+	enum mr_gauge gauge;
 };
 
 #endif
