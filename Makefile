@@ -50,7 +50,8 @@ ts:
 test: build
 	scripts/test.sh
 
-test-unit:
+# The unit suite reads the built object's BTF (opened, never loaded: no root needed).
+test-unit: bpf
 	npx vitest run --project unit
 
 test-kernel: build

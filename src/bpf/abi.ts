@@ -1,23 +1,50 @@
 // abi.ts — TypeScript mirror of bpf/mr_abi.h: constants and the codec of every map's key and value.
-// Each struct codec is checked against the loaded object's BTF (src/bpf/btf.ts), so the two sides
-// cannot drift apart silently.
+// Each struct codec and each enum mirror is checked against the object's BTF at load (src/bpf/mirror.ts),
+// so the two sides cannot drift apart silently.
 import { struct, u8, u32, u64 } from './codec.js';
+import type { AbiEnums, EnumMirror } from './mirror.js';
 
-export const MAX_POLICIES = 4096;
+const mirrors: EnumMirror[] = [];
+/** Declares `values` as the mirror of C `enum cName`, whose enumerators are `${prefix}${key}`. */
+function cEnum<const V extends Record<string, number>>(cName: string, prefix: string, values: V): Readonly<V> {
+  mirrors.push({ cName, prefix, values });
+  return Object.freeze(values);
+}
+
+export const Limit = cEnum('mr_limit', 'MR_', { MAX_POLICIES: 4096, MAX_CGROUP_DEPTH: 32 });
+export const MAX_POLICIES = Limit.MAX_POLICIES;
+// Linux's, not ours: not in BTF (the programs take them from their own defines).
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 
-export const CgKind = { POLICY: 1, BYPASS: 2 } as const;
-export const PolicyFlag = {
+export const CgKind = cEnum('mr_cg_kind', 'MR_CG_', { POLICY: 1, BYPASS: 2 });
+/** Bits of mr_policy.flags. */
+export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   PROXY4: 1 << 0,
   PROXY6: 1 << 1,
   INCLUDE_PORTS: 1 << 2,
   INCLUDE_CIDRS: 1 << 3,
   REDIRECT_LOOPBACK: 1 << 4,
   ACCELERATE: 1 << 5,
-} as const;
-export const OwnerKind = { UID: 1, GID: 2 } as const;
-export const Action = { INCLUDE: 1, EXCLUDE: 2 } as const;
+});
+export const OwnerKind = cEnum('mr_owner_kind', 'MR_OWNER_', { UID: 1, GID: 2 });
+export const Action = cEnum('mr_action', 'MR_ACT_', { INCLUDE: 1, EXCLUDE: 2 });
+/** Bits of mr_orig.flags. */
+export const OrigFlag = cEnum('mr_orig_flag', 'MR_O_', { ACCEL: 1 << 0 });
+/** Bits of mr_sk.flags (per-socket storage; no map user space reads). */
+export const SkFlag = cEnum('mr_sk_flag', 'MR_SK_', {
+  RECORDED: 1 << 0,
+  APP: 1 << 1,
+  SERVED: 1 << 2,
+  ACCEL: 1 << 3,
+  SLOWPATH: 1 << 4,
+  FRESH: 1 << 5,
+  PEER: 1 << 6,
+});
+/** Indexes of mr_gauges; MAX is their number. */
+export const Gauge = cEnum('mr_gauge', 'MR_G_', { PENDING: 0, LIMIT: 1, MAX: 2 });
+/** Every enum mirror above; struct mr_abi (bpf/mr_abi.h) has a field of each enum, which puts them in BTF. */
+export const ABI_ENUMS: AbiEnums = { anchor: 'mr_abi', mirrors };
 
 export const cgEntry = struct('mr_cg_entry', { kind: 'u32', slot: 'u32' });
 export const policyValue = struct('mr_policy', {
@@ -105,8 +132,6 @@ export const MAPS = {
   mr_peers: { key: tupleKey, value: peerValue },
   mr_gauges: { key: u32, value: u64 },
 } as const;
-/** Indexes of mr_gauges (enum mr_gauge). */
-export const Gauge = { PENDING: 0, LIMIT: 1 } as const;
 /** Default limit of redirected handshakes in flight (mr_orig holds twice as many). */
 export const DEFAULT_MAX_CONNECTIONS = 16_384;
 export type MapName = keyof typeof MAPS;

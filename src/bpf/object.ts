@@ -3,7 +3,8 @@
 import { lib, isNull, errno, logMark, logSince, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import { BpfMap, mapInfo } from './map.js';
-import { checkStruct } from './btf.js';
+import { checkEnums, checkStruct, type AbiEnums } from './mirror.js';
+import { ABI_ENUMS } from './abi.js';
 import type { Codec, StructCodec } from './codec.js';
 
 export interface Program {
@@ -45,7 +46,7 @@ export class BpfObject {
     let m: Ptr = lib.bpf_object__next_map(this.handle, null);
     while (!isNull(m)) {
       const n: string = lib.bpf_map__name(m);
-      if (!n.startsWith('.')) names.push(n); // .rodata/.bss are internal
+      if (!n.includes('.')) names.push(n); // internal maps: libbpf names them '<object>.rodata' and so on
       m = lib.bpf_object__next_map(this.handle, m);
     }
     return names;
@@ -120,11 +121,12 @@ export class BpfObject {
     if (r < 0) throw new BpfError(`pin map ${name} at ${path}`, 'bpf_obj_pin', r);
   }
 
-  /** Checks struct codecs against this object's BTF; returns the mismatches. */
-  checkCodecs(codecs: StructCodec<unknown>[]): string[] {
+  /** Checks struct codecs and enum mirrors (by default src/bpf/abi.ts's) against this object's BTF
+   * (before or after load); returns the mismatches. */
+  checkAbi(codecs: readonly StructCodec<unknown>[], enums: AbiEnums = ABI_ENUMS): string[] {
     const btf: Ptr = lib.bpf_object__btf(this.handle);
     if (isNull(btf)) return [`${this.path}: has no BTF (build with -g)`];
-    return codecs.flatMap((cd) => checkStruct(btf, cd));
+    return [...codecs.flatMap((cd) => checkStruct(btf, cd)), ...checkEnums(btf, enums)];
   }
 
   close(): void {

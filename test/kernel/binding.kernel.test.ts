@@ -28,9 +28,9 @@ kernelDescribe('libbpf binding', () => {
   });
 
   it('checks every codec against the object BTF, and notices a drifted one', () => {
-    expect(obj.checkCodecs(STRUCT_CODECS)).toEqual([]);
+    expect(obj.checkAbi(STRUCT_CODECS)).toEqual([]);
     const drifted = struct('mr_port_key', { slot: 'u32', port: 'u32' });
-    expect(obj.checkCodecs([drifted]).join('\n')).toMatch(/mr_port_key.*(size|offset|missing)/);
+    expect(obj.checkAbi([drifted]).join('\n')).toMatch(/mr_port_key.*(size|offset|missing)/);
   });
 
   it('typed maps: set/get/delete/entries and batch set, read and delete (hash and LPM trie)', () => {

@@ -60,7 +60,7 @@ export function load(cfg: LoadConfig, pins: Pins): LoadReport {
   const reusedFds: number[] = [];
   const btfs = new Map<number, KernelBtf>();
   try {
-    const drift = obj.checkCodecs(STRUCT_CODECS);
+    const drift = obj.checkAbi(STRUCT_CODECS);
     if (drift.length) throw new Error(`${cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
     const limit = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     obj.setMaxEntries('mr_orig', 2 * limit);
