@@ -64,7 +64,10 @@ export class Runner {
       stdio: own ? ['pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe', ns.fd],
       timeout: (this.lockWait + 10) * 1000,
     });
-    if (r.error) {
+    // A command that exits before reading its input (a failing restore) makes the write fail with EPIPE:
+    // its exit status and stderr are what it has to say.
+    const epipe = (r.error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE' && r.status !== null;
+    if (r.error && !epipe) {
       const code = (r.error as NodeJS.ErrnoException).code;
       throw new IptablesError(
         `${full[0]}: ${code === 'ENOENT' ? 'not installed (not found in PATH)' : r.error.message} (in netns ${ns.path})`,
