@@ -7,7 +7,9 @@ export const MAX_POLICIES = 4096;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 
-export const CgKind = { POLICY: 1, BYPASS: 2 } as const;
+/** mr_cgroups kinds (enum mr_cg_kind): GUARD refuses connects from unclassified cgroups below it, PASS
+ * marks a classified pod that is not enrolled. */
+export const CgKind = { POLICY: 1, BYPASS: 2, GUARD: 3, PASS: 4 } as const;
 export const PolicyFlag = {
   PROXY4: 1 << 0,
   PROXY6: 1 << 1,
@@ -77,6 +79,7 @@ export const STAT_FIELDS = [
   'msg_slow',
   'msg_resumed',
   'ulp_refused',
+  'guard_refused',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(

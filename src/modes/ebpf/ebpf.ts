@@ -36,6 +36,8 @@ import {
   type IdConflict,
   type MapEntries,
   type Resolution,
+  type Gates,
+  type GateIds,
 } from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
 
@@ -432,6 +434,14 @@ export class EbpfMode {
     );
   }
 
+  /** Gate paths as ids; those that do not exist (yet) are left out. */
+  resolveGates(gates: Gates | undefined): GateIds {
+    const mount = requireCgroup2();
+    const ids = (paths: string[]) =>
+      paths.map((p) => cgroupId(cgroupDir(p, mount))).filter((x): x is bigint => x !== null);
+    return { guard: ids(gates?.guard ?? []), pass: ids(gates?.pass ?? []) };
+  }
+
   /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
   private cgroupOwners(slots: Map<string, number>): Map<bigint, string> {
     const bySlot = new Map([...slots].map(([n, s]) => [s, n]));
@@ -445,7 +455,10 @@ export class EbpfMode {
     });
   }
 
-  desired(policies: Policy[]): {
+  desired(
+    policies: Policy[],
+    gates?: Gates,
+  ): {
     entries: MapEntries;
     slots: Map<string, number>;
     res: Map<string, Resolution>;
@@ -463,7 +476,13 @@ export class EbpfMode {
       keep.map((p) => p.name),
       current,
     );
-    return { entries: toEntries(keep, slots, res, { fastPath: this.fastPathAttached() }), slots, res, keep, conflicts };
+    return {
+      entries: toEntries(keep, slots, res, { fastPath: this.fastPathAttached() }, this.resolveGates(gates)),
+      slots,
+      res,
+      keep,
+      conflicts,
+    };
   }
 
   /** Whether `accelerate` can be applied here, and if not why: the sk_msg program is attached (sk_msg
@@ -490,7 +509,10 @@ export class EbpfMode {
    * What applyPolicies would write, without writing: the map entries with real cgroup ids where the
    * cgroups exist (slots from the pinned mr_slots when installed), and which cgroups do not exist.
    */
-  dryRun(policies: Policy[]): {
+  dryRun(
+    policies: Policy[],
+    gates?: Gates,
+  ): {
     entries: MapEntries;
     slotsFrom: 'pins' | 'new';
     unresolved: { policy: string; field: string; cgroup: string }[];
@@ -513,16 +535,17 @@ export class EbpfMode {
       ];
     });
     return {
-      entries: toEntries(keep, slots, res, { fastPath: !pinned || this.fastPathAttached() }),
+      entries: toEntries(keep, slots, res, { fastPath: !pinned || this.fastPathAttached() }, this.resolveGates(gates)),
       slotsFrom: pinned ? 'pins' : 'new',
       unresolved,
       rejected: conflicts.flatMap((c) => c.policies.filter((p) => p !== c.kept).map((p) => idConflictMessage(c, p))),
     };
   }
 
-  /** Makes the policy maps hold exactly `policies`; writes only what differs. */
-  applyPolicies(policies: Policy[]): ApplyReport {
-    const { entries, slots, res, keep, conflicts } = this.desired(policies);
+  /** Makes the policy maps hold exactly `policies` (and the `gates`: guard and pass entries of pod
+   * cgroups); writes only what differs. */
+  applyPolicies(policies: Policy[], gates?: Gates): ApplyReport {
+    const { entries, slots, res, keep, conflicts } = this.desired(policies, gates);
     let writes = 0;
     let deletes = 0;
     this.withMaps(POLICY_MAPS, (maps) => {

@@ -8,7 +8,7 @@ import ipaddr from 'ipaddr.js';
 import { c, errno } from '../../sys/libbpf.js';
 import { errnoName } from '../../bpf/errors.js';
 import { EbpfMode } from './ebpf.js';
-import { cgroupId, requireCgroup2 } from '../../util/host.js';
+import { cgroupId, cgroupPathOf, requireCgroup2 } from '../../util/host.js';
 import { AF_INET, AF_INET6, CgKind } from '../../bpf/abi.js';
 
 const CLONE_NEWNET = 0x40000000;
@@ -233,6 +233,19 @@ export function coverage(mode: EbpfMode, cgroupDir: string): Coverage | null {
     for (let d = cgroupDir; d.startsWith(mount); d = dirname(d)) {
       const id = cgroupId(d);
       const e = id === null ? undefined : (cg.get(id) as { kind: number; slot: number } | undefined);
+      if (e && (e.kind === CgKind.PASS || e.kind === CgKind.GUARD)) {
+        // A pod classified as not enrolled (pass) is covered by no policy; a guard means the pod has
+        // not been classified yet and its connects are refused.
+        if (e.kind === CgKind.PASS) return null;
+        return {
+          bypassIds: [],
+          policy: `guard on ${cgroupPathOf(d, mount)} (pod not classified yet: connects are refused)`,
+          slot: 0,
+          bypass: false,
+          proxy4: null,
+          proxy6: null,
+        };
+      }
       if (e) {
         const p = pol.get(e.slot) as {
           flags: number;
