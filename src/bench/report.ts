@@ -152,13 +152,11 @@ const METRIC_TITLE: Record<string, string> = {
 
 /** One bar per mode: its median relative to the scenario's baseline. */
 export async function renderSvg(rows: Row[]): Promise<string> {
-  const data = rows
-    .filter(chartRow)
-    .map((r) => ({
-      panel: `${r.scenario} ${r.variant} ${METRIC_TITLE[r.metric] ?? r.metric} (vs ${BASELINE[r.scenario]})`,
-      mode: r.mode,
-      ratio: Number(r.ratio!.toFixed(3)),
-    }));
+  const data = rows.filter(chartRow).map((r) => ({
+    panel: `${r.scenario} ${r.variant} ${METRIC_TITLE[r.metric] ?? r.metric} (vs ${BASELINE[r.scenario]})`,
+    mode: r.mode,
+    ratio: Number(r.ratio!.toFixed(3)),
+  }));
   const spec = compile(
     {
       $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
