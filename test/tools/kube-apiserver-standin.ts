@@ -103,7 +103,8 @@ export class KubeApiStandin {
 
   async start(port = 0): Promise<number> {
     this.server = createServer(this.certificate(), (req, res) => this.handle(req, res));
-    this.server.on('connection', (s) => {
+    // The TCP sockets under TLS: destroying one is an abrupt close, as a dropped connection is.
+    this.server.on('connection', (s: Socket) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
     });
