@@ -41,7 +41,10 @@ describe('Kubernetes source against the API stand-in', () => {
       kubeconfig: loadKubeConfig(join(dir, 'kubeconfig')),
       nodeName: 'n1',
       layout: { prefix: '/', cgroupRoot: '/', drivers: ['systemd', 'cgroupfs'] },
-      templates: () => new TemplateDir(join(dir, 'policies')).read(),
+      templates: (
+        (t) => () =>
+          t.read()
+      )(new TemplateDir(join(dir, 'policies'))),
       mount,
       reflector: { stallMs: 1500, backoff: { initialMs: 50, maxMs: 400 }, minLifeMs: 200 },
       unknownGraceMs: 0,
