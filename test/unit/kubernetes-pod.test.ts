@@ -219,3 +219,16 @@ describe('guard and pass entries', () => {
     ]);
   });
 });
+
+describe('RBAC (deploy/kubernetes/rbac.yaml)', () => {
+  it('grants only get, list and watch on pods and namespaces', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { parseAllDocuments } = await import('yaml');
+    const docs = parseAllDocuments(
+      readFileSync(new URL('../../deploy/kubernetes/rbac.yaml', import.meta.url), 'utf8'),
+    ).map((d) => d.toJS() as { kind: string; rules?: { apiGroups: string[]; resources: string[]; verbs: string[] }[] });
+    const rules = docs.flatMap((d) => d.rules ?? []);
+    expect(docs.map((d) => d.kind)).toEqual(['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding']);
+    expect(rules).toEqual([{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] }]);
+  });
+});
