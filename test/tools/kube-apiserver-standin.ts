@@ -11,7 +11,7 @@ import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -118,6 +118,14 @@ export class KubeApiStandin {
     this.dropConnections();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server = undefined;
+  }
+
+  /** Files as a pod's service account has them (ca.crt, token, namespace) under `root`. */
+  writeServiceAccount(root: string): void {
+    mkdirSync(root, { recursive: true });
+    writeFileSync(join(root, 'ca.crt'), this.certificate().cert);
+    writeFileSync(join(root, 'token'), this.token);
+    writeFileSync(join(root, 'namespace'), 'meshredir-system');
   }
 
   /** A kubeconfig for client-node, pointing at this server (its CA, a bearer token). */

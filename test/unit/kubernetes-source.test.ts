@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { KubeConfig } from '@kubernetes/client-node';
 import { KubeApiStandin } from '../tools/kube-apiserver-standin.js';
 import { KubernetesSource, loadKubeConfig } from '../../src/sources/kubernetes/source.js';
 import { TemplateDir } from '../../src/sources/kubernetes/templates.js';
@@ -242,6 +243,31 @@ describe('Kubernetes source against the API stand-in', () => {
       expect.stringMatching(/^pod shop\/v .*"on" is neither "enabled" nor "disabled"; not classified/),
       'cgroup /kubepods/burstable/pod0123456789abcdef0123456789abcdef (pod uid 0123456789abcdef0123456789abcdef) belongs to no pod of node n1 that the API shows: the guard refuses its connections',
     ]);
+  });
+
+  it('in-cluster configuration (service account files, KUBERNETES_SERVICE_HOST/PORT) works too', async () => {
+    api.addPod({ name: 'a', namespace: 'shop', nodeName: 'n1' });
+    api.writeServiceAccount(join(dir, 'sa/var/run/secrets/kubernetes.io/serviceaccount'));
+    const env = { host: process.env.KUBERNETES_SERVICE_HOST, port: process.env.KUBERNETES_SERVICE_PORT };
+    process.env.KUBERNETES_SERVICE_HOST = '127.0.0.1';
+    process.env.KUBERNETES_SERVICE_PORT = String(api.port);
+    try {
+      const kc = new KubeConfig();
+      kc.loadFromCluster(join(dir, 'sa'));
+      source = make({ kubeconfig: kc });
+      await source.start(() => {});
+    } finally {
+      for (const [k, v] of [
+        ['KUBERNETES_SERVICE_HOST', env.host],
+        ['KUBERNETES_SERVICE_PORT', env.port],
+      ] as const)
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+    }
+    expect(names(await source.read())).toEqual(['pod.shop.a']);
+    api.addPod({ name: 'b', namespace: 'shop', nodeName: 'n1' }); // seen through the watch (token sent)
+    await until('watched', async () => names(await source.read()).length === 2);
+    expect(logs.filter((l) => /401/.test(l))).toEqual([]);
   });
 
   it('a layout it cannot resolve is reported with the paths it tried', async () => {

@@ -88,7 +88,13 @@ export class Reflector<T extends KubernetesObject> {
     fieldSelector?: string,
   ) {
     this.kc = new TrackingKubeConfig();
-    this.kc.loadFromString(kubeconfig.exportConfig());
+    // The parsed objects themselves (in-cluster config keeps its CA and token files this way).
+    this.kc.loadFromOptions({
+      clusters: kubeconfig.clusters,
+      users: kubeconfig.users,
+      contexts: kubeconfig.contexts,
+      currentContext: kubeconfig.currentContext,
+    });
     this.synced = new Promise((r) => (this.markSynced = r));
     const self = this;
     class PacedWatch extends Watch {
