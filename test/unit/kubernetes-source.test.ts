@@ -48,6 +48,7 @@ describe('Kubernetes source against the API stand-in', () => {
       )(new TemplateDir(join(dir, 'policies'))),
       mount,
       reflector: { stallMs: 1500, backoff: { initialMs: 50, maxMs: 400 }, minLifeMs: 200 },
+      v1Mounts: [join(dir, 'v1')],
       unknownGraceMs: 0,
       log: (_l, _f, m) => logs.push(m),
       ...extra,
@@ -278,8 +279,13 @@ describe('Kubernetes source against the API stand-in', () => {
     const msgs = (await source.read()).errors.map((e) => e.message);
     const u = a.metadata.uid!;
     expect(msgs).toContain(
-      `pod plain/a is running but its cgroup is in none of the places the kubelet's layout puts it (tried /kubepods.slice/kubepods-pod${u.replace(/-/g, '_')}.slice, /kubepods/pod${u}): set the kubelet's --cgroup-root and driver (layout), or the runtime does not place pods in the cgroup v2 hierarchy`,
+      `pod plain/a is running but its cgroup is in none of the places the kubelet's layout puts it (tried /kubepods.slice/kubepods-pod${u.replace(/-/g, '_')}.slice, /kubepods/pod${u} under ${mount}): set the kubelet's --cgroup-root and driver (layout), or the runtime does not place pods in the cgroup v2 hierarchy`,
     );
     expect(msgs.at(-1)).toMatch(/^no kubepods cgroup found under the cgroup2 mount .*: tried \/kubepods.slice, /);
+    // A hybrid host whose runtime made the pod's cgroup in a v1 hierarchy only: said so.
+    mkdirSync(join(dir, 'v1/kubepods', `pod${u}`), { recursive: true });
+    expect((await source.read()).errors.map((e) => e.message)).toContain(
+      `pod plain/a is running but its cgroup is in none of the places the kubelet's layout puts it (tried /kubepods.slice/kubepods-pod${u.replace(/-/g, '_')}.slice, /kubepods/pod${u} under ${mount}): it exists in a cgroup v1 hierarchy (${join(dir, 'v1/kubepods', `pod${u}`)}) only: the runtime does not place pods in the v2 hierarchy, where the eBPF hooks look (cgroupfs driver on a hybrid host; use the systemd driver)`,
+    );
   });
 });

@@ -1,12 +1,12 @@
 // source.ts — the Kubernetes pod source: watches the pods of this node and the namespaces, and the
 // kubepods cgroups (so a pod cgroup's mkdir is seen within milliseconds), and turns each pod into a
 // policy (enrolled), a pass entry (not enrolled, hostNetwork) or an error (the guard keeps holding it).
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { CoreV1Api, KubeConfig, type V1Namespace, type V1Pod } from '@kubernetes/client-node';
 import type { Policy } from '../../policy/schema.js';
 import { instantiate } from '../../policy/template.js';
 import { CgroupWatch } from '../../util/cgroup-watch.js';
-import { cgroupDir, requireCgroup2 } from '../../util/host.js';
+import { cgroupDir, mounts, requireCgroup2 } from '../../util/host.js';
 import type { PolicySource, SourceError, SourceRead } from '../source.js';
 import {
   DEFAULT_LAYOUT,
@@ -31,6 +31,9 @@ export interface KubernetesSourceOptions {
   guard?: boolean;
   /** The cgroup2 mount (default: from /proc/mounts). */
   mount?: string;
+  /** cgroup v1 hierarchies (a hybrid host's; default: from /proc/mounts), only to say why a pod's cgroup
+   * is not found where the hooks look: it exists in v1 only. */
+  v1Mounts?: string[];
   reflector?: Partial<ReflectorOptions>;
   /** A pod cgroup that no pod of this node explains is reported after this long (default 30 s). */
   unknownGraceMs?: number;
@@ -51,6 +54,7 @@ export class KubernetesSource implements PolicySource {
   readonly name = 'kubernetes';
   private readonly layout: KubeletLayout;
   private readonly mount: string;
+  private readonly v1Mounts: string[];
   private pods?: Reflector<V1Pod>;
   private namespaces?: Reflector<V1Namespace>;
   private cgroups?: CgroupWatch;
@@ -61,6 +65,21 @@ export class KubernetesSource implements PolicySource {
   constructor(private readonly o: KubernetesSourceOptions) {
     this.layout = o.layout ?? DEFAULT_LAYOUT;
     this.mount = o.mount ?? requireCgroup2();
+    this.v1Mounts =
+      o.v1Mounts ??
+      mounts()
+        .filter((m) => m.type === 'cgroup')
+        .map((m) => m.target);
+  }
+
+  /** Where a path exists in a cgroup v1 hierarchy, if it does. */
+  private inV1(paths: string[]): string | null {
+    for (const m of this.v1Mounts)
+      for (const p of paths) {
+        const d = cgroupDir(p, m);
+        if (existsSync(d)) return d;
+      }
+    return null;
   }
 
   private log(level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string): void {
@@ -163,11 +182,16 @@ export class KubernetesSource implements PolicySource {
         cgroup,
       };
       view.push(v);
-      if (!r.found && !r.parentExists && pod.status?.phase === 'Running')
+      if (!r.found && !r.parentExists && pod.status?.phase === 'Running') {
+        const v1 = this.inV1(r.tried);
         err(
           `pod ${key}`,
-          `pod ${key} is running but its cgroup is in none of the places the kubelet's layout puts it (tried ${r.tried.join(', ')}): set the kubelet's --cgroup-root and driver (layout), or the runtime does not place pods in the cgroup v2 hierarchy`,
+          `pod ${key} is running but its cgroup is in none of the places the kubelet's layout puts it (tried ${r.tried.join(', ')} under ${this.mount}): ` +
+            (v1
+              ? `it exists in a cgroup v1 hierarchy (${v1}) only: the runtime does not place pods in the v2 hierarchy, where the eBPF hooks look (cgroupfs driver on a hybrid host; use the systemd driver)`
+              : `set the kubelet's --cgroup-root and driver (layout), or the runtime does not place pods in the cgroup v2 hierarchy`),
         );
+      }
       if (d.kind === 'invalid') {
         for (const m of d.errors)
           err(`pod ${key}`, `${podOrigin(pod)}: ${m}; not classified, so the guard refuses its connections`);
