@@ -15,6 +15,10 @@ enum mr_limit {
 enum mr_cg_kind {
 	MR_CG_POLICY = 1, /* connections from this cgroup (and descendants) follow policy `slot` */
 	MR_CG_BYPASS = 2, /* the proxy's cgroup: never redirected (loop avoidance, not spoofable) */
+	MR_CG_GUARD = 3,  /* a parent of pod cgroups (kubepods QoS): connections from a cgroup below it
+			   * that has no entry of its own are refused (EPERM) until the agent has
+			   * classified the pod (fail closed against the start race) */
+	MR_CG_PASS = 4,   /* a classified pod that is not enrolled: never redirected, not guarded */
 };
 
 struct mr_cg_entry {
@@ -165,6 +169,7 @@ struct mr_stats {
 	__u64 msg_slow;        /* messages of accelerated sockets that took the TCP path */
 	__u64 msg_resumed;     /* times a socket went back to the fast path once TCP had drained */
 	__u64 ulp_refused;     /* setsockopt(TCP_ULP) (kTLS) refused on an accelerated socket */
+	__u64 guard_refused;   /* connect() refused: an unclassified pod cgroup under a guard (slot 0) */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with

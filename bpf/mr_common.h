@@ -195,16 +195,23 @@ static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 	return 0;
 }
 
-enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1 };
+enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1, MR_REFUSE = 2 };
 
 /* Decides whether a connect to d by the calling task is redirected. On MR_REDIRECT, *slot and
- * *pol are set. Counts every bypass under its reason. */
+ * *pol are set. Counts every bypass under its reason. MR_REFUSE: the nearest entry is a guard (a pod
+ * cgroup the agent has not classified yet): the caller fails the connect. */
 static __always_inline int mr_decide(const struct mr_dst *d, __u32 *slot, struct mr_policy **pol)
 {
 	struct mr_cg_entry *cg = mr_task_cgroup();
 	if (!cg)
 		return MR_PASS;
 	__u32 s = cg->slot;
+	if (cg->kind == MR_CG_GUARD) {
+		MR_COUNT(0, guard_refused);
+		return MR_REFUSE;
+	}
+	if (cg->kind == MR_CG_PASS)
+		return MR_PASS;
 	if (cg->kind == MR_CG_BYPASS) {
 		MR_COUNT(s, bypass_cgroup);
 		return MR_PASS;

@@ -134,7 +134,7 @@ export class Agent {
       errors.push(e.message);
       this.log.error({ event: 'policy_error', reason, source: e.source }, e.message);
     }
-    const plan = this.mode.plan(policies);
+    const plan = this.mode.plan({ policies });
     const r = this.mode.apply(plan);
     for (const s of this.sources) s.settled?.(r.policies);
     for (const n of r.notes) {

@@ -154,7 +154,7 @@ spec:
       unavailable.set('ebpf+sk_msg', `the eBPF mode cannot load here: ${msg(e)}`);
     }
     const iptApply = (p: Policy) => {
-      const r = ipt.apply(ipt.plan([p]));
+      const r = ipt.apply(ipt.plan({ policies: [p] }));
       const bad = r.policies.filter((x) => x.state !== 'applied').map((x) => x.reason ?? x.state);
       if (bad.length) throw new Error(`iptables mode did not apply the bench policy: ${bad.join('; ')}`);
     };
@@ -666,7 +666,7 @@ async function control(o: BenchOptions, lab: Lab, app: string, x: ControlCtx): P
 
 /** Plans and applies in one step, as the agent does. */
 function ebpfApply(m: EbpfMode, policies: Policy[]) {
-  return m.apply(m.plan(policies));
+  return m.apply(m.plan({ policies }));
 }
 
 async function stop(p: LabProc): Promise<void> {

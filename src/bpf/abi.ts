@@ -17,7 +17,9 @@ export const MAX_POLICIES = Limit.MAX_POLICIES;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 
-export const CgKind = cEnum('mr_cg_kind', 'MR_CG_', { POLICY: 1, BYPASS: 2 });
+/** mr_cgroups kinds: GUARD refuses connects from a cgroup below it that has no entry of its own (an
+ * unclassified pod), PASS marks a classified pod that is not enrolled. */
+export const CgKind = cEnum('mr_cg_kind', 'MR_CG_', { POLICY: 1, BYPASS: 2, GUARD: 3, PASS: 4 });
 /** Bits of mr_policy.flags. */
 export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   PROXY4: 1 << 0,
@@ -104,6 +106,7 @@ export const STAT_FIELDS = [
   'msg_slow',
   'msg_resumed',
   'ulp_refused',
+  'guard_refused',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(

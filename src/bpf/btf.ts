@@ -9,6 +9,15 @@ export const BTF_KIND_ENUM64 = 19;
 
 /** Whether the running kernel's BTF has `struct name` with a member `member` (null: no kernel BTF). */
 export function kernelHasMember(struct: string, member: string): boolean | null {
+  // The running kernel's BTF does not change while we run, and loading it costs ~30 ms (the agent asks
+  // on every apply, so a pod's policy would wait that long after its cgroup appears).
+  const key = `${struct}.${member}`;
+  if (!memberCache.has(key)) memberCache.set(key, kernelHasMemberUncached(struct, member));
+  return memberCache.get(key)!;
+}
+const memberCache = new Map<string, boolean | null>();
+
+function kernelHasMemberUncached(struct: string, member: string): boolean | null {
   const btf: Ptr = lib.btf__load_vmlinux_btf();
   if (isNull(btf)) return null;
   try {

@@ -2,6 +2,19 @@
 // cleanup). The agent and the CLI talk only to it; a traffic feature (outbound, inbound, DNS) is a part
 // inside each mode, never a branch above it.
 import type { Policy } from '../policy/schema.js';
+import type { Gates } from '../policy/entries.js';
+
+export type { Gates };
+
+/**
+ * What the sources want in force: their policies, and the cgroups they classify without a policy (the
+ * Kubernetes source's guard on the kubepods parents and pass entries of pods that are not enrolled; the
+ * union over sources). A mode that has no use for gates says so in a note and ignores them.
+ */
+export interface DesiredState {
+  policies: Policy[];
+  gates?: Gates;
+}
 
 export type ModeName = 'ebpf' | 'iptables';
 export const MODE_NAMES: readonly ModeName[] = ['ebpf', 'iptables'];
@@ -67,6 +80,8 @@ export interface Plan {
   readonly mode: ModeName;
   /** The policies the plan was made for. */
   readonly input: Policy[];
+  /** The gates it was made for (empty lists: none). */
+  readonly gates: Gates;
   readonly policies: PolicyOutcome[];
   readonly notes: Note[];
   /** Reads what it needs from the host on demand (the exact restore inputs, real cgroup ids). */
@@ -127,8 +142,8 @@ export interface Mode {
   readonly name: ModeName;
   /** Whether anything of this mode is installed here (pins, a state file that remembers rules). */
   installed(): boolean;
-  /** What apply would do (reads the host, writes nothing). */
-  plan(policies: Policy[]): Plan;
+  /** What apply would do for the desired state (reads the host, writes nothing). */
+  plan(desired: DesiredState): Plan;
   /** Makes the host match the plan: loads/attaches what is missing, writes only what differs. */
   apply(plan: Plan): ApplyResult;
   status(): StatusReport;

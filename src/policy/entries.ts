@@ -60,12 +60,38 @@ export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }):
   return f;
 }
 
+/**
+ * Cgroup ids that carry no policy (a source such as the Kubernetes pod watch gives their paths, see
+ * src/sources/source.ts): `guard` (the kubepods QoS parents: a connect from a cgroup below one that has
+ * no entry of its own is refused) and `pass` (pods classified as not enrolled: never redirected, not
+ * guarded). Both use slot 0.
+ */
+export interface GateIds {
+  guard: bigint[];
+  pass: bigint[];
+}
+
+/** The same as cgroup paths under the cgroup2 mount ("/kubepods.slice"), as a source gives them. */
+export interface Gates {
+  guard: string[];
+  pass: string[];
+}
+
+/** Which kind wins when one cgroup id is claimed twice: a policy, then a proxy, then a pass, then a guard. */
+const KIND_RANK: Record<number, number> = {
+  [CgKind.POLICY]: 4,
+  [CgKind.BYPASS]: 3,
+  [CgKind.PASS]: 2,
+  [CgKind.GUARD]: 1,
+};
+
 /** Policies whose cgroup does not exist yet contribute nothing but their slot metadata. */
 export function toEntries(
   policies: Policy[],
   slots: Map<string, number>,
   res: Map<string, Resolution>,
   caps: Capabilities = { fastPath: true },
+  gates: GateIds = { guard: [], pass: [] },
 ): MapEntries {
   const e: MapEntries = {
     mr_cgroups: [],
@@ -122,12 +148,15 @@ export function toEntries(
     for (const c of p.outbound.includeCidrs) e.mr_cidrs.push(cidr(c, Action.INCLUDE));
     for (const c of p.outbound.excludeCidrs) e.mr_cidrs.push(cidr(c, Action.EXCLUDE));
   }
+  for (const id of gates.pass) e.mr_cgroups.push([id, { kind: CgKind.PASS, slot: 0 }]);
+  for (const id of gates.guard) e.mr_cgroups.push([id, { kind: CgKind.GUARD, slot: 0 }]);
   // A cgroup that is one policy's bypass and another's policy cgroup: the policy entry wins, so a
-  // workload cannot escape its policy by being listed as someone else's proxy.
+  // workload cannot escape its policy by being listed as someone else's proxy. A pod's own entry (pass)
+  // beats a guard, so a guard on a pod cgroup (a misconfigured root) never cuts a classified pod off.
   const byId = new Map<bigint, { kind: number; slot: number }>();
   for (const [id, v] of e.mr_cgroups) {
     const cur = byId.get(id);
-    if (!cur || (cur.kind === CgKind.BYPASS && v.kind === CgKind.POLICY)) byId.set(id, v);
+    if (!cur || (KIND_RANK[v.kind] ?? 0) > (KIND_RANK[cur.kind] ?? 0)) byId.set(id, v);
   }
   e.mr_cgroups = [...byId.entries()];
   return e;

@@ -3,8 +3,9 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import type { z } from 'zod';
 import { policyDocument, toPolicy, type Policy } from './schema.js';
+import { zodErrors } from './zod-errors.js';
+import { TEMPLATE_KIND, parseTemplateValue, type PolicyTemplate } from './template.js';
 
 export interface PolicyError {
   file: string;
@@ -17,6 +18,9 @@ export interface FileResult {
   file: string;
   policies: Policy[];
   errors: PolicyError[];
+  /** RedirectPolicyTemplate documents (what the Kubernetes source makes pods' policies from); present
+   * whenever the file has one, empty when the file has errors. */
+  templates?: PolicyTemplate[];
   /** The file's text as read (what the agent remembers as applied content). */
   text?: string;
 }
@@ -25,38 +29,12 @@ export function formatError(e: PolicyError): string {
   return `${e.file}: ${e.path ? `${e.path}: ` : ''}${e.message}`;
 }
 
-function fieldPath(path: PropertyKey[]): string {
-  let out = '';
-  for (const p of path) {
-    if (typeof p === 'number') out += `[${p}]`;
-    else out += out ? `.${String(p)}` : String(p);
-  }
-  return out;
-}
-
-const article = (t: string) => (t === 'null' ? 'null' : /^[aeiou]/.test(t) ? `an ${t}` : `a ${t}`);
-
-function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[] {
-  return err.issues.map((i) => {
-    let message = i.message;
-    if (i.code === 'unrecognized_keys')
-      message = `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-    else if (i.code === 'invalid_type' && i.message.startsWith('Invalid input')) {
-      // "Invalid input: expected object, received string": absent is "required", present is a wrong type.
-      const received = /received (\w+)$/.exec(i.message)?.[1];
-      message =
-        received === undefined || received === 'undefined'
-          ? `is required (${i.expected})`
-          : `must be ${article(i.expected)}, not ${article(received)}`;
-    }
-    return { file, path: prefix + fieldPath(i.path), message };
-  });
-}
-
 /** Parses one file's text. All documents must be valid for any of them to be returned. */
 export function parsePolicyText(text: string, file: string): FileResult {
   const errors: PolicyError[] = [];
   const policies: Policy[] = [];
+  const templates: PolicyTemplate[] = [];
+  let sawTemplate = false;
   let docs;
   try {
     docs = parseAllDocuments(text, { uniqueKeys: true, prettyErrors: false });
@@ -79,12 +57,20 @@ export function parsePolicyText(text: string, file: string): FileResult {
       return;
     }
     if (value === null || value === undefined) return; // empty document (e.g. trailing ---)
+    if ((value as { kind?: unknown }).kind === TEMPLATE_KIND) {
+      sawTemplate = true;
+      const t = parseTemplateValue(value, file, where);
+      errors.push(...t.errors);
+      if (t.template) templates.push(t.template);
+      return;
+    }
     const r = policyDocument.safeParse(value);
     if (!r.success) errors.push(...zodErrors(file, where, r.error));
     else policies.push(toPolicy(r.data, file));
   });
-  if (errors.length > 0) return { file, policies: [], errors };
-  return { file, policies, errors };
+  // `templates` is there (maybe empty) whenever the file has a template document, valid or not.
+  if (errors.length > 0) return { file, policies: [], errors, ...(sawTemplate ? { templates: [] } : {}) };
+  return { file, policies, errors, ...(sawTemplate ? { templates } : {}) };
 }
 
 export async function loadPolicyFile(file: string): Promise<FileResult> {

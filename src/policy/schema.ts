@@ -169,7 +169,10 @@ export type PolicyDocument = z.output<typeof policyDocument>;
 /** A validated policy, with where it came from. */
 export interface Policy {
   name: string;
+  /** Where it came from: a file's path, or for a pod "pod <namespace>/<name> (uid <uid>)". */
   file: string;
+  /** Which source made it (absent: a policy file). */
+  origin?: 'file' | 'kubernetes';
   cgroup: string;
   netns?: string;
   accelerate: boolean;

@@ -37,7 +37,7 @@ kernelDescribe('iptables mode, one network namespace at a time', () => {
     });
     return {
       apply: (ps: Policy[]) => {
-        m.apply(m.plan(ps));
+        m.apply(m.plan({ policies: ps }));
         return m.last!;
       },
       status: () => m.status().json as { policies: PolicyStatus[] },

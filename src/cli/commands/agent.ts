@@ -75,7 +75,7 @@ export const agentCommand = shared(
     const { loadPolicies, formatError } = await import('../../policy/load.js');
     const set = await loadPolicies(o.policies);
     for (const e of set.errors) console.error(formatError(e));
-    const d = mode.plan(set.policies).render();
+    const d = mode.plan({ policies: set.policies }).render();
     for (const m of d.messages) console.error(m);
     if (d.text !== undefined) process.stdout.write(d.text);
     if (d.json !== undefined) printJson(d.json);

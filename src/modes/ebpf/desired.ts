@@ -1,8 +1,8 @@
-// desired.ts — the eBPF mode's desired state for a policy set: cgroups resolved to ids, slots kept from
-// the pins, id conflicts settled in favour of what is applied, and the map entries. One function, used
-// by the dry run and by apply alike.
+// desired.ts — the eBPF mode's desired state for a policy set (and the gates: guard and pass cgroups):
+// cgroups resolved to ids, slots kept from the pins, id conflicts settled in favour of what is applied,
+// and the map entries. One function, used by the dry run and by apply alike.
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../policy/entries.js';
-import type { MapEntries, Resolution, IdConflict } from '../../policy/entries.js';
+import type { MapEntries, Resolution, IdConflict, Gates, GateIds } from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
 import { CgKind } from '../../bpf/abi.js';
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
@@ -25,7 +25,26 @@ export interface Desired {
   unresolved: Unresolved[];
   /** Policies left out because their cgroup is the same cgroup (by id) as another policy's. */
   rejected: { name: string; file: string; message: string }[];
+  /** The gates (guard and pass cgroups) with their ids; null: the cgroup does not exist (yet), no entry. */
+  gates: { guard: GateRes[]; pass: GateRes[] };
 }
+
+export interface GateRes {
+  cgroup: string;
+  id: bigint | null;
+}
+
+/** Gate paths as ids (null: the directory does not exist). */
+export function resolveGates(gates: Gates | undefined): Desired['gates'] {
+  const mount = requireCgroup2();
+  const res = (paths: string[]) => paths.map((p) => ({ cgroup: p, id: cgroupId(cgroupDir(p, mount)) }));
+  return { guard: res(gates?.guard ?? []), pass: res(gates?.pass ?? []) };
+}
+
+const gateIds = (g: Desired['gates']): GateIds => {
+  const ids = (xs: GateRes[]) => xs.map((x) => x.id).filter((x): x is bigint => x !== null);
+  return { guard: ids(g.guard), pass: ids(g.pass) };
+};
 
 /** Each policy's cgroup and bypass cgroups as ids (null: the directory does not exist). */
 export function resolveCgroups(policies: Policy[]): Map<string, Resolution> {
@@ -63,7 +82,7 @@ function rejections(conflicts: IdConflict[]): Desired['rejected'] {
  * The desired state of the eBPF maps. `fastPath`: whether `accelerate` can take effect (the sk_msg link is
  * attached and the kernel lets it bound a slow reader; assumed when nothing is loaded yet).
  */
-export function desiredState(pins: Pins, policies: Policy[], caps: { fastPath: boolean }): Desired {
+export function desiredState(pins: Pins, policies: Policy[], caps: { fastPath: boolean }, gates?: Gates): Desired {
   const installed = pins.has('mr_slots');
   const current = installed ? pins.slots() : new Map<string, number>();
   const res = resolveCgroups(policies);
@@ -82,8 +101,10 @@ export function desiredState(pins: Pins, policies: Policy[], caps: { fastPath: b
         .map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups' as const, cgroup: b })),
     ];
   });
+  const g = resolveGates(gates);
   return {
-    entries: toEntries(keep, slots, res, caps),
+    entries: toEntries(keep, slots, res, caps, gateIds(g)),
+    gates: g,
     slots,
     slotsFrom: installed ? 'pins' : 'new',
     keep,

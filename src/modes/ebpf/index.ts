@@ -8,6 +8,8 @@ import type {
   ApplyResult,
   AttachConfig,
   CleanupReport,
+  DesiredState,
+  Gates,
   Mode,
   ModeConfig,
   Note,
@@ -52,12 +54,18 @@ export class EbpfMode implements Mode {
   }
 
   /** The desired state with what the kernel offers now (the fast path is assumed before the first load). */
-  private desired(policies: Policy[]): Desired {
-    return desiredState(this.pins, policies, { fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable });
+  private desired(policies: Policy[], gates: Gates): Desired {
+    return desiredState(
+      this.pins,
+      policies,
+      { fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable },
+      gates,
+    );
   }
 
-  plan(policies: Policy[]): EbpfPlan {
-    const desired = this.desired(policies);
+  plan({ policies, gates: g }: DesiredState): EbpfPlan {
+    const gates = { guard: g?.guard ?? [], pass: g?.pass ?? [] };
+    const desired = this.desired(policies, gates);
     const outside = outsideRoot(policies, cgroupPathOf(this.attach.cgroupRoot));
     const notes: Note[] = outside.map((o) => ({
       level: 'warn',
@@ -68,6 +76,7 @@ export class EbpfMode implements Mode {
     return {
       mode: 'ebpf',
       input: policies,
+      gates,
       desired,
       policies: outcomes(policies, desired),
       notes,
@@ -81,6 +90,9 @@ export class EbpfMode implements Mode {
           unresolved: desired.unresolved,
           outsideRoot: outside,
           rejected: desired.rejected.map((r) => r.message),
+          ...(gates.guard.length || gates.pass.length
+            ? { gates: { guard: gateJson(desired.gates.guard), pass: gateJson(desired.gates.pass) } }
+            : {}),
           entries: desired.entries,
         },
         messages: [
@@ -104,7 +116,8 @@ export class EbpfMode implements Mode {
       loaded = true;
     }
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
-    const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    const desired =
+      loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input, plan.gates) : (plan as EbpfPlan).desired;
     const { writes, deletes } = writeEntries(this.pins, desired.entries);
     notes.push(...this.driftNotes());
     for (const x of desired.rejected) {
@@ -216,6 +229,9 @@ export class EbpfMode implements Mode {
     return { mode: 'ebpf', removed, kept, failed: [], notes, json: { ...r } };
   }
 }
+
+const gateJson = (xs: Desired['gates']['guard']) =>
+  xs.map((x) => ({ cgroup: x.cgroup, id: x.id === null ? null : String(x.id) }));
 
 function outcomes(policies: Policy[], d: Desired): PolicyOutcome[] {
   const rejected = new Map(d.rejected.map((r) => [r.name, r.message]));

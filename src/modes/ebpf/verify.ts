@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import ipaddr from 'ipaddr.js';
 import { CgKind, PolicyFlag, PROGRAMS, AF_INET } from '../../bpf/abi.js';
-import { cgroupArgDir, cgroupDir, cgroupId, requireCgroup2, within } from '../../util/host.js';
+import { cgroupArgDir, cgroupDir, cgroupId, cgroupPathOf, requireCgroup2, within } from '../../util/host.js';
 import { cgroupPathById, subtreePids } from '../../util/cgroups.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
 import { isLoopback } from '../../policy/addr.js';
@@ -18,7 +18,15 @@ import type { ChildRequest, ChildResult } from './verify-child.js';
 
 const CGROUP_PROGRAMS = Object.values(PROGRAMS).filter((p) => p.attach !== 'sk_msg').length;
 
+/** A cgroup whose nearest entry is a gate of the Kubernetes source, not a policy. */
+interface Gated {
+  gate: 'guard' | 'pass';
+  /** The cgroup (policy path) that holds the entry. */
+  at: string;
+}
+
 interface Coverage {
+  gate?: undefined;
   policy: string;
   slot: number;
   proxy4: string | null;
@@ -30,7 +38,7 @@ interface Coverage {
 }
 
 /** Which policy covers a cgroup, read from the pinned maps (nearest ancestor wins, like the kernel). */
-function coverage(pins: Pins, dir: string): Coverage | null {
+function coverage(pins: Pins, dir: string): Coverage | Gated | null {
   const mount = requireCgroup2();
   const cgs = pins.entries<[bigint, { kind: number; slot: number }][]>('mr_cgroups');
   const byId = new Map(cgs);
@@ -42,6 +50,8 @@ function coverage(pins: Pins, dir: string): Coverage | null {
   for (let d = dir; d.startsWith(mount); d = dirname(d)) {
     const id = cgroupId(d);
     const e = id === null ? undefined : byId.get(id);
+    if (e && (e.kind === CgKind.GUARD || e.kind === CgKind.PASS))
+      return { gate: e.kind === CgKind.GUARD ? 'guard' : 'pass', at: cgroupPathOf(d, mount) };
     if (e) {
       const p = pols.get(e.slot);
       const ip = (b: Buffer) => ipaddr.fromByteArray([...b]).toString();
@@ -113,6 +123,13 @@ export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> 
 
     const cov = coverage(pins, dir);
     if (!cov) c.fail('policy', `no policy covers ${o.cgroup} (nor any ancestor)`);
+    if (cov.gate)
+      c.fail(
+        'policy',
+        cov.gate === 'pass'
+          ? `${o.cgroup} is${cov.at === cgroupPathOf(dir, mount) ? '' : ` below ${cov.at},`} a pod the Kubernetes source classified as not enrolled: its connections are never redirected`
+          : `${o.cgroup} is below the guard on ${cov.at} and has no entry of its own: a pod the agent has not classified (yet); its connects are refused (EPERM, counted as guard_refused in status) until it has`,
+      );
     if (cov.bypass)
       c.fail(
         'policy',

@@ -2,10 +2,10 @@
 // atomically with iptables-restore --noflush, backend chosen per netns and remembered, drift detected
 // against what was applied, every netns on its own, and a cleanup that says what it could not do.
 import { rmSync } from 'node:fs';
-import type { Policy } from '../../policy/schema.js';
 import type {
   ApplyResult,
   CleanupReport,
+  DesiredState,
   Mode,
   ModeConfig,
   Note,
@@ -34,6 +34,8 @@ export class IptablesMode implements Mode {
   readonly stateFile: string;
   /** The last apply's report in full (what the ApplyResult summarises). */
   last?: IptablesApplyReport;
+  /** Whether the gates were said to be ignored (said once per run, not every reconcile). */
+  private gatesNoted = false;
 
   constructor(cfg: Pick<ModeConfig, 'iptablesState' | 'iptablesBackend' | 'lockWait'>) {
     this.stateFile = cfg.iptablesState;
@@ -45,7 +47,8 @@ export class IptablesMode implements Mode {
     return Object.keys(s.netns).length > 0 || Object.keys(s.policies).length > 0;
   }
 
-  plan(policies: Policy[]): IptablesPlan {
+  plan({ policies, gates: g }: DesiredState): IptablesPlan {
+    const gates = { guard: g?.guard ?? [], pass: g?.pass ?? [] };
     const resolved = resolveTargets(policies);
     const outcomes: PolicyOutcome[] = [
       ...resolved.targets.map((t): PolicyOutcome => ({ policy: t.p.name, file: t.p.file, state: 'applied' })),
@@ -64,9 +67,19 @@ export class IptablesMode implements Mode {
         fields: { policy: p.name },
       })),
     );
+    if (gates.guard.length && !this.gatesNoted) {
+      this.gatesNoted = true;
+      notes.push({
+        level: 'warn',
+        event: 'guard_unsupported',
+        message: `the Kubernetes guard is eBPF-only: in iptables mode a new pod's connections are not refused until the agent has classified it (the start race stays open: connections made before its rules are in its netns go direct); guard on ${gates.guard.join(', ')} not applied`,
+        fields: { mode: 'iptables', guard: gates.guard },
+      });
+    }
     return {
       mode: 'iptables',
       input: policies,
+      gates,
       policies: outcomes,
       notes,
       resolved,
