@@ -1,12 +1,27 @@
-// agent.ts — the node agent: its sources of policies (desired state) → the mode's plan → apply, on start,
-// whenever a source changes (debounced by the source) and periodically; one reconcile at a time.
+// agent.ts — the node agent: its sources of policies (the policy directory, and with --kubernetes the pods
+// of this node) merged into one desired state → the mode's plan → apply, on start, whenever a source or a
+// policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source.
 import { renameSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { Mode, Note } from '../modes/mode.js';
-import type { PolicySource } from '../sources/source.js';
+import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
+import type { PolicySource, SourceRead } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
+import type { KubernetesSource } from '../sources/kubernetes/source.js';
+import { restoreSnapshot, type KubeSnapshot } from '../sources/kubernetes/snapshot.js';
+import type { Policy } from '../policy/schema.js';
+import { requireCgroup2 } from '../util/host.js';
 import type { Logger } from '../util/log.js';
-import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
+import { CgroupTriggers } from './cgroup-triggers.js';
+import { mergeSources, originOf } from './merge.js';
+import {
+  readState,
+  writeState,
+  removeState,
+  statePath,
+  type AgentState,
+  type OutcomeRecord,
+  type ReconcileRecord,
+} from './state.js';
 
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
@@ -44,15 +59,26 @@ export class Agent {
   private state?: AgentState;
   private timer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
+  /** The reconcile queued but not started yet: later triggers join it instead of queueing another. */
+  private next?: { reasons: string[]; done: Promise<void> };
   private stopped = false;
+  private readonly triggers: CgroupTriggers;
+  /** Whether the Kubernetes source has had its first complete list (until then it is not read). */
+  private kubeSynced = false;
+  /** The Kubernetes source's last read (from agent.json until it has synced): what is applied for it. */
+  private kubeLast?: KubeSnapshot;
+  private kubeKept?: SourceRead;
 
   constructor(
     readonly opts: AgentOptions,
     readonly mode: Mode,
     private readonly log: Logger,
+    /** The pods of this node as a source (--kubernetes), made by the caller (it loads client-node). */
+    readonly kube?: KubernetesSource,
   ) {
     this.files = new FileSource(opts.policies, log);
-    this.sources = [this.files];
+    this.sources = kube ? [this.files, kube] : [this.files];
+    this.triggers = new CgroupTriggers(requireCgroup2(), (why) => void this.queue(why), log);
   }
 
   /** Reads agent.json (the previously applied content per file) and records this run's mode decision. */
@@ -68,6 +94,16 @@ export class Agent {
     }
     const old = prev instanceof Error ? null : prev;
     this.files.remember(old?.applied ?? {});
+    const snap = old?.kubernetes?.snapshot;
+    if (snap && this.kube) {
+      this.kubeLast = snap;
+      this.kubeKept = restoreSnapshot(snap);
+    } else if (snap?.policies.length) {
+      this.log.info(
+        { event: 'kubernetes_dropped', policies: snap.policies.length },
+        `agent.json holds ${snap.policies.length} pod policies of an earlier run with --kubernetes; without --kubernetes they are removed`,
+      );
+    }
     const d = this.opts.decision;
     this.state = {
       version: 1,
@@ -81,14 +117,27 @@ export class Agent {
       },
       applied: this.files.remembered(),
       ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
+      ...(old?.outcomes ? { outcomes: old.outcomes } : {}),
+      ...this.kubeState(),
     };
     writeState(this.opts.stateDir, this.state);
   }
 
+  private kubeState(): Pick<AgentState, 'kubernetes'> {
+    if (!this.kube) return {};
+    return { kubernetes: { synced: this.kubeSynced, ...(this.kubeLast ? { snapshot: this.kubeLast } : {}) } };
+  }
+
   /** Records a reconcile's outcome; writes agent.json only when something but the time changed. */
-  private record(rec: ReconcileRecord): void {
+  private record(rec: ReconcileRecord, outcomes?: OutcomeRecord[]): void {
     if (!this.state) return;
-    const next: AgentState = { ...this.state, applied: this.files.remembered(), lastReconcile: rec };
+    const next: AgentState = {
+      ...this.state,
+      applied: this.files.remembered(),
+      lastReconcile: rec,
+      ...(outcomes ? { outcomes } : {}),
+      ...this.kubeState(),
+    };
     const same = (s: AgentState) =>
       JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
     if (same(next) === same(this.state)) return;
@@ -101,16 +150,20 @@ export class Agent {
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     try {
       const r = await this.reconcileOnce(reason);
-      this.record({
-        ...base,
-        ok: true,
-        writes: r.writes,
-        deletes: r.deletes,
-        policies: r.policies,
-        errors: r.errors,
-        warnings: r.warnings,
-      });
-      return r;
+      this.record(
+        {
+          ...base,
+          ok: true,
+          writes: r.writes,
+          deletes: r.deletes,
+          policies: r.policies,
+          errors: r.errors,
+          warnings: r.warnings,
+        },
+        r.outcomes,
+      );
+      const { outcomes: _, ...result } = r;
+      return result;
     } catch (e) {
       this.record({
         ...base,
@@ -125,18 +178,38 @@ export class Agent {
     }
   }
 
-  private async reconcileOnce(reason: string): Promise<ReconcileResult> {
+  /** A source's read: the Kubernetes source's last one (kept in agent.json) until its first list came. */
+  private async read(s: PolicySource): Promise<SourceRead> {
+    if (s !== this.kube) return s.read();
+    if (!this.kubeSynced) return this.kubeKept ?? { policies: [], errors: [] };
+    const r = await s.read();
+    const snap = this.kube.snapshot();
+    // The time of the read only moves when what it says changed (agent.json is written on a change).
+    const same = (a?: KubeSnapshot, b?: KubeSnapshot) =>
+      JSON.stringify({ ...a, at: '' }) === JSON.stringify({ ...b, at: '' });
+    if (snap && !same(snap, this.kubeLast)) this.kubeLast = snap;
+    return r;
+  }
+
+  private async reconcileOnce(reason: string): Promise<ReconcileResult & { outcomes: OutcomeRecord[] }> {
     const errors: string[] = [];
     const warnings: string[] = [];
-    const reads = await Promise.all(this.sources.map((s) => s.read()));
-    const policies = reads.flatMap((r) => r.policies);
-    for (const e of reads.flatMap((r) => r.errors)) {
+    const reads = await Promise.all(this.sources.map((s) => this.read(s)));
+    const { policies, gates, errors: readErrors } = mergeSources(reads);
+    for (const e of readErrors) {
       errors.push(e.message);
       this.log.error({ event: 'policy_error', reason, source: e.source }, e.message);
     }
-    const plan = this.mode.plan({ policies });
+    const plan = this.mode.plan({ policies, gates });
     const r = this.mode.apply(plan);
-    for (const s of this.sources) s.settled?.(r.policies);
+    // The per-file "applied content" fallback is the files source's: pods' outcomes are not its business.
+    const byName = new Map(policies.map((p) => [p.name, p]));
+    const fromFiles = r.policies.filter((o) => {
+      const p = byName.get(o.policy);
+      return !p || originOf(p) === 'file';
+    });
+    this.files.settled(fromFiles);
+    this.triggers.update(policies, r.policies);
     for (const n of r.notes) {
       this.say(n);
       if (n.level === 'error') errors.push(n.message);
@@ -153,40 +226,95 @@ export class Agent {
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');
-    return { loaded: r.loaded, writes: r.writes, deletes: r.deletes, errors, warnings, policies: applied };
+    return {
+      loaded: r.loaded,
+      writes: r.writes,
+      deletes: r.deletes,
+      errors,
+      warnings,
+      policies: applied,
+      outcomes: outcomeRecords(r.policies, byName),
+    };
   }
 
   private say(n: Note): void {
     this.log[n.level]({ event: n.event, ...n.fields }, n.message);
   }
 
-  /** Serialises reconciles: a change during a reconcile runs another one after it. */
+  /**
+   * Serialises reconciles, at once (no debounce: a new pod's cgroup must get its policy within
+   * milliseconds): a trigger while a reconcile runs queues one more after it, and triggers while that one
+   * waits join it (every reconcile reads every source, so one covers them all).
+   */
   private queue(reason: string): Promise<void> {
-    this.running = this.running.then(async () => {
+    if (this.next) {
+      if (this.next.reasons.length < 20) this.next.reasons.push(reason);
+      return this.next.done;
+    }
+    const slot: { reasons: string[]; done: Promise<void> } = { reasons: [reason], done: Promise.resolve() };
+    this.next = slot;
+    slot.done = this.running = this.running.then(async () => {
+      if (this.next === slot) this.next = undefined;
       if (this.stopped) return;
+      const why = [...new Set(slot.reasons)].join('; ');
       try {
-        await this.reconcile(reason);
+        await this.reconcile(why);
       } catch (e) {
-        this.log.error({ event: 'reconcile_failed', reason, err: e }, (e as Error).message);
+        this.log.error({ event: 'reconcile_failed', reason: why, err: e }, (e as Error).message);
       }
     });
-    return this.running;
+    return slot.done;
   }
 
+  /**
+   * The first reconcile applies the policy files and, with --kubernetes, the pod policies and gates the
+   * last run applied (agent.json), so that a restart while the API server is down neither removes a pod's
+   * policy nor lets the guard refuse a pod that was classified. The pods are read once their first list
+   * has come (start() of the source resolves), which may be long after this returns.
+   */
   async start(): Promise<ReconcileResult> {
     this.loadState();
     const first = await this.reconcile('start');
-    for (const s of this.sources) await s.start((why) => void this.queue(why));
+    await this.files.start((why) => void this.queue(why));
+    if (this.kube) this.startKube(this.kube);
     this.timer = setInterval(() => {
       for (const s of this.sources) s.poll?.();
+      this.triggers.rearm();
       void this.queue('interval');
     }, this.opts.interval * 1000);
     return first;
   }
 
+  private startKube(kube: KubernetesSource): void {
+    const kept = this.kubeKept;
+    this.log.info(
+      { event: 'kubernetes_waiting', kept: kept?.policies.length ?? 0, readAt: this.kubeLast?.at ?? null },
+      kept
+        ? `waiting for the first list of pods from the API server; until then the ${kept.policies.length} pod policies and the gates last applied (read at ${this.kubeLast?.at}, kept in agent.json) stay in force`
+        : 'waiting for the first list of pods from the API server; no pod policies were kept from an earlier run, so none is applied (and no guard) until it comes',
+    );
+    kube
+      .start((why) => void this.queue(why))
+      .then(
+        () => {
+          if (this.stopped) return;
+          this.kubeSynced = true;
+          this.kubeKept = undefined;
+          this.log.info(
+            { event: 'kubernetes_synced' },
+            'first list of pods and namespaces received; pods are reconciled',
+          );
+          void this.queue('kubernetes: first list');
+        },
+        (e: Error) =>
+          this.log.error({ event: 'kubernetes_failed', err: e }, `the Kubernetes source failed: ${e.message}`),
+      );
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    this.triggers.close();
     for (const s of this.sources) await s.stop();
     await this.running;
     if (!this.opts.cleanupOnExit) {
@@ -201,4 +329,17 @@ export class Agent {
     else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
     else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
   }
+}
+
+function outcomeRecords(outcomes: PolicyOutcome[], byName: Map<string, Policy>): OutcomeRecord[] {
+  return outcomes.map((o) => {
+    const p = byName.get(o.policy);
+    return {
+      policy: o.policy,
+      origin: p ? originOf(p) : 'file',
+      from: o.file,
+      state: o.state,
+      ...(o.reason ? { reason: o.reason } : {}),
+    };
+  });
 }

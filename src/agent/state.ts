@@ -1,10 +1,12 @@
 // state.ts — the agent's state file (agent.json in --state-dir): which mode it runs and why, the probe
-// summary, the last applied content of every policy file (so a restart keeps what worked), and the
-// outcome of the last reconcile. Read by `status`, removed by `cleanup`.
+// summary, the last applied content of every policy file and the last read of the Kubernetes source (so a
+// restart keeps what worked), what became of each policy, and the outcome of the last reconcile. Read by
+// `status`, removed by `cleanup`.
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeJsonAtomic } from '../util/json-file.js';
+import { kubeSnapshot } from '../sources/kubernetes/snapshot.js';
 
 import { DEFAULT_STATE_DIR } from '../modes/defaults.js';
 
@@ -23,6 +25,17 @@ const reconcileRecord = z.strictObject({
   warnings: z.array(z.string()),
 });
 export type ReconcileRecord = z.infer<typeof reconcileRecord>;
+
+/** What the last reconcile did with one policy, and where the policy came from. */
+const outcomeRecord = z.strictObject({
+  policy: z.string(),
+  origin: z.enum(['file', 'kubernetes']),
+  /** The policy file, or the pod ("pod <namespace>/<name> (uid <uid>)"). */
+  from: z.string(),
+  state: z.enum(['applied', 'waiting', 'rejected', 'failed']),
+  reason: z.string().optional(),
+});
+export type OutcomeRecord = z.infer<typeof outcomeRecord>;
 
 const agentState = z.strictObject({
   version: z.literal(1),
@@ -52,6 +65,11 @@ const agentState = z.strictObject({
   /** Per policy file (absolute path): the text that was applied and which of its policies were. */
   applied: z.record(z.string(), z.strictObject({ text: z.string(), policies: z.array(z.string()) })),
   lastReconcile: reconcileRecord.optional(),
+  /** Every policy of the last reconcile (file or pod) and what became of it. */
+  outcomes: z.array(outcomeRecord).optional(),
+  /** With --kubernetes: whether the first list of pods has come, and the source's last read (applied by a
+   * restarted agent until the API server answers). */
+  kubernetes: z.strictObject({ synced: z.boolean(), snapshot: kubeSnapshot.optional() }).optional(),
 });
 export type AgentState = z.infer<typeof agentState>;
 
@@ -171,6 +189,17 @@ export function agentSummary(dir: string) {
     startedAt: s.agent.startedAt,
     applied: Object.entries(s.applied).map(([file, a]) => ({ file, policies: a.policies })),
     lastReconcile: s.lastReconcile ?? null,
+    outcomes: s.outcomes ?? [],
+    ...(s.kubernetes
+      ? {
+          kubernetes: {
+            synced: s.kubernetes.synced,
+            readAt: s.kubernetes.snapshot?.at ?? null,
+            pods: s.kubernetes.snapshot?.pods ?? [],
+            guard: s.kubernetes.snapshot?.gates.guard ?? [],
+          },
+        }
+      : {}),
   };
 }
 export type AgentSummary = ReturnType<typeof agentSummary>;

@@ -106,8 +106,20 @@ export function instantiate(
   name: string,
   cgroup: string,
   file: string,
-): { policy: Policy } | { errors: string[] } {
-  const r = policyDocument.safeParse(policyFrom(name, applyOverrides(t.spec, o), cgroup));
+): { policy: Policy; document: unknown } | { errors: string[] } {
+  const document = policyFrom(name, applyOverrides(t.spec, o), cgroup);
+  const r = policyDocument.safeParse(document);
+  if (!r.success)
+    return { errors: zodErrors(file, '', r.error).map((e) => `${e.path ? `${e.path}: ` : ''}${e.message}`) };
+  return { policy: { ...toPolicy(r.data, file), origin: 'kubernetes' }, document };
+}
+
+/**
+ * A pod policy again from the RedirectPolicy document it was made of (kept in agent.json so that a
+ * restarted agent applies the pod policies it last applied until the API server has answered).
+ */
+export function fromDocument(document: unknown, file: string): { policy: Policy } | { errors: string[] } {
+  const r = policyDocument.safeParse(document);
   if (!r.success)
     return { errors: zodErrors(file, '', r.error).map((e) => `${e.path ? `${e.path}: ` : ''}${e.message}`) };
   return { policy: { ...toPolicy(r.data, file), origin: 'kubernetes' } };

@@ -7,18 +7,58 @@ import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
 
-const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait']).extend({
-  policies: z.string().min(1),
-  cgroupRoot: z.string().optional(),
-  mode: z.enum(['auto', 'ebpf', 'iptables']),
-  interval: z.coerce.number().positive('must be a positive number of seconds'),
-  cleanupOnExit: z.boolean().default(false),
-  maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
-  maxAccelerated: z.coerce.number().int().min(2).max(16_777_216).optional(),
-  object: z.string(),
-  iptablesBackend: z.enum(['nft', 'legacy']).optional(),
-  dryRun: z.boolean().default(false),
-});
+const absolute = z.string().regex(/^\//, 'must be an absolute path');
+/** A node name is a DNS subdomain (RFC 1123). */
+const nodeName = z
+  .string()
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, 'is not a node name (a DNS subdomain)');
+
+const KUBE_ONLY = [
+  'kubeconfig',
+  'kubeletCgroupRoot',
+  'kubeletCgroupnsRoot',
+  'cgroupDriver',
+  'kubernetesStall',
+] as const;
+
+const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait'])
+  .extend({
+    policies: z.string().min(1),
+    cgroupRoot: z.string().optional(),
+    mode: z.enum(['auto', 'ebpf', 'iptables']),
+    interval: z.coerce.number().positive('must be a positive number of seconds'),
+    cleanupOnExit: z.boolean().default(false),
+    maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
+    maxAccelerated: z.coerce.number().int().min(2).max(16_777_216).optional(),
+    object: z.string(),
+    iptablesBackend: z.enum(['nft', 'legacy']).optional(),
+    dryRun: z.boolean().default(false),
+    kubernetes: z.boolean().default(false),
+    kubeconfig: z.string().min(1).optional(),
+    nodeName: nodeName.optional(),
+    kubeletCgroupRoot: absolute.optional(),
+    kubeletCgroupnsRoot: absolute.optional(),
+    cgroupDriver: z.enum(['auto', 'systemd', 'cgroupfs']).optional(),
+    kubernetesGuard: z.boolean().default(true),
+    kubernetesStall: z.coerce.number().min(1).max(3600).optional(),
+  })
+  .superRefine((o, ctx) => {
+    if (!o.kubernetes) {
+      for (const k of KUBE_ONLY)
+        if (o[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: 'needs --kubernetes' });
+      if (!o.kubernetesGuard)
+        ctx.addIssue({ code: 'custom', path: ['kubernetesGuard'], message: 'needs --kubernetes' });
+      return;
+    }
+    if (!o.nodeName)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['nodeName'],
+        message:
+          "is required with --kubernetes (or NODE_NAME in the environment, from the downward API's spec.nodeName)",
+      });
+  });
 
 export const agentCommand = shared(
   new Command('agent')
@@ -46,10 +86,32 @@ export const agentCommand = shared(
       '--dry-run',
       'print what would be applied and exit (iptables: the exact iptables-restore input; eBPF: the map entries, with the ids of the cgroups that exist)',
     )
+    .option('--kubernetes', 'also take policies from the pods of this node (Kubernetes API; see docs/kubernetes.md)')
+    .option('--kubeconfig <file>', 'Kubernetes: a kubeconfig (default: the in-cluster service account)')
+    .option('--node-name <name>', "Kubernetes: this node's name (default: $NODE_NAME)")
+    .option('--kubelet-cgroup-root <path>', "Kubernetes: the kubelet's --cgroup-root (default /)")
+    .option(
+      '--kubelet-cgroupns-root <path>',
+      "Kubernetes: where the kubelet's cgroup namespace begins in the agent's cgroup2 tree (default /; a kubelet in a container, such as kind's, sees a namespace rooted below)",
+    )
+    .addOption(
+      new Option(
+        '--cgroup-driver <driver>',
+        "Kubernetes: the kubelet's cgroup driver (default auto: the directories that exist decide)",
+      ).choices(['auto', 'systemd', 'cgroupfs']),
+    )
+    .option(
+      '--no-kubernetes-guard',
+      'Kubernetes: no guard (connections of a pod that is not classified yet are not refused; the start race stays open)',
+    )
+    .option(
+      '--kubernetes-stall <seconds>',
+      'Kubernetes: a watch with no event nor bookmark for this long is taken as hung and resumed (default 330)',
+    )
     .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp()),
   ['bpffs', 'stateDir', 'iptablesState', 'lockWait'],
 ).action(async (raw: Record<string, unknown>) => {
-  const o = parseOptions(flags, raw);
+  const o = parseOptions(flags, { ...raw, nodeName: raw.nodeName ?? (process.env.NODE_NAME || undefined) });
   const [{ decideMode }, { resolveCgroupArg, requireCgroup2 }, { makeLogger }] = await Promise.all([
     import('../../agent/decide.js'),
     import('../../util/host.js'),
@@ -71,15 +133,34 @@ export const agentCommand = shared(
     ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
   };
   const mode = await openMode(decision.chosen, modeConfig(o, attach));
+  let kube;
+  if (o.kubernetes) {
+    const { openKubernetes } = await import('../../sources/kubernetes/open.js');
+    try {
+      kube = openKubernetes(
+        {
+          ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
+          nodeName: o.nodeName!,
+          kubeletCgroupRoot: o.kubeletCgroupRoot ?? '/',
+          kubeletCgroupnsRoot: o.kubeletCgroupnsRoot ?? '/',
+          driver: o.cgroupDriver ?? 'auto',
+          guard: o.kubernetesGuard,
+          stallSeconds: o.kubernetesStall ?? 330,
+          policies: o.policies,
+        },
+        log,
+      );
+    } catch (e) {
+      throw new UserError((e as Error).message, 2);
+    }
+  }
   if (o.dryRun) {
-    const { loadPolicies, formatError } = await import('../../policy/load.js');
-    const set = await loadPolicies(o.policies);
-    for (const e of set.errors) console.error(formatError(e));
-    const d = mode.plan({ policies: set.policies }).render();
-    for (const m of d.messages) console.error(m);
-    if (d.text !== undefined) process.stdout.write(d.text);
-    if (d.json !== undefined) printJson(d.json);
-    if (!d.ok || set.errors.length) process.exitCode = 1;
+    const { dryRun } = await import('../../agent/dry-run.js');
+    const r = await dryRun(mode, o.policies, kube);
+    for (const m of r.messages) console.error(m);
+    if (r.text !== undefined) process.stdout.write(r.text);
+    if (r.json !== undefined) printJson(r.json);
+    if (!r.ok) process.exitCode = 1;
     return;
   }
   const { Agent } = await import('../../agent/agent.js');
@@ -94,6 +175,7 @@ export const agentCommand = shared(
     },
     mode,
     log,
+    kube,
   );
   await agent.start();
   log.info({ event: 'ready', mode: mode.name, cgroupRoot, bpffs: o.bpffs, policies: o.policies }, 'redirect-ready');

@@ -20,10 +20,22 @@ const check = shared(
     const code = (e as NodeJS.ErrnoException).code;
     throw new UserError(`${path}: ${code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}`);
   }
+  const templates = set.files.flatMap((f) => f.templates ?? []);
+  // A template name defined twice is unusable (the Kubernetes source uses neither): an error here too.
+  for (const t of templates) {
+    const first = templates.find((x) => x.name === t.name)!;
+    if (first !== t)
+      set.errors.push({
+        file: t.file,
+        path: 'metadata.name',
+        message: `RedirectPolicyTemplate ${t.name} is also defined in ${first.file}; neither is used`,
+      });
+  }
   if (o.json) {
     printJson({
       ok: set.errors.length === 0,
       policies: set.policies.map((p) => ({ name: p.name, file: p.file, cgroup: p.cgroup })),
+      templates: templates.map((t) => ({ name: t.name, file: t.file })),
       errors: set.errors,
     });
   } else {
@@ -34,9 +46,18 @@ const check = shared(
           set.policies.map((p) => [p.name, p.cgroup, p.file]),
         ),
       );
+    if (templates.length)
+      console.log(
+        table(
+          ['template', 'file'],
+          templates.map((t) => [t.name, t.file]),
+        ),
+      );
     for (const e of set.errors) console.error(formatError(e));
     const n = set.policies.length;
-    console.log(set.errors.length ? `${set.errors.length} error(s)` : `${n} valid polic${n === 1 ? 'y' : 'ies'}`);
+    const t = templates.length;
+    const tpl = t ? `, ${t} valid RedirectPolicyTemplate${t === 1 ? '' : 's'}` : '';
+    console.log(set.errors.length ? `${set.errors.length} error(s)` : `${n} valid polic${n === 1 ? 'y' : 'ies'}${tpl}`);
   }
   if (set.errors.length) process.exitCode = 1;
 });

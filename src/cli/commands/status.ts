@@ -3,10 +3,37 @@
 import { Command } from 'commander';
 import { shared, sharedSchema, parseOptions, modeConfig } from '../options.js';
 import { printJson, printSections } from '../output.js';
+import type { Section } from '../../modes/mode.js';
 import { allModes } from '../../modes/index.js';
 import type { AgentSummary } from '../../agent/state.js';
 
 const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'json']);
+
+/** The agent's own report: how the mode was chosen, the last reconcile, each policy with where it came
+ * from, and the pods of this node as the Kubernetes source classified them. */
+function agentSections(a: AgentSummary): Section[] {
+  if (!a || 'error' in a) return [{ lines: agentLines(a) }];
+  const out: Section[] = [{ lines: agentLines(a) }];
+  if (a.outcomes.length)
+    out.push({
+      table: {
+        head: ['policy', 'from', 'state'],
+        rows: a.outcomes.map((o) => [
+          o.policy,
+          o.origin === 'kubernetes' ? o.from : `file ${o.from}`,
+          o.reason ? `${o.state}: ${o.reason}` : o.state,
+        ]),
+      },
+    });
+  if (a.kubernetes?.pods.length)
+    out.push({
+      table: {
+        head: ['pod', 'decision', 'why', 'cgroup', 'policy'],
+        rows: a.kubernetes.pods.map((p) => [p.pod, p.decision, p.why, p.cgroup ?? '(none yet)', p.policy ?? '-']),
+      },
+    });
+  return out;
+}
 
 function agentLines(a: AgentSummary): string[] {
   if (!a) return [];
@@ -20,6 +47,15 @@ function agentLines(a: AgentSummary): string[] {
     );
     for (const e of r.errors) out.push(`  error: ${e}`);
     for (const w of r.warnings) out.push(`  warning: ${w}`);
+  }
+  const k = a.kubernetes;
+  if (k) {
+    const n = (d: string) => k.pods.filter((p) => p.decision === d).length;
+    out.push(
+      k.synced
+        ? `kubernetes: ${k.pods.length} pod(s) on this node (${n('enrolled')} enrolled, ${n('pass')} not enrolled, ${n('invalid')} not classifiable), read at ${k.readAt}`
+        : `kubernetes: waiting for the first list of pods; ${k.readAt ? `the pod policies read at ${k.readAt} stay in force` : 'no pod policy kept from an earlier run'}`,
+    );
   }
   return out;
 }
@@ -49,7 +85,7 @@ export const statusCommand = shared(
       ...(rest.length ? { also: Object.fromEntries(rest.map((r) => [r.mode, r.json])) } : {}),
     });
   }
-  for (const l of agentLines(agent)) console.log(l);
+  printSections(agentSections(agent));
   if (reports.length === 0) {
     console.log(`meshredir is not installed here (no pins under ${o.bpffs}, no iptables state in ${o.iptablesState})`);
     process.exitCode = 3;

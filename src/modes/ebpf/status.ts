@@ -35,6 +35,13 @@ export function ebpfStatus(pins: Pins): StatusReport {
   const records = { ...pending(pins), inTable: pendingDrift(pins).records };
   const maps = fill(pins);
   const attachPoint = links.find((l) => l.cgroup)?.cgroup ?? null;
+  // The Kubernetes source's gates: guard entries on the kubepods parents, pass entries of pods that are not
+  // enrolled; the guard's refusals are counted in slot 0.
+  const gates = {
+    guard: cgEntries.filter(([, v]) => v.kind === CgKind.GUARD).map(([id]) => cgroupPathById(id) ?? `id ${id}`),
+    pass: cgEntries.filter(([, v]) => v.kind === CgKind.PASS).length,
+    refused: Number(counters.get(0)?.guard_refused ?? 0n),
+  };
   const json = {
     bpffs: pins.bpffs,
     attachPoint,
@@ -44,6 +51,7 @@ export function ebpfStatus(pins: Pins): StatusReport {
     maps,
     records,
     unknownOrigDst: Number(counters.get(0)?.origdst_unknown ?? 0n),
+    guard: gates,
     unsupported: UNSUPPORTED,
   };
   const sum = (c: Record<string, number>, prefix: string) =>
@@ -101,6 +109,15 @@ export function ebpfStatus(pins: Pins): StatusReport {
           }),
         },
       },
+      ...(gates.guard.length || gates.pass || gates.refused
+        ? [
+            {
+              lines: [
+                `kubernetes guard on ${gates.guard.length ? gates.guard.join(', ') : '(no cgroup)'}: ${gates.refused} connect(s) refused from pod cgroups not classified yet · ${gates.pass} pod(s) not enrolled (pass)`,
+              ],
+            },
+          ]
+        : []),
       { table: { head: ['map', 'entries', 'capacity'], rows: maps.map((m) => [m.map, m.entries, m.max]) } },
       {
         lines: [

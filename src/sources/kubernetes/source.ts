@@ -19,6 +19,9 @@ import {
 import { cgroupUid, decide, podKey, podOrigin, policyName, qosOf, type Decision } from './pod.js';
 import { DEFAULT_REFLECTOR, Reflector, type ReflectorOptions } from './reflector.js';
 import type { TemplateSet } from './templates.js';
+import type { KubeSnapshot, PodView } from './snapshot.js';
+
+export type { PodView };
 
 export interface KubernetesSourceOptions {
   kubeconfig: KubeConfig;
@@ -40,16 +43,6 @@ export interface KubernetesSourceOptions {
   log?: (level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, msg: string) => void;
 }
 
-/** What read() found for one pod, for status. */
-export interface PodView {
-  pod: string;
-  uid: string;
-  decision: Decision['kind'];
-  why: string;
-  cgroup: string | null;
-  policy?: string;
-}
-
 export class KubernetesSource implements PolicySource {
   readonly name = 'kubernetes';
   private readonly layout: KubeletLayout;
@@ -61,6 +54,7 @@ export class KubernetesSource implements PolicySource {
   private changed: (reason: string) => void = () => {};
   private unknownSince = new Map<string, number>();
   private view: PodView[] = [];
+  private last?: KubeSnapshot;
 
   constructor(private readonly o: KubernetesSourceOptions) {
     this.layout = o.layout ?? DEFAULT_LAYOUT;
@@ -155,6 +149,7 @@ export class KubernetesSource implements PolicySource {
     const policies: Policy[] = [];
     const pass: string[] = [];
     const view: PodView[] = [];
+    const documents: KubeSnapshot['policies'] = [];
     const err = (object: string, message: string) => errors.push({ source: this.name, object, message });
     const { templates, errors: terrs } = await this.o.templates();
     errors.push(...terrs);
@@ -223,6 +218,7 @@ export class KubernetesSource implements PolicySource {
       }
       v.policy = made.policy.name;
       policies.push(made.policy);
+      documents.push({ file: made.policy.file, document: made.document });
     }
     if (!parentsExist && known.size > 0)
       err(
@@ -231,11 +227,14 @@ export class KubernetesSource implements PolicySource {
       );
     this.reportUnknown(known, err);
     this.view = view;
-    return {
-      policies,
-      errors,
-      gates: { guard: this.o.guard === false ? [] : parents.map((p) => p.path), pass },
-    };
+    const gates = { guard: this.o.guard === false ? [] : parents.map((p) => p.path), pass };
+    this.last = { at: new Date().toISOString(), policies: documents, gates, pods: view };
+    return { policies, errors, gates };
+  }
+
+  /** The last read in the form agent.json keeps (undefined before the first read). */
+  snapshot(): KubeSnapshot | undefined {
+    return this.last;
   }
 
   /** Pod cgroups that belong to no pod of this node the API shows (held by the guard): said once they
