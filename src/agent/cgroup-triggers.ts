@@ -71,6 +71,12 @@ export class CgroupTriggers {
   }
 
   private changed(c: CgroupChange): void {
+    if (c.event === 'armed') {
+      // Watched from now on: a cgroup made before the watch was in place (since the last reconcile read
+      // the tree) would go unseen until the interval; one more reconcile looks.
+      this.trigger(`watching ${c.parent}`);
+      return;
+    }
     if (c.event === 'change') {
       if (c.name === 'cgroup.events' && this.waiting.has(c.parent))
         this.trigger(`cgroup ${c.parent} changed (populated or emptied)`);

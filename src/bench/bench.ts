@@ -13,6 +13,7 @@ import { IptablesMode } from '../modes/iptables/index.js';
 import type { NetnsStatus } from '../modes/iptables/status.js';
 import { stats } from '../modes/ebpf/counters.js';
 import { parsePolicyText } from '../policy/load.js';
+import { cgroupLatency } from './cgroup-latency.js';
 import type { Policy } from '../policy/schema.js';
 
 export const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'control'] as const;
@@ -503,6 +504,7 @@ spec:
         tick,
         setLoaded: (v) => (ebpfLoaded = v),
       });
+      await cgroupLatency(o, lab, { use, unavailable, samples, missing });
     }
     return {
       samples,

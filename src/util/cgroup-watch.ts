@@ -7,8 +7,10 @@ import { cgroupDir, cgroupPathOf } from './host.js';
 
 export interface CgroupChange {
   /** 'rename': an entry was created or removed (mkdir, rmdir); 'change': a file changed (kernfs
-   * notifies cgroup.events when a cgroup's populated state changes). */
-  event: 'rename' | 'change';
+   * notifies cgroup.events when a cgroup's populated state changes); 'armed': a directory is watched
+   * from now on (a wanted parent appeared, or was set): what happened in it before is unknown, so the
+   * caller should look (an mkdir between its last look and this watch would be missed otherwise). */
+  event: 'rename' | 'change' | 'armed';
   /** The watched directory (policy path) where something appeared or went. */
   parent: string;
   /** The entry's name (a cgroup directory, or a file such as cgroup.procs), when inotify gave one. */
@@ -87,6 +89,7 @@ export class CgroupWatch {
         });
         watcher.on('error', (e) => this.failed(e, dir));
         this.armed.set(dir, { watcher, ino });
+        this.onChange({ parent, event: 'armed', name: null });
       } catch (e) {
         this.failed(e as Error, dir);
       }

@@ -249,6 +249,31 @@ kernelDescribe('agent --kubernetes (eBPF): pods of this node from the API stand-
     expect(text).toMatch(/kubernetes: 4 pod\(s\) on this node \(2 enrolled, 2 not enrolled, 0 not classifiable\)/);
     expect(text).toMatch(/kubernetes guard on .*: \d+ connect\(s\) refused/);
 
+    // --dry-run: what the files and the pods (once listed) would give, nothing written.
+    const dry = env.cli([
+      'agent',
+      '--dry-run',
+      '--policies',
+      dir,
+      '--cgroup-root',
+      env.cgRoot,
+      '--bpffs',
+      env.bpffs,
+      '--mode',
+      'ebpf',
+      '--kubernetes',
+      '--kubeconfig',
+      kubeconfig,
+      '--node-name',
+      NODE,
+      '--kubelet-cgroupns-root',
+      env.cgRoot,
+    ]);
+    expect(await dry.exited, dry.err).toBe(0);
+    const plan = JSON.parse(dry.out) as { gates: { guard: unknown[]; pass: { cgroup: string }[] } };
+    expect(plan.gates.guard).toHaveLength(6);
+    expect(plan.gates.pass.map((p) => p.cgroup).sort()).toEqual([cg(pods.c!.pod), cg(pods.h!.pod)].sort());
+
     // verify: through the proxy for a; what a pass and a guard mean for the others.
     const verify = async (rel: string) => {
       const p = env.cli(['verify', '--cgroup', cg(rel), '--bpffs', env.bpffs, '--json']);
@@ -289,6 +314,7 @@ kernelDescribe('agent --kubernetes (eBPF): pods of this node from the API stand-
   it('start race under the guard: a pod connecting from the instant its cgroup exists never goes direct', async () => {
     const before = (await status()).guard.refused;
     let refused = 0;
+    const latencies: number[] = [];
     for (let i = 0; i < 12; i++) {
       const uid = randomUUID();
       const driver = i % 2 ? 'cgroupfs' : 'systemd';
@@ -296,8 +322,25 @@ kernelDescribe('agent --kubernetes (eBPF): pods of this node from the API stand-
       const name = `race-${i}`;
       api.addPod({ name, namespace: 'shop', nodeName: NODE, uid, qosClass: 'Burstable' });
       if (i % 4 < 2) await known(`pod.shop.${name}`); // the pod is known before its cgroup exists, or not yet
+      // Meanwhile this process watches the map for the pod cgroup's policy (CLOCK_MONOTONIC, as the tool's).
+      const podDir = env.cgDir(cg(x.pod));
+      let seenAt: bigint | undefined;
+      let raced = false;
+      const map = new Pins(env.bpffs).openMap('mr_cgroups');
+      const watching = (async () => {
+        try {
+          while (!raced && seenAt === undefined) {
+            const id = cgroupId(podDir);
+            if (id !== null && (map.get(id) as { kind: number } | undefined)?.kind === CgKind.POLICY)
+              seenAt = process.hrtime.bigint();
+            else await new Promise((r) => setImmediate(r));
+          }
+        } finally {
+          map.close();
+        }
+      })();
       // nsenter, not ip netns exec: that remounts /sys, and the tool must see the cgroup2 mount.
-      const out = await env.run(null, null, 'nsenter', [
+      const run = env.run(null, null, 'nsenter', [
         `--net=/run/netns/${podNs.r!}`,
         'python3',
         join(TOOLS, 'podrace.py'),
@@ -309,7 +352,14 @@ kernelDescribe('agent --kubernetes (eBPF): pods of this node from the API stand-
         PROXY,
         '10.220.0.16',
       ]);
-      const res = JSON.parse(out.trim()) as { counts: Record<string, number>; runs: [string, number][] };
+      const out = await run.finally(() => (raced = true));
+      await watching;
+      const res = JSON.parse(out.trim()) as {
+        mkdirNs: string;
+        counts: Record<string, number>;
+        runs: [string, number][];
+      };
+      if (seenAt !== undefined) latencies.push(Number(seenAt - BigInt(res.mkdirNs)) / 1e6);
       expect(res.counts.direct ?? 0, `${driver} round ${i}: ${JSON.stringify(res.runs)}`).toBe(0);
       expect(
         res.runs.map(([k]) => k),
@@ -319,7 +369,10 @@ kernelDescribe('agent --kubernetes (eBPF): pods of this node from the API stand-
       api.delete('pods', `shop/${name}`);
     }
     expect((await status()).guard.refused - before).toBe(refused);
-    console.log(`start race, real agent, guard on: ${refused} connect(s) refused over 12 pods, none direct`);
+    const ms = [...latencies].sort((p, q) => p - q);
+    console.log(
+      `start race, real agent, guard on: ${refused} connect(s) refused over 12 pods, none direct; pod cgroup mkdir → policy in map (seen by the test): ${ms.length} seen, p50 ${ms[ms.length >> 1]?.toFixed(1)} ms, max ${ms.at(-1)?.toFixed(1)} ms`,
+    );
   });
 
   it('watch faults: 410 after compaction, a dropped connection, a hang — the maps follow the API each time', async () => {

@@ -35,7 +35,11 @@ describe('CgroupWatch', () => {
     expect(w.watching()).toEqual([join(mount, 'kubepods/burstable')]);
     mkdirSync(join(mount, 'kubepods/burstable/podX'));
     await until('mkdir', () => seen.some((c) => c.name === 'podX'));
-    expect(seen[0]).toEqual({ parent: '/kubepods/burstable', event: 'rename', name: 'podX' });
+    expect(seen.filter((c) => c.event !== 'armed')[0]).toEqual({
+      parent: '/kubepods/burstable',
+      event: 'rename',
+      name: 'podX',
+    });
     rmdirSync(join(mount, 'kubepods/burstable/podX'));
     await until('rmdir', () => seen.length >= 2);
   });
@@ -51,6 +55,18 @@ describe('CgroupWatch', () => {
     mkdirSync(join(mount, 'kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podY.slice'));
     await until('pod seen', () => seen.some((c) => c.name === 'kubepods-burstable-podY.slice'));
     expect(seen.at(-1)!.parent).toBe('/kubepods.slice/kubepods-burstable.slice');
+  });
+
+  it('says when it starts watching a directory (what happened in it before is for the caller to look at)', async () => {
+    mkdirSync(join(mount, 'kubepods'));
+    w.set(['/kubepods/burstable']);
+    expect(seen).toEqual([{ parent: '/kubepods', event: 'armed', name: null }]);
+    // Made and filled before the watch moves down to it: the 'armed' event is the caller's cue to look.
+    mkdirSync(join(mount, 'kubepods/burstable'));
+    mkdirSync(join(mount, 'kubepods/burstable/podQ'));
+    await until('armed below', () => seen.some((c) => c.event === 'armed' && c.parent === '/kubepods/burstable'));
+    w.set(['/kubepods/burstable']); // nothing new to watch: nothing said
+    expect(seen.filter((c) => c.event === 'armed')).toHaveLength(2);
   });
 
   it('a parent removed and made again is watched again', async () => {

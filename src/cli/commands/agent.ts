@@ -118,26 +118,12 @@ export const agentCommand = shared(
     import('../../util/log.js'),
   ]);
   const log = makeLogger();
-  const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
-  const decision = decideMode(o.mode, { object: o.object, ...(o.cgroupRoot ? { cgroupParent: cgroupRoot } : {}) });
-  if (decision instanceof Error) throw new UserError(decision.message);
-  if (o.mode === 'auto')
-    log.info(
-      { event: 'mode', mode: decision.chosen, reason: decision.reason },
-      `mode auto chose ${decision.chosen}: ${decision.reason}`,
-    );
-  const attach = {
-    cgroupRoot,
-    object: o.object,
-    ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
-    ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
-  };
-  const mode = await openMode(decision.chosen, modeConfig(o, attach));
+  // The Kubernetes source first: a configuration that cannot work is a usage error before anything else.
   let kube;
   if (o.kubernetes) {
     const { openKubernetes } = await import('../../sources/kubernetes/open.js');
     try {
-      kube = openKubernetes(
+      kube = await openKubernetes(
         {
           ...(o.kubeconfig ? { kubeconfig: o.kubeconfig } : {}),
           nodeName: o.nodeName!,
@@ -154,6 +140,21 @@ export const agentCommand = shared(
       throw new UserError((e as Error).message, 2);
     }
   }
+  const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
+  const decision = decideMode(o.mode, { object: o.object, ...(o.cgroupRoot ? { cgroupParent: cgroupRoot } : {}) });
+  if (decision instanceof Error) throw new UserError(decision.message);
+  if (o.mode === 'auto')
+    log.info(
+      { event: 'mode', mode: decision.chosen, reason: decision.reason },
+      `mode auto chose ${decision.chosen}: ${decision.reason}`,
+    );
+  const attach = {
+    cgroupRoot,
+    object: o.object,
+    ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+    ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
+  };
+  const mode = await openMode(decision.chosen, modeConfig(o, attach));
   if (o.dryRun) {
     const { dryRun } = await import('../../agent/dry-run.js');
     const r = await dryRun(mode, o.policies, kube);

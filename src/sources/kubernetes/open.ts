@@ -2,9 +2,7 @@
 // pod's service account in-cluster), this node's name, the kubelet's cgroup layout, the guard.
 import { existsSync } from 'node:fs';
 import type { Logger } from '../../util/log.js';
-import { KubernetesSource, loadKubeConfig } from './source.js';
-import { TemplateDir } from './templates.js';
-import { DEFAULT_REFLECTOR } from './reflector.js';
+import type { KubernetesSource } from './source.js';
 import type { CgroupDriver } from './cgroup-layout.js';
 
 export interface KubernetesOptions {
@@ -25,8 +23,11 @@ export interface KubernetesOptions {
 
 const SERVICE_ACCOUNT = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
-/** Throws a plain Error saying what is missing when the API server cannot be configured. */
-export function openKubernetes(o: KubernetesOptions, log: Logger): KubernetesSource {
+/**
+ * Throws a plain Error saying what is missing when the API server cannot be configured. client-node (slow
+ * to load: ~1-2 s) is loaded only once the options are known to be usable.
+ */
+export async function openKubernetes(o: KubernetesOptions, log: Logger): Promise<KubernetesSource> {
   if (!o.kubeconfig && !process.env.KUBERNETES_SERVICE_HOST)
     throw new Error(
       '--kubernetes without --kubeconfig needs the in-cluster configuration (KUBERNETES_SERVICE_HOST is not set: the agent does not run in a pod); pass --kubeconfig FILE',
@@ -35,6 +36,11 @@ export function openKubernetes(o: KubernetesOptions, log: Logger): KubernetesSou
     throw new Error(
       `--kubernetes without --kubeconfig needs the pod's service account token (${SERVICE_ACCOUNT} does not exist: automountServiceAccountToken is off?)`,
     );
+  const [{ KubernetesSource, loadKubeConfig }, { TemplateDir }, { DEFAULT_REFLECTOR }] = await Promise.all([
+    import('./source.js'),
+    import('./templates.js'),
+    import('./reflector.js'),
+  ]);
   let kubeconfig;
   try {
     kubeconfig = loadKubeConfig(o.kubeconfig);

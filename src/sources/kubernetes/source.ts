@@ -125,7 +125,12 @@ export class KubernetesSource implements PolicySource {
     this.cgroups = new CgroupWatch(
       this.mount,
       (c) => {
-        if (c.event !== 'rename') return; // cgroup.events notifications, not a cgroup made or removed
+        if (c.event === 'change') return; // cgroup.events notifications, not a cgroup made or removed
+        if (c.event === 'armed') {
+          // A QoS parent watched from now on (made after the start): pods made in it meanwhile are read.
+          this.changed(`watching ${c.parent}`);
+          return;
+        }
         const uid = c.name ? podUidOfCgroup(c.name) : null;
         this.changed(`cgroup ${c.parent}/${c.name ?? '?'}${uid ? ` (pod uid ${uid})` : ''}`);
       },
