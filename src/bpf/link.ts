@@ -123,10 +123,11 @@ export class Link {
     if (r < 0) throw new BpfError(`detach link ${this.label}`, 'bpf_link__detach', r);
   }
 
-  /** Releases this process's handle. A pinned link stays attached. Safe to call twice. */
+  /** Releases this process's handle: a pinned link stays attached (the pin holds it), an unpinned one
+   * is released, which detaches it. Safe to call twice. (libbpf's destroy of a link disconnected
+   * first never closes its fd: every open/close leaked one, and with it the link and its program.) */
   close(): void {
     if (!this.ptr) return;
-    lib.bpf_link__disconnect(this.ptr);
     lib.bpf_link__destroy(this.ptr);
     this.ptr = null;
   }
