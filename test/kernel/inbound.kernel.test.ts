@@ -165,6 +165,8 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
     expect(after.intercepted - before.intercepted).toBe(2);
     // HAProxy's own connections to the app (pod address → pod address) went straight to the app, once each.
     expect(after.bypass_local - before.bypass_local).toBe(2);
+    // HAProxy asked SO_ORIGINAL_DST (SOL_IP) on each accepted socket and mr_in_origdst answered.
+    expect(after.origdst_served - before.origdst_served).toBe(2);
     expect(logged(haproxyB)).toHaveLength(2);
   });
 
