@@ -10,7 +10,7 @@ import { BpfMap } from '../../src/bpf/map.js';
 import { INBOUND_MAPS, IN_STAT_FIELDS, STRUCT_CODECS, u32, inStatsValue, type InStatName } from '../../src/bpf/abi.js';
 import { inboundEntries, type InboundSpec } from '../../src/policy/inbound.js';
 import { registerListener, inSkMap, inSocksMap, runSkLookup, type Lookup } from '../../src/bpf/inbound.js';
-import { findListeners, socketFacts, takeFd, type SocketFacts } from '../../src/util/listeners.js';
+import { findListeners, socketFacts, takeFd, type SocketFacts } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';
 import { OBJECT } from './harness.js';
 

@@ -8,7 +8,7 @@ import { SK_DROP, SK_PASS } from '../../src/bpf/inbound.js';
 import { parseCidr, type Cidr } from '../../src/policy/addr.js';
 import type { InboundSpec } from '../../src/policy/inbound.js';
 import type { InStatName } from '../../src/bpf/abi.js';
-import { findListeners } from '../../src/util/listeners.js';
+import { findListeners } from '../../src/bpf/listeners.js';
 
 const v4 = (s: string) => s.split('.').map(Number);
 const v6 = (s: string) => {

@@ -9,7 +9,7 @@ import { InboundLab } from './inbound-lab.js';
 import type { InboundSpec } from '../../src/policy/inbound.js';
 import { parseCidr, type Cidr } from '../../src/policy/addr.js';
 import { AF_INET, AF_INET6 } from '../../src/bpf/abi.js';
-import { findListeners, takeFd } from '../../src/util/listeners.js';
+import { findListeners, takeFd } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';
 
 const B4 = '10.200.0.12';

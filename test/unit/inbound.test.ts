@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { inboundEntries, inboundFlags, type InboundSpec } from '../../src/policy/inbound.js';
 import { parseCidr, type Cidr } from '../../src/policy/addr.js';
 import { skLookupCtx } from '../../src/bpf/inbound.js';
-import { parseTcpTable } from '../../src/util/listeners.js';
+import { parseTcpTable } from '../../src/bpf/listeners.js';
 import { Action, InFlag, inAddrKey, inStatsValue, INBOUND_MAPS } from '../../src/bpf/abi.js';
 
 const spec = (over: Partial<InboundSpec> = {}): InboundSpec => ({

@@ -3,7 +3,7 @@
 // (cookie, netns, family, local address) so the caller can check it before handing it to BPF.
 import { closeSync, fstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { c, errno, pidfdGetfd, pidfdOpen } from '../sys/libbpf.js';
-import { BpfError } from '../bpf/errors.js';
+import { BpfError } from './errors.js';
 
 export interface TableListener {
   family: 4 | 6;
