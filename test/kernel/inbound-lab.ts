@@ -32,7 +32,7 @@ export class InboundLab {
     this.pinDir = pinDir;
     this.obj = BpfObject.open(OBJECT);
     try {
-      const drift = this.obj.checkCodecs(STRUCT_CODECS);
+      const drift = this.obj.checkAbi(STRUCT_CODECS);
       if (drift.length) throw new Error(`object does not match src/bpf/abi.ts: ${drift.join('; ')}`);
       this.obj.load();
       mkdirSync(pinDir, { recursive: true, mode: 0o700 });
