@@ -22,7 +22,7 @@ $(BUILD)/vmlinux.h: /sys/kernel/btf/vmlinux
 	@mkdir -p $(BUILD)
 	$(BPFTOOL) btf dump file $< format c > $@
 
-$(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/mr_abi.h bpf/mr_common.h $(BUILD)/vmlinux.h
+$(BUILD)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 # One object with every hook: the maps, declared weak in mr_common.h, end up once.

@@ -183,6 +183,60 @@ struct mr_slot_meta {
 	char name[256]; /* metadata.name (at most 253 characters) and its NUL: never truncated */
 };
 
+/* ---- Inbound (sk_lookup): the pod's incoming connections land on its proxy's listening socket. ----
+ * sk_lookup programs cannot learn which netns they run in (no bpf_get_netns_cookie there), so the
+ * state is keyed by the pod's own addresses, which are unique on a node. */
+
+/* mr_in_addrs key: an address of a pod with an inbound policy. */
+struct mr_in_addr_key {
+	__u32 family;  /* AF_INET or AF_INET6 */
+	__u8 addr[16]; /* network byte order; IPv4 in the first 4 bytes, the rest zero */
+};
+
+/* mr_in_dest.flags: bits. */
+enum mr_in_flag {
+	MR_IN_F_PASS = 1u << 0,          /* no proxy socket registered: deliver to the app (default: refuse) */
+	MR_IN_F_INCLUDE_PORTS = 1u << 1, /* only ports with MR_ACT_INCLUDE in mr_in_ports are intercepted */
+	MR_IN_F_BYPASS_SRCS = 1u << 2,   /* sources in mr_in_srcs (longest match MR_ACT_EXCLUDE) go to the app */
+};
+/* mr_in_addrs value */
+struct mr_in_dest {
+	__u32 slot;
+	__u32 flags;
+};
+
+/* mr_in_ports key: struct mr_port_key (slot, port in host byte order); value: enum mr_action.
+ * mr_in_srcs key: struct mr_cidr_key of the source address; value: enum mr_action. */
+
+/* mr_in_socks key: the proxy's inbound listener of policy `slot` for connections of `family` (a
+ * dual-stack socket is registered under both families). Value: the socket (fd from user space). */
+struct mr_in_sock_key {
+	__u32 slot;
+	__u32 family;
+};
+
+/* mr_in_sk: socket storage that user space puts on a registered listener; the kernel copies it onto
+ * every socket accepted from that listener (BPF_F_CLONE), which is how mr_in_origdst knows them. */
+enum mr_in_sk_flag {
+	MR_IN_SK_LISTENER = 1u << 0, /* set by user space; the accepted sockets keep the copy */
+};
+struct mr_in_sk {
+	__u32 slot;
+	__u32 flags;
+};
+
+/* mr_in_stats: per-CPU counters per policy slot. */
+struct mr_in_stats {
+	__u64 intercepted;      /* delivered to the proxy's listener */
+	__u64 bypass_local;     /* from the pod itself (its own address, loopback): e.g. the proxy to the app */
+	__u64 bypass_port;      /* port excluded, or not included */
+	__u64 bypass_source;    /* source in mr_in_srcs */
+	__u64 no_proxy_refused; /* no usable proxy socket: refused (the default) */
+	__u64 no_proxy_passed;  /* no usable proxy socket: delivered to the app (MR_IN_F_PASS) */
+	__u64 err_assign;       /* a registered socket refused the connection (family, state); also counted above */
+	__u64 origdst_served;   /* SO_ORIGINAL_DST answered with the local address of an accepted socket */
+};
+
 /* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
  * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
  * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
@@ -196,6 +250,8 @@ struct mr_abi {
 	enum mr_orig_flag orig_flag;
 	enum mr_sk_flag sk_flag;
 	enum mr_gauge gauge;
+	enum mr_in_flag in_flag;
+	enum mr_in_sk_flag in_sk_flag;
 };
 
 #endif

@@ -318,7 +318,10 @@ export class Agent {
     for (const s of this.sources) await s.stop();
     await this.running;
     if (!this.opts.cleanupOnExit) {
-      this.log.info({ event: 'stopped' }, 'stopped; redirection stays in place (pins kept)');
+      this.log.info(
+        { event: 'stopped' },
+        `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+      );
       return;
     }
     const r = this.mode.cleanup({});

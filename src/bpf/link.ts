@@ -1,5 +1,5 @@
-// link.ts — a bpf_link as a first-class object: attach to a cgroup, pin, reopen from a pin,
-// swap its program atomically, detach.
+// link.ts — a bpf_link as a first-class object: attach to a cgroup or a network namespace, pin, reopen
+// from a pin, swap its program atomically, detach.
 import { openSync, closeSync } from 'node:fs';
 import { lib, isNull, errno, c, NULL, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
@@ -14,9 +14,12 @@ export interface LinkInfo {
   attachType?: number;
   /** For sockmap links (sk_msg on a sockhash). */
   mapId?: number;
+  /** For netns links (sk_lookup): the netns inode, 0 once the netns is gone (the link is then defunct). */
+  netnsIno?: number;
 }
 
 const BPF_LINK_TYPE_CGROUP = 3;
+export const BPF_LINK_TYPE_NETNS = 5;
 export const BPF_LINK_TYPE_SOCKMAP = 14;
 const BPF_SK_MSG_VERDICT = 7;
 
@@ -31,6 +34,10 @@ export function linkInfoByFd(fd: number, what: string): LinkInfo {
   if (type === BPF_LINK_TYPE_CGROUP) {
     info.cgroupId = buf.readBigUInt64LE(16);
     info.attachType = buf.readUInt32LE(24);
+  }
+  if (type === BPF_LINK_TYPE_NETNS) {
+    info.netnsIno = buf.readUInt32LE(16);
+    info.attachType = buf.readUInt32LE(20);
   }
   if (type === BPF_LINK_TYPE_SOCKMAP) {
     info.mapId = buf.readUInt32LE(16);
@@ -74,6 +81,27 @@ export class Link {
       return new Link(p, `${prog.name}@${cgroupPath}`);
     } finally {
       closeSync(cgfd);
+    }
+  }
+
+  /** Attaches a program (sk_lookup) to a network namespace (by path, e.g. /run/netns/x or
+   * /proc/PID/ns/net) through a bpf_link. The link does not keep the netns alive: once the netns is
+   * destroyed the link is defunct (info().netnsIno === 0) until it is unpinned and closed. */
+  static attachNetns(prog: Program, netnsPath: string): Link {
+    const what = `attach ${prog.name} to netns ${netnsPath}`;
+    let nsfd: number;
+    try {
+      nsfd = openSync(netnsPath, 'r');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).errno ?? -2;
+      throw new BpfError(what, 'open', code);
+    }
+    try {
+      const p: Ptr = lib.bpf_program__attach_netns(prog.ptr, nsfd);
+      if (isNull(p)) throw new BpfError(what, 'bpf_program__attach_netns', errno());
+      return new Link(p, `${prog.name}@${netnsPath}`);
+    } finally {
+      closeSync(nsfd);
     }
   }
 
@@ -123,10 +151,11 @@ export class Link {
     if (r < 0) throw new BpfError(`detach link ${this.label}`, 'bpf_link__detach', r);
   }
 
-  /** Releases this process's handle. A pinned link stays attached. Safe to call twice. */
+  /** Releases this process's handle: a pinned link stays attached (the pin holds it), an unpinned one
+   * is released, which detaches it. Safe to call twice. (libbpf's destroy of a link disconnected
+   * first never closes its fd: every open/close leaked one, and with it the link and its program.) */
   close(): void {
     if (!this.ptr) return;
-    lib.bpf_link__disconnect(this.ptr);
     lib.bpf_link__destroy(this.ptr);
     this.ptr = null;
   }

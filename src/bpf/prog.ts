@@ -1,5 +1,5 @@
 // prog.ts — facts about loaded programs by id: name, tag (hash of the instructions), type, and the
-// maps a program uses.
+// maps a program uses; BPF_PROG_TEST_RUN of a program on a context.
 import { lib, c, addressOf } from '../sys/libbpf.js';
 import { mapInfo } from './map.js';
 import { BpfError } from './errors.js';
@@ -81,4 +81,30 @@ export function progMapsById(progId: number): Map<string, number> | null {
 export function progMapsByFd(fd: number, what: string): Map<string, number> {
   const info = progInfoByFd(fd, what);
   return progMapsById(info.id) ?? new Map();
+}
+
+export interface TestRun {
+  /** The program's return value (sk_lookup: SK_PASS 1, SK_DROP 0). */
+  retval: number;
+  /** Average run time in ns (over `repeat` runs). */
+  duration: number;
+  /** The context as the kernel wrote it back (sk_lookup: the selected socket's cookie). */
+  ctxOut: Buffer;
+}
+
+/** BPF_PROG_TEST_RUN with a context and no packet data (the sk_lookup kind, kernel 5.13+). */
+export function testRun(progFd: number, ctxIn: Buffer, what: string, repeat = 1): TestRun {
+  const ctxOut = Buffer.alloc(ctxIn.length);
+  // struct bpf_test_run_opts (libbpf ≥ 1.0): sz, data_in, data_out, data_size_in, data_size_out,
+  // ctx_in, ctx_out, ctx_size_in, ctx_size_out, retval, repeat, duration, flags, cpu, batch_size.
+  const opts = Buffer.alloc(80);
+  opts.writeBigUInt64LE(80n, 0);
+  opts.writeBigUInt64LE(addressOf(ctxIn), 32);
+  opts.writeBigUInt64LE(addressOf(ctxOut), 40);
+  opts.writeUInt32LE(ctxIn.length, 48);
+  opts.writeUInt32LE(ctxOut.length, 52);
+  opts.writeInt32LE(repeat, 60);
+  const r: number = lib.bpf_prog_test_run_opts(progFd, opts);
+  if (r < 0) throw new BpfError(what, 'bpf_prog_test_run_opts', r);
+  return { retval: opts.readUInt32LE(56), duration: opts.readUInt32LE(64), ctxOut };
 }

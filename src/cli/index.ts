@@ -10,7 +10,7 @@ import { iptablesRulesCommand } from './commands/iptables-rules.js';
 import { benchCommand } from './commands/bench.js';
 
 export function buildProgram(): Command {
-  return new Command('meshredir')
+  const program = new Command('meshredir')
     .description(
       'transparent traffic redirection for service-mesh proxies: eBPF first, iptables when the kernel cannot',
     )
@@ -25,4 +25,12 @@ export function buildProgram(): Command {
     .addCommand(iptablesRulesCommand)
     .addCommand(cleanupCommand)
     .addCommand(benchCommand);
+  // Usage errors of a command (a missing or unknown option) reach main.ts, which exits 2, like the
+  // program's own: commander gives exitOverride to subcommands made with .command(), not addCommand().
+  const override = (c: Command): void => {
+    c.exitOverride();
+    c.commands.forEach(override);
+  };
+  override(program);
+  return program;
 }

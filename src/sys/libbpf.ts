@@ -21,6 +21,7 @@ const libbpfDecl = {
   bpf_program__fd: ['int', [p]],
   bpf_program__name: ['string', [p]],
   bpf_program__attach_cgroup: [p, [p, 'int']],
+  bpf_program__attach_netns: [p, [p, 'int']],
   bpf_map__fd: ['int', [p]],
   bpf_map__name: ['string', [p]],
   bpf_map__type: ['int', [p]],
@@ -61,6 +62,7 @@ const libbpfDecl = {
   bpf_prog_attach: ['int', ['int', 'int', 'int', 'uint32']],
   bpf_prog_detach2: ['int', ['int', 'int', 'int']],
   bpf_prog_query: ['int', ['int', 'int', 'uint32', p, p, p]],
+  bpf_prog_test_run_opts: ['int', ['int', p]],
   bpf_btf_load: ['int', [p, 'size_t', p]],
   btf__load_vmlinux_btf: [p, []],
   btf__free: ['void', [p]],
@@ -84,6 +86,9 @@ const libcDecl = {
   connect: ['int', ['int', p, 'uint32']],
   getsockname: ['int', ['int', p, p]],
   getpeername: ['int', ['int', p, p]],
+  ioctl: ['int', ['int', 'ulong', 'int']],
+  // pidfd_open/pidfd_getfd by number: their glibc wrappers only exist since 2.36.
+  syscall: ['long', ['long', 'int', 'int', 'uint32']],
 } as const;
 const libc = ffi.Library(null as unknown as string, libcDecl as never) as unknown as Native<typeof libcDecl>;
 
@@ -122,6 +127,13 @@ export function logSince(mark: number): string[] {
   const at = logLines.lastIndexOf('\u0000mark', Math.max(0, mark - 1));
   return logLines.slice(at + 1).filter((l) => l !== '\u0000mark');
 }
+
+const SYS_PIDFD_OPEN = 434; // the same number on every architecture (unified syscall table)
+const SYS_PIDFD_GETFD = 438;
+/** pidfd_open(2): an fd for process `pid`; < 0 on failure (then errno()). */
+export const pidfdOpen = (pid: number): number => Number(libc.syscall(SYS_PIDFD_OPEN, pid, 0, 0));
+/** pidfd_getfd(2): a copy of fd `fd` of the process behind `pidfd` (ptrace-attach access needed). */
+export const pidfdGetfd = (pidfd: number, fd: number): number => Number(libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0));
 
 export const lib = native;
 export const c = libc;

@@ -2,7 +2,7 @@
 // kernel instead of the evaluator: random policies become real nat rules in a throwaway netns, every
 // destination is a local address there (so nothing can leave the machine), and real connects show
 // whether each was redirected (the proxy answers with SO_ORIGINAL_DST) or not (a plain server
-// answers, or the port is closed) — compared with the README's decision order. Root; netns mr-*.
+// answers, or the port is closed) — compared with the decision order of docs/policy.md. Root; netns mr-*.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { Env, kernelDescribe, sh, ORIGDST_PROXY, TOOLS, type Proc } from './harness.js';

@@ -37,6 +37,8 @@ describe('the ABI mirror against the built object', () => {
         'mr_action',
         'mr_cg_kind',
         'mr_gauge',
+        'mr_in_flag',
+        'mr_in_sk_flag',
         'mr_limit',
         'mr_orig_flag',
         'mr_owner_kind',

@@ -1,4 +1,4 @@
-// decision-model.ts — the README's decision order for an outbound connect() as a pure function
+// decision-model.ts — the decision order of docs/policy.md for an outbound connect() as a pure function
 // (the semantics the eBPF mode implements), and a seeded generator of random policies and
 // connections to compare the iptables mode's rules against it (unit: evaluator; kernel: real nat).
 import ipaddr from 'ipaddr.js';
@@ -22,7 +22,7 @@ export const isLoopback = (family: 4 | 6, b: number[]) =>
   family === 4 ? b[0] === 127 : b.slice(0, 15).every((x) => x === 0) && b[15] === 1;
 
 /**
- * README "Decision order", for a process of the policy's cgroup that is not in a bypass cgroup
+ * docs/policy.md "Decision order", for a process of the policy's cgroup that is not in a bypass cgroup
  * (the iptables mode has no cgroup bypass): no proxy for the family → the proxy itself → uid/gid →
  * loopback → port include/exclude → CIDR longest-prefix match → redirect.
  */

@@ -1,5 +1,5 @@
 // iptables-decision.test.ts — property: for random policies and connections, what the generated
-// nat rules do (evaluated rule by rule) is what the README's decision order (the eBPF mode's
+// nat rules do (evaluated rule by rule) is what the decision order of docs/policy.md (the eBPF mode's
 // semantics) says. And the check can fail: two earlier bugs, re-created, are caught.
 import { describe, expect, it } from 'vitest';
 import { renderRestore, families } from '../../src/modes/iptables/rules.js';

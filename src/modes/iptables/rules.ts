@@ -1,7 +1,7 @@
 // rules.ts — a policy as istio-style nat rules (iptables-restore input): pure, golden-tested.
 // Layout follows istio-iptables: OUTPUT → MESHREDIR_OUTPUT → MESHREDIR_REDIRECT (REDIRECT to the
 // outbound proxy port); PREROUTING → MESHREDIR_INBOUND → MESHREDIR_IN_REDIRECT (inbound port).
-// The outbound decision is the eBPF mode's, in the same order (README "Decision order"): proxy
+// The outbound decision is the eBPF mode's, in the same order (docs/policy.md, "Decision order"): proxy
 // itself → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
 import type { Policy } from '../../policy/schema.js';
 import { isLoopback, type Cidr } from '../../policy/addr.js';
@@ -173,7 +173,7 @@ export function ignoredFields(p: Policy): string[] {
   return out;
 }
 
-/** The limits of this mode, as status and the README state them. */
+/** The limits of this mode, as status and docs/modes.md state them. */
 export const LIMITS = [
   'scope: the rules live in the pod network namespace and apply to every process in it (all containers of the pod, and anything else sharing that netns), not only to the policy cgroup',
   'one policy per network namespace (two policies resolving to one netns are both refused)',
