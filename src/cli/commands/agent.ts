@@ -6,6 +6,7 @@ import { shared, sharedSchema, parseOptions, modeConfig } from '../options.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
+import { requirePreflight } from '../../probe/preflight.js';
 
 const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait']).extend({
   policies: z.string().min(1),
@@ -56,6 +57,7 @@ export const agentCommand = shared(
     import('../../util/log.js'),
   ]);
   const log = makeLogger();
+  if (!o.dryRun) for (const w of requirePreflight(o)) log.warn({ event: 'preflight' }, w);
   const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
   const decision = decideMode(o.mode, { object: o.object, ...(o.cgroupRoot ? { cgroupParent: cgroupRoot } : {}) });
   if (decision instanceof Error) throw new UserError(decision.message);
