@@ -33,7 +33,8 @@ RUN make build/meshredir.bpf.o ts VMLINUX_BTF="$VMLINUX_BTF" && \
     { uname -r; sha256sum "$VMLINUX_BTF"; } > build/vmlinux.h.from && \
     npm prune --omit=dev --no-audit --no-fund --loglevel=error && \
     rm -rf node_modules/@2060.io/*/build/Release/obj.target node_modules/@2060.io/*/build/Release/.deps \
-      node_modules/@2060.io/ffi-napi/deps
+      node_modules/@2060.io/ffi-napi/deps && \
+    find node_modules -type f \( -name '*.ts' -o -name '*.mts' -o -name '*.cts' -o -name '*.map' \) -delete
 
 FROM ${BASE_IMAGE}
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -qq >/dev/null && \

@@ -5,6 +5,7 @@
 # when they are not cached yet, then builds. Machine quirks it works around: docs/image.md.
 #   IMAGE=localhost/meshredir:dev   the tag to build (default below)
 #   MESHREDIR_REBUILD_BASE=1        make the base and Node images again even if cached
+#   scripts/image.sh clean          remove every image this script made (localhost/meshredir*, build cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "image: run as root (podman's rootful storage, debootstrap)" >&2; exit 1; }
@@ -16,6 +17,22 @@ SUITE=bookworm # Debian 12: what the Dockerfile's `FROM debian:12` names
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --events-backend file)
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 say() { printf 'image: %s\n' "$*" >&2; }
+# Images of ours no tag points to any more (earlier builds' stages): every image made here carries a
+# label of the base or Node image it was made from.
+dangling_ours() {
+  for l in io.meshredir.base.recipe io.meshredir.node.version; do
+    "${PODMAN[@]}" images -q --filter dangling=true --filter "label=$l"
+  done | sort -u
+}
+
+if [ "${1:-}" = clean ]; then
+  command -v podman >/dev/null || exit 0
+  "${PODMAN[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep -E '^localhost/meshredir(-[a-z]+)?:' |
+    xargs -r "${PODMAN[@]}" rmi -f >/dev/null
+  dangling_ours | xargs -r "${PODMAN[@]}" rmi -f >/dev/null 2>&1 || true
+  say "removed localhost/meshredir* and their build cache"
+  exit 0
+fi
 
 # 1. Tools (also in scripts/deps.sh; here too so that `make image` alone works on a fresh machine).
 missing=()
@@ -124,10 +141,14 @@ start=$(date +%s)
 old_id=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 "${PODMAN[@]}" build "${ULIMITS[@]}" --network host --pull=never \
   --build-arg "BASE_IMAGE=$BASE" --build-arg "NODE_IMAGE=$NODE" "${secret[@]}" \
-  --label "io.meshredir.vmlinux-h.kernel=$(uname -r)" \
   -t "$IMAGE" -f Dockerfile . >&2
+# The build stage under a name of ours, so that its cached layers are not anonymous (`clean` removes it).
+"${PODMAN[@]}" build "${ULIMITS[@]}" --network host --pull=never --target build \
+  --build-arg "BASE_IMAGE=$BASE" --build-arg "NODE_IMAGE=$NODE" "${secret[@]}" \
+  -t localhost/meshredir-build:latest -f Dockerfile . >/dev/null
 # The previous build of this tag, now untagged (its layers stay as the build cache).
 new_id=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE")
 [ -n "$old_id" ] && [ "$old_id" != "$new_id" ] && "${PODMAN[@]}" rmi "$old_id" >/dev/null 2>&1 || true
+dangling_ours | xargs -r "${PODMAN[@]}" rmi >/dev/null 2>&1 || true
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 say "$IMAGE: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s"

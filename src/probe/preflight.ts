@@ -40,7 +40,7 @@ export interface HostView {
   exists(path: string): boolean;
   /** Started by a container runtime (the `container` variable, podman's /run/.containerenv). */
   inContainer: boolean;
-  /** Our network namespace is that of pid 1 (the node's, with hostPID); 'EACCES' if we may not look. */
+  /** Our network namespace is the node's (that of pid 1 or 2, with hostPID); 'EACCES' if we may not look. */
   hostNetns: boolean | 'EACCES';
 }
 
@@ -80,11 +80,15 @@ export function parseMounts(text: string): Mount[] {
 }
 
 export function readHost(): HostView {
-  let hostNetns: HostView['hostNetns'];
-  try {
-    hostNetns = statSync('/proc/self/ns/net').ino === statSync('/proc/1/ns/net').ino;
-  } catch (e) {
-    hostNetns = (e as NodeJS.ErrnoException).code === 'EACCES' ? 'EACCES' : false;
+  // pid 1, else pid 2 (kthreadd), as the iptables mode itself looks (pid 1 may refuse even CAP_SYS_PTRACE).
+  let hostNetns: HostView['hostNetns'] = false;
+  for (const pid of [1, 2]) {
+    try {
+      hostNetns = statSync('/proc/self/ns/net').ino === statSync(`/proc/${pid}/ns/net`).ino;
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EACCES') hostNetns = 'EACCES';
+    }
   }
   return {
     capEff: parseCapEff(readFileSync('/proc/self/status', 'utf8')),
