@@ -16,7 +16,7 @@ SUITE=bookworm # Debian 12: what the Dockerfile's `FROM debian:12` names
 # podman's default ulimits exceed the VM's hard limits.
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --events-backend file)
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
-say() { printf 'image: %s\n' "$*" >&2; }
+say() { printf 'image: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 # Images of ours no tag points to any more (earlier builds' stages): every image made here carries a
 # label of the base or Node image it was made from.
 dangling_ours() {
