@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux)
+pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux dnsmasq-base bind9-dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
