@@ -36,6 +36,7 @@ export class DnsLab {
   readonly proxyCg: string;
   readonly pods: Record<'a' | 'b', Pod>;
   private resolvDirs: string[] = [];
+  private pidFiles: string[] = [];
 
   constructor(readonly env: Env) {
     this.node = env.netns('node');
@@ -75,13 +76,15 @@ export class DnsLab {
     answer: { a: string; aaaa: string },
     opts: { forwardTo?: string; uid?: number; extra?: string[] } = {},
   ): Promise<Proc> {
+    const pidFile = `/tmp/${ns}-${port}.pid`;
+    this.pidFiles.push(pidFile);
     const args = [
       '--keep-in-foreground',
       '--no-resolv',
       '--no-hosts',
       '--no-poll',
       '--conf-file=/dev/null',
-      `--pid-file=/tmp/${ns}-${port}.pid`,
+      `--pid-file=${pidFile}`,
       '--bind-interfaces',
       `--listen-address=${listen.join(',')}`,
       `--port=${port}`,
@@ -145,12 +148,22 @@ export class DnsLab {
     return (await this.env.run(pod.ns, cg, process.execPath, ['-e', js], { timeoutMs: 20_000 })).trim();
   }
 
-  async dnsq<T = Record<string, unknown>>(pod: Pod, cg: string | null, args: string[], timeoutMs = 60_000): Promise<T> {
-    const out = await this.env.run(pod.ns, cg, 'python3', [join(this.env.toolsDir, 'dnsq.py'), ...args], { timeoutMs });
+  async dnsq<T = Record<string, unknown>>(
+    pod: Pod,
+    cg: string | null,
+    args: string[],
+    timeoutMs = 60_000,
+    uid?: number,
+  ): Promise<T> {
+    const out = await this.env.run(pod.ns, cg, '/usr/bin/python3', [join(this.env.toolsDir, 'dnsq.py'), ...args], {
+      timeoutMs,
+      ...(uid === undefined ? {} : { uid }),
+    });
     return JSON.parse(out.trim().split('\n').pop()!) as T;
   }
 
   cleanup(): void {
     for (const d of this.resolvDirs) rmSync(d, { recursive: true, force: true });
+    for (const f of this.pidFiles) rmSync(f, { force: true });
   }
 }

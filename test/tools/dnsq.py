@@ -8,18 +8,21 @@ from (recvfrom) and getpeername. Prints one JSON line. Only the standard library
   dnsq.py connect NAME NS            a connected UDP socket
   dnsq.py tcp NAME NS                TCP
   dnsq.py loop N NAME NS             N short-lived sockets (connected and unconnected, alternately)
-Options (before the mode): --v6sock (AF_INET6 socket, IPv4 NS as v4-mapped), --aaaa, --timeout S.
+Options (before the mode): --v6sock (AF_INET6 socket, IPv4 NS as v4-mapped), --aaaa, --timeout S,
+--sport N (bind the UDP/TCP socket to local port N first).
 """
 import json, random, socket, struct, sys
 
 args = sys.argv[1:]
 v6sock = aaaa = False
 timeout = 3.0
+sport = 0
 while args and args[0].startswith('--'):
     o = args.pop(0)
     if o == '--v6sock': v6sock = True
     elif o == '--aaaa': aaaa = True
     elif o == '--timeout': timeout = float(args.pop(0))
+    elif o == '--sport': sport = int(args.pop(0))
 mode = args.pop(0)
 
 def query(name, qid):
@@ -61,6 +64,9 @@ def show(a):
 def sock(ns, kind=socket.SOCK_DGRAM):
     s = socket.socket(family(ns), kind)
     s.settimeout(timeout)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('::' if family(ns) == socket.AF_INET6 else '0.0.0.0', sport))
     return s
 
 def recv_reply(s):
