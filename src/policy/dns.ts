@@ -13,17 +13,11 @@ export interface DnsEntries {
 }
 
 export function dnsFlags(d: NonNullable<Policy['dns']>): number {
-  return (
-    DnsFlag.PROXY4 | (d.proxy6 ? DnsFlag.PROXY6 : 0) | (d.all ? DnsFlag.ALL : 0) | (d.tcp ? DnsFlag.TCP : 0)
-  );
+  return DnsFlag.PROXY4 | (d.proxy6 ? DnsFlag.PROXY6 : 0) | (d.all ? DnsFlag.ALL : 0) | (d.tcp ? DnsFlag.TCP : 0);
 }
 
 /** Like toEntries: a policy whose cgroup does not exist yet contributes nothing. */
-export function toDnsEntries(
-  policies: Policy[],
-  slots: Map<string, number>,
-  res: Map<string, Resolution>,
-): DnsEntries {
+export function toDnsEntries(policies: Policy[], slots: Map<string, number>, res: Map<string, Resolution>): DnsEntries {
   const e: DnsEntries = { mr_dns_pol: [], mr_dns_ns: [] };
   for (const p of policies) {
     if (!p.dns || !res.get(p.name)?.cgroup) continue;
