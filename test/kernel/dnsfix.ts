@@ -39,6 +39,9 @@ export class DnsLab {
   private pidFiles: string[] = [];
 
   constructor(readonly env: Env) {
+    for (const bin of ['dnsmasq', 'dig', '/usr/bin/python3'])
+      if (!sh('sh', ['-c', `command -v ${bin} || true`]).trim())
+        throw new Error(`${bin} is not installed (run make deps): the DNS tests need it`);
     this.node = env.netns('node');
     env.bridge(this.node, 'br0', ['10.77.0.1/24', 'fd77::1/64']);
     this.nsNs = env.netns('dns');
