@@ -232,30 +232,17 @@ struct mr_in_stats {
 	__u64 origdst_served;   /* SO_ORIGINAL_DST answered with the local address of an accepted socket */
 };
 
-/* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
- * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
- * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
- * object's BTF, where the agent checks src/bpf/abi.ts against them. A new enum here needs its field. */
-struct mr_abi {
-	enum mr_limit limit;
-	enum mr_cg_kind cg_kind;
-	enum mr_policy_flag policy_flag;
-	enum mr_owner_kind owner_kind;
-	enum mr_action action;
-	enum mr_orig_flag orig_flag;
-	enum mr_sk_flag sk_flag;
-	enum mr_gauge gauge;
-	enum mr_in_flag in_flag;
-	enum mr_in_sk_flag in_sk_flag;
 /* ---- DNS capture (bpf/mr_dns.h, bpf/dns.bpf.c; docs/dns-design.md) ---- */
 
 /* mr_dns_pol: a policy slot's DNS capture. Port-53 queries of the slot's cgroups go to the DNS proxy of
  * their family: UDP by connect (connected sockets) and sendmsg (unconnected sendto), TCP by connect
  * when MR_DNS_F_TCP. Which destinations: every one (MR_DNS_F_ALL) or those in mr_dns_ns. */
-#define MR_DNS_F_PROXY4 (1u << 0) /* proxy4_* set: IPv4 (and v4-mapped) queries are captured */
-#define MR_DNS_F_PROXY6 (1u << 1) /* proxy6_* set: IPv6 queries are captured */
-#define MR_DNS_F_ALL    (1u << 2) /* any destination on port 53, not only mr_dns_ns */
-#define MR_DNS_F_TCP    (1u << 3) /* TCP port 53 too (else TCP 53 follows the outbound decision) */
+enum mr_dns_flag {
+	MR_DNS_F_PROXY4 = 1u << 0, /* proxy4_* set: IPv4 (and v4-mapped) queries are captured */
+	MR_DNS_F_PROXY6 = 1u << 1, /* proxy6_* set: IPv6 queries are captured */
+	MR_DNS_F_ALL = 1u << 2,    /* any destination on port 53, not only mr_dns_ns */
+	MR_DNS_F_TCP = 1u << 3,    /* TCP port 53 too (else TCP 53 follows the outbound decision) */
+};
 
 struct mr_dns_policy {
 	__u32 flags;
@@ -286,10 +273,12 @@ struct mr_dns_ep {
  * socket has one entry per proxy family (last[0]: IPv4 proxy, last[1]: IPv6 proxy) holding the
  * nameserver it last sent to through that proxy: replies from that proxy are shown as coming from it
  * (recvmsg). A socket whose connect() was captured also has conn (getpeername). */
-#define MR_DNS_S_CONNECTED (1u << 0) /* conn is the original peer of a captured connect() */
-#define MR_DNS_S_LAST4     (1u << 1) /* last[0] is set */
-#define MR_DNS_S_LAST6     (1u << 2) /* last[1] is set */
-#define MR_DNS_S_TCP       (1u << 3) /* a TCP socket (captured connect to TCP port 53) */
+enum mr_dns_sock_flag {
+	MR_DNS_S_CONNECTED = 1u << 0, /* conn is the original peer of a captured connect() */
+	MR_DNS_S_LAST4 = 1u << 1,     /* last[0] is set */
+	MR_DNS_S_LAST6 = 1u << 2,     /* last[1] is set */
+	MR_DNS_S_TCP = 1u << 3,       /* a TCP socket (captured connect to TCP port 53) */
+};
 struct mr_dns_last {
 	struct mr_dns_ep orig;  /* the nameserver the application asked */
 	struct mr_dns_ep proxy; /* where the query went instead */
@@ -313,6 +302,25 @@ struct mr_dns_stats {
 	__u64 bypass_owner;  /* port 53 from a bypass uid/gid */
 	__u64 bypass_dest;   /* port 53 to a destination not captured (not listed, proxy itself, family) */
 	__u64 err_full;      /* mr_dns_socks full (or no memory): the call failed with EPERM (fail closed) */
+};
+
+/* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
+ * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
+ * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
+ * object's BTF, where the agent checks src/bpf/abi.ts against them. A new enum here needs its field. */
+struct mr_abi {
+	enum mr_limit limit;
+	enum mr_cg_kind cg_kind;
+	enum mr_policy_flag policy_flag;
+	enum mr_owner_kind owner_kind;
+	enum mr_action action;
+	enum mr_orig_flag orig_flag;
+	enum mr_sk_flag sk_flag;
+	enum mr_gauge gauge;
+	enum mr_in_flag in_flag;
+	enum mr_in_sk_flag in_sk_flag;
+	enum mr_dns_flag dns_flag;
+	enum mr_dns_sock_flag dns_sock_flag;
 };
 
 #endif

@@ -120,8 +120,13 @@ export const SLOT_NAME_BYTES = 256;
 export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: SLOT_NAME_BYTES } });
 
 // ---- DNS capture (bpf/mr_dns.h, docs/dns-design.md) ----
-export const DnsFlag = { PROXY4: 1 << 0, PROXY6: 1 << 1, ALL: 1 << 2, TCP: 1 << 3 } as const;
-export const DnsSockFlag = { CONNECTED: 1 << 0, LAST4: 1 << 1, LAST6: 1 << 2, TCP: 1 << 3 } as const;
+export const DnsFlag = cEnum('mr_dns_flag', 'MR_DNS_F_', { PROXY4: 1 << 0, PROXY6: 1 << 1, ALL: 1 << 2, TCP: 1 << 3 });
+export const DnsSockFlag = cEnum('mr_dns_sock_flag', 'MR_DNS_S_', {
+  CONNECTED: 1 << 0,
+  LAST4: 1 << 1,
+  LAST6: 1 << 2,
+  TCP: 1 << 3,
+});
 export const dnsPolicyValue = struct('mr_dns_policy', {
   flags: 'u32',
   proxy4_addr: { bytes: 4 },

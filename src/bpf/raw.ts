@@ -7,7 +7,14 @@ import { lib, NULL, isNull, errno } from '../sys/libbpf.js';
 const RETURN_1 = Buffer.from([0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]);
 
 /** enum bpf_prog_type values the probe loads. */
-export const ProgType = { CGROUP_SOCK: 9, CGROUP_SOCK_ADDR: 18, SOCK_OPS: 13, SK_MSG: 16, CGROUP_SOCKOPT: 25, SK_LOOKUP: 30 } as const;
+export const ProgType = {
+  CGROUP_SOCK: 9,
+  CGROUP_SOCK_ADDR: 18,
+  SOCK_OPS: 13,
+  SK_MSG: 16,
+  CGROUP_SOCKOPT: 25,
+  SK_LOOKUP: 30,
+} as const;
 
 /** enum bpf_attach_type values the probe attaches. */
 export const AttachType = {
