@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux)
+# DNS capture tests: dnsmasq (the binary only, no system service) as nameserver and DNS proxy; dig.
+pkgs+=(dnsmasq-base bind9-dnsutils)
 # The container image (make image, its kernel test): podman with Debian's runc, debootstrap for the base.
 pkgs+=(podman runc debootstrap)
 missing=()
