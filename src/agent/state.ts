@@ -156,7 +156,8 @@ export function removeState(
     removed.push(dir);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
+    // EBUSY, EROFS: the directory is a mount point (a container's volume), which stays.
+    if (!['ENOENT', 'ENOTEMPTY', 'EEXIST', 'ENOTDIR', 'EBUSY', 'EROFS'].includes(code ?? '')) throw e;
   }
   return { removed };
 }

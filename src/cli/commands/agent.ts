@@ -6,6 +6,7 @@ import { shared, sharedSchema, parseOptions, modeConfig } from '../options.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
+import { requirePreflight } from '../../probe/preflight.js';
 
 const absolute = z.string().regex(/^\//, 'must be an absolute path');
 /** A node name is a DNS subdomain (RFC 1123). */
@@ -140,6 +141,7 @@ export const agentCommand = shared(
       throw new UserError((e as Error).message, 2);
     }
   }
+  if (!o.dryRun) for (const w of requirePreflight(o)) log.warn({ event: 'preflight' }, w);
   const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
   const decision = decideMode(o.mode, { object: o.object, ...(o.cgroupRoot ? { cgroupParent: cgroupRoot } : {}) });
   if (decision instanceof Error) throw new UserError(decision.message);
