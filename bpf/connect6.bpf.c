@@ -22,7 +22,7 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 	}
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p) {
+	if (mr_decide(ctx->sk, &d, &slot, &p) != MR_REDIRECT || !p) {
 		mr_forget(ctx->sk);
 		return 1;
 	}
