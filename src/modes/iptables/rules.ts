@@ -71,6 +71,24 @@ export function jumpLines(p: Policy, { family }: RuleOptions): string[] {
 }
 
 /**
+ * The proxy as each bypass names it, as iptables matches: its cgroups (the one a socket was created in,
+ * or below), its marks, its uids and gids. Other rule sets that must spare the proxy use these too.
+ */
+export function proxyMatches(
+  p: Policy,
+  bypassCgroups: readonly string[] = p.bypass.cgroups,
+): { cgroups: string[]; marks: string[]; owners: string[] } {
+  return {
+    cgroups: bypassCgroups.map((cg) => `-m cgroup --path ${q(cg)}`),
+    marks: p.bypass.marks.map((m) => `-m mark --mark ${m.text}`),
+    owners: [
+      ...p.bypass.uids.map((u) => `-m owner --uid-owner ${u}`),
+      ...p.bypass.gids.map((g) => `-m owner --gid-owner ${g}`),
+    ],
+  };
+}
+
+/**
  * Our chains, declared and flushed, then filled: the part of the iptables-restore --noflush input
  * that is the same in every netns. Foreign chains are never named.
  */
@@ -96,13 +114,7 @@ export function renderChains(p: Policy, { family, bypassCgroups = p.bypass.cgrou
 
   if (proxy) {
     add('MESHREDIR_REDIRECT', `-p tcp -j REDIRECT --to-ports ${proxy.port}`);
-    // The proxy as each bypass names it: cgroup (the one its socket was created in, or below), mark, owner.
-    const cgroups = bypassCgroups.map((cg) => `-m cgroup --path ${q(cg)}`);
-    const marks = p.bypass.marks.map((m) => `-m mark --mark ${m.text}`);
-    const owners = [
-      ...p.bypass.uids.map((u) => `-m owner --uid-owner ${u}`),
-      ...p.bypass.gids.map((g) => `-m owner --gid-owner ${g}`),
-    ];
+    const { cgroups, marks, owners } = proxyMatches(p, bypassCgroups);
     if (p.proxy.inbound !== undefined) {
       // istio, inbound only: what the inbound proxy sends to the app from 127.0.0.6 passes through,
       // and the proxy's own calls to this pod's address over lo go to the inbound listener.
