@@ -15,7 +15,7 @@ int mr_connect4(struct bpf_sock_addr *ctx)
 	d.addr[0] = ctx->user_ip4;
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	int v = mr_decide(&d, &slot, &p);
+	int v = mr_decide(ctx->sk, &d, &slot, &p);
 	if (v == MR_REFUSE)
 		return 0; /* an unclassified pod: fail closed until the agent has decided */
 	if (v != MR_REDIRECT || !p) {

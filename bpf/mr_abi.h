@@ -9,6 +9,7 @@
 enum mr_limit {
 	MR_MAX_POLICIES = 4096,   /* policy slots; slot 0 is the global (no policy) counter slot */
 	MR_MAX_CGROUP_DEPTH = 32, /* how far up the cgroup tree a policy lookup walks */
+	MR_MAX_MARKS = 8,         /* bypass marks per policy (spec.proxy.bypass.marks), kept in mr_policy */
 };
 
 /* mr_cgroups value: what a cgroup id means to us. */
@@ -34,6 +35,13 @@ enum mr_policy_flag {
 	MR_F_INCLUDE_CIDRS = 1u << 3,     /* only destinations whose longest match is MR_ACT_INCLUDE */
 	MR_F_REDIRECT_LOOPBACK = 1u << 4, /* loopback destinations are redirected too */
 	MR_F_ACCELERATE = 1u << 5,        /* reserved for the sk_msg fast path */
+	MR_F_BYPASS_MARKS = 1u << 6,      /* marks[] holds bypass marks: only then is the socket's mark read */
+};
+
+/* A socket mark that bypasses: (SO_MARK & mask) == value, as iptables' -m mark --mark value/mask. */
+struct mr_mark {
+	__u32 value;
+	__u32 mask; /* 0 ends the list (the schema refuses a zero mask, which would match every socket) */
 };
 
 struct mr_policy {
@@ -42,6 +50,7 @@ struct mr_policy {
 	__u8 proxy6_addr[16];
 	__be16 proxy4_port;
 	__be16 proxy6_port;
+	struct mr_mark marks[MR_MAX_MARKS]; /* in the value, not a map of its own: no lookup per connect */
 };
 
 /* mr_owners key: uid/gid bypass of a policy slot. Value: __u8 1. */
@@ -169,6 +178,7 @@ struct mr_stats {
 	__u64 msg_slow;        /* messages of accelerated sockets that took the TCP path */
 	__u64 msg_resumed;     /* times a socket went back to the fast path once TCP had drained */
 	__u64 ulp_refused;     /* setsockopt(TCP_ULP) (kTLS) refused on an accelerated socket */
+	__u64 bypass_mark;     /* the socket's mark (SO_MARK) is a bypass mark */
 	__u64 guard_refused;   /* connect() refused: an unclassified pod cgroup under a guard (slot 0) */
 };
 

@@ -11,8 +11,10 @@ function cEnum<const V extends Record<string, number>>(cName: string, prefix: st
   return Object.freeze(values);
 }
 
-export const Limit = cEnum('mr_limit', 'MR_', { MAX_POLICIES: 4096, MAX_CGROUP_DEPTH: 32 });
+export const Limit = cEnum('mr_limit', 'MR_', { MAX_POLICIES: 4096, MAX_CGROUP_DEPTH: 32, MAX_MARKS: 8 });
 export const MAX_POLICIES = Limit.MAX_POLICIES;
+/** Bypass marks a policy can hold (mr_policy.marks). */
+export const MAX_MARKS = Limit.MAX_MARKS;
 // Linux's, not ours: not in BTF (the programs take them from their own defines).
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -28,6 +30,7 @@ export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   INCLUDE_CIDRS: 1 << 3,
   REDIRECT_LOOPBACK: 1 << 4,
   ACCELERATE: 1 << 5,
+  BYPASS_MARKS: 1 << 6,
 });
 export const OwnerKind = cEnum('mr_owner_kind', 'MR_OWNER_', { UID: 1, GID: 2 });
 export const Action = cEnum('mr_action', 'MR_ACT_', { INCLUDE: 1, EXCLUDE: 2 });
@@ -59,6 +62,8 @@ export const policyValue = struct('mr_policy', {
   proxy6_addr: { bytes: 16 },
   proxy4_port: 'be16',
   proxy6_port: 'be16',
+  // struct mr_mark marks[MR_MAX_MARKS]: { u32 value, u32 mask } each, little-endian (policyMarks encodes it).
+  marks: { bytes: 8 * MAX_MARKS },
 });
 export const ownerKey = struct('mr_owner_key', { slot: 'u32', kind: 'u32', id: 'u32' });
 export const proxyKey = struct('mr_proxy_key', { cgroup_id: 'u64', slot: 'u32', pad: 'u32' });
@@ -110,6 +115,7 @@ export const STAT_FIELDS = [
   'msg_slow',
   'msg_resumed',
   'ulp_refused',
+  'bypass_mark',
   'guard_refused',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];

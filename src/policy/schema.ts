@@ -1,6 +1,8 @@
 // schema.ts — the RedirectPolicy file format (a user-facing contract) and its validated form.
 import { z } from 'zod';
 import { parseEndpoint, parseCidr, parseAddress, isLoopback, type Endpoint, type Cidr, type Address } from './addr.js';
+import { parseMark, type Mark } from './mark.js';
+import { MAX_MARKS } from '../bpf/abi.js';
 
 /** What a wrong value is, for messages: "a string", "an array", "null". */
 export function typeOf(v: unknown): string {
@@ -53,6 +55,17 @@ function endpoint(family: 4 | 6) {
       return r;
     });
 }
+
+const mark = z
+  .union([z.string(), z.number()], { error: 'must be a mark such as "0x539/0xfff" (value or value/mask)' })
+  .transform((s, ctx) => {
+    const r = parseMark(s);
+    if (typeof r === 'string') {
+      ctx.addIssue({ code: 'custom', message: r });
+      return z.NEVER;
+    }
+    return r;
+  });
 
 const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).transform((s, ctx) => {
   const r = parseCidr(s);
@@ -141,8 +154,13 @@ export const policyDocument = z.strictObject({
             cgroups: z.array(cgroupPath).default([]),
             uids: z.array(id).default([]),
             gids: z.array(id).default([]),
+            // The eBPF mode keeps them in the policy's map value (mr_policy.marks): a fixed number.
+            marks: z
+              .array(mark)
+              .max(MAX_MARKS, { error: (i) => `at most ${MAX_MARKS} marks, not ${(i.input as unknown[]).length}` })
+              .default([]),
           })
-          .default({ cgroups: [], uids: [], gids: [] }),
+          .default({ cgroups: [], uids: [], gids: [], marks: [] }),
       }),
       outbound: z
         .strictObject({
@@ -198,6 +216,11 @@ export const policyDocument = z.strictObject({
           }
         }
       }
+      const marks = spec.proxy.bypass.marks.map((m) => m.text);
+      marks.forEach((m, i) => {
+        if (marks.indexOf(m) !== i)
+          ctx.addIssue({ code: 'custom', path: ['proxy', 'bypass', 'marks', i], message: `${m} is listed twice` });
+      });
       if (spec.proxy.bypass.cgroups.includes(spec.cgroup)) {
         ctx.addIssue({
           code: 'custom',
@@ -221,7 +244,7 @@ export interface Policy {
   netns?: string;
   accelerate: boolean;
   proxy: { outbound?: Endpoint; outbound6?: Endpoint; inbound?: number };
-  bypass: { cgroups: string[]; uids: number[]; gids: number[] };
+  bypass: { cgroups: string[]; uids: number[]; gids: number[]; marks: Mark[] };
   outbound: {
     includePorts: number[];
     excludePorts: number[];

@@ -169,7 +169,11 @@ function applyFamilies(
       const w = familyWork(run, ns, p, next.backend, family, prev?.families[f]);
       if (w.kind === 'restore') {
         run.restore(ns, next.backend, family, w.input);
-        next.families[f] = { rendered: w.rendered, applied: ours(run.saveNat(ns, next.backend, family)) };
+        next.families[f] = {
+          rendered: w.rendered,
+          applied: ours(run.saveNat(ns, next.backend, family)),
+          ...(Object.keys(w.cgroups).length ? { cgroups: w.cgroups } : {}),
+        };
         changed.push(`ipv${family}`);
       } else if (w.kind === 'remove') {
         if (w.input) run.restore(ns, next.backend, family, w.input);

@@ -15,7 +15,7 @@ import type {
 } from '../mode.js';
 import { ignoredFields } from './rules.js';
 import { Runner } from './run.js';
-import { resolveTargets, dryRun, renderDryRun, type Resolved } from './plan.js';
+import { resolveTargets, dryRun, renderDryRun, bypassCgroupIds, type Resolved } from './plan.js';
 import { applyRules, removeEntry, type IptablesApplyReport, type Removal } from './apply.js';
 import { iptablesStatus } from './status.js';
 import { iptablesVerify } from './verify.js';
@@ -67,6 +67,17 @@ export class IptablesMode implements Mode {
         fields: { policy: p.name },
       })),
     );
+    // As in the eBPF mode, a proxy cgroup that does not exist (yet) is left out until it does.
+    for (const { p } of resolved.targets) {
+      const have = bypassCgroupIds(p);
+      for (const cg of p.bypass.cgroups.filter((c) => !(c in have)))
+        notes.push({
+          level: 'warn',
+          event: 'unresolved_bypass',
+          message: `bypass cgroup ${cg} of ${p.name} does not exist: its rule is left out until it does`,
+          fields: { mode: 'iptables', policy: p.name, cgroup: cg },
+        });
+    }
     if (gates.guard.length && !this.gatesNoted) {
       this.gatesNoted = true;
       notes.push({

@@ -5,7 +5,8 @@ import type { Policy } from '../../policy/schema.js';
 import { renderChains, unsupported, families } from './rules.js';
 import { NetnsHandle, resolvePolicyNetns, hostNetnsIds } from './netns.js';
 import { ours, restoreInput, removalInput, type Runner } from './run.js';
-import { fkey, type Backend, type Family, type FamilyState, type State } from './state.js';
+import { fkey, type Backend, type Family, type FamilyState, type NetnsState, type State } from './state.js';
+import { cgroup2Mount, cgroupDir, cgroupId, requireCgroup2 } from '../../util/host.js';
 
 export interface Target {
   p: Policy;
@@ -29,7 +30,7 @@ export interface Resolved {
 export type FamilyWork =
   | { family: Family; kind: 'unused' }
   | { family: Family; kind: 'in-sync' }
-  | { family: Family; kind: 'restore'; input: string; rendered: string }
+  | { family: Family; kind: 'restore'; input: string; rendered: string; cgroups: Record<string, string> }
   | { family: Family; kind: 'remove'; input: string | null };
 
 export interface PlanEntry {
@@ -88,6 +89,48 @@ export function resolveTargets(policies: Policy[]): Resolved {
   return { targets, skipped };
 }
 
+/**
+ * The policy's bypass cgroups that exist now, each with its id: the rules name only these (the kernel
+ * refuses a -m cgroup path that does not exist), and the ids tell a re-created cgroup from the one a rule
+ * was added for.
+ */
+export function bypassCgroupIds(p: Policy): Record<string, string> {
+  if (p.bypass.cgroups.length === 0) return {};
+  const mount = requireCgroup2();
+  const out: Record<string, string> = {};
+  for (const cg of p.bypass.cgroups) {
+    const id = cgroupId(cgroupDir(cg, mount));
+    if (id !== null) out[cg] = String(id);
+  }
+  return out;
+}
+
+/**
+ * Rules of a netns that point at a bypass cgroup that is no longer there under its path (deleted, or
+ * deleted and re-created: a new id), each said in a sentence. The proxy there is not recognised until the
+ * next reconcile adds the rule again.
+ */
+export function staleCgroups(e: NetnsState): string[] {
+  const mount = cgroup2Mount();
+  if (!mount) return [];
+  const rendered = new Map<string, string>();
+  for (const f of Object.values(e.families))
+    for (const [cg, id] of Object.entries(f?.cgroups ?? {})) rendered.set(cg, id);
+  const out: string[] = [];
+  for (const [cg, id] of rendered) {
+    const now = cgroupId(cgroupDir(cg, mount));
+    if (now === null) out.push(`the rule for bypass cgroup ${cg} points at a cgroup that no longer exists (id ${id})`);
+    else if (String(now) !== id)
+      out.push(
+        `the rule for bypass cgroup ${cg} points at a cgroup that no longer exists (id ${id}; the path is now id ${now}, re-created): its processes are not recognised as the proxy`,
+      );
+  }
+  return out;
+}
+
+const sameIds = (a: Record<string, string>, b: Record<string, string>) =>
+  Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
+
 /** What one family needs in a netns, from what is there now and what was applied before. */
 export function familyWork(
   run: Runner,
@@ -102,12 +145,20 @@ export function familyWork(
       ? { family, kind: 'remove', input: removalInput(run.saveNat(ns, backend, family)) }
       : { family, kind: 'unused' };
   }
-  const rendered = renderChains(p, { family }).join('\n');
+  // Read before the restore: a cgroup re-created after this read is caught at the next reconcile.
+  const cgroups = bypassCgroupIds(p);
+  const bypassCgroups = Object.keys(cgroups);
+  const rendered = renderChains(p, { family, bypassCgroups }).join('\n');
   const save = run.saveNat(ns, backend, family);
-  if (prev && prev.rendered === rendered && JSON.stringify(prev.applied) === JSON.stringify(ours(save))) {
+  if (
+    prev &&
+    prev.rendered === rendered &&
+    sameIds(prev.cgroups ?? {}, cgroups) &&
+    JSON.stringify(prev.applied) === JSON.stringify(ours(save))
+  ) {
     return { family, kind: 'in-sync' };
   }
-  return { family, kind: 'restore', input: restoreInput(p, family, save), rendered };
+  return { family, kind: 'restore', input: restoreInput(p, family, save, bypassCgroups), rendered, cgroups };
 }
 
 /** The dry run: per target, the exact restore inputs; targets that cannot be read join the skipped. */

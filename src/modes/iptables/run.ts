@@ -20,9 +20,9 @@ export function ours(save: string): string[] {
  * The iptables-restore input for one family in a netns whose nat table is `save`: our chains, plus
  * each jump we need that is not there yet, minus jumps we no longer need (and duplicates).
  */
-export function restoreInput(p: Policy, family: Family, save: string): string {
+export function restoreInput(p: Policy, family: Family, save: string, bypassCgroups?: readonly string[]): string {
   const live = save.split('\n');
-  const lines = ['*nat', ...renderChains(p, { family })];
+  const lines = ['*nat', ...renderChains(p, { family, ...(bypassCgroups ? { bypassCgroups } : {}) })];
   const wanted = jumpLines(p, { family });
   for (const { from, to } of JUMPS) {
     const re = new RegExp(`^-A ${from} .*-j ${to}(\\s|$)`);

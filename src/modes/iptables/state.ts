@@ -15,6 +15,12 @@ export interface FamilyState {
   rendered: string;
   /** Our lines as iptables-save printed them right after applying. */
   applied: string[];
+  /**
+   * The bypass cgroups the rules name (-m cgroup --path), each with the id it had just before the restore:
+   * the kernel resolved the path then, so a cgroup deleted and re-created since (a new id) has a rule
+   * that points at the old one, and is re-applied. Absent: none (or a state written before they existed).
+   */
+  cgroups?: Record<string, string>;
 }
 
 export interface NetnsState {

@@ -2,6 +2,7 @@
 // per netns whether our rules are there as applied and how many connections each REDIRECT rule took.
 import { NetnsHandle, findNetns } from './netns.js';
 import { ours, type Runner } from './run.js';
+import { staleCgroups } from './plan.js';
 import { LIMITS } from './rules.js';
 import { fkey, readState, type Backend, type Family, type NetnsState, type PolicyStatus } from './state.js';
 import type { StatusReport } from '../mode.js';
@@ -15,6 +16,8 @@ export interface NetnsStatus {
   rules: number;
   /** "in sync", "drifted: …", "gone: …" or why it could not be read. */
   live: string;
+  /** Rules that point at a bypass cgroup that no longer exists (deleted, or re-created under its path). */
+  staleCgroups: string[];
   /** New connections the REDIRECT rule has taken, per family. */
   redirected: Record<string, number>;
   inboundRedirected: Record<string, number>;
@@ -30,6 +33,7 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
     families: fams.map((f) => `ipv${f}`),
     rules: fams.reduce((a, f) => a + (e.families[fkey(f)]?.applied.length ?? 0), 0),
     live: 'unknown',
+    staleCgroups: staleCgroups(e),
     redirected: {},
     inboundRedirected: {},
   };
@@ -53,6 +57,7 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
       if (e.families[fkey(f)]!.rendered.includes('MESHREDIR_IN_REDIRECT -p tcp'))
         base.inboundRedirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_IN_REDIRECT');
     }
+    drift.push(...base.staleCgroups);
     if (e.stale.length) drift.push(`rules still on ${e.stale.map((x) => x.backend).join(', ')} (removal pending)`);
     return {
       ...base,

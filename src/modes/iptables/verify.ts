@@ -13,6 +13,7 @@ import { NetnsHandle, findNetns, hostNetnsIds, idOf } from './netns.js';
 import { parseNat, evaluate, type Conn } from './evaluate.js';
 import { bin, ours, type Runner } from './run.js';
 import { fkey, readState, type Family, type NetnsState } from './state.js';
+import { staleCgroups } from './plan.js';
 import { Checks } from '../checks.js';
 import type { VerifyRequest } from '../mode.js';
 
@@ -37,7 +38,7 @@ export async function iptablesVerify(run: Runner, stateFile: string, o: VerifyRe
     c.ok('cgroup', dir);
     const e = coveringRules(c, stateFile, rel);
     const path = checkNetns(c, o, dir, rel, e);
-    checkRules(c, run, o, dir, e, path);
+    checkRules(c, run, o, dir, rel, e, path);
   });
 }
 
@@ -93,7 +94,15 @@ function checkNetns(c: Checks, o: VerifyRequest, dir: string, rel: string, e: Ne
 }
 
 /** The rules are there as applied, would redirect a connect to dest, and something listens there. */
-function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: NetnsState, path: string): void {
+function checkRules(
+  c: Checks,
+  run: Runner,
+  o: VerifyRequest,
+  dir: string,
+  rel: string,
+  e: NetnsState,
+  path: string,
+): void {
   const dest = o.dest ?? (e.families['4'] ? '192.0.2.1:80' : '[2001:db8::1]:80');
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(dest);
   if (!m) c.fail('rules', `--dest ${dest}: not an address:port`);
@@ -122,6 +131,8 @@ function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: Ne
         `${missing.length} of ${fs.applied.length} applied rule(s) missing from ${tool} (first: ${missing[0]}); the agent repairs drift at its next reconcile`,
       );
     }
+    const stale = staleCgroups(e);
+    if (stale.length) c.fail('rules', `${stale.join('; ')}; the agent adds it again at its next reconcile`);
     c.ok('rules', `${fs.applied.length} rule(s) in place (${bin(e.backend, family, '')}, nat)`);
 
     // The decision, by the rules as they are (only ours: foreign nat OUTPUT rules are not modelled).
@@ -141,6 +152,9 @@ function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: Ne
       dport: Number(m[2]),
       uid: ids.uid,
       gid: ids.gid,
+      // A socket it creates is in its cgroup, and has no mark unless it sets one.
+      cgroup: rel,
+      mark: 0,
       outLo: isLoopback({ family, bytes }),
     };
     const trace: string[] = [];
