@@ -3,8 +3,9 @@
 //   pod "cg": the policy bypasses by cgroup only. The app goes through HAProxy and HAProxy's own
 //             connections go out (no loop); a workload running as uid 1337 (istio's proxy uid, not in
 //             this policy) in the app cgroup is still redirected. Then the proxy cgroup is deleted and
-//             re-created while the agent runs: until a reconcile the rules point at the deleted cgroup
-//             (status and verify say so, in iptables mode), one reconcile later the new proxy is recognised.
+//             re-created while the agent runs: its cgroup watch makes the new one the proxy at once; and
+//             while no agent runs: the rules point at the deleted cgroup (status and verify say so, in
+//             iptables mode) until the agent is back.
 //   pod "mk": the policy also names a socket mark, 0x539/0xfff: a socket with SO_MARK 0x539 (or any mark
 //             that is 0x539 under the mask) goes direct, one without a mark or with another is redirected.
 // Every address is on the test's own veths; root; netns mr-*, cgroups meshredir-test-*.
@@ -83,7 +84,7 @@ kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
           proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgMkProxy], marks: ['0x539/0xfff'] } },
         });
         for (const [name, text] of Object.entries(policies)) writeFileSync(join(dir, `${name}.yaml`), text);
-        // No periodic reconcile: the re-created cgroup test triggers one by touching a policy file.
+        // No periodic reconcile: only the agent's watches (policy files, cgroups) make it reconcile.
         agent = await env.agent(dir, ['--mode', mode, '--iptables-state', state, '--interval', '3600']);
       });
 
@@ -160,8 +161,8 @@ kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
         }
       });
 
-      it('the proxy cgroup deleted and re-created while the agent runs: the new proxy is recognised one reconcile later', async () => {
-        // The proxy's container goes: its processes, then its cgroup; a new one is made under the same path.
+      /** The proxy's container goes: its processes, then its cgroup; a new one is made under the same path. */
+      const recreateProxyCgroup = async () => {
         await env.stop(haproxy);
         await waitFor(() => {
           try {
@@ -172,10 +173,44 @@ kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
           }
         }, 'the proxy cgroup removed');
         mkdirSync(env.cgDir(cgProxy));
-        // Before a reconcile, the new cgroup is not the proxy's: a connection from it is redirected to the
-        // proxy port (nothing listens there yet: refused). With the proxy started, that would be a loop.
-        const before = each(pod, [['10.206.0.2', 8080, 0, 0, cgProxy, 0]]);
-        expect(before).toEqual([{ error: 'ECONNREFUSED' }]);
+      };
+      const fromProxyCgroup = () => each(pod, [['10.206.0.2', 8080, 0, 0, cgProxy, 0]])[0]!;
+
+      it('the proxy cgroup deleted and re-created while the agent runs: the agent sees it (its cgroup watch) and the new cgroup is the proxy at once, long before the interval', async () => {
+        const t0 = Date.now();
+        await recreateProxyCgroup();
+        // No policy file touched and the interval is an hour: only the agent's watch on the cgroups the
+        // policies name can make the new cgroup the proxy's (a connection from it then goes out direct).
+        await waitFor(
+          () => /^up 10\.206\.0\.1 /.test(fromProxyCgroup().data ?? ''),
+          'new proxy cgroup recognised',
+          agent,
+          5000,
+        );
+        expect(Date.now() - t0).toBeLessThan(10_000);
+        // The log is read as the agent writes it: wait for the line rather than expect it already there.
+        await waitFor(
+          () => logs().some((l) => l.event === 'reconciled' && String(l.reason).includes(`cgroup ${cgProxy} `)),
+          'a reconcile for the proxy cgroup in the log',
+          agent,
+        );
+        if (mode === 'iptables') {
+          type S = { iptables: { policy: string; live: string; staleCgroups: string[] }[] };
+          const ns = ((await status()) as S).iptables.find((n2) => n2.policy === 'cg')!;
+          expect(ns).toMatchObject({ live: 'in sync', staleCgroups: [] });
+        }
+        // The proxy starts again in it: the app goes through it, and its connections out are not looped.
+        haproxy = await env.haproxy(pod, cgProxy, '127.0.0.1:15001', 15001, { uid: 1500, source: '10.206.0.11' });
+        for (let i = 0; i < 3; i++)
+          expect((await env.client(pod, cgApp, ['connect', '10.206.0.2', '8080'])).data).toMatch(/^up 10\.206\.0\.11 /);
+      });
+
+      it('the proxy cgroup re-created while no agent runs: until the agent is back the rules point at the deleted cgroup (status and verify say so in iptables mode); the agent repairs it as it starts', async () => {
+        await env.stop(agent); // what it installed stays
+        await recreateProxyCgroup();
+        // Not the proxy's yet: a connection from it is redirected to the proxy port (nothing listens there
+        // yet: refused). With the proxy started, that would be a loop.
+        expect([fromProxyCgroup()]).toEqual([{ error: 'ECONNREFUSED' }]);
         if (mode === 'iptables') {
           type S = { iptables: { policy: string; live: string; staleCgroups: string[] }[] };
           const ns = ((await status()) as S).iptables.find((n) => n.policy === 'cg')!;
@@ -211,19 +246,13 @@ kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
             ),
           });
         }
-        // One reconcile (a policy file touched: the watch), and the new cgroup is the proxy's.
-        const reconciles = () => logs().filter((l) => l.event === 'reconciled').length;
-        const n = reconciles();
-        writeFileSync(join(dir, 'cg.yaml'), policies.cg!);
-        await waitFor(() => reconciles() >= n + 1, 'a reconcile', agent, 10_000);
-        expect(each(pod, [['10.206.0.2', 8080, 0, 0, cgProxy, 0]])[0]!.data).toMatch(/^up 10\.206\.0\.1 /);
-        expect(reconciles()).toBe(n + 1);
+        agent = await env.agent(dir, ['--mode', mode, '--iptables-state', state, '--interval', '3600']);
+        expect(fromProxyCgroup().data).toMatch(/^up 10\.206\.0\.1 /);
         if (mode === 'iptables') {
           type S = { iptables: { policy: string; live: string; staleCgroups: string[] }[] };
           const ns = ((await status()) as S).iptables.find((n2) => n2.policy === 'cg')!;
           expect(ns).toMatchObject({ live: 'in sync', staleCgroups: [] });
         }
-        // The proxy starts again in it: the app goes through it, and its connections out are not looped.
         haproxy = await env.haproxy(pod, cgProxy, '127.0.0.1:15001', 15001, { uid: 1500, source: '10.206.0.11' });
         for (let i = 0; i < 3; i++)
           expect((await env.client(pod, cgApp, ['connect', '10.206.0.2', '8080'])).data).toMatch(/^up 10\.206\.0\.11 /);
