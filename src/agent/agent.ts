@@ -2,11 +2,13 @@
 // whenever a source changes (debounced by the source) and periodically; one reconcile at a time.
 import { renameSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { Mode, Note } from '../modes/mode.js';
+import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
 import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
+import { liveness, readiness, type Pass } from './health.js';
+import type { Endpoint, ListenAddress } from './http.js';
 
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
@@ -27,6 +29,8 @@ export interface AgentOptions {
   decision: ModeDecision;
   /** What agent.json records of where the mode keeps things (cleanup and status match on them). */
   paths: { cgroupRoot: string; bpffs: string; iptablesState?: string };
+  /** Where /metrics, /healthz and /readyz are served (none: not served). */
+  metricsAddress?: ListenAddress;
 }
 
 export interface ReconcileResult {
@@ -36,6 +40,8 @@ export interface ReconcileResult {
   errors: string[];
   warnings: string[];
   policies: number;
+  outcomes: PolicyOutcome[];
+  sourceErrors: number;
 }
 
 export class Agent {
@@ -45,6 +51,11 @@ export class Agent {
   private timer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
+  readonly startedAt = Date.now();
+  /** The last completed reconcile pass (health and metrics). */
+  lastPass?: Pass;
+  private onPass?: (p: Pass) => void;
+  private endpoint?: Endpoint;
 
   constructor(
     readonly opts: AgentOptions,
@@ -99,8 +110,10 @@ export class Agent {
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
+    const t0 = performance.now();
     try {
       const r = await this.reconcileOnce(reason);
+      this.passed(t0, r);
       this.record({
         ...base,
         ok: true,
@@ -112,6 +125,7 @@ export class Agent {
       });
       return r;
     } catch (e) {
+      this.passed(t0, undefined, e as Error);
       this.record({
         ...base,
         ok: false,
@@ -153,7 +167,64 @@ export class Agent {
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');
-    return { loaded: r.loaded, writes: r.writes, deletes: r.deletes, errors, warnings, policies: applied };
+    return {
+      loaded: r.loaded,
+      writes: r.writes,
+      deletes: r.deletes,
+      errors,
+      warnings,
+      policies: applied,
+      outcomes: r.policies,
+      sourceErrors: reads.reduce((n, x) => n + x.errors.length, 0),
+    };
+  }
+
+  /** Records a completed pass (the heartbeat /healthz judges) and tells the metrics. */
+  private passed(t0: number, r?: ReconcileResult, err?: Error): void {
+    const count = (state: PolicyOutcome['state']) => r?.outcomes.filter((o) => o.state === state).length ?? 0;
+    this.lastPass = {
+      at: Date.now(),
+      seconds: (performance.now() - t0) / 1000,
+      ok: !err,
+      ...(err ? { error: err.message } : {}),
+      policies: {
+        applied: count('applied'),
+        waiting: count('waiting'),
+        rejected: count('rejected'),
+        failed: count('failed'),
+      },
+      sourceErrors: r?.sourceErrors ?? 0,
+    };
+    this.onPass?.(this.lastPass);
+  }
+
+  /** /metrics, /healthz and /readyz, bound before anything is changed (a busy address fails the start). */
+  private async serve(at: ListenAddress): Promise<void> {
+    const [{ serve }, { AgentMetrics }] = await Promise.all([import('./http.js'), import('./metrics.js')]);
+    const d = this.opts.decision;
+    const metrics = new AgentMetrics({ mode: d.chosen, requested: d.requested, reason: d.reason });
+    this.onPass = (p) => metrics.observe(p);
+    const facts = () => ({
+      now: Date.now(),
+      startedAt: this.startedAt,
+      interval: this.opts.interval,
+      stopping: this.stopped,
+      ...(this.lastPass ? { lastPass: this.lastPass } : {}),
+    });
+    const warn = (event: string) => (e: Error) => this.log.warn({ event, err: e }, e.message);
+    this.endpoint = await serve(
+      at,
+      {
+        metrics: () => metrics.render(this.mode, warn('metrics_unreadable')),
+        live: () => liveness(facts()),
+        ready: () => readiness(facts(), () => this.mode.readiness()),
+      },
+      warn('http_error'),
+    );
+    this.log.info(
+      { event: 'metrics', address: this.endpoint.address },
+      `serving /metrics, /healthz, /readyz on ${this.endpoint.address}`,
+    );
   }
 
   private say(n: Note): void {
@@ -174,6 +245,7 @@ export class Agent {
   }
 
   async start(): Promise<ReconcileResult> {
+    if (this.opts.metricsAddress) await this.serve(this.opts.metricsAddress);
     this.loadState();
     const first = await this.reconcile('start');
     for (const s of this.sources) await s.start((why) => void this.queue(why));
@@ -203,5 +275,10 @@ export class Agent {
       this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
     else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
     else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
+  }
+
+  /** Stops serving /metrics and the probes (after stop()). */
+  async close(): Promise<void> {
+    await this.endpoint?.close();
   }
 }

@@ -23,6 +23,7 @@ import { fastPath, pendingDrift } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
+import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -189,6 +190,14 @@ export class EbpfMode implements Mode {
 
   verify(req: VerifyRequest) {
     return ebpfVerify(this.pins, req);
+  }
+
+  metrics() {
+    return ebpfMetrics(this.pins);
+  }
+
+  readiness() {
+    return ebpfReadiness(this.pins);
   }
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {
