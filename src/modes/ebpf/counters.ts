@@ -52,7 +52,7 @@ export function fill(pins: Pins): { map: string; entries: number; max: number }[
   return pins.withMaps(Object.keys(MAPS) as MapName[], (maps) =>
     [...maps.values()]
       .filter((m) => m.info.type !== MapType.ARRAY && m.info.type !== MapType.PERCPU_ARRAY)
-      .map((m) => ({ map: m.name, entries: m.rawKeys().length, max: m.info.maxEntries })),
+      .map((m) => ({ map: m.name, entries: m.count(), max: m.info.maxEntries })),
   );
 }
 
@@ -65,11 +65,19 @@ export function fastPath(pins: Pins): { usable: boolean; why?: string } {
   if (!pins.links().some((l) => l.name === 'mr_skmsg' && l.attached)) {
     return { usable: false, why: 'no sk_msg link (kernel < 6.10, or not attached)' };
   }
-  if (kernelHasMember('sk_psock', 'msg_tot_len') !== true) {
+  if (!psockQueueLen()) {
     return {
       usable: false,
       why: "the kernel's psock has no msg_tot_len: the fast path could not bound a slow reader's queue",
     };
   }
   return { usable: true };
+}
+
+let queueLen: boolean | undefined;
+/** Whether the kernel's psock counts unread fast-path bytes: read from its BTF once (~15 ms a read; it
+ * cannot change while we run, and every plan and scrape asks). */
+function psockQueueLen(): boolean {
+  queueLen ??= kernelHasMember('sk_psock', 'msg_tot_len') === true;
+  return queueLen;
 }
