@@ -7,7 +7,7 @@ import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
-import { liveness, readiness, type Pass } from './health.js';
+import { liveness, readiness } from './health.js';
 import type { Endpoint, ListenAddress } from './http.js';
 
 export interface ModeDecision {
@@ -40,7 +40,26 @@ export interface ReconcileResult {
   errors: string[];
   warnings: string[];
   policies: number;
+  /** Every policy's outcome (applied, waiting, rejected, failed) with its file. */
   outcomes: PolicyOutcome[];
+  /** Errors the sources reported (unreadable or invalid policy files). */
+  sourceErrors: number;
+}
+
+/** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
+export interface PassHealth {
+  at: Date;
+  ok: boolean;
+  reason: string;
+  durationMs: number;
+  /** Policies in force, and those that are not (rejected or failed). */
+  applied: number;
+  notApplied: number;
+  errors: number;
+  /** Why the pass failed as a whole (ok false). */
+  error?: string;
+  /** Policies by outcome, and the sources' errors (metrics). */
+  states: Record<PolicyOutcome['state'], number>;
   sourceErrors: number;
 }
 
@@ -51,10 +70,9 @@ export class Agent {
   private timer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
-  readonly startedAt = Date.now();
-  /** The last completed reconcile pass (health and metrics). */
-  lastPass?: Pass;
-  private onPass?: (p: Pass) => void;
+  private last?: PassHealth;
+  private startedAt = new Date();
+  private onPass?: (p: PassHealth) => void;
   private endpoint?: Endpoint;
 
   constructor(
@@ -110,10 +128,10 @@ export class Agent {
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
-    const t0 = performance.now();
+    const t0 = Date.now();
     try {
       const r = await this.reconcileOnce(reason);
-      this.passed(t0, r);
+      this.passed(reason, t0, r);
       this.record({
         ...base,
         ok: true,
@@ -125,7 +143,7 @@ export class Agent {
       });
       return r;
     } catch (e) {
-      this.passed(t0, undefined, e as Error);
+      this.passed(reason, t0, undefined, e as Error);
       this.record({
         ...base,
         ok: false,
@@ -179,23 +197,39 @@ export class Agent {
     };
   }
 
-  /** Records a completed pass (the heartbeat /healthz judges) and tells the metrics. */
-  private passed(t0: number, r?: ReconcileResult, err?: Error): void {
+  /** A pass completed: the health the Agent object reports (and the metrics observe). */
+  private passed(reason: string, t0: number, r?: ReconcileResult, err?: Error): void {
+    const at = new Date();
     const count = (state: PolicyOutcome['state']) => r?.outcomes.filter((o) => o.state === state).length ?? 0;
-    this.lastPass = {
-      at: Date.now(),
-      seconds: (performance.now() - t0) / 1000,
+    const states = {
+      applied: count('applied'),
+      waiting: count('waiting'),
+      rejected: count('rejected'),
+      failed: count('failed'),
+    };
+    this.last = {
+      at,
       ok: !err,
+      reason,
+      durationMs: at.getTime() - t0,
+      applied: states.applied,
+      notApplied: states.rejected + states.failed,
+      errors: err ? 1 : (r?.errors.length ?? 0),
       ...(err ? { error: err.message } : {}),
-      policies: {
-        applied: count('applied'),
-        waiting: count('waiting'),
-        rejected: count('rejected'),
-        failed: count('failed'),
-      },
+      states,
       sourceErrors: r?.sourceErrors ?? 0,
     };
-    this.onPass?.(this.lastPass);
+    this.onPass?.(this.last);
+  }
+
+  /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
+  health(): { startedAt: Date; interval: number; lastPass: PassHealth | null; stopped: boolean } {
+    return {
+      startedAt: this.startedAt,
+      interval: this.opts.interval,
+      lastPass: this.last ?? null,
+      stopped: this.stopped,
+    };
   }
 
   /** /metrics, /healthz and /readyz, bound before anything is changed (a busy address fails the start). */
@@ -204,19 +238,13 @@ export class Agent {
     const d = this.opts.decision;
     const metrics = new AgentMetrics({ mode: d.chosen, requested: d.requested, reason: d.reason });
     this.onPass = (p) => metrics.observe(p);
-    const facts = () => ({
-      now: Date.now(),
-      startedAt: this.startedAt,
-      interval: this.opts.interval,
-      stopping: this.stopped,
-      ...(this.lastPass ? { lastPass: this.lastPass } : {}),
-    });
+    const facts = () => this.health();
     const warn = (event: string) => (e: Error) => this.log.warn({ event, err: e }, e.message);
     this.endpoint = await serve(
       at,
       {
         metrics: () => metrics.render(this.mode, warn('metrics_unreadable')),
-        live: () => liveness(facts()),
+        live: () => liveness(facts(), new Date()),
         ready: () => readiness(facts(), () => this.mode.readiness()),
       },
       warn('http_error'),

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Mode } from '../modes/mode.js';
 import type { MetricFamily } from '../modes/metrics.js';
-import type { Pass } from './health.js';
+import type { PassHealth } from './agent.js';
 
 /** The package's version (package.json beside dist/ and src/). */
 export function packageVersion(): string {
@@ -101,14 +101,14 @@ export class AgentMetrics {
   }
 
   /** A completed pass. */
-  observe(p: Pass): void {
-    this.duration.observe(p.seconds);
+  observe(p: PassHealth): void {
+    this.duration.observe(p.durationMs / 1000);
     if (!p.ok) this.errors.inc();
-    this.lastPass.set(p.at / 1000);
+    this.lastPass.set(p.at.getTime() / 1000);
     this.lastOk.set(p.ok ? 1 : 0);
     // A failed pass says nothing about the policies: the previous outcome stands.
     if (!p.ok) return;
-    for (const state of STATES) this.policies.set({ state }, p.policies[state]);
+    for (const state of STATES) this.policies.set({ state }, p.states[state]);
     this.fileErrors.set(p.sourceErrors);
   }
 

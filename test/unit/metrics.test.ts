@@ -10,7 +10,8 @@ import { natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/me
 import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js';
 import type { Counters } from '../../src/modes/ebpf/counters.js';
 import { listenAddress } from '../../src/cli/address.js';
-import { liveness, readiness, staleAfterSeconds, type Pass } from '../../src/agent/health.js';
+import { liveness, readiness, staleAfterSeconds } from '../../src/agent/health.js';
+import type { PassHealth } from '../../src/agent/agent.js';
 import { serve } from '../../src/agent/http.js';
 import { AgentMetrics } from '../../src/agent/metrics.js';
 import type { Mode } from '../../src/modes/mode.js';
@@ -153,46 +154,52 @@ describe('--metrics-address', () => {
 });
 
 describe('health verdicts', () => {
-  const pass = (over: Partial<Pass> = {}): Pass => ({
-    at: 1_000_000,
-    seconds: 0.1,
+  const t = (ms: number) => new Date(1_000_000 + ms);
+  const pass = (over: Partial<PassHealth> = {}): PassHealth => ({
+    at: t(0),
     ok: true,
-    policies: { applied: 1, waiting: 0, rejected: 0, failed: 0 },
+    reason: 'interval',
+    durationMs: 100,
+    applied: 1,
+    notApplied: 0,
+    errors: 0,
+    states: { applied: 1, waiting: 0, rejected: 0, failed: 0 },
     sourceErrors: 0,
     ...over,
   });
-  const facts = { now: 1_000_000, startedAt: 990_000, interval: 30, stopping: false };
+  const health = { startedAt: t(-10_000), interval: 30, stopped: false, lastPass: null };
   const ready = () => ({ ready: true, reason: '8 programs attached' });
 
   it('live while a pass completed within three intervals and 10 s (from the start before the first)', () => {
     expect(staleAfterSeconds(30)).toBe(100);
-    expect(liveness({ ...facts, lastPass: pass() }).ok).toBe(true);
-    expect(liveness({ ...facts, now: 1_000_000 + 99_000, lastPass: pass() }).ok).toBe(true);
-    expect(liveness({ ...facts, now: 1_000_000 + 101_000, lastPass: pass() })).toEqual({
+    expect(liveness({ ...health, lastPass: pass() }, t(0)).ok).toBe(true);
+    expect(liveness({ ...health, lastPass: pass() }, t(99_000)).ok).toBe(true);
+    expect(liveness({ ...health, lastPass: pass() }, t(101_000))).toEqual({
       ok: false,
       reason: 'last reconcile pass completed 101.0 s ago (limit 100 s)',
     });
-    expect(liveness({ ...facts, now: 990_000 + 101_000 }).ok).toBe(false);
+    expect(liveness(health, t(89_000)).ok).toBe(true);
+    expect(liveness(health, t(91_000)).ok).toBe(false);
     // A failing pass is still a pass: the loop is alive.
-    expect(liveness({ ...facts, lastPass: pass({ ok: false, error: 'x' }) }).ok).toBe(true);
+    expect(liveness({ ...health, lastPass: pass({ ok: false, error: 'x' }) }, t(0)).ok).toBe(true);
   });
 
   it('ready only after a successful pass, with the mode in force; the mode is asked last', () => {
     let asked = 0;
     const mode = () => (asked++, ready());
-    expect(readiness(facts, mode)).toEqual({ ok: false, reason: 'starting: no reconcile pass completed yet' });
-    expect(readiness({ ...facts, lastPass: pass({ ok: false, error: 'boom' }) }, mode)).toEqual({
+    expect(readiness(health, mode)).toEqual({ ok: false, reason: 'starting: no reconcile pass completed yet' });
+    expect(readiness({ ...health, lastPass: pass({ ok: false, error: 'boom' }) }, mode)).toEqual({
       ok: false,
       reason: 'the last reconcile pass failed: boom',
     });
-    expect(readiness({ ...facts, stopping: true, lastPass: pass() }, mode).reason).toBe('stopping');
+    expect(readiness({ ...health, stopped: true, lastPass: pass() }, mode).reason).toBe('stopping');
     expect(asked).toBe(0);
-    expect(readiness({ ...facts, lastPass: pass() }, mode)).toEqual({ ok: true, reason: '8 programs attached' });
+    expect(readiness({ ...health, lastPass: pass() }, mode)).toEqual({ ok: true, reason: '8 programs attached' });
     expect(
-      readiness({ ...facts, lastPass: pass() }, () => ({ ready: false, reason: 'detached: mr_connect4' })),
+      readiness({ ...health, lastPass: pass() }, () => ({ ready: false, reason: 'detached: mr_connect4' })),
     ).toEqual({ ok: false, reason: 'detached: mr_connect4' });
     expect(
-      readiness({ ...facts, lastPass: pass() }, () => {
+      readiness({ ...health, lastPass: pass() }, () => {
         throw new Error('cannot read');
       }),
     ).toEqual({ ok: false, reason: 'cannot read' });
@@ -205,10 +212,14 @@ describe('the endpoint', () => {
   it('serves /metrics, /healthz, /readyz (200 or 503 with the reason), 404 and 405 otherwise', async () => {
     const m = new AgentMetrics({ mode: 'ebpf', requested: 'auto', reason: 'kernel has "it"' }, '1.2.3');
     m.observe({
-      at: Date.now(),
-      seconds: 0.2,
+      at: new Date(),
       ok: true,
-      policies: { applied: 2, waiting: 1, rejected: 0, failed: 0 },
+      reason: 'start',
+      durationMs: 200,
+      applied: 2,
+      notApplied: 0,
+      errors: 0,
+      states: { applied: 2, waiting: 1, rejected: 0, failed: 0 },
       sourceErrors: 1,
     });
     let live = true;
