@@ -167,6 +167,25 @@ kernelDescribe('metrics and health endpoint', () => {
       const lint = promtool(text);
       expect(lint.status, `${lint.stdout}${lint.stderr}`).toBe(0);
       expect(text).toMatch(/^meshredir_build_info\{version="\d+\.\d+\.\d+[^"]*"\} 1$/m);
+
+      // Another policy takes the freed slot: its counters start at zero, not at pod-a's.
+      const policy = (name: string) =>
+        policyYaml({
+          name,
+          cgroup: cgA,
+          outbound: '10.200.0.1:15001',
+          bypassCgroups: [cgProxy],
+          outboundSpec: { excludePorts: [9090] },
+        });
+      writeFileSync(join(dir, 'a.yaml'), policy('pod-b'));
+      await until(async () => pins.slots().has('pod-b'), 'pod-b applied', agent);
+      expect(pins.slots().get('pod-b')).toBe(slot);
+      const after = (await get(`http://${addr}/metrics`)).body;
+      expect(after).toMatch(/^meshredir_connections_redirected_total\{policy="pod-b"\} 0$/m);
+      expect(after).toMatch(/^meshredir_connections_bypassed_total\{policy="pod-b",reason="port"\} 0$/m);
+      expect(after).not.toMatch(/policy="pod-a"/);
+      writeFileSync(join(dir, 'a.yaml'), policy('pod-a'));
+      await until(async () => pins.slots().has('pod-a'), 'pod-a applied again', agent);
       await env.stop(agent);
       await prom.stop();
       proms.pop();

@@ -27,6 +27,24 @@ export function stats(pins: Pins): Map<number, Counters> {
   });
 }
 
+/**
+ * Zeroes the counters of every slot that `slots` gives to another policy than mr_slots says holds it now
+ * (slots are reused, lowest free first): a policy's counters start at zero, never at those of the policy
+ * that had its slot before. Called before the policy's entries are written, so no connection of the new
+ * policy is counted yet.
+ */
+export function resetReassigned(pins: Pins, slots: Map<string, number>): number[] {
+  if (!pins.has('mr_slots') || !pins.has('mr_stats')) return [];
+  const owner = new Map([...pins.slots()].map(([name, slot]) => [slot, name]));
+  const moved = [...slots].filter(([name, slot]) => owner.get(slot) !== name).map(([, slot]) => slot);
+  if (moved.length === 0) return [];
+  const zero = Object.fromEntries(STAT_FIELDS.map((f) => [f, 0n])) as Counters;
+  pins.withMaps(['mr_stats'], (maps) => {
+    for (const slot of moved) maps.get('mr_stats')!.set(slot, zero);
+  });
+  return moved;
+}
+
 /** Connections waiting for the proxy's accept (records), and the limit past which connect fails. */
 export function pending(pins: Pins): { pending: number; limit: number } {
   return pins.withMaps(['mr_gauges'], (maps) => {

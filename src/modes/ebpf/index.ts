@@ -19,7 +19,7 @@ import { Pins } from './pins.js';
 import { load, type LoadReport } from './load.js';
 import { desiredState, type Desired } from './desired.js';
 import { writeEntries } from './write.js';
-import { fastPath, pendingDrift } from './counters.js';
+import { fastPath, pendingDrift, resetReassigned } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
@@ -106,6 +106,7 @@ export class EbpfMode implements Mode {
     }
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
     const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    resetReassigned(this.pins, desired.slots);
     const { writes, deletes } = writeEntries(this.pins, desired.entries);
     notes.push(...this.driftNotes());
     for (const x of desired.rejected) {
