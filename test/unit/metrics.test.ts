@@ -5,8 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { STAT_FIELDS, type StatName } from '../../src/bpf/abi.js';
-import { STAT_METRICS, statFamilies } from '../../src/modes/ebpf/metrics.js';
-import { natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/metrics.js';
+import { NODE_FAMILIES, STAT_METRICS, statFamilies } from '../../src/modes/ebpf/metrics.js';
+import { IPTABLES_FAMILIES, natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/metrics.js';
 import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js';
 import type { Counters } from '../../src/modes/ebpf/counters.js';
 import { listenAddress } from '../../src/cli/address.js';
@@ -291,5 +291,25 @@ describe('the endpoint', () => {
     } finally {
       await a.close();
     }
+  });
+});
+
+describe('docs/metrics.md', () => {
+  it('names every family and label value meshredir serves', () => {
+    const doc = readFileSync(join(import.meta.dirname, '..', '..', 'docs', 'metrics.md'), 'utf8');
+    const agent = new AgentMetrics({ mode: 'ebpf', requested: 'ebpf', reason: '' }, '0').registry
+      .getMetricsAsArray()
+      .map((m) => (m as unknown as { name: string }).name)
+      .filter((n) => n.startsWith('meshredir_'));
+    const names = [
+      ...Object.values(STAT_METRICS).map((m) => m.family.name),
+      ...NODE_FAMILIES.map((f) => f.name),
+      ...IPTABLES_FAMILIES.map((f) => f.name),
+      ...agent,
+    ];
+    expect(agent.length).toBeGreaterThan(5);
+    for (const n of new Set(names)) expect(doc, n).toContain(`\`${n}\``);
+    for (const m of Object.values(STAT_METRICS))
+      for (const v of Object.values(m.labels ?? {})) expect(doc, v).toMatch(new RegExp(`[\`"]${v}[\`"]`));
   });
 });

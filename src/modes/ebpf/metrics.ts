@@ -140,6 +140,16 @@ const FASTPATH = gauge(
   'Whether the sk_msg fast path can be used on this kernel (spec.accelerate is applied).',
 );
 
+/** The families besides the per-policy counters (docs and tests list them). */
+export const NODE_FAMILIES: readonly FamilyDef[] = [
+  IN_FLIGHT,
+  IN_FLIGHT_LIMIT,
+  MAP_ENTRIES,
+  MAP_CAPACITY,
+  ATTACHED,
+  FASTPATH,
+];
+
 /** Every family, read from the pins now; none when nothing is installed. */
 export function ebpfMetrics(pins: Pins): MetricFamily[] {
   if (!pins.installed()) return [];

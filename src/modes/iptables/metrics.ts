@@ -103,6 +103,15 @@ const READ_OK: FamilyDef = {
   labelNames: ['policy'],
 };
 
+/** Every family this mode reports (docs and tests list them). */
+export const IPTABLES_FAMILIES: readonly FamilyDef[] = [
+  COMMON.redirected,
+  COMMON.bypassed,
+  INBOUND_REDIRECTED,
+  INBOUND_BYPASSED,
+  READ_OK,
+];
+
 /** Every family, read from each remembered netns now (one iptables-save -c per family and netns). */
 export function iptablesMetrics(run: Runner, stateFile: string): MetricFamily[] {
   const state = readState(stateFile);
