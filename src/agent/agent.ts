@@ -7,8 +7,8 @@ import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
-import { liveness, readiness } from './health.js';
-import type { Endpoint, ListenAddress } from './http.js';
+import type { ListenAddress } from './http.js';
+import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
@@ -72,8 +72,7 @@ export class Agent {
   private stopped = false;
   private last?: PassHealth;
   private startedAt = new Date();
-  private onPass?: (p: PassHealth) => void;
-  private endpoint?: Endpoint;
+  private endpoint?: AgentEndpoint;
 
   constructor(
     readonly opts: AgentOptions,
@@ -197,7 +196,7 @@ export class Agent {
     };
   }
 
-  /** A pass completed: the health the Agent object reports (and the metrics observe). */
+  /** A pass completed: the health the Agent object reports (and the metrics endpoint observes). */
   private passed(reason: string, t0: number, r?: ReconcileResult, err?: Error): void {
     const at = new Date();
     const count = (state: PolicyOutcome['state']) => r?.outcomes.filter((o) => o.state === state).length ?? 0;
@@ -219,7 +218,7 @@ export class Agent {
       states,
       sourceErrors: r?.sourceErrors ?? 0,
     };
-    this.onPass?.(this.last);
+    this.endpoint?.observe(this.last);
   }
 
   /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
@@ -230,29 +229,6 @@ export class Agent {
       lastPass: this.last ?? null,
       stopped: this.stopped,
     };
-  }
-
-  /** /metrics, /healthz and /readyz, bound before anything is changed (a busy address fails the start). */
-  private async serve(at: ListenAddress): Promise<void> {
-    const [{ serve }, { AgentMetrics }] = await Promise.all([import('./http.js'), import('./metrics.js')]);
-    const d = this.opts.decision;
-    const metrics = new AgentMetrics({ mode: d.chosen, requested: d.requested, reason: d.reason });
-    this.onPass = (p) => metrics.observe(p);
-    const facts = () => this.health();
-    const warn = (event: string) => (e: Error) => this.log.warn({ event, err: e }, e.message);
-    this.endpoint = await serve(
-      at,
-      {
-        metrics: () => metrics.render(this.mode, warn('metrics_unreadable')),
-        live: () => liveness(facts(), new Date()),
-        ready: () => readiness(facts(), () => this.mode.readiness()),
-      },
-      warn('http_error'),
-    );
-    this.log.info(
-      { event: 'metrics', address: this.endpoint.address },
-      `serving /metrics, /healthz, /readyz on ${this.endpoint.address}`,
-    );
   }
 
   private say(n: Note): void {
@@ -273,7 +249,8 @@ export class Agent {
   }
 
   async start(): Promise<ReconcileResult> {
-    if (this.opts.metricsAddress) await this.serve(this.opts.metricsAddress);
+    // Bound before anything is changed: a busy address fails the start.
+    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
     this.loadState();
     const first = await this.reconcile('start');
     for (const s of this.sources) await s.start((why) => void this.queue(why));
