@@ -3,8 +3,8 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 
 /** Where the agent serves /metrics, /healthz and /readyz unless told otherwise: loopback only, so nothing
- * is exposed beyond the node until asked (9464: a port of the Prometheus exporter range). */
-export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9464';
+ * is exposed beyond the node until asked; 9977, the port deploy/kubernetes probes. */
+export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9977';
 
 /** `HOST:PORT` with a literal IP (port 0: any free port, logged), or `off` (undefined: not served). */
 export const listenAddress = z.string().transform((s, ctx) => {
@@ -18,7 +18,7 @@ export const listenAddress = z.string().transform((s, ctx) => {
   }
   const family = isIP(host);
   if (family === 0 || (family === 6 && !m[1])) {
-    ctx.addIssue({ code: 'custom', message: `${host} is not an IP address (IPv6 in brackets: [::1]:9464)` });
+    ctx.addIssue({ code: 'custom', message: `${host} is not an IP address (IPv6 in brackets: [::1]:9977)` });
     return z.NEVER;
   }
   return { host, port };

@@ -144,11 +144,11 @@ describe('nat rules as metrics', () => {
 describe('--metrics-address', () => {
   const parse = (s: string) => listenAddress.safeParse(s);
   it('HOST:PORT with a literal address, [IPv6]:PORT, or off', () => {
-    expect(parse('127.0.0.1:9464').data).toEqual({ host: '127.0.0.1', port: 9464 });
+    expect(parse('127.0.0.1:9977').data).toEqual({ host: '127.0.0.1', port: 9977 });
     expect(parse('0.0.0.0:0').data).toEqual({ host: '0.0.0.0', port: 0 });
-    expect(parse('[::1]:9464').data).toEqual({ host: '::1', port: 9464 });
+    expect(parse('[::1]:9977').data).toEqual({ host: '::1', port: 9977 });
     expect(parse('off')).toEqual({ success: true, data: undefined });
-    for (const bad of ['localhost:9464', '::1:9464', '127.0.0.1', '127.0.0.1:65536', ':9464', '127.0.0.1:x', ''])
+    for (const bad of ['localhost:9977', '::1:9977', '127.0.0.1', '127.0.0.1:65536', ':9977', '127.0.0.1:x', ''])
       expect(parse(bad).success, bad).toBe(false);
   });
 });
