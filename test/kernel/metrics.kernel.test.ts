@@ -167,6 +167,8 @@ kernelDescribe('metrics and health endpoint', () => {
       const lint = promtool(text);
       expect(lint.status, `${lint.stdout}${lint.stderr}`).toBe(0);
       expect(text).toMatch(/^meshredir_build_info\{version="\d+\.\d+\.\d+[^"]*"\} 1$/m);
+      // DNS capture's counters are read from their pinned map too (no DNS policy here: zeros).
+      expect(text).toMatch(/^meshredir_dns_captured_total\{policy="pod-a",call="connect_udp"\} 0$/m);
 
       // Another policy takes the freed slot: its counters start at zero, not at pod-a's.
       const policy = (name: string) =>

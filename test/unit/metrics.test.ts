@@ -4,8 +4,14 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { STAT_FIELDS, type StatName } from '../../src/bpf/abi.js';
-import { NODE_FAMILIES, STAT_METRICS, statFamilies } from '../../src/modes/ebpf/metrics.js';
+import { DNS_STAT_FIELDS, STAT_FIELDS, type StatName } from '../../src/bpf/abi.js';
+import {
+  DNS_STAT_METRICS,
+  NODE_FAMILIES,
+  STAT_METRICS,
+  dnsFamilies,
+  statFamilies,
+} from '../../src/modes/ebpf/metrics.js';
 import { IPTABLES_FAMILIES, natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/metrics.js';
 import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js';
 import type { Counters } from '../../src/modes/ebpf/counters.js';
@@ -56,6 +62,32 @@ describe('BPF counters as metrics', () => {
     expect(v('meshredir_original_destinations_unknown_total', {})).toBe(3);
     const perPolicy = STAT_FIELDS.filter((f) => STAT_METRICS[f].scope !== 'node').length;
     expect(fams.flatMap(series)).toHaveLength(2 * perPolicy + (STAT_FIELDS.length - perPolicy));
+  });
+
+  it('DNS capture: every field of struct mr_dns_stats has its own series, per policy', () => {
+    expect(Object.keys(DNS_STAT_METRICS).sort()).toEqual([...DNS_STAT_FIELDS].sort());
+    const zero = Object.fromEntries(DNS_STAT_FIELDS.map((f) => [f, 0n])) as Record<
+      (typeof DNS_STAT_FIELDS)[number],
+      bigint
+    >;
+    const fams = dnsFamilies(
+      new Map([
+        ['a', { ...zero, udp_sendmsg: 4n }],
+        ['b', zero],
+      ]),
+    ).list();
+    const all = fams.flatMap(series);
+    expect(new Set(all).size).toBe(all.length);
+    expect(all).toHaveLength(2 * DNS_STAT_FIELDS.length);
+    for (const f of fams) {
+      expect(f.name).toMatch(/^meshredir_dns_[a-z_]+$/);
+      expect(f.name.endsWith('_total')).toBe(f.type === 'counter');
+    }
+    const captured = fams.find((f) => f.name === 'meshredir_dns_captured_total')!;
+    expect(captured.samples.find((x) => x.labels.policy === 'a' && x.labels.call === 'sendmsg_udp')?.value).toBe(4);
+    // The DNS families never share a name with the outbound ones.
+    const outbound = new Set(Object.values(STAT_METRICS).map((m) => m.family.name));
+    for (const f of fams) expect(outbound.has(f.name)).toBe(false);
   });
 
   it('the bypass reasons are those of the decision order', () => {
@@ -303,13 +335,14 @@ describe('docs/metrics.md', () => {
       .filter((n) => n.startsWith('meshredir_'));
     const names = [
       ...Object.values(STAT_METRICS).map((m) => m.family.name),
+      ...Object.values(DNS_STAT_METRICS).map((m) => m.family.name),
       ...NODE_FAMILIES.map((f) => f.name),
       ...IPTABLES_FAMILIES.map((f) => f.name),
       ...agent,
     ];
     expect(agent.length).toBeGreaterThan(5);
     for (const n of new Set(names)) expect(doc, n).toContain(`\`${n}\``);
-    for (const m of Object.values(STAT_METRICS))
+    for (const m of [...Object.values(STAT_METRICS), ...Object.values(DNS_STAT_METRICS)])
       for (const v of Object.values(m.labels ?? {})) expect(doc, v).toMatch(new RegExp(`[\`"]${v}[\`"]`));
   });
 });

@@ -1,11 +1,12 @@
 // metrics.ts — the eBPF mode's metrics, read from the pins at scrape time: per-policy counters (mr_stats,
 // summed over CPUs), handshakes in flight against their limit, map entries and capacity, which links are
 // attached, whether the fast path is usable. STAT_METRICS names the metric of every field of struct
-// mr_stats: a field added to abi.ts's STAT_FIELDS is one line here (the compiler insists).
-import { REDIRECTING, REDIRECT_NEEDS, type StatName } from '../../bpf/abi.js';
+// mr_stats, DNS_STAT_METRICS of struct mr_dns_stats: a field added to abi.ts's STAT_FIELDS or
+// DNS_STAT_FIELDS is one line here (the compiler insists).
+import { REDIRECTING, REDIRECT_NEEDS, type DnsStatName, type StatName } from '../../bpf/abi.js';
 import type { Readiness } from '../mode.js';
 import { COMMON, Families, type FamilyDef, type Labels, type MetricFamily } from '../metrics.js';
-import { stats, pending, fill, fastPath, type Counters } from './counters.js';
+import { stats, dnsStats, pending, fill, fastPath, type Counters, type DnsCounters } from './counters.js';
 import type { Pins } from './pins.js';
 
 export interface StatMetric {
@@ -94,13 +95,66 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
   },
 };
 
+const DNS_CAPTURED = f(
+  'meshredir_dns_captured_total',
+  'Port-53 calls of the policy sent to its DNS proxy, by call: connect_udp, sendmsg_udp (unconnected sendto/sendmsg), connect_tcp.',
+  ['call'],
+);
+const DNS_BYPASSED = f('meshredir_dns_bypassed_total', 'Port-53 calls of the policy left to go direct, by reason.', [
+  'reason',
+]);
+
+/** The metric of every field of struct mr_dns_stats (DNS capture), as STAT_METRICS for mr_stats. */
+export const DNS_STAT_METRICS: Record<DnsStatName, StatMetric> = {
+  udp_connect: { family: DNS_CAPTURED, labels: { call: 'connect_udp' } },
+  udp_sendmsg: { family: DNS_CAPTURED, labels: { call: 'sendmsg_udp' } },
+  tcp_connect: { family: DNS_CAPTURED, labels: { call: 'connect_tcp' } },
+  replies: {
+    family: f(
+      'meshredir_dns_replies_relabelled_total',
+      'Datagrams from the DNS proxy shown to the application as from the nameserver it asked.',
+    ),
+  },
+  peername: {
+    family: f(
+      'meshredir_dns_peernames_answered_total',
+      'getpeername() of captured sockets answered with the nameserver asked.',
+    ),
+  },
+  bypass_cgroup: { family: DNS_BYPASSED, labels: { reason: 'proxy_cgroup' } },
+  bypass_owner: { family: DNS_BYPASSED, labels: { reason: 'owner' } },
+  bypass_dest: { family: DNS_BYPASSED, labels: { reason: 'destination' } },
+  err_full: {
+    family: f(
+      'meshredir_dns_refused_total',
+      'Port-53 calls of the policy failed with EPERM (fail closed), by reason.',
+      ['reason'],
+    ),
+    labels: { reason: 'table_full' },
+  },
+};
+
 /** The per-policy counter families from counters by policy name and slot 0's (pure). */
 export function statFamilies(
   byPolicy: Map<string, Counters>,
   node: Counters | undefined,
   out = new Families(),
 ): Families {
-  const rows = Object.entries(STAT_METRICS) as [StatName, StatMetric][];
+  return tableFamilies(STAT_METRICS, byPolicy, node, out);
+}
+
+/** The same for DNS capture's counters (pure). */
+export function dnsFamilies(byPolicy: Map<string, DnsCounters>, out = new Families()): Families {
+  return tableFamilies(DNS_STAT_METRICS, byPolicy, undefined, out);
+}
+
+function tableFamilies<F extends string>(
+  table: Record<F, StatMetric>,
+  byPolicy: Map<string, Record<F, bigint>>,
+  node: Record<F, bigint> | undefined,
+  out: Families,
+): Families {
+  const rows = Object.entries(table) as [F, StatMetric][];
   for (const [, m] of rows) out.declare(m.family);
   for (const [field, m] of rows) {
     if (m.scope === 'node') {
@@ -154,13 +208,13 @@ export const NODE_FAMILIES: readonly FamilyDef[] = [
 export function ebpfMetrics(pins: Pins): MetricFamily[] {
   if (!pins.installed()) return [];
   const out = new Families();
+  const slots = pins.slots();
+  const named = <C>(bySlot: Map<number, C>) =>
+    new Map([...slots].flatMap(([name, slot]) => (bySlot.has(slot) ? [[name, bySlot.get(slot)!] as [string, C]] : [])));
   const counters = stats(pins);
-  const byPolicy = new Map<string, Counters>();
-  for (const [name, slot] of pins.slots()) {
-    const c = counters.get(slot);
-    if (c) byPolicy.set(name, c);
-  }
-  statFamilies(byPolicy, counters.get(0), out);
+  statFamilies(named(counters), counters.get(0), out);
+  const dns = dnsStats(pins);
+  if (dns.size) dnsFamilies(named(dns), out);
   const p = pending(pins);
   out.add(IN_FLIGHT, {}, p.pending);
   out.add(IN_FLIGHT_LIMIT, {}, p.limit);
