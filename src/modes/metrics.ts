@@ -22,6 +22,7 @@ export type FamilyDef = Omit<MetricFamily, 'samples'>;
 /** Why a connect() of a covered workload was not redirected (the reasons of both modes). */
 export type BypassReason =
   | 'proxy_cgroup'
+  | 'mark'
   | 'owner'
   | 'port'
   | 'cidr'

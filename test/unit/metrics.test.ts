@@ -93,7 +93,16 @@ describe('BPF counters as metrics', () => {
   it('the bypass reasons are those of the decision order', () => {
     const reasons = STAT_FIELDS.filter((f) => f.startsWith('bypass_')).map((f) => STAT_METRICS[f].labels?.reason);
     expect(reasons.sort()).toEqual(
-      ['cidr', 'destination_is_proxy', 'loopback', 'no_proxy_for_family', 'owner', 'port', 'proxy_cgroup'].sort(),
+      [
+        'cidr',
+        'destination_is_proxy',
+        'loopback',
+        'mark',
+        'no_proxy_for_family',
+        'owner',
+        'port',
+        'proxy_cgroup',
+      ].sort(),
     );
   });
 
@@ -134,6 +143,7 @@ describe('nat rules as metrics', () => {
       'inboundBypassed:port',
       'redirected',
       'bypassed:inbound_passthrough',
+      'bypassed:proxy_cgroup',
       'bypassed:destination_is_proxy',
       'bypassed:owner',
       'bypassed:owner',

@@ -51,6 +51,7 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
   redirected: { family: COMMON.redirected },
   bypass_cgroup: { family: COMMON.bypassed, labels: { reason: 'proxy_cgroup' } },
   bypass_owner: { family: COMMON.bypassed, labels: { reason: 'owner' } },
+  bypass_mark: { family: COMMON.bypassed, labels: { reason: 'mark' } },
   bypass_port: { family: COMMON.bypassed, labels: { reason: 'port' } },
   bypass_cidr: { family: COMMON.bypassed, labels: { reason: 'cidr' } },
   bypass_loopback: { family: COMMON.bypassed, labels: { reason: 'loopback' } },

@@ -38,6 +38,8 @@ export function ruleKind(line: string): RuleKind | null {
   if (chain === 'MESHREDIR_INBOUND') return { family: 'inboundBypassed', reason: 'port' };
   const bypass = (reason: BypassReason): RuleKind => ({ family: 'bypassed', reason });
   if (value('-s') !== undefined) return bypass('inbound_passthrough');
+  if (value('--path') !== undefined) return bypass('proxy_cgroup');
+  if (value('--mark') !== undefined) return bypass('mark');
   if (value('--uid-owner') !== undefined || value('--gid-owner') !== undefined) return bypass('owner');
   const dst = value('-d');
   if (dst !== undefined && value('--dport') !== undefined) return bypass('destination_is_proxy');
@@ -68,9 +70,17 @@ const INBOUND_BYPASSED: FamilyDef = {
   help: "Inbound TCP connections of the policy's pod left to go to the application, by reason.",
   labelNames: ['policy', 'reason'],
 };
-/** The outbound reasons a rule of this mode can count (there is no cgroup bypass, and a family without a
- * proxy has no rules at all). */
-const REASONS: BypassReason[] = ['destination_is_proxy', 'owner', 'loopback', 'port', 'cidr', 'inbound_passthrough'];
+/** The outbound reasons a rule of this mode can count (a family without a proxy has no rules at all). */
+const REASONS: BypassReason[] = [
+  'proxy_cgroup',
+  'destination_is_proxy',
+  'mark',
+  'owner',
+  'loopback',
+  'port',
+  'cidr',
+  'inbound_passthrough',
+];
 
 /** Sums rule counters per policy and kind into families (pure). */
 export function natFamilies(byPolicy: Map<string, { line: string; packets: number }[]>): Families {
