@@ -1,6 +1,7 @@
 // schema.ts — the RedirectPolicy file format (a user-facing contract) and its validated form.
 import { z } from 'zod';
 import { parseEndpoint, parseCidr, isLoopback, type Endpoint, type Cidr } from './addr.js';
+import { checkEntryLimits } from './limits.js';
 
 /** What a wrong value is, for messages: "a string", "an array", "null". */
 export function typeOf(v: unknown): string {
@@ -117,6 +118,7 @@ export const policyDocument = z.strictObject({
         .default({ excludePorts: [] }),
     })
     .superRefine((spec, ctx) => {
+      checkEntryLimits(spec, ctx);
       if (!spec.proxy.outbound && !spec.proxy.outbound6) {
         ctx.addIssue({
           code: 'custom',

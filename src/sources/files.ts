@@ -1,16 +1,11 @@
-// files.ts — the policy directory as a source: every *.yaml/*.yml in it, watched (the directory, and its
-// parent for the directory itself being replaced or re-created), with the content last applied from each
-// file kept, so an invalid or conflicting edit never takes down a policy that works.
-import { watch, existsSync, statSync, type FSWatcher } from 'node:fs';
+// files.ts — the policy directory as a source: every *.yaml/*.yml in it, read within the limits and only
+// if trustworthy (policy/read.ts), watched (the directory, and its parent for the directory itself being
+// replaced or re-created), with the content last applied from each file kept, so an invalid, oversized or
+// conflicting edit never takes down a policy that works.
+import { watch, statSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import {
-  loadPolicyFile,
-  parsePolicyText,
-  policyFiles,
-  checkSet,
-  formatError,
-  type FileResult,
-} from '../policy/load.js';
+import { parsePolicyText, checkSet, formatError, perNode, type FileResult } from '../policy/load.js';
+import { readPolicyDir } from '../policy/read.js';
 import type { Policy } from '../policy/schema.js';
 import type { PolicyOutcome } from '../modes/mode.js';
 import type { Logger } from '../util/log.js';
@@ -33,6 +28,10 @@ export class FileSource implements PolicySource {
   private applied = new Map<string, Applied>();
   /** What the last read would put in force, until the mode says what it did with it. */
   private staged?: Map<string, Applied>;
+  /** The last parse of each file, by its text: an unchanged file is not parsed again on every pass. */
+  private parsed = new Map<string, FileResult & { text: string }>();
+  /** Files found changing while being read, by how many passes in a row (bounds the immediate re-reads). */
+  private unsettled = new Map<string, number>();
   private changed: (reason: string) => void = () => {};
   private watcher?: FSWatcher;
   private parentWatcher?: FSWatcher;
@@ -76,8 +75,9 @@ export class FileSource implements PolicySource {
    * (checkSet), so bad input never takes down a working policy.
    */
   async read(): Promise<{ policies: Policy[]; errors: SourceError[] }> {
-    // A directory that vanished (unmounted, renamed) is not "no policies": change nothing.
-    if (!existsSync(this.dir)) throw new Error(`policy directory ${this.dir} does not exist; nothing was changed`);
+    // A directory that vanished (unmounted, renamed), or that others may write to, is not "no policies":
+    // readPolicyDir throws, and nothing is changed.
+    const dir = await readPolicyDir(this.dir);
     const results = new Map<string, FileResult>();
     const texts = new Map<string, string>();
     const kept = new Set<string>();
@@ -91,16 +91,49 @@ export class FileSource implements PolicySource {
       const names = prev.policies.map((p) => p.name).join(', ') || 'empty';
       err(f, `${f}: not applied${why}; keeping its previously applied content (${names})`);
     };
-    for (const f of await policyFiles(this.dir)) {
-      const r = await loadPolicyFile(f);
+    for (const i of dir.issues) {
+      if (i.level === 'warn') {
+        errors.push({ source: this.name, object: i.file, message: `${i.file}: ${i.message}`, level: 'warn' });
+        continue;
+      }
+      err(i.file, `${i.file}: ${i.message}`);
+      if (this.applied.has(i.file)) keep(i.file, '');
+    }
+    // Gone or replaced between the listing and the open (a rename, an editor's save): what was applied from
+    // it stays for this pass, and the directory is read again at once.
+    const unsettled = new Map<string, number>();
+    for (const f of dir.vanished) {
+      const prev = this.applied.get(f);
+      if (prev) {
+        results.set(f, { file: f, policies: prev.policies, errors: [] });
+        texts.set(f, prev.text);
+        kept.add(f);
+      }
+      const times = (this.unsettled.get(f) ?? 0) + 1;
+      unsettled.set(f, times);
+      if (times <= 3) {
+        this.log.debug({ event: 'vanished', file: f }, `${f} changed while being read; reading the directory again`);
+        this.change('a policy file changed while being read');
+      } else {
+        // Something keeps writing it (a log named *.yaml?): no more immediate re-reads, the interval goes on.
+        err(f, `${f}: keeps changing while being read (${times} passes in a row); not applied until it settles`);
+      }
+    }
+    this.unsettled = unsettled;
+    const parsed = new Map<string, FileResult & { text: string }>();
+    for (const { file: f, text } of dir.files) {
+      const cached = this.parsed.get(f);
+      const r = cached && cached.text === text ? cached : { ...parsePolicyText(text, f), text };
+      parsed.set(f, r);
       if (r.errors.length) {
         for (const e of r.errors) err(f, formatError(e));
         if (this.applied.has(f)) keep(f, '');
       } else {
         results.set(f, r);
-        texts.set(f, r.text ?? '');
+        texts.set(f, text);
       }
     }
+    this.parsed = parsed;
     const incumbents = [...this.applied.values()].flatMap((a) => a.policies);
     const seen = new Set<string>();
     for (;;) {
@@ -112,13 +145,16 @@ export class FileSource implements PolicySource {
       }
       const back = [...new Set(set.rejected.map((p) => p.file))].filter((f) => !kept.has(f) && this.applied.has(f));
       if (back.length === 0) {
+        // At most LIMITS.policies: what is applied goes first, so newcomers cannot push it out.
+        const capped = perNode(set.policies, new Set(incumbents.map((p) => p.name)));
+        for (const e of capped.errors) err(e.file, formatError(e));
         this.staged = new Map(
           [...results.keys()].map((f) => [
             f,
-            { text: texts.get(f)!, policies: set.policies.filter((p) => p.file === f) },
+            { text: texts.get(f)!, policies: capped.policies.filter((p) => p.file === f) },
           ]),
         );
-        return { policies: set.policies, errors };
+        return { policies: capped.policies, errors };
       }
       for (const f of back) keep(f, ' (it conflicts with an applied policy)');
     }

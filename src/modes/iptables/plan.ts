@@ -29,7 +29,7 @@ export interface Resolved {
 export type FamilyWork =
   | { family: Family; kind: 'unused' }
   | { family: Family; kind: 'in-sync' }
-  | { family: Family; kind: 'restore'; input: string; rendered: string }
+  | { family: Family; kind: 'restore'; input: string; rendered: string; drift?: boolean }
   | { family: Family; kind: 'remove'; input: string | null };
 
 export interface PlanEntry {
@@ -107,7 +107,9 @@ export function familyWork(
   if (prev && prev.rendered === rendered && JSON.stringify(prev.applied) === JSON.stringify(ours(save))) {
     return { family, kind: 'in-sync' };
   }
-  return { family, kind: 'restore', input: restoreInput(p, family, save), rendered };
+  // Same rules wanted as applied, yet the netns holds others: someone flushed or edited them.
+  const drift = prev !== undefined && prev.rendered === rendered;
+  return { family, kind: 'restore', input: restoreInput(p, family, save), rendered, ...(drift ? { drift } : {}) };
 }
 
 /** The dry run: per target, the exact restore inputs; targets that cannot be read join the skipped. */
