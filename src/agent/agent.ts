@@ -1,7 +1,7 @@
 // agent.ts — the node agent: its sources of policies (desired state) → the mode's plan → apply, on start,
 // whenever a source changes (debounced by the source) and periodically; one reconcile at a time. It runs
 // alone on its installation (lock.ts) and beats a heartbeat after every completed pass.
-import { renameSync } from 'node:fs';
+import { existsSync, renameSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
 import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
@@ -115,7 +115,8 @@ export class Agent {
     const next: AgentState = { ...this.state, applied: this.files.remembered(), lastReconcile: rec };
     const same = (s: AgentState) =>
       JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
-    if (same(next) === same(this.state)) return;
+    // Unchanged and still there (a `cleanup --force` may have removed it): nothing to write.
+    if (same(next) === same(this.state) && existsSync(statePath(this.opts.stateDir))) return;
     this.state = next;
     writeState(this.opts.stateDir, next);
   }
@@ -125,7 +126,7 @@ export class Agent {
     const t0 = Date.now();
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     try {
-      const r = await this.reconcileOnce(reason);
+      const r = await this.reconcileOnce(reason, t0);
       const notApplied = r.outcomes.filter((o) => o.state !== 'applied');
       this.record({
         ...base,
@@ -174,7 +175,8 @@ export class Agent {
       errors: p.errors,
     };
     try {
-      this.locks?.beat();
+      const problem = this.locks?.beat();
+      if (problem) this.log.error({ event: 'lock' }, problem);
     } catch (e) {
       this.log.warn({ event: 'heartbeat', err: e }, `cannot record the heartbeat: ${(e as Error).message}`);
     }
@@ -190,7 +192,7 @@ export class Agent {
     };
   }
 
-  private async reconcileOnce(reason: string): Promise<ReconcileResult> {
+  private async reconcileOnce(reason: string, t0: number): Promise<ReconcileResult> {
     const errors: string[] = [];
     const warnings: string[] = [];
     const reads = await Promise.all(this.sources.map((s) => s.read()));
@@ -220,6 +222,7 @@ export class Agent {
       writes: r.writes,
       deletes: r.deletes,
       policies: applied,
+      ms: Date.now() - t0,
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');

@@ -19,57 +19,83 @@ export interface LockTargets {
   iptablesState: string;
 }
 
-/** What each lock protects, for messages. */
+/** What each lock protects, for messages; the state directory's first (it creates no pin directory). */
 function targets(t: LockTargets, modes: readonly ModeName[]): { path: string; what: string; dir: boolean }[] {
   return [
+    { path: stateLockPath(t.stateDir), what: `the agent state in ${t.stateDir}`, dir: false },
     ...(modes.includes('ebpf') ? [{ path: t.bpffs, what: 'the eBPF pins', dir: true }] : []),
     ...(modes.includes('iptables')
       ? [{ path: iptablesLockPath(t.iptablesState), what: `the iptables state ${t.iptablesState}`, dir: false }]
       : []),
-    { path: stateLockPath(t.stateDir), what: `the agent state in ${t.stateDir}`, dir: false },
   ];
 }
 
+const heldMessage = (e: LockHeld, x: { path: string; what: string }) =>
+  `another meshredir agent${e.pid === null ? '' : ` (pid ${e.pid})`} holds the lock on ${x.path} (${x.what}): one agent per installation; stop it first`;
+
 export class AgentLocks {
   private constructor(
-    private readonly locks: Lock[],
-    private readonly state: Lock,
+    private readonly t: LockTargets,
+    private readonly mode: ModeName,
+    private locks: Lock[],
   ) {}
 
   /**
-   * Takes the locks of an agent running `mode`; throws naming the pid that holds one. Creates the bpffs
-   * directory (0700; a directory, no pin) and the state directory if they are missing.
+   * Takes the locks of an agent running `mode`; throws naming the pid that holds one. Creates the state
+   * directory and then the bpffs directory (0700; a directory, no pin) if they are missing.
    */
   static take(t: LockTargets, mode: ModeName): AgentLocks {
-    if (mode === 'ebpf') {
-      ensureBpffs(t.bpffs);
-      mkdirSync(t.bpffs, { recursive: true, mode: 0o700 });
-    } else mkdirSync(dirname(t.iptablesState), { recursive: true, mode: 0o700 });
     ensureStateDir(t.stateDir);
     const taken: Lock[] = [];
     try {
       for (const x of targets(t, [mode])) {
+        if (x.dir) {
+          ensureBpffs(t.bpffs);
+          mkdirSync(t.bpffs, { recursive: true, mode: 0o700 });
+        } else mkdirSync(dirname(x.path), { recursive: true, mode: 0o700 });
         try {
           taken.push(Lock.acquire(x.path, { dir: x.dir })!);
         } catch (e) {
           if (!(e instanceof LockHeld)) throw e;
-          throw new Error(
-            `another meshredir agent${e.pid === null ? '' : ` (pid ${e.pid})`} holds the lock on ${x.path} (${x.what}): one agent per installation; stop it first`,
-          );
+          throw new Error(heldMessage(e, x));
         }
       }
     } catch (e) {
-      for (const l of taken) l.release();
+      // A lock file this attempt created (still empty: the pid is written once all are taken) goes again.
+      for (const l of taken.reverse()) {
+        if (l.empty()) l.unlink();
+        l.release();
+      }
       throw e;
     }
-    const state = taken[taken.length - 1]!;
-    state.writePid();
-    return new AgentLocks(taken, state);
+    taken[0]!.writePid();
+    return new AgentLocks(t, mode, taken);
   }
 
-  /** A reconcile pass completed. */
-  beat(): void {
-    this.state.beat();
+  /**
+   * A reconcile pass completed: the heartbeat. A locked path that is no longer what was locked (the bpffs
+   * directory removed by `cleanup --force` and made again by the repair) is locked again, so that a
+   * second agent cannot start on it; if another process got there first, that is said.
+   */
+  beat(): string | null {
+    let problem: string | null = null;
+    this.locks = this.locks.map((l, i) => {
+      if (l.current()) return l;
+      const x = targets(this.t, [this.mode])[i]!;
+      try {
+        const again = Lock.acquire(x.path, { dir: x.dir, create: !x.dir });
+        if (!again) return l;
+        l.release();
+        if (i === 0) again.writePid();
+        return again;
+      } catch (e) {
+        if (!(e instanceof LockHeld)) throw e;
+        problem = heldMessage(e, x);
+        return l;
+      }
+    });
+    this.locks[0]!.beat();
+    return problem;
   }
 
   /** Removes the lock files (after --cleanup-on-exit) while still holding them. */
@@ -78,7 +104,7 @@ export class AgentLocks {
   }
 
   release(): void {
-    for (const l of this.locks.reverse()) l.release();
+    for (const l of [...this.locks].reverse()) l.release();
   }
 }
 

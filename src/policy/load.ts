@@ -55,6 +55,9 @@ function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[]
   });
 }
 
+/** Errors reported per file: a file of a million bad entries says so in a few lines, not a million. */
+const MAX_ERRORS = 20;
+
 /** Parses one file's text. All documents must be valid for any of them to be returned. */
 export function parsePolicyText(text: string, file: string): FileResult {
   const errors: PolicyError[] = [];
@@ -82,16 +85,24 @@ export function parsePolicyText(text: string, file: string): FileResult {
     }
     if (value === null || value === undefined) return; // empty document (e.g. trailing ---)
     const r = policyDocument.safeParse(value);
-    if (!r.success) errors.push(...zodErrors(file, where, r.error));
+    if (!r.success)
+      for (const e of zodErrors(file, where, r.error)) errors.push(e); // (no spread: 100,000s)
     else policies.push(toPolicy(r.data, file));
   });
+  if (errors.length > MAX_ERRORS) {
+    const more = errors.length - MAX_ERRORS;
+    errors.splice(MAX_ERRORS, more, { file, path: '', message: `… and ${more.toLocaleString('en-US')} more errors` });
+  }
   if (errors.length > 0) return { file, policies: [], errors };
   return { file, policies, errors };
 }
 
 /** Reads and parses one policy file, within the limits (read.ts): refusals and skips are its errors. */
 export async function loadPolicyFile(file: string): Promise<FileResult> {
-  return fileResult(file, await readPolicyFile(file));
+  const r = await readPolicyFile(file);
+  if (!('text' in r)) return fileResult(file, r);
+  const { parseIsolated } = await import('./isolated.js');
+  return (await parseIsolated([{ file, text: r.text }]))[0]!;
 }
 
 /** One read (read.ts) as a parsed file, or its reason as the file's error. */
@@ -145,7 +156,8 @@ export async function loadPolicies(path: string): Promise<PolicySet> {
     if (!(e instanceof PolicyDirError)) throw e;
     return { files: [], policies: [], errors: [{ file: path, path: '', message: e.message }], rejected: [] };
   }
-  const files = read.files.map((f) => ({ ...parsePolicyText(f.text, f.file), text: f.text }));
+  const { parseIsolated } = await import('./isolated.js'); // (isolated.ts imports this module)
+  const files = await parseIsolated(read.files);
   const byLevel = (l: 'warn' | 'error') =>
     read.issues.filter((i) => i.level === l).map((i) => ({ file: i.file, path: '', message: i.message }));
   const errors = [

@@ -16,6 +16,8 @@ export interface FileIssue {
 export interface FileText {
   file: string;
   text: string;
+  /** When it was last modified (fstat of what was read). */
+  mtimeMs: number;
 }
 
 export interface DirRead {
@@ -117,7 +119,7 @@ async function listNames(dir: string, max: number): Promise<string[]> {
 }
 
 /** One file: its text, or why not: an issue, gone meanwhile, or larger than the bytes it was allowed. */
-export type One = { text: string } | { issue: FileIssue } | { vanished: true } | { tooBig: number };
+export type One = { text: string; mtimeMs: number } | { issue: FileIssue } | { vanished: true } | { tooBig: number };
 
 /** What a path that is not a regular file is, for the warning: "a symlink to /dev/zero, a character device". */
 async function describe(file: string, st: Stats): Promise<string> {
@@ -186,7 +188,7 @@ export async function readPolicyFile(file: string, maxBytes: number = LIMITS.fil
       // It grew while being read (within the limit): read it again at the next pass rather than half of it.
       return { vanished: true };
     }
-    return { text: buf.toString('utf8', 0, len) };
+    return { text: buf.toString('utf8', 0, len), mtimeMs: fst.mtimeMs };
   } catch (e) {
     return issue('error', `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   } finally {
@@ -208,7 +210,7 @@ export async function readPolicyDir(dir: string, limits: ReadLimits = DEFAULT_LI
     const r = await readPolicyFile(file, Math.min(limits.fileBytes, budget));
     if ('text' in r) {
       used += Buffer.byteLength(r.text);
-      out.files.push({ file, text: r.text });
+      out.files.push({ file, text: r.text, mtimeMs: r.mtimeMs });
     } else if ('vanished' in r) out.vanished.push(file);
     else if ('tooBig' in r)
       out.issues.push({

@@ -6,11 +6,17 @@ import { watch, statSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { parsePolicyText, checkSet, formatError, perNode, type FileResult } from '../policy/load.js';
 import { readPolicyDir } from '../policy/read.js';
+import { parseIsolated } from '../policy/isolated.js';
 import type { Policy } from '../policy/schema.js';
 import type { PolicyOutcome } from '../modes/mode.js';
 import type { Logger } from '../util/log.js';
 import { faultAt } from '../util/faults.js';
 import type { PolicySource, SourceError } from './source.js';
+
+/** See FileSource's settleMs. */
+export const SETTLE_MS = 500;
+/** A file still changing after this long is reported (its previous content stays meanwhile). */
+const UNSETTLED_REPORT_MS = 10_000;
 
 /** What was applied from one policy file: its text and the policies of it that are in force. */
 export interface Applied {
@@ -32,6 +38,9 @@ export class FileSource implements PolicySource {
   private parsed = new Map<string, FileResult & { text: string }>();
   /** Files found changing while being read, by how many passes in a row (bounds the immediate re-reads). */
   private unsettled = new Map<string, number>();
+  /** Files whose new content is too fresh to trust yet, since when (see read()). */
+  private settling = new Map<string, number>();
+  private settleTimer?: NodeJS.Timeout;
   private changed: (reason: string) => void = () => {};
   private watcher?: FSWatcher;
   private parentWatcher?: FSWatcher;
@@ -43,6 +52,9 @@ export class FileSource implements PolicySource {
   constructor(
     dir: string,
     private readonly log: Logger,
+    /** An edited file younger than this (mtime) waits until it is this old: a file written in place (not
+     * renamed into the directory) may be read half-written — empty, or a list cut short yet valid. */
+    private readonly settleMs = SETTLE_MS,
   ) {
     this.dir = resolve(dir);
   }
@@ -120,10 +132,42 @@ export class FileSource implements PolicySource {
       }
     }
     this.unsettled = unsettled;
+    // New content that is too fresh waits (what was applied from the file stays): it may be half-written.
+    const now = Date.now();
+    const settling = new Map<string, number>();
+    const ready = dir.files.filter(({ file: f, text, mtimeMs }) => {
+      const age = now - mtimeMs;
+      // Only edits wait: a file this source has not read before is taken at once (the agent's start).
+      const seen = this.parsed.get(f);
+      if (!seen || seen.text === text || this.settleMs <= 0 || age >= this.settleMs || age < -1000) return true;
+      const since = this.settling.get(f) ?? now;
+      settling.set(f, since);
+      const prev = this.applied.get(f);
+      if (prev) {
+        results.set(f, { file: f, policies: prev.policies, errors: [] });
+        texts.set(f, prev.text);
+        kept.add(f);
+      }
+      if (now - since > UNSETTLED_REPORT_MS)
+        err(
+          f,
+          `${f}: keeps changing (for ${Math.round((now - since) / 1000)} s); its new content is not applied until it settles`,
+        );
+      else this.log.debug({ event: 'settling', file: f }, `${f} changed ${age} ms ago; read again once it settles`);
+      return false;
+    });
+    this.settling = settling;
+    if (settling.size) {
+      clearTimeout(this.settleTimer);
+      this.settleTimer = setTimeout(() => this.change('a policy file settled'), this.settleMs);
+    }
+    // Parsed in a worker with a bounded heap (isolated.ts); a file whose text did not change is not again.
+    const changed = ready.filter(({ file: f, text }) => this.parsed.get(f)?.text !== text);
+    const fresh = new Map((await parseIsolated(changed)).map((r) => [r.file, r]));
     const parsed = new Map<string, FileResult & { text: string }>();
-    for (const { file: f, text } of dir.files) {
-      const cached = this.parsed.get(f);
-      const r = cached && cached.text === text ? cached : { ...parsePolicyText(text, f), text };
+    for (const [f, r] of this.parsed) if (settling.has(f)) parsed.set(f, r); // still the last parse of it
+    for (const { file: f, text } of ready) {
+      const r = fresh.get(f) ?? this.parsed.get(f)!;
       parsed.set(f, r);
       if (r.errors.length) {
         for (const e of r.errors) err(f, formatError(e));
@@ -187,6 +231,7 @@ export class FileSource implements PolicySource {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.debounce);
+    clearTimeout(this.settleTimer);
     this.disarm();
   }
 

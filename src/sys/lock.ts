@@ -92,6 +92,22 @@ export class Lock {
     if (!this.closed) futimesSync(this.fd, at, at);
   }
 
+  /** Whether the path still names what was locked (not removed, not replaced). */
+  current(): boolean {
+    try {
+      const a = statSync(this.path, { bigint: true });
+      const b = fstatSync(this.fd, { bigint: true });
+      return a.ino === b.ino && a.dev === b.dev;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Whether the lock file is empty (made by this attempt: writePid() not called yet). */
+  empty(): boolean {
+    return !this.dir && fstatSync(this.fd).size === 0;
+  }
+
   /** Removes the lock file while still holding it (see acquire: the next taker gets a new file). */
   unlink(): void {
     if (this.dir) return;

@@ -148,7 +148,7 @@ describe('policy directory, property test', () => {
         await BAD[k]!.make(file, r);
         bad.set(file, k);
       }
-      const src = new FileSource(dir, quiet);
+      const src = new FileSource(dir, quiet, 0); // (settling has its own test)
       const within = <T>(p: Promise<T>, what: string) =>
         Promise.race([
           p,
@@ -239,6 +239,29 @@ describe('policy directory, property test', () => {
       chownSync(dir, 0, 0);
     }
     expect((await src.read()).policies.map((p) => p.name)).toEqual(['a']);
+  });
+
+  it('an edit written in place is read once it settles: a half-written file never replaces what is applied', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshredir-fuzz-dir-'));
+    dirs.push(dir);
+    const f = join(dir, 'a.yaml');
+    writeFileSync(f, policyText('a'));
+    const src = new FileSource(dir, quiet, 500);
+    const first = await src.read();
+    src.settled(first.policies.map((p): PolicyOutcome => ({ policy: p.name, file: p.file, state: 'applied' })));
+    // Truncated by the writer (as writeFileSync and most editors' in-place saves do first): still a.
+    writeFileSync(f, '');
+    expect((await src.read()).policies.map((p) => p.name)).toEqual(['a']);
+    // Half-written, yet valid YAML (a policy cut short): still the applied a, not this b.
+    writeFileSync(f, policyText('b').split('\n').slice(0, 4).join('\n'));
+    const mid = await src.read();
+    expect(mid.policies.map((p) => p.name)).toEqual(['a']);
+    expect(mid.errors).toEqual([]);
+    // Once it has been unchanged for the settle time, it is what the file says.
+    writeFileSync(f, policyText('b'));
+    await new Promise((r) => setTimeout(r, 600));
+    expect((await src.read()).policies.map((p) => p.name)).toEqual(['b']);
+    await src.stop();
   });
 
   it('limits per directory: bytes in all, and the number of files', async () => {

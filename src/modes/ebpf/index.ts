@@ -193,7 +193,7 @@ export class EbpfMode implements Mode {
       notes.push({
         level: 'warn',
         event: 'write_isolated',
-        message: `writing the policy maps in one batch failed; what it had written was put back and the policies were written one at a time`,
+        message: `writing the policy maps in one batch failed (${w.batchError}); what it had written was put back and the policies were written one at a time`,
       });
     for (const [slot, why] of w.failed) {
       const name = names.get(slot);

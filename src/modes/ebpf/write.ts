@@ -45,6 +45,8 @@ export interface WriteReport {
   failed: Map<number, string>;
   /** Whether the batch failed and the changes were then made one policy at a time. */
   perPolicy: boolean;
+  /** Why the batch failed. */
+  batchError?: string;
   /** Maps whose stale entries had to go before the new ones for want of room. */
   deletedFirst: MapName[];
 }
@@ -68,30 +70,38 @@ export function writeEntries(pins: Pins, entries: MapEntries, o: WriteOptions = 
     const desiredSlots = new Set<number>();
     for (const name of ORDER) {
       const map = maps.get(name)!;
-      const want = new Map<string, [Buffer, Buffer]>();
-      const hash = createHash('sha1');
-      for (const [k, v] of entries[name as keyof MapEntries] as [unknown, unknown][]) {
-        const kb = map.key.encode(k, Buffer.alloc(map.key.size));
-        const vb = map.value.encode(v, Buffer.alloc(map.value.size));
-        want.set(kb.toString('hex'), [kb, vb]);
-        hash.update(kb).update(vb);
+      // Encoded into one buffer per map, keys as latin1 strings (one char per byte): a map of 100,000s of
+      // entries costs two allocations, not two per entry.
+      const list = entries[name as keyof MapEntries] as [unknown, unknown][];
+      const ks = map.key.size;
+      const vs = map.value.size;
+      const kbuf = Buffer.alloc(ks * list.length);
+      const vbuf = Buffer.alloc(vs * list.length);
+      const want = new Map<string, number>();
+      list.forEach(([k, v], i) => {
+        map.key.encode(k, kbuf, i * ks);
+        map.value.encode(v, vbuf, i * vs);
+        want.set(kbuf.toString('latin1', i * ks, (i + 1) * ks), i);
         desiredSlots.add(SLOT[name]!(k, v));
-      }
+      });
+      const hash = createHash('sha1').update(kbuf).update(vbuf);
       const isArray = map.info.type === MapType.ARRAY;
-      const have = new Map(map.rawEntries().map(([k, v]) => [k.toString('hex'), v]));
+      const have = new Map(map.rawEntries().map(([k, v]) => [k.toString('latin1'), v]));
       size.set(name, [...have.values()].filter((v) => !(isArray && v.every((b) => b === 0))).length);
       const slotOf = (kb: Buffer, vb: Buffer) => SLOT[name]!(map.key.decode(kb), map.value.decode(vb));
       let written = 0;
       let deleted = 0;
-      for (const [hex, [kb, vb]] of want) {
-        const cur = have.get(hex);
+      for (const [key, i] of want) {
+        const vb = vbuf.subarray(i * vs, (i + 1) * vs);
+        const cur = have.get(key);
         if (cur && cur.equals(vb)) continue;
+        const kb = kbuf.subarray(i * ks, (i + 1) * ks);
         ops.push({ map: name, slot: slotOf(kb, vb), key: kb, value: vb, ...(cur ? { prev: cur } : {}) });
         written++;
       }
-      for (const [hex, v] of have) {
-        if (want.has(hex) || (isArray && v.every((b) => b === 0))) continue;
-        const kb = Buffer.from(hex, 'hex');
+      for (const [key, v] of have) {
+        if (want.has(key) || (isArray && v.every((b) => b === 0))) continue;
+        const kb = Buffer.from(key, 'latin1');
         ops.push({ map: name, slot: slotOf(kb, v), key: kb, prev: v });
         deleted++;
       }
@@ -103,10 +113,15 @@ export function writeEntries(pins: Pins, entries: MapEntries, o: WriteOptions = 
       w.run(sequence(ops, desiredSlots));
     } catch (e) {
       w.undo(e as Error);
+      rep.batchError = (e as Error).message;
       // One policy at a time: removed policies first (they free room), then the others by slot.
       rep.perPolicy = true;
       const bySlot = new Map<number, Op[]>();
-      for (const op of ops) bySlot.set(op.slot, [...(bySlot.get(op.slot) ?? []), op]);
+      for (const op of ops) {
+        const list = bySlot.get(op.slot);
+        if (list) list.push(op);
+        else bySlot.set(op.slot, [op]);
+      }
       const order = [...bySlot.keys()].sort(
         (a, b) => Number(desiredSlots.has(a)) - Number(desiredSlots.has(b)) || a - b,
       );
@@ -187,14 +202,14 @@ class Writer {
         for (const op of this.set(step.map, todo(step.ops))) ran.add(op);
       } else for (const op of this.delete(step.map, todo(step.ops))) ran.add(op);
     }
-    this.done.push(...this.journal);
+    for (const op of this.journal) this.done.push(op); // (no spread: it can be 100,000s of ops)
     this.journal = [];
   }
 
   private set(name: MapName, ops: Op[]): Op[] {
     if (ops.length === 0) return ops;
     const map = this.maps.get(name)!;
-    this.journal.push(...ops); // before writing: a batch that fails half-way has written some of them
+    for (const op of ops) this.journal.push(op); // before writing: a batch that fails half-way wrote some
     injectedFailure(name, ops, this.o.names, (part) => map.setManyRaw(part));
     map.setManyRaw(ops.map((op) => [op.key, op.value!]));
     this.size.set(name, this.size.get(name)! + ops.filter((op) => !op.prev).length);
@@ -204,7 +219,7 @@ class Writer {
   private delete(name: MapName, ops: Op[]): Op[] {
     if (ops.length === 0) return ops;
     const map = this.maps.get(name)!;
-    this.journal.push(...ops);
+    for (const op of ops) this.journal.push(op);
     if (map.info.type === MapType.ARRAY) map.setManyRaw(ops.map((op) => [op.key, Buffer.alloc(map.value.size)]));
     else map.deleteManyRaw(ops.map((op) => op.key));
     this.size.set(name, this.size.get(name)! - ops.length);
