@@ -25,9 +25,6 @@ import { CgKind } from '../../src/bpf/abi.js';
 import { bytes } from '../../src/policy/limits.js';
 
 const INTERVAL = 1;
-// The agents of this file log every pass with its duration (a re-created cgroup is covered within one
-// interval of the pass in flight).
-process.env.MESHREDIR_LOG_LEVEL = 'debug';
 
 kernelDescribe('the agent against operators and bad files', () => {
   let env: Env;
@@ -140,7 +137,12 @@ kernelDescribe('the agent against operators and bad files', () => {
       outboundSpec: { excludePorts },
     });
 
+  // The agents of this file log every pass with its duration (a re-created cgroup is covered within one
+  // interval of the pass in flight); the level goes back for the files after this one.
+  const level = process.env.MESHREDIR_LOG_LEVEL;
+
   beforeAll(async () => {
+    process.env.MESHREDIR_LOG_LEVEL = 'debug';
     env = new Env();
     dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
     node = env.netns('node');
@@ -162,6 +164,8 @@ kernelDescribe('the agent against operators and bad files', () => {
   });
 
   afterAll(async () => {
+    if (level === undefined) delete process.env.MESHREDIR_LOG_LEVEL;
+    else process.env.MESHREDIR_LOG_LEVEL = level;
     for (const a of agents) await env.stop(a, 'SIGKILL');
     const problems = await env?.teardown();
     rmSync(dir, { recursive: true, force: true });
