@@ -1,12 +1,11 @@
 // load.ts — reads policy files (YAML, one or more documents each) into validated policies, with
 // field-level errors naming the file; never throws for bad input.
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
 import { policyDocument, toPolicy, type Policy } from './schema.js';
 import { LIMITS } from './limits.js';
-import { PolicyDirError, isPolicyName, readPolicyDir, readPolicyFile, tooBigMessage, type One } from './read.js';
+import { PolicyDirError, readPolicyDir, readPolicyFile, tooBigMessage, type One } from './read.js';
 
 export interface PolicyError {
   file: string;
@@ -115,15 +114,6 @@ export function fileResult(file: string, r: One): FileResult {
         ? tooBigMessage(r.tooBig, LIMITS.fileBytes)
         : 'changed while being read';
   return { file, policies: [], errors: [{ file, path: '', message }] };
-}
-
-/** Lists the policy files of a directory (*.yaml, *.yml; hidden and editor temp files ignored). */
-export async function policyFiles(dir: string): Promise<string[]> {
-  const names = await readdir(dir);
-  return names
-    .filter(isPolicyName)
-    .sort()
-    .map((n) => join(dir, n));
 }
 
 export interface PolicySet {
