@@ -64,8 +64,10 @@ export class Runner {
       stdio: own ? ['pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe', ns.fd],
       timeout: (this.lockWait + 10) * 1000,
     });
-    if (r.error) {
-      const code = (r.error as NodeJS.ErrnoException).code;
+    const code = (r.error as NodeJS.ErrnoException | undefined)?.code;
+    // EPIPE: the command exited before it read its input (a restore refusing at once): its own exit
+    // status and stderr say why, not the broken pipe.
+    if (r.error && !(code === 'EPIPE' && r.status !== null)) {
       throw new IptablesError(
         `${full[0]}: ${code === 'ENOENT' ? 'not installed (not found in PATH)' : r.error.message} (in netns ${ns.path})`,
       );
