@@ -1,12 +1,15 @@
 // agent.ts — the node agent: its sources of policies (desired state) → the mode's plan → apply, on start,
-// whenever a source changes (debounced by the source) and periodically; one reconcile at a time.
-import { renameSync } from 'node:fs';
+// whenever a source changes (debounced by the source) and periodically; one reconcile at a time. It runs
+// alone on its installation (lock.ts) and beats a heartbeat after every completed pass.
+import { existsSync, renameSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
+import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
 import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
+import { AgentLocks } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
@@ -63,6 +66,9 @@ export interface PassHealth {
   sourceErrors: number;
 }
 
+/** How long stop() waits for a reconcile in progress before it gives up on it. */
+const STOP_WAIT_MS = 30_000;
+
 export class Agent {
   readonly files: FileSource;
   private readonly sources: PolicySource[];
@@ -70,6 +76,7 @@ export class Agent {
   private timer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
+  private locks?: AgentLocks;
   private last?: PassHealth;
   private startedAt = new Date();
   private endpoint?: AgentEndpoint;
@@ -105,7 +112,8 @@ export class Agent {
         pid: process.pid,
         policies: resolve(this.opts.policies),
         ...this.opts.paths,
-        startedAt: new Date().toISOString(),
+        startedAt: this.startedAt.toISOString(),
+        interval: this.opts.interval,
       },
       applied: this.files.remembered(),
       ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
@@ -119,18 +127,19 @@ export class Agent {
     const next: AgentState = { ...this.state, applied: this.files.remembered(), lastReconcile: rec };
     const same = (s: AgentState) =>
       JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
-    if (same(next) === same(this.state)) return;
+    // Unchanged and still there (a `cleanup --force` may have removed it): nothing to write.
+    if (same(next) === same(this.state) && existsSync(statePath(this.opts.stateDir))) return;
     this.state = next;
     writeState(this.opts.stateDir, next);
   }
 
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
-    const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     const t0 = Date.now();
+    const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     try {
-      const r = await this.reconcileOnce(reason);
-      this.passed(reason, t0, r);
+      const r = await this.reconcileOnce(reason, t0);
+      const notApplied = r.outcomes.filter((o) => o.state !== 'applied');
       this.record({
         ...base,
         ok: true,
@@ -139,10 +148,20 @@ export class Agent {
         policies: r.policies,
         errors: r.errors,
         warnings: r.warnings,
+        outcomes: notApplied,
+      });
+      this.passed({
+        ok: true,
+        reason,
+        t0,
+        applied: r.policies,
+        notApplied: notApplied.filter((o) => o.state !== 'waiting').length,
+        errors: r.errors.length,
+        states: countStates(r.outcomes),
+        sourceErrors: r.sourceErrors,
       });
       return r;
     } catch (e) {
-      this.passed(reason, t0, undefined, e as Error);
       this.record({
         ...base,
         ok: false,
@@ -152,18 +171,58 @@ export class Agent {
         errors: [(e as Error).message],
         warnings: [],
       });
+      this.passed({
+        ok: false,
+        reason,
+        t0,
+        applied: 0,
+        notApplied: 0,
+        errors: 1,
+        error: (e as Error).message,
+        states: countStates([]),
+        sourceErrors: 0,
+      });
       throw e;
     }
   }
 
-  private async reconcileOnce(reason: string): Promise<ReconcileResult> {
+  /** A pass completed: the heartbeat (agent.lock's mtime) and the health the Agent object reports. */
+  private passed(p: Omit<PassHealth, 'at' | 'durationMs'> & { t0: number }) {
+    const at = new Date();
+    const { t0, ...rest } = p;
+    this.last = { ...rest, at, durationMs: at.getTime() - t0 };
+    this.endpoint?.observe(this.last);
+    try {
+      const problem = this.locks?.beat();
+      if (problem) this.log.error({ event: 'lock' }, problem);
+    } catch (e) {
+      this.log.warn({ event: 'heartbeat', err: e }, `cannot record the heartbeat: ${(e as Error).message}`);
+    }
+  }
+
+  /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
+  health(): { startedAt: Date; interval: number; lastPass: PassHealth | null; stopped: boolean } {
+    return {
+      startedAt: this.startedAt,
+      interval: this.opts.interval,
+      lastPass: this.last ?? null,
+      stopped: this.stopped,
+    };
+  }
+
+  private async reconcileOnce(reason: string, t0: number): Promise<ReconcileResult> {
     const errors: string[] = [];
     const warnings: string[] = [];
     const reads = await Promise.all(this.sources.map((s) => s.read()));
     const policies = reads.flatMap((r) => r.policies);
     for (const e of reads.flatMap((r) => r.errors)) {
+      if (e.level === 'warn') {
+        warnings.push(e.message);
+        this.log.warn({ event: 'policy_skipped', reason, source: e.source, file: e.object }, e.message);
+        continue;
+      }
       errors.push(e.message);
-      this.log.error({ event: 'policy_error', reason, source: e.source }, e.message);
+      this.log.error({ event: 'policy_error', reason, source: e.source, file: e.object }, e.message);
     }
     const plan = this.mode.plan(policies);
     const r = this.mode.apply(plan);
@@ -181,6 +240,7 @@ export class Agent {
       writes: r.writes,
       deletes: r.deletes,
       policies: applied,
+      ms: Date.now() - t0,
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');
@@ -192,42 +252,7 @@ export class Agent {
       warnings,
       policies: applied,
       outcomes: r.policies,
-      sourceErrors: reads.reduce((n, x) => n + x.errors.length, 0),
-    };
-  }
-
-  /** A pass completed: the health the Agent object reports (and the metrics endpoint observes). */
-  private passed(reason: string, t0: number, r?: ReconcileResult, err?: Error): void {
-    const at = new Date();
-    const count = (state: PolicyOutcome['state']) => r?.outcomes.filter((o) => o.state === state).length ?? 0;
-    const states = {
-      applied: count('applied'),
-      waiting: count('waiting'),
-      rejected: count('rejected'),
-      failed: count('failed'),
-    };
-    this.last = {
-      at,
-      ok: !err,
-      reason,
-      durationMs: at.getTime() - t0,
-      applied: states.applied,
-      notApplied: states.rejected + states.failed,
-      errors: err ? 1 : (r?.errors.length ?? 0),
-      ...(err ? { error: err.message } : {}),
-      states,
-      sourceErrors: r?.sourceErrors ?? 0,
-    };
-    this.endpoint?.observe(this.last);
-  }
-
-  /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
-  health(): { startedAt: Date; interval: number; lastPass: PassHealth | null; stopped: boolean } {
-    return {
-      startedAt: this.startedAt,
-      interval: this.opts.interval,
-      lastPass: this.last ?? null,
-      stopped: this.stopped,
+      sourceErrors: reads.reduce((n, x) => n + x.errors.filter((e) => e.level !== 'warn').length, 0),
     };
   }
 
@@ -248,42 +273,78 @@ export class Agent {
     return this.running;
   }
 
+  /** Takes the installation's locks (before anything is pinned), then the first reconcile, then watches. */
   async start(): Promise<ReconcileResult> {
-    // Bound before anything is changed: a busy address fails the start.
-    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
-    this.loadState();
-    const first = await this.reconcile('start');
-    for (const s of this.sources) await s.start((why) => void this.queue(why));
-    this.timer = setInterval(() => {
-      for (const s of this.sources) s.poll?.();
-      void this.queue('interval');
-    }, this.opts.interval * 1000);
-    return first;
+    this.locks = AgentLocks.take(
+      {
+        stateDir: this.opts.stateDir,
+        bpffs: this.opts.paths.bpffs,
+        iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+      },
+      this.mode.name,
+    );
+    try {
+      // Bound once the locks are held and before anything is changed: a busy address fails the start.
+      if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
+      this.loadState();
+      const first = await this.reconcile('start');
+      for (const s of this.sources) await s.start((why) => void this.queue(why));
+      this.timer = setInterval(() => {
+        for (const s of this.sources) s.poll?.();
+        void this.queue('interval');
+      }, this.opts.interval * 1000);
+      return first;
+    } catch (e) {
+      await this.endpoint?.close();
+      this.locks.release();
+      throw e;
+    }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
     for (const s of this.sources) await s.stop();
-    await this.running;
-    if (!this.opts.cleanupOnExit) {
-      this.log.info(
-        { event: 'stopped' },
-        `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+    // A reconcile in progress finishes first; one that does not within the bound is given up on.
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      this.running.then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STOP_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!finished)
+      this.log.error(
+        { event: 'stop_timeout' },
+        `a reconcile still runs after ${STOP_WAIT_MS / 1000} s; stopping without waiting for it`,
       );
-      return;
+    try {
+      if (!this.opts.cleanupOnExit) {
+        this.log.info(
+          { event: 'stopped' },
+          `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+        );
+        return;
+      }
+      const r = this.mode.cleanup({});
+      this.locks?.removeLockFiles();
+      const state = removeState(this.opts.stateDir).removed;
+      for (const n of r.notes) this.say(n);
+      if (r.failed.length)
+        this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
+      else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
+      else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
+    } finally {
+      this.locks?.release();
     }
-    const r = this.mode.cleanup({});
-    const state = removeState(this.opts.stateDir).removed;
-    for (const n of r.notes) this.say(n);
-    if (r.failed.length)
-      this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
-    else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
-    else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
   }
 
   /** Stops serving /metrics and the probes (after stop()). */
   async close(): Promise<void> {
     await this.endpoint?.close();
   }
+}
+
+function countStates(outcomes: PolicyOutcome[]): PassHealth['states'] {
+  const n = (state: PolicyOutcome['state']) => outcomes.filter((o) => o.state === state).length;
+  return { applied: n('applied'), waiting: n('waiting'), rejected: n('rejected'), failed: n('failed') };
 }

@@ -100,6 +100,7 @@ export class IptablesMode implements Mode {
     this.last = r;
     const notes: Note[] = [...plan.notes];
     const outcomes = new Map(plan.policies.map((o) => [o.policy, o]));
+    const file = (policy: string) => outcomes.get(policy)?.file;
     for (const sk of r.skipped) {
       const o = outcomes.get(sk.policy);
       if (o && o.state === 'applied') outcomes.set(sk.policy, { ...o, state: 'waiting', reason: sk.reason });
@@ -107,7 +108,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'skipped',
         message: `${sk.policy}: not applied in iptables mode: ${sk.reason}`,
-        fields: { mode: 'iptables', policy: sk.policy, reason: sk.reason },
+        fields: { mode: 'iptables', policy: sk.policy, file: file(sk.policy), reason: sk.reason },
       });
     }
     for (const f of r.failed) {
@@ -117,7 +118,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'apply_failed',
         message: `${f.policy}: ${f.reason}`,
-        fields: { mode: 'iptables', ...f },
+        fields: { mode: 'iptables', ...f, file: file(f.policy) },
       });
     }
     for (const rm of r.removed) {
@@ -127,6 +128,14 @@ export class IptablesMode implements Mode {
         event: failed ? 'remove_failed' : 'removed',
         message: rm.detail,
         fields: { mode: 'iptables', ...rm },
+      });
+    }
+    for (const x of r.repaired) {
+      notes.push({
+        level: 'warn',
+        event: 'repaired',
+        message: `${x.policy}: our ${x.family === 'ipv4' ? 'IPv4' : 'IPv6'} rules in netns ${x.netns} were not as applied (a flushed chain or an edited rule: not done by this agent); restored`,
+        fields: { mode: 'iptables', ...x },
       });
     }
     const removed = r.removed.filter((x) => x.outcome !== 'failed').length;
