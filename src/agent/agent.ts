@@ -275,17 +275,22 @@ export class Agent {
 
   /** Takes the installation's locks (before anything is pinned), then the first reconcile, then watches. */
   async start(): Promise<ReconcileResult> {
-    this.locks = AgentLocks.take(
-      {
-        stateDir: this.opts.stateDir,
-        bpffs: this.opts.paths.bpffs,
-        iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
-      },
-      this.mode.name,
-    );
+    // Bound first: an address in use fails the start before anything (even a lock directory) is made.
+    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
     try {
-      // Bound once the locks are held and before anything is changed: a busy address fails the start.
-      if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
+      this.locks = AgentLocks.take(
+        {
+          stateDir: this.opts.stateDir,
+          bpffs: this.opts.paths.bpffs,
+          iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+        },
+        this.mode.name,
+      );
+    } catch (e) {
+      await this.endpoint?.close();
+      throw e;
+    }
+    try {
       this.loadState();
       const first = await this.reconcile('start');
       for (const s of this.sources) await s.start((why) => void this.queue(why));

@@ -38,9 +38,10 @@ export async function serve(at: ListenAddress, faces: Faces, onError: (e: Error)
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new Error(`metrics address ${formatAddress(at)}: ${e.code ?? ''} ${e.message}`.trim())),
-    );
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      const hint = e.code === 'EADDRINUSE' ? ' (another agent? choose another with --metrics-address, or off)' : '';
+      reject(new Error(`metrics address ${formatAddress(at)}: ${e.code ?? ''} ${e.message}${hint}`.trim()));
+    });
     server.listen(at.port, at.host, () => resolve());
   });
   server.on('error', onError);

@@ -3,10 +3,10 @@
 // summed over CPUs: clients pinned to each CPU), promtool accepts the exposition, and readiness follows
 // the programs (a link detached) and the reconcile (a pass that fails) — in the eBPF mode and, with the
 // nat counters of a policy, in the iptables mode.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, type Proc } from './harness.js';
 import { startPrometheus, until, type Prometheus } from './prometheus.js';
@@ -80,6 +80,12 @@ kernelDescribe('metrics and health endpoint', () => {
     }
   };
   const promtool = (text: string) => spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  /** Agents still running after a test (one that failed half-way): stopped, so they hold no lock. */
+  const agents: Proc[] = [];
+  const started = (a: Proc) => (agents.push(a), a);
+  afterEach(async () => {
+    for (const a of agents.splice(0)) await env.stop(a);
+  });
 
   beforeAll(() => {
     env = new Env();
@@ -124,7 +130,7 @@ kernelDescribe('metrics and health endpoint', () => {
     });
 
     it('Prometheus scrapes exactly the connections made (summed over CPUs); promtool accepts the exposition', async () => {
-      const agent = await env.agent(dir, ['--interval', '1']);
+      const agent = started(await env.agent(dir, ['--interval', '1']));
       const addr = served(agent)!;
       expect(addr).toMatch(/^127\.0\.0\.1:\d+$/);
       const prom = await startPrometheus(env, [addr]);
@@ -194,7 +200,7 @@ kernelDescribe('metrics and health endpoint', () => {
     });
 
     it('/readyz follows the programs and the last reconcile; /healthz the loop', async () => {
-      const agent = await env.agent(dir, ['--interval', '60']);
+      const agent = started(await env.agent(dir, ['--interval', '60']));
       const base = `http://${served(agent)!}`;
       const ready = async () => get(`${base}/readyz`);
       const touch = () => writeFileSync(join(dir, 'a.yaml'), readFileSync(join(dir, 'a.yaml'), 'utf8') + '\n');
@@ -242,7 +248,7 @@ kernelDescribe('metrics and health endpoint', () => {
     });
 
     it('a taken address fails the start before anything is changed; off serves nothing', async () => {
-      const first = await env.agent(dir, ['--interval', '60']);
+      const first = started(await env.agent(dir, ['--interval', '60']));
       const addr = served(first)!;
       const second = env.cli([
         'agent',
@@ -259,13 +265,23 @@ kernelDescribe('metrics and health endpoint', () => {
         '--metrics-address',
         addr,
       ]);
-      expect(await second.exited).toBe(1);
-      expect(second.err).toContain(`metrics address ${addr}: EADDRINUSE`);
-      expect(sh('ls', ['/sys/fs/bpf']).split('\n')).not.toContain(`${env.bpffs.split('/').pop()}-second`);
-      await env.stop(first);
-      const off = await env.agent(dir, ['--interval', '60', '--metrics-address', 'off']);
-      expect(served(off)).toBeUndefined();
-      await env.stop(off);
+      try {
+        expect(await second.exited).toBe(1);
+        expect(second.err).toContain(`metrics address ${addr}: EADDRINUSE`);
+        // Nothing made: no pins, not even the lock (the bpffs directory), no state directory.
+        expect(existsSync(`${env.bpffs}-second`)).toBe(false);
+        expect(existsSync(`${env.stateDir}-second`)).toBe(false);
+      } finally {
+        await env.stop(first);
+        rmSync(`${env.stateDir}-second`, { recursive: true, force: true });
+        if (existsSync(`${env.bpffs}-second`)) rmdirSync(`${env.bpffs}-second`);
+      }
+      const off = started(await env.agent(dir, ['--interval', '60', '--metrics-address', 'off']));
+      try {
+        expect(served(off)).toBeUndefined();
+      } finally {
+        await env.stop(off);
+      }
     });
   });
 
@@ -306,23 +322,25 @@ kernelDescribe('metrics and health endpoint', () => {
     });
 
     it('the nat counters of a policy, scraped by Prometheus; readiness follows the reconcile', async () => {
-      const agent = env.cli([
-        'agent',
-        '--policies',
-        dir,
-        '--cgroup-root',
-        env.cgRoot,
-        '--mode',
-        'iptables',
-        '--iptables-state',
-        state,
-        '--state-dir',
-        env.stateDir,
-        '--interval',
-        '1',
-        '--metrics-address',
-        '127.0.0.1:0',
-      ]);
+      const agent = started(
+        env.cli([
+          'agent',
+          '--policies',
+          dir,
+          '--cgroup-root',
+          env.cgRoot,
+          '--mode',
+          'iptables',
+          '--iptables-state',
+          state,
+          '--state-dir',
+          env.stateDir,
+          '--interval',
+          '1',
+          '--metrics-address',
+          '127.0.0.1:0',
+        ]),
+      );
       await waitFor(() => agent.err.includes('redirect-ready'), 'agent ready', agent, 30_000);
       const addr = served(agent)!;
       const base = `http://${addr}`;
