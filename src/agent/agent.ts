@@ -1,9 +1,11 @@
 // agent.ts — the node agent: its sources of policies (the policy directory, and with --kubernetes the pods
 // of this node) merged into one desired state → the mode's plan → apply, on start, whenever a source or a
-// policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source.
-import { renameSync } from 'node:fs';
+// policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source. It
+// runs alone on its installation (lock.ts) and beats a heartbeat after every completed pass.
+import { existsSync, renameSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
+import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
 import type { PolicySource, SourceRead } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { KubernetesSource } from '../sources/kubernetes/source.js';
@@ -22,6 +24,9 @@ import {
   type OutcomeRecord,
   type ReconcileRecord,
 } from './state.js';
+import { AgentLocks } from './lock.js';
+import type { ListenAddress } from './http.js';
+import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
@@ -42,6 +47,8 @@ export interface AgentOptions {
   decision: ModeDecision;
   /** What agent.json records of where the mode keeps things (cleanup and status match on them). */
   paths: { cgroupRoot: string; bpffs: string; iptablesState?: string };
+  /** Where /metrics, /healthz and /readyz are served (none: not served). */
+  metricsAddress?: ListenAddress;
 }
 
 export interface ReconcileResult {
@@ -51,7 +58,31 @@ export interface ReconcileResult {
   errors: string[];
   warnings: string[];
   policies: number;
+  /** Every policy's outcome (applied, waiting, rejected, failed) with its file. */
+  outcomes: PolicyOutcome[];
+  /** Errors the sources reported (unreadable or invalid policy files). */
+  sourceErrors: number;
 }
+
+/** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
+export interface PassHealth {
+  at: Date;
+  ok: boolean;
+  reason: string;
+  durationMs: number;
+  /** Policies in force, and those that are not (rejected or failed). */
+  applied: number;
+  notApplied: number;
+  errors: number;
+  /** Why the pass failed as a whole (ok false). */
+  error?: string;
+  /** Policies by outcome, and the sources' errors (metrics). */
+  states: Record<PolicyOutcome['state'], number>;
+  sourceErrors: number;
+}
+
+/** How long stop() waits for a reconcile in progress before it gives up on it. */
+const STOP_WAIT_MS = 30_000;
 
 export class Agent {
   readonly files: FileSource;
@@ -62,6 +93,10 @@ export class Agent {
   /** The reconcile queued but not started yet: later triggers join it instead of queueing another. */
   private next?: { reasons: string[]; done: Promise<void> };
   private stopped = false;
+  private locks?: AgentLocks;
+  private last?: PassHealth;
+  private startedAt = new Date();
+  private endpoint?: AgentEndpoint;
   private readonly triggers: CgroupTriggers;
   /** Whether the Kubernetes source has had its first complete list (until then it is not read). */
   private kubeSynced = false;
@@ -113,7 +148,8 @@ export class Agent {
         pid: process.pid,
         policies: resolve(this.opts.policies),
         ...this.opts.paths,
-        startedAt: new Date().toISOString(),
+        startedAt: this.startedAt.toISOString(),
+        interval: this.opts.interval,
       },
       applied: this.files.remembered(),
       ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
@@ -140,16 +176,19 @@ export class Agent {
     };
     const same = (s: AgentState) =>
       JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
-    if (same(next) === same(this.state)) return;
+    // Unchanged and still there (a `cleanup --force` may have removed it): nothing to write.
+    if (same(next) === same(this.state) && existsSync(statePath(this.opts.stateDir))) return;
     this.state = next;
     writeState(this.opts.stateDir, next);
   }
 
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
+    const t0 = Date.now();
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     try {
-      const r = await this.reconcileOnce(reason);
+      const r = await this.reconcileOnce(reason, t0);
+      const notApplied = r.outcomes.filter((o) => o.state !== 'applied');
       this.record(
         {
           ...base,
@@ -159,10 +198,21 @@ export class Agent {
           policies: r.policies,
           errors: r.errors,
           warnings: r.warnings,
+          outcomes: notApplied,
         },
-        r.outcomes,
+        r.records,
       );
-      const { outcomes: _, ...result } = r;
+      this.passed({
+        ok: true,
+        reason,
+        t0,
+        applied: r.policies,
+        notApplied: notApplied.filter((o) => o.state !== 'waiting').length,
+        errors: r.errors.length,
+        states: countStates(r.outcomes),
+        sourceErrors: r.sourceErrors,
+      });
+      const { records: _, ...result } = r;
       return result;
     } catch (e) {
       this.record({
@@ -174,8 +224,43 @@ export class Agent {
         errors: [(e as Error).message],
         warnings: [],
       });
+      this.passed({
+        ok: false,
+        reason,
+        t0,
+        applied: 0,
+        notApplied: 0,
+        errors: 1,
+        error: (e as Error).message,
+        states: countStates([]),
+        sourceErrors: 0,
+      });
       throw e;
     }
+  }
+
+  /** A pass completed: the heartbeat (agent.lock's mtime) and the health the Agent object reports. */
+  private passed(p: Omit<PassHealth, 'at' | 'durationMs'> & { t0: number }) {
+    const at = new Date();
+    const { t0, ...rest } = p;
+    this.last = { ...rest, at, durationMs: at.getTime() - t0 };
+    this.endpoint?.observe(this.last);
+    try {
+      const problem = this.locks?.beat();
+      if (problem) this.log.error({ event: 'lock' }, problem);
+    } catch (e) {
+      this.log.warn({ event: 'heartbeat', err: e }, `cannot record the heartbeat: ${(e as Error).message}`);
+    }
+  }
+
+  /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
+  health(): { startedAt: Date; interval: number; lastPass: PassHealth | null; stopped: boolean } {
+    return {
+      startedAt: this.startedAt,
+      interval: this.opts.interval,
+      lastPass: this.last ?? null,
+      stopped: this.stopped,
+    };
   }
 
   /** A source's read: the Kubernetes source's last one (kept in agent.json) until its first list came. */
@@ -191,14 +276,19 @@ export class Agent {
     return r;
   }
 
-  private async reconcileOnce(reason: string): Promise<ReconcileResult & { outcomes: OutcomeRecord[] }> {
+  private async reconcileOnce(reason: string, t0: number): Promise<ReconcileResult & { records: OutcomeRecord[] }> {
     const errors: string[] = [];
     const warnings: string[] = [];
     const reads = await Promise.all(this.sources.map((s) => this.read(s)));
     const { policies, gates, errors: readErrors } = mergeSources(reads);
     for (const e of readErrors) {
+      if (e.level === 'warn') {
+        warnings.push(e.message);
+        this.log.warn({ event: 'policy_skipped', reason, source: e.source, file: e.object }, e.message);
+        continue;
+      }
       errors.push(e.message);
-      this.log.error({ event: 'policy_error', reason, source: e.source }, e.message);
+      this.log.error({ event: 'policy_error', reason, source: e.source, file: e.object }, e.message);
     }
     const plan = this.mode.plan({ policies, gates });
     const r = this.mode.apply(plan);
@@ -223,6 +313,7 @@ export class Agent {
       writes: r.writes,
       deletes: r.deletes,
       policies: applied,
+      ms: Date.now() - t0,
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');
@@ -233,7 +324,9 @@ export class Agent {
       errors,
       warnings,
       policies: applied,
-      outcomes: outcomeRecords(r.policies, byName),
+      outcomes: r.policies,
+      records: outcomeRecords(r.policies, byName),
+      sourceErrors: readErrors.filter((e) => e.level !== 'warn').length,
     };
   }
 
@@ -267,22 +360,44 @@ export class Agent {
   }
 
   /**
+   * Takes the installation's locks (before anything is pinned), then the first reconcile, then watches.
    * The first reconcile applies the policy files and, with --kubernetes, the pod policies and gates the
    * last run applied (agent.json), so that a restart while the API server is down neither removes a pod's
    * policy nor lets the guard refuse a pod that was classified. The pods are read once their first list
    * has come (start() of the source resolves), which may be long after this returns.
    */
   async start(): Promise<ReconcileResult> {
-    this.loadState();
-    const first = await this.reconcile('start');
-    await this.files.start((why) => void this.queue(why));
-    if (this.kube) this.startKube(this.kube);
-    this.timer = setInterval(() => {
-      for (const s of this.sources) s.poll?.();
-      this.triggers.rearm();
-      void this.queue('interval');
-    }, this.opts.interval * 1000);
-    return first;
+    // Bound first: an address in use fails the start before anything (even a lock directory) is made.
+    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
+    try {
+      this.locks = AgentLocks.take(
+        {
+          stateDir: this.opts.stateDir,
+          bpffs: this.opts.paths.bpffs,
+          iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+        },
+        this.mode.name,
+      );
+    } catch (e) {
+      await this.endpoint?.close();
+      throw e;
+    }
+    try {
+      this.loadState();
+      const first = await this.reconcile('start');
+      await this.files.start((why) => void this.queue(why));
+      if (this.kube) this.startKube(this.kube);
+      this.timer = setInterval(() => {
+        for (const s of this.sources) s.poll?.();
+        this.triggers.rearm();
+        void this.queue('interval');
+      }, this.opts.interval * 1000);
+      return first;
+    } catch (e) {
+      await this.endpoint?.close();
+      this.locks.release();
+      throw e;
+    }
   }
 
   private startKube(kube: KubernetesSource): void {
@@ -316,22 +431,48 @@ export class Agent {
     clearInterval(this.timer);
     this.triggers.close();
     for (const s of this.sources) await s.stop();
-    await this.running;
-    if (!this.opts.cleanupOnExit) {
-      this.log.info(
-        { event: 'stopped' },
-        `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+    // A reconcile in progress finishes first; one that does not within the bound is given up on.
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      this.running.then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STOP_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!finished)
+      this.log.error(
+        { event: 'stop_timeout' },
+        `a reconcile still runs after ${STOP_WAIT_MS / 1000} s; stopping without waiting for it`,
       );
-      return;
+    try {
+      if (!this.opts.cleanupOnExit) {
+        this.log.info(
+          { event: 'stopped' },
+          `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+        );
+        return;
+      }
+      const r = this.mode.cleanup({});
+      this.locks?.removeLockFiles();
+      const state = removeState(this.opts.stateDir).removed;
+      for (const n of r.notes) this.say(n);
+      if (r.failed.length)
+        this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
+      else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
+      else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
+    } finally {
+      this.locks?.release();
     }
-    const r = this.mode.cleanup({});
-    const state = removeState(this.opts.stateDir).removed;
-    for (const n of r.notes) this.say(n);
-    if (r.failed.length)
-      this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
-    else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
-    else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
   }
+
+  /** Stops serving /metrics and the probes (after stop()). */
+  async close(): Promise<void> {
+    await this.endpoint?.close();
+  }
+}
+
+function countStates(outcomes: PolicyOutcome[]): PassHealth['states'] {
+  const n = (state: PolicyOutcome['state']) => outcomes.filter((o) => o.state === state).length;
+  return { applied: n('applied'), waiting: n('waiting'), rejected: n('rejected'), failed: n('failed') };
 }
 
 function outcomeRecords(outcomes: PolicyOutcome[], byName: Map<string, Policy>): OutcomeRecord[] {

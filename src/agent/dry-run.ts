@@ -39,7 +39,11 @@ export async function dryRun(mode: Mode, policiesDir: string, kube?: KubernetesS
   const d = mode.plan({ policies: merged.policies, gates: merged.gates }).render();
   return {
     ...d,
-    messages: [...merged.errors.map((e) => e.message), ...d.messages],
+    messages: [
+      ...(set.warnings ?? []).map((w) => `warning: ${formatError(w)}`),
+      ...merged.errors.map((e) => e.message),
+      ...d.messages,
+    ],
     ok: d.ok && merged.errors.length === 0,
   };
 }

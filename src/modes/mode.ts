@@ -3,6 +3,7 @@
 // inside each mode, never a branch above it.
 import type { Policy } from '../policy/schema.js';
 import type { Gates } from '../policy/entries.js';
+import type { MetricFamily } from './metrics.js';
 
 export type { Gates };
 
@@ -138,6 +139,12 @@ export interface CleanupReport {
   json: Record<string, unknown>;
 }
 
+/** Whether what the mode installed is in force now (the agent's /readyz), and why (not). */
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+}
+
 export interface Mode {
   readonly name: ModeName;
   /** Whether anything of this mode is installed here (pins, a state file that remembers rules). */
@@ -151,4 +158,8 @@ export interface Mode {
   verify(req: VerifyRequest): Promise<VerifyStep[]>;
   /** Removes everything the mode made. Idempotent. */
   cleanup(opts: { force?: boolean }): CleanupReport;
+  /** Its counters and gauges, read now from where they are kept (the agent's /metrics). */
+  metrics(): MetricFamily[];
+  /** Programs attached (eBPF), rules applied (iptables). */
+  readiness(): Readiness;
 }

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { parseEndpoint, parseCidr, parseAddress, isLoopback, type Endpoint, type Cidr, type Address } from './addr.js';
 import { parseMark, type Mark } from './mark.js';
 import { MAX_MARKS } from '../bpf/abi.js';
+import { checkEntryLimits } from './limits.js';
 
 /** What a wrong value is, for messages: "a string", "an array", "null". */
 export function typeOf(v: unknown): string {
@@ -179,6 +180,7 @@ export const policyDocument = z.strictObject({
       dns: dns.optional(),
     })
     .superRefine((spec, ctx) => {
+      checkEntryLimits(spec, ctx);
       if (!spec.proxy.outbound && !spec.proxy.outbound6) {
         ctx.addIssue({
           code: 'custom',

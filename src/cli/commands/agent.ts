@@ -7,6 +7,11 @@ import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
 import { requirePreflight } from '../../probe/preflight.js';
+import { DEFAULT_METRICS_ADDRESS, listenAddress } from '../address.js';
+
+/** Bounds of --interval, in seconds. */
+const MIN_INTERVAL = 1;
+const MAX_INTERVAL = 86_400;
 
 const absolute = z.string().regex(/^\//, 'must be an absolute path');
 /** A node name is a DNS subdomain (RFC 1123). */
@@ -28,13 +33,20 @@ const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait'])
     policies: z.string().min(1),
     cgroupRoot: z.string().optional(),
     mode: z.enum(['auto', 'ebpf', 'iptables']),
-    interval: z.coerce.number().positive('must be a positive number of seconds'),
+    // A full pass reads every policy file and every policy map: more often than once a second is load, not
+    // safety (changes are applied at once through the directory watch anyway); more than a day is no repair.
+    interval: z.coerce
+      .number('must be a number of seconds')
+      .min(MIN_INTERVAL, `must be at least ${MIN_INTERVAL} s (changes apply through the directory watch at once)`)
+      .max(MAX_INTERVAL, `must be at most ${MAX_INTERVAL} s (a day)`),
     cleanupOnExit: z.boolean().default(false),
-    maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
-    maxAccelerated: z.coerce.number().int().min(2).max(16_777_216).optional(),
+    // mr_orig (twice this) and mr_peers are preallocated: 1,048,576 is ~200 MiB of kernel memory already.
+    maxConnections: z.coerce.number().int().min(16).max(1_048_576).optional(),
+    maxAccelerated: z.coerce.number().int().min(2).max(1_048_576).optional(),
     object: z.string(),
     iptablesBackend: z.enum(['nft', 'legacy']).optional(),
     dryRun: z.boolean().default(false),
+    metricsAddress: listenAddress,
     kubernetes: z.boolean().default(false),
     kubeconfig: z.string().min(1).optional(),
     nodeName: nodeName.optional(),
@@ -67,15 +79,15 @@ export const agentCommand = shared(
     .requiredOption('--policies <dir>', 'directory of policy files (*.yaml)')
     .option('--cgroup-root <path>', 'cgroup where the programs attach (default: the cgroup2 root)')
     .addOption(new Option('--mode <mode>', 'redirection mode').choices(['auto', 'ebpf', 'iptables']).default('auto'))
-    .option('--interval <seconds>', 'periodic reconcile interval', '30')
+    .option('--interval <seconds>', `periodic reconcile interval (${MIN_INTERVAL}-${MAX_INTERVAL})`, '30')
     .option('--cleanup-on-exit', 'remove everything on SIGTERM/SIGINT (default: leave redirection in place)')
     .option(
       '--max-connections <n>',
-      'eBPF: redirected handshakes that may be in flight at once (a proxy not answering SYNs) before connect() is refused (default 16384)',
+      'eBPF: redirected handshakes that may be in flight at once (a proxy not answering SYNs) before connect() is refused (16-1048576, default 16384)',
     )
     .option(
       '--max-accelerated <n>',
-      'eBPF: sockets the sk_msg fast path may hold, two per connection (default 65536); past it, connections take TCP',
+      'eBPF: sockets the sk_msg fast path may hold, two per connection (2-1048576, default 65536); past it, connections take TCP',
     )
     .addOption(
       new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices([
@@ -108,6 +120,11 @@ export const agentCommand = shared(
     .option(
       '--kubernetes-stall <seconds>',
       'Kubernetes: a watch with no event nor bookmark for this long is taken as hung and resumed (default 330)',
+    )
+    .option(
+      '--metrics-address <host:port>',
+      'where /metrics (Prometheus), /healthz and /readyz are served; off: not served',
+      DEFAULT_METRICS_ADDRESS,
     )
     .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp()),
   ['bpffs', 'stateDir', 'iptablesState', 'lockWait'],
@@ -175,6 +192,7 @@ export const agentCommand = shared(
       stateDir: o.stateDir,
       decision,
       paths: { cgroupRoot, bpffs: o.bpffs, iptablesState: o.iptablesState },
+      ...(o.metricsAddress ? { metricsAddress: o.metricsAddress } : {}),
     },
     mode,
     log,
@@ -187,4 +205,5 @@ export const agentCommand = shared(
     process.once('SIGTERM', () => resolve());
   });
   await agent.stop();
+  await agent.close();
 });

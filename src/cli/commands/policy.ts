@@ -12,7 +12,11 @@ const check = shared(
   ['json'],
 ).action(async (path: string, raw: Record<string, unknown>) => {
   const o = parseOptions(flags, raw);
-  const { loadPolicies, formatError } = await import('../../policy/load.js');
+  const [{ loadPolicies, formatError }, { checkCapacity }, { MAP_CAPACITY, LIMITS }] = await Promise.all([
+    import('../../policy/load.js'),
+    import('../../policy/capacity.js'),
+    import('../../policy/limits.js'),
+  ]);
   let set;
   try {
     set = await loadPolicies(path);
@@ -31,12 +35,30 @@ const check = shared(
         message: `RedirectPolicyTemplate ${t.name} is also defined in ${first.file}; neither is used`,
       });
   }
+  // The same limits as the agent's (applied while reading), and whether the set fits in the eBPF maps
+  // (every cgroup counted as existing: the most the maps could have to hold).
+  const fit = checkCapacity(set.policies, MAP_CAPACITY, LIMITS.policies);
+  const refused = new Set(fit.rejected.map((r) => r.policy));
+  set = {
+    ...set,
+    policies: set.policies.filter((p) => !refused.has(p)),
+    errors: [
+      ...set.errors,
+      ...fit.rejected.map((r) => ({
+        file: r.policy.file,
+        path: '',
+        message: r.message.replace(`${r.policy.file}: `, ''),
+      })),
+    ],
+  };
+  const warnings = set.warnings ?? [];
   if (o.json) {
     printJson({
       ok: set.errors.length === 0,
       policies: set.policies.map((p) => ({ name: p.name, file: p.file, cgroup: p.cgroup })),
       templates: templates.map((t) => ({ name: t.name, file: t.file })),
       errors: set.errors,
+      warnings,
     });
   } else {
     if (set.policies.length)
@@ -53,6 +75,7 @@ const check = shared(
           templates.map((t) => [t.name, t.file]),
         ),
       );
+    for (const w of warnings) console.error(`warning: ${formatError(w)}`);
     for (const e of set.errors) console.error(formatError(e));
     const n = set.policies.length;
     const t = templates.length;

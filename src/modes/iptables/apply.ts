@@ -37,6 +37,8 @@ export interface IptablesApplyReport {
   removed: Removal[];
   /** Whether the state file was written (only when something changed). */
   stateWritten: boolean;
+  /** Rules restored because they differed from what was applied (not by us: a flushed chain, an edit). */
+  repaired: { policy: string; netns: string; family: string }[];
 }
 
 export function applyRules(
@@ -52,6 +54,7 @@ export function applyRules(
     failed: [],
     removed: [],
     stateWritten: false,
+    repaired: [],
   };
   const state = readState(stateFile);
   const before = JSON.stringify(state);
@@ -125,7 +128,8 @@ function applyOne(run: Runner, target: Target, state: State, rep: IptablesApplyR
       families: moving ? {} : { ...(prev?.families ?? {}) },
       stale: (prev?.stale ?? []).filter((s) => s.backend !== backend),
     };
-    const { changed, errors } = applyFamilies(run, ns, p, next, moving ? undefined : prev);
+    const { changed, errors, drifted } = applyFamilies(run, ns, p, next, moving ? undefined : prev);
+    for (const family of drifted) rep.repaired.push({ policy: p.name, netns: t.path, family });
     if (moving) {
       if (errors.length) {
         const reason = undoMove(run, ns, t.id, state, moving, next, errors);
@@ -160,9 +164,10 @@ function applyFamilies(
   p: Policy,
   next: NetnsState,
   prev: NetnsState | undefined,
-): { changed: string[]; errors: string[] } {
+): { changed: string[]; errors: string[]; drifted: string[] } {
   const changed: string[] = [];
   const errors: string[] = [];
+  const drifted: string[] = [];
   for (const family of [4, 6] as const) {
     const f = fkey(family);
     try {
@@ -175,6 +180,7 @@ function applyFamilies(
           ...(Object.keys(w.cgroups).length ? { cgroups: w.cgroups } : {}),
         };
         changed.push(`ipv${family}`);
+        if (w.drift) drifted.push(`ipv${family}`);
       } else if (w.kind === 'remove') {
         if (w.input) run.restore(ns, next.backend, family, w.input);
         delete next.families[f];
@@ -184,7 +190,7 @@ function applyFamilies(
       errors.push(`IPv${family}: ${(e as Error).message}`);
     }
   }
-  return { changed, errors };
+  return { changed, errors, drifted };
 }
 
 /** A backend move the new backend did not take whole: take back what it took, keep the old rules. */

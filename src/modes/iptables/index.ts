@@ -20,6 +20,7 @@ import { applyRules, removeEntry, type IptablesApplyReport, type Removal } from 
 import { iptablesStatus } from './status.js';
 import { iptablesVerify } from './verify.js';
 import { readState, writeState } from './state.js';
+import { iptablesMetrics, iptablesReadiness } from './metrics.js';
 
 interface IptablesPlan extends Plan {
   readonly resolved: Resolved;
@@ -112,6 +113,7 @@ export class IptablesMode implements Mode {
     this.last = r;
     const notes: Note[] = [...plan.notes];
     const outcomes = new Map(plan.policies.map((o) => [o.policy, o]));
+    const file = (policy: string) => outcomes.get(policy)?.file;
     for (const sk of r.skipped) {
       const o = outcomes.get(sk.policy);
       if (o && o.state === 'applied') outcomes.set(sk.policy, { ...o, state: 'waiting', reason: sk.reason });
@@ -119,7 +121,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'skipped',
         message: `${sk.policy}: not applied in iptables mode: ${sk.reason}`,
-        fields: { mode: 'iptables', policy: sk.policy, reason: sk.reason },
+        fields: { mode: 'iptables', policy: sk.policy, file: file(sk.policy), reason: sk.reason },
       });
     }
     for (const f of r.failed) {
@@ -129,7 +131,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'apply_failed',
         message: `${f.policy}: ${f.reason}`,
-        fields: { mode: 'iptables', ...f },
+        fields: { mode: 'iptables', ...f, file: file(f.policy) },
       });
     }
     for (const rm of r.removed) {
@@ -139,6 +141,14 @@ export class IptablesMode implements Mode {
         event: failed ? 'remove_failed' : 'removed',
         message: rm.detail,
         fields: { mode: 'iptables', ...rm },
+      });
+    }
+    for (const x of r.repaired) {
+      notes.push({
+        level: 'warn',
+        event: 'repaired',
+        message: `${x.policy}: our ${x.family === 'ipv4' ? 'IPv4' : 'IPv6'} rules in netns ${x.netns} were not as applied (a flushed chain or an edited rule: not done by this agent); restored`,
+        fields: { mode: 'iptables', ...x },
       });
     }
     const removed = r.removed.filter((x) => x.outcome !== 'failed').length;
@@ -157,6 +167,14 @@ export class IptablesMode implements Mode {
 
   verify(req: VerifyRequest) {
     return iptablesVerify(this.run, this.stateFile, req);
+  }
+
+  metrics() {
+    return iptablesMetrics(this.run, this.stateFile);
+  }
+
+  readiness() {
+    return iptablesReadiness(this.stateFile);
   }
 
   /** Removes our rules from every remembered netns; the state keeps what could not be removed. */

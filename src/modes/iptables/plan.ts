@@ -30,7 +30,14 @@ export interface Resolved {
 export type FamilyWork =
   | { family: Family; kind: 'unused' }
   | { family: Family; kind: 'in-sync' }
-  | { family: Family; kind: 'restore'; input: string; rendered: string; cgroups: Record<string, string> }
+  | {
+      family: Family;
+      kind: 'restore';
+      input: string;
+      rendered: string;
+      cgroups: Record<string, string>;
+      drift?: boolean;
+    }
   | { family: Family; kind: 'remove'; input: string | null };
 
 export interface PlanEntry {
@@ -158,7 +165,16 @@ export function familyWork(
   ) {
     return { family, kind: 'in-sync' };
   }
-  return { family, kind: 'restore', input: restoreInput(p, family, save, bypassCgroups), rendered, cgroups };
+  // Same rules wanted as applied, yet the netns holds others: someone flushed or edited them.
+  const drift = prev !== undefined && prev.rendered === rendered && sameIds(prev.cgroups ?? {}, cgroups);
+  return {
+    family,
+    kind: 'restore',
+    input: restoreInput(p, family, save, bypassCgroups),
+    rendered,
+    cgroups,
+    ...(drift ? { drift } : {}),
+  };
 }
 
 /** The dry run: per target, the exact restore inputs; targets that cannot be read join the skipped. */

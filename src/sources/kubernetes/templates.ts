@@ -1,7 +1,9 @@
 // templates.ts — the RedirectPolicyTemplate documents of the policy directory, for the Kubernetes
 // source; files are parsed again only when they changed (read() runs on every pod cgroup event).
-import { stat } from 'node:fs/promises';
-import { loadPolicyFile, policyFiles, formatError, type FileResult } from '../../policy/load.js';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loadPolicyFile, formatError, type FileResult } from '../../policy/load.js';
+import { checkPolicyDir, isPolicyName } from '../../policy/read.js';
 import type { PolicyTemplate } from '../../policy/template.js';
 import type { SourceError } from '../source.js';
 
@@ -23,8 +25,9 @@ export class TemplateDir {
     try {
       files = await policyFiles(this.dir);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-      return { templates, errors: [{ source: 'kubernetes', object: this.dir, message: `cannot read: ${code}` }] };
+      const code = (e as NodeJS.ErrnoException).code;
+      const message = code ? `cannot read: ${code}` : (e as Error).message;
+      return { templates, errors: [{ source: 'kubernetes', object: this.dir, message }] };
     }
     const seen = new Set<string>();
     for (const file of files) {
@@ -61,4 +64,13 @@ export class TemplateDir {
     for (const [n, t] of templates) if ('__conflict' in t.spec) templates.delete(n);
     return { templates, errors };
   };
+}
+
+/** The policy files of the directory, checked like the files source checks it (owner, mode). */
+async function policyFiles(dir: string): Promise<string[]> {
+  await checkPolicyDir(dir);
+  return (await readdir(dir))
+    .filter(isPolicyName)
+    .sort()
+    .map((n) => join(dir, n));
 }
