@@ -208,6 +208,20 @@ kernelDescribe('metrics and health endpoint', () => {
       expect((await get(`${base}/healthz`)).status).toBe(200);
       expect((await get(`${base}/nothing`)).status).toBe(404);
 
+      // Its first passes are over (the start's, and the one its cgroup watches ask for once in place): with
+      // --interval 60 and no change nothing else makes it reconcile, so what follows is seen before a repair.
+      const passes = async () =>
+        /^meshredir_reconcile_duration_seconds_count (\d+)$/m.exec((await get(`${base}/metrics`)).body)?.[1];
+      let seen = { n: await passes(), at: Date.now() };
+      await until(
+        async () => {
+          const n = await passes();
+          if (n !== seen.n) seen = { n, at: Date.now() };
+          return Date.now() - seen.at >= 500;
+        },
+        'the agent quiet',
+        agent,
+      );
       // A link detached behind the agent's back: not ready at once (no pass needed to notice).
       sh('bpftool', ['link', 'detach', 'pinned', join(env.bpffs, 'links', 'mr_connect4')]);
       expect(await ready()).toEqual({ status: 503, body: 'not ok: detached: mr_connect4\n' });

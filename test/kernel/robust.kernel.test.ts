@@ -51,6 +51,9 @@ kernelDescribe('the agent against operators and bad files', () => {
     env.stateDir,
     '--mode',
     'ebpf',
+    // Any free loopback port: two agents started together must meet at the lock, not at the default port.
+    '--metrics-address',
+    '127.0.0.1:0',
     '--interval',
     String(INTERVAL),
     ...extra,
