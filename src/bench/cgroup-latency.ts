@@ -10,7 +10,7 @@ import { EbpfMode } from '../modes/ebpf/index.js';
 import { Pins } from '../modes/ebpf/pins.js';
 import { cgroupId } from '../util/host.js';
 import type { Lab } from './lab.js';
-import type { BenchOptions, Missing, Sample } from './bench.js';
+import type { BenchOptions, Missing, Sample } from './types.js';
 
 /** mkdir/rmdir pairs per round. */
 const PER_ROUND = 20;
