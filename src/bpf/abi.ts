@@ -149,8 +149,8 @@ export const POLICY_MAPS = [
   'mr_cidrs',
   'mr_slots',
 ] as const;
-// ---- Inbound (sk_lookup): bpf/mr_inbound.h. Kept apart from MAPS/PROGRAMS, which the outbound
-// attach path walks (its programs all attach to the cgroup root); the inbound part owns these. ----
+// ---- Inbound (sk_lookup): bpf/mr_inbound.h. Kept apart from MAPS, whose whole content the outbound
+// part writes; the inbound part (src/modes/ebpf/inbound*.ts) owns these. ----
 export const inAddrKey = struct('mr_in_addr_key', { family: 'u32', addr: { bytes: 16 } });
 export const inDest = struct('mr_in_dest', { slot: 'u32', flags: 'u32' });
 export const inSockKey = struct('mr_in_sock_key', { slot: 'u32', family: 'u32' });
@@ -179,10 +179,9 @@ export const INBOUND_MAPS = {
   mr_in_stats: { key: u32, value: inStatsValue },
 } as const;
 export type InboundMapName = keyof typeof INBOUND_MAPS;
-/** mr_sklookup attaches to each pod's netns; mr_in_origdst to the cgroup root, after mr_getsockopt. */
+/** mr_sklookup attaches to each pod's netns (mr_in_origdst, at the cgroup root, is in PROGRAMS). */
 export const INBOUND_PROGRAMS = {
   mr_sklookup: { attach: 'sk_lookup' },
-  mr_in_origdst: { attach: 'cgroup/getsockopt' },
 } as const;
 
 export const STRUCT_CODECS = [
@@ -213,6 +212,9 @@ export const STRUCT_CODECS = [
 export const PROGRAMS = {
   mr_sockops: { attach: 'sockops' },
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
+  // Inbound: SO_ORIGINAL_DST of sockets accepted from a registered listener, after outbound's answer.
+  // Inert without such sockets, so always attached.
+  mr_in_origdst: { attach: 'cgroup/getsockopt' },
   mr_setsockopt: { attach: 'cgroup/setsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },

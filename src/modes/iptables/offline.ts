@@ -3,7 +3,9 @@
 import type { Policy } from '../../policy/schema.js';
 import { underRoot } from '../../policy/scope.js';
 import type { DryRun } from '../mode.js';
-import { renderRestore, unsupported, ignoredFields, families } from './rules.js';
+import { unsupported, ignoredFields, families } from './rules.js';
+import { renderPolicy } from './tables.js';
+import { routeCommands, tproxyRoutes } from './tproxy.js';
 
 /** Policies that would end up in one netns, as far as the files alone can tell. */
 export function sharedNetns(policies: Policy[]): Map<string, string> {
@@ -45,7 +47,13 @@ export function renderFiles(policies: Policy[], o: { family?: 4 | 6; lockWait: n
       out.push(
         `# ${p.name} (${p.file}), IPv${family}: the agent runs \`${tool}-<nft|legacy>-restore --noflush -w ${o.lockWait}\` in the pod netns with this input\n` +
           `# (the -A OUTPUT/-A PREROUTING jump lines are left out where that netns already has them)\n`,
-        renderRestore(p, { family }),
+        renderPolicy(p, family),
+        ...tproxyRoutes(p, family).map(
+          (r) =>
+            `# then, when missing: ${routeCommands(r)
+              .map((c) => c.join(' '))
+              .join('; ')}\n`,
+        ),
       );
     }
   }
