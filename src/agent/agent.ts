@@ -8,6 +8,9 @@ import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
 
+/** How often the mode's pulse is taken between reconciles. */
+const PULSE_MS = 1000;
+
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
   chosen: 'ebpf' | 'iptables';
@@ -43,6 +46,7 @@ export class Agent {
   private readonly sources: PolicySource[];
   private state?: AgentState;
   private timer?: NodeJS.Timeout;
+  private pulseTimer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
 
@@ -181,12 +185,25 @@ export class Agent {
       for (const s of this.sources) s.poll?.();
       void this.queue('interval');
     }, this.opts.interval * 1000);
+    // What the mode watches between reconciles (a proxy's listener closing or coming back) starts one at once.
+    if (this.mode.pulse) {
+      this.pulseTimer = setInterval(() => {
+        let why: string | null = null;
+        try {
+          why = this.mode.pulse!();
+        } catch (e) {
+          this.log.debug({ event: 'pulse_failed', err: e }, (e as Error).message);
+        }
+        if (why) void this.queue(why);
+      }, PULSE_MS);
+    }
     return first;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    clearInterval(this.pulseTimer);
     for (const s of this.sources) await s.stop();
     await this.running;
     if (!this.opts.cleanupOnExit) {

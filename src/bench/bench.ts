@@ -14,8 +14,9 @@ import type { NetnsStatus } from '../modes/iptables/status.js';
 import { stats } from '../modes/ebpf/counters.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
+import { INBOUND_MODES, inboundSteps, runInbound } from './inbound.js';
 
-export const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'control'] as const;
+export const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'inbound', 'control'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 export interface BenchOptions {
@@ -76,6 +77,7 @@ export const MODES: Record<Exclude<Scenario, 'control'>, string[]> = {
   scale: ['iptables', 'ebpf'],
   proxy: ['direct', 'explicit', 'iptables', 'ebpf', 'ebpf+sk_msg'],
   hop: ['ebpf', 'ebpf+sk_msg'],
+  inbound: [...INBOUND_MODES], // inbound.ts
 };
 
 /** How many measurements a run makes with the modes that can run (for progress and its estimate). */
@@ -90,6 +92,7 @@ export function plannedSteps(
     scale: modes('scale') * 3, // × 3 policy sizes
     proxy: modes('proxy') * 2, // × (crr, rr)
     hop: modes('hop') * hopSizes.length * 2, // × sizes × (rr, stream)
+    inbound: inboundSteps(modes('inbound')),
     control: 1,
   };
   return only.reduce((a, s) => a + per[s] * rounds, 0);
@@ -488,6 +491,23 @@ spec:
       use('direct');
       await stop(echo);
       await stop(sink);
+    }
+
+    if (o.only.includes('inbound')) {
+      use('direct'); // the outbound scenarios' programs and rules off: inbound.ts puts in force its own
+      await runInbound({
+        lab,
+        rounds: o.rounds,
+        duration: o.duration,
+        warmup: WARMUP,
+        mrload: o.mrload,
+        object: o.object,
+        app,
+        unavailable,
+        samples,
+        missing,
+        tick,
+      });
     }
 
     if (o.only.includes('control')) {

@@ -146,6 +146,7 @@ export function takeFd(pid: number, fd: number): number {
 }
 
 const SOL_SOCKET = 1;
+const SO_REUSEPORT = 15;
 const SO_ACCEPTCONN = 30;
 const SO_PROTOCOL = 38;
 const SO_DOMAIN = 39;
@@ -179,6 +180,8 @@ export interface SocketFacts {
   v6only: boolean;
   /** IP_TRANSPARENT (IPV6_TRANSPARENT): what TPROXY needs of its listener. */
   transparent: boolean;
+  /** SO_REUSEPORT: one of a group (the kernel's selection runs over the group it is assigned from). */
+  reuseport: boolean;
   local: { bytes: number[]; port: number };
 }
 
@@ -215,6 +218,7 @@ export function socketFacts(fd: number): SocketFacts {
       family === 4
         ? sockopt(fd, SOL_IP, IP_TRANSPARENT, 4) === 1n
         : sockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, 4) === 1n,
+    reuseport: sockopt(fd, SOL_SOCKET, SO_REUSEPORT, 4) === 1n,
     local,
   };
 }

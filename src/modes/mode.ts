@@ -136,4 +136,9 @@ export interface Mode {
   verify(req: VerifyRequest): Promise<VerifyStep[]>;
   /** Removes everything the mode made. Idempotent. */
   cleanup(opts: { force?: boolean }): CleanupReport;
+  /**
+   * A cheap look between reconciles, which the agent takes every second: a reason to reconcile now, or
+   * null. (eBPF inbound: a registered proxy listener closed, a listener appeared, a pod's netns went.)
+   */
+  pulse?(): string | null;
 }

@@ -181,6 +181,7 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
       'mr_getpeername4',
       'mr_getpeername6',
       'mr_getsockopt',
+      'mr_in_origdst',
       'mr_setsockopt',
       'mr_skmsg',
       'mr_sockops',

@@ -80,7 +80,15 @@ export function cleanupPins(pins: Pins, opts: { force?: boolean; drainMs?: numbe
       out.unpinned.push(pin);
     }
   }
-  const dirs = [pins.linksDir, pins.mapsDir, pins.bpffs];
+  // Programs pinned to attach later (the inbound part's): nothing runs them once their links are gone.
+  if (existsSync(pins.progsDir)) {
+    for (const name of readdirSync(pins.progsDir)) {
+      const pin = pins.progPin(name);
+      rmSync(pin, { force: true });
+      out.unpinned.push(pin);
+    }
+  }
+  const dirs = [pins.linksDir, pins.mapsDir, pins.progsDir, pins.bpffs];
   for (const d of dirs) {
     try {
       if (existsSync(d) && statSync(d).isDirectory() && readdirSync(d).length === 0) rmdirSync(d);
@@ -89,7 +97,9 @@ export function cleanupPins(pins: Pins, opts: { force?: boolean; drainMs?: numbe
     }
   }
   const foreign = dirs.filter(
-    (d) => existsSync(d) && readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps'),
+    (d) =>
+      existsSync(d) &&
+      readdirSync(d).some((n) => !keep.has(join(d, n)) && n !== 'links' && n !== 'maps' && n !== 'progs'),
   );
   if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
   return out;

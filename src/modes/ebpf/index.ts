@@ -1,6 +1,7 @@
 // index.ts — the eBPF mode: meshredir.bpf.o loaded (or re-adopted) with its maps and links pinned under
 // the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
-// process, cleanup that keeps what open fast-path sockets still use.
+// process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
+// traffic feature is a part (part.ts) called at every step: inbound (sk_lookup) today.
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
@@ -23,9 +24,12 @@ import { fastPath, pendingDrift } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
+import { InboundPart } from './inbound.js';
+import type { InboundPlan } from './inbound-plan.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
+  readonly inbound: InboundPlan;
 }
 
 export class EbpfMode implements Mode {
@@ -36,9 +40,11 @@ export class EbpfMode implements Mode {
   private expectedMaps = new Map<string, number | undefined>();
   /** The gap between the pending gauge and the records, at the last apply. */
   private lastDrift = 0n;
+  readonly inbound: InboundPart;
 
   constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
     this.pins = new Pins(cfg.bpffs);
+    this.inbound = new InboundPart(this.pins);
   }
 
   /** Where to attach and what to load: only plan and apply need it. */
@@ -58,6 +64,7 @@ export class EbpfMode implements Mode {
 
   plan(policies: Policy[]): EbpfPlan {
     const desired = this.desired(policies);
+    const inbound = this.inbound.plan(desired, policies);
     const outside = outsideRoot(policies, cgroupPathOf(this.attach.cgroupRoot));
     const notes: Note[] = outside.map((o) => ({
       level: 'warn',
@@ -69,30 +76,36 @@ export class EbpfMode implements Mode {
       mode: 'ebpf',
       input: policies,
       desired,
+      inbound,
       policies: outcomes(policies, desired),
       notes,
-      render: () => ({
-        json: {
-          mode: 'ebpf',
-          slots:
-            desired.slotsFrom === 'pins'
-              ? `kept from the pinned mr_slots under ${this.cfg.bpffs}`
-              : 'assigned anew (nothing pinned)',
-          unresolved: desired.unresolved,
-          outsideRoot: outside,
-          rejected: desired.rejected.map((r) => r.message),
-          entries: desired.entries,
-        },
-        messages: [
-          ...desired.unresolved.map(
-            (u) =>
-              `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
-          ),
-          ...desired.rejected.map((r) => r.message),
-          ...outside.map((x) => x.message),
-        ],
-        ok: desired.rejected.length === 0,
-      }),
+      render: () => {
+        const ib = this.inbound.render(inbound);
+        return {
+          json: {
+            mode: 'ebpf',
+            slots:
+              desired.slotsFrom === 'pins'
+                ? `kept from the pinned mr_slots under ${this.cfg.bpffs}`
+                : 'assigned anew (nothing pinned)',
+            unresolved: desired.unresolved,
+            outsideRoot: outside,
+            rejected: desired.rejected.map((r) => r.message),
+            entries: desired.entries,
+            inbound: ib.json,
+          },
+          messages: [
+            ...desired.unresolved.map(
+              (u) =>
+                `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
+            ),
+            ...desired.rejected.map((r) => r.message),
+            ...outside.map((x) => x.message),
+            ...ib.messages,
+          ],
+          ok: desired.rejected.length === 0,
+        };
+      },
     };
   }
 
@@ -104,8 +117,14 @@ export class EbpfMode implements Mode {
       loaded = true;
     }
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
-    const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
-    const { writes, deletes } = writeEntries(this.pins, desired.entries);
+    const again = loaded || !(plan as EbpfPlan).desired;
+    const desired = again ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    const inboundPlan = again ? this.inbound.plan(desired, plan.input) : (plan as EbpfPlan).inbound;
+    let { writes, deletes } = writeEntries(this.pins, desired.entries);
+    const ib = this.inbound.apply(inboundPlan);
+    writes += ib.writes;
+    deletes += ib.deletes;
+    notes.push(...ib.notes);
     notes.push(...this.driftNotes());
     for (const x of desired.rejected) {
       notes.push({ level: 'error', event: 'policy_error', message: x.message, fields: { policy: x.name } });
@@ -127,23 +146,16 @@ export class EbpfMode implements Mode {
             },
       );
     }
-    const waiting = new Set(desired.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
-    for (const p of desired.keep) {
-      if (p.proxy.inbound && !waiting.has(p.name)) {
-        notes.push({
-          level: 'warn',
-          event: 'unsupported',
-          message: `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`,
-          fields: { policy: p.name, field: 'spec.proxy.inbound' },
-        });
-      }
-    }
-    return { writes, deletes, loaded, policies: outcomes(plan.input, desired), notes };
+    const policies = outcomes(plan.input, desired).map((o) => {
+      const x = ib.outcomes.get(o.policy);
+      return x && o.state === 'applied' ? { ...o, ...x } : o;
+    });
+    return { writes, deletes, loaded, policies, notes };
   }
 
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
   private load(): LoadReport {
-    const rep = load(this.attach, this.pins);
+    const rep = load(this.attach, this.pins, [this.inbound]);
     this.expectedProgs = new Map(this.pins.links().map((l) => [l.name, l.progId ?? -1]));
     this.expectedMaps = this.pins.mapIds();
     return rep;
@@ -155,7 +167,7 @@ export class EbpfMode implements Mode {
    * written through their pins).
    */
   private intact(): boolean {
-    if (this.expectedProgs.size === 0) return false;
+    if (this.expectedProgs.size === 0 || !this.inbound.intact()) return false;
     const rootId = String(cgroupId(this.attach.cgroupRoot));
     const links = this.pins.links();
     if (links.length !== this.expectedProgs.size) return false;
@@ -184,11 +196,15 @@ export class EbpfMode implements Mode {
   }
 
   status() {
-    return ebpfStatus(this.pins);
+    return ebpfStatus(this.pins, [this.inbound]);
   }
 
   verify(req: VerifyRequest) {
-    return ebpfVerify(this.pins, req);
+    return ebpfVerify(this.pins, req, [this.inbound]);
+  }
+
+  pulse(): string | null {
+    return this.inbound.pulse();
   }
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {

@@ -6,7 +6,7 @@ import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById } from '../../bpf/prog.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
-import { MAPS, INBOUND_MAPS, type MapName, type InboundMapName } from '../../bpf/abi.js';
+import { MAPS, INBOUND_MAPS, inSk, u32, type MapName, type InboundMapName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 
 /** Socket storage maps: pinned, but with no user-space view by key (and no get_next_key). */
@@ -75,6 +75,11 @@ export class Pins {
   openMap<N extends AnyMapName>(name: N): BpfMap<unknown, unknown> {
     const m = CODECS[name] as { key: Codec<unknown>; value: Codec<unknown> };
     return BpfMap.open(this.mapPin(name), name, m.key, m.value);
+  }
+
+  /** The inbound listeners' socket storage, keyed by a socket fd of this process (no iteration). */
+  openStorage(name: 'mr_in_sk'): BpfMap<number, { slot: number; flags: number }> {
+    return BpfMap.open(this.mapPin(name), name, u32, inSk);
   }
 
   /** Opens the maps, runs fn, closes them. */

@@ -1,7 +1,7 @@
 // verify.ts — the eBPF self-check for a cgroup: policy → programs attached above it → redirected to the
 // proxy → record for the proxy → getpeername → proxy listening. The connect itself is made by a throwaway
 // process (verify-child.ts) in the cgroup and its netns, in TCP_REPAIR mode: the real hooks run and no
-// packet is sent anywhere.
+// packet is sent anywhere. Then the checks of each part that serves the policy (inbound).
 import { fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -15,6 +15,7 @@ import { Checks } from '../checks.js';
 import type { VerifyRequest, VerifyStep } from '../mode.js';
 import type { Pins } from './pins.js';
 import type { ChildRequest, ChildResult } from './verify-child.js';
+import type { EbpfPart } from './part.js';
 
 const CGROUP_PROGRAMS = Object.values(PROGRAMS).filter((p) => p.attach !== 'sk_msg').length;
 
@@ -90,7 +91,11 @@ function runChild(req: ChildRequest): Promise<ChildResult> {
   });
 }
 
-export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> {
+export function ebpfVerify(
+  pins: Pins,
+  o: VerifyRequest,
+  parts: Pick<EbpfPart<unknown>, 'covers' | 'verify'>[] = [],
+): Promise<VerifyStep[]> {
   return Checks.run(async (c: Checks) => {
     const mount = requireCgroup2();
     const dir = cgroupArgDir(o.cgroup, mount);
@@ -118,61 +123,76 @@ export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> 
         'policy',
         `${o.cgroup} is a bypass (proxy) cgroup of policy ${cov.policy}: its connections are never redirected`,
       );
-    const dest = o.dest ?? (cov.proxy4 ? '192.0.2.1:80' : '[2001:db8::1]:80');
-    const proxy = dest.startsWith('[') ? cov.proxy6 : cov.proxy4;
-    if (!proxy) c.fail('policy', `policy ${cov.policy} has no proxy for ${dest.startsWith('[') ? 'IPv6' : 'IPv4'}`);
-    c.ok('policy', `${cov.policy} → proxy ${proxy}`);
-
-    const netns = o.netns ?? podNetns(dir);
-    const pe = endpoint(proxy);
-    let res: ChildResult;
-    try {
-      res = await runChild({
-        cgroupDir: dir,
-        netns,
-        bpffs: pins.bpffs,
-        dest: endpoint(dest),
-        proxy: pe,
-        proxyLoopback: isLoopback(pe),
-      });
-    } catch (e) {
-      c.fail('probe', `the throwaway process failed: ${(e as Error).message}`);
-    }
-    const where = netns
-      ? `in netns ${netns}`
-      : 'in the current netns (no process in the cgroup to take the pod netns from; pass --netns)';
-    if (res.connect !== 'ok') c.fail('redirect', `connect(${dest}) ${where} failed: ${res.connect}`);
-    if (!res.record)
-      c.fail(
-        'redirect',
-        `connect(${dest}) from ${res.local} was not redirected to ${proxy}: no record for the proxy to read (counters: meshredir status)`,
-      );
-    const recorded =
-      res.record.family === AF_INET
-        ? `${res.record.addr}:${res.record.port}`
-        : `[${res.record.addr}]:${res.record.port}`;
-    const want = ((d) =>
-      `${d.family === 4 ? ipaddr.fromByteArray(d.bytes).toString() : `[${ipaddr.fromByteArray(d.bytes).toString()}]`}:${d.port}`)(
-      endpoint(dest),
-    );
-    if (recorded !== want) c.fail('original destination', `the proxy would read ${recorded}, not ${dest}`);
-    c.ok('redirect', `connect(${dest}) ${where} went to ${proxy}`);
-    c.ok('original destination', `the proxy's SO_ORIGINAL_DST would answer ${recorded}`);
-    if (res.peer !== want) c.fail('getpeername', `the application would see ${res.peer}, not ${dest}`);
-    c.ok('getpeername', `the application sees ${res.peer}`);
-
-    // The proxy listens in the pod netns (sidecar) or in the netns of its own processes (node proxy).
-    const proxyPids = cov.bypassIds.flatMap((id) => {
-      const path = cgroupPathById(id);
-      return path === null ? [] : subtreePids(cgroupDir(path, mount));
-    });
-    const listening =
-      res.proxyListening || proxyPids.some((pid) => accepts(listenersOf(`/proc/${pid}/net`), pe.bytes, pe.port));
-    if (!listening)
-      c.fail(
-        'proxy',
-        `nothing listens on ${proxy} (looked in the pod netns and in the netns of ${proxyPids.length} process(es) of the policy's bypass cgroups)`,
-      );
-    c.ok('proxy', `a socket listens on ${proxy}`);
+    const serving = parts.filter((p) => p.covers(cov.slot));
+    if (!cov.proxy4 && !cov.proxy6 && serving.length) {
+      c.ok('policy', `${cov.policy} (no outbound proxy: inbound only)`);
+    } else await outboundChecks(c, pins, o, dir, cov, mount);
+    for (const p of serving)
+      await p.verify(c, { policy: cov.policy, slot: cov.slot, dir, bypassIds: cov.bypassIds }, o);
   });
+}
+
+/** The outbound chain: a connect from the cgroup is redirected, recorded, answered and listened for. */
+async function outboundChecks(
+  c: Checks,
+  pins: Pins,
+  o: VerifyRequest,
+  dir: string,
+  cov: Coverage,
+  mount: string,
+): Promise<void> {
+  const dest = o.dest ?? (cov.proxy4 ? '192.0.2.1:80' : '[2001:db8::1]:80');
+  const proxy = dest.startsWith('[') ? cov.proxy6 : cov.proxy4;
+  if (!proxy) c.fail('policy', `policy ${cov.policy} has no proxy for ${dest.startsWith('[') ? 'IPv6' : 'IPv4'}`);
+  c.ok('policy', `${cov.policy} → proxy ${proxy}`);
+
+  const netns = o.netns ?? podNetns(dir);
+  const pe = endpoint(proxy);
+  let res: ChildResult;
+  try {
+    res = await runChild({
+      cgroupDir: dir,
+      netns,
+      bpffs: pins.bpffs,
+      dest: endpoint(dest),
+      proxy: pe,
+      proxyLoopback: isLoopback(pe),
+    });
+  } catch (e) {
+    c.fail('probe', `the throwaway process failed: ${(e as Error).message}`);
+  }
+  const where = netns
+    ? `in netns ${netns}`
+    : 'in the current netns (no process in the cgroup to take the pod netns from; pass --netns)';
+  if (res.connect !== 'ok') c.fail('redirect', `connect(${dest}) ${where} failed: ${res.connect}`);
+  if (!res.record)
+    c.fail(
+      'redirect',
+      `connect(${dest}) from ${res.local} was not redirected to ${proxy}: no record for the proxy to read (counters: meshredir status)`,
+    );
+  const recorded =
+    res.record.family === AF_INET ? `${res.record.addr}:${res.record.port}` : `[${res.record.addr}]:${res.record.port}`;
+  const want = ((d) =>
+    `${d.family === 4 ? ipaddr.fromByteArray(d.bytes).toString() : `[${ipaddr.fromByteArray(d.bytes).toString()}]`}:${d.port}`)(
+    endpoint(dest),
+  );
+  if (recorded !== want) c.fail('original destination', `the proxy would read ${recorded}, not ${dest}`);
+  c.ok('redirect', `connect(${dest}) ${where} went to ${proxy}`);
+  c.ok('original destination', `the proxy's SO_ORIGINAL_DST would answer ${recorded}`);
+  if (res.peer !== want) c.fail('getpeername', `the application would see ${res.peer}, not ${dest}`);
+  c.ok('getpeername', `the application sees ${res.peer}`);
+
+  // The proxy listens in the pod netns (sidecar) or in the netns of its own processes (node proxy).
+  const proxyPids = cov.bypassIds.flatMap((id) => {
+    const path = cgroupPathById(id);
+    return path === null ? [] : subtreePids(cgroupDir(path, mount));
+  });
+  const listening =
+    res.proxyListening || proxyPids.some((pid) => accepts(listenersOf(`/proc/${pid}/net`), pe.bytes, pe.port));
+  if (!listening)
+    c.fail(
+      'proxy',
+      `nothing listens on ${proxy} (looked in the pod netns and in the netns of ${proxyPids.length} process(es) of the policy's bypass cgroups)`,
+    );
+  c.ok('proxy', `a socket listens on ${proxy}`);
 }
