@@ -1,12 +1,15 @@
 # Makefile — deps, build (BPF objects + TypeScript), tests, demo. Objects go to build/, never bpf/.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts test test-unit test-kernel demo bench clean
+.PHONY: all deps build bpf ts test test-unit test-kernel demo bench image clean
 
 BUILD     := build
 BPF_SRCS  := $(wildcard bpf/*.bpf.c)
 BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
 CLANG     ?= clang
 BPFTOOL   ?= bpftool
+# The BTF vmlinux.h is generated from: a build input (UAPI constants, local types of CO-RE relocations),
+# not a promise about the kernel the object will run on (libbpf relocates against that kernel's BTF).
+VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Ibpf
 
 all: build
@@ -18,7 +21,7 @@ build: bpf ts
 
 bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer
 
-$(BUILD)/vmlinux.h: /sys/kernel/btf/vmlinux
+$(BUILD)/vmlinux.h: $(VMLINUX_BTF)
 	@mkdir -p $(BUILD)
 	$(BPFTOOL) btf dump file $< format c > $@
 
@@ -62,6 +65,10 @@ demo: build
 
 bench: build
 	node dist/cli/main.js bench $(BENCH_FLAGS)
+
+# The agent's container image, built with podman (scripts/image.sh; docs/image.md).
+image:
+	scripts/image.sh
 
 clean:
 	rm -rf $(BUILD) dist

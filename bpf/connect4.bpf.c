@@ -1,9 +1,13 @@
 /* connect4.bpf.c — cgroup/connect4: sends a covered workload's IPv4 TCP connects to its proxy. */
 #include "mr_common.h"
+#include "mr_dns.h"
 
 SEC("cgroup/connect4")
 int mr_connect4(struct bpf_sock_addr *ctx)
 {
+	int dns = mr_dns_connect(ctx, 0); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
+	if (dns != MR_DNS_NOT_MINE)
+		return dns;
 	/* TCP only: MPTCP and SCTP stream sockets have no record path (sockops is TCP's). */
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP || !ctx->sk)
 		return 1;
@@ -11,7 +15,7 @@ int mr_connect4(struct bpf_sock_addr *ctx)
 	d.addr[0] = ctx->user_ip4;
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p) {
+	if (mr_decide(ctx->sk, &d, &slot, &p) != MR_REDIRECT || !p) {
 		mr_forget(ctx->sk);
 		return 1;
 	}

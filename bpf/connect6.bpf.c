@@ -1,9 +1,13 @@
 /* connect6.bpf.c — cgroup/connect6: IPv6 TCP connects to the IPv6 proxy; v4-mapped ones as IPv4. */
 #include "mr_common.h"
+#include "mr_dns.h"
 
 SEC("cgroup/connect6")
 int mr_connect6(struct bpf_sock_addr *ctx)
 {
+	int dns = mr_dns_connect(ctx, 1); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
+	if (dns != MR_DNS_NOT_MINE)
+		return dns;
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP || !ctx->sk)
 		return 1;
 	__u32 ip6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
@@ -18,7 +22,7 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 	}
 	__u32 slot = 0;
 	struct mr_policy *p = 0;
-	if (mr_decide(&d, &slot, &p) != MR_REDIRECT || !p) {
+	if (mr_decide(ctx->sk, &d, &slot, &p) != MR_REDIRECT || !p) {
 		mr_forget(ctx->sk);
 		return 1;
 	}

@@ -1,10 +1,13 @@
 /* getpeername.bpf.c — cgroup/getpeername4|6: a redirected application sees its original destination
  * as its peer, as it would under NAT. */
 #include "mr_common.h"
+#include "mr_dns.h"
 
 SEC("cgroup/getpeername4")
 int mr_getpeername4(struct bpf_sock_addr *ctx)
 {
+	if (mr_dns_getpeername(ctx, 0)) /* a captured DNS socket: bpf/mr_dns.h */
+		return 1;
 	if (!ctx->sk)
 		return 1;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
@@ -18,6 +21,8 @@ int mr_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int mr_getpeername6(struct bpf_sock_addr *ctx)
 {
+	if (mr_dns_getpeername(ctx, 1)) /* a captured DNS socket: bpf/mr_dns.h */
+		return 1;
 	if (!ctx->sk)
 		return 1;
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);

@@ -9,6 +9,7 @@
 enum mr_limit {
 	MR_MAX_POLICIES = 4096,   /* policy slots; slot 0 is the global (no policy) counter slot */
 	MR_MAX_CGROUP_DEPTH = 32, /* how far up the cgroup tree a policy lookup walks */
+	MR_MAX_MARKS = 8,         /* bypass marks per policy (spec.proxy.bypass.marks), kept in mr_policy */
 };
 
 /* mr_cgroups value: what a cgroup id means to us. */
@@ -30,6 +31,13 @@ enum mr_policy_flag {
 	MR_F_INCLUDE_CIDRS = 1u << 3,     /* only destinations whose longest match is MR_ACT_INCLUDE */
 	MR_F_REDIRECT_LOOPBACK = 1u << 4, /* loopback destinations are redirected too */
 	MR_F_ACCELERATE = 1u << 5,        /* reserved for the sk_msg fast path */
+	MR_F_BYPASS_MARKS = 1u << 6,      /* marks[] holds bypass marks: only then is the socket's mark read */
+};
+
+/* A socket mark that bypasses: (SO_MARK & mask) == value, as iptables' -m mark --mark value/mask. */
+struct mr_mark {
+	__u32 value;
+	__u32 mask; /* 0 ends the list (the schema refuses a zero mask, which would match every socket) */
 };
 
 struct mr_policy {
@@ -38,6 +46,7 @@ struct mr_policy {
 	__u8 proxy6_addr[16];
 	__be16 proxy4_port;
 	__be16 proxy6_port;
+	struct mr_mark marks[MR_MAX_MARKS]; /* in the value, not a map of its own: no lookup per connect */
 };
 
 /* mr_owners key: uid/gid bypass of a policy slot. Value: __u8 1. */
@@ -165,6 +174,7 @@ struct mr_stats {
 	__u64 msg_slow;        /* messages of accelerated sockets that took the TCP path */
 	__u64 msg_resumed;     /* times a socket went back to the fast path once TCP had drained */
 	__u64 ulp_refused;     /* setsockopt(TCP_ULP) (kTLS) refused on an accelerated socket */
+	__u64 bypass_mark;     /* the socket's mark (SO_MARK) is a bypass mark */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with
@@ -232,6 +242,78 @@ struct mr_in_stats {
 	__u64 origdst_served;   /* SO_ORIGINAL_DST answered with the local address of an accepted socket */
 };
 
+/* ---- DNS capture (bpf/mr_dns.h, bpf/dns.bpf.c; docs/dns-design.md) ---- */
+
+/* mr_dns_pol: a policy slot's DNS capture. Port-53 queries of the slot's cgroups go to the DNS proxy of
+ * their family: UDP by connect (connected sockets) and sendmsg (unconnected sendto), TCP by connect
+ * when MR_DNS_F_TCP. Which destinations: every one (MR_DNS_F_ALL) or those in mr_dns_ns. */
+enum mr_dns_flag {
+	MR_DNS_F_PROXY4 = 1u << 0, /* proxy4_* set: IPv4 (and v4-mapped) queries are captured */
+	MR_DNS_F_PROXY6 = 1u << 1, /* proxy6_* set: IPv6 queries are captured */
+	MR_DNS_F_ALL = 1u << 2,    /* any destination on port 53, not only mr_dns_ns */
+	MR_DNS_F_TCP = 1u << 3,    /* TCP port 53 too (else TCP 53 follows the outbound decision) */
+};
+
+struct mr_dns_policy {
+	__u32 flags;
+	__be32 proxy4_addr;
+	__u8 proxy6_addr[16];
+	__be16 proxy4_port;
+	__be16 proxy6_port;
+};
+
+/* mr_dns_ns key: a nameserver whose port-53 queries a slot captures. Value: __u8 1. */
+struct mr_dns_ns_key {
+	__u32 slot;
+	__u8 family;   /* AF_INET (v4-mapped destinations are looked up as IPv4) or AF_INET6 */
+	__u8 pad[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+/* An address and port; IPv4 (also v4-mapped, unmapped) in addr[0..3] with family AF_INET. */
+struct mr_dns_ep {
+	__u8 family;
+	__u8 pad;
+	__be16 port;
+	__u8 addr[16];
+};
+
+/* mr_dns_socks: one entry per captured socket, keyed by its socket cookie (__u64), written by the
+ * connect/sendmsg hooks and deleted by cgroup/sock_release when the socket is closed. A datagram
+ * socket has one entry per proxy family (last[0]: IPv4 proxy, last[1]: IPv6 proxy) holding the
+ * nameserver it last sent to through that proxy: replies from that proxy are shown as coming from it
+ * (recvmsg). A socket whose connect() was captured also has conn (getpeername). */
+enum mr_dns_sock_flag {
+	MR_DNS_S_CONNECTED = 1u << 0, /* conn is the original peer of a captured connect() */
+	MR_DNS_S_LAST4 = 1u << 1,     /* last[0] is set */
+	MR_DNS_S_LAST6 = 1u << 2,     /* last[1] is set */
+	MR_DNS_S_TCP = 1u << 3,       /* a TCP socket (captured connect to TCP port 53) */
+};
+struct mr_dns_last {
+	struct mr_dns_ep orig;  /* the nameserver the application asked */
+	struct mr_dns_ep proxy; /* where the query went instead */
+};
+struct mr_dns_sock {
+	__u32 slot;
+	__u32 flags;
+	struct mr_dns_ep conn;
+	struct mr_dns_last last[2];
+};
+
+/* mr_dns_stats: per-CPU counters per policy slot (slot 0: events not tied to a policy). Only port-53
+ * traffic of covered cgroups is counted. */
+struct mr_dns_stats {
+	__u64 udp_connect;   /* UDP connect() sent to the DNS proxy */
+	__u64 udp_sendmsg;   /* unconnected sendto()/sendmsg() sent to the DNS proxy */
+	__u64 tcp_connect;   /* TCP connect() sent to the DNS proxy */
+	__u64 replies;       /* datagrams from the DNS proxy shown as from the nameserver asked */
+	__u64 peername;      /* getpeername() answered with the nameserver asked */
+	__u64 bypass_cgroup; /* port 53 from a bypass (proxy) cgroup */
+	__u64 bypass_owner;  /* port 53 from a bypass uid/gid */
+	__u64 bypass_dest;   /* port 53 to a destination not captured (not listed, proxy itself, family) */
+	__u64 err_full;      /* mr_dns_socks full (or no memory): the call failed with EPERM (fail closed) */
+};
+
 /* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
  * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
  * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
@@ -247,6 +329,8 @@ struct mr_abi {
 	enum mr_gauge gauge;
 	enum mr_in_flag in_flag;
 	enum mr_in_sk_flag in_sk_flag;
+	enum mr_dns_flag dns_flag;
+	enum mr_dns_sock_flag dns_sock_flag;
 };
 
 #endif

@@ -195,11 +195,29 @@ static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 	return 0;
 }
 
+/* Whether the socket's mark (SO_MARK, set before connect) is one of the policy's bypass marks. Read only
+ * for a policy that has marks (MR_F_BYPASS_MARKS): the others pay one flag test. The sock_addr context's
+ * sk (Linux 5.3) is a struct bpf_sock, whose mark field the verifier lets these programs read. */
+static __always_inline int mr_mark_bypass(const struct bpf_sock *sk, const struct mr_policy *p)
+{
+	if (!(p->flags & MR_F_BYPASS_MARKS) || !sk)
+		return 0;
+	__u32 mark = sk->mark;
+	for (int i = 0; i < MR_MAX_MARKS; i++) {
+		if (p->marks[i].mask == 0)
+			return 0;
+		if ((mark & p->marks[i].mask) == p->marks[i].value)
+			return 1;
+	}
+	return 0;
+}
+
 enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1 };
 
-/* Decides whether a connect to d by the calling task is redirected. On MR_REDIRECT, *slot and
- * *pol are set. Counts every bypass under its reason. */
-static __always_inline int mr_decide(const struct mr_dst *d, __u32 *slot, struct mr_policy **pol)
+/* Decides whether a connect to d on socket sk by the calling task is redirected. On MR_REDIRECT, *slot
+ * and *pol are set. Counts every bypass under its reason. */
+static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_dst *d, __u32 *slot,
+				     struct mr_policy **pol)
 {
 	struct mr_cg_entry *cg = mr_task_cgroup();
 	if (!cg)
@@ -221,6 +239,11 @@ static __always_inline int mr_decide(const struct mr_dst *d, __u32 *slot, struct
 	if (d->family == AF_INET ? (d->addr[0] == p->proxy4_addr && d->port == p->proxy4_port)
 				 : (d->port == p->proxy6_port && mr_eq6(d->addr, p->proxy6_addr))) {
 		MR_COUNT(s, bypass_proxy);
+		return MR_PASS;
+	}
+
+	if (mr_mark_bypass(sk, p)) {
+		MR_COUNT(s, bypass_mark);
 		return MR_PASS;
 	}
 

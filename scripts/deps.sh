@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make gcc libc6-dev python3 util-linux)
+# DNS capture tests: dnsmasq (the binary only, no system service) as nameserver and DNS proxy; dig.
+pkgs+=(dnsmasq-base bind9-dnsutils)
+# The container image (make image, its kernel test): podman with Debian's runc, debootstrap for the base.
+pkgs+=(podman runc debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,12 +1,15 @@
 // agent.ts — the node agent: its sources of policies (desired state) → the mode's plan → apply, on start,
-// whenever a source changes (debounced by the source) and periodically; one reconcile at a time.
-import { renameSync } from 'node:fs';
+// whenever a source changes (debounced by the source) and periodically; one reconcile at a time. It runs
+// alone on its installation (lock.ts) and beats a heartbeat after every completed pass.
+import { existsSync, renameSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { Mode, Note } from '../modes/mode.js';
+import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
+import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
 import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
+import { AgentLocks } from './lock.js';
 
 /** How often the mode's pulse is taken between reconciles. */
 const PULSE_MS = 1000;
@@ -39,7 +42,24 @@ export interface ReconcileResult {
   errors: string[];
   warnings: string[];
   policies: number;
+  /** Every policy's outcome (applied, waiting, rejected, failed) with its file. */
+  outcomes: PolicyOutcome[];
 }
+
+/** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
+export interface PassHealth {
+  at: Date;
+  ok: boolean;
+  reason: string;
+  durationMs: number;
+  /** Policies in force, and those that are not (rejected or failed). */
+  applied: number;
+  notApplied: number;
+  errors: number;
+}
+
+/** How long stop() waits for a reconcile in progress before it gives up on it. */
+const STOP_WAIT_MS = 30_000;
 
 export class Agent {
   readonly files: FileSource;
@@ -49,6 +69,9 @@ export class Agent {
   private pulseTimer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
+  private locks?: AgentLocks;
+  private last?: PassHealth;
+  private startedAt = new Date();
 
   constructor(
     readonly opts: AgentOptions,
@@ -81,7 +104,8 @@ export class Agent {
         pid: process.pid,
         policies: resolve(this.opts.policies),
         ...this.opts.paths,
-        startedAt: new Date().toISOString(),
+        startedAt: this.startedAt.toISOString(),
+        interval: this.opts.interval,
       },
       applied: this.files.remembered(),
       ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
@@ -95,16 +119,19 @@ export class Agent {
     const next: AgentState = { ...this.state, applied: this.files.remembered(), lastReconcile: rec };
     const same = (s: AgentState) =>
       JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
-    if (same(next) === same(this.state)) return;
+    // Unchanged and still there (a `cleanup --force` may have removed it): nothing to write.
+    if (same(next) === same(this.state) && existsSync(statePath(this.opts.stateDir))) return;
     this.state = next;
     writeState(this.opts.stateDir, next);
   }
 
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
   async reconcile(reason: string): Promise<ReconcileResult> {
+    const t0 = Date.now();
     const base = { at: new Date().toISOString(), reason, mode: this.mode.name };
     try {
-      const r = await this.reconcileOnce(reason);
+      const r = await this.reconcileOnce(reason, t0);
+      const notApplied = r.outcomes.filter((o) => o.state !== 'applied');
       this.record({
         ...base,
         ok: true,
@@ -113,6 +140,15 @@ export class Agent {
         policies: r.policies,
         errors: r.errors,
         warnings: r.warnings,
+        outcomes: notApplied,
+      });
+      this.passed({
+        ok: true,
+        reason,
+        t0,
+        applied: r.policies,
+        notApplied: notApplied.filter((o) => o.state !== 'waiting').length,
+        errors: r.errors.length,
       });
       return r;
     } catch (e) {
@@ -125,18 +161,54 @@ export class Agent {
         errors: [(e as Error).message],
         warnings: [],
       });
+      this.passed({ ok: false, reason, t0, applied: 0, notApplied: 0, errors: 1 });
       throw e;
     }
   }
 
-  private async reconcileOnce(reason: string): Promise<ReconcileResult> {
+  /** A pass completed: the heartbeat (agent.lock's mtime) and the health the Agent object reports. */
+  private passed(p: { ok: boolean; reason: string; t0: number; applied: number; notApplied: number; errors: number }) {
+    const at = new Date();
+    this.last = {
+      at,
+      ok: p.ok,
+      reason: p.reason,
+      durationMs: at.getTime() - p.t0,
+      applied: p.applied,
+      notApplied: p.notApplied,
+      errors: p.errors,
+    };
+    try {
+      const problem = this.locks?.beat();
+      if (problem) this.log.error({ event: 'lock' }, problem);
+    } catch (e) {
+      this.log.warn({ event: 'heartbeat', err: e }, `cannot record the heartbeat: ${(e as Error).message}`);
+    }
+  }
+
+  /** For health checks: when the agent started, its interval, and its last completed pass (if any). */
+  health(): { startedAt: Date; interval: number; lastPass: PassHealth | null; stopped: boolean } {
+    return {
+      startedAt: this.startedAt,
+      interval: this.opts.interval,
+      lastPass: this.last ?? null,
+      stopped: this.stopped,
+    };
+  }
+
+  private async reconcileOnce(reason: string, t0: number): Promise<ReconcileResult> {
     const errors: string[] = [];
     const warnings: string[] = [];
     const reads = await Promise.all(this.sources.map((s) => s.read()));
     const policies = reads.flatMap((r) => r.policies);
     for (const e of reads.flatMap((r) => r.errors)) {
+      if (e.level === 'warn') {
+        warnings.push(e.message);
+        this.log.warn({ event: 'policy_skipped', reason, source: e.source, file: e.object }, e.message);
+        continue;
+      }
       errors.push(e.message);
-      this.log.error({ event: 'policy_error', reason, source: e.source }, e.message);
+      this.log.error({ event: 'policy_error', reason, source: e.source, file: e.object }, e.message);
     }
     const plan = this.mode.plan(policies);
     const r = this.mode.apply(plan);
@@ -154,10 +226,19 @@ export class Agent {
       writes: r.writes,
       deletes: r.deletes,
       policies: applied,
+      ms: Date.now() - t0,
     };
     if (r.writes || r.deletes || r.loaded) this.log.info(fields, 'reconciled');
     else this.log.debug(fields, 'in sync');
-    return { loaded: r.loaded, writes: r.writes, deletes: r.deletes, errors, warnings, policies: applied };
+    return {
+      loaded: r.loaded,
+      writes: r.writes,
+      deletes: r.deletes,
+      errors,
+      warnings,
+      policies: applied,
+      outcomes: r.policies,
+    };
   }
 
   private say(n: Note): void {
@@ -177,27 +258,41 @@ export class Agent {
     return this.running;
   }
 
+  /** Takes the installation's locks (before anything is pinned), then the first reconcile, then watches. */
   async start(): Promise<ReconcileResult> {
-    this.loadState();
-    const first = await this.reconcile('start');
-    for (const s of this.sources) await s.start((why) => void this.queue(why));
-    this.timer = setInterval(() => {
-      for (const s of this.sources) s.poll?.();
-      void this.queue('interval');
-    }, this.opts.interval * 1000);
-    // What the mode watches between reconciles (a proxy's listener closing or coming back) starts one at once.
-    if (this.mode.pulse) {
-      this.pulseTimer = setInterval(() => {
-        let why: string | null = null;
-        try {
-          why = this.mode.pulse!();
-        } catch (e) {
-          this.log.debug({ event: 'pulse_failed', err: e }, (e as Error).message);
-        }
-        if (why) void this.queue(why);
-      }, PULSE_MS);
+    this.locks = AgentLocks.take(
+      {
+        stateDir: this.opts.stateDir,
+        bpffs: this.opts.paths.bpffs,
+        iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+      },
+      this.mode.name,
+    );
+    try {
+      this.loadState();
+      const first = await this.reconcile('start');
+      for (const s of this.sources) await s.start((why) => void this.queue(why));
+      this.timer = setInterval(() => {
+        for (const s of this.sources) s.poll?.();
+        void this.queue('interval');
+      }, this.opts.interval * 1000);
+      // What the mode watches between reconciles (a proxy's listener closing or coming back) starts one at once.
+      if (this.mode.pulse) {
+        this.pulseTimer = setInterval(() => {
+          let why: string | null = null;
+          try {
+            why = this.mode.pulse!();
+          } catch (e) {
+            this.log.debug({ event: 'pulse_failed', err: e }, (e as Error).message);
+          }
+          if (why) void this.queue(why);
+        }, PULSE_MS);
+      }
+      return first;
+    } catch (e) {
+      this.locks.release();
+      throw e;
     }
-    return first;
   }
 
   async stop(): Promise<void> {
@@ -205,20 +300,36 @@ export class Agent {
     clearInterval(this.timer);
     clearInterval(this.pulseTimer);
     for (const s of this.sources) await s.stop();
-    await this.running;
-    if (!this.opts.cleanupOnExit) {
-      this.log.info(
-        { event: 'stopped' },
-        `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+    // A reconcile in progress finishes first; one that does not within the bound is given up on.
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      this.running.then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STOP_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!finished)
+      this.log.error(
+        { event: 'stop_timeout' },
+        `a reconcile still runs after ${STOP_WAIT_MS / 1000} s; stopping without waiting for it`,
       );
-      return;
+    try {
+      if (!this.opts.cleanupOnExit) {
+        this.log.info(
+          { event: 'stopped' },
+          `stopped; redirection stays in place (${this.mode.name} mode: what it installed is kept)`,
+        );
+        return;
+      }
+      const r = this.mode.cleanup({});
+      this.locks?.removeLockFiles();
+      const state = removeState(this.opts.stateDir).removed;
+      for (const n of r.notes) this.say(n);
+      if (r.failed.length)
+        this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
+      else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
+      else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
+    } finally {
+      this.locks?.release();
     }
-    const r = this.mode.cleanup({});
-    const state = removeState(this.opts.stateDir).removed;
-    for (const n of r.notes) this.say(n);
-    if (r.failed.length)
-      this.log.error({ event: 'cleanup_failed', ...r.json }, `cleanup incomplete: ${r.failed.join('; ')}`);
-    else if (r.kept.length) this.log.warn({ event: 'cleanup', ...r.json, state }, r.kept.join('; '));
-    else this.log.info({ event: 'cleanup', ...r.json, state }, 'removed everything meshredir made');
   }
 }

@@ -5,11 +5,15 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, rmdirSync, stat
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeJsonAtomic } from '../util/json-file.js';
+import { holder } from '../util/proc-locks.js';
 
 import { DEFAULT_STATE_DIR } from '../modes/defaults.js';
 
 export { DEFAULT_STATE_DIR };
 export const STATE_FILE = 'agent.json';
+/** The running agent's lock (lock.ts); its mtime is the time of the last completed reconcile pass. */
+export const LOCK_FILE = 'agent.lock';
+export const stateLockPath = (dir: string): string => join(dir, LOCK_FILE);
 
 const reconcileRecord = z.strictObject({
   at: z.string(),
@@ -21,6 +25,17 @@ const reconcileRecord = z.strictObject({
   policies: z.number(),
   errors: z.array(z.string()),
   warnings: z.array(z.string()),
+  /** The policies not in force after it (waiting, rejected, failed), with their file and why. */
+  outcomes: z
+    .array(
+      z.strictObject({
+        policy: z.string(),
+        file: z.string(),
+        state: z.enum(['applied', 'waiting', 'rejected', 'failed']),
+        reason: z.string().optional(),
+      }),
+    )
+    .optional(),
 });
 export type ReconcileRecord = z.infer<typeof reconcileRecord>;
 
@@ -48,6 +63,8 @@ const agentState = z.strictObject({
     bpffs: z.string(),
     iptablesState: z.string().optional(),
     startedAt: z.string(),
+    /** Seconds between periodic passes (status judges the heartbeat by it). */
+    interval: z.number().optional(),
   }),
   /** Per policy file (absolute path): the text that was applied and which of its policies were. */
   applied: z.record(z.string(), z.strictObject({ text: z.string(), policies: z.array(z.string()) })),
@@ -108,11 +125,13 @@ export function writeState(dir: string, s: AgentState): void {
 /**
  * Removes agent.json (and the directory when nothing else is in it). Idempotent; returns what it
  * removed. With `owner`, only the state of an agent that used that --bpffs or --iptables-state is
- * removed, so cleaning one (test) installation never erases another agent's memory.
+ * removed, so cleaning one (test) installation never erases another agent's memory. `lockFile`: the
+ * agent's lock file (agent.lock), removed with it — only by whoever holds that lock.
  */
 export function removeState(
   dir: string,
   owner?: { bpffs: string; iptablesState: string },
+  lockFile?: string,
 ): { removed: string[]; kept?: string } {
   const file = statePath(dir);
   const removed: string[] = [];
@@ -133,21 +152,46 @@ export function removeState(
     rmSync(file, { force: true });
     removed.push(file);
   }
+  if (lockFile && existsSync(lockFile)) {
+    rmSync(lockFile, { force: true });
+    removed.push(lockFile);
+  }
   try {
     rmdirSync(dir);
     removed.push(dir);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
+    // EBUSY, EROFS: the directory is a mount point (a container's volume), which stays.
+    if (!['ENOENT', 'ENOTEMPTY', 'EEXIST', 'ENOTDIR', 'EBUSY', 'EROFS'].includes(code ?? '')) throw e;
   }
   return { removed };
 }
 
-/** What agent.json says, for `status`: how the mode was chosen and the last reconcile's outcome. */
-export function agentSummary(dir: string) {
+/** The agent's liveness as its lock file shows it: the pid holding it, and when its last pass completed. */
+export function heartbeat(dir: string): { pid: number | null; lastPass: Date | null } | null {
+  const file = stateLockPath(dir);
+  try {
+    const st = statSync(file);
+    return { pid: holder(file), lastPass: st.mtimeMs > 0 ? st.mtime : null };
+  } catch {
+    return null;
+  }
+}
+
+/** A pass overdue by this much (beyond its interval) means the agent is stuck. */
+const staleAfter = (interval: number) => 3 * interval + 10;
+
+/** What agent.json and the heartbeat say, for `status`: the mode, the last pass and the last change. */
+export function agentSummary(dir: string, now = new Date()) {
   const s = readState(dir);
   if (s === null) return null;
   if (s instanceof Error) return { stateFile: statePath(dir), error: s.message };
+  const hb = heartbeat(dir);
+  const running = hb?.pid ?? null;
+  const interval = s.agent.interval ?? null;
+  const last = hb?.lastPass ?? null;
+  const since = last ?? new Date(s.agent.startedAt);
+  const ago = Math.max(0, Math.round((now.getTime() - since.getTime()) / 1000));
   return {
     stateFile: statePath(dir),
     mode: s.mode.chosen,
@@ -166,10 +210,22 @@ export function agentSummary(dir: string) {
         }
       : {}),
     pid: s.agent.pid,
+    /** The pid holding the agent's lock now: null when no agent runs on this state directory. */
+    running,
     policies: s.agent.policies,
     cgroupRoot: s.agent.cgroupRoot,
     startedAt: s.agent.startedAt,
+    interval,
+    /** The last completed reconcile pass, whether or not it changed anything (the heartbeat), and its
+     * outcome (that of the last recorded reconcile: a pass whose outcome differs is always recorded). */
+    lastPass: {
+      at: last ? last.toISOString() : null,
+      ok: s.lastReconcile?.ok ?? null,
+      agoSeconds: last ? ago : null,
+      stale: running !== null && interval !== null && ago > staleAfter(interval),
+    },
     applied: Object.entries(s.applied).map(([file, a]) => ({ file, policies: a.policies })),
+    /** The last reconcile that changed something (or whose outcome changed). */
     lastReconcile: s.lastReconcile ?? null,
   };
 }

@@ -11,8 +11,10 @@ function cEnum<const V extends Record<string, number>>(cName: string, prefix: st
   return Object.freeze(values);
 }
 
-export const Limit = cEnum('mr_limit', 'MR_', { MAX_POLICIES: 4096, MAX_CGROUP_DEPTH: 32 });
+export const Limit = cEnum('mr_limit', 'MR_', { MAX_POLICIES: 4096, MAX_CGROUP_DEPTH: 32, MAX_MARKS: 8 });
 export const MAX_POLICIES = Limit.MAX_POLICIES;
+/** Bypass marks a policy can hold (mr_policy.marks). */
+export const MAX_MARKS = Limit.MAX_MARKS;
 // Linux's, not ours: not in BTF (the programs take them from their own defines).
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -26,6 +28,7 @@ export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   INCLUDE_CIDRS: 1 << 3,
   REDIRECT_LOOPBACK: 1 << 4,
   ACCELERATE: 1 << 5,
+  BYPASS_MARKS: 1 << 6,
 });
 export const OwnerKind = cEnum('mr_owner_kind', 'MR_OWNER_', { UID: 1, GID: 2 });
 export const Action = cEnum('mr_action', 'MR_ACT_', { INCLUDE: 1, EXCLUDE: 2 });
@@ -57,6 +60,8 @@ export const policyValue = struct('mr_policy', {
   proxy6_addr: { bytes: 16 },
   proxy4_port: 'be16',
   proxy6_port: 'be16',
+  // struct mr_mark marks[MR_MAX_MARKS]: { u32 value, u32 mask } each, little-endian (policyMarks encodes it).
+  marks: { bytes: 8 * MAX_MARKS },
 });
 export const ownerKey = struct('mr_owner_key', { slot: 'u32', kind: 'u32', id: 'u32' });
 export const proxyKey = struct('mr_proxy_key', { cgroup_id: 'u64', slot: 'u32', pad: 'u32' });
@@ -108,6 +113,7 @@ export const STAT_FIELDS = [
   'msg_slow',
   'msg_resumed',
   'ulp_refused',
+  'bypass_mark',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(
@@ -118,6 +124,76 @@ export const statsValue = struct(
 /** Room for the longest metadata.name the schema allows (253) and a NUL, so slots are found by name. */
 export const SLOT_NAME_BYTES = 256;
 export const slotMeta = struct('mr_slot_meta', { cgroup_id: 'u64', name: { bytes: SLOT_NAME_BYTES } });
+
+// ---- DNS capture (bpf/mr_dns.h, docs/dns-design.md) ----
+export const DnsFlag = cEnum('mr_dns_flag', 'MR_DNS_F_', { PROXY4: 1 << 0, PROXY6: 1 << 1, ALL: 1 << 2, TCP: 1 << 3 });
+export const DnsSockFlag = cEnum('mr_dns_sock_flag', 'MR_DNS_S_', {
+  CONNECTED: 1 << 0,
+  LAST4: 1 << 1,
+  LAST6: 1 << 2,
+  TCP: 1 << 3,
+});
+export const dnsPolicyValue = struct('mr_dns_policy', {
+  flags: 'u32',
+  proxy4_addr: { bytes: 4 },
+  proxy6_addr: { bytes: 16 },
+  proxy4_port: 'be16',
+  proxy6_port: 'be16',
+});
+export const dnsNsKey = struct('mr_dns_ns_key', { slot: 'u32', family: 'u8', pad: { bytes: 3 }, addr: { bytes: 16 } });
+export const dnsEp = struct('mr_dns_ep', { family: 'u8', pad: 'u8', port: 'be16', addr: { bytes: 16 } });
+// Nested structs are raw bytes here (the codec aligns a nested struct by its widest field, C by its
+// members' alignment: 2 for these); dnsEp decodes them.
+export const dnsLast = struct('mr_dns_last', { orig: { bytes: dnsEp.size }, proxy: { bytes: dnsEp.size } });
+/** `last` is struct mr_dns_last[2] (index 0: the IPv4 proxy, 1: the IPv6 proxy); see dnsLastOf. */
+export const dnsSockValue = struct('mr_dns_sock', {
+  slot: 'u32',
+  flags: 'u32',
+  conn: { bytes: dnsEp.size },
+  last: { bytes: 2 * dnsLast.size },
+});
+export const dnsLastOf = (v: { last: Buffer }, i: 0 | 1) => {
+  const l = dnsLast.decode(v.last, i * dnsLast.size);
+  return { orig: dnsEp.decode(l.orig), proxy: dnsEp.decode(l.proxy) };
+};
+export const DNS_STAT_FIELDS = [
+  'udp_connect',
+  'udp_sendmsg',
+  'tcp_connect',
+  'replies',
+  'peername',
+  'bypass_cgroup',
+  'bypass_owner',
+  'bypass_dest',
+  'err_full',
+] as const;
+export type DnsStatName = (typeof DNS_STAT_FIELDS)[number];
+export const dnsStatsValue = struct(
+  'mr_dns_stats',
+  Object.fromEntries(DNS_STAT_FIELDS.map((f) => [f, 'u64'])) as Record<DnsStatName, 'u64'>,
+);
+/** DNS maps; in MAPS too, so that the agent pins and re-adopts them (connect4/6 use them). */
+export const DNS_MAPS = {
+  mr_dns_pol: { key: u32, value: dnsPolicyValue },
+  mr_dns_ns: { key: dnsNsKey, value: u8 },
+  mr_dns_socks: { key: u64, value: dnsSockValue },
+  mr_dns_stats: { key: u32, value: dnsStatsValue },
+} as const;
+/** Maps of DNS capture whose whole content is desired state (the rest the programs write). */
+export const DNS_POLICY_MAPS = ['mr_dns_pol', 'mr_dns_ns'] as const;
+/**
+ * DNS capture's own programs, in attach order: sock_release first (no entry is ever made without it),
+ * recvmsg before sendmsg (no reply from the proxy is ever shown unrelabelled), and detach in reverse.
+ * connect4/6 and getpeername4/6 (PROGRAMS) carry the rest of DNS capture.
+ */
+export const DNS_PROGRAMS = {
+  mr_dns_release: { attach: 'cgroup/sock_release' },
+  mr_dns_recv4: { attach: 'cgroup/recvmsg4' },
+  mr_dns_recv6: { attach: 'cgroup/recvmsg6' },
+  mr_dns_send4: { attach: 'cgroup/sendmsg4' },
+  mr_dns_send6: { attach: 'cgroup/sendmsg6' },
+} as const;
+export type DnsProgramName = keyof typeof DNS_PROGRAMS;
 
 export { u8, u32, u64 };
 
@@ -135,6 +211,7 @@ export const MAPS = {
   mr_sockhash: { key: tupleKey, value: u64 },
   mr_peers: { key: tupleKey, value: peerValue },
   mr_gauges: { key: u32, value: u64 },
+  ...DNS_MAPS,
 } as const;
 /** Default limit of redirected handshakes in flight (mr_orig holds twice as many). */
 export const DEFAULT_MAX_CONNECTIONS = 16_384;
@@ -201,6 +278,12 @@ export const STRUCT_CODECS = [
   inSockKey,
   inSk,
   inStatsValue,
+  dnsPolicyValue,
+  dnsNsKey,
+  dnsEp,
+  dnsLast,
+  dnsSockValue,
+  dnsStatsValue,
 ];
 
 /**

@@ -7,7 +7,14 @@ import { lib, NULL, isNull, errno } from '../sys/libbpf.js';
 const RETURN_1 = Buffer.from([0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]);
 
 /** enum bpf_prog_type values the probe loads. */
-export const ProgType = { CGROUP_SOCK_ADDR: 18, SOCK_OPS: 13, SK_MSG: 16, CGROUP_SOCKOPT: 25, SK_LOOKUP: 30 } as const;
+export const ProgType = {
+  CGROUP_SOCK: 9,
+  CGROUP_SOCK_ADDR: 18,
+  SOCK_OPS: 13,
+  SK_MSG: 16,
+  CGROUP_SOCKOPT: 25,
+  SK_LOOKUP: 30,
+} as const;
 
 /** enum bpf_attach_type values the probe attaches. */
 export const AttachType = {
@@ -16,6 +23,10 @@ export const AttachType = {
   SOCK_OPS: 3,
   SK_MSG_VERDICT: 7,
   UDP4_SENDMSG: 14,
+  UDP6_SENDMSG: 15,
+  UDP4_RECVMSG: 19,
+  UDP6_RECVMSG: 20,
+  INET_SOCK_RELEASE: 34,
   GETSOCKOPT: 21,
   INET4_GETPEERNAME: 29,
   INET6_GETPEERNAME: 30,

@@ -71,3 +71,22 @@ export function parseCidr(s: string): Cidr | string {
       : (ipaddr.fromByteArray(bytes) as ipaddr.IPv6).toRFC5952String();
   return { family, bytes, prefix, text: `${norm}/${prefix}` };
 }
+
+export interface Address {
+  family: 4 | 6;
+  bytes: number[];
+  /** Canonical text: "10.96.0.10" or "fd00::a". */
+  text: string;
+}
+
+/** A nameserver address (no port: DNS capture is port 53). */
+export function parseAddress(s: string): Address | string {
+  const family = ipaddr.IPv4.isValidFourPartDecimal(s) ? 4 : ipaddr.IPv6.isValid(s) ? 6 : 0;
+  if (!family) return `${JSON.stringify(s)} is not an IP address`;
+  const addr = ipaddr.parse(s);
+  if (family === 6 && (addr as ipaddr.IPv6).isIPv4MappedAddress())
+    return `${JSON.stringify(s)}: IPv4-mapped addresses are decided as IPv4; write ${(addr as ipaddr.IPv6).toIPv4Address().toString()}`;
+  const bytes = addr.toByteArray();
+  if (bytes.every((b) => b === 0)) return `${JSON.stringify(s)}: the unspecified address is not a nameserver`;
+  return { family, bytes, text: family === 4 ? addr.toString() : (addr as ipaddr.IPv6).toRFC5952String() };
+}

@@ -1,6 +1,16 @@
 // entries.ts — a policy set as the eBPF maps' contents: pure, so it is unit-tested without root.
 import type { Policy } from './schema.js';
-import { Action, CgKind, OwnerKind, PolicyFlag, AF_INET, AF_INET6, MAX_POLICIES, SLOT_NAME_BYTES } from '../bpf/abi.js';
+import {
+  Action,
+  CgKind,
+  OwnerKind,
+  PolicyFlag,
+  AF_INET,
+  AF_INET6,
+  MAX_MARKS,
+  MAX_POLICIES,
+  SLOT_NAME_BYTES,
+} from '../bpf/abi.js';
 
 /** How a policy's cgroups resolved on this host (ids are kernfs inode numbers). */
 export interface Resolution {
@@ -12,7 +22,14 @@ export interface MapEntries {
   mr_cgroups: [bigint, { kind: number; slot: number }][];
   mr_policies: [
     number,
-    { flags: number; proxy4_addr: Buffer; proxy6_addr: Buffer; proxy4_port: number; proxy6_port: number },
+    {
+      flags: number;
+      proxy4_addr: Buffer;
+      proxy6_addr: Buffer;
+      proxy4_port: number;
+      proxy6_port: number;
+      marks: Buffer;
+    },
   ][];
   mr_owners: [{ slot: number; kind: number; id: number }, number][];
   mr_proxies: [{ cgroup_id: bigint; slot: number; pad: number }, number][];
@@ -57,7 +74,19 @@ export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }):
   if (p.outbound.includeCidrs.length > 0) f |= PolicyFlag.INCLUDE_CIDRS;
   if (p.outbound.redirectLoopback) f |= PolicyFlag.REDIRECT_LOOPBACK;
   if (p.accelerate && caps.fastPath) f |= PolicyFlag.ACCELERATE;
+  if (p.bypass.marks.length > 0) f |= PolicyFlag.BYPASS_MARKS;
   return f;
+}
+
+/** mr_policy.marks: { value, mask } pairs (u32, little-endian), the unused rest zero (a zero mask ends it). */
+export function policyMarks(p: Policy): Buffer {
+  if (p.bypass.marks.length > MAX_MARKS) throw new Error(`policy ${p.name}: more than ${MAX_MARKS} bypass marks`);
+  const b = Buffer.alloc(8 * MAX_MARKS);
+  p.bypass.marks.forEach((m, i) => {
+    b.writeUInt32LE(m.value, 8 * i);
+    b.writeUInt32LE(m.mask, 8 * i + 4);
+  });
+  return b;
 }
 
 /** Policies whose cgroup does not exist yet contribute nothing but their slot metadata. */
@@ -102,6 +131,7 @@ export function toEntries(
         proxy6_addr: Buffer.from(o6?.bytes ?? new Array<number>(16).fill(0)),
         proxy4_port: o4?.port ?? 0,
         proxy6_port: o6?.port ?? 0,
+        marks: policyMarks(p),
       },
     ]);
     for (const uid of p.bypass.uids) e.mr_owners.push([{ slot, kind: OwnerKind.UID, id: uid }, 1]);

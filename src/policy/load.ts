@@ -1,10 +1,11 @@
 // load.ts — reads policy files (YAML, one or more documents each) into validated policies, with
 // field-level errors naming the file; never throws for bad input.
-import { readFile, readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
 import { policyDocument, toPolicy, type Policy } from './schema.js';
+import { LIMITS } from './limits.js';
+import { PolicyDirError, readPolicyDir, readPolicyFile, tooBigMessage, type One } from './read.js';
 
 export interface PolicyError {
   file: string;
@@ -53,6 +54,9 @@ function zodErrors(file: string, prefix: string, err: z.ZodError): PolicyError[]
   });
 }
 
+/** Errors reported per file: a file of a million bad entries says so in a few lines, not a million. */
+const MAX_ERRORS = 20;
+
 /** Parses one file's text. All documents must be valid for any of them to be returned. */
 export function parsePolicyText(text: string, file: string): FileResult {
   const errors: PolicyError[] = [];
@@ -80,36 +84,36 @@ export function parsePolicyText(text: string, file: string): FileResult {
     }
     if (value === null || value === undefined) return; // empty document (e.g. trailing ---)
     const r = policyDocument.safeParse(value);
-    if (!r.success) errors.push(...zodErrors(file, where, r.error));
+    if (!r.success)
+      for (const e of zodErrors(file, where, r.error)) errors.push(e); // (no spread: 100,000s)
     else policies.push(toPolicy(r.data, file));
   });
+  if (errors.length > MAX_ERRORS) {
+    const more = errors.length - MAX_ERRORS;
+    errors.splice(MAX_ERRORS, more, { file, path: '', message: `… and ${more.toLocaleString('en-US')} more errors` });
+  }
   if (errors.length > 0) return { file, policies: [], errors };
   return { file, policies, errors };
 }
 
+/** Reads and parses one policy file, within the limits (read.ts): refusals and skips are its errors. */
 export async function loadPolicyFile(file: string): Promise<FileResult> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    return {
-      file,
-      policies: [],
-      errors: [
-        { file, path: '', message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` },
-      ],
-    };
-  }
-  return { ...parsePolicyText(text, file), text };
+  const r = await readPolicyFile(file);
+  if (!('text' in r)) return fileResult(file, r);
+  const { parseIsolated } = await import('./isolated.js');
+  return (await parseIsolated([{ file, text: r.text }]))[0]!;
 }
 
-/** Lists the policy files of a directory (*.yaml, *.yml; hidden and editor temp files ignored). */
-export async function policyFiles(dir: string): Promise<string[]> {
-  const names = await readdir(dir);
-  return names
-    .filter((n) => /\.ya?ml$/.test(n) && !n.startsWith('.'))
-    .sort()
-    .map((n) => join(dir, n));
+/** One read (read.ts) as a parsed file, or its reason as the file's error. */
+export function fileResult(file: string, r: One): FileResult {
+  if ('text' in r) return { ...parsePolicyText(r.text, file), text: r.text };
+  const message =
+    'issue' in r
+      ? r.issue.message
+      : 'tooBig' in r
+        ? tooBigMessage(r.tooBig, LIMITS.fileBytes)
+        : 'changed while being read';
+  return { file, policies: [], errors: [{ file, path: '', message }] };
 }
 
 export interface PolicySet {
@@ -119,15 +123,69 @@ export interface PolicySet {
   errors: PolicyError[];
   /** Policies left out because of a conflict (the agent may fall back to their file's applied content). */
   rejected: Policy[];
+  /** Files skipped as not policy files at all (a FIFO, a device, a directory named *.yaml). */
+  warnings?: PolicyError[];
 }
 
-/** Loads a file or a directory and checks cross-file rules (unique names and cgroups). */
+/**
+ * Loads a file or a directory as the agent would read it (read.ts: only regular files, trusted, within
+ * the limits) and checks cross-file rules (unique names and cgroups) and the number of policies.
+ */
 export async function loadPolicies(path: string): Promise<PolicySet> {
   const st = await stat(path);
-  const files = st.isDirectory()
-    ? await Promise.all((await policyFiles(path)).map(loadPolicyFile))
-    : [await loadPolicyFile(path)];
-  return checkSet(files);
+  if (!st.isDirectory()) {
+    const f = await loadPolicyFile(path);
+    const set = checkSet([f]);
+    const capped = perNode(set.policies);
+    return { ...set, policies: capped.policies, errors: [...set.errors, ...capped.errors] };
+  }
+  let read;
+  try {
+    read = await readPolicyDir(path);
+  } catch (e) {
+    if (!(e instanceof PolicyDirError)) throw e;
+    return { files: [], policies: [], errors: [{ file: path, path: '', message: e.message }], rejected: [] };
+  }
+  const { parseIsolated } = await import('./isolated.js'); // (isolated.ts imports this module)
+  const files = await parseIsolated(read.files);
+  const byLevel = (l: 'warn' | 'error') =>
+    read.issues.filter((i) => i.level === l).map((i) => ({ file: i.file, path: '', message: i.message }));
+  const errors = [
+    ...byLevel('error'),
+    ...read.vanished.map((file) => ({ file, path: '', message: 'changed while being read' })),
+  ];
+  const set = checkSet(files);
+  const capped = perNode(set.policies);
+  return {
+    ...set,
+    policies: capped.policies,
+    errors: [...errors, ...set.errors, ...capped.errors],
+    warnings: byLevel('warn'),
+    rejected: [...set.rejected, ...capped.rejected],
+  };
+}
+
+/**
+ * At most LIMITS.policies per node (the eBPF maps' slots): the first ones in order (`first`: names that
+ * go first, e.g. those applied now) stay; the others are errors naming their file.
+ */
+export function perNode(
+  policies: Policy[],
+  first: ReadonlySet<string> = new Set(),
+): { policies: Policy[]; errors: PolicyError[]; rejected: Policy[] } {
+  if (policies.length <= LIMITS.policies) return { policies, errors: [], rejected: [] };
+  const ordered = [...policies.filter((p) => first.has(p.name)), ...policies.filter((p) => !first.has(p.name))];
+  const keep = new Set(ordered.slice(0, LIMITS.policies));
+  const rejected = policies.filter((p) => !keep.has(p));
+  return {
+    policies: policies.filter((p) => keep.has(p)),
+    rejected,
+    errors: rejected.map((p) => ({
+      file: p.file,
+      path: 'metadata.name',
+      message: `${p.name} is not applied: more than ${LIMITS.policies} policies on this node (the eBPF maps hold ${LIMITS.policies})`,
+    })),
+  };
 }
 
 const claimant = (p: Policy) => `${p.file} (${p.name})`;

@@ -1,6 +1,9 @@
 // schema.ts — the RedirectPolicy file format (a user-facing contract) and its validated form.
 import { z } from 'zod';
-import { parseEndpoint, parseCidr, isLoopback, type Endpoint, type Cidr } from './addr.js';
+import { parseEndpoint, parseCidr, parseAddress, isLoopback, type Endpoint, type Cidr, type Address } from './addr.js';
+import { parseMark, type Mark } from './mark.js';
+import { MAX_MARKS } from '../bpf/abi.js';
+import { checkEntryLimits } from './limits.js';
 
 /** istio's mark and table for TPROXY (1337, 133). */
 export const TPROXY_DEFAULTS = { mark: 1337, table: 133 } as const;
@@ -85,6 +88,17 @@ const inboundProxy = z
     return { port: r.port, address: r, text: r.text };
   });
 
+const mark = z
+  .union([z.string(), z.number()], { error: 'must be a mark such as "0x539/0xfff" (value or value/mask)' })
+  .transform((s, ctx) => {
+    const r = parseMark(s);
+    if (typeof r === 'string') {
+      ctx.addIssue({ code: 'custom', message: r });
+      return z.NEVER;
+    }
+    return r;
+  });
+
 const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).transform((s, ctx) => {
   const r = parseCidr(s);
   if (typeof r === 'string') {
@@ -93,6 +107,49 @@ const cidr = z.string({ error: 'must be a CIDR string such as "10.0.0.0/8"' }).t
   }
   return r;
 });
+
+const nameserver = z.string({ error: 'must be an IP address string such as "10.96.0.10"' }).transform((s, ctx) => {
+  const r = parseAddress(s);
+  if (typeof r === 'string') {
+    ctx.addIssue({ code: 'custom', message: r });
+    return z.NEVER;
+  }
+  return r;
+});
+
+/** spec.dns: port-53 queries (UDP, and TCP unless tcp: false) of the pod go to a DNS proxy. */
+const dns = z
+  .strictObject({
+    proxy: endpoint(4),
+    proxy6: endpoint(6).optional(),
+    nameservers: z.array(nameserver).default([]),
+    all: z.boolean().default(false),
+    tcp: z.boolean().default(true),
+  })
+  .superRefine((d, ctx) => {
+    if (!d.all && d.nameservers.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['nameservers'],
+        message: 'is empty and all is false: no query would be captured (list the nameservers, or all: true)',
+      });
+    }
+    d.nameservers.forEach((ns, i) => {
+      if (ns.family === 6 && !d.proxy6)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nameservers', i],
+          message: `${ns.text} is IPv6 and spec.dns has no proxy6: its queries could not be captured`,
+        });
+      const proxy = ns.family === 4 ? d.proxy : d.proxy6;
+      if (proxy && proxy.port === 53 && proxy.bytes.every((b, j) => b === ns.bytes[j]))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nameservers', i],
+          message: `${ns.text} is the DNS proxy itself (${proxy.text}): its queries are never captured`,
+        });
+    });
+  });
 
 export const policyDocument = z.strictObject({
   apiVersion: z.literal('meshredir/v1', {
@@ -129,8 +186,13 @@ export const policyDocument = z.strictObject({
             cgroups: z.array(cgroupPath).default([]),
             uids: z.array(id).default([]),
             gids: z.array(id).default([]),
+            // The eBPF mode keeps them in the policy's map value (mr_policy.marks): a fixed number.
+            marks: z
+              .array(mark)
+              .max(MAX_MARKS, { error: (i) => `at most ${MAX_MARKS} marks, not ${(i.input as unknown[]).length}` })
+              .default([]),
           })
-          .default({ cgroups: [], uids: [], gids: [] }),
+          .default({ cgroups: [], uids: [], gids: [], marks: [] }),
       }),
       outbound: z
         .strictObject({
@@ -187,8 +249,10 @@ export const policyDocument = z.strictObject({
           interception: 'redirect',
           tproxy: TPROXY_DEFAULTS,
         }),
+      dns: dns.optional(),
     })
     .superRefine((spec, ctx) => {
+      checkEntryLimits(spec, ctx);
       if (!spec.proxy.outbound && !spec.proxy.outbound6 && !spec.proxy.inbound) {
         ctx.addIssue({
           code: 'custom',
@@ -236,6 +300,11 @@ export const policyDocument = z.strictObject({
           }
         }
       }
+      const marks = spec.proxy.bypass.marks.map((m) => m.text);
+      marks.forEach((m, i) => {
+        if (marks.indexOf(m) !== i)
+          ctx.addIssue({ code: 'custom', path: ['proxy', 'bypass', 'marks', i], message: `${m} is listed twice` });
+      });
       if (spec.proxy.bypass.cgroups.includes(spec.cgroup)) {
         ctx.addIssue({
           code: 'custom',
@@ -280,7 +349,7 @@ export interface Policy {
   netns?: string;
   accelerate: boolean;
   proxy: { outbound?: Endpoint; outbound6?: Endpoint; inbound?: InboundProxy };
-  bypass: { cgroups: string[]; uids: number[]; gids: number[] };
+  bypass: { cgroups: string[]; uids: number[]; gids: number[]; marks: Mark[] };
   outbound: {
     includePorts: number[];
     excludePorts: number[];
@@ -289,6 +358,21 @@ export interface Policy {
     redirectLoopback: boolean;
   };
   inbound: InboundSettings;
+  /** DNS capture (docs/dns-design.md); absent: port-53 traffic is treated like any other. */
+  dns?: DnsSpec;
+}
+
+export interface DnsSpec {
+  /** The DNS proxy for IPv4 (and v4-mapped) queries: loopback in the pod, or a node address. */
+  proxy: Endpoint;
+  /** The DNS proxy for IPv6 queries; without it IPv6 queries are not captured. */
+  proxy6?: Endpoint;
+  /** Captured destinations (port 53), deduplicated; ignored with `all`. */
+  nameservers: Address[];
+  /** Every port-53 destination is captured (except the proxy itself). */
+  all: boolean;
+  /** TCP port 53 too (default); false leaves TCP 53 to the outbound decision. */
+  tcp: boolean;
 }
 
 export function toPolicy(doc: PolicyDocument, file: string): Policy {
@@ -307,5 +391,18 @@ export function toPolicy(doc: PolicyDocument, file: string): Policy {
     bypass: s.proxy.bypass,
     outbound: s.outbound,
     inbound: s.inbound,
+    ...(s.dns
+      ? {
+          dns: {
+            proxy: s.dns.proxy,
+            ...(s.dns.proxy6 ? { proxy6: s.dns.proxy6 } : {}),
+            nameservers: s.dns.nameservers.filter(
+              (a, i, all) => all.findIndex((b) => b.text === a.text && b.family === a.family) === i,
+            ),
+            all: s.dns.all,
+            tcp: s.dns.tcp,
+          },
+        }
+      : {}),
   };
 }

@@ -107,6 +107,10 @@ export const CGROUP_FEATURES = [
   'getsockopt',
   'getpeername',
   'sendmsg',
+  // DNS capture (docs/dns-design.md): sendmsg6, recvmsg4|6 and sock_release besides sendmsg4.
+  'sendmsg6',
+  'recvmsg',
+  'sockRelease',
 ] as const;
 export type CgroupFeature = (typeof CGROUP_FEATURES)[number];
 
@@ -130,6 +134,8 @@ export function probeCgroupHooks<T>(
       ['sockops', ProgType.SOCK_OPS, AttachType.SOCK_OPS],
       ['getsockopt', ProgType.CGROUP_SOCKOPT, AttachType.GETSOCKOPT],
       ['sendmsg', ProgType.CGROUP_SOCK_ADDR, AttachType.UDP4_SENDMSG],
+      ['sendmsg6', ProgType.CGROUP_SOCK_ADDR, AttachType.UDP6_SENDMSG],
+      ['sockRelease', ProgType.CGROUP_SOCK, AttachType.INET_SOCK_RELEASE],
     ];
     let anyLink: Outcome = 'no program loaded';
     for (const [f, type, attach] of hooks) {
@@ -142,6 +148,9 @@ export function probeCgroupHooks<T>(
     const g4 = first(probeCgroupHook(ProgType.CGROUP_SOCK_ADDR, AttachType.INET4_GETPEERNAME, cgfd));
     const g6 = first(probeCgroupHook(ProgType.CGROUP_SOCK_ADDR, AttachType.INET6_GETPEERNAME, cgfd));
     out.getpeername = g4 !== true ? g4 : g6;
+    const r4 = first(probeCgroupHook(ProgType.CGROUP_SOCK_ADDR, AttachType.UDP4_RECVMSG, cgfd));
+    const r6 = first(probeCgroupHook(ProgType.CGROUP_SOCK_ADDR, AttachType.UDP6_RECVMSG, cgfd));
+    out.recvmsg = r4 !== true ? r4 : r6;
     out.bpfLink = anyLink;
     return { outcomes: out, inside: inside(dir) };
   } catch (e) {

@@ -33,6 +33,9 @@ export const FEATURES = [
   'getpeername',
   'skLookup',
   'sendmsg',
+  'sendmsg6',
+  'recvmsg',
+  'sockRelease',
 ] as const;
 export type Feature = (typeof FEATURES)[number];
 

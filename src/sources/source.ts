@@ -8,6 +8,8 @@ export interface SourceError {
   /** The file or object the error is about. */
   object: string;
   message: string;
+  /** 'warn': the object was skipped as none of the source's business (a FIFO named *.yaml); absent: an error. */
+  level?: 'warn' | 'error';
 }
 
 export interface PolicySource {

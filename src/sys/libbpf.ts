@@ -79,6 +79,7 @@ const libcDecl = {
   vsnprintf: ['int', [p, 'size_t', p, p]],
   close: ['int', ['int']],
   open: ['int', ['string', 'int']],
+  flock: ['int', ['int', 'int']],
   setns: ['int', ['int', 'int']],
   socket: ['int', ['int', 'int', 'int']],
   setsockopt: ['int', ['int', 'int', 'int', p, 'uint32']],

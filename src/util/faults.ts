@@ -5,6 +5,8 @@
 //   between-attach[:N]  the eBPF load is killed after its Nth attach (default 1)
 //   fail-attach:NAME    attaching program NAME throws
 //   watch-error         the policy directory's watcher emits an error 300 ms after start
+//   fail-write:MAP:NAME writing policy NAME's entries to eBPF map MAP fails (ENOSPC) after half of them
+//                       were written (the per-policy rollback's test)
 const FAULT = process.env.MESHREDIR_FAULT;
 
 /** Whether the fault `point` (with an optional argument, e.g. a program name) is injected. */

@@ -94,8 +94,8 @@ kernelDescribe('node agent', () => {
   });
 
   it('pins are root-owned, 0600 (directories 0700); an in-sync reconcile writes nothing', async () => {
-    const a = await startAgent(['--interval', '0.5']);
-    await new Promise((r) => setTimeout(r, 2000)); // four periodic reconciles
+    const a = await startAgent(['--interval', '1']); // the floor
+    await new Promise((r) => setTimeout(r, 2500)); // two periodic reconciles
     expect(messages(a).filter((m) => m === 'reconciled')).toHaveLength(1); // only the start wrote
     for (const sub of ['maps', 'links']) {
       expect(statSync(join(env.bpffs, sub)).mode & 0o777).toBe(0o700);

@@ -2,20 +2,27 @@
 // kernel instead of the evaluator: random policies become real nat rules in a throwaway netns, every
 // destination is a local address there (so nothing can leave the machine), and real connects show
 // whether each was redirected (the proxy answers with SO_ORIGINAL_DST) or not (a plain server
-// answers, or the port is closed) — compared with the decision order of docs/policy.md. Root; netns mr-*.
+// answers, or the port is closed) — compared with the decision order of docs/policy.md. Each connection is
+// made from its own cgroup (bypass cgroups, below and beside them), uid/gid and socket mark. Root; netns mr-*,
+// cgroups meshredir-test-*.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { Env, kernelDescribe, sh, ORIGDST_PROXY, TOOLS, type Proc } from './harness.js';
 import { renderRestore, families } from '../../src/modes/iptables/rules.js';
 import type { Conn } from '../../src/modes/iptables/evaluate.js';
-import { decide, genConns, genPolicy, rng, addrText, type GenOptions } from '../unit/decision-model.js';
+import { decide, genConns, genPolicy, rng, addrText, DEFAULT_GEN, type GenOptions } from '../unit/decision-model.js';
 
 const PORTS = [80, 443, 5432, 8080];
-const GEN: GenOptions = {
-  proxyPorts: [15001],
-  ports: [...PORTS, 15001],
-  uids: [0, 1000, 1337, 1500],
-  gids: [0, 1000, 1337, 1600],
+/** The generator's cgroups, as this env's (the rules name them, the kernel resolves them). */
+const gen = (env: Env): GenOptions => {
+  const cg = (rel: string) => env.cgroup(rel);
+  return {
+    ...DEFAULT_GEN,
+    proxyPorts: [15001],
+    ports: [...PORTS, 15001],
+    cgroups: [cg('dec/proxy'), cg('dec/sidecar')],
+    connCgroups: [cg('dec/app'), cg('dec'), cg('dec/proxy'), cg('dec/proxy/worker'), cg('dec/proxy2')],
+  };
 };
 
 /** An address the test can put on its lo (the generator also makes ::/8-style ones). */
@@ -26,9 +33,11 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
   let env: Env;
   let ns: string;
   let proxy: Proc;
+  let GEN: GenOptions;
 
   beforeAll(async () => {
     env = new Env();
+    GEN = gen(env);
     ns = env.netns('dec');
     proxy = env.spawn(ns, null, ORIGDST_PROXY, [
       '--listen',
@@ -56,6 +65,7 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
     const bad: string[] = [];
     let checked = 0;
     let redirected = 0;
+    const byBypass: Record<string, number> = {};
     for (let i = 0; i < 50; i++) {
       const { policy, anchors } = genPolicy(r, GEN);
       const conns = genConns(r, policy, anchors, 40, GEN).filter(usable);
@@ -79,22 +89,19 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
           input: families(policy).includes(f) ? renderRestore(policy, { family: f }) : '*nat\nCOMMIT\n',
         });
       }
-      // One client for all: it takes each connection's uid/gid as its effective ids (the owner
-      // match looks at the socket's file credentials).
-      const out = sh('ip', [
-        'netns',
-        'exec',
-        ns,
-        process.execPath,
-        join(TOOLS, 'client.mjs'),
-        'each',
-        JSON.stringify(conns.map((c) => [addrText(c.dst), c.dport, c.uid, c.gid])),
+      // One client for all: each socket made in the connection's cgroup, as its uid/gid (the owner match
+      // looks at the socket's file credentials), with its mark.
+      const out = sh('nsenter', [
+        `--net=/run/netns/${ns}`,
+        'python3',
+        join(TOOLS, 'each.py'),
+        JSON.stringify(conns.map((c) => [addrText(c.dst), c.dport, c.uid, c.gid, env.cgDir(c.cgroup!), c.mark])),
       ]);
       const res = JSON.parse(out) as { data?: string; error?: string }[];
       conns.forEach((c, k) => {
         const x = res[k]!;
         const dest = `${addrText(c.dst)} ${c.dport}`;
-        const who = `as ${c.uid}:${c.gid}`;
+        const who = `as ${c.uid}:${c.gid} in ${c.cgroup} mark 0x${(c.mark ?? 0).toString(16)}`;
         const toProxy = dest === '127.0.0.1 15001' || dest === '::1 15001';
         let got: 'redirect' | 'pass';
         if (x.data?.startsWith('ORIGDST ')) {
@@ -114,6 +121,7 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
         }
         const want = decide(policy, c);
         checked++;
+        byBypass[want] = (byBypass[want] ?? 0) + 1;
         if (got === 'redirect') redirected++;
         if ((want === 'redirect') !== (got === 'redirect')) {
           bad.push(
@@ -127,5 +135,8 @@ kernelDescribe('iptables rules vs the decision model, on the real kernel (proper
     expect(checked).toBeGreaterThan(1200);
     expect(redirected).toBeGreaterThan(100);
     expect(checked - redirected).toBeGreaterThan(100);
+    // And every kind of bypass decided some of them (a cgroup bypass or a mark bypass among them).
+    for (const kind of ['pass:cgroup', 'pass:mark', 'pass:owner'])
+      expect(byBypass[kind] ?? 0, JSON.stringify(byBypass)).toBeGreaterThan(20);
   });
 });

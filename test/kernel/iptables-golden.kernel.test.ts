@@ -1,24 +1,52 @@
 // iptables-golden.kernel.test.ts — every golden file is input the real iptables accepts: for both
 // backends (nft, legacy) and both families, `*-restore --test` accepts it and a real restore in a
 // throwaway netns loads every rule of it, table by table (none dropped or merged). Root; netns mr-* only.
+// The kernel resolves a -m cgroup path when the rule is added, so the cgroups the golden files name (all
+// under /meshredir-test-golden) are created first and removed afterwards.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Env, kernelDescribe, sh, ROOT } from './harness.js';
+import { Env, kernelDescribe, sh, ROOT, cgroup2 } from './harness.js';
 
 const dir = join(ROOT, 'test', 'golden', 'iptables');
 const files = readdirSync(dir).filter((f) => f.endsWith('.rules'));
+const paths = [
+  ...new Set(
+    files.flatMap((f) => [...readFileSync(join(dir, f), 'utf8').matchAll(/--path "([^"]+)"/g)].map((m) => m[1]!)),
+  ),
+];
 
 kernelDescribe('golden files against the real iptables-restore', () => {
   let env: Env;
   let ns: string;
+  const made: string[] = [];
   beforeAll(() => {
     env = new Env();
     ns = env.netns('golden');
+    for (const p of paths) {
+      // Never outside the test's own name space of cgroups.
+      if (!p.startsWith('/meshredir-test-golden/'))
+        throw new Error(`golden cgroup ${p} is not under /meshredir-test-golden`);
+      let d = cgroup2()!;
+      for (const part of p.split('/').filter(Boolean)) {
+        d = join(d, part);
+        if (!existsSync(d)) {
+          mkdirSync(d);
+          made.push(d);
+        }
+      }
+    }
   });
   afterAll(async () => {
     const problems = await env?.teardown();
+    // Rules that named them went with the netns; the cgroups are empty.
+    for (const d of made.reverse()) rmdirSync(d);
     expect(problems).toEqual([]);
+  });
+
+  it('golden files name cgroups (cgroup bypass) and marks', () => {
+    expect(paths.length).toBeGreaterThan(0);
+    expect(files.some((f) => readFileSync(join(dir, f), 'utf8').includes('-m mark --mark'))).toBe(true);
   });
 
   it('there are golden files for both families', () => {

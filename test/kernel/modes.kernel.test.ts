@@ -312,6 +312,20 @@ kernelDescribe('both modes, sidecar topology', () => {
             5000,
           );
           expect(await data('10.202.0.2', 8080)).toMatch(/^up 10\.202\.0\.11 /);
+          // A repair of something the agent did not do itself is a warning, naming what and where.
+          await waitFor(
+            () =>
+              logs(agent).some(
+                (l) =>
+                  l.level === 40 &&
+                  /^pod: our IPv4 rules in netns \S+ were not as applied \(a flushed chain or an edited rule: not done by this agent\); restored$/.test(
+                    String(l.msg),
+                  ),
+              ),
+            'the repair warned about',
+            agent,
+            5000,
+          );
         });
 
         it('a held xtables lock when moving to another backend: bounded wait, clear error, redirection keeps working; then the move', async () => {

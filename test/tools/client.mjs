@@ -5,10 +5,6 @@
 //                               "progress N" on stderr every 100 connections
 //   hold HOST PORT N            N concurrent connections, each reads one line; prints the lines, then
 //                               keeps them open until stdin closes (LOCAL_PORT: for N = 1)
-//   each JSON                   one short connection to each [host, port, uid?, gid?] of the JSON
-//                               list, in turn (as that effective uid/gid: the owner match sees the
-//                               socket's file credentials; needs root); prints a JSON list of
-//                               {data} or {error}
 //   LOCAL_PORT=n                (env) bind the client's source port (to build identical tuples)
 import net from 'node:net';
 
@@ -40,18 +36,7 @@ function once(host = process.argv[3], port = Number(process.argv[4])) {
   });
 }
 
-if (cmd === 'each') {
-  const out = [];
-  for (const [h, p, uid, gid] of JSON.parse(host)) {
-    if (gid !== undefined) process.setegid(gid);
-    if (uid !== undefined) process.seteuid(uid);
-    const x = await once(h, p);
-    process.seteuid(0);
-    process.setegid(0);
-    out.push(x.ok ? { data: x.data } : { error: x.error });
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-} else if (cmd === 'connect') {
+if (cmd === 'connect') {
   process.stdout.write(JSON.stringify(await once()) + '\n');
 } else if (cmd === 'loop' || cmd === 'until-stdin') {
   const expect = cmd === 'loop' ? a4 : a3;

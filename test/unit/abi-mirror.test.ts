@@ -36,6 +36,8 @@ describe('the ABI mirror against the built object', () => {
       [
         'mr_action',
         'mr_cg_kind',
+        'mr_dns_flag',
+        'mr_dns_sock_flag',
         'mr_gauge',
         'mr_in_flag',
         'mr_in_sk_flag',

@@ -5,9 +5,18 @@ import ipaddr from 'ipaddr.js';
 import { parsePolicyText } from '../../src/policy/load.js';
 import type { Policy } from '../../src/policy/schema.js';
 import type { Conn } from '../../src/modes/iptables/evaluate.js';
+import { within } from '../../src/util/host.js';
 
 export type Decision =
-  'redirect' | 'pass:family' | 'pass:proxy' | 'pass:owner' | 'pass:loopback' | 'pass:port' | 'pass:cidr';
+  | 'redirect'
+  | 'pass:cgroup'
+  | 'pass:family'
+  | 'pass:proxy'
+  | 'pass:mark'
+  | 'pass:owner'
+  | 'pass:loopback'
+  | 'pass:port'
+  | 'pass:cidr';
 
 function inCidr(addr: number[], c: { bytes: number[]; prefix: number }): boolean {
   for (let bit = 0; bit < c.prefix; bit++) {
@@ -22,14 +31,17 @@ export const isLoopback = (family: 4 | 6, b: number[]) =>
   family === 4 ? b[0] === 127 : b.slice(0, 15).every((x) => x === 0) && b[15] === 1;
 
 /**
- * docs/policy.md "Decision order", for a process of the policy's cgroup that is not in a bypass cgroup
- * (the iptables mode has no cgroup bypass): no proxy for the family → the proxy itself → uid/gid →
- * loopback → port include/exclude → CIDR longest-prefix match → redirect.
+ * docs/policy.md "Decision order", for a connection of the policy (its socket made in `c.cgroup`, with
+ * mark `c.mark`): a bypass cgroup (or below one) → no proxy for the family → the proxy itself → a bypass
+ * mark ((mark & mask) == value) → uid/gid → loopback → port include/exclude → CIDR longest-prefix match →
+ * redirect.
  */
 export function decide(p: Policy, c: Conn): Decision {
+  if (p.bypass.cgroups.some((b) => within(c.cgroup ?? '/', b))) return 'pass:cgroup';
   const proxy = c.family === 4 ? p.proxy.outbound : p.proxy.outbound6;
   if (!proxy) return 'pass:family';
   if (c.dport === proxy.port && c.dst.every((b, i) => b === proxy.bytes[i])) return 'pass:proxy';
+  if (p.bypass.marks.some((m) => ((c.mark ?? 0) & m.mask) >>> 0 === m.value)) return 'pass:mark';
   if (p.bypass.uids.includes(c.uid) || p.bypass.gids.includes(c.gid)) return 'pass:owner';
   if (!p.outbound.redirectLoopback && isLoopback(c.family, c.dst)) return 'pass:loopback';
   if (p.outbound.excludePorts.includes(c.dport)) return 'pass:port';
@@ -79,6 +91,12 @@ export interface GenOptions {
   ports: readonly number[];
   uids: readonly number[];
   gids: readonly number[];
+  /** Bypass cgroups a policy may name, and the cgroups connections come from (in, below and beside them). */
+  cgroups: readonly string[];
+  connCgroups: readonly string[];
+  /** Bypass marks a policy may name, and the marks connections carry (0: none). */
+  marks: readonly string[];
+  connMarks: readonly number[];
 }
 
 export const DEFAULT_GEN: GenOptions = {
@@ -86,6 +104,11 @@ export const DEFAULT_GEN: GenOptions = {
   ports: [80, 443, 5432, 8080, 15001, 15006],
   uids: [0, 1000, 1337, 1500],
   gids: [0, 1000, 1337, 1600],
+  cgroups: ['/pods/gen/proxy', '/pods/gen/sidecar'],
+  connCgroups: ['/pods/gen/app', '/pods/gen', '/pods/gen/proxy', '/pods/gen/proxy/worker', '/pods/gen/proxy2'],
+  marks: ['0x539/0xfff', '0x100', '0x4000/0x4000'],
+  // In a mask, outside it, equal below it, and the neighbours.
+  connMarks: [0, 0, 0x539, 0x1539, 0x538, 0x100, 0x101, 0x4000, 0x4100, 0xc539],
 };
 
 /** A random valid policy (no inbound: the eBPF mode has none) whose CIDRs nest around a few anchors. */
@@ -118,9 +141,13 @@ export function genPolicy(
   const ports = [...o.ports];
   const includePorts = r.chance(0.3) ? ports.filter(() => r.chance(0.4)) : [];
   const excludePorts = ports.filter((p) => !includePorts.includes(p) && r.chance(0.2));
-  let uids = o.uids.filter((u) => u !== 0 && r.chance(0.4));
-  const gids = o.gids.filter((g) => g !== 0 && r.chance(0.3));
-  if (uids.length === 0 && gids.length === 0) uids = [1337];
+  // Each kind of bypass alone, or several: a policy may recognise its proxy by cgroup only, say.
+  const owners = r.chance(0.6);
+  let uids = owners ? o.uids.filter((u) => u !== 0 && r.chance(0.4)) : [];
+  const gids = owners ? o.gids.filter((g) => g !== 0 && r.chance(0.3)) : [];
+  const cgroups = o.cgroups.filter(() => r.chance(0.35));
+  const marks = o.marks.filter(() => r.chance(0.35));
+  if (uids.length + gids.length + cgroups.length + marks.length === 0) uids = [1337];
   const has4 = r.chance(0.85);
   const has6 = !has4 || r.chance(0.6);
   const doc = {
@@ -132,7 +159,7 @@ export function genPolicy(
       proxy: {
         ...(has4 ? { outbound: `127.0.0.1:${r.pick(o.proxyPorts)}` } : {}),
         ...(has6 ? { outbound6: `[::1]:${r.pick(o.proxyPorts)}` } : {}),
-        bypass: { uids, gids },
+        bypass: { uids, gids, cgroups, marks },
       },
       outbound: {
         includePorts,
@@ -201,6 +228,8 @@ export function genConns(
       dport,
       uid: r.pick(o.uids),
       gid: r.pick(o.gids),
+      cgroup: r.pick(o.connCgroups),
+      mark: r.pick(o.connMarks),
       outLo: isLoopback(family, dst) || r.chance(0.2),
     });
   }

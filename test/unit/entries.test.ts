@@ -54,6 +54,23 @@ describe('policy → map entries', () => {
     ]);
   });
 
+  it('bypass marks: in the policy value, with their flag; none: no flag, all zero (the programs read nothing)', () => {
+    const m = parsePolicyText(text.replace('gids: [7] }', 'gids: [7], marks: ["0x539/0xfff", 0x100] }'), 'a.yaml');
+    expect(m.errors).toEqual([]);
+    const e = toEntries(m.policies, new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
+    const [, pol] = e.mr_policies[0]!;
+    expect(pol.flags).toBe(1 | 4 | 64); // PROXY4 | INCLUDE_PORTS | BYPASS_MARKS
+    const pairs = [0, 1, 2].map((i) => [pol.marks.readUInt32LE(8 * i), pol.marks.readUInt32LE(8 * i + 4)]);
+    expect(pairs).toEqual([
+      [0x539, 0xfff],
+      [0x100, 0xffffffff],
+      [0, 0],
+    ]);
+    const none = toEntries([p], new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
+    expect(none.mr_policies[0]![1].flags & 64).toBe(0);
+    expect(none.mr_policies[0]![1].marks.equals(Buffer.alloc(64))).toBe(true);
+  });
+
   it('an unresolved cgroup contributes only its slot name', () => {
     const e = toEntries([p], new Map([['a', 1]]), new Map([['a', { cgroup: null, bypass: [null] }]]));
     expect(e.mr_cgroups).toEqual([]);
@@ -71,8 +88,9 @@ describe('policy → map entries', () => {
       proxy6_addr: Buffer.alloc(16),
       proxy4_port: 15001,
       proxy6_port: 0,
+      marks: Buffer.alloc(64),
     });
-    expect(policyValue.size).toBe(28);
+    expect(policyValue.size).toBe(28 + 8 * 8); // and struct mr_mark marks[8]
     expect(v.readUInt16BE(24)).toBe(15001);
     expect(MAPS.mr_orig.key.size).toBe(48);
   });

@@ -35,7 +35,7 @@ function mismatches(render: Render, seed: number, policies: number, per: number)
       const got = iptablesVerdict(render, policy, c);
       if ((want === 'redirect') !== (got === 'redirect')) {
         bad.push(
-          `seed ${seed} policy #${i} ${JSON.stringify({ outbound: policy.outbound, proxy: [policy.proxy.outbound?.text, policy.proxy.outbound6?.text], bypass: policy.bypass }, (k, v: unknown) => (k === 'bytes' ? undefined : v))}: connect(${addrText(c.dst)}:${c.dport}) uid ${c.uid} gid ${c.gid}${c.outLo ? ' via lo' : ''}: model ${want}, rules ${got}`,
+          `seed ${seed} policy #${i} ${JSON.stringify({ outbound: policy.outbound, proxy: [policy.proxy.outbound?.text, policy.proxy.outbound6?.text], bypass: policy.bypass }, (k, v: unknown) => (k === 'bytes' ? undefined : v))}: connect(${addrText(c.dst)}:${c.dport}) uid ${c.uid} gid ${c.gid} cgroup ${c.cgroup} mark ${c.mark}${c.outLo ? ' via lo' : ''}: model ${want}, rules ${got}`,
         );
       }
     }
@@ -85,6 +85,37 @@ describe('iptables rules vs the decision model (property)', () => {
         .join('\n');
     expect(mismatches(oldLo, seed, 400, 60).length).toBeGreaterThan(0);
   });
+
+  it(
+    'catch a cgroup bypass dropped, a mask ignored, and a bypass placed after the CIDR decision',
+    { timeout: 60_000 },
+    () => {
+      const without =
+        (re: RegExp): Render =>
+        (p, family) =>
+          real(p, family)
+            .split('\n')
+            .filter((l) => !re.test(l))
+            .join('\n');
+      expect(mismatches(without(/-m cgroup --path .*-j RETURN$/), seed, 400, 60).length).toBeGreaterThan(0);
+      const noMask: Render = (p, family) => real(p, family).replace(/--mark (0x[0-9a-f]+)\/0x[0-9a-f]+/g, '--mark $1');
+      expect(mismatches(noMask, seed, 400, 60).length).toBeGreaterThan(0);
+      // The mark RETURN after everything else: an include CIDR would redirect a marked proxy connection first.
+      const markLast: Render = (p, family) => {
+        const lines = real(p, family).split('\n');
+        const marks = lines.filter((l) => /^-A MESHREDIR_OUTPUT -m mark .*-j RETURN$/.test(l));
+        const rest = lines.filter((l) => !marks.includes(l));
+        const at = rest.findIndex(
+          (l) =>
+            /^-A MESHREDIR_(OUTPUT|DEST) -d .*-j MESHREDIR_REDIRECT$/.test(l) ||
+            /^-A MESHREDIR_OUTPUT -m comment .*-j MESHREDIR_REDIRECT$/.test(l),
+        );
+        rest.splice(at < 0 ? rest.length - 1 : at + 1, 0, ...marks);
+        return rest.join('\n');
+      };
+      expect(mismatches(markLast, seed, 400, 60).length).toBeGreaterThan(0);
+    },
+  );
 
   it('a loopback proxy address other than 127.0.0.1/::1 and a too-long comment cannot happen', async () => {
     const { parsePolicyText } = await import('../../src/policy/load.js');

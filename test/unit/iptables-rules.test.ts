@@ -89,21 +89,41 @@ describe('iptables rules (golden)', () => {
     expect(off).not.toMatch(/-o lo/);
   });
 
-  it('says what the mode cannot do, and what it ignores', () => {
-    expect(unsupported(policy('istio'))).toEqual([]);
-    expect(ignoredFields(policy('istio'))).toEqual([
-      expect.stringMatching(/^spec\.proxy\.bypass\.cgroups: iptables mode bypasses by uid\/gid only/),
-    ]);
-    const noOwner = parsePolicyText(
-      'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n  accelerate: true\n  proxy:\n    outbound: 10.200.0.1:15001\n    bypass: { cgroups: [/p] }\n',
-      'x.yaml',
-    ).policies[0]!;
-    const why = unsupported(noOwner);
-    expect(why).toHaveLength(3);
-    expect(why[0]).toMatch(/^spec\.proxy\.bypass: iptables mode recognises the proxy only by uid\/gid/);
-    expect(why[1]).toMatch(
+  it('says what the mode cannot do, and ignores nothing: cgroup and mark bypass are rules too', () => {
+    for (const name of ['istio', 'cgroup-only', 'marks']) {
+      expect(unsupported(policy(name))).toEqual([]);
+      expect(ignoredFields(policy(name))).toEqual([]);
+    }
+    const parse = (bypass: string, extra = '') =>
+      parsePolicyText(
+        `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n${extra}  proxy:\n    outbound: 10.200.0.1:15001\n    bypass: ${bypass}\n`,
+        'x.yaml',
+      ).policies[0]!;
+    const why = unsupported(parse('{ cgroups: [/p] }', '  accelerate: true\n'));
+    expect(why).toHaveLength(2);
+    expect(why[0]).toMatch(
       /^spec\.proxy\.outbound: 10\.200\.0\.1:15001 — iptables REDIRECT can only send to a proxy listening in the pod's own network namespace/,
     );
-    expect(why[2]).toMatch(/^spec\.accelerate/);
+    expect(why[1]).toMatch(/^spec\.accelerate/);
+    expect(unsupported(parse('{}'))[0]).toMatch(
+      /^spec\.proxy\.bypass: the rules cover the whole pod network namespace, proxy included; without bypass cgroups, marks, uids or gids/,
+    );
+    expect(unsupported(parse('{ cgroups: ["/pods/a b"] }'))[0]).toMatch(
+      /^spec\.proxy\.bypass\.cgroups: "\/pods\/a b" — iptables mode writes a bypass cgroup into a rule/,
+    );
+    // Kubernetes' systemd cgroup paths are fine.
+    const systemd =
+      '/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b_3c.slice/cri-containerd-0f.scope';
+    expect(unsupported(parse(`{ cgroups: [${systemd}] }`)).filter((w) => w.includes('bypass'))).toEqual([]);
+  });
+
+  it('renders only the bypass cgroups it is given (those that exist), and every mark', () => {
+    const p = policy('marks');
+    const none = renderRestore(p, { family: 4, bypassCgroups: [] });
+    expect(none).not.toMatch(/-m cgroup/);
+    expect(none.match(/-m mark --mark 0x539\/0xfff/g)).toHaveLength(2); // owner→inbound and RETURN
+    expect(renderRestore(p, { family: 4 })).toMatch(
+      /-m cgroup --path "\/meshredir-test-golden\/pod\/proxy" .*-j RETURN/,
+    );
   });
 });

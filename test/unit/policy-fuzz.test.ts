@@ -57,6 +57,17 @@ function validDoc(r: Rnd): Doc {
           cgroups: r.some(r.int(0, 2), () => `/proxy/q${r.int(0, 1e6)}`),
           uids: r.some(r.int(0, 3), () => r.int(0, 4294967294)),
           gids: r.some(r.int(0, 2), () => r.int(0, 65535)),
+          marks: [
+            ...new Set(
+              r.some(r.int(0, 2), () => {
+                const mask = r.int(1, 0xffff);
+                const value = r.int(0, 0xffff) & mask || mask & -mask; // inside the mask, not 0
+                return mask === 0xffff && r.next() < 0.5
+                  ? `${value}`
+                  : `0x${value.toString(16)}/0x${mask.toString(16)}`;
+              }),
+            ),
+          ],
         },
       },
       outbound: {
@@ -82,6 +93,25 @@ const BAD = {
   cgroup: ['', 'relative', 'pods/a', '/a/../b', '/..', '/a/..', '/a\u0000b', ...NOT_STRING],
   netns: ['relative', 'run/netns/x', '', ...NOT_STRING],
   bool: ['yes', 'true', 'false', 1, 0, null, [], {}, 'on'],
+  mark: [
+    '',
+    '0x',
+    '0x1/2/3',
+    '0/0xff',
+    '0x5/0',
+    '0x539/0xff',
+    '0x100000000',
+    ' 0x1',
+    '1 ',
+    'mark',
+    -1,
+    1.5,
+    0,
+    null,
+    [],
+    {},
+    true,
+  ],
   endpoint4: [
     '10.200.0.1',
     '10.200.0.1:0',
@@ -179,6 +209,7 @@ function fieldMutations(doc: Doc): { path: Path; values: readonly unknown[] }[] 
     [['spec', 'proxy', 'bypass', 'cgroups'], BAD.cgroup],
     [['spec', 'proxy', 'bypass', 'uids'], BAD.id],
     [['spec', 'proxy', 'bypass', 'gids'], BAD.id],
+    [['spec', 'proxy', 'bypass', 'marks'], BAD.mark],
     [['spec', 'outbound', 'includePorts'], BAD.port],
     [['spec', 'outbound', 'excludePorts'], BAD.port],
     [['spec', 'outbound', 'includeCidrs'], BAD.cidr],

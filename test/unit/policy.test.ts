@@ -83,6 +83,42 @@ describe('policy parsing', () => {
     ]);
   });
 
+  it('bypass marks: value or value/mask, hex or decimal, a YAML integer too; field-level errors', () => {
+    const withMarks = (m: string) => valid.replace('gids: [] }', `gids: [], marks: ${m} }`);
+    const r = parsePolicyText(withMarks('["0x539/0xfff", 0x100, "1337", "0XA/0XF", 4294967295]'), 'a.yaml');
+    expect(r.errors).toEqual([]);
+    expect(r.policies[0]!.bypass.marks).toEqual([
+      { value: 0x539, mask: 0xfff, text: '0x539/0xfff' },
+      { value: 0x100, mask: 0xffffffff, text: '0x100' },
+      { value: 1337, mask: 0xffffffff, text: '0x539' },
+      { value: 0xa, mask: 0xf, text: '0xa/0xf' },
+      { value: 0xffffffff, mask: 0xffffffff, text: '0xffffffff' },
+    ]);
+    expect(parsePolicyText(valid, 'a.yaml').policies[0]!.bypass.marks).toEqual([]);
+    expect(errs(withMarks('["0x539/0xff"]'))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks[0]: "0x539/0xff": value 0x539 has bits outside the mask 0xff, so it can never match',
+    ]);
+    expect(errs(withMarks('[1, "0x5/0"]'))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks[1]: "0x5/0": mask 0 matches every socket, so nothing would be redirected',
+    ]);
+    expect(errs(withMarks('["0/0xff"]'))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks[0]: "0/0xff": value 0 matches every socket that has no mark (the default), so nothing would be redirected',
+    ]);
+    for (const bad of ['"0x1/2/3"', '"0x100000000"', '-1', '1.5', '"mark"', '""', '"0x"'])
+      expect(errs(withMarks(`[${bad}]`))[0]).toMatch(
+        /^policies\/a\.yaml: spec\.proxy\.bypass\.marks\[0\]: .* is not a mark \(value or value\/mask, 0 to 0xffffffff, such as "0x539\/0xfff"\)$/,
+      );
+    expect(errs(withMarks('[true]'))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks[0]: must be a mark such as "0x539/0xfff" (value or value/mask)',
+    ]);
+    expect(errs(withMarks('["0x539/0xfff", 1337, "0x539/0xFFF"]'))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks[2]: 0x539/0xfff is listed twice',
+    ]);
+    expect(errs(withMarks(`[${Array.from({ length: 9 }, (_, i) => i + 1).join(', ')}]`))).toEqual([
+      'policies/a.yaml: spec.proxy.bypass.marks: at most 8 marks, not 9',
+    ]);
+  });
+
   it('normalises CIDRs (host bits cleared) and endpoints', () => {
     const r = parsePolicyText(valid.replace('"10.200.0.0/30"', '"10.200.0.3/30", "fd00::1:2/64"'), 'a.yaml');
     expect(r.policies[0]!.outbound.excludeCidrs.map((c) => c.text)).toEqual(['10.200.0.0/30', 'fd00::/64']);

@@ -6,15 +6,26 @@ import { shared, sharedSchema, parseOptions, modeConfig } from '../options.js';
 import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
+import { requirePreflight } from '../../probe/preflight.js';
+
+/** Bounds of --interval, in seconds. */
+const MIN_INTERVAL = 1;
+const MAX_INTERVAL = 86_400;
 
 const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait']).extend({
   policies: z.string().min(1),
   cgroupRoot: z.string().optional(),
   mode: z.enum(['auto', 'ebpf', 'iptables']),
-  interval: z.coerce.number().positive('must be a positive number of seconds'),
+  // A full pass reads every policy file and every policy map: more often than once a second is load, not
+  // safety (changes are applied at once through the directory watch anyway); more than a day is no repair.
+  interval: z.coerce
+    .number('must be a number of seconds')
+    .min(MIN_INTERVAL, `must be at least ${MIN_INTERVAL} s (changes apply through the directory watch at once)`)
+    .max(MAX_INTERVAL, `must be at most ${MAX_INTERVAL} s (a day)`),
   cleanupOnExit: z.boolean().default(false),
-  maxConnections: z.coerce.number().int().min(16).max(16_777_216).optional(),
-  maxAccelerated: z.coerce.number().int().min(2).max(16_777_216).optional(),
+  // mr_orig (twice this) and mr_peers are preallocated: 1,048,576 is ~200 MiB of kernel memory already.
+  maxConnections: z.coerce.number().int().min(16).max(1_048_576).optional(),
+  maxAccelerated: z.coerce.number().int().min(2).max(1_048_576).optional(),
   object: z.string(),
   iptablesBackend: z.enum(['nft', 'legacy']).optional(),
   dryRun: z.boolean().default(false),
@@ -26,15 +37,15 @@ export const agentCommand = shared(
     .requiredOption('--policies <dir>', 'directory of policy files (*.yaml)')
     .option('--cgroup-root <path>', 'cgroup where the programs attach (default: the cgroup2 root)')
     .addOption(new Option('--mode <mode>', 'redirection mode').choices(['auto', 'ebpf', 'iptables']).default('auto'))
-    .option('--interval <seconds>', 'periodic reconcile interval', '30')
+    .option('--interval <seconds>', `periodic reconcile interval (${MIN_INTERVAL}-${MAX_INTERVAL})`, '30')
     .option('--cleanup-on-exit', 'remove everything on SIGTERM/SIGINT (default: leave redirection in place)')
     .option(
       '--max-connections <n>',
-      'eBPF: redirected handshakes that may be in flight at once (a proxy not answering SYNs) before connect() is refused (default 16384)',
+      'eBPF: redirected handshakes that may be in flight at once (a proxy not answering SYNs) before connect() is refused (16-1048576, default 16384)',
     )
     .option(
       '--max-accelerated <n>',
-      'eBPF: sockets the sk_msg fast path may hold, two per connection (default 65536); past it, connections take TCP',
+      'eBPF: sockets the sk_msg fast path may hold, two per connection (2-1048576, default 65536); past it, connections take TCP',
     )
     .addOption(
       new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices([
@@ -56,6 +67,7 @@ export const agentCommand = shared(
     import('../../util/log.js'),
   ]);
   const log = makeLogger();
+  if (!o.dryRun) for (const w of requirePreflight(o)) log.warn({ event: 'preflight' }, w);
   const cgroupRoot = o.cgroupRoot ? resolveCgroupArg(o.cgroupRoot) : requireCgroup2();
   const decision = decideMode(o.mode, { object: o.object, ...(o.cgroupRoot ? { cgroupParent: cgroupRoot } : {}) });
   if (decision instanceof Error) throw new UserError(decision.message);
@@ -74,6 +86,7 @@ export const agentCommand = shared(
   if (o.dryRun) {
     const { loadPolicies, formatError } = await import('../../policy/load.js');
     const set = await loadPolicies(o.policies);
+    for (const w of set.warnings ?? []) console.error(`warning: ${formatError(w)}`);
     for (const e of set.errors) console.error(formatError(e));
     const d = mode.plan(set.policies).render();
     for (const m of d.messages) console.error(m);

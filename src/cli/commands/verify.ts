@@ -14,6 +14,10 @@ const flags = sharedSchema(['bpffs', 'iptablesState', 'json']).extend({
   dest: z
     .string()
     .regex(/^(\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:.]+\]):\d+$/, 'must be ip:port or [ip6]:port')
+    .refine((s) => {
+      const port = Number(s.slice(s.lastIndexOf(':') + 1));
+      return port >= 1 && port <= 65535;
+    }, 'the port must be 1-65535')
     .optional(),
 });
 

@@ -1,10 +1,15 @@
 // desired.ts — the eBPF mode's desired state for a policy set: cgroups resolved to ids, slots kept from
-// the pins, id conflicts settled in favour of what is applied, and the map entries. One function, used
-// by the dry run and by apply alike.
+// the pins, id conflicts settled in favour of what is applied, only the policies that fit in the maps
+// (capacities read from the pins), and the map entries. One function, used by the dry run and by apply.
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../policy/entries.js';
 import type { MapEntries, Resolution, IdConflict } from '../../policy/entries.js';
 import type { Policy } from '../../policy/schema.js';
+import { admit } from '../../policy/capacity.js';
+import { MAP_CAPACITY, type Capacities, type PolicyMapName } from '../../policy/limits.js';
 import { CgKind } from '../../bpf/abi.js';
+import { BpfObject } from '../../bpf/object.js';
+import { mapInfo } from '../../bpf/map.js';
+import { tryOpenPinned, withFd } from '../../bpf/fd.js';
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import type { Pins } from './pins.js';
 
@@ -19,12 +24,37 @@ export interface Desired {
   slots: Map<string, number>;
   /** Where the slots came from: the pinned mr_slots, or assigned anew (nothing pinned). */
   slotsFrom: 'pins' | 'new';
-  /** The policies that take part (those in an id conflict they lose are not). */
+  /** The policies that take part, in the version written (an id conflict lost, or no room: not here). */
   keep: Policy[];
+  /** Policies whose new version does not fit in the maps: the version applied before stays in `keep`. */
+  failed: { name: string; file: string; message: string }[];
+  /** The maps' capacities the admission used. */
+  capacities: Capacities;
   /** Cgroups (policy or bypass) that do not exist (yet): no entries for them until they do. */
   unresolved: Unresolved[];
-  /** Policies left out because their cgroup is the same cgroup (by id) as another policy's. */
+  /** Policies left out: their cgroup is another policy's (by id), or they do not fit in the maps. */
   rejected: { name: string; file: string; message: string }[];
+}
+
+/** Each policy map's capacity: from its pin when pinned, else from the object that will create it. */
+export function capacities(pins: Pins, object?: string): Capacities {
+  const out: Capacities = { ...MAP_CAPACITY };
+  let obj: BpfObject | undefined;
+  try {
+    for (const name of Object.keys(MAP_CAPACITY) as PolicyMapName[]) {
+      const fd = tryOpenPinned(pins.mapPin(name));
+      if (fd !== null) {
+        out[name] = withFd(fd, (f) => mapInfo(f, name).maxEntries);
+        continue;
+      }
+      if (!object) continue;
+      obj ??= BpfObject.open(object);
+      out[name] = obj.mapSpec(name).maxEntries;
+    }
+  } finally {
+    obj?.close();
+  }
+  return out;
 }
 
 /** Each policy's cgroup and bypass cgroups as ids (null: the directory does not exist). */
@@ -59,22 +89,44 @@ function rejections(conflicts: IdConflict[]): Desired['rejected'] {
   );
 }
 
-/**
- * The desired state of the eBPF maps. `fastPath`: whether `accelerate` can take effect (the sk_msg link is
- * attached and the kernel lets it bound a slow reader; assumed when nothing is loaded yet).
- */
-export function desiredState(pins: Pins, policies: Policy[], caps: { fastPath: boolean }): Desired {
+/** Options of the desired state beyond the policies. */
+export interface DesiredOptions {
+  /** Whether `accelerate` can take effect (the sk_msg link is attached and bounds a slow reader). */
+  fastPath: boolean;
+  /** The maps' capacities (see capacities()). */
+  capacities: Capacities;
+  /** The version of each policy applied last by this process (kept when a new version does not fit). */
+  previous?: ReadonlyMap<string, Policy>;
+}
+
+/** The desired state of the eBPF maps. */
+export function desiredState(pins: Pins, policies: Policy[], o: DesiredOptions): Desired {
   const installed = pins.has('mr_slots');
   const current = installed ? pins.slots() : new Map<string, number>();
   const res = resolveCgroups(policies);
   const owners = installed && conflictsPossible(res) ? cgroupOwners(pins, current) : new Map<bigint, string>();
-  const { keep, conflicts } = cgroupIdConflicts(policies, res, owners);
+  const { keep: unique, conflicts } = cgroupIdConflicts(policies, res, owners);
+  // Room in the maps: what is applied first, as applied; then new versions and newcomers while they fit.
+  const input = new Map(policies.map((p) => [p.name, p]));
+  const own = (p: Policy) => (input.get(p.name) === p ? res.get(p.name) : resolveCgroups([p]).get(p.name));
+  const slotsHeld = Math.min(o.capacities.mr_slots, o.capacities.mr_policies) - 1; // slot 0: no policy
+  const adm = admit(
+    unique.map((p) => {
+      const previous = o.previous?.get(p.name);
+      return { policy: p, incumbent: current.has(p.name), ...(previous ? { previous } : {}) };
+    }),
+    own,
+    o.capacities,
+    slotsHeld,
+  );
+  const keep = adm.admitted;
+  const resKeep = new Map(keep.map((p) => [p.name, own(p)!]));
   const slots = assignSlots(
     keep.map((p) => p.name),
     current,
   );
   const unresolved = keep.flatMap((p): Unresolved[] => {
-    const r = res.get(p.name)!;
+    const r = resKeep.get(p.name)!;
     return [
       ...(r.cgroup === null ? [{ policy: p.name, field: 'spec.cgroup' as const, cgroup: p.cgroup }] : []),
       ...p.bypass.cgroups
@@ -82,12 +134,19 @@ export function desiredState(pins: Pins, policies: Policy[], caps: { fastPath: b
         .map((b) => ({ policy: p.name, field: 'spec.proxy.bypass.cgroups' as const, cgroup: b })),
     ];
   });
+  const record = (x: { policy: Policy; message: string }) => ({
+    name: x.policy.name,
+    file: x.policy.file,
+    message: x.message,
+  });
   return {
-    entries: toEntries(keep, slots, res, caps),
+    entries: toEntries(keep, slots, resKeep, { fastPath: o.fastPath }),
     slots,
     slotsFrom: installed ? 'pins' : 'new',
     keep,
     unresolved,
-    rejected: rejections(conflicts),
+    failed: adm.failed.map(record),
+    capacities: o.capacities,
+    rejected: [...rejections(conflicts), ...adm.rejected.map(record)],
   };
 }

@@ -5,21 +5,12 @@
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
-import type {
-  ApplyResult,
-  AttachConfig,
-  CleanupReport,
-  Mode,
-  ModeConfig,
-  Note,
-  Plan,
-  PolicyOutcome,
-  VerifyRequest,
-} from '../mode.js';
+import type { ApplyResult, AttachConfig, CleanupReport, Mode, ModeConfig, Note, Plan, VerifyRequest } from '../mode.js';
 import { Pins } from './pins.js';
 import { load, type LoadReport } from './load.js';
-import { desiredState, type Desired } from './desired.js';
-import { writeEntries } from './write.js';
+import { capacities, desiredState, type Desired } from './desired.js';
+import { writeEntries, type WriteReport } from './write.js';
+import { capacitiesOf, loadNotes, outcomes, writeNotes } from './notes.js';
 import { fastPath, pendingDrift } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
@@ -40,6 +31,11 @@ export class EbpfMode implements Mode {
   private expectedMaps = new Map<string, number | undefined>();
   /** The gap between the pending gauge and the records, at the last apply. */
   private lastDrift = 0n;
+  /** The version of each policy this process wrote last: kept when a new version does not fit. */
+  private previous = new Map<string, Policy>();
+  /** Per map, the fingerprint of what the last clean apply wrote: a difference found while it is
+   * unchanged was made by someone else. */
+  private lastWritten?: WriteReport['maps'];
   readonly inbound: InboundPart;
 
   constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
@@ -59,7 +55,11 @@ export class EbpfMode implements Mode {
 
   /** The desired state with what the kernel offers now (the fast path is assumed before the first load). */
   private desired(policies: Policy[]): Desired {
-    return desiredState(this.pins, policies, { fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable });
+    return desiredState(this.pins, policies, {
+      fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable,
+      capacities: capacities(this.pins, this.cfg.attach?.object),
+      previous: this.previous,
+    });
   }
 
   plan(policies: Policy[]): EbpfPlan {
@@ -76,9 +76,9 @@ export class EbpfMode implements Mode {
       mode: 'ebpf',
       input: policies,
       desired,
-      inbound,
-      policies: outcomes(policies, desired),
+      policies: outcomes(policies, desired, new Map()),
       notes,
+      inbound,
       render: () => {
         const ib = this.inbound.render(inbound);
         return {
@@ -91,6 +91,7 @@ export class EbpfMode implements Mode {
             unresolved: desired.unresolved,
             outsideRoot: outside,
             rejected: desired.rejected.map((r) => r.message),
+            failed: desired.failed.map((r) => r.message),
             entries: desired.entries,
             inbound: ib.json,
           },
@@ -100,10 +101,11 @@ export class EbpfMode implements Mode {
                 `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
             ),
             ...desired.rejected.map((r) => r.message),
+            ...desired.failed.map((r) => r.message),
             ...outside.map((x) => x.message),
             ...ib.messages,
           ],
-          ok: desired.rejected.length === 0,
+          ok: desired.rejected.length === 0 && desired.failed.length === 0,
         };
       },
     };
@@ -113,21 +115,38 @@ export class EbpfMode implements Mode {
     const notes: Note[] = [...plan.notes];
     let loaded = false;
     if (!this.intact()) {
-      notes.push(...loadNotes(this.load()));
+      // Something this process attached or pinned is not as it left it: someone else changed it.
+      const damage = this.expectedProgs.size ? this.damage() : [];
+      if (damage.length)
+        notes.push({
+          level: 'warn',
+          event: 'repaired',
+          message: `changed behind the agent's back (not by this agent): ${damage.join('; ')}; loading and attaching again`,
+          fields: { damage },
+        });
+      const first = this.expectedProgs.size === 0;
+      notes.push(...loadNotes(this.load(), first));
       loaded = true;
     }
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
     const again = loaded || !(plan as EbpfPlan).desired;
     const desired = again ? this.desired(plan.input) : (plan as EbpfPlan).desired;
     const inboundPlan = again ? this.inbound.plan(desired, plan.input) : (plan as EbpfPlan).inbound;
-    let { writes, deletes } = writeEntries(this.pins, desired.entries);
+    const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
+    const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
+    const wrote = writeNotes(w, desired, names, this.lastWritten);
+    notes.push(...wrote.notes);
+    this.lastWritten = wrote.lastWritten;
     const ib = this.inbound.apply(inboundPlan);
-    writes += ib.writes;
-    deletes += ib.deletes;
     notes.push(...ib.notes);
     notes.push(...this.driftNotes());
-    for (const x of desired.rejected) {
-      notes.push({ level: 'error', event: 'policy_error', message: x.message, fields: { policy: x.name } });
+    for (const x of [...desired.rejected, ...desired.failed]) {
+      notes.push({
+        level: 'error',
+        event: 'policy_error',
+        message: x.message,
+        fields: { policy: x.name, file: x.file },
+      });
     }
     for (const u of desired.unresolved) {
       notes.push(
@@ -146,11 +165,42 @@ export class EbpfMode implements Mode {
             },
       );
     }
-    const policies = outcomes(plan.input, desired).map((o) => {
+    const unwritten = new Map([...w.failed].map(([slot, why]) => [names.get(slot) ?? `slot ${slot}`, why]));
+    // What is in the maps now, per policy: the version written, or (failed) the one before.
+    const next = new Map<string, Policy>();
+    for (const p of desired.keep) {
+      const prev = this.previous.get(p.name);
+      if (!unwritten.has(p.name)) next.set(p.name, p);
+      else if (prev) next.set(p.name, prev);
+    }
+    this.previous = next;
+    const policies = outcomes(plan.input, desired, unwritten).map((o) => {
       const x = ib.outcomes.get(o.policy);
       return x && o.state === 'applied' ? { ...o, ...x } : o;
     });
-    return { writes, deletes, loaded, policies, notes };
+    return { writes: w.writes + ib.writes, deletes: w.deletes + ib.deletes, loaded, policies, notes };
+  }
+
+  /** What differs from what this process attached and pinned (for the repair warning). */
+  private damage(): string[] {
+    const out: string[] = [];
+    const rootId = String(cgroupId(this.attach.cgroupRoot));
+    const links = new Map(this.pins.links().map((l) => [l.name, l]));
+    for (const [name, prog] of this.expectedProgs) {
+      const l = links.get(name);
+      if (!l) out.push(`link pin ${name} deleted`);
+      else if (!l.attached) out.push(`link ${name} detached`);
+      else if (l.progId !== prog) out.push(`link ${name} runs another program (id ${l.progId}, not ${prog})`);
+      else if (l.mapId === undefined && l.cgroupId !== rootId) out.push(`link ${name} attached elsewhere`);
+    }
+    for (const name of links.keys()) if (!this.expectedProgs.has(name)) out.push(`unknown link pin ${name}`);
+    const maps = this.pins.mapIds();
+    for (const [name, id] of this.expectedMaps) {
+      const cur = maps.get(name);
+      if (cur === undefined) out.push(`map pin ${name} deleted`);
+      else if (cur !== id) out.push(`map pin ${name} replaced by another map (id ${cur}, not ${id})`);
+    }
+    return out;
   }
 
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
@@ -231,45 +281,4 @@ export class EbpfMode implements Mode {
         : [];
     return { mode: 'ebpf', removed, kept, failed: [], notes, json: { ...r } };
   }
-}
-
-function outcomes(policies: Policy[], d: Desired): PolicyOutcome[] {
-  const rejected = new Map(d.rejected.map((r) => [r.name, r.message]));
-  const waiting = new Set(d.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
-  return policies.map((p): PolicyOutcome => {
-    if (rejected.has(p.name)) return { policy: p.name, file: p.file, state: 'rejected', reason: rejected.get(p.name)! };
-    if (waiting.has(p.name))
-      return { policy: p.name, file: p.file, state: 'waiting', reason: `cgroup ${p.cgroup} does not exist yet` };
-    return { policy: p.name, file: p.file, state: 'applied' };
-  });
-}
-
-function loadNotes(rep: LoadReport): Note[] {
-  const notes: Note[] = [];
-  if (rep.repinnedMaps.length) {
-    notes.push({
-      level: 'warn',
-      event: 'repinned',
-      message: `map pins ${rep.repinnedMaps.join(', ')} had been deleted; pinned again from the maps the attached programs use (contents kept)`,
-      fields: { maps: rep.repinnedMaps },
-    });
-  }
-  for (const [prog, why] of Object.entries(rep.rebound)) {
-    notes.push({
-      level: 'warn',
-      event: 'rebound',
-      message: `${prog} used other maps than the pinned ones (${why}); its link now runs the program on the pinned maps`,
-      fields: { program: prog },
-    });
-  }
-  notes.push({ level: 'info', event: 'loaded', message: 'programs loaded and attached', fields: { ...rep } });
-  for (const [prog, why] of Object.entries(rep.unavailable)) {
-    notes.push({
-      level: 'warn',
-      event: 'unavailable',
-      message: `${prog} not attached (${why}): policies with accelerate use the normal path`,
-      fields: { program: prog },
-    });
-  }
-  return notes;
 }

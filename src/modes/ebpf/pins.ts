@@ -1,6 +1,6 @@
 // pins.ts — what the eBPF mode keeps under its bpffs directory (maps/, links/, progs/) and how it reads
 // it back: typed maps by name, the links with their programs and attach points, slots by policy name.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
@@ -51,9 +51,21 @@ export class Pins {
     this.progsDir = join(bpffs, 'progs');
   }
 
-  /** Whether meshredir's pins exist under the bpffs directory. */
+  /** Whether meshredir's pins exist under the bpffs directory; throws when this process may not look. */
   installed(): boolean {
-    return existsSync(this.linksDir) || existsSync(this.mapsDir) || existsSync(this.progsDir);
+    for (const d of [this.linksDir, this.mapsDir, this.progsDir]) {
+      try {
+        statSync(d);
+        return true;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EACCES' || code === 'EPERM')
+          throw new Error(
+            `cannot read the pins under ${this.bpffs}: ${code} (${code === 'EACCES' ? 'permission denied' : 'operation not permitted'}); reading them needs root (CAP_BPF and access to ${this.bpffs})`,
+          );
+      }
+    }
+    return false;
   }
 
   mapPin(name: string): string {

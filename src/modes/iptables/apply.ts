@@ -40,6 +40,8 @@ export interface IptablesApplyReport {
   removed: Removal[];
   /** Whether the state file was written (only when something changed). */
   stateWritten: boolean;
+  /** Rules restored because they differed from what was applied (not by us: a flushed chain, an edit). */
+  repaired: { policy: string; netns: string; family: string }[];
 }
 
 export function applyRules(
@@ -55,6 +57,7 @@ export function applyRules(
     failed: [],
     removed: [],
     stateWritten: false,
+    repaired: [],
   };
   const state = readState(stateFile);
   const before = JSON.stringify(state);
@@ -129,7 +132,8 @@ function applyOne(run: Runner, target: Target, state: State, rep: IptablesApplyR
       stale: (prev?.stale ?? []).filter((s) => s.backend !== backend),
       ...(prev?.routes?.length ? { routes: prev.routes } : {}),
     };
-    const { changed, errors } = applyFamilies(run, ns, p, next, moving ? undefined : prev);
+    const { changed, errors, drifted } = applyFamilies(run, ns, p, next, moving ? undefined : prev);
+    for (const family of drifted) rep.repaired.push({ policy: p.name, netns: t.path, family });
     // Policy routing after the rules that mark for it (harmless before any mark), removed after them.
     const rw = routeWork(p, next.routes);
     const rs = syncRoutes(run, ns, rw.want, next.routes ?? []);
@@ -171,9 +175,10 @@ function applyFamilies(
   p: Policy,
   next: NetnsState,
   prev: NetnsState | undefined,
-): { changed: string[]; errors: string[] } {
+): { changed: string[]; errors: string[]; drifted: string[] } {
   const changed: string[] = [];
   const errors: string[] = [];
+  const drifted: string[] = [];
   for (const family of [4, 6] as const) {
     const f = fkey(family);
     try {
@@ -181,11 +186,16 @@ function applyFamilies(
       if (w.kind === 'restore') {
         run.restore(ns, next.backend, family, w.input);
         const saves = run.saveAll(ns, next.backend, family, tablesToRead(p, family, undefined));
-        const fs: FamilyState = { rendered: w.rendered, applied: ours(saves.nat ?? '') };
+        const fs: FamilyState = {
+          rendered: w.rendered,
+          applied: ours(saves.nat ?? ''),
+          ...(Object.keys(w.cgroups).length ? { cgroups: w.cgroups } : {}),
+        };
         for (const t of TABLES)
           if (t.table !== 'nat' && saves[t.table] !== undefined) (fs.tables ??= {})[t.table] = ours(saves[t.table]!);
         next.families[f] = fs;
         changed.push(`ipv${family}`);
+        if (w.drift) drifted.push(`ipv${family}`);
       } else if (w.kind === 'remove') {
         if (w.input) run.restore(ns, next.backend, family, w.input);
         delete next.families[f];
@@ -195,7 +205,7 @@ function applyFamilies(
       errors.push(`IPv${family}: ${(e as Error).message}`);
     }
   }
-  return { changed, errors };
+  return { changed, errors, drifted };
 }
 
 /** A backend move the new backend did not take whole: take back what it took, keep the old rules. */

@@ -2,6 +2,7 @@
 // first-match evaluator of exactly the rule subset rules.ts generates (unknown syntax is an error,
 // never ignored). Used to check the generated rules against the decision model, and by `verify`.
 import ipaddr from 'ipaddr.js';
+import { within } from '../../util/host.js';
 
 /** A new TCP connection as the nat OUTPUT chain sees its first packet. */
 export interface Conn {
@@ -13,6 +14,10 @@ export interface Conn {
   src?: number[];
   uid: number;
   gid: number;
+  /** The cgroup the socket was created in, as a path under the cgroup2 mount (-m cgroup); none: the root's. */
+  cgroup?: string;
+  /** The socket's mark (SO_MARK), 0 when unset (-m mark). */
+  mark?: number;
   /** Whether the packet leaves through lo (a local destination). */
   outLo: boolean;
 }
@@ -33,6 +38,8 @@ interface Rule {
   dport?: { port: number; neg: boolean };
   uid?: { id: number; neg: boolean };
   gid?: { id: number; neg: boolean };
+  cgroup?: { path: string; neg: boolean };
+  mark?: { value: number; mask: number; neg: boolean };
   target: string;
   toPort?: number;
 }
@@ -115,9 +122,22 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
       case '--gid-owner':
         r.gid = { id: num(next()), neg };
         break;
+      case '--path':
+        r.cgroup = { path: next(), neg };
+        break;
+      case '--mark': {
+        const [v, m] = next().split('/');
+        const n = (x: string | undefined) => (x !== undefined && /^(0x[0-9a-f]+|\d+)$/i.test(x) ? Number(x) : NaN);
+        const value = n(v);
+        const mask = m === undefined ? 0xffffffff : n(m);
+        if (!(value >= 0 && mask >= 0))
+          throw new RuleSyntaxError(`${line}: --mark ${v}${m ? `/${m}` : ''} is not value[/mask]`);
+        r.mark = { value, mask, neg };
+        break;
+      }
       case '-m': {
         const mod = next();
-        if (!['owner', 'comment', 'tcp'].includes(mod))
+        if (!['owner', 'comment', 'tcp', 'cgroup', 'mark'].includes(mod))
           throw new RuleSyntaxError(`${line}: match ${mod} is not in the generated subset`);
         break;
       }
@@ -178,6 +198,8 @@ function matches(r: Rule, c: Conn): boolean {
   if (r.dport && !x(c.dport === r.dport.port, r.dport.neg)) return false;
   if (r.uid && !x(c.uid === r.uid.id, r.uid.neg)) return false;
   if (r.gid && !x(c.gid === r.gid.id, r.gid.neg)) return false;
+  if (r.cgroup && !x(within(c.cgroup ?? '/', r.cgroup.path), r.cgroup.neg)) return false;
+  if (r.mark && !x(((c.mark ?? 0) & r.mark.mask) >>> 0 === r.mark.value, r.mark.neg)) return false;
   return true;
 }
 

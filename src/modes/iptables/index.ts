@@ -15,7 +15,7 @@ import type {
 } from '../mode.js';
 import { ignoredFields } from './rules.js';
 import { Runner } from './run.js';
-import { resolveTargets, dryRun, renderDryRun, type Resolved } from './plan.js';
+import { resolveTargets, dryRun, renderDryRun, bypassCgroupIds, type Resolved } from './plan.js';
 import { applyRules, removeEntry, type IptablesApplyReport, type Removal } from './apply.js';
 import { iptablesStatus } from './status.js';
 import { iptablesVerify } from './verify.js';
@@ -64,6 +64,17 @@ export class IptablesMode implements Mode {
         fields: { policy: p.name },
       })),
     );
+    // As in the eBPF mode, a proxy cgroup that does not exist (yet) is left out until it does.
+    for (const { p } of resolved.targets) {
+      const have = bypassCgroupIds(p);
+      for (const cg of p.bypass.cgroups.filter((c) => !(c in have)))
+        notes.push({
+          level: 'warn',
+          event: 'unresolved_bypass',
+          message: `bypass cgroup ${cg} of ${p.name} does not exist: its rule is left out until it does`,
+          fields: { mode: 'iptables', policy: p.name, cgroup: cg },
+        });
+    }
     return {
       mode: 'iptables',
       input: policies,
@@ -88,6 +99,7 @@ export class IptablesMode implements Mode {
     this.last = r;
     const notes: Note[] = [...plan.notes];
     const outcomes = new Map(plan.policies.map((o) => [o.policy, o]));
+    const file = (policy: string) => outcomes.get(policy)?.file;
     for (const sk of r.skipped) {
       const o = outcomes.get(sk.policy);
       if (o && o.state === 'applied') outcomes.set(sk.policy, { ...o, state: 'waiting', reason: sk.reason });
@@ -95,7 +107,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'skipped',
         message: `${sk.policy}: not applied in iptables mode: ${sk.reason}`,
-        fields: { mode: 'iptables', policy: sk.policy, reason: sk.reason },
+        fields: { mode: 'iptables', policy: sk.policy, file: file(sk.policy), reason: sk.reason },
       });
     }
     for (const f of r.failed) {
@@ -105,7 +117,7 @@ export class IptablesMode implements Mode {
         level: 'error',
         event: 'apply_failed',
         message: `${f.policy}: ${f.reason}`,
-        fields: { mode: 'iptables', ...f },
+        fields: { mode: 'iptables', ...f, file: file(f.policy) },
       });
     }
     for (const rm of r.removed) {
@@ -115,6 +127,14 @@ export class IptablesMode implements Mode {
         event: failed ? 'remove_failed' : 'removed',
         message: rm.detail,
         fields: { mode: 'iptables', ...rm },
+      });
+    }
+    for (const x of r.repaired) {
+      notes.push({
+        level: 'warn',
+        event: 'repaired',
+        message: `${x.policy}: our ${x.family === 'ipv4' ? 'IPv4' : 'IPv6'} rules in netns ${x.netns} were not as applied (a flushed chain or an edited rule: not done by this agent); restored`,
+        fields: { mode: 'iptables', ...x },
       });
     }
     const removed = r.removed.filter((x) => x.outcome !== 'failed').length;

@@ -46,7 +46,10 @@ export function renderFiles(policies: Policy[], o: { family?: 4 | 6; lockWait: n
       const tool = family === 4 ? 'iptables' : 'ip6tables';
       out.push(
         `# ${p.name} (${p.file}), IPv${family}: the agent runs \`${tool}-<nft|legacy>-restore --noflush -w ${o.lockWait}\` in the pod netns with this input\n` +
-          `# (the -A OUTPUT/-A PREROUTING jump lines are left out where that netns already has them)\n`,
+          `# (the -A OUTPUT/-A PREROUTING jump lines are left out where that netns already has them)\n` +
+          (p.bypass.cgroups.length
+            ? `# (a bypass cgroup that does not exist then is left out: the kernel refuses a -m cgroup path that does not exist)\n`
+            : ''),
         renderPolicy(p, family),
         ...tproxyRoutes(p, family).map(
           (r) =>

@@ -7,7 +7,8 @@ import { NetnsHandle, resolvePolicyNetns, hostNetnsIds } from '../netns.js';
 import { ours, restoreInput, removalInput, type Runner } from './run.js';
 import { TABLES, renderedTables, type Table } from './tables.js';
 import { routeCommands, tproxyRoutes, type Route } from './tproxy.js';
-import { appliedIn, fkey, type Backend, type Family, type FamilyState, type State } from './state.js';
+import { appliedIn, fkey, type Backend, type Family, type FamilyState, type NetnsState, type State } from './state.js';
+import { cgroup2Mount, cgroupDir, cgroupId, requireCgroup2 } from '../../util/host.js';
 
 export interface Target {
   p: Policy;
@@ -31,7 +32,14 @@ export interface Resolved {
 export type FamilyWork =
   | { family: Family; kind: 'unused' }
   | { family: Family; kind: 'in-sync' }
-  | { family: Family; kind: 'restore'; input: string; rendered: string }
+  | {
+      family: Family;
+      kind: 'restore';
+      input: string;
+      rendered: string;
+      cgroups: Record<string, string>;
+      drift?: boolean;
+    }
   | { family: Family; kind: 'remove'; input: string | null };
 
 export interface PlanEntry {
@@ -97,6 +105,47 @@ export function tablesToRead(p: Policy, family: Family, prev: FamilyState | unde
   return TABLES.filter((t) => t.wanted(p, family) || appliedIn(prev, t.table).length > 0).map((t) => t.table);
 }
 
+/**
+ * The policy's bypass cgroups that exist now, each with its id: the rules name only these (the kernel
+ * refuses a -m cgroup path that does not exist), and the ids tell a re-created cgroup from the one a rule
+ * was added for.
+ */
+export function bypassCgroupIds(p: Policy): Record<string, string> {
+  if (p.bypass.cgroups.length === 0) return {};
+  const mount = requireCgroup2();
+  const out: Record<string, string> = {};
+  for (const cg of p.bypass.cgroups) {
+    const id = cgroupId(cgroupDir(cg, mount));
+    if (id !== null) out[cg] = String(id);
+  }
+  return out;
+}
+
+/**
+ * Rules of a netns that point at a bypass cgroup that is no longer there under its path (deleted, or
+ * deleted and re-created: a new id), each said in a sentence. The proxy there is not recognised until the
+ * next reconcile adds the rule again.
+ */
+export function staleCgroups(e: NetnsState): string[] {
+  const mount = cgroup2Mount();
+  if (!mount) return [];
+  const rendered = new Map<string, string>();
+  for (const f of Object.values(e.families))
+    for (const [cg, id] of Object.entries(f?.cgroups ?? {})) rendered.set(cg, id);
+  const out: string[] = [];
+  for (const [cg, id] of rendered) {
+    const now = cgroupId(cgroupDir(cg, mount));
+    if (now === null) out.push(`the rule for bypass cgroup ${cg} points at a cgroup that no longer exists (id ${id})`);
+    else if (String(now) !== id)
+      out.push(
+        `the rule for bypass cgroup ${cg} points at a cgroup that no longer exists (id ${id}; the path is now id ${now}, re-created): its processes are not recognised as the proxy`,
+      );
+  }
+  return out;
+}
+
+const sameIds = (a: Record<string, string>, b: Record<string, string>) =>
+  Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
 /** What one family needs in a netns, from what is there now and what was applied before. */
 export function familyWork(
   run: Runner,
@@ -111,13 +160,23 @@ export function familyWork(
       ? { family, kind: 'remove', input: removalInput(run.saveAll(ns, backend, family)) }
       : { family, kind: 'unused' };
   }
-  const rendered = renderedTables(p, family);
+  // Read before the restore: a cgroup re-created after this read is caught at the next reconcile.
+  const cgroups = bypassCgroupIds(p);
+  const bypassCgroups = Object.keys(cgroups);
+  const rendered = renderedTables(p, family, bypassCgroups);
   const saves = run.saveAll(ns, backend, family, tablesToRead(p, family, prev));
   const same = (t: Table) => JSON.stringify(appliedIn(prev, t)) === JSON.stringify(ours(saves[t] ?? ''));
-  if (prev && prev.rendered === rendered && TABLES.every((t) => same(t.table))) {
-    return { family, kind: 'in-sync' };
-  }
-  return { family, kind: 'restore', input: restoreInput(p, family, saves), rendered };
+  // Same rules wanted as applied: then a difference in the netns was made by someone else (flushed, edited).
+  const wantedSame = prev !== undefined && prev.rendered === rendered && sameIds(prev.cgroups ?? {}, cgroups);
+  if (wantedSame && TABLES.every((t) => same(t.table))) return { family, kind: 'in-sync' };
+  return {
+    family,
+    kind: 'restore',
+    input: restoreInput(p, family, saves, bypassCgroups),
+    rendered,
+    cgroups,
+    ...(wantedSame ? { drift: true } : {}),
+  };
 }
 
 /** The policy routing a policy needs in its netns, and what we made there before that it no longer needs. */

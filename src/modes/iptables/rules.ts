@@ -2,13 +2,18 @@
 // Layout follows istio-iptables: OUTPUT → MESHREDIR_OUTPUT → MESHREDIR_REDIRECT (REDIRECT to the
 // outbound proxy port); PREROUTING → MESHREDIR_INBOUND → MESHREDIR_IN_REDIRECT (inbound port), or, with
 // `interception: tproxy`, the mangle rules of tproxy.ts instead. tables.ts puts the tables together.
-// The outbound decision is the eBPF mode's, in the same order (docs/policy.md, "Decision order"): proxy
-// itself → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
+// The outbound decision is the eBPF mode's, in the same order (docs/policy.md, "Decision order"): bypass
+// cgroup → proxy itself → mark → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
 import type { Policy } from '../../policy/schema.js';
 import { isLoopback, type Cidr } from '../../policy/addr.js';
 
 export interface RuleOptions {
   family: 4 | 6;
+  /**
+   * The bypass cgroups to render (default: all of the policy's). The kernel resolves a `-m cgroup --path`
+   * when the rule is added and refuses a path that does not exist, so the agent passes those that exist.
+   */
+  bypassCgroups?: readonly string[];
 }
 
 export const CHAINS = [
@@ -88,10 +93,28 @@ export function jumpLines(p: Policy, { family }: RuleOptions): string[] {
 }
 
 /**
+ * The proxy as each bypass names it, as iptables matches: its cgroups (the one a socket was created in,
+ * or below), its marks, its uids and gids. Other rule sets that must spare the proxy use these too.
+ */
+export function proxyMatches(
+  p: Policy,
+  bypassCgroups: readonly string[] = p.bypass.cgroups,
+): { cgroups: string[]; marks: string[]; owners: string[] } {
+  return {
+    cgroups: bypassCgroups.map((cg) => `-m cgroup --path ${q(cg)}`),
+    marks: p.bypass.marks.map((m) => `-m mark --mark ${m.text}`),
+    owners: [
+      ...p.bypass.uids.map((u) => `-m owner --uid-owner ${u}`),
+      ...p.bypass.gids.map((g) => `-m owner --gid-owner ${g}`),
+    ],
+  };
+}
+
+/**
  * Our chains, declared and flushed, then filled: the part of the iptables-restore --noflush input
  * that is the same in every netns. Foreign chains are never named.
  */
-export function renderChains(p: Policy, { family }: RuleOptions): string[] {
+export function renderChains(p: Policy, { family, bypassCgroups = p.bypass.cgroups }: RuleOptions): string[] {
   const c = ruleComment(p);
   const passthrough = family === 4 ? '127.0.0.6/32' : '::6/128';
   const lo = family === 4 ? '127.0.0.1/32' : '::1/128';
@@ -101,14 +124,12 @@ export function renderChains(p: Policy, { family }: RuleOptions): string[] {
   const lines: string[] = [...CHAINS.map((ch) => `:${ch} - [0:0]`), ...CHAINS.map((ch) => `-F ${ch}`)];
   const add = (chain: string, rule: string) => addRule(lines, c, chain, rule);
   const inbound = p.proxy.inbound?.port;
-  const owners: [string, number][] = [
-    ...p.bypass.uids.map((u) => ['--uid-owner', u] as [string, number]),
-    ...p.bypass.gids.map((g) => ['--gid-owner', g] as [string, number]),
-  ];
+  const { cgroups, marks, owners } = proxyMatches(p, bypassCgroups);
+  const proxyKnown = cgroups.length + marks.length + owners.length > 0;
 
   // MESHREDIR_IN_REDIRECT serves inbound REDIRECT, and (both interceptions, as istio does) the proxy's
   // own calls to its pod address below.
-  if (inbound !== undefined && (inboundRedirect(p) || (proxy && owners.length)))
+  if (inbound !== undefined && (inboundRedirect(p) || (proxy && proxyKnown)))
     add('MESHREDIR_IN_REDIRECT', `-p tcp -j REDIRECT --to-ports ${inbound}`);
   if (inboundRedirect(p)) {
     for (const src of sourcesOf(p, family)) add('MESHREDIR_INBOUND', `-s ${src.text} -p tcp -j RETURN`);
@@ -124,15 +145,13 @@ export function renderChains(p: Policy, { family }: RuleOptions): string[] {
       // istio, inbound only: what the inbound proxy sends to the app from 127.0.0.6 passes through,
       // and the proxy's own calls to this pod's address over lo go to the inbound listener.
       add('MESHREDIR_OUTPUT', `-s ${passthrough} -o lo -j RETURN`);
-      for (const [flag, id] of owners)
-        add(
-          'MESHREDIR_OUTPUT',
-          `! -d ${lo} -o lo -p tcp ! --dport ${inbound} -m owner ${flag} ${id} -j MESHREDIR_IN_REDIRECT`,
-        );
+      for (const m of [...cgroups, ...marks, ...owners])
+        add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${inbound} ${m} -j MESHREDIR_IN_REDIRECT`);
     }
+    for (const m of cgroups) add('MESHREDIR_OUTPUT', `${m} -j RETURN`);
     // A workload dialling the proxy itself is already where it would be sent.
     add('MESHREDIR_OUTPUT', `-d ${REDIRECT_TARGET[family]}${host} -p tcp --dport ${proxy.port} -j RETURN`);
-    for (const [flag, id] of owners) add('MESHREDIR_OUTPUT', `-m owner ${flag} ${id} -j RETURN`);
+    for (const m of [...marks, ...owners]) add('MESHREDIR_OUTPUT', `${m} -j RETURN`);
     // Unlike istio (which returns everything an app sends over lo), loopback means what it means in
     // the eBPF mode: a loopback destination; with redirectLoopback it is redirected like any other.
     if (!p.outbound.redirectLoopback) add('MESHREDIR_OUTPUT', `-d ${loopbackNet} -j RETURN`);
@@ -161,10 +180,16 @@ export function renderRestore(p: Policy, opts: RuleOptions): string {
 /** What the iptables mode cannot do for this policy; non-empty = the policy is rejected in this mode. */
 export function unsupported(p: Policy): string[] {
   const out: string[] = [];
+  const b = p.bypass;
   const outbound = Boolean(p.proxy.outbound || p.proxy.outbound6);
-  if (outbound && p.bypass.uids.length === 0 && p.bypass.gids.length === 0) {
+  if ((outbound || p.dns) && b.cgroups.length + b.uids.length + b.gids.length + b.marks.length === 0) {
     out.push(
-      "spec.proxy.bypass: iptables mode recognises the proxy only by uid/gid (owner match); without spec.proxy.bypass.uids or gids the proxy's own connections would be redirected back to it",
+      "spec.proxy.bypass: the rules cover the whole pod network namespace, proxy included; without bypass cgroups, marks, uids or gids the proxy's own connections would be redirected back to it",
+    );
+  }
+  for (const cg of b.cgroups.filter((c) => !CGROUP_PATH.test(c))) {
+    out.push(
+      `spec.proxy.bypass.cgroups: ${JSON.stringify(cg)} — iptables mode writes a bypass cgroup into a rule (-m cgroup --path), which takes letters, digits and . _ - : @ + = , / only`,
     );
   }
   for (const [field, ep] of [
@@ -198,6 +223,9 @@ export function unsupported(p: Policy): string[] {
   return out;
 }
 
+/** Cgroup paths a rule carries as they are (Kubernetes' cgroupfs and systemd paths use only these). */
+const CGROUP_PATH = /^\/[A-Za-z0-9._:@+=,/-]*$/;
+
 /** Fields this mode ignores, with why (reported, not fatal). */
 export function ignoredFields(p: Policy): string[] {
   const out: string[] = [];
@@ -210,11 +238,6 @@ export function ignoredFields(p: Policy): string[] {
       }`,
     );
   }
-  if (p.bypass.cgroups.length && (p.bypass.uids.length || p.bypass.gids.length)) {
-    out.push(
-      'spec.proxy.bypass.cgroups: iptables mode bypasses by uid/gid only; the proxy must run as one of spec.proxy.bypass.uids/gids',
-    );
-  }
   return out;
 }
 
@@ -225,6 +248,6 @@ export const LIMITS = [
   'the host network namespace is never used (a hostNetwork pod cannot be covered in this mode)',
   'the proxy must listen in the pod netns on 127.0.0.1 / ::1 (REDIRECT rewrites to the loopback address; SO_ORIGINAL_DST works only where the NAT happened)',
   "inbound: the proxy listens on the wildcard address of its port (REDIRECT: reached at the pod's address; TPROXY: a transparent listener); without it REDIRECT refuses and TPROXY drops (whenNoProxy: pass needs the eBPF mode)",
-  'the proxy is recognised by uid/gid only (bypass.cgroups are ignored)',
+  'a bypass cgroup matches the cgroup a socket was created in (-m cgroup), and one deleted and re-created under the same path takes effect at the next reconcile (the kernel resolves the path when the rule is added)',
   'no sk_msg fast path (spec.accelerate)',
 ];

@@ -24,7 +24,7 @@ export type Saves = Partial<Record<Table, string>>;
  * uses, our chains plus each jump we need that is not there yet, minus jumps we no longer need (and
  * duplicates); a table the policy no longer uses loses what we had there.
  */
-export function restoreInput(p: Policy, family: Family, saves: Saves): string {
+export function restoreInput(p: Policy, family: Family, saves: Saves, bypassCgroups?: readonly string[]): string {
   const out: string[] = [];
   for (const t of TABLES) {
     const save = saves[t.table] ?? '';
@@ -33,7 +33,7 @@ export function restoreInput(p: Policy, family: Family, saves: Saves): string {
       continue;
     }
     const live = save.split('\n');
-    const lines = [`*${t.table}`, ...t.chainLines(p, family)];
+    const lines = [`*${t.table}`, ...t.chainLines(p, family, bypassCgroups)];
     const wanted = t.jumpLines(p, family);
     for (const { from, to } of t.jumps) {
       const re = new RegExp(`^-A ${from} .*-j ${to}(\\s|$)`);

@@ -19,6 +19,12 @@ export interface FamilyState {
   applied: string[];
   /** The same for our other tables (mangle: TPROXY), when we have lines there. */
   tables?: Partial<Record<Exclude<Table, 'nat'>, string[]>>;
+  /**
+   * The bypass cgroups the rules name (-m cgroup --path), each with the id it had just before the restore:
+   * the kernel resolved the path then, so a cgroup deleted and re-created since (a new id) has a rule
+   * that points at the old one, and is re-applied. Absent: none (or a state written before they existed).
+   */
+  cgroups?: Record<string, string>;
 }
 
 /** Our lines of one table, as applied. */

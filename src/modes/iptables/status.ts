@@ -3,6 +3,7 @@
 // connections each REDIRECT or TPROXY rule took.
 import { NetnsHandle, findNetns } from '../netns.js';
 import { ours, type Runner } from './run.js';
+import { staleCgroups } from './plan.js';
 import { LIMITS } from './rules.js';
 import { TABLES } from './tables.js';
 import { routeState, routeText } from './routes.js';
@@ -18,6 +19,8 @@ export interface NetnsStatus {
   rules: number;
   /** "in sync", "drifted: …", "gone: …" or why it could not be read. */
   live: string;
+  /** Rules that point at a bypass cgroup that no longer exists (deleted, or re-created under its path). */
+  staleCgroups: string[];
   /** New connections the REDIRECT rule has taken, per family. */
   redirected: Record<string, number>;
   /** Inbound connections handed to the proxy, per family: REDIRECT's, or TPROXY's first packets. */
@@ -38,6 +41,7 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
     families: fams.map((f) => `ipv${f}`),
     rules: fams.reduce((a, f) => a + TABLES.reduce((n, t) => n + appliedIn(e.families[fkey(f)], t.table).length, 0), 0),
     live: 'unknown',
+    staleCgroups: staleCgroups(e),
     redirected: {},
     inboundRedirected: {},
   };
@@ -76,6 +80,7 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
       (base.routes ??= {})[`ipv${r.family}`] = gone.length ? `missing ${gone.join(' and ')}` : 'present';
       if (gone.length) drift.push(`${routeText(r)}: ${gone.join(' and ')} missing`);
     }
+    drift.push(...base.staleCgroups);
     if (e.stale.length) drift.push(`rules still on ${e.stale.map((x) => x.backend).join(', ')} (removal pending)`);
     return {
       ...base,

@@ -15,8 +15,9 @@ export interface TableSpec {
   jumps: readonly { from: string; to: string }[];
   /** Whether the policy has anything in this table for the family. */
   wanted(p: Policy, family: 4 | 6): boolean;
-  /** Our chains, declared and flushed, then filled. */
-  chainLines(p: Policy, family: 4 | 6): string[];
+  /** Our chains, declared and flushed, then filled; `bypassCgroups`: the bypass cgroups that exist (the
+   * kernel refuses a -m cgroup path that does not; default: all the policy's). */
+  chainLines(p: Policy, family: 4 | 6, bypassCgroups?: readonly string[]): string[];
   /** The jumps from the built-in chains the policy needs. */
   jumpLines(p: Policy, family: 4 | 6): string[];
 }
@@ -27,7 +28,7 @@ export const TABLES: readonly TableSpec[] = [
     chains: CHAINS,
     jumps: JUMPS,
     wanted: natWanted,
-    chainLines: (p, family) => renderChains(p, { family }),
+    chainLines: (p, family, bypassCgroups) => renderChains(p, { family, ...(bypassCgroups ? { bypassCgroups } : {}) }),
     jumpLines: (p, family) => jumpLines(p, { family }),
   },
   {
@@ -44,9 +45,9 @@ export const tableSpec = (t: Table): TableSpec => TABLES.find((x) => x.table ===
 
 /** What a policy's tables look like for one family, as compared across reconciles: a changed policy changes it.
  * (nat alone is written as it always was, so an upgrade finds existing rules in sync.) */
-export function renderedTables(p: Policy, family: 4 | 6): string {
+export function renderedTables(p: Policy, family: 4 | 6, bypassCgroups?: readonly string[]): string {
   return TABLES.filter((t) => t.wanted(p, family))
-    .map((t) => (t.table === 'nat' ? '' : `*${t.table}\n`) + t.chainLines(p, family).join('\n'))
+    .map((t) => (t.table === 'nat' ? '' : `*${t.table}\n`) + t.chainLines(p, family, bypassCgroups).join('\n'))
     .join('\n');
 }
 

@@ -14,6 +14,7 @@ import { NetnsHandle, findNetns, hostNetnsIds, idOf } from '../netns.js';
 import { parseNat, evaluate, type Conn } from './evaluate.js';
 import { bin, ours, type Runner } from './run.js';
 import { fkey, readState, type Family, type NetnsState } from './state.js';
+import { staleCgroups } from './plan.js';
 import { Checks } from '../checks.js';
 import { appliedInbound, checkInbound } from './verify-inbound.js';
 import type { VerifyRequest } from '../mode.js';
@@ -42,7 +43,7 @@ export async function iptablesVerify(run: Runner, stateFile: string, o: VerifyRe
     // An inbound-only policy has no outbound chain to follow.
     const outbound = Object.values(e.families).some((fs) => fs?.applied.some((l) => l.startsWith('-A OUTPUT ')));
     const inbound = appliedInbound(e);
-    if (outbound || !inbound) checkRules(c, run, o, dir, e, path);
+    if (outbound || !inbound) checkRules(c, run, o, dir, rel, e, path);
     if (inbound) await checkInbound(c, run, e, path);
   });
 }
@@ -99,7 +100,15 @@ function checkNetns(c: Checks, o: VerifyRequest, dir: string, rel: string, e: Ne
 }
 
 /** The rules are there as applied, would redirect a connect to dest, and something listens there. */
-function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: NetnsState, path: string): void {
+function checkRules(
+  c: Checks,
+  run: Runner,
+  o: VerifyRequest,
+  dir: string,
+  rel: string,
+  e: NetnsState,
+  path: string,
+): void {
   const dest = o.dest ?? (e.families['4'] ? '192.0.2.1:80' : '[2001:db8::1]:80');
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(dest);
   if (!m) c.fail('rules', `--dest ${dest}: not an address:port`);
@@ -128,6 +137,8 @@ function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: Ne
         `${missing.length} of ${fs.applied.length} applied rule(s) missing from ${tool} (first: ${missing[0]}); the agent repairs drift at its next reconcile`,
       );
     }
+    const stale = staleCgroups(e);
+    if (stale.length) c.fail('rules', `${stale.join('; ')}; the agent adds it again at its next reconcile`);
     c.ok('rules', `${fs.applied.length} rule(s) in place (${bin(e.backend, family, '')}, nat)`);
 
     // The decision, by the rules as they are (only ours: foreign nat OUTPUT rules are not modelled).
@@ -147,6 +158,9 @@ function checkRules(c: Checks, run: Runner, o: VerifyRequest, dir: string, e: Ne
       dport: Number(m[2]),
       uid: ids.uid,
       gid: ids.gid,
+      // A socket it creates is in its cgroup, and has no mark unless it sets one.
+      cgroup: rel,
+      mark: 0,
       outLo: isLoopback({ family, bytes }),
     };
     const trace: string[] = [];

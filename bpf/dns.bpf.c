@@ -1,0 +1,43 @@
+/* dns.bpf.c — DNS capture's own hooks: unconnected sendto() to the DNS proxy (cgroup/sendmsg4|6),
+ * replies shown as from the nameserver asked (cgroup/recvmsg4|6), and the captured socket's entry
+ * deleted when it is closed (cgroup/sock_release). connect4/6 and getpeername4/6 call mr_dns.h too. */
+#include "mr_dns.h"
+
+SEC("cgroup/sendmsg4")
+int mr_dns_send4(struct bpf_sock_addr *ctx)
+{
+	return mr_dns_sendmsg(ctx, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int mr_dns_send6(struct bpf_sock_addr *ctx)
+{
+	return mr_dns_sendmsg(ctx, 1);
+}
+
+/* recvmsg programs must return 1 (the verifier says so): they can only rewrite the source. */
+SEC("cgroup/recvmsg4")
+int mr_dns_recv4(struct bpf_sock_addr *ctx)
+{
+	mr_dns_recvmsg(ctx, 0);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int mr_dns_recv6(struct bpf_sock_addr *ctx)
+{
+	mr_dns_recvmsg(ctx, 1);
+	return 1;
+}
+
+/* Runs for every inet socket of the subtree as it is closed: a socket that has no entry costs one
+ * failed hash lookup. */
+SEC("cgroup/sock_release")
+int mr_dns_release(struct bpf_sock *ctx)
+{
+	if (ctx->protocol != IPPROTO_UDP && ctx->protocol != IPPROTO_TCP)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_delete_elem(&mr_dns_socks, &cookie);
+	return 1;
+}
