@@ -166,6 +166,7 @@ export const DNS_STAT_FIELDS = [
   'bypass_owner',
   'bypass_dest',
   'err_full',
+  'bypass_mark',
 ] as const;
 export type DnsStatName = (typeof DNS_STAT_FIELDS)[number];
 export const dnsStatsValue = struct(
@@ -301,6 +302,9 @@ export const PROGRAMS = {
   mr_setsockopt: { attach: 'cgroup/setsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
+  // DNS capture (optional: a kernel without these hooks keeps the rest), in DNS_PROGRAMS's order, after
+  // getpeername and before the connect hooks, which capture UDP connects to port 53 too.
+  ...DNS_PROGRAMS,
   mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup
   mr_connect4: { attach: 'cgroup/connect4' },
   mr_connect6: { attach: 'cgroup/connect6' },
@@ -308,4 +312,16 @@ export const PROGRAMS = {
 /** Programs that redirect, and what must be attached before them. */
 export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
 export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];
+/**
+ * Programs a kernel may lack without losing the eBPF mode (their feature is then off, and status says
+ * so): the fast path's sk_msg, and DNS capture's own hooks.
+ */
+export const OPTIONAL_PROGRAMS: readonly ProgramName[] = [
+  'mr_skmsg',
+  ...(Object.keys(DNS_PROGRAMS) as DnsProgramName[]),
+];
+/** What DNS capture needs attached before its entries are written (connect4/6 capture UDP connects as soon
+ * as mr_dns_pol has an entry): the release hook (no entry without its deletion) and recvmsg (no reply
+ * shown as from the proxy). sendmsg is attached only after them. */
+export const DNS_NEEDS: readonly DnsProgramName[] = ['mr_dns_release', 'mr_dns_recv4', 'mr_dns_recv6'];
 export type ProgramName = keyof typeof PROGRAMS;

@@ -102,6 +102,8 @@ export interface VerifyRequest {
   cgroup: string;
   netns?: string;
   dest?: string;
+  /** Check DNS capture's chain (spec.dns) instead of the outbound one. */
+  dns?: boolean;
 }
 
 export interface VerifyStep {

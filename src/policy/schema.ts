@@ -253,12 +253,13 @@ export const policyDocument = z.strictObject({
     })
     .superRefine((spec, ctx) => {
       checkEntryLimits(spec, ctx);
-      if (!spec.proxy.outbound && !spec.proxy.outbound6 && !spec.proxy.inbound) {
+      // A DNS-only policy (spec.dns, no proxy) is valid: its queries go to spec.dns.proxy.
+      if (!spec.proxy.outbound && !spec.proxy.outbound6 && !spec.proxy.inbound && !spec.dns) {
         ctx.addIssue({
           code: 'custom',
           path: ['proxy'],
           message:
-            'needs outbound (IPv4), outbound6 (IPv6) or inbound: there is nowhere to redirect to and nothing to intercept',
+            'needs outbound (IPv4), outbound6 (IPv6) or inbound (or spec.dns alone): there is nowhere to redirect to and nothing to intercept',
         });
       }
       const inInc = new Set(spec.inbound.includePorts);

@@ -1,7 +1,7 @@
 // index.ts — the eBPF mode: meshredir.bpf.o loaded (or re-adopted) with its maps and links pinned under
 // the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
 // process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
-// traffic feature is a part (part.ts) called at every step: inbound (sk_lookup) today.
+// traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture.
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
@@ -16,11 +16,13 @@ import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
 import { InboundPart } from './inbound.js';
-import type { InboundPlan } from './inbound-plan.js';
+import { DnsPart } from './dns.js';
+import type { EbpfPart } from './part.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
-  readonly inbound: InboundPlan;
+  /** Each part's plan, in the order of `parts`. */
+  readonly parts: unknown[];
 }
 
 export class EbpfMode implements Mode {
@@ -37,10 +39,15 @@ export class EbpfMode implements Mode {
    * unchanged was made by someone else. */
   private lastWritten?: WriteReport['maps'];
   readonly inbound: InboundPart;
+  readonly dns: DnsPart;
+  /** The traffic features beside the outbound base, called in this order at every step. */
+  private readonly parts: EbpfPart<unknown>[];
 
   constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
     this.pins = new Pins(cfg.bpffs);
     this.inbound = new InboundPart(this.pins);
+    this.dns = new DnsPart(this.pins);
+    this.parts = [this.inbound, this.dns] as EbpfPart<unknown>[];
   }
 
   /** Where to attach and what to load: only plan and apply need it. */
@@ -64,7 +71,7 @@ export class EbpfMode implements Mode {
 
   plan(policies: Policy[]): EbpfPlan {
     const desired = this.desired(policies);
-    const inbound = this.inbound.plan(desired, policies);
+    const parts = this.parts.map((x) => x.plan(desired, policies));
     const outside = outsideRoot(policies, cgroupPathOf(this.attach.cgroupRoot));
     const notes: Note[] = outside.map((o) => ({
       level: 'warn',
@@ -78,9 +85,9 @@ export class EbpfMode implements Mode {
       desired,
       policies: outcomes(policies, desired, new Map()),
       notes,
-      inbound,
+      parts,
       render: () => {
-        const ib = this.inbound.render(inbound);
+        const rendered = this.parts.map((x, i) => ({ name: x.name, ...x.render(parts[i]) }));
         return {
           json: {
             mode: 'ebpf',
@@ -93,7 +100,7 @@ export class EbpfMode implements Mode {
             rejected: desired.rejected.map((r) => r.message),
             failed: desired.failed.map((r) => r.message),
             entries: desired.entries,
-            inbound: ib.json,
+            ...Object.fromEntries(rendered.map((r) => [r.name, r.json])),
           },
           messages: [
             ...desired.unresolved.map(
@@ -103,7 +110,7 @@ export class EbpfMode implements Mode {
             ...desired.rejected.map((r) => r.message),
             ...desired.failed.map((r) => r.message),
             ...outside.map((x) => x.message),
-            ...ib.messages,
+            ...rendered.flatMap((r) => r.messages),
           ],
           ok: desired.rejected.length === 0 && desired.failed.length === 0,
         };
@@ -131,14 +138,14 @@ export class EbpfMode implements Mode {
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
     const again = loaded || !(plan as EbpfPlan).desired;
     const desired = again ? this.desired(plan.input) : (plan as EbpfPlan).desired;
-    const inboundPlan = again ? this.inbound.plan(desired, plan.input) : (plan as EbpfPlan).inbound;
+    const partPlans = again ? this.parts.map((x) => x.plan(desired, plan.input)) : (plan as EbpfPlan).parts;
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);
     notes.push(...wrote.notes);
     this.lastWritten = wrote.lastWritten;
-    const ib = this.inbound.apply(inboundPlan);
-    notes.push(...ib.notes);
+    const applied = this.parts.map((x, i) => x.apply(partPlans[i]));
+    for (const a of applied) notes.push(...a.notes);
     notes.push(...this.driftNotes());
     for (const x of [...desired.rejected, ...desired.failed]) {
       notes.push({
@@ -174,11 +181,15 @@ export class EbpfMode implements Mode {
       else if (prev) next.set(p.name, prev);
     }
     this.previous = next;
-    const policies = outcomes(plan.input, desired, unwritten).map((o) => {
-      const x = ib.outcomes.get(o.policy);
-      return x && o.state === 'applied' ? { ...o, ...x } : o;
-    });
-    return { writes: w.writes + ib.writes, deletes: w.deletes + ib.deletes, loaded, policies, notes };
+    // A part changes the outcome of a policy only it serves (waiting for its netns, refused).
+    const policies = outcomes(plan.input, desired, unwritten).map((o) =>
+      applied.reduce((cur, a) => {
+        const x = a.outcomes.get(o.policy);
+        return x && cur.state === 'applied' ? { ...cur, ...x } : cur;
+      }, o),
+    );
+    const sum = (k: 'writes' | 'deletes') => applied.reduce((n, a) => n + a[k], w[k]);
+    return { writes: sum('writes'), deletes: sum('deletes'), loaded, policies, notes };
   }
 
   /** What differs from what this process attached and pinned (for the repair warning). */
@@ -205,7 +216,7 @@ export class EbpfMode implements Mode {
 
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
   private load(): LoadReport {
-    const rep = load(this.attach, this.pins, [this.inbound]);
+    const rep = load(this.attach, this.pins, this.parts);
     this.expectedProgs = new Map(this.pins.links().map((l) => [l.name, l.progId ?? -1]));
     this.expectedMaps = this.pins.mapIds();
     return rep;
@@ -217,7 +228,7 @@ export class EbpfMode implements Mode {
    * written through their pins).
    */
   private intact(): boolean {
-    if (this.expectedProgs.size === 0 || !this.inbound.intact()) return false;
+    if (this.expectedProgs.size === 0 || !this.parts.every((x) => x.intact())) return false;
     const rootId = String(cgroupId(this.attach.cgroupRoot));
     const links = this.pins.links();
     if (links.length !== this.expectedProgs.size) return false;
@@ -246,25 +257,39 @@ export class EbpfMode implements Mode {
   }
 
   status() {
-    return ebpfStatus(this.pins, [this.inbound]);
+    return ebpfStatus(this.pins, this.parts);
   }
 
   verify(req: VerifyRequest) {
-    return ebpfVerify(this.pins, req, [this.inbound]);
+    return ebpfVerify(this.pins, req, this.parts);
   }
 
   pulse(): string | null {
-    return this.inbound.pulse();
+    for (const x of this.parts) {
+      const why = x.pulse();
+      if (why) return why;
+    }
+    return null;
   }
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {
     const r = cleanupPins(this.pins, opts);
-    const kept = r.kept.length
-      ? [
-          `kept ${r.kept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
-            'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
-        ]
-      : [];
+    const dnsKept = r.kept.filter((k) => /\/(mr_dns_|mr_getpeername)/.test(k));
+    const fastKept = r.kept.filter((k) => !dnsKept.includes(k));
+    const kept = [
+      ...(fastKept.length
+        ? [
+            `kept ${fastKept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
+              'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
+          ]
+        : []),
+      ...(dnsKept.length
+        ? [
+            `kept ${dnsKept.join(', ')} for ${r.openDnsConnected} captured DNS socket(s) still connected to the DNS proxy: their replies are still shown as from the nameserver, and their entries go when they close. ` +
+              'Nothing new is captured; run cleanup again once they have closed, or use --force (a resolver that checks the source, such as c-ares, then drops their replies until it opens new sockets).',
+          ]
+        : []),
+    ];
     const notes: Note[] =
       r.undrained > 0
         ? [

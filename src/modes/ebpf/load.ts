@@ -39,11 +39,20 @@ function mkdirPrivate(dir: string): void {
   chmodSync(dir, 0o700);
 }
 
+/** What load asks of a part (part.ts): which of its programs this kernel cannot load, and what to do once
+ * the object is loaded and attached. */
+export interface LoadPart {
+  prepare?(obj: BpfObject): Record<string, string>;
+  loaded(obj: BpfObject): string[];
+}
+
 /**
  * Loads the object, re-using pinned maps, and makes every link attached at the root and pinned; then each
  * part's `loaded` runs with the object still open (it pins what it attaches later, updates its own links).
+ * Before the load, each part's `prepare` names the programs this kernel cannot load: their autoload goes
+ * off (else libbpf fails the whole object), they are reported unavailable and never attached.
  */
-export function load(cfg: LoadConfig, pins: Pins, parts: { loaded(obj: BpfObject): string[] }[] = []): LoadReport {
+export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadReport {
   const rep: LoadReport = {
     unavailable: {},
     repinnedMaps: [],
@@ -69,6 +78,12 @@ export function load(cfg: LoadConfig, pins: Pins, parts: { loaded(obj: BpfObject
     obj.setMaxEntries('mr_orig', 2 * limit);
     if (cfg.maxAccelerated) for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, cfg.maxAccelerated);
 
+    for (const part of parts) {
+      for (const [name, why] of Object.entries(part.prepare?.(obj) ?? {})) {
+        obj.setAutoload(name, false);
+        rep.unavailable[name] = why;
+      }
+    }
     repinFromLinks(pins, rep);
     for (const name of ALL_MAPS) {
       const pin = pins.mapPin(name);

@@ -1,4 +1,4 @@
-// part.ts — the seam for a traffic feature inside the eBPF mode (inbound now, DNS next). The outbound part
+// part.ts — the seam for a traffic feature inside the eBPF mode (inbound, DNS capture). The outbound part
 // is the mode's base: it owns the slots, the policy and bypass-cgroup entries and the programs at the cgroup
 // root, which every feature reuses (a feature's maps are keyed by the policy's slot). A part adds what is
 // its own — maps and their entries, links elsewhere (a netns), programs kept to attach later — and the
@@ -35,6 +35,9 @@ export interface EbpfPart<Plan> {
   render(plan: Plan): { json: unknown; messages: string[] };
   /** Whether what it keeps pinned beside the base's is in place (else the object is loaded again). */
   intact(): boolean;
+  /** Before a load, with the object open: its programs this kernel cannot load, with why (their autoload
+   * goes off, else libbpf would fail the whole object; they are then never attached). */
+  prepare?(obj: BpfObject): Record<string, string>;
   /** After a load, with the object still open: pin what it attaches later, swap its links' programs. */
   loaded(obj: BpfObject): string[];
   /** Makes the host match the plan, after the base's entries are written. */

@@ -6,7 +6,7 @@ import { fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import ipaddr from 'ipaddr.js';
-import { CgKind, PolicyFlag, PROGRAMS, AF_INET } from '../../bpf/abi.js';
+import { CgKind, PolicyFlag, PROGRAMS, OPTIONAL_PROGRAMS, AF_INET, type ProgramName } from '../../bpf/abi.js';
 import { cgroupArgDir, cgroupDir, cgroupId, requireCgroup2, within } from '../../util/host.js';
 import { cgroupPathById, subtreePids } from '../../util/cgroups.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
@@ -17,7 +17,10 @@ import type { Pins } from './pins.js';
 import type { ChildRequest, ChildResult } from './verify-child.js';
 import type { EbpfPart } from './part.js';
 
-const CGROUP_PROGRAMS = Object.values(PROGRAMS).filter((p) => p.attach !== 'sk_msg').length;
+/** The cgroup programs every installation has (DNS capture's are optional: a kernel may lack them). */
+const CGROUP_PROGRAMS = (Object.keys(PROGRAMS) as ProgramName[]).filter(
+  (n) => PROGRAMS[n].attach !== 'sk_msg' && !OPTIONAL_PROGRAMS.includes(n),
+).length;
 
 interface Coverage {
   policy: string;
@@ -61,7 +64,7 @@ function coverage(pins: Pins, dir: string): Coverage | null {
 }
 
 /** A process in the cgroup subtree: its netns is the pod's. */
-function podNetns(dir: string): string | null {
+export function podNetns(dir: string): string | null {
   const pid = subtreePids(dir)[0];
   return pid === undefined ? null : `/proc/${pid}/ns/net`;
 }
@@ -73,8 +76,10 @@ function endpoint(ep: string): { family: 4 | 6; bytes: number[]; port: number } 
   return { family: a.kind() === 'ipv4' ? 4 : 6, bytes: a.toByteArray(), port: Number(m[2]) };
 }
 
-/** Runs the throwaway process and returns what it saw. */
-function runChild(req: ChildRequest): Promise<ChildResult> {
+/** Runs the throwaway process (verify-child.ts) and returns what it saw. */
+export function runChild(req: ChildRequest): Promise<ChildResult>;
+export function runChild<R>(req: { kind: string }): Promise<R>;
+export function runChild(req: object): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const child = fork(join(dirname(new URL(import.meta.url).pathname), 'verify-child.js'), [], {
       serialization: 'advanced',
@@ -83,7 +88,7 @@ function runChild(req: ChildRequest): Promise<ChildResult> {
     });
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('message', (m: { ok?: ChildResult; error?: string }) =>
+    child.once('message', (m: { ok?: unknown; error?: string }) =>
       m.ok ? resolve(m.ok) : reject(new Error(m.error ?? 'no answer')),
     );
     child.once('exit', (code, sig) => reject(new Error(`exited ${code ?? sig}${err ? `: ${err.trim()}` : ''}`)));
@@ -94,7 +99,7 @@ function runChild(req: ChildRequest): Promise<ChildResult> {
 export function ebpfVerify(
   pins: Pins,
   o: VerifyRequest,
-  parts: Pick<EbpfPart<unknown>, 'covers' | 'verify'>[] = [],
+  parts: Pick<EbpfPart<unknown>, 'name' | 'covers' | 'verify'>[] = [],
 ): Promise<VerifyStep[]> {
   return Checks.run(async (c: Checks) => {
     const mount = requireCgroup2();
@@ -123,9 +128,14 @@ export function ebpfVerify(
         'policy',
         `${o.cgroup} is a bypass (proxy) cgroup of policy ${cov.policy}: its connections are never redirected`,
       );
-    const serving = parts.filter((p) => p.covers(cov.slot));
-    if (!cov.proxy4 && !cov.proxy6 && serving.length) {
+    // --dns checks DNS capture's chain alone; otherwise every part but DNS serving the policy.
+    const serving = parts.filter((p) => (p.name === 'dns') === Boolean(o.dns) && p.covers(cov.slot));
+    if (o.dns) {
+      if (!serving.length) c.fail('dns policy', `policy ${cov.policy} captures no DNS (no spec.dns in force)`);
+    } else if (!cov.proxy4 && !cov.proxy6 && serving.length) {
       c.ok('policy', `${cov.policy} (no outbound proxy: inbound only)`);
+    } else if (!cov.proxy4 && !cov.proxy6 && parts.some((p) => p.name === 'dns' && p.covers(cov.slot))) {
+      c.fail('policy', `${cov.policy} has no outbound proxy (it captures DNS only): check it with --dns`);
     } else await outboundChecks(c, pins, o, dir, cov, mount);
     for (const p of serving)
       await p.verify(c, { policy: cov.policy, slot: cov.slot, dir, bypassIds: cov.bypassIds }, o);

@@ -2,10 +2,10 @@
 // run, the exact iptables-restore input each family would get there: read from the namespaces as they
 // are now, nothing written.
 import type { Policy } from '../../policy/schema.js';
-import { unsupported, families } from './rules.js';
+
 import { NetnsHandle, resolvePolicyNetns, hostNetnsIds } from '../netns.js';
 import { ours, restoreInput, removalInput, type Runner } from './run.js';
-import { TABLES, renderedTables, type Table } from './tables.js';
+import { TABLES, policyFamilies, renderedTables, unsupportedAll, type Table } from './tables.js';
 import { routeCommands, tproxyRoutes, type Route } from './tproxy.js';
 import { appliedIn, fkey, type Backend, type Family, type FamilyState, type NetnsState, type State } from './state.js';
 import { cgroup2Mount, cgroupDir, cgroupId, requireCgroup2 } from '../../util/host.js';
@@ -63,7 +63,7 @@ export function resolveTargets(policies: Policy[]): Resolved {
   const skipped: Skip[] = [];
   const byNetns = new Map<string, { path: string; ps: Policy[] }>();
   for (const p of policies) {
-    const why = unsupported(p);
+    const why = unsupportedAll(p);
     if (why.length) {
       skipped.push({ p, reason: `not supported in iptables mode: ${why.join('; ')}`, drop: true });
       continue;
@@ -155,7 +155,7 @@ export function familyWork(
   family: Family,
   prev: FamilyState | undefined,
 ): FamilyWork {
-  if (!families(p).includes(family)) {
+  if (!policyFamilies(p).includes(family)) {
     return prev
       ? { family, kind: 'remove', input: removalInput(run.saveAll(ns, backend, family)) }
       : { family, kind: 'unused' };
@@ -181,7 +181,7 @@ export function familyWork(
 
 /** The policy routing a policy needs in its netns, and what we made there before that it no longer needs. */
 export function routeWork(p: Policy, had: Route[] = []): { want: Route[]; drop: Route[] } {
-  const want = families(p).flatMap((f) => tproxyRoutes(p, f));
+  const want = policyFamilies(p).flatMap((f) => tproxyRoutes(p, f));
   const key = (r: Route) => `${r.family}/${r.mark}/${r.table}`;
   return { want, drop: had.filter((h) => !want.some((w) => key(w) === key(h))) };
 }

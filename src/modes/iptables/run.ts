@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import type { Policy } from '../../policy/schema.js';
 import { idOf, type NetnsHandle } from '../netns.js';
-import { TABLES, tableSpec, type Table } from './tables.js';
+import { TABLES, jumpLineRe, tableSpec, type Table } from './tables.js';
 import { IptablesError, type Backend, type Family } from './state.js';
 
 export const bin = (backend: Backend, family: Family, what: 'save' | 'restore' | '') =>
@@ -38,7 +38,7 @@ export function restoreInput(p: Policy, family: Family, saves: Saves, bypassCgro
     for (const { from, to } of t.jumps) {
       const re = new RegExp(`^-A ${from} .*-j ${to}(\\s|$)`);
       const present = live.filter((l) => re.test(l));
-      const want = wanted.find((l) => l.startsWith(`-A ${from} `));
+      const want = wanted.find((l) => jumpLineRe(from, to).test(l));
       if (want && present.length === 0) lines.push(want);
       for (const extra of want ? present.slice(1) : present) lines.push(extra.replace(/^-A /, '-D '));
     }

@@ -29,6 +29,9 @@ export interface NetnsStatus {
   inbound?: 'redirect' | 'tproxy';
   /** TPROXY's policy routing, each "present" or what is missing. */
   routes?: Record<string, string>;
+  /** DNS flows (UDP conversations, TCP connections) the DNS capture rules sent to the DNS proxy, per family:
+   * nat sees each flow's first packet, so a socket that asks many queries counts once. */
+  dnsCaptured?: Record<string, number>;
 }
 
 function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
@@ -66,6 +69,10 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
         if (missing || extra) drift.push(`ipv${f} ${t.table}: ${missing} rule(s) missing, ${extra} unexpected`);
       }
       if (fs.applied.length) base.redirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_REDIRECT');
+      if (fs.applied.some((l) => l.startsWith('-A MESHREDIR_DNS ')))
+        (base.dnsCaptured ??= {})[`ipv${f}`] =
+          run.redirected(ns, e.backend, f, 'MESHREDIR_DNS') +
+          run.redirected(ns, e.backend, f, 'MESHREDIR_DNS', 'nat', 'DNAT');
       if (appliedIn(fs, 'mangle').some((l) => l.includes('-j TPROXY'))) {
         base.inbound = 'tproxy';
         base.inboundRedirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_TPROXY', 'mangle', 'TPROXY');
@@ -123,7 +130,7 @@ export function iptablesStatus(run: Runner, stateFile: string): StatusReport {
       },
       {
         table: {
-          head: ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound'],
+          head: ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound', 'dns flows captured'],
           rows: netns.map((n) => [
             `${n.netns} (${n.netnsId})`,
             n.policy,
@@ -132,6 +139,7 @@ export function iptablesStatus(run: Runner, stateFile: string): StatusReport {
             n.live,
             counts(n.redirected),
             n.inbound ? `${n.inbound}: ${counts(n.inboundRedirected)}` : '-',
+            n.dnsCaptured ? counts(n.dnsCaptured) : '-',
           ]),
         },
       },

@@ -17,6 +17,7 @@ import { fkey, readState, type Family, type NetnsState } from './state.js';
 import { staleCgroups } from './plan.js';
 import { Checks } from '../checks.js';
 import { appliedInbound, checkInbound } from './verify-inbound.js';
+import { appliedDns, checkDns } from './verify-dns.js';
 import type { VerifyRequest } from '../mode.js';
 
 /** The owner match looks at the socket's file credentials: a process's fs ids (4th field). */
@@ -40,9 +41,18 @@ export async function iptablesVerify(run: Runner, stateFile: string, o: VerifyRe
     c.ok('cgroup', dir);
     const e = coveringRules(c, stateFile, rel);
     const path = checkNetns(c, o, dir, rel, e);
-    // An inbound-only policy has no outbound chain to follow.
-    const outbound = Object.values(e.families).some((fs) => fs?.applied.some((l) => l.startsWith('-A OUTPUT ')));
+    if (o.dns) {
+      const pid = subtreePids(dir)[0];
+      checkDns(c, run, e, path, { ...(pid === undefined ? { uid: 0, gid: 0 } : procIds(pid)), cgroup: rel });
+      return;
+    }
+    // An inbound-only (or DNS-only) policy has no outbound chain to follow.
+    const outbound = Object.values(e.families).some((fs) =>
+      fs?.applied.some((l) => /^-A OUTPUT .*-j MESHREDIR_OUTPUT(\s|$)/.test(l)),
+    );
     const inbound = appliedInbound(e);
+    if (!outbound && !inbound && appliedDns(e))
+      c.fail('policy', `${e.policy} has no outbound proxy (it captures DNS only): check it with --dns`);
     if (outbound || !inbound) checkRules(c, run, o, dir, rel, e, path);
     if (inbound) await checkInbound(c, run, e, path);
   });
