@@ -9,6 +9,8 @@ pkgs=(clang llvm libbpf-dev bpftool iptables iproute2 haproxy libcap2-bin make g
 pkgs+=(dnsmasq-base bind9-dnsutils)
 # The container image (make image, its kernel test): podman with Debian's runc, debootstrap for the base.
 pkgs+=(podman runc debootstrap)
+# prometheus: the kernel tests scrape the agent with a real server (and promtool lints the exposition).
+pkgs+=(prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +20,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Only its binaries are wanted: the package's own server (on :9090) is not started at boot.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # Exactly the committed lock file (it carries every platform's optional packages, so npm ci accepts it

@@ -10,6 +10,8 @@ import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
 import { AgentLocks } from './lock.js';
+import type { ListenAddress } from './http.js';
+import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
 /** How often the mode's pulse is taken between reconciles. */
 const PULSE_MS = 1000;
@@ -33,6 +35,8 @@ export interface AgentOptions {
   decision: ModeDecision;
   /** What agent.json records of where the mode keeps things (cleanup and status match on them). */
   paths: { cgroupRoot: string; bpffs: string; iptablesState?: string };
+  /** Where /metrics, /healthz and /readyz are served (none: not served). */
+  metricsAddress?: ListenAddress;
 }
 
 export interface ReconcileResult {
@@ -44,6 +48,8 @@ export interface ReconcileResult {
   policies: number;
   /** Every policy's outcome (applied, waiting, rejected, failed) with its file. */
   outcomes: PolicyOutcome[];
+  /** Errors the sources reported (unreadable or invalid policy files). */
+  sourceErrors: number;
 }
 
 /** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
@@ -56,6 +62,11 @@ export interface PassHealth {
   applied: number;
   notApplied: number;
   errors: number;
+  /** Why the pass failed as a whole (ok false). */
+  error?: string;
+  /** Policies by outcome, and the sources' errors (metrics). */
+  states: Record<PolicyOutcome['state'], number>;
+  sourceErrors: number;
 }
 
 /** How long stop() waits for a reconcile in progress before it gives up on it. */
@@ -72,6 +83,7 @@ export class Agent {
   private locks?: AgentLocks;
   private last?: PassHealth;
   private startedAt = new Date();
+  private endpoint?: AgentEndpoint;
 
   constructor(
     readonly opts: AgentOptions,
@@ -149,6 +161,8 @@ export class Agent {
         applied: r.policies,
         notApplied: notApplied.filter((o) => o.state !== 'waiting').length,
         errors: r.errors.length,
+        states: countStates(r.outcomes),
+        sourceErrors: r.sourceErrors,
       });
       return r;
     } catch (e) {
@@ -161,23 +175,27 @@ export class Agent {
         errors: [(e as Error).message],
         warnings: [],
       });
-      this.passed({ ok: false, reason, t0, applied: 0, notApplied: 0, errors: 1 });
+      this.passed({
+        ok: false,
+        reason,
+        t0,
+        applied: 0,
+        notApplied: 0,
+        errors: 1,
+        error: (e as Error).message,
+        states: countStates([]),
+        sourceErrors: 0,
+      });
       throw e;
     }
   }
 
   /** A pass completed: the heartbeat (agent.lock's mtime) and the health the Agent object reports. */
-  private passed(p: { ok: boolean; reason: string; t0: number; applied: number; notApplied: number; errors: number }) {
+  private passed(p: Omit<PassHealth, 'at' | 'durationMs'> & { t0: number }) {
     const at = new Date();
-    this.last = {
-      at,
-      ok: p.ok,
-      reason: p.reason,
-      durationMs: at.getTime() - p.t0,
-      applied: p.applied,
-      notApplied: p.notApplied,
-      errors: p.errors,
-    };
+    const { t0, ...rest } = p;
+    this.last = { ...rest, at, durationMs: at.getTime() - t0 };
+    this.endpoint?.observe(this.last);
     try {
       const problem = this.locks?.beat();
       if (problem) this.log.error({ event: 'lock' }, problem);
@@ -238,6 +256,7 @@ export class Agent {
       warnings,
       policies: applied,
       outcomes: r.policies,
+      sourceErrors: reads.reduce((n, x) => n + x.errors.filter((e) => e.level !== 'warn').length, 0),
     };
   }
 
@@ -260,14 +279,21 @@ export class Agent {
 
   /** Takes the installation's locks (before anything is pinned), then the first reconcile, then watches. */
   async start(): Promise<ReconcileResult> {
-    this.locks = AgentLocks.take(
-      {
-        stateDir: this.opts.stateDir,
-        bpffs: this.opts.paths.bpffs,
-        iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
-      },
-      this.mode.name,
-    );
+    // Bound first: an address in use fails the start before anything (even a lock directory) is made.
+    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
+    try {
+      this.locks = AgentLocks.take(
+        {
+          stateDir: this.opts.stateDir,
+          bpffs: this.opts.paths.bpffs,
+          iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+        },
+        this.mode.name,
+      );
+    } catch (e) {
+      await this.endpoint?.close();
+      throw e;
+    }
     try {
       this.loadState();
       const first = await this.reconcile('start');
@@ -290,6 +316,7 @@ export class Agent {
       }
       return first;
     } catch (e) {
+      await this.endpoint?.close();
       this.locks.release();
       throw e;
     }
@@ -332,4 +359,14 @@ export class Agent {
       this.locks?.release();
     }
   }
+
+  /** Stops serving /metrics and the probes (after stop()). */
+  async close(): Promise<void> {
+    await this.endpoint?.close();
+  }
+}
+
+function countStates(outcomes: PolicyOutcome[]): PassHealth['states'] {
+  const n = (state: PolicyOutcome['state']) => outcomes.filter((o) => o.state === state).length;
+  return { applied: n('applied'), waiting: n('waiting'), rejected: n('rejected'), failed: n('failed') };
 }

@@ -222,8 +222,31 @@ export class BpfMap<K, V> {
   /** Every entry as raw bytes (for diffing desired state against the kernel's): BPF_MAP_LOOKUP_BATCH
    * where the map type has it (a few syscalls for the whole map), else key by key. */
   rawEntries(): [Buffer, Buffer][] {
-    if (!this.batchable()) return this.rawEntriesOneByOne();
     const out: [Buffer, Buffer][] = [];
+    const batched = this.lookupBatches((keys, vals, n) => {
+      for (let j = 0; j < n; j++) {
+        out.push([
+          Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)),
+          Buffer.from(vals.subarray(j * this.value.size, (j + 1) * this.value.size)),
+        ]);
+      }
+      return out.length;
+    });
+    return batched ? out : this.rawEntriesOneByOne();
+  }
+
+  /** How many entries the map holds now (for fill levels, at every scrape): counted batch by batch where
+   * the map type has BPF_MAP_LOOKUP_BATCH, without keeping them; else key by key. */
+  count(): number {
+    let total = 0;
+    const batched = this.lookupBatches((_k, _v, n) => (total += n));
+    return batched ? total : this.rawKeys().length;
+  }
+
+  /** Walks the map with BPF_MAP_LOOKUP_BATCH, handing each batch to `take` (which returns the entries
+   * taken so far); false when the map type has no batch lookup (nothing was taken). */
+  private lookupBatches(take: (keys: Buffer, vals: Buffer, n: number) => number): boolean {
+    if (!this.batchable()) return false;
     let chunk = 4096;
     // The batch cursor is opaque: 4 bytes for hash maps (a bucket), a key for the generic
     // implementation. A buffer of the larger size serves both.
@@ -241,18 +264,13 @@ export class BpfMap<K, V> {
           chunk *= 4; // a hash bucket holds more entries than the chunk: ask for more at once
           continue;
         }
-        if (inBatch === null && this.refused(r, n, 'BPF_MAP_LOOKUP_BATCH')) return this.rawEntriesOneByOne();
+        if (inBatch === null && this.refused(r, n, 'BPF_MAP_LOOKUP_BATCH')) return false;
         throw new BpfError(`batch look up in ${this.name}`, 'bpf_map_lookup_batch', r);
       }
-      for (let j = 0; j < n; j++) {
-        out.push([
-          Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)),
-          Buffer.from(vals.subarray(j * this.value.size, (j + 1) * this.value.size)),
-        ]);
-      }
-      if (r === -ENOENT) return out; // the end of the map
+      const taken = take(keys, vals, n);
+      if (r === -ENOENT) return true; // the end of the map
       inBatch = Buffer.from(outBatch);
-      if (out.length > 50_000_000) throw new Error(`iterate ${this.name}: does not end`);
+      if (taken > 50_000_000) throw new Error(`iterate ${this.name}: does not end`);
     }
   }
 

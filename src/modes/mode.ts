@@ -2,6 +2,7 @@
 // cleanup). The agent and the CLI talk only to it; a traffic feature (outbound, inbound, DNS) is a part
 // inside each mode, never a branch above it.
 import type { Policy } from '../policy/schema.js';
+import type { MetricFamily } from './metrics.js';
 
 export type ModeName = 'ebpf' | 'iptables';
 export const MODE_NAMES: readonly ModeName[] = ['ebpf', 'iptables'];
@@ -125,6 +126,12 @@ export interface CleanupReport {
   json: Record<string, unknown>;
 }
 
+/** Whether what the mode installed is in force now (the agent's /readyz), and why (not). */
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+}
+
 export interface Mode {
   readonly name: ModeName;
   /** Whether anything of this mode is installed here (pins, a state file that remembers rules). */
@@ -143,4 +150,8 @@ export interface Mode {
    * null. (eBPF inbound: a registered proxy listener closed, a listener appeared, a pod's netns went.)
    */
   pulse?(): string | null;
+  /** Its counters and gauges, read now from where they are kept (the agent's /metrics). */
+  metrics(): MetricFamily[];
+  /** Programs attached (eBPF), rules applied (iptables). */
+  readiness(): Readiness;
 }

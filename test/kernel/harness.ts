@@ -191,6 +191,9 @@ export class Env extends Sandbox {
       this.stateDir,
       '--mode',
       'ebpf',
+      // Any free loopback port (logged): test agents never contend for the default one.
+      '--metrics-address',
+      '127.0.0.1:0',
       ...extra,
     ]);
     await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);

@@ -33,6 +33,8 @@ function standIn(): Mode & { applied: number } {
     status: () => ({ mode: 'iptables' as const, json: {}, text: [] }),
     verify: async () => [],
     cleanup: () => ({ mode: 'iptables' as const, removed: [], kept: [], failed: [], notes: [], json: {} }),
+    metrics: () => [],
+    readiness: () => ({ ready: true, reason: 'a stand-in' }),
   };
   return m;
 }

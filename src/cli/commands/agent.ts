@@ -7,6 +7,7 @@ import { DEFAULT_OBJECT } from '../paths.js';
 import { UserError, printJson } from '../output.js';
 import { openMode } from '../../modes/index.js';
 import { requirePreflight } from '../../probe/preflight.js';
+import { DEFAULT_METRICS_ADDRESS, listenAddress } from '../address.js';
 
 /** Bounds of --interval, in seconds. */
 const MIN_INTERVAL = 1;
@@ -29,6 +30,7 @@ const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait']).e
   object: z.string(),
   iptablesBackend: z.enum(['nft', 'legacy']).optional(),
   dryRun: z.boolean().default(false),
+  metricsAddress: listenAddress,
 });
 
 export const agentCommand = shared(
@@ -56,6 +58,11 @@ export const agentCommand = shared(
     .option(
       '--dry-run',
       'print what would be applied and exit (iptables: the exact iptables-restore input; eBPF: the map entries, with the ids of the cgroups that exist)',
+    )
+    .option(
+      '--metrics-address <host:port>',
+      'where /metrics (Prometheus), /healthz and /readyz are served; off: not served',
+      DEFAULT_METRICS_ADDRESS,
     )
     .addOption(new Option('--object <path>', 'BPF object').default(DEFAULT_OBJECT).hideHelp()),
   ['bpffs', 'stateDir', 'iptablesState', 'lockWait'],
@@ -104,6 +111,7 @@ export const agentCommand = shared(
       stateDir: o.stateDir,
       decision,
       paths: { cgroupRoot, bpffs: o.bpffs, iptablesState: o.iptablesState },
+      ...(o.metricsAddress ? { metricsAddress: o.metricsAddress } : {}),
     },
     mode,
     log,
@@ -115,4 +123,5 @@ export const agentCommand = shared(
     process.once('SIGTERM', () => resolve());
   });
   await agent.stop();
+  await agent.close();
 });

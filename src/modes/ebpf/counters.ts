@@ -4,27 +4,74 @@
 import type { BpfMap } from '../../bpf/map.js';
 import { MapType } from '../../bpf/fd.js';
 import { kernelHasMember } from '../../bpf/btf.js';
-import { Gauge, MAPS, INBOUND_MAPS, STAT_FIELDS, type StatName } from '../../bpf/abi.js';
+import {
+  DNS_STAT_FIELDS,
+  Gauge,
+  MAPS,
+  INBOUND_MAPS,
+  STAT_FIELDS,
+  type DnsStatName,
+  type StatName,
+} from '../../bpf/abi.js';
 import type { AnyMapName, Pins } from './pins.js';
 
 export type Counters = Record<StatName, bigint>;
+export type DnsCounters = Record<DnsStatName, bigint>;
 
-/** Per-slot counters summed over CPUs (slot 0: events not tied to a policy). */
-export function stats(pins: Pins): Map<number, Counters> {
-  return pins.withMaps(['mr_stats', 'mr_slots'], (maps) => {
-    const out = new Map<number, Counters>();
+/** The per-CPU arrays of per-slot counters, with their fields. */
+const STAT_MAPS = { mr_stats: STAT_FIELDS, mr_dns_stats: DNS_STAT_FIELDS } as const;
+
+/** Per-slot counters of one of the counter maps, summed over CPUs (slot 0: events not tied to a policy). */
+function perSlot<F extends string>(
+  pins: Pins,
+  map: keyof typeof STAT_MAPS,
+  fields: readonly F[],
+): Map<number, Record<F, bigint>> {
+  return pins.withMaps([map, 'mr_slots'], (maps) => {
+    const out = new Map<number, Record<F, bigint>>();
     const slots = [0, ...(maps.get('mr_slots')!.keys() as number[])];
     for (const slot of slots) {
-      const per = maps.get('mr_stats')!.getPerCpu(slot) as Counters[] | undefined;
-      const sum = Object.fromEntries(STAT_FIELDS.map((f) => [f, 0n])) as Counters;
-      for (const cpu of per ?? []) for (const f of STAT_FIELDS) sum[f] += cpu[f];
+      const per = maps.get(map)!.getPerCpu(slot) as Record<F, bigint>[] | undefined;
+      const sum = Object.fromEntries(fields.map((f) => [f, 0n])) as Record<F, bigint>;
+      for (const cpu of per ?? []) for (const f of fields) sum[f] += cpu[f];
       // Per-CPU parts wrap (a gauge is decremented on another CPU than it was incremented on): the sum
       // modulo 2^64 is exact.
-      for (const f of STAT_FIELDS) sum[f] = BigInt.asIntN(64, sum[f]);
+      for (const f of fields) sum[f] = BigInt.asIntN(64, sum[f]);
       out.set(slot, sum);
     }
     return out;
   });
+}
+
+/** Per-slot counters of the outbound programs (mr_stats). */
+export function stats(pins: Pins): Map<number, Counters> {
+  return perSlot(pins, 'mr_stats', STAT_FIELDS);
+}
+
+/** Per-slot counters of DNS capture (mr_dns_stats); none where that map is not pinned. */
+export function dnsStats(pins: Pins): Map<number, DnsCounters> {
+  return pins.has('mr_dns_stats') ? perSlot(pins, 'mr_dns_stats', DNS_STAT_FIELDS) : new Map();
+}
+
+/**
+ * Zeroes the counters of every slot that `slots` gives to another policy than mr_slots says holds it now
+ * (slots are reused, lowest free first): a policy's counters start at zero, never at those of the policy
+ * that had its slot before. Called before the policy's entries are written, so no connection of the new
+ * policy is counted yet.
+ */
+export function resetReassigned(pins: Pins, slots: Map<string, number>): number[] {
+  if (!pins.has('mr_slots') || !pins.has('mr_stats')) return [];
+  const owner = new Map([...pins.slots()].map(([name, slot]) => [slot, name]));
+  const moved = [...slots].filter(([name, slot]) => owner.get(slot) !== name).map(([, slot]) => slot);
+  if (moved.length === 0) return [];
+  for (const [map, fields] of Object.entries(STAT_MAPS) as [keyof typeof STAT_MAPS, readonly string[]][]) {
+    if (!pins.has(map)) continue;
+    const zero = Object.fromEntries(fields.map((f) => [f, 0n]));
+    pins.withMaps([map], (maps) => {
+      for (const slot of moved) maps.get(map)!.set(slot, zero);
+    });
+  }
+  return moved;
 }
 
 /** Connections waiting for the proxy's accept (records), and the limit past which connect fails. */
@@ -54,7 +101,7 @@ export function fill(pins: Pins): { map: string; entries: number; max: number }[
   return pins.withMaps([...(Object.keys(MAPS) as AnyMapName[]), ...inbound], (maps) =>
     [...maps.values()]
       .filter((m) => m.info.type !== MapType.ARRAY && m.info.type !== MapType.PERCPU_ARRAY)
-      .map((m) => ({ map: m.name, entries: m.rawKeys().length, max: m.info.maxEntries })),
+      .map((m) => ({ map: m.name, entries: m.count(), max: m.info.maxEntries })),
   );
 }
 
@@ -67,11 +114,19 @@ export function fastPath(pins: Pins): { usable: boolean; why?: string } {
   if (!pins.links().some((l) => l.name === 'mr_skmsg' && l.attached)) {
     return { usable: false, why: 'no sk_msg link (kernel < 6.10, or not attached)' };
   }
-  if (kernelHasMember('sk_psock', 'msg_tot_len') !== true) {
+  if (!psockQueueLen()) {
     return {
       usable: false,
       why: "the kernel's psock has no msg_tot_len: the fast path could not bound a slow reader's queue",
     };
   }
   return { usable: true };
+}
+
+let queueLen: boolean | undefined;
+/** Whether the kernel's psock counts unread fast-path bytes: read from its BTF once (~15 ms a read; it
+ * cannot change while we run, and every plan and scrape asks). */
+function psockQueueLen(): boolean {
+  queueLen ??= kernelHasMember('sk_psock', 'msg_tot_len') === true;
+  return queueLen;
 }

@@ -11,13 +11,14 @@ import { load, type LoadReport } from './load.js';
 import { capacities, desiredState, type Desired } from './desired.js';
 import { writeEntries, type WriteReport } from './write.js';
 import { capacitiesOf, loadNotes, outcomes, writeNotes } from './notes.js';
-import { fastPath, pendingDrift } from './counters.js';
+import { fastPath, pendingDrift, resetReassigned } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
 import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
 import type { EbpfPart } from './part.js';
+import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -139,6 +140,7 @@ export class EbpfMode implements Mode {
     const again = loaded || !(plan as EbpfPlan).desired;
     const desired = again ? this.desired(plan.input) : (plan as EbpfPlan).desired;
     const partPlans = again ? this.parts.map((x) => x.plan(desired, plan.input)) : (plan as EbpfPlan).parts;
+    resetReassigned(this.pins, desired.slots);
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);
@@ -270,6 +272,14 @@ export class EbpfMode implements Mode {
       if (why) return why;
     }
     return null;
+  }
+
+  metrics() {
+    return ebpfMetrics(this.pins);
+  }
+
+  readiness() {
+    return ebpfReadiness(this.pins);
   }
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {

@@ -20,6 +20,7 @@ import { applyRules, removeEntry, type IptablesApplyReport, type Removal } from 
 import { iptablesStatus } from './status.js';
 import { iptablesVerify } from './verify.js';
 import { readState, writeState } from './state.js';
+import { iptablesMetrics, iptablesReadiness } from './metrics.js';
 
 interface IptablesPlan extends Plan {
   readonly resolved: Resolved;
@@ -153,6 +154,14 @@ export class IptablesMode implements Mode {
 
   verify(req: VerifyRequest) {
     return iptablesVerify(this.run, this.stateFile, req);
+  }
+
+  metrics() {
+    return iptablesMetrics(this.run, this.stateFile);
+  }
+
+  readiness() {
+    return iptablesReadiness(this.stateFile);
   }
 
   /** Removes our rules from every remembered netns; the state keeps what could not be removed. */

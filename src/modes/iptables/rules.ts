@@ -249,6 +249,6 @@ export const LIMITS = [
   'the proxy must listen in the pod netns on 127.0.0.1 / ::1 (REDIRECT rewrites to the loopback address; SO_ORIGINAL_DST works only where the NAT happened)',
   "inbound: the proxy listens on the wildcard address of its port (REDIRECT: reached at the pod's address; TPROXY: a transparent listener); without it REDIRECT refuses and TPROXY drops (whenNoProxy: pass needs the eBPF mode)",
   'a bypass cgroup matches the cgroup a socket was created in (-m cgroup), and one deleted and re-created under the same path takes effect at the next reconcile (the kernel resolves the path when the rule is added)',
-  'DNS capture: conntrack zones 1 and 2 in the pod netns (istio\'s numbers; a CNI using zones there would collide); its counters count flows, not queries; with all: true, a DNS server in the pod answering a client whose source port is 53 has its reply captured; after cleanup, captured UDP flows keep their NAT until their conntrack entry expires (30 s idle)',
+  "DNS capture: conntrack zones 1 and 2 in the pod netns (istio's numbers; a CNI using zones there would collide); its counters count flows, not queries; with all: true, a DNS server in the pod answering a client whose source port is 53 has its reply captured; after cleanup, captured UDP flows keep their NAT until their conntrack entry expires (30 s idle)",
   'no sk_msg fast path (spec.accelerate)',
 ];
