@@ -88,6 +88,8 @@ export function runIn(ns: NetnsHandle, argv: string[], timeoutMs = 10_000): stri
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe', ns.fd],
     timeout: timeoutMs,
+    // A busy pod's socket table is large (~150 bytes a socket): not the 1 MiB default.
+    maxBuffer: 256 * 1024 * 1024,
   });
   if (r.error) throw new Error(`${argv[0]} in netns ${ns.path}: ${r.error.message}`);
   if (r.status !== 0)

@@ -8,10 +8,10 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, waitFor, sh, type Proc } from './harness.js';
+import { Env, kernelDescribe, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 
 const HIGH = 20000 + Math.floor(Math.random() * 20000);
-type Pod = { ns: string; cg: string; v4: string; v6: string; haproxy?: Proc; transparent: boolean };
+type Pod = { ns: string; cg: string; v4: string; v6: string; haproxy?: Proc; v6proxy?: Proc; transparent: boolean };
 
 kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by the agent', () => {
   let env: Env;
@@ -60,9 +60,18 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
     const code = await p.exited;
     return { code, ...(JSON.parse(p.out) as { ok: boolean; steps: { step: string; ok: boolean; detail: string }[] }) };
   };
-  /** HAProxy on the wildcard address of port 15006, `transparent` for TPROXY; logs client, frontend and server. */
+  /**
+   * HAProxy on the wildcard address of port 15006, `transparent` for TPROXY; logs client, frontend and
+   * server. Behind REDIRECT it takes IPv4 only: HAProxy asks no IP6T_SO_ORIGINAL_DST, so it would forward
+   * a redirected IPv6 connection to its own port (a loop); `origdst-proxy` answers IPv6 there instead.
+   */
   async function haproxy(pod: Pod): Promise<Proc> {
     const t = pod.transparent ? ' transparent' : '';
+    const cg = env.cgroup(`${pod.cg.split('/').pop()}/proxy`);
+    if (!pod.transparent && !pod.v6proxy) {
+      pod.v6proxy = env.spawn(pod.ns, cg, ORIGDST_PROXY, ['--listen6', '[::]:15006', '--mode', 'report']);
+      await waitFor(() => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn6', 'sport = :15006']).trim() !== '', 'v6');
+    }
     const cfg = env.tmpFile(
       `tproxy-${pod.ns}-${Date.now()}.cfg`,
       [
@@ -77,15 +86,19 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
         '  timeout server 30s',
         'frontend fe',
         `  bind 0.0.0.0:15006${t}`,
-        `  bind :::15006 v6only${t}`,
+        ...(pod.transparent ? [`  bind :::15006 v6only${t}`] : []),
         '  default_backend be',
         'backend be',
         '  server o 0.0.0.0:0', // the original destination: getsockname (TPROXY) or SO_ORIGINAL_DST (REDIRECT)
         '',
       ].join('\n'),
     );
-    const p = env.spawn(pod.ns, env.cgroup(`${pod.cg.split('/').pop()}/proxy`), 'haproxy', ['-db', '-f', cfg]);
-    await env.waitListening(pod.ns, 15006, `haproxy in ${pod.ns}`, p);
+    const p = env.spawn(pod.ns, cg, 'haproxy', ['-db', '-f', cfg]);
+    await waitFor(
+      () => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn4', 'sport = :15006']).trim() !== '',
+      `haproxy in ${pod.ns}`,
+      p,
+    );
     return p;
   }
   const mangle = (pod: Pod, backend: string, family: 4 | 6) =>
@@ -190,19 +203,24 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
       ] as const) {
         const r = await connect(host, port);
         expect(r.ok, JSON.stringify(r)).toBe(true);
-        expect(r.data).toMatch(new RegExp(`^app-${port} ${host} \\d+$`)); // the app saw HAProxy (pod → pod over lo)
         const client = host.includes(':') ? 'fd00:200::11' : '10.200.0.11';
-        // TPROXY: no NAT, the frontend is the pod's address and port; REDIRECT: the frontend is the
-        // inbound port (NAT), the original destination comes from SO_ORIGINAL_DST. Both: the client's own address.
-        const frontend = name === 'r' ? `${host} 15006` : `${host} ${port}`;
+        if (name === 'r' && host.includes(':')) {
+          // REDIRECT, IPv6: the original destination from IP6T_SO_ORIGINAL_DST, the client's own address.
+          expect(r.data).toBe(`ORIGDST ${host} ${port} PEER ${client} ${r.local!.port}`);
+          continue;
+        }
+        expect(r.data).toMatch(new RegExp(`^app-${port} ${host} \\d+$`)); // the app saw HAProxy (pod → pod over lo)
+        // The client's own address, and pod:port: TPROXY's accepted socket has it as its local address
+        // (no NAT); behind REDIRECT HAProxy's frontend address is SO_ORIGINAL_DST's answer (conntrack),
+        // which it prefers to getsockname() (pod:15006).
         await waitFor(
-          () => logged(h).includes(`conn ${client} ${r.local!.port} ${frontend} ${host} ${port}`),
-          `log ${host}:${port}`,
+          () => logged(h).includes(`conn ${client} ${r.local!.port} ${host} ${port} ${host} ${port}`),
+          `log ${host}:${port}: ${logged(h).slice(-3).join(' | ')}`,
         );
       }
       const direct = await connect(pod.v4, 9090);
       expect(direct.data).toMatch(/^app-9090 10\.200\.0\.11 \d+$/);
-      expect(logged(h).length - n).toBe(3); // one per client connection: HAProxy's own were not looped
+      expect(logged(h).length - n).toBe(name === 'r' ? 2 : 3); // one per client connection: no loop
     });
   }
 

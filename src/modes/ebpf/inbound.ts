@@ -9,8 +9,8 @@ import type { BpfObject } from '../../bpf/object.js';
 import type { BpfMap } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { BpfError } from '../../bpf/errors.js';
-import { closeFd, openPinned, pinFd, tryOpenPinned } from '../../bpf/fd.js';
-import { progInfoById, progInfoByFd } from '../../bpf/prog.js';
+import { closeFd, openPinned, pinFd } from '../../bpf/fd.js';
+import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { AF_INET, AF_INET6, IN_STAT_FIELDS, type InStatName } from '../../bpf/abi.js';
 import { registerListener, type SockKey } from '../../bpf/inbound.js';
 import { socketFacts, tableListeners, takeFd } from '../../bpf/listeners.js';
@@ -94,10 +94,14 @@ export class InboundPart implements EbpfPart<InboundPlan> {
     pinFd(prog.fd, pin, `pin ${PROG} at ${pin}`);
     chmodSync(pin, 0o600);
     const tag = progInfoByFd(prog.fd, PROG).tag;
+    // The tag hashes the instructions only: the same program bound to other maps (pins lost, maps made
+    // anew) has the same tag, so the maps are compared too.
+    const maps = JSON.stringify([...progMapsByFd(prog.fd, PROG)].filter(([n]) => n.startsWith('mr_')).sort());
     const updated: string[] = [];
     for (const l of this.pins.netnsLinks()) {
       if (!l.attached || l.progId === undefined) continue; // defunct: the next apply removes it
-      if (progInfoById(l.progId)?.tag === tag && l.progTag === tag) continue;
+      const cur = [...(progMapsById(l.progId) ?? [])].filter(([n]) => n.startsWith('mr_')).sort();
+      if (progInfoById(l.progId)?.tag === tag && JSON.stringify(cur) === maps) continue;
       const link = Link.open(l.pin);
       try {
         link.update(prog);
@@ -249,11 +253,20 @@ export class InboundPart implements EbpfPart<InboundPlan> {
       if (gone) return `inbound listener of ${gone.policy} closed`;
     }
     for (const l of w.links) {
-      const fd = tryOpenPinned(this.pins.linkPin(`${NETNS_LINK_PREFIX}${l.slot}`));
-      if (fd === null) return `inbound link of ${l.policy} gone`;
-      closeFd(fd);
-      const info = this.pins.netnsLinks().find((x) => x.slot === l.slot);
-      if (!info?.attached) return `netns of ${l.policy} gone`;
+      // One link's info (its netns inode: 0 once the netns is gone), not every link's, every second.
+      let ino = 0;
+      try {
+        const link = Link.open(this.pins.linkPin(`${NETNS_LINK_PREFIX}${l.slot}`));
+        try {
+          ino = link.info().netnsIno ?? 0;
+        } finally {
+          link.close();
+        }
+      } catch (e) {
+        if (!(e instanceof BpfError)) throw e;
+        return `inbound link of ${l.policy} gone`;
+      }
+      if (ino === 0) return `netns of ${l.policy} gone`;
     }
     for (const m of w.missing) {
       if (tableListeners(m.tablePid).some((x) => x.port === m.port && !m.tried.has(x.inode)))

@@ -6,7 +6,7 @@ import { closeSync } from 'node:fs';
 import { ours, type Runner } from './run.js';
 import { routeState, routeText } from './routes.js';
 import { appliedIn, fkey, type Family, type NetnsState } from './state.js';
-import { NetnsHandle, pidsInNetns } from '../netns.js';
+import { NetnsHandle, pidsInNetns, runIn } from '../netns.js';
 import type { Checks } from '../checks.js';
 
 export type InboundKind = 'redirect' | 'tproxy';
@@ -83,7 +83,7 @@ export async function checkInbound(c: Checks, run: Runner, e: NetnsState, path: 
     const { parseTcpTables, findListeners, takeFd, socketFacts } = await import('../../bpf/listeners.js');
     let table0;
     try {
-      table0 = parseTcpTables(run.run(ns, ['cat', '/proc/net/tcp', '/proc/net/tcp6']));
+      table0 = parseTcpTables(runIn(ns, ['cat', '/proc/net/tcp', '/proc/net/tcp6']));
     } catch (err) {
       c.fail('inbound proxy', `cannot read the socket table of netns ${path}: ${(err as Error).message}`);
     }
