@@ -184,6 +184,35 @@ for (const mode of ['ebpf', 'iptables'] as const) {
         expect(n.dnsCaptured!.ipv4).toBeGreaterThan(5);
         expect(n.dnsCaptured!.ipv6).toBeGreaterThan(3);
       }
+      // The agent's /metrics: the same counts as status, in the families docs/metrics.md names.
+      const address = agent.err
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { event?: string; address?: string })
+        .find((l) => l.event === 'metrics')?.address;
+      const metrics = await (await fetch(`http://${address}/metrics`)).text();
+      /** The value of the one sample of `name` whose labels include all of `labels` (label order free). */
+      const sample = (name: string, labels: Record<string, string>) => {
+        const lines = metrics
+          .split('\n')
+          .filter(
+            (l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)),
+          );
+        expect(lines, `${name} ${JSON.stringify(labels)}`).toHaveLength(1);
+        return Number(lines[0]!.split(' ').pop());
+      };
+      if (mode === 'ebpf') {
+        expect(sample('meshredir_dns_captured_total', { policy: 'pod-a', call: 'connect_udp' })).toBeGreaterThan(5);
+        expect(sample('meshredir_dns_captured_total', { policy: 'pod-a', call: 'connect_tcp' })).toBeGreaterThanOrEqual(
+          5,
+        );
+        expect(sample('meshredir_dns_replies_relabelled_total', { policy: 'pod-a' })).toBeGreaterThan(5);
+      } else {
+        expect(sample('meshredir_dns_flows_captured_total', { policy: 'pod-a', protocol: 'udp' })).toBeGreaterThan(5);
+        expect(
+          sample('meshredir_dns_flows_captured_total', { policy: 'pod-a', protocol: 'tcp' }),
+        ).toBeGreaterThanOrEqual(5);
+      }
       const v = await verify(a());
       expect(
         v.steps.filter((x) => !x.ok),

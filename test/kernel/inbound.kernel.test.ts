@@ -165,6 +165,20 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     expect(problems).toEqual([]);
   });
 
+  /** One sample of the agent's /metrics: `name` with all of `labels` (label order free). */
+  const metric = async (name: string, labels: Record<string, string>): Promise<number> => {
+    const address = agent.err
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { event?: string; address?: string })
+      .find((l) => l.event === 'metrics')?.address;
+    const lines = (await (await fetch(`http://${address}/metrics`)).text())
+      .split('\n')
+      .filter((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+    expect(lines, `${name} ${JSON.stringify(labels)}`).toHaveLength(1);
+    return Number(lines[0]!.split(' ').pop());
+  };
+
   it("registers an unmodified HAProxy's listeners (taken with pidfd_getfd; the copy closed: only HAProxy holds them)", async () => {
     const s = (await inb('pod-b'))!;
     expect(s.link).toMatchObject({ attached: true, netnsIno: statSync(`/run/netns/${podB}`).ino });
@@ -191,6 +205,16 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     // HAProxy asked SO_ORIGINAL_DST on each accepted socket, and mr_in_origdst answered.
     expect(d.origdst_served).toBe(2);
     expect(logged(haproxyB)).toHaveLength(2);
+    // The agent's /metrics reads the same counters (mr_in_stats) and the registration.
+    const now = (await inb('pod-b'))!;
+    const pod = { policy: 'pod-b' };
+    expect(await metric('meshredir_inbound_connections_redirected_total', pod)).toBe(now.counters.intercepted);
+    expect(await metric('meshredir_inbound_connections_bypassed_total', { ...pod, reason: 'loopback' })).toBe(
+      now.counters.bypass_local,
+    );
+    expect(await metric('meshredir_inbound_original_destinations_served_total', pod)).toBe(now.counters.origdst_served);
+    expect(await metric('meshredir_inbound_listener_registered', { ...pod, family: 'ipv4' })).toBe(1);
+    expect(await metric('meshredir_inbound_listener_registered', { ...pod, family: 'ipv6' })).toBe(1);
   });
 
   it('an excluded port goes straight to the app', async () => {
@@ -344,6 +368,10 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     const refused = await connect(B4, 8080);
     expect(refused).toMatchObject({ ok: false, error: 'ECONNREFUSED' });
     expect(delta(gone, (await inb('pod-b'))!).no_proxy_refused).toBe(1);
+    expect(await metric('meshredir_inbound_listener_registered', { policy: 'pod-b', family: 'ipv4' })).toBe(0);
+    expect(await metric('meshredir_inbound_no_proxy_total', { policy: 'pod-b', action: 'refused' })).toBe(
+      (await inb('pod-b'))!.counters.no_proxy_refused,
+    );
 
     podBPolicy({ whenNoProxy: 'pass' });
     const before = await until(
