@@ -294,7 +294,8 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
     for (const name of ['r', 't'] as const) {
       const pod = pods[name];
       await env.stop(pod.haproxy!, 'SIGKILL');
-      await waitFor(() => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn', 'sport = :15006']).trim() === '', 'gone');
+      // HAProxy's IPv4 listener gone (pod-r's IPv6 one is origdst-proxy's, which stays).
+      await waitFor(() => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn4', 'sport = :15006']).trim() === '', 'gone');
       const r = await connect(pod.v4, 8080);
       expect(r).toMatchObject({ ok: false, error: name === 'r' ? 'ECONNREFUSED' : 'timeout' });
       pod.haproxy = await haproxy(pod);
