@@ -150,7 +150,7 @@ describe('RedirectPolicyTemplate', () => {
       'np.yaml',
     );
     expect(noProxy.errors.map((e) => e.message)).toEqual([
-      'needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to',
+      'needs outbound (IPv4), outbound6 (IPv6) or inbound (or spec.dns alone): there is nowhere to redirect to and nothing to intercept',
     ]);
   });
 
