@@ -15,6 +15,7 @@ import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
+import { clearLapsedLease } from './trace.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -119,6 +120,13 @@ export class EbpfMode implements Mode {
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
     const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
     resetReassigned(this.pins, desired.slots);
+    // A tracer killed without giving its lease back: the programs stopped emitting when it lapsed.
+    if (clearLapsedLease(this.pins))
+      notes.push({
+        level: 'info',
+        event: 'trace_lease_cleared',
+        message: 'cleared the lapsed lease of a trace that died',
+      });
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);

@@ -6,11 +6,12 @@ import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById } from '../../bpf/prog.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
-import { MAPS, type MapName } from '../../bpf/abi.js';
+import { MAPS, TRACE_RING, type MapName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 
-/** Pinned maps besides those with codecs: the socket storage has no user-space view. */
-export const ALL_MAPS = [...(Object.keys(MAPS) as MapName[]), 'mr_sk'] as const;
+/** Pinned maps besides those with codecs: the socket storage has no user-space view, the trace's ring
+ * buffer no entries. */
+export const ALL_MAPS = [...(Object.keys(MAPS) as MapName[]), 'mr_sk', TRACE_RING] as const;
 
 export interface LinkState {
   name: string;
