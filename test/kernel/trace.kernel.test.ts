@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Env, kernelDescribe, policyYaml, waitFor, type Proc } from './harness.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { traceState } from '../../src/modes/ebpf/trace.js';
+import { Gauge } from '../../src/bpf/abi.js';
 import type { TraceRecord } from '../../src/modes/ebpf/trace-event.js';
 
 type Line = ({ type: 'decision' } & TraceRecord) | { type: 'start' | 'lost' | 'end'; lost: string; events?: number };
@@ -39,6 +40,7 @@ kernelDescribe('trace', () => {
   /** curl from a pod; the upstream answers "<name> <peer> <port>" (HTTP/0.9 for curl). */
   const curl = async (ns: string, cg: string, port: number) =>
     (await env.run(ns, cg, 'curl', ['-sS', '--http0.9', '--max-time', '5', `http://10.200.0.100:${port}/`])).trim();
+  const status = () => env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
   const ctl = () => pins.withMaps(['mr_trace_ctl'], (m) => m.get('mr_trace_ctl')!.get(0) as { on: number });
 
   beforeAll(async () => {
@@ -97,6 +99,7 @@ kernelDescribe('trace', () => {
     const t = await trace();
     expect(lines(t)[0]).toMatchObject({ type: 'start', lost: '0' });
     expect(traceState(pins)!.tracer).toBe(t.child.pid);
+    expect(await status()).toMatch(new RegExp(`^trace: on \\(meshredir trace, pid ${t.child.pid}\\)`, 'm'));
     expect(await curl(podA, cgA, 8080)).toMatch(/^up 10\.200\.0\.1 /); // through HAProxy
     expect(await curl(podA, cgA, 9090)).toMatch(/^direct 10\.200\.0\.11 /); // excluded port
     await waitFor(() => decisions(t).length >= 4, 'four decisions', t);
@@ -154,6 +157,38 @@ kernelDescribe('trace', () => {
     expect(after.tracer).toBeNull();
     expect(await curl(podA, cgA, 8080)).toMatch(/^up /);
     expect(traceState(pins)!.emitted).toBe(after.emitted);
+    expect(await status()).toMatch(/^trace: off · \d+ events written, 0 lost since load$/m);
+  });
+
+  it('shows a refused connect (table_full) as the metrics name it', async () => {
+    // The limit is the agent's (written at load); as a signed number -1 it is below any count of handshakes
+    // in flight, so mr_room refuses the next connect exactly as with a full table. Restored at once.
+    const setLimit = (v: bigint) => pins.withMaps(['mr_gauges'], (m) => m.get('mr_gauges')!.set(Gauge.LIMIT, v));
+    const limit = pins.withMaps(['mr_gauges'], (m) => m.get('mr_gauges')!.get(Gauge.LIMIT) as bigint);
+    const t = await trace('--policy', 'pod-a');
+    setLimit(2n ** 64n - 1n);
+    let code: number | null;
+    try {
+      code = await env.spawn(podA, cgA, 'curl', ['-sS', '--http0.9', '--max-time', '5', 'http://10.200.0.100:8080/'])
+        .exited;
+    } finally {
+      setLimit(limit);
+    }
+    expect(code).toBe(7); // curl: could not connect (EPERM)
+    await waitFor(() => decisions(t).length >= 1, 'the refusal', t);
+    await env.stop(t);
+    expect(decisions(t)).toEqual([
+      expect.objectContaining({
+        comm: 'curl',
+        policy: 'pod-a',
+        decision: 'refuse',
+        reason: 'table_full',
+        metric: 'meshredir_connections_refused_total',
+        original: '10.200.0.100:8080',
+        to: '10.200.0.100:8080',
+      }),
+    ]);
+    expect(await curl(podA, cgA, 8080)).toMatch(/^up 10\.200\.0\.1 /);
   });
 
   it('filters by policy, cgroup and pid in the kernel', async () => {

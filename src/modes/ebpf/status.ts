@@ -5,6 +5,7 @@ import { cgroupPathById } from '../../util/cgroups.js';
 import type { StatusReport } from '../mode.js';
 import { stats, pending, pendingDrift, fill, fastPath } from './counters.js';
 import type { Pins } from './pins.js';
+import { traceState } from './trace.js';
 
 export const UNSUPPORTED = [
   'spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)',
@@ -35,6 +36,8 @@ export function ebpfStatus(pins: Pins): StatusReport {
   const records = { ...pending(pins), inTable: pendingDrift(pins).records };
   const maps = fill(pins);
   const attachPoint = links.find((l) => l.cgroup)?.cgroup ?? null;
+  const tr = traceState(pins);
+  const trace = tr && { tracer: tr.tracer, emitted: Number(tr.emitted), lost: Number(tr.lost) };
   const json = {
     bpffs: pins.bpffs,
     attachPoint,
@@ -44,6 +47,7 @@ export function ebpfStatus(pins: Pins): StatusReport {
     maps,
     records,
     unknownOrigDst: Number(counters.get(0)?.origdst_unknown ?? 0n),
+    trace,
     unsupported: UNSUPPORTED,
   };
   const sum = (c: Record<string, number>, prefix: string) =>
@@ -105,6 +109,9 @@ export function ebpfStatus(pins: Pins): StatusReport {
       {
         lines: [
           `redirected handshakes in flight: ${records.pending} (connect() is refused past ${records.limit})${records.inTable !== records.pending ? `; ${records.inTable} records in mr_orig` : ''}`,
+          trace
+            ? `trace: ${trace.tracer === null ? 'off' : `on (meshredir trace, pid ${trace.tracer})`} · ${trace.emitted} events written, ${trace.lost} lost since load`
+            : 'trace: unavailable (the installed programs predate it)',
         ],
       },
     ],
