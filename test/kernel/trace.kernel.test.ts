@@ -224,7 +224,7 @@ kernelDescribe('trace', () => {
     );
   });
 
-  it('one tracer at a time; a tracer killed with SIGKILL stops costing when its lease lapses, and the agent clears it', async () => {
+  it('one tracer at a time; a tracer killed with SIGKILL leaves its lease, which lapses and the agent clears', async () => {
     const first = await trace();
     const second = env.cli(['trace', '--json', '--bpffs', env.bpffs]);
     expect(await second.exited).toBe(1);
@@ -236,6 +236,18 @@ kernelDescribe('trace', () => {
     const emitted = traceState(pins)!.emitted;
     await curl(podA, cgA, 8080);
     expect(traceState(pins)!.emitted).toBe(emitted);
+
+    // A tracer stopped past its expiry finds another one holding the lease: it leaves that one alone.
+    const stopped = await trace();
+    stopped.child.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 6000));
+    const third = await trace();
+    stopped.child.kill('SIGCONT');
+    expect(await stopped.exited).toBe(1);
+    expect(stopped.err).toMatch(new RegExp(`the trace lease was taken by pid ${third.child.pid}`));
+    expect(traceState(pins)!.tracer).toBe(third.child.pid);
+    expect(await env.stop(third)).toBe(0);
+    expect(ctl().on).toBe(0);
   });
 
   it('counts and shows the events lost while the tracer does not read (ring full)', async () => {

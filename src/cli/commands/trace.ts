@@ -63,14 +63,20 @@ export const traceCommand = shared(
   };
   if (o.json) line({ type: 'start', lost: 0n, filters: { policy: o.policy, cgroup: o.cgroup, pid: o.pid } });
   else console.error('meshredir trace: tracing; Ctrl-C to stop');
-  const timer = setInterval(showLost, 1000);
+  let failure: string | null = null;
+  let timer: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+    timer = setInterval(() => {
+      showLost();
+      failure = session.leaseLost();
+      if (failure) resolve();
+    }, 1000);
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve());
   });
   clearInterval(timer);
   const end = finish();
   process.removeListener('exit', finish);
   if (o.json) line({ type: 'end', events: end.events, lost: end.lost });
   else console.error(`meshredir trace: ${end.events} event(s), ${end.lost} lost`);
+  if (failure) throw new UserError(failure, 1);
 });

@@ -54,15 +54,17 @@ function openCtl(pins: Pins): BpfMap<number, Ctl> {
 }
 
 /**
- * Clears a lease whose tracer is gone (killed before it could): its programs already stopped emitting when
- * it lapsed, and now stop looking at the clock too. The agent calls this at every pass. True if cleared.
+ * Clears a lease that lapsed (its tracer was killed before it could give it back): the programs already
+ * stopped emitting when it lapsed, and now stop looking at the clock too. The agent calls this at every
+ * pass. By the expiry alone, not the tracer's pid: a tracer in another pid namespace than the agent's would
+ * look dead. True if cleared.
  */
 export function clearLapsedLease(pins: Pins): boolean {
   if (!pins.has('mr_trace_ctl')) return false;
   const m = openCtl(pins);
   try {
     const c = m.get(0);
-    if (!c || c.on === 0 || leaseLive(c)) return false;
+    if (!c || c.on === 0 || c.expires_ns > monoNs()) return false;
     m.set(0, OFF);
     return true;
   } finally {
@@ -92,6 +94,8 @@ function cpuCounters(pins: Pins): { emitted: bigint; lost: bigint } {
 export interface TraceSession {
   /** Events the programs could not write since this trace started (the ring was full). */
   lost(): bigint;
+  /** Why the lease was lost (this tracer was stopped past its expiry and another took it), or null. */
+  leaseLost(): string | null;
   /** Gives the lease back, reads what is left in the ring, releases everything. Idempotent. */
   stop(): { events: number; lost: bigint };
 }
@@ -175,8 +179,18 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
     ctlMap.close();
     throw new BpfError(`read the trace ring ${pins.mapPin(TRACE_RING)}`, 'ring_buffer__new', -errno());
   }
-  const renew = () => ctlMap.set(0, { ...ctl, expires_ns: monoNs() + BigInt(LEASE_MS) * 1_000_000n });
-  renew();
+  let taken: string | null = null;
+  const renew = () => {
+    // Stopped (SIGSTOP) past the expiry, this tracer may find another holding the lease: it must not
+    // overwrite that one's filters, and its own events are gone.
+    const now = ctlMap.get(0);
+    if (now && now.on !== 0 && now.tracer !== process.pid && now.tracer !== 0) {
+      taken ??= `the trace lease was taken by pid ${now.tracer} while this trace was not renewing it`;
+      return;
+    }
+    ctlMap.set(0, { ...ctl, expires_ns: monoNs() + BigInt(LEASE_MS) * 1_000_000n });
+  };
+  ctlMap.set(0, { ...ctl, expires_ns: monoNs() + BigInt(LEASE_MS) * 1_000_000n });
   const read = () => {
     const r = ring.consume();
     if (failed) throw failed;
@@ -187,6 +201,7 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
   const lost = () => cpuCounters(pins).lost - base.lost;
   return {
     lost,
+    leaseLost: () => taken,
     stop() {
       if (done) return done;
       for (const t of timers) clearInterval(t);
