@@ -327,7 +327,7 @@ enum mr_trace_filter {
 
 /* mr_trace_ctl[0], written by the tracer only. Programs emit while on != 0 and the lease has not lapsed:
  * a tracer renews expires_ns every second and clears `on` when it exits; one killed without a chance to
- * do so stops costing anything when its lease lapses (the agent clears the stale entry at its next pass). */
+ * do so stops the events when its lease lapses, and the agent clears the lapsed entry at its next pass. */
 struct mr_trace_ctl {
 	__u32 on;
 	__u32 filters;
