@@ -275,4 +275,12 @@ kernelDescribe('trace', () => {
     expect(BigInt((end as { lost: string }).lost)).toBeGreaterThan(0n);
     expect(ctl().on).toBe(0);
   });
+  it('a cleanup under a running trace ends it, with nothing left', async () => {
+    await env.stop(agent);
+    const t = await trace();
+    await env.cliRun(env.cleanupArgs());
+    expect(await t.exited).toBe(1);
+    expect(t.err).toMatch(/the trace maps under .* were removed or replaced/);
+    expect(lines(t).at(-1)).toMatchObject({ type: 'end' });
+  });
 });

@@ -68,7 +68,7 @@ export const traceCommand = shared(
   await new Promise<void>((resolve) => {
     timer = setInterval(() => {
       showLost();
-      failure = session.leaseLost();
+      failure = session.leaseLost() ?? session.gone();
       if (failure) resolve();
     }, 1000);
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve());

@@ -80,8 +80,12 @@ export function traceState(pins: Pins): { tracer: number | null; emitted: bigint
 }
 
 function cpuCounters(pins: Pins): { emitted: bigint; lost: bigint } {
-  const per = pins.withMaps(['mr_trace_cpu'], (m) => m.get('mr_trace_cpu')!.getPerCpu(0)) as
-    ReturnType<typeof traceCpu.decode>[] | undefined;
+  return pins.withMaps(['mr_trace_cpu'], (m) => sumCpu(m.get('mr_trace_cpu')! as BpfMap<number, Cpu>));
+}
+
+type Cpu = ReturnType<typeof traceCpu.decode>;
+function sumCpu(m: BpfMap<number, Cpu>): { emitted: bigint; lost: bigint } {
+  const per = m.getPerCpu(0) as Cpu[] | undefined;
   let emitted = 0n;
   let lost = 0n;
   for (const c of per ?? []) {
@@ -92,6 +96,8 @@ function cpuCounters(pins: Pins): { emitted: bigint; lost: bigint } {
 }
 
 export interface TraceSession {
+  /** Why the trace cannot go on (its maps were unpinned: cleanup, or a new load), or null. */
+  gone(): string | null;
   /** Events the programs could not write since this trace started (the ring was full). */
   lost(): bigint;
   /** Why the lease was lost (this tracer was stopped past its expiry and another took it), or null. */
@@ -138,7 +144,9 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
     ctlMap.close();
     throw new Error(`another trace is running (pid ${cur.tracer}): the ring buffer has one reader`);
   }
-  const base = cpuCounters(pins);
+  // Held open for the whole trace: pins can be removed under it (cleanup), the maps stay readable.
+  const cpuMap = BpfMap.open(pins.mapPin('mr_trace_cpu'), 'mr_trace_cpu', u32, traceCpu);
+  const base = sumCpu(cpuMap);
   const cgroups = new Map<bigint, string | null>();
   let slotsAt = Date.now();
   const offsetMs = Date.now() - Number(monoNs()) / 1e6;
@@ -177,6 +185,7 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
   if (!ring) {
     closeFd(ringFd);
     ctlMap.close();
+    cpuMap.close();
     throw new BpfError(`read the trace ring ${pins.mapPin(TRACE_RING)}`, 'ring_buffer__new', -errno());
   }
   let taken: string | null = null;
@@ -198,23 +207,31 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
   };
   const timers = [setInterval(renew, RENEW_MS), setInterval(read, READ_MS)];
   let done: { events: number; lost: bigint } | null = null;
-  const lost = () => cpuCounters(pins).lost - base.lost;
+  const lost = () => (done ? done.lost : sumCpu(cpuMap).lost - base.lost);
+  const ctlId = ctlMap.info.id;
   return {
     lost,
     leaseLost: () => taken,
+    gone: () =>
+      pins.mapIds().get('mr_trace_ctl') === ctlId
+        ? null
+        : `the trace maps under ${pins.bpffs} were removed or replaced (meshredir cleanup, or the programs loaded anew)`,
     stop() {
       if (done) return done;
+      done = { events, lost: 0n };
       for (const t of timers) clearInterval(t);
       try {
         const now = ctlMap.get(0);
         if (now && now.tracer === process.pid) ctlMap.set(0, OFF);
         read(); // what the programs wrote before the lease ended
+        done.lost = sumCpu(cpuMap).lost - base.lost;
       } finally {
+        done.events = events;
         ring.free();
         closeFd(ringFd);
         ctlMap.close();
+        cpuMap.close();
       }
-      done = { events, lost: lost() };
       return done;
     },
   } satisfies TraceSession;
