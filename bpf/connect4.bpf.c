@@ -34,6 +34,6 @@ int mr_connect4(struct bpf_sock_addr *ctx)
 	mr_trace_connect_begin(&t, ctx, 0);
 	int ret = mr_connect4_decide(ctx);
 	if (t.ctl)
-		mr_trace_connect(&t, ctx, 0, ret);
+		mr_trace_connect(&t, ctx, MR_TRACE_H_CONNECT4, 0, ret);
 	return ret;
 }

@@ -54,6 +54,6 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 	mr_trace_connect_begin(&t, ctx, 1);
 	int ret = mr_connect6_decide(ctx);
 	if (t.ctl)
-		mr_trace_connect(&t, ctx, 1, ret);
+		mr_trace_connect(&t, ctx, MR_TRACE_H_CONNECT6, 1, ret);
 	return ret;
 }

@@ -353,11 +353,17 @@ struct mr_trace_cpu {
 };
 
 /* mr_trace_event.hook */
-enum mr_trace_hook { MR_TRACE_H_CONNECT4 = 1, MR_TRACE_H_CONNECT6 = 2, MR_TRACE_H_GETSOCKOPT = 3 };
+enum mr_trace_hook {
+	MR_TRACE_H_CONNECT4 = 1,
+	MR_TRACE_H_CONNECT6 = 2,
+	MR_TRACE_H_GETSOCKOPT = 3,
+	MR_TRACE_H_SENDMSG4 = 4, /* DNS capture: an unconnected sendto()/sendmsg() to port 53 */
+	MR_TRACE_H_SENDMSG6 = 5,
+};
 /* mr_trace_event.verdict: what the hook did with the call. */
 enum mr_trace_verdict {
 	MR_TRACE_V_PASS = 1,     /* connect: left as the application gave it */
-	MR_TRACE_V_REDIRECT = 2, /* connect: sent elsewhere (to the proxy, or to the DNS proxy) */
+	MR_TRACE_V_REDIRECT = 2, /* connect (sendmsg): sent elsewhere (to the proxy, or to the DNS proxy) */
 	MR_TRACE_V_REFUSE = 3,   /* connect: refused with EPERM (fail closed) */
 	MR_TRACE_V_ANSWER = 4,   /* getsockopt: SO_ORIGINAL_DST answered from our records */
 	MR_TRACE_V_UNKNOWN = 5,  /* getsockopt: SO_ORIGINAL_DST on a connection we did not redirect */

@@ -4,7 +4,8 @@
  * The reason of an event is the counter its decision incremented: MR_COUNT / MR_DNS_COUNT note it
  * (MR_TRACE_NOTE) in a per-CPU scratch that the hook's wrapper armed, so the decision code itself is not
  * touched and a new counter is traced under its metric's name with nothing added here. Only the units
- * that define MR_TRACE_DECISIONS before their includes (connect4/6, getsockopt: process context) note;
+ * that define MR_TRACE_DECISIONS before their includes (connect4/6, getsockopt, DNS's sendmsg/recvmsg:
+ * process context) note, and only into a run armed by the same task;
  * in every other program MR_TRACE_NOTE is empty, so softirq programs (sockops, sk_msg) that interrupt a
  * traced run cannot overwrite its note. A traced run preempted by another traced run on the same CPU
  * (preemptible kernels) finds its note taken (owner differs) and emits with table 0: reason unknown.
@@ -49,7 +50,7 @@ static __always_inline struct mr_trace_cpu *mr_trace_scratch(void)
 #define MR_TRACE_NOTE(tbl, slot_, index)                                       \
 	do {                                                                   \
 		struct mr_trace_cpu *__t = mr_trace_scratch();                 \
-		if (__t && __t->armed) {                                       \
+		if (__t && __t->armed && __t->owner == bpf_get_current_pid_tgid()) { \
 			__t->table = (tbl);                                    \
 			__t->field = (index);                                  \
 			__t->slot = (slot_);                                   \
@@ -140,8 +141,10 @@ static __always_inline void mr_trace_submit(struct mr_trace_event *e)
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* The wrapper of connect4/6: ctx holds where the connection goes now; r what the application asked. */
-static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_sock_addr *ctx, int v6, int ret)
+/* The wrapper of connect4/6 and sendmsg4/6: ctx holds where the connection (or datagram) goes now; r
+ * what the application asked. */
+static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_sock_addr *ctx, __u8 hook, int v6,
+					     int ret)
 {
 	__u32 to[4] = {};
 	__u8 to_family;
@@ -159,7 +162,7 @@ static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_
 	int moved = to_port != r->port || to[0] != r->addr[0] || to[1] != r->addr[1] || to[2] != r->addr[2] ||
 		    to[3] != r->addr[3];
 	__u8 verdict = ret == 0 ? MR_TRACE_V_REFUSE : moved ? MR_TRACE_V_REDIRECT : MR_TRACE_V_PASS;
-	struct mr_trace_event *e = mr_trace_end(r, v6 ? MR_TRACE_H_CONNECT6 : MR_TRACE_H_CONNECT4, verdict);
+	struct mr_trace_event *e = mr_trace_end(r, hook, verdict);
 	if (!e)
 		return;
 	e->cookie = bpf_get_socket_cookie(ctx);

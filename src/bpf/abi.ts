@@ -198,7 +198,13 @@ export type DnsProgramName = keyof typeof DNS_PROGRAMS;
 // ---- Trace (bpf/mr_trace.h, docs/trace.md) ----
 /** Bits of mr_trace_ctl.filters: the filters the programs apply before reserving an event. */
 export const TraceFilter = cEnum('mr_trace_filter', 'MR_TRACE_F_', { SLOT: 1 << 0, CGROUP: 1 << 1, PID: 1 << 2 });
-export const TraceHook = cEnum('mr_trace_hook', 'MR_TRACE_H_', { CONNECT4: 1, CONNECT6: 2, GETSOCKOPT: 3 });
+export const TraceHook = cEnum('mr_trace_hook', 'MR_TRACE_H_', {
+  CONNECT4: 1,
+  CONNECT6: 2,
+  GETSOCKOPT: 3,
+  SENDMSG4: 4,
+  SENDMSG6: 5,
+});
 export const TraceVerdict = cEnum('mr_trace_verdict', 'MR_TRACE_V_', {
   PASS: 1,
   REDIRECT: 2,

@@ -116,6 +116,16 @@ describe('trace events', () => {
       'meshredir_connections_refused_total',
     ]);
     expect(formatLine(full)).toMatch(/10\.0\.0\.7:8080 ✗ EPERM$/);
+    const sent = describeEvent(
+      event({ hook: TraceHook.SENDMSG4, table: TraceTable.DNS, field: DNS_STAT_FIELDS.indexOf('udp_sendmsg') }),
+      names,
+    );
+    expect([sent.hook, sent.decision, sent.reason, sent.metric]).toEqual([
+      'sendmsg4',
+      'redirect',
+      'sendmsg_udp',
+      'meshredir_dns_captured_total',
+    ]);
     const dns = counterOf({ table: TraceTable.DNS, field: DNS_STAT_FIELDS.indexOf('udp_connect') });
     expect([dns?.counter, dns?.metric.family.name, dns?.metric.labels]).toEqual([
       'dns_udp_connect',

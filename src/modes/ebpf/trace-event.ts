@@ -25,7 +25,7 @@ export interface TraceRecord {
   cgroupId: string;
   policy: string | null;
   slot: number;
-  hook: 'connect4' | 'connect6' | 'getsockopt';
+  hook: 'connect4' | 'connect6' | 'getsockopt' | 'sendmsg4' | 'sendmsg6';
   decision: Decision;
   /** The metric's label value (`reason`, `kind` or `call`), or the counter's name when its metric has none. */
   reason: string;
@@ -42,6 +42,8 @@ const HOOKS: Record<number, TraceRecord['hook']> = {
   [TraceHook.CONNECT4]: 'connect4',
   [TraceHook.CONNECT6]: 'connect6',
   [TraceHook.GETSOCKOPT]: 'getsockopt',
+  [TraceHook.SENDMSG4]: 'sendmsg4',
+  [TraceHook.SENDMSG6]: 'sendmsg6',
 };
 const DECISIONS: Record<number, Decision> = {
   [TraceVerdict.PASS]: 'bypass',
