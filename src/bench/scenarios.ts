@@ -7,6 +7,7 @@ import { crr } from './crr.js';
 import { scale } from './scale.js';
 import { proxy } from './proxy.js';
 import { hop } from './hop.js';
+import { inbound } from './inbound-scenario.js';
 import { control } from './control.js';
 
 export const SCENARIOS = {
@@ -14,6 +15,7 @@ export const SCENARIOS = {
   scale,
   proxy,
   hop,
+  inbound,
   control,
 } satisfies Record<string, ScenarioDef>;
 

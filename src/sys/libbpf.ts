@@ -19,6 +19,7 @@ const libbpfDecl = {
   bpf_object__next_program: [p, [p, p]],
   bpf_object__btf: [p, [p]],
   bpf_program__fd: ['int', [p]],
+  bpf_program__set_autoload: ['int', [p, 'bool']],
   bpf_program__name: ['string', [p]],
   bpf_program__attach_cgroup: [p, [p, 'int']],
   bpf_program__attach_netns: [p, [p, 'int']],

@@ -64,9 +64,8 @@ kernelDescribe('trace', () => {
     for (const [name, cg] of [
       ['pod-a', cgA],
       ['pod-b', cgB],
-    ] as const)
-      writeFileSync(
-        join(dir, `${name}.yaml`),
+    ] as const) {
+      const doc = JSON.parse(
         policyYaml({
           name,
           cgroup: cg,
@@ -74,7 +73,11 @@ kernelDescribe('trace', () => {
           bypassCgroups: [cgProxy],
           outboundSpec: { excludePorts: [9090] },
         }),
-      );
+      ) as { spec: Record<string, unknown> };
+      // Pod A's port-53 queries go to a DNS proxy (connect() only: nothing is sent, no proxy is needed).
+      if (name === 'pod-a') doc.spec.dns = { proxy: '10.200.0.1:15053', all: true };
+      writeFileSync(join(dir, `${name}.yaml`), JSON.stringify(doc));
+    }
     agent = await env.agent(dir, ['--interval', '1']);
   });
 
@@ -158,6 +161,45 @@ kernelDescribe('trace', () => {
     expect(await curl(podA, cgA, 8080)).toMatch(/^up /);
     expect(traceState(pins)!.emitted).toBe(after.emitted);
     expect(await status()).toMatch(/^trace: off · \d+ events written, 0 lost since load$/m);
+  });
+
+  it("shows DNS capture's connect and sendto (UDP port 53 to the DNS proxy) under its metrics' names", async () => {
+    const t = await trace('--cgroup', cgA);
+    // A connected UDP socket (no datagram sent), then an unconnected sendto() (the datagram goes to the
+    // DNS proxy's address on the test bridge, where nothing listens).
+    const py = [
+      'import socket',
+      's=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+      "s.connect(('10.200.0.100', 53))",
+      'print(s.getpeername())',
+      'u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+      "u.sendto(b'x', ('10.200.0.100', 53))",
+    ].join('\n');
+    expect((await env.run(podA, cgA, 'python3', ['-c', py])).trim()).toBe("('10.200.0.100', 53)");
+    await waitFor(() => decisions(t).length >= 2, 'the DNS connect and sendto', t);
+    await env.stop(t);
+    expect(decisions(t)).toEqual([
+      expect.objectContaining({
+        comm: 'python3',
+        policy: 'pod-a',
+        hook: 'connect4',
+        decision: 'redirect',
+        reason: 'connect_udp',
+        metric: 'meshredir_dns_captured_total',
+        original: '10.200.0.100:53',
+        to: '10.200.0.1:15053',
+      }),
+      expect.objectContaining({
+        comm: 'python3',
+        policy: 'pod-a',
+        hook: 'sendmsg4',
+        decision: 'redirect',
+        reason: 'sendmsg_udp',
+        metric: 'meshredir_dns_captured_total',
+        original: '10.200.0.100:53',
+        to: '10.200.0.1:15053',
+      }),
+    ]);
   });
 
   it('shows a refused connect (table_full) as the metrics name it', async () => {

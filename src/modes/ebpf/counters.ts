@@ -8,12 +8,12 @@ import {
   DNS_STAT_FIELDS,
   Gauge,
   MAPS,
+  INBOUND_MAPS,
   STAT_FIELDS,
   type DnsStatName,
-  type MapName,
   type StatName,
 } from '../../bpf/abi.js';
-import type { Pins } from './pins.js';
+import type { AnyMapName, Pins } from './pins.js';
 
 export type Counters = Record<StatName, bigint>;
 export type DnsCounters = Record<DnsStatName, bigint>;
@@ -96,7 +96,9 @@ export function pendingDrift(pins: Pins): { gauge: bigint; records: number } {
 
 /** Entry counts of the maps that have entries (not arrays), for fill levels. */
 export function fill(pins: Pins): { map: string; entries: number; max: number }[] {
-  return pins.withMaps(Object.keys(MAPS) as MapName[], (maps) =>
+  // The inbound maps of an install that predates them are not pinned yet (until its next load).
+  const inbound = (Object.keys(INBOUND_MAPS) as AnyMapName[]).filter((n) => pins.has(n));
+  return pins.withMaps([...(Object.keys(MAPS) as AnyMapName[]), ...inbound], (maps) =>
     [...maps.values()]
       .filter((m) => m.info.type !== MapType.ARRAY && m.info.type !== MapType.PERCPU_ARRAY)
       .map((m) => ({ map: m.name, entries: m.count(), max: m.info.maxEntries })),
