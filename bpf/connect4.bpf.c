@@ -1,9 +1,9 @@
 /* connect4.bpf.c — cgroup/connect4: sends a covered workload's IPv4 TCP connects to its proxy. */
+#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: this hook's decisions are traced */
 #include "mr_common.h"
 #include "mr_dns.h"
 
-SEC("cgroup/connect4")
-int mr_connect4(struct bpf_sock_addr *ctx)
+static __always_inline int mr_connect4_decide(struct bpf_sock_addr *ctx)
 {
 	int dns = mr_dns_connect(ctx, 0); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
@@ -28,4 +28,15 @@ int mr_connect4(struct bpf_sock_addr *ctx)
 	ctx->user_ip4 = p->proxy4_addr;
 	ctx->user_port = p->proxy4_port;
 	return 1;
+}
+
+SEC("cgroup/connect4")
+int mr_connect4(struct bpf_sock_addr *ctx)
+{
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 0);
+	int ret = mr_connect4_decide(ctx);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_CONNECT4, 0, ret);
+	return ret;
 }

@@ -1,9 +1,9 @@
 /* connect6.bpf.c — cgroup/connect6: IPv6 TCP connects to the IPv6 proxy; v4-mapped ones as IPv4. */
+#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: this hook's decisions are traced */
 #include "mr_common.h"
 #include "mr_dns.h"
 
-SEC("cgroup/connect6")
-int mr_connect6(struct bpf_sock_addr *ctx)
+static __always_inline int mr_connect6_decide(struct bpf_sock_addr *ctx)
 {
 	int dns = mr_dns_connect(ctx, 1); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
@@ -48,4 +48,15 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_port = p->proxy6_port;
 	}
 	return 1;
+}
+
+SEC("cgroup/connect6")
+int mr_connect6(struct bpf_sock_addr *ctx)
+{
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 1);
+	int ret = mr_connect6_decide(ctx);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_CONNECT6, 1, ret);
+	return ret;
 }

@@ -1,18 +1,36 @@
 /* dns.bpf.c — DNS capture's own hooks: unconnected sendto() to the DNS proxy (cgroup/sendmsg4|6),
  * replies shown as from the nameserver asked (cgroup/recvmsg4|6), and the captured socket's entry
  * deleted when it is closed (cgroup/sock_release). connect4/6 and getpeername4/6 call mr_dns.h too. */
+#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: unconnected sends to port 53 are traced */
 #include "mr_dns.h"
+
+/* Not inlined into the traced hooks below: the verifier refuses the computed ctx pointer the compiler may
+ * share between the trace wrapper's reads and these (a static subprogram is verified with v6 known). */
+static __noinline int mr_dns_send(struct bpf_sock_addr *ctx, int v6)
+{
+	return mr_dns_sendmsg(ctx, v6);
+}
 
 SEC("cgroup/sendmsg4")
 int mr_dns_send4(struct bpf_sock_addr *ctx)
 {
-	return mr_dns_sendmsg(ctx, 0);
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 0);
+	int ret = mr_dns_send(ctx, 0);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_SENDMSG4, 0, ret);
+	return ret;
 }
 
 SEC("cgroup/sendmsg6")
 int mr_dns_send6(struct bpf_sock_addr *ctx)
 {
-	return mr_dns_sendmsg(ctx, 1);
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 1);
+	int ret = mr_dns_send(ctx, 1);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_SENDMSG6, 1, ret);
+	return ret;
 }
 
 /* recvmsg programs must return 1 (the verifier says so): they can only rewrite the source. */

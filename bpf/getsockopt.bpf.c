@@ -1,5 +1,6 @@
 /* getsockopt.bpf.c — cgroup/getsockopt: answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on a proxy's
  * accepted socket from our records, exactly as the kernel's NAT would; every other call untouched. */
+#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: SO_ORIGINAL_DST answers are traced */
 #include "mr_common.h"
 
 /* Leaves the call as the kernel answered it. The program sees at most a page of optval: for a longer
@@ -12,8 +13,9 @@ static __always_inline int mr_pass(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-SEC("cgroup/getsockopt")
-int mr_getsockopt(struct bpf_sockopt *ctx)
+/* Not inlined: its ctx accesses must stay fixed-offset, which the compiler may not keep when the trace wrapper
+ * reads the same fields (the verifier refuses a computed ctx pointer). */
+static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 {
 	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
 		return mr_pass(ctx);
@@ -77,4 +79,25 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	ctx->retval = 0;
 	MR_COUNT(o.slot, origdst_served);
 	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int mr_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct mr_trace_run t = {};
+	if (ctx->optname == SO_ORIGINAL_DST)
+		mr_trace_begin(&t);
+	int ret = mr_getsockopt_answer(ctx);
+	if (t.ctl) {
+		__u32 local[4] = {}, remote[4] = {};
+		int v4 = 1;
+		struct bpf_sock *sk = ctx->sk;
+		__be16 port = 0;
+		if (sk) {
+			MR_READ_ADDRS(sk, src_ip4, dst_ip4, src_ip6, dst_ip6, local, remote, v4);
+			port = bpf_htons((__u16)sk->src_port);
+		}
+		mr_trace_origdst(&t, ctx, v4, local, port);
+	}
+	return ret;
 }

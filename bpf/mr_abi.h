@@ -320,6 +320,86 @@ struct mr_dns_stats {
 	__u64 bypass_mark;   /* port 53 from a socket with a bypass mark (SO_MARK) */
 };
 
+/* ---- Trace (bpf/mr_trace.h, docs/trace.md): `meshredir trace` reads the decisions of the connect and
+ * getsockopt programs from a ring buffer, which the programs write to only while a tracer holds the lease
+ * in mr_trace_ctl. ---- */
+
+/* mr_trace_ctl.filters: which of the filters below the programs apply before reserving an event. */
+enum mr_trace_filter {
+	MR_TRACE_F_SLOT = 1u << 0,   /* only events of policy slot `slot` */
+	MR_TRACE_F_CGROUP = 1u << 1, /* only callers in cgroup `cgroup_id` (at level cgroup_level) or below */
+	MR_TRACE_F_PID = 1u << 2,    /* only callers of process (tgid) `pid` */
+};
+
+/* mr_trace_ctl[0], written by the tracer only. Programs emit while on != 0 and the lease has not lapsed:
+ * a tracer renews expires_ns every second and clears `on` when it exits; one killed without a chance to
+ * do so stops the events when its lease lapses, and the agent clears the lapsed entry at its next pass. */
+struct mr_trace_ctl {
+	__u32 on;
+	__u32 filters;
+	__u64 expires_ns;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) past which the lease has lapsed */
+	__u64 cgroup_id;
+	__u32 cgroup_level; /* the filter cgroup's depth below the cgroup2 root */
+	__u32 slot;
+	__u32 pid;
+	__u32 tracer;       /* pid of the tracer holding the lease (bookkeeping, no program reads it) */
+};
+
+/* mr_trace_cpu: per-CPU, one entry. Counters, and the note a program run keeps of the counter its
+ * decision incremented (the event's reason) between the decision and the event. */
+struct mr_trace_cpu {
+	__u64 emitted; /* events written to mr_trace_ring */
+	__u64 lost;    /* events not written: the ring was full (the tracer is behind) */
+	__u64 owner;   /* bpf_get_current_pid_tgid() of the run that armed the note */
+	__u32 armed;   /* a traced run is between its start and its event */
+	__u32 slot;    /* the noted counter's slot */
+	__u8 table;    /* enum mr_trace_table of the noted counter, 0: none */
+	__u8 field;    /* the noted counter's index among the __u64 fields of its table's struct */
+	__u8 pad[6];
+};
+
+/* mr_trace_event.hook */
+enum mr_trace_hook {
+	MR_TRACE_H_CONNECT4 = 1,
+	MR_TRACE_H_CONNECT6 = 2,
+	MR_TRACE_H_GETSOCKOPT = 3,
+	MR_TRACE_H_SENDMSG4 = 4, /* DNS capture: an unconnected sendto()/sendmsg() to port 53 */
+	MR_TRACE_H_SENDMSG6 = 5,
+};
+/* mr_trace_event.verdict: what the hook did with the call. */
+enum mr_trace_verdict {
+	MR_TRACE_V_PASS = 1,     /* connect: left as the application gave it */
+	MR_TRACE_V_REDIRECT = 2, /* connect (sendmsg): sent elsewhere (to the proxy, or to the DNS proxy) */
+	MR_TRACE_V_REFUSE = 3,   /* connect: refused with EPERM (fail closed) */
+	MR_TRACE_V_ANSWER = 4,   /* getsockopt: SO_ORIGINAL_DST answered from our records */
+	MR_TRACE_V_UNKNOWN = 5,  /* getsockopt: SO_ORIGINAL_DST on a connection we did not redirect */
+};
+/* The counter struct a reason indexes: the reason of an event is the counter the decision incremented,
+ * so it has the metric's name (docs/metrics.md). */
+enum mr_trace_table { MR_TRACE_T_STATS = 1 /* struct mr_stats */, MR_TRACE_T_DNS = 2 /* struct mr_dns_stats */ };
+
+/* One record of mr_trace_ring. Addresses in network byte order, IPv4 in the first 4 bytes. */
+struct mr_trace_event {
+	__u64 ts_ns;     /* bpf_ktime_get_ns() */
+	__u64 cgroup_id; /* the caller's cgroup */
+	__u64 cookie;    /* the socket's cookie */
+	__u32 pid;       /* tgid */
+	__u32 slot;
+	__u8 hook;       /* enum mr_trace_hook */
+	__u8 verdict;    /* enum mr_trace_verdict */
+	__u8 table;      /* enum mr_trace_table; 0: the run's note was lost (preempted by another traced run) */
+	__u8 field;
+	__u8 family;     /* the original destination (connect: as asked; getsockopt: as answered) */
+	__u8 to_family;  /* connect: where the connection went; getsockopt: the proxy socket's local address */
+	__be16 port;
+	__be16 to_port;
+	__u16 pad;
+	__u8 addr[16];
+	__u8 to_addr[16];
+	char comm[16];
+	__u32 pad2;
+};
+
 /* One field per enum above. clang puts in BTF only the types that something emitted refers to, and
  * no map stores these enums as such (the fields that hold them are __u32/__u8, so pinned maps keep
  * their BTF): the read-only global mr_abi of this type (abi.bpf.c) is what brings them into the
@@ -337,6 +417,11 @@ struct mr_abi {
 	enum mr_in_sk_flag in_sk_flag;
 	enum mr_dns_flag dns_flag;
 	enum mr_dns_sock_flag dns_sock_flag;
+	enum mr_trace_filter trace_filter;
+	enum mr_trace_hook trace_hook;
+	enum mr_trace_verdict trace_verdict;
+	enum mr_trace_table trace_table;
+	struct mr_trace_event trace_event; /* no map stores it as its value: brought into BTF here */
 };
 
 #endif

@@ -20,6 +20,8 @@
 #define MR_SK_USER_DATA_PTRMASK (~7ul) /* sk_user_data carries flag bits (NOCOPY, BPF, PSOCK) */
 #define MR_INGRESS_MIN (4u << 20)      /* the smallest bound on a peer's unread fast-path bytes */
 
+#include "mr_trace.h" /* MR_COUNT notes the counter it increments for `meshredir trace` */
+
 char LICENSE[] SEC("license") __weak = "GPL";
 
 struct {
@@ -136,6 +138,8 @@ struct {
 		struct mr_stats *__s = bpf_map_lookup_elem(&mr_stats, &__k);  \
 		if (__s)                                                       \
 			__sync_fetch_and_add(&__s->field, 1);                  \
+		MR_TRACE_NOTE(MR_TRACE_T_STATS, __k,                           \
+			      __builtin_offsetof(struct mr_stats, field) / sizeof(__u64)); \
 	} while (0)
 
 #define MR_DEC(slot, field)                                                    \

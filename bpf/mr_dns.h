@@ -51,6 +51,8 @@ struct {
 		struct mr_dns_stats *__s = bpf_map_lookup_elem(&mr_dns_stats, &__k); \
 		if (__s)                                                           \
 			__sync_fetch_and_add(&__s->field, 1);                      \
+		MR_TRACE_NOTE(MR_TRACE_T_DNS, __k,                                 \
+			      __builtin_offsetof(struct mr_dns_stats, field) / sizeof(__u64)); \
 	} while (0)
 
 static __always_inline int mr_dns_port(__u32 user_port)

@@ -8,6 +8,7 @@ import { statusCommand } from './commands/status.js';
 import { verifyCommand } from './commands/verify.js';
 import { iptablesRulesCommand } from './commands/iptables-rules.js';
 import { benchCommand } from './commands/bench.js';
+import { traceCommand } from './commands/trace.js';
 
 export function buildProgram(): Command {
   const program = new Command('meshredir')
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
     .addCommand(agentCommand)
     .addCommand(statusCommand)
     .addCommand(verifyCommand)
+    .addCommand(traceCommand)
     .addCommand(policyCommand)
     .addCommand(iptablesRulesCommand)
     .addCommand(cleanupCommand)

@@ -71,6 +71,9 @@ const libbpfDecl = {
   btf__type_by_id: [p, [p, 'uint32']],
   btf__name_by_offset: ['string', [p, 'uint32']],
   btf__load_from_kernel_by_id: [p, ['uint32']],
+  ring_buffer__new: [p, ['int', p, p, p]],
+  ring_buffer__consume: ['int', [p]],
+  ring_buffer__free: ['void', [p]],
 } as const;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Native<D> = { [K in keyof D]: (...args: any[]) => any };
@@ -136,6 +139,34 @@ const SYS_PIDFD_GETFD = 438;
 export const pidfdOpen = (pid: number): number => Number(libc.syscall(SYS_PIDFD_OPEN, pid, 0, 0));
 /** pidfd_getfd(2): a copy of fd `fd` of the process behind `pidfd` (ptrace-attach access needed). */
 export const pidfdGetfd = (pidfd: number, fd: number): number => Number(libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0));
+
+/**
+ * A libbpf ring buffer consumer (ring_buffer__new) on a BPF_MAP_TYPE_RINGBUF fd: `consume()` hands every
+ * record written so far to `onRecord` (a copy; called synchronously, on this thread) and returns how many,
+ * or a negative errno. `free()` unmaps it; the callback stays referenced until then.
+ */
+export function ringBuffer(
+  mapFd: number,
+  onRecord: (data: Buffer) => void,
+): { ptr: Ptr; consume: () => number; free: () => void } | null {
+  const cb = ffi.Callback('int', [p, p, 'size_t'], (_ctx: Ptr, data: Ptr, size: number) => {
+    onRecord(Buffer.from(ref.reinterpret(data as never, Number(size), 0)));
+    return 0;
+  });
+  const rb: Ptr = native.ring_buffer__new(mapFd, cb, ref.NULL, ref.NULL);
+  if (ref.isNull(rb)) return null;
+  let freed = false;
+  return {
+    ptr: rb,
+    consume: () => (freed ? 0 : Number(native.ring_buffer__consume(rb))),
+    free: () => {
+      if (freed) return;
+      freed = true;
+      native.ring_buffer__free(rb);
+      void cb; // referenced until the ring is freed: libbpf calls it until then
+    },
+  };
+}
 
 export const lib = native;
 export const c = libc;

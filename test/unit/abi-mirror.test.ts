@@ -46,6 +46,10 @@ describe('the ABI mirror against the built object', () => {
         'mr_owner_kind',
         'mr_policy_flag',
         'mr_sk_flag',
+        'mr_trace_filter',
+        'mr_trace_hook',
+        'mr_trace_table',
+        'mr_trace_verdict',
       ].sort(),
     );
   });

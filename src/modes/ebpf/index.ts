@@ -30,6 +30,7 @@ import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
 import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
+import { clearLapsedLease } from './trace.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -156,6 +157,13 @@ export class EbpfMode implements Mode {
     const desired = again ? this.desired(plan.input, plan.gates) : (plan as EbpfPlan).desired;
     const partPlans = again ? this.parts.map((x) => x.plan(desired, plan.input)) : (plan as EbpfPlan).parts;
     resetReassigned(this.pins, desired.slots);
+    // A tracer killed without giving its lease back: the programs stopped emitting when it lapsed.
+    if (clearLapsedLease(this.pins))
+      notes.push({
+        level: 'info',
+        event: 'trace_lease_cleared',
+        message: 'cleared the lapsed lease of a trace that died',
+      });
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);

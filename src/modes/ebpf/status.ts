@@ -5,6 +5,7 @@ import { cgroupPathById } from '../../util/cgroups.js';
 import type { Section, StatusReport } from '../mode.js';
 import { stats, pending, pendingDrift, fill, fastPath } from './counters.js';
 import type { Pins } from './pins.js';
+import { traceState } from './trace.js';
 
 /** The parts' status sections (json under their name). */
 interface StatusPart {
@@ -44,6 +45,8 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
     pass: cgEntries.filter(([, v]) => v.kind === CgKind.PASS).length,
     refused: Number(counters.get(0)?.guard_refused ?? 0n),
   };
+  const tr = traceState(pins);
+  const trace = tr && { tracer: tr.tracer, emitted: Number(tr.emitted), lost: Number(tr.lost) };
   const json = {
     bpffs: pins.bpffs,
     attachPoint,
@@ -54,6 +57,7 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
     records,
     unknownOrigDst: Number(counters.get(0)?.origdst_unknown ?? 0n),
     guard: gates,
+    trace,
     unsupported: [] as string[],
   };
   const partStatus = parts.map((p) => ({ name: p.name, ...p.status() }));
@@ -127,6 +131,9 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
       {
         lines: [
           `redirected handshakes in flight: ${records.pending} (connect() is refused past ${records.limit})${records.inTable !== records.pending ? `; ${records.inTable} records in mr_orig` : ''}`,
+          trace
+            ? `trace: ${trace.tracer === null ? 'off' : `on (meshredir trace, pid ${trace.tracer})`} · ${trace.emitted} events written, ${trace.lost} lost since load`
+            : 'trace: unavailable (the installed programs predate it)',
         ],
       },
     ],
