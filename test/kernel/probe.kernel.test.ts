@@ -51,47 +51,74 @@ kernelDescribe('probe', () => {
     nothingLeft();
   });
 
+  /** meshredir.bpf.o built from the same sources with `insert` put before `anchor` in `file`. */
+  const variant = (dir: string, file: string, anchor: string, insert: string): string => {
+    for (const f of readdirSync(join(ROOT, 'bpf'))) copyFileSync(join(ROOT, 'bpf', f), join(dir, f));
+    const src = join(dir, file);
+    const text = readFileSync(src, 'utf8');
+    expect(text).toContain(anchor);
+    writeFileSync(src, text.replace(anchor, `${insert}${anchor}`));
+    const objs = readdirSync(dir)
+      .filter((f) => f.endsWith('.bpf.c'))
+      .map((f) => {
+        const o = join(dir, f.replace(/\.c$/, '.o'));
+        sh('clang', [
+          '-g',
+          '-O2',
+          '-target',
+          'bpf',
+          '-D__TARGET_ARCH_x86',
+          '-Wall',
+          '-Werror',
+          `-I${join(ROOT, 'build')}`,
+          `-I${dir}`,
+          '-c',
+          join(dir, f),
+          '-o',
+          o,
+        ]);
+        return o;
+      });
+    sh('bpftool', ['gen', 'object', join(dir, 'variant.bpf.o'), ...objs]);
+    return join(dir, 'variant.bpf.o');
+  };
+
   it('an object the verifier rejects gives mode iptables, naming the program and the verdict', async () => {
-    // The same sources, with one program calling a helper its program type may not use.
     const dir = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
     try {
-      for (const f of readdirSync(join(ROOT, 'bpf'))) copyFileSync(join(ROOT, 'bpf', f), join(dir, f));
-      const src = join(dir, 'getsockopt.bpf.c');
-      const text = readFileSync(src, 'utf8');
-      const anchor = '\tstruct bpf_sock *sk = ctx->sk;';
-      expect(text).toContain(anchor);
-      writeFileSync(
-        src,
-        text.replace(anchor, `\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n${anchor}`),
+      // The same sources, with one program calling a helper its program type may not use.
+      variant(
+        dir,
+        'getsockopt.bpf.c',
+        '\tstruct bpf_sock *sk = ctx->sk;',
+        '\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n',
       );
-      const objs = readdirSync(dir)
-        .filter((f) => f.endsWith('.bpf.c'))
-        .map((f) => {
-          const o = join(dir, f.replace(/\.c$/, '.o'));
-          sh('clang', [
-            '-g',
-            '-O2',
-            '-target',
-            'bpf',
-            '-D__TARGET_ARCH_x86',
-            '-Wall',
-            '-Werror',
-            `-I${join(ROOT, 'build')}`,
-            `-I${dir}`,
-            '-c',
-            join(dir, f),
-            '-o',
-            o,
-          ]);
-          return o;
-        });
-      sh('bpftool', ['gen', 'object', join(dir, 'variant.bpf.o'), ...objs]);
       const r = await probe(['--object', join(dir, 'variant.bpf.o')]);
       for (const f of EBPF_REQUIRED) expect(r.features[f]).toBe(true); // the hooks themselves work…
       expect(r.object).toMatchObject({ loads: false, attaches: false }); // …the programs do not
       expect(r.object!.why).toMatch(/mr_getsockopt.*failed to load.*cannot use helper bpf_skb_load_bytes/);
       expect(r.mode).toBe('iptables');
       expect(r.reason).toMatch(/^eBPF mode unavailable: .*variant\.bpf\.o/);
+      nothingLeft();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('an object whose fast path the verifier rejects still gives mode ebpf, without the fast path, and says why', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
+    try {
+      const obj = variant(
+        dir,
+        'skmsg.bpf.c',
+        '\tstruct bpf_sock *sk = msg->sk;',
+        '\tchar b[4];\n\tbpf_skb_load_bytes((void *)msg, 0, b, sizeof(b));\n',
+      );
+      const r = await probe(['--object', obj]);
+      expect(r.object, r.object?.why).toMatchObject({ loads: true, attaches: true });
+      expect(r.object!.fastPath).toMatch(/mr_skmsg.*failed to load.*cannot use helper bpf_skb_load_bytes/);
+      expect(r.mode).toBe('ebpf');
+      expect(r.reason).toMatch(/without the sk_msg fast path/);
       nothingLeft();
     } finally {
       rmSync(dir, { recursive: true, force: true });
