@@ -1,5 +1,6 @@
 /* getsockopt.bpf.c — cgroup/getsockopt: answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on a proxy's
- * accepted socket from our records, exactly as the kernel's NAT would; every other call untouched. */
+ * accepted socket from our records, exactly as the kernel's NAT would; every other call, and the same
+ * call on a socket that is not the record's policy's proxy, untouched. */
 #include "mr_common.h"
 
 /* Leaves the call as the kernel answered it. The program sees at most a page of optval: for a longer
@@ -32,12 +33,17 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_tuple_key k;
 		mr_tuple(&k, v4, remote, sk->dst_port, local, bpf_htons((__u16)sk->src_port),
 			 bpf_get_netns_cookie(ctx));
-		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
-		if (!rec) {
+		if (!mr_orig_copy(&k, &o)) {
 			MR_COUNT(0, origdst_unknown);
 			return mr_pass(ctx);
 		}
-		o = *rec;
+		/* Only the policy's proxy is given the destination (the claim at the handshake checked the
+		 * socket's cgroup; this record is here because that socket had no storage then): here, the
+		 * cgroup of the process asking. */
+		if ((o.flags & MR_O_CONFLICT) || !mr_task_is_proxy(o.slot)) {
+			MR_COUNT(o.slot, origdst_denied);
+			return mr_pass(ctx);
+		}
 		/* Move the record onto the accepted socket: later reads are answered from there, and the
 		 * table keeps room for connections still waiting for accept. Without storage it stays in
 		 * the table until the application closes. */
@@ -45,7 +51,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		if (st) {
 			st->orig = o;
 			st->flags |= MR_SK_SERVED;
-			mr_orig_del(&k);
+			mr_orig_del(&k, o.slot);
 		}
 	}
 

@@ -6,6 +6,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "mr_abi.h"
 
 #define AF_INET 2
@@ -72,12 +73,12 @@ struct {
  * leaves, moved onto the proxy's accepted socket (mr_sk) when the proxy's kernel completes the
  * handshake, and deleted by the application's close if no proxy socket ever claimed them (a failed
  * handshake; a connect in TCP_REPAIR mode, as `meshredir verify` does). So this table holds only
- * handshakes in flight, whatever the number of open connections. Its size is twice the agent's limit
- * (mr_gauges[MR_G_LIMIT]): once that many records exist (a proxy whose accept queue is full drops
- * SYNs, and the connects wait), connect() is refused (fail closed), because a redirected connection
- * without a record would make a proxy such as HAProxy, whose SO_ORIGINAL_DST read fails, forward the
- * connection to its own address. The other half is headroom for connects between the check and the
- * SYN. */
+ * handshakes in flight, whatever the number of open connections. A connect is refused (fail closed)
+ * once its policy has pending_max records (a proxy whose accept queue is full drops SYNs, and the
+ * connects wait: that pod's budget, never another's), or once the node has mr_gauges[MR_G_LIMIT],
+ * because a redirected connection without a record would make a proxy such as HAProxy, whose
+ * SO_ORIGINAL_DST read fails, forward the connection to its own address. The table is twice the node's
+ * limit: the other half is headroom for connects between the check and the SYN. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
@@ -91,6 +92,13 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, MR_G_MAX);
 } mr_gauges SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mr_pending);
+	__uint(max_entries, MR_MAX_POLICIES);
+} mr_pending SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -212,6 +220,68 @@ static __always_inline int mr_mark_bypass(const struct bpf_sock *sk, const struc
 	return 0;
 }
 
+/* Whether the socket was created in a bypass (proxy) cgroup of policy `slot`, or below one. Only such a
+ * socket may claim a record of that policy, read it (SO_ORIGINAL_DST) or join its fast path: anybody
+ * else with the same tuple (a listener that gave its own netns the proxy's address) gets nothing. An
+ * accepted socket is handled in softirq context, where the current task means nothing: the cgroup is
+ * the one the socket was created in (sk_cgrp_data; an accepted socket inherits its listener's), walked
+ * up like a task's. */
+static __always_inline int mr_sock_is_proxy(struct bpf_sock *sk, __u32 slot)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
+	struct mr_proxy_key k = { .slot = slot };
+	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
+		if (!cg)
+			return 0;
+		k.cgroup_id = cg->kn->id;
+		if (bpf_map_lookup_elem(&mr_proxies, &k))
+			return 1;
+		struct cgroup_subsys_state *parent = cg->self.parent;
+		if (!parent)
+			return 0;
+		cg = parent->cgroup;
+	}
+	return 0;
+}
+
+/* Whether the calling task is in a bypass (proxy) cgroup of policy `slot`, or below one: the same
+ * question as mr_sock_is_proxy, asked in process context (getsockopt programs cannot reach the socket's
+ * cgroup), of the process asking. */
+static __always_inline int mr_task_is_proxy(__u32 slot)
+{
+	struct mr_proxy_key k = { .slot = slot, .cgroup_id = bpf_get_current_cgroup_id() };
+	if (bpf_map_lookup_elem(&mr_proxies, &k))
+		return 1;
+	for (int lvl = MR_MAX_CGROUP_DEPTH - 1; lvl >= 0; lvl--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
+		if (id == 0)
+			continue;
+		k.cgroup_id = id;
+		if (bpf_map_lookup_elem(&mr_proxies, &k))
+			return 1;
+	}
+	return 0;
+}
+
+/* Whether a connect of policy `slot` comes from the policy's own pod netns, when the agent knows it
+ * (a process may make a netns of its own, give it a victim's address and publish under its tuple). */
+static __always_inline int mr_netns_ok(struct bpf_sock *sk, const struct mr_policy *p, __u32 slot)
+{
+	if (!p->netns_ino)
+		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		struct net *net = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net;
+		if (net && net->ns.inum == p->netns_ino)
+			return 1;
+	}
+	MR_COUNT(slot, err_netns);
+	return 0;
+}
+
 enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1 };
 
 /* Decides whether a connect to d on socket sk by the calling task is redirected. On MR_REDIRECT, *slot
@@ -291,38 +361,79 @@ static __always_inline __u64 *mr_gauge(__u32 which)
 	return bpf_map_lookup_elem(&mr_gauges, &which);
 }
 
-/* Whether a new redirected connection may be recorded; counts the refusal when it may not. */
-static __always_inline int mr_room(__u32 slot)
+static __always_inline struct mr_pending *mr_slot_pending(__u32 slot)
 {
+	return bpf_map_lookup_elem(&mr_pending, &slot);
+}
+
+/* Whether a new redirected connection may be recorded: within its policy's budget and the node's
+ * limit; counts the refusal when it may not. Signed: a gauge pushed below zero from outside must not
+ * read as a full table. */
+static __always_inline int mr_room(__u32 slot, const struct mr_policy *p)
+{
+	struct mr_pending *mine = mr_slot_pending(slot);
+	if (mine && p->pending_max && mine->now >= (__s64)p->pending_max) {
+		MR_COUNT(slot, err_full);
+		return 0;
+	}
 	__u64 *limit = mr_gauge(MR_G_LIMIT);
 	__u64 *pending = mr_gauge(MR_G_PENDING);
-	/* Signed: a gauge pushed below zero from outside must not read as a full table. */
 	if (!limit || !pending || *limit == 0 || (__s64)*pending < (__s64)*limit)
 		return 1;
 	MR_COUNT(slot, err_full);
 	return 0;
 }
 
-/* Adds or replaces a record, keeping MR_G_PENDING equal to the number of records. */
+static __always_inline void mr_pending_add(__u32 slot, __s64 d)
+{
+	__u64 *pending = mr_gauge(MR_G_PENDING);
+	if (pending)
+		__sync_fetch_and_add(pending, d);
+	struct mr_pending *mine = mr_slot_pending(slot);
+	if (mine)
+		__sync_fetch_and_add(&mine->now, d);
+}
+
+/* Adds a record (never replaces one: a tuple someone else published is not ours to take over),
+ * keeping the node's and the policy's gauges equal to their numbers of records. 0 when added. When
+ * another socket's record is there, both are spoiled (MR_O_CONFLICT): the two cannot be told apart
+ * (one gave its own netns the other's addresses), and a proxy given neither destination fails the
+ * connection instead of sending it where the other one asked. */
 static __always_inline int mr_orig_put(const struct mr_tuple_key *k, const struct mr_orig *o)
 {
 	if (bpf_map_update_elem(&mr_orig, k, o, BPF_NOEXIST) == 0) {
-		__u64 *pending = mr_gauge(MR_G_PENDING);
-		if (pending)
-			__sync_fetch_and_add(pending, 1);
+		mr_pending_add(o->slot, 1);
 		return 0;
 	}
-	return bpf_map_update_elem(&mr_orig, k, o, BPF_EXIST);
+	struct mr_orig *cur = bpf_map_lookup_elem(&mr_orig, k);
+	if (cur && cur->cookie != o->cookie) {
+		cur->flags |= MR_O_CONFLICT;
+		MR_COUNT(o->slot, err_conflict);
+		return 1;
+	}
+	MR_COUNT(o->slot, err_orig);
+	return 1;
 }
 
-/* Deletes a record; only the caller that really removed it decrements the gauge. */
-static __always_inline void mr_orig_del(const struct mr_tuple_key *k)
+/* Deletes a record of policy `slot`; only the caller that really removed it decrements the gauges. */
+static __always_inline void mr_orig_del(const struct mr_tuple_key *k, __u32 slot)
 {
-	if (bpf_map_delete_elem(&mr_orig, k) == 0) {
-		__u64 *pending = mr_gauge(MR_G_PENDING);
-		if (pending)
-			__sync_fetch_and_add(pending, -1);
-	}
+	if (bpf_map_delete_elem(&mr_orig, k) == 0)
+		mr_pending_add(slot, -1);
+}
+
+/* Copies the record under k into *out; 0 when there is none. mr_orig is preallocated, and the kernel
+ * reuses a deleted element at once: between the lookup and the copy, another CPU may delete this record
+ * (its application closed) and publish another one into the same memory. So the copy is taken only if
+ * the key still finds that element holding the same application socket's record afterwards. */
+static __always_inline int mr_orig_copy(const struct mr_tuple_key *k, struct mr_orig *out)
+{
+	struct mr_orig *p = bpf_map_lookup_elem(&mr_orig, k);
+	if (!p)
+		return 0;
+	*out = *p;
+	struct mr_orig *again = bpf_map_lookup_elem(&mr_orig, k);
+	return again && again == p && again->cookie == out->cookie;
 }
 
 /* A connect that is not redirected: a socket reconnected after connect(AF_UNSPEC) must not keep
@@ -344,10 +455,24 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 		return 0;
 	}
 	st->orig.family = family;
+	st->orig.flags = 0;
 	st->orig.port = port;
 	st->orig.slot = slot;
 	__builtin_memcpy(st->orig.addr, addr, 16);
+	st->orig.cookie = 0;
 	st->flags = MR_SK_APP;
+	/* MPTCP: the hook runs on the first subflow, a TCP socket (which sockops publishes); the
+	 * application's getpeername asks the MPTCP socket, so that one answers with the destination too. */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_mptcp_sock)) {
+		struct mptcp_sock *msk = bpf_skc_to_mptcp_sock(sk);
+		if (msk) {
+			struct mr_sk *m = bpf_sk_storage_get(&mr_sk, msk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (m) {
+				m->orig = st->orig;
+				m->flags = MR_SK_APP;
+			}
+		}
+	}
 	MR_COUNT(slot, redirected);
 	return 1;
 }
@@ -381,7 +506,7 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 		}                                                              \
 	} while (0)
 
-/* Builds the mr_orig key of a connection from the addresses of one of its sockets. For the
+/* Builds the mr_orig (and mr_sockhash) key of a connection from the addresses of one of its sockets. For the
  * application's socket `local` is the application; for the proxy's accepted socket it is the proxy.
  * Addresses are v4 (in [0]) when v4 is set, v4-mapped addresses having been unmapped by the caller. */
 static __always_inline void mr_tuple(struct mr_tuple_key *k, int v4, const __u32 app[4],
@@ -394,9 +519,13 @@ static __always_inline void mr_tuple(struct mr_tuple_key *k, int v4, const __u32
 	__builtin_memcpy(k->daddr, proxy, 16);
 	k->sport = app_port;
 	k->dport = proxy_port;
-	struct mr_dst pd = { .family = k->family };
+	/* Symmetric in the two ends: the key a socket gives itself (mr_sockhash) and the one its peer
+	 * computes for it must agree whichever end is loopback (an application bound to its pod address
+	 * talking to a proxy on 127.0.0.1, say). */
+	struct mr_dst pd = { .family = k->family }, ad = { .family = k->family };
 	__builtin_memcpy(pd.addr, proxy, 16);
-	k->netns = mr_is_loopback(&pd) ? netns_cookie : 0;
+	__builtin_memcpy(ad.addr, app, 16);
+	k->netns = mr_is_loopback(&pd) || mr_is_loopback(&ad) ? netns_cookie : 0;
 }
 
 #endif

@@ -382,13 +382,16 @@ kernelDescribe('sk_msg fast path: a full sockhash, and a listener that is not th
     await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
   });
 
-  it("a listener outside the policy's bypass cgroups is never accelerated", async () => {
+  it("a listener outside the policy's bypass cgroups is given no destination and never accelerated", async () => {
     const before = await L.counters('rogue');
-    expect(await L.xfer('rogue', ['--size', String(MiB)])).toMatchObject({ ok: true });
+    // The forwarding proxy, not in a bypass cgroup, asks SO_ORIGINAL_DST and gets the kernel's answer:
+    // it cannot forward, and closes the connection.
+    expect(await L.xfer('rogue', ['--size', String(MiB)], 10)).toMatchObject({ ok: false });
     const after = await L.counters('rogue');
-    expect(after.accel_sockets! - before.accel_sockets!).toBe(1); // the application's side only
+    expect(after.origdst_denied! - before.origdst_denied!).toBeGreaterThan(0);
+    expect(after.origdst_served! - before.origdst_served!).toBe(0);
+    expect(after.accel_sockets! - before.accel_sockets!).toBeLessThanOrEqual(1); // the application's side at most
     expect(after.msg_fast! - before.msg_fast!).toBe(0);
-    expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
   });
 });
 
@@ -448,7 +451,8 @@ kernelDescribe('sk_msg fast path: TCP Fast Open on the proxy, and an application
     expect(await L.xfer('bound', ['--bind', '10.203.0.41', '--size', String(MiB)])).toMatchObject({ ok: true });
     const after = await L.counters('bound');
     expect(after.accel_sockets! - before.accel_sockets!).toBe(2);
-    expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(0);
-    expect(after.msg_slow! - before.msg_slow!).toBe(0);
+    // Each end finds the other: most messages go straight to the peer (a few may detour by TCP while
+    // the other end joins, as for any connection).
+    expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(after.msg_slow! - before.msg_slow!);
   });
 });

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { EbpfMode } from '../../src/modes/ebpf/ebpf.js';
+import { Pins } from '../../src/modes/ebpf/pins.js';
+import { pendingDrift } from '../../src/modes/ebpf/counters.js';
 import { lib, NULL } from '../../src/sys/libbpf.js';
 import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 
@@ -29,10 +30,10 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
   const status = async (): Promise<Status> =>
     JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
   const counters = async (name: string) => (await status()).policies.find((p) => p.name === name)!.counters;
-  const mode = () => new EbpfMode({ bpffs: env.bpffs, cgroupRoot: env.cgRootDir, object: '' });
+  const pins = () => new Pins(env.bpffs);
   /** The records now in mr_orig, by the application's source port. */
   const records = () => {
-    const m = mode().openMap('mr_orig');
+    const m = pins().openMap('mr_orig');
     try {
       return (m.entries() as [{ sport: number; saddr: Buffer }, { addr: Buffer; port: number; flags: number }][]).map(
         ([k, v]) => ({
@@ -300,7 +301,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
     // Three records held by repair-mode connects of pod B.
     const held = await Promise.all([43001, 43002, 43003].map((p) => repair(podB, cgB, '10.210.0.99', 80, p)));
     try {
-      const m = mode().openMap('mr_orig');
+      const m = pins().openMap('mr_orig');
       try {
         const size = m.key.size;
         const next = (prev: Buffer | null) => {
@@ -318,7 +319,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
         for (let k = next(k2); k; k = next(k)) seen.push(sport(k));
         expect(seen.length).toBeGreaterThan(new Set(seen).size);
         // The count status and the agent use now goes by bucket (BPF_MAP_LOOKUP_BATCH): exact.
-        expect(mode().pendingDrift().records).toBe(2);
+        expect(pendingDrift(pins()).records).toBe(2);
       } finally {
         m.close();
       }

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir, release } from 'node:os';
-import { Env, kernelDescribe, sh, cgroup2, CLI, ROOT } from './harness.js';
+import { Env, kernelDescribe, sh, cgroup2, CLI, ROOT, ORIGDST_PROXY, policyYaml } from './harness.js';
 import { EBPF_REQUIRED, type ProbeReport } from '../../src/probe/probe.js';
 
 kernelDescribe('probe', () => {
@@ -116,10 +116,50 @@ kernelDescribe('probe', () => {
       );
       const r = await probe(['--object', obj]);
       expect(r.object, r.object?.why).toMatchObject({ loads: true, attaches: true });
-      expect(r.object!.fastPath).toMatch(/mr_skmsg.*failed to load.*cannot use helper bpf_skb_load_bytes/);
+      expect(r.object!.fastPath).toMatchObject({
+        loads: false,
+        why: expect.stringMatching(/mr_skmsg.*failed to load.*cannot use helper bpf_skb_load_bytes/),
+      });
       expect(r.mode).toBe('ebpf');
       expect(r.reason).toMatch(/without the sk_msg fast path/);
       nothingLeft();
+      // The agent with that object: redirection works, the fast path is off and says why.
+      const pod = env.netns('fp');
+      const app = env.cgroup('fp/app');
+      const bypass = env.cgroup('fp/proxy');
+      const px = env.spawn(pod, bypass, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
+      await env.waitListening(pod, 15001, 'proxy', px);
+      const pdir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+      try {
+        writeFileSync(
+          join(pdir, 'fp.yaml'),
+          policyYaml({
+            name: 'fp',
+            cgroup: `${env.cgRoot}/fp`,
+            outbound: '127.0.0.1:15001',
+            bypassCgroups: [bypass],
+            accelerate: true,
+          }),
+        );
+        const agent = await env.agent(pdir, ['--object', obj]);
+        expect(agent.err).toMatch(/mr_skmsg not attached \(the fast path does not load here: .*mr_skmsg/);
+        const c = await env.client(pod, app, ['connect', '10.9.9.9', '80']);
+        expect(c.data).toMatch(/^ORIGDST 10\.9\.9\.9 80 PEER 127\.0\.0\.1 \d+$/);
+        const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as {
+          fastPath: string;
+          links: { name: string }[];
+          maps: { map: string }[];
+          policies: { accelerate: boolean }[];
+        };
+        expect(st.fastPath).toMatch(/^unavailable: /);
+        expect(st.links.map((l) => l.name)).not.toContain('mr_skmsg');
+        expect(st.maps.map((m) => m.map)).not.toContain('mr_sockhash');
+        expect(st.policies[0]!.accelerate).toBe(false);
+        await env.stop(agent);
+        await env.cliRun(env.cleanupArgs());
+      } finally {
+        rmSync(pdir, { recursive: true, force: true });
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

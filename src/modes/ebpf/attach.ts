@@ -9,7 +9,7 @@ import { mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { BpfError } from '../../bpf/errors.js';
-import { PROGRAMS, REDIRECTING, REDIRECT_NEEDS, type ProgramName } from '../../bpf/abi.js';
+import { PROGRAMS, REDIRECTING, REDIRECT_NEEDS, programFor, type ProgramName } from '../../bpf/abi.js';
 import { crashAfterAttach, failAttach } from '../../util/faults.js';
 import type { Pins } from './pins.js';
 import type { LoadReport } from './load.js';
@@ -25,14 +25,24 @@ function mapsDiffer(cur: Map<string, number> | null, next: Map<string, number>):
   return diffs.length ? `uses map ids ${diffs.join(', ')}` : null;
 }
 
-export function attachLinks(obj: BpfObject, pins: Pins, cgroupRoot: string, rootId: bigint, rep: LoadReport): void {
-  const sockhashId = mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id;
+/** `fast`: the object was loaded with the fast path (else mr_sockops_base runs under mr_sockops' link, and
+ * mr_skmsg is not attached: the load said why). */
+export function attachLinks(
+  obj: BpfObject,
+  pins: Pins,
+  cgroupRoot: string,
+  rootId: bigint,
+  rep: LoadReport,
+  fast = true,
+): void {
+  const sockhashId = fast ? mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id : -1;
   const attachedNow: string[] = [];
   try {
     for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
-      const prog = obj.program(name);
-      const pin = pins.linkPin(name);
       const skmsg = PROGRAMS[name].attach === 'sk_msg';
+      if (skmsg && !fast) continue; // unavailable (the load said why)
+      const prog = obj.program(programFor(name, fast));
+      const pin = pins.linkPin(name);
       if (existsSync(pin) && readopt(prog, pin, skmsg ? { mapId: sockhashId } : { cgroupId: rootId }, pins, rep)) {
         continue;
       }

@@ -12,6 +12,7 @@ import { mapInfo } from '../../bpf/map.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import type { Pins } from './pins.js';
+import { netnsInode } from './records.js';
 
 export interface Unresolved {
   policy: string;
@@ -61,7 +62,16 @@ export function capacities(pins: Pins, object?: string): Capacities {
 export function resolveCgroups(policies: Policy[]): Map<string, Resolution> {
   const mount = requireCgroup2();
   const id = (p: string) => cgroupId(cgroupDir(p, mount));
-  return new Map(policies.map((p) => [p.name, { cgroup: id(p.cgroup), bypass: p.bypass.cgroups.map(id) }]));
+  return new Map(
+    policies.map((p) => [
+      p.name,
+      {
+        cgroup: id(p.cgroup),
+        bypass: p.bypass.cgroups.map(id),
+        ...(p.netns ? { netns: netnsInode(p.netns) ?? null } : {}),
+      },
+    ]),
+  );
 }
 
 /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
@@ -97,6 +107,8 @@ export interface DesiredOptions {
   capacities: Capacities;
   /** The version of each policy applied last by this process (kept when a new version does not fit). */
   previous?: ReadonlyMap<string, Policy>;
+  /** Each policy's budget of handshakes in flight (default: defaultPendingBudget()). */
+  pendingMax?: number;
 }
 
 /** The desired state of the eBPF maps. */
@@ -140,7 +152,10 @@ export function desiredState(pins: Pins, policies: Policy[], o: DesiredOptions):
     message: x.message,
   });
   return {
-    entries: toEntries(keep, slots, resKeep, { fastPath: o.fastPath }),
+    entries: toEntries(keep, slots, resKeep, {
+      fastPath: o.fastPath,
+      ...(o.pendingMax ? { pendingMax: o.pendingMax } : {}),
+    }),
     slots,
     slotsFrom: installed ? 'pins' : 'new',
     keep,

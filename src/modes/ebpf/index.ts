@@ -15,6 +15,7 @@ import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
+import { pendingBudget } from './records.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -54,6 +55,7 @@ export class EbpfMode implements Mode {
       fastPath: !this.pins.has('mr_slots') || fastPath(this.pins).usable,
       capacities: capacities(this.pins, this.cfg.attach?.object),
       previous: this.previous,
+      pendingMax: pendingBudget(this.cfg.attach ?? {}),
     });
   }
 
