@@ -19,7 +19,7 @@ deps:
 
 build: bpf ts
 
-bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer $(BUILD)/elemreuse.bpf.o
 
 $(BUILD)/vmlinux.h: $(VMLINUX_BTF)
 	@mkdir -p $(BUILD)
@@ -31,6 +31,10 @@ $(BUILD)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 # One object with every hook: the maps, declared weak in mr_common.h, end up once.
 $(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
 	$(BPFTOOL) gen object $@ $^
+
+# A test program on mr_orig's map type (see test/tools/elemreuse.bpf.c), run with BPF_PROG_TEST_RUN.
+$(BUILD)/elemreuse.bpf.o: test/tools/elemreuse.bpf.c bpf/mr_abi.h bpf/mr_common.h $(BUILD)/vmlinux.h
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 # The small test/benchmark proxy that asks SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST itself.
 $(BUILD)/origdst-proxy: test/tools/origdst-proxy.c

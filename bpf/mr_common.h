@@ -425,15 +425,22 @@ static __always_inline void mr_orig_del(const struct mr_tuple_key *k, __u32 slot
 /* Copies the record under k into *out; 0 when there is none. mr_orig is preallocated, and the kernel
  * reuses a deleted element at once: between the lookup and the copy, another CPU may delete this record
  * (its application closed) and publish another one into the same memory. So the copy is taken only if
- * the key still finds that element holding the same application socket's record afterwards. */
+ * the key still finds that element holding the same application socket's record afterwards
+ * (mr_orig_still; test/tools/elemreuse.bpf.c shows the reuse and this check on the real map type). */
+static __always_inline int mr_orig_still(const struct mr_tuple_key *k, const struct mr_orig *p,
+					 const struct mr_orig *copy)
+{
+	struct mr_orig *again = bpf_map_lookup_elem(&mr_orig, k);
+	return again && again == p && again->cookie == copy->cookie;
+}
+
 static __always_inline int mr_orig_copy(const struct mr_tuple_key *k, struct mr_orig *out)
 {
 	struct mr_orig *p = bpf_map_lookup_elem(&mr_orig, k);
 	if (!p)
 		return 0;
 	*out = *p;
-	struct mr_orig *again = bpf_map_lookup_elem(&mr_orig, k);
-	return again && again == p && again->cookie == out->cookie;
+	return mr_orig_still(k, p, out);
 }
 
 /* A connect that is not redirected: a socket reconnected after connect(AF_UNSPEC) must not keep

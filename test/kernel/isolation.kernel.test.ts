@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { pendingDrift } from '../../src/modes/ebpf/counters.js';
 import { lib, NULL } from '../../src/sys/libbpf.js';
-import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, ROOT, type Proc } from './harness.js';
 
 interface Status {
   records: { pending: number; limit: number; inTable: number };
@@ -384,5 +384,23 @@ kernelDescribe('isolation: a listener outside the policy bypass cgroups (sidecar
   it("asking SO_ORIGINAL_DST gets the kernel's answer, not the record", async () => {
     const r = await env.client(pod, app, ['connect', '10.211.0.5', '8080']);
     expect(r.data).toBe('ERR ENOENT');
+  });
+});
+
+kernelDescribe("isolation: mr_orig's elements are reused at once, and a copy is checked", () => {
+  it('a deleted element is reused by the next insert, a copy from it is refused, an undisturbed one accepted', () => {
+    // BPF_PROG_TEST_RUN of test/tools/elemreuse.bpf.c on mr_orig's map type (see there): on one CPU, in
+    // program order, what a delete + publish on another CPU does to a claim between lookup and copy.
+    const pins = `/sys/fs/bpf/meshredir-test-${process.pid}-reuse`;
+    const data = join(tmpdir(), `meshredir-test-${process.pid}-pkt`);
+    writeFileSync(data, Buffer.alloc(64));
+    try {
+      sh('bpftool', ['prog', 'loadall', join(ROOT, 'build', 'elemreuse.bpf.o'), pins]);
+      const out = sh('bpftool', ['prog', 'run', 'pinned', join(pins, 'mr_t_reuse'), 'data_in', data, 'repeat', '1']);
+      expect(out).toMatch(/Return value: 7\b/);
+    } finally {
+      rmSync(pins, { recursive: true, force: true });
+      rmSync(data, { force: true });
+    }
   });
 });
