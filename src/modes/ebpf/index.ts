@@ -15,7 +15,7 @@ import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
-import { pendingBudget } from './records.js';
+import { isolationNotes, pendingBudget } from './records.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -153,6 +153,9 @@ export class EbpfMode implements Mode {
       );
     }
     const waiting = new Set(desired.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
+    for (const p of desired.keep)
+      for (const message of isolationNotes(p))
+        notes.push({ level: 'warn', event: 'policy_note', message, fields: { policy: p.name } });
     for (const p of desired.keep) {
       if (p.proxy.inbound && !waiting.has(p.name)) {
         notes.push({

@@ -4,6 +4,7 @@
 import { statSync } from 'node:fs';
 import { DEFAULT_MAX_CONNECTIONS, defaultPendingBudget } from '../../bpf/abi.js';
 import type { BpfMap } from '../../bpf/map.js';
+import type { Policy } from '../../policy/schema.js';
 
 /** The budget every policy gets: --max-pending-per-policy, or the default for the node's limit. */
 export function pendingBudget(cfg: { maxConnections?: number; maxPendingPerPolicy?: number }): number {
@@ -34,5 +35,19 @@ export function slotPending(
     const limit = (policies.get(slot) as { pending_max: number } | undefined)?.pending_max ?? 0;
     out.set(slot, { now: Number(BigInt.asIntN(64, now)), limit });
   }
+  return out;
+}
+
+/** What a policy cannot do as written, in the eBPF mode's terms (the agent logs each as a warning). */
+export function isolationNotes(p: Policy): string[] {
+  const out: string[] = [];
+  if (p.bypass.cgroups.length === 0)
+    out.push(
+      `policy ${p.name} names no bypass cgroup: only a socket of the policy's bypass cgroups is given a redirected connection's original destination, so its proxy gets none (list the proxy's cgroup in spec.proxy.bypass.cgroups)`,
+    );
+  if (p.netns && netnsInode(p.netns) === null)
+    out.push(
+      `policy ${p.name}: spec.netns ${p.netns} cannot be read; connects of the policy are not checked to come from it`,
+    );
   return out;
 }
