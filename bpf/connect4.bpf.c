@@ -22,7 +22,7 @@ int mr_connect4(struct bpf_sock_addr *ctx)
 	}
 	/* Fail closed: without a record the proxy could not learn the destination; a connect from another
 	 * netns than the policy's pod, or past the policy's budget of handshakes in flight, is refused. */
-	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET, d.addr, d.port, slot))
+	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET, d.addr, d.port, slot, p))
 		return 0;
 	ctx->user_ip4 = p->proxy4_addr;
 	ctx->user_port = p->proxy4_port;

@@ -27,7 +27,7 @@ int mr_connect6(struct bpf_sock_addr *ctx)
 		return 1;
 	}
 	/* Recorded as the application gave it (v4-mapped stays mapped for getpeername6). Fail closed. */
-	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET6, ip6, d.port, slot))
+	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET6, ip6, d.port, slot, p))
 		return 0;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;

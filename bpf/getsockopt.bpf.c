@@ -33,10 +33,12 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_tuple_key k;
 		mr_tuple(&k, v4, remote, sk->dst_port, local, bpf_htons((__u16)sk->src_port),
 			 bpf_get_netns_cookie(ctx));
-		if (!mr_orig_copy(&k, &o)) {
+		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
+		if (!rec) {
 			MR_COUNT(0, origdst_unknown);
 			return mr_pass(ctx);
 		}
+		o = *rec;
 		/* Only the policy's proxy is given the destination (the claim at the handshake checked the
 		 * socket's cgroup; this record is here because that socket had no storage then): here, the
 		 * cgroup of the process asking. */
@@ -46,12 +48,16 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		}
 		/* Move the record onto the accepted socket: later reads are answered from there, and the
 		 * table keeps room for connections still waiting for accept. Without storage it stays in
-		 * the table until the application closes. */
+		 * the table until the application closes. Either way the copy is checked to be this
+		 * connection's record (the element may have been reused since the lookup). */
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st ? !mr_orig_claim(&k, &o) : !mr_orig_still(&k, rec, &o)) {
+			MR_COUNT(0, origdst_unknown);
+			return mr_pass(ctx);
+		}
 		if (st) {
 			st->orig = o;
 			st->flags |= MR_SK_SERVED;
-			mr_orig_del(&k, o.slot);
 		}
 	}
 

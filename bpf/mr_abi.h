@@ -32,6 +32,10 @@ enum mr_policy_flag {
 	MR_F_REDIRECT_LOOPBACK = 1u << 4, /* loopback destinations are redirected too */
 	MR_F_ACCELERATE = 1u << 5,        /* reserved for the sk_msg fast path */
 	MR_F_BYPASS_MARKS = 1u << 6,      /* marks[] holds bypass marks: only then is the socket's mark read */
+	MR_F_OWNERS = 1u << 7,            /* the policy has uid/gid bypass entries in mr_owners */
+	MR_F_PORTS = 1u << 8,             /* the policy has entries in mr_ports */
+	MR_F_CIDRS = 1u << 9,             /* the policy has entries in mr_cidrs */
+	/* (Without OWNERS/PORTS/CIDRS a connect skips those lookups: a policy pays only for what it uses.) */
 };
 
 /* A socket mark that bypasses: (SO_MARK & mask) == value, as iptables' -m mark --mark value/mask. */

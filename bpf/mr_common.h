@@ -185,7 +185,8 @@ static __always_inline int mr_eq6(const __u32 a[4], const __u8 b8[16])
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
-/* Finds the entry of the calling task's cgroup, or of its nearest ancestor that has one. */
+/* Finds the entry of the calling task's cgroup, or of its nearest ancestor that has one (DNS capture:
+ * UDP sockets, which mr_sock_cgroup cannot reach). */
 static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 {
 	__u64 self = bpf_get_current_cgroup_id();
@@ -199,6 +200,31 @@ static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 		e = bpf_map_lookup_elem(&mr_cgroups, &id);
 		if (e)
 			return e;
+	}
+	return 0;
+}
+
+/* Finds the entry of the socket's cgroup, or of its nearest ancestor that has one: the cgroup the
+ * kernel itself chose these programs by (the one the socket was created in: the caller's, normally).
+ * Walked up by parent pointers from the socket's cgroup, one lookup per level until the nearest entry,
+ * so a container one level below its pod's policy costs two lookups. */
+static __always_inline struct mr_cg_entry *mr_sock_cgroup(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
+	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
+		if (!cg)
+			return 0;
+		__u64 id = cg->kn->id;
+		struct mr_cg_entry *e = bpf_map_lookup_elem(&mr_cgroups, &id);
+		if (e)
+			return e;
+		struct cgroup_subsys_state *parent = cg->self.parent;
+		if (!parent)
+			return 0;
+		cg = parent->cgroup;
 	}
 	return 0;
 }
@@ -284,12 +310,12 @@ static __always_inline int mr_netns_ok(struct bpf_sock *sk, const struct mr_poli
 
 enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1 };
 
-/* Decides whether a connect to d on socket sk by the calling task is redirected. On MR_REDIRECT, *slot
- * and *pol are set. Counts every bypass under its reason. */
-static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_dst *d, __u32 *slot,
+/* Decides whether a connect of socket sk to d is redirected. On MR_REDIRECT, *slot and *pol are set.
+ * Counts every bypass under its reason. */
+static __always_inline int mr_decide(struct bpf_sock *sk, const struct mr_dst *d, __u32 *slot,
 				     struct mr_policy **pol)
 {
-	struct mr_cg_entry *cg = mr_task_cgroup();
+	struct mr_cg_entry *cg = mr_sock_cgroup(sk);
 	if (!cg)
 		return MR_PASS;
 	__u32 s = cg->slot;
@@ -317,17 +343,19 @@ static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_
 		return MR_PASS;
 	}
 
-	__u64 ugid = bpf_get_current_uid_gid();
-	struct mr_owner_key ok = { .slot = s, .kind = MR_OWNER_UID, .id = (__u32)ugid };
-	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
-		MR_COUNT(s, bypass_owner);
-		return MR_PASS;
-	}
-	ok.kind = MR_OWNER_GID;
-	ok.id = (__u32)(ugid >> 32);
-	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
-		MR_COUNT(s, bypass_owner);
-		return MR_PASS;
+	if (p->flags & MR_F_OWNERS) {
+		__u64 ugid = bpf_get_current_uid_gid();
+		struct mr_owner_key ok = { .slot = s, .kind = MR_OWNER_UID, .id = (__u32)ugid };
+		if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+			MR_COUNT(s, bypass_owner);
+			return MR_PASS;
+		}
+		ok.kind = MR_OWNER_GID;
+		ok.id = (__u32)(ugid >> 32);
+		if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+			MR_COUNT(s, bypass_owner);
+			return MR_PASS;
+		}
 	}
 
 	if (!(p->flags & MR_F_REDIRECT_LOOPBACK) && mr_is_loopback(d)) {
@@ -335,20 +363,24 @@ static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_
 		return MR_PASS;
 	}
 
-	struct mr_port_key pk = { .slot = s, .port = bpf_ntohs(d->port) };
-	__u8 *pa = bpf_map_lookup_elem(&mr_ports, &pk);
-	if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (p->flags & MR_F_INCLUDE_PORTS))) {
-		MR_COUNT(s, bypass_port);
-		return MR_PASS;
+	if (p->flags & MR_F_PORTS) {
+		struct mr_port_key pk = { .slot = s, .port = bpf_ntohs(d->port) };
+		__u8 *pa = bpf_map_lookup_elem(&mr_ports, &pk);
+		if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (p->flags & MR_F_INCLUDE_PORTS))) {
+			MR_COUNT(s, bypass_port);
+			return MR_PASS;
+		}
 	}
 
-	struct mr_cidr_key ck = { .prefixlen = 32 + 8 + (d->family == AF_INET ? 32 : 128),
-				  .slot = bpf_htonl(s), .family = d->family };
-	__builtin_memcpy(ck.addr, d->addr, 16);
-	__u8 *ca = bpf_map_lookup_elem(&mr_cidrs, &ck);
-	if ((ca && *ca == MR_ACT_EXCLUDE) || (!ca && (p->flags & MR_F_INCLUDE_CIDRS))) {
-		MR_COUNT(s, bypass_cidr);
-		return MR_PASS;
+	if (p->flags & MR_F_CIDRS) {
+		struct mr_cidr_key ck = { .prefixlen = 32 + 8 + (d->family == AF_INET ? 32 : 128),
+					  .slot = bpf_htonl(s), .family = d->family };
+		__builtin_memcpy(ck.addr, d->addr, 16);
+		__u8 *ca = bpf_map_lookup_elem(&mr_cidrs, &ck);
+		if ((ca && *ca == MR_ACT_EXCLUDE) || (!ca && (p->flags & MR_F_INCLUDE_CIDRS))) {
+			MR_COUNT(s, bypass_cidr);
+			return MR_PASS;
+		}
 	}
 
 	*slot = s;
@@ -424,9 +456,21 @@ static __always_inline void mr_orig_del(const struct mr_tuple_key *k, __u32 slot
 
 /* Copies the record under k into *out; 0 when there is none. mr_orig is preallocated, and the kernel
  * reuses a deleted element at once: between the lookup and the copy, another CPU may delete this record
- * (its application closed) and publish another one into the same memory. So the copy is taken only if
- * the key still finds that element holding the same application socket's record afterwards
- * (mr_orig_still; test/tools/elemreuse.bpf.c shows the reuse and this check on the real map type). */
+ * (its application closed) and publish another one into the same memory. So a copy is used only once it
+ * is known to be the record of k: taken with mr_orig_claim (whose delete finds k only if the element
+ * was not reused meanwhile), or, where the record stays, checked with mr_orig_still
+ * (test/tools/elemreuse.bpf.c shows the reuse and both checks on the real map type). */
+static __always_inline int mr_orig_peek(const struct mr_tuple_key *k, struct mr_orig *out)
+{
+	struct mr_orig *p = bpf_map_lookup_elem(&mr_orig, k);
+	if (!p)
+		return 0;
+	*out = *p;
+	return 1;
+}
+
+/* Whether the copy *copy of the element p is still k's record (the key finds the same element with the
+ * same application socket's record). */
 static __always_inline int mr_orig_still(const struct mr_tuple_key *k, const struct mr_orig *p,
 					 const struct mr_orig *copy)
 {
@@ -434,13 +478,14 @@ static __always_inline int mr_orig_still(const struct mr_tuple_key *k, const str
 	return again && again == p && again->cookie == copy->cookie;
 }
 
-static __always_inline int mr_orig_copy(const struct mr_tuple_key *k, struct mr_orig *out)
+/* Takes the record mr_orig_peek copied into *o out of the table: 1 when the delete found it (then *o is
+ * that record's copy: an element reused since the peek would have lost key k), 0 otherwise. */
+static __always_inline int mr_orig_claim(const struct mr_tuple_key *k, const struct mr_orig *o)
 {
-	struct mr_orig *p = bpf_map_lookup_elem(&mr_orig, k);
-	if (!p)
+	if (bpf_map_delete_elem(&mr_orig, k))
 		return 0;
-	*out = *p;
-	return mr_orig_still(k, p, out);
+	mr_pending_add(o->slot, -1);
+	return 1;
 }
 
 /* A connect that is not redirected: a socket reconnected after connect(AF_UNSPEC) must not keep
@@ -454,7 +499,7 @@ static __always_inline void mr_forget(struct bpf_sock *sk)
 
 /* Records the original destination on the socket; 0 when the kernel has no storage for it. */
 static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u32 addr[4],
-				     __be16 port, __u32 slot)
+				     __be16 port, __u32 slot, const struct mr_policy *p)
 {
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
@@ -462,7 +507,8 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 		return 0;
 	}
 	st->orig.family = family;
-	st->orig.flags = 0;
+	/* The policy's wish, for sockops to confirm when it publishes (no second policy lookup there). */
+	st->orig.flags = (p->flags & MR_F_ACCELERATE) ? MR_O_ACCEL : 0;
 	st->orig.port = port;
 	st->orig.slot = slot;
 	__builtin_memcpy(st->orig.addr, addr, 16);

@@ -48,12 +48,6 @@ static __always_inline int mr_nonblocking(struct bpf_sock *sk)
 	return f && (f->f_flags & 04000 /* O_NONBLOCK */);
 }
 
-static __always_inline int mr_accelerated_policy(__u32 slot)
-{
-	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
-	return p && (p->flags & MR_F_ACCELERATE);
-}
-
 /* Publishes the application socket's record under the tuple the proxy will see. Called when the SYN
  * is about to leave (TCP_CONNECT_CB: so the record exists before any proxy-side socket can, TCP Fast
  * Open included, and counts against the limits while the handshake is in flight), or at
@@ -78,14 +72,14 @@ static __always_inline void mr_publish(struct bpf_sock_ops *skops, struct bpf_so
 		((__u32 *)o.addr)[0] = a;
 		o.family = AF_INET;
 	}
-	o.flags = 0;
 	o.cookie = bpf_get_socket_cookie(skops);
-	if (fast && mr_accelerated_policy(o.slot)) {
-		if (mr_nonblocking(sk))
-			o.flags = MR_O_ACCEL;
-		else
-			MR_COUNT(o.slot, accel_blocking);
+	/* The connect hook noted the policy's accelerate; a blocking socket stays on TCP. */
+	if (fast && (o.flags & MR_O_ACCEL) && !mr_nonblocking(sk)) {
+		o.flags &= ~MR_O_ACCEL;
+		MR_COUNT(o.slot, accel_blocking);
 	}
+	if (!fast)
+		o.flags &= ~MR_O_ACCEL;
 	if (mr_orig_put(&st->key, &o))
 		return;
 	st->orig.cookie = o.cookie;
@@ -156,7 +150,7 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops, const int 
 	struct mr_tuple_key k;
 	mr_tuple(&k, v4, remote, rport, local, lport, cookie); /* as the application published it */
 	struct mr_orig o;
-	if (!mr_orig_copy(&k, &o) || (o.flags & MR_O_CONFLICT))
+	if (!mr_orig_peek(&k, &o) || (o.flags & MR_O_CONFLICT))
 		return;
 	__u32 slot = o.slot;
 	if (!mr_sock_is_proxy(sk, slot)) {
@@ -166,9 +160,10 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops, const int 
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return; /* the record stays in the table: getsockopt finds it there */
+	if (!mr_orig_claim(&k, &o))
+		return; /* gone meanwhile (its application closed), and the copy is not to be trusted */
 	st->orig = o;
 	st->flags |= MR_SK_SERVED;
-	mr_orig_del(&k, slot);
 	if (fast && (o.flags & MR_O_ACCEL)) {
 		struct mr_tuple_key own;
 		mr_tuple(&own, v4, local, lport, remote, rport, cookie);

@@ -29,6 +29,9 @@ export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   REDIRECT_LOOPBACK: 1 << 4,
   ACCELERATE: 1 << 5,
   BYPASS_MARKS: 1 << 6,
+  OWNERS: 1 << 7,
+  PORTS: 1 << 8,
+  CIDRS: 1 << 9,
 });
 export const OwnerKind = cEnum('mr_owner_kind', 'MR_OWNER_', { UID: 1, GID: 2 });
 export const Action = cEnum('mr_action', 'MR_ACT_', { INCLUDE: 1, EXCLUDE: 2 });

@@ -83,6 +83,10 @@ export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }):
   if (p.outbound.redirectLoopback) f |= PolicyFlag.REDIRECT_LOOPBACK;
   if (p.accelerate && caps.fastPath) f |= PolicyFlag.ACCELERATE;
   if (p.bypass.marks.length > 0) f |= PolicyFlag.BYPASS_MARKS;
+  // What the policy has entries in: a connect looks up only those maps.
+  if (p.bypass.uids.length + p.bypass.gids.length > 0) f |= PolicyFlag.OWNERS;
+  if (p.outbound.includePorts.length + p.outbound.excludePorts.length > 0) f |= PolicyFlag.PORTS;
+  if (p.outbound.includeCidrs.length + p.outbound.excludeCidrs.length > 0) f |= PolicyFlag.CIDRS;
   return f;
 }
 

@@ -40,7 +40,7 @@ describe('policy → map entries', () => {
       [200n, { kind: 2, slot: 3 }],
     ]);
     const [, pol] = e.mr_policies[0]!;
-    expect(pol.flags).toBe(1 | 4); // PROXY4 | INCLUDE_PORTS
+    expect(pol.flags).toBe(1 | 4 | 128 | 256 | 512); // PROXY4 | INCLUDE_PORTS | OWNERS | PORTS | CIDRS
     expect([...pol.proxy4_addr]).toEqual([10, 0, 0, 1]);
     expect(pol.proxy4_port).toBe(15001);
     expect([pol.pending_max, pol.netns_ino]).toEqual([1024, 0]); // the default budget; no netns given
@@ -60,7 +60,7 @@ describe('policy → map entries', () => {
     expect(m.errors).toEqual([]);
     const e = toEntries(m.policies, new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
     const [, pol] = e.mr_policies[0]!;
-    expect(pol.flags).toBe(1 | 4 | 64); // PROXY4 | INCLUDE_PORTS | BYPASS_MARKS
+    expect(pol.flags).toBe(1 | 4 | 64 | 128 | 256 | 512); // PROXY4 | INCLUDE_PORTS | BYPASS_MARKS | OWNERS | PORTS | CIDRS
     const pairs = [0, 1, 2].map((i) => [pol.marks.readUInt32LE(8 * i), pol.marks.readUInt32LE(8 * i + 4)]);
     expect(pairs).toEqual([
       [0x539, 0xfff],
