@@ -17,10 +17,10 @@ SEC("cgroup/getsockopt")
 int mr_getsockopt(struct bpf_sockopt *ctx)
 {
 	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
-		return mr_pass(ctx);
+		goto pass;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk || sk->protocol != IPPROTO_TCP)
-		return mr_pass(ctx);
+		goto pass;
 
 	struct mr_orig o;
 	struct mr_sk *served = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
@@ -36,7 +36,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
 		if (!rec) {
 			MR_COUNT(0, origdst_unknown);
-			return mr_pass(ctx);
+			goto pass;
 		}
 		o = *rec;
 		/* Only the policy's proxy is given the destination (the claim at the handshake checked the
@@ -44,7 +44,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		 * cgroup of the process asking. */
 		if ((o.flags & MR_O_CONFLICT) || !mr_task_is_proxy(o.slot)) {
 			MR_COUNT(o.slot, origdst_denied);
-			return mr_pass(ctx);
+			goto pass;
 		}
 		/* Move the record onto the accepted socket: later reads are answered from there, and the
 		 * table keeps room for connections still waiting for accept. Without storage it stays in
@@ -53,7 +53,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st ? !mr_orig_claim(&k, &o) : !mr_orig_still(&k, rec, &o)) {
 			MR_COUNT(0, origdst_unknown);
-			return mr_pass(ctx);
+			goto pass;
 		}
 		if (st) {
 			st->orig = o;
@@ -65,7 +65,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	if (ctx->level == SOL_IP) {
 		struct sockaddr_in sin = {};
 		if (o.family != AF_INET || buf + sizeof(sin) > (__u8 *)ctx->optval_end)
-			return mr_pass(ctx);
+			goto pass;
 		sin.sin_family = AF_INET;
 		sin.sin_port = o.port;
 		sin.sin_addr.s_addr = ((__u32 *)o.addr)[0];
@@ -74,7 +74,7 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	} else {
 		struct sockaddr_in6 sin6 = {};
 		if (buf + sizeof(sin6) > (__u8 *)ctx->optval_end)
-			return mr_pass(ctx);
+			goto pass;
 		sin6.sin6_family = AF_INET6;
 		sin6.sin6_port = o.port;
 		if (o.family == AF_INET) {
@@ -89,4 +89,8 @@ int mr_getsockopt(struct bpf_sockopt *ctx)
 	ctx->retval = 0;
 	MR_COUNT(o.slot, origdst_served);
 	return 1;
+pass:
+	/* One exit for every untouched call: the compiler must not share a computed &ctx->optlen
+	 * between several (the verifier refuses a modified context pointer). */
+	return mr_pass(ctx);
 }
