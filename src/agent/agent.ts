@@ -9,7 +9,7 @@ import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { Logger } from '../util/log.js';
 import { readState, writeState, removeState, statePath, type AgentState, type ReconcileRecord } from './state.js';
-import { AgentLocks } from './lock.js';
+import { AgentLocks, heldBy } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
@@ -275,17 +275,25 @@ export class Agent {
 
   /** Takes the installation's locks (before anything is pinned), then the first reconcile, then watches. */
   async start(): Promise<ReconcileResult> {
-    // Bound first: an address in use fails the start before anything (even a lock directory) is made.
-    if (this.opts.metricsAddress) this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log);
+    const targets = {
+      stateDir: this.opts.stateDir,
+      bpffs: this.opts.paths.bpffs,
+      iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
+    };
+    // Bound first: an address in use fails the start before anything (even a lock directory) is made;
+    // when the address is in use because an agent runs on this installation, that agent is named.
+    if (this.opts.metricsAddress)
+      this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log).catch(async (e: Error) => {
+        // An agent that has just bound it takes its locks right after: look for a moment.
+        for (let i = 0; i < 10; i++) {
+          const held = heldBy(targets, this.mode.name);
+          if (held) throw new Error(held, { cause: e });
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        throw e;
+      });
     try {
-      this.locks = AgentLocks.take(
-        {
-          stateDir: this.opts.stateDir,
-          bpffs: this.opts.paths.bpffs,
-          iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
-        },
-        this.mode.name,
-      );
+      this.locks = AgentLocks.take(targets, this.mode.name);
     } catch (e) {
       await this.endpoint?.close();
       throw e;

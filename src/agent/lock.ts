@@ -108,6 +108,23 @@ export class AgentLocks {
   }
 }
 
+/**
+ * Whether another agent holds one of `mode`'s locks, as the message AgentLocks.take would give; creates
+ * nothing (a path that does not exist is not held). For errors that a running agent explains better
+ * than the error itself (its metrics address already bound).
+ */
+export function heldBy(t: LockTargets, mode: ModeName): string | null {
+  for (const x of targets(t, [mode])) {
+    try {
+      Lock.acquire(x.path, { dir: x.dir, create: false })?.release();
+    } catch (e) {
+      if (!(e instanceof LockHeld)) throw e;
+      return heldMessage(e, x);
+    }
+  }
+  return null;
+}
+
 /** What `cleanup` found: the locks it took (held while it removes), and those another process holds. */
 export interface CleanupLocks {
   taken: Lock[];

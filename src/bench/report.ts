@@ -2,7 +2,7 @@
 // the baseline, CPU use, the fast path's counters per sample, missing modes and rejected samples; a
 // terminal table, an SVG chart (vega-lite) and a markdown section. The JSON with every raw sample is
 // written by the CLI.
-import type { Sample, Missing } from './bench.js';
+import type { Sample, Missing } from './types.js';
 import { fastShare } from './checks.js';
 import { table } from '../util/table.js';
 

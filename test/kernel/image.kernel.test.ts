@@ -16,15 +16,21 @@ const IMAGE = 'localhost/meshredir:latest';
 // This machine's podman: runc (crun refuses the hybrid cgroup layout), no systemd, low hard ulimits.
 const PODMAN = ['--runtime', 'runc', '--cgroup-manager', 'cgroupfs', '--events-backend', 'file'];
 const ULIMITS = ['--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024'];
-// Flags of the DaemonSet this test leaves out: no API server here (--kubernetes), and flags other
-// branches add (--metrics-address); --bpffs is replaced by the test's own.
-const NOT_HERE = ['--kubernetes', '--metrics-address', '--bpffs'];
+// Flags of the DaemonSet this test leaves out: no API server here (--kubernetes); --bpffs is replaced by
+// the test's own. --metrics-address stays: the probes' endpoint is checked as the kubelet would.
+const NOT_HERE = ['--kubernetes', '--bpffs'];
 
 interface Container {
   name: string;
   args: string[];
   securityContext: { capabilities: { add: string[] }; readOnlyRootFilesystem?: boolean };
   volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[];
+  startupProbe: Probe;
+  livenessProbe: Probe;
+  readinessProbe: Probe;
+}
+interface Probe {
+  httpGet: { host: string; path: string; port: number };
 }
 interface Volume {
   name: string;
@@ -163,6 +169,21 @@ kernelDescribe('container image (podman, as the DaemonSet runs it)', () => {
     expect(JSON.parse(readFileSync(join(env.stateDir, 'agent.json'), 'utf8'))).toMatchObject({
       mode: { chosen: 'ebpf' },
     });
+    // The DaemonSet's probes, as the kubelet sends them (host network: the node's loopback).
+    const url = (g: Probe['httpGet'], path = g.path) => `http://${g.host}:${g.port}${path}`;
+    for (const probe of [agentSpec.startupProbe, agentSpec.livenessProbe, agentSpec.readinessProbe]) {
+      let status = 0;
+      for (let i = 0; i < 100 && status !== 200; i++) {
+        status = await fetch(url(probe.httpGet)).then(
+          (r) => r.status,
+          () => 0,
+        );
+        if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(status, probe.httpGet.path).toBe(200);
+    }
+    const metrics = await (await fetch(url(agentSpec.startupProbe.httpGet, '/metrics'))).text();
+    expect(metrics).toMatch(/^meshredir_mode_info\{[^}]*mode="ebpf"/m);
   });
 
   it('stopped and started again: pins and state re-adopted, connections during the restart still redirected', async () => {

@@ -158,6 +158,27 @@ describe('the agent DaemonSet', () => {
     expect(agent.resources!.limits!.memory).toBeDefined();
   });
 
+  // Flags the manifests use before the agent has them, each with what brings it; the image test
+  // (test/kernel/image.kernel.test.ts, NOT_HERE) leaves them out when it runs the DaemonSet's args.
+  const PENDING: Record<string, string> = { '--kubernetes': 'pod discovery (issue 15)' };
+  it("every flag in the agent's and the cleanup's args is an option of that command (an unknown one exits 2)", async () => {
+    const { buildProgram } = await import('../../src/cli/index.js');
+    const program = buildProgram();
+    const unknown = (command: string, args: string[]) => {
+      const longs = new Set(program.commands.find((c) => c.name() === command)!.options.map((o) => o.long));
+      return args
+        .filter((a) => a.startsWith('--'))
+        .map((a) => a.split('=')[0]!)
+        .filter((f) => !longs.has(f));
+    };
+    expect(agent.args![0]).toBe('agent');
+    expect(unknown('agent', agent.args!), `pending: ${JSON.stringify(PENDING)}`).toEqual(Object.keys(PENDING));
+    const c = find('DaemonSet', 'meshredir-cleanup') as unknown as k8s.V1DaemonSet;
+    const init = c.spec!.template.spec!.initContainers![0]!;
+    expect(init.args![0]).toBe('cleanup');
+    expect(unknown('cleanup', init.args!)).toEqual([]);
+  });
+
   it('RBAC grants get/list/watch on pods and namespaces, nothing more', () => {
     const role = find('ClusterRole', 'meshredir-agent') as unknown as k8s.V1ClusterRole;
     expect(role.rules).toEqual([

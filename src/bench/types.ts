@@ -1,0 +1,46 @@
+// types.ts — what a bench run is asked (its options) and what it gives back (samples, missing modes);
+// shared by the run, its scenarios, the report and the CLI.
+import type { Counters } from './checks.js';
+
+export interface BenchOptions {
+  /** Scenario names, as registered in scenarios.ts. */
+  only: string[];
+  rounds: number;
+  /** Seconds per measurement (after a warm-up of WARMUP seconds). */
+  duration: number;
+  /** Message sizes of the hop scenario. */
+  hopSizes?: number[];
+  object: string;
+  mrload: string;
+  cli: string;
+  progress: (line: string) => void;
+}
+
+export interface Sample {
+  scenario: string;
+  mode: string;
+  variant: string;
+  round: number;
+  metrics: Record<string, number>;
+  /** What the mode in force did during the measurement (counter deltas; see checks.ts). */
+  counters?: Counters;
+  /** Why the sample was rejected; absent when it is valid. Rejected samples stay in the JSON and
+   * out of the medians. */
+  invalid?: string[];
+}
+
+/** A mode that could not run here, with why (instead of a sample). */
+export interface Missing {
+  scenario: string;
+  mode: string;
+  reason: string;
+}
+
+export interface BenchResult {
+  samples: Sample[];
+  missing: Missing[];
+  env: Record<string, unknown>;
+}
+
+export const WARMUP = 0.3;
+export const HOP_SIZES = [64, 1024, 16384, 65536];
