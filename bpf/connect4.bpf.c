@@ -5,6 +5,7 @@
 SEC("cgroup/connect4")
 int mr_connect4(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_TASK(MR_HP_CONNECT4, 0);
 	int dns = mr_dns_connect(ctx, 0); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
 		return dns;

@@ -16,6 +16,7 @@ static __always_inline int mr_pass(struct bpf_sockopt *ctx)
 SEC("cgroup/getsockopt")
 int mr_getsockopt(struct bpf_sockopt *ctx)
 {
+	MR_PROF_TASK(MR_HP_GETSOCKOPT, ((__u32)ctx->level << 16) | (__u32)ctx->optname);
 	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
 		goto pass;
 	struct bpf_sock *sk = ctx->sk;

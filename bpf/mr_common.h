@@ -8,6 +8,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "mr_abi.h"
+#include "mr_prof.h"
 
 #define AF_INET 2
 #define AF_INET6 10

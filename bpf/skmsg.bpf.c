@@ -71,6 +71,7 @@ static __always_inline int mr_drained(struct tcp_sock *own, const struct mr_peer
 SEC("sk_msg")
 int mr_skmsg(struct sk_msg_md *msg)
 {
+	MR_PROF_SK(MR_HP_SKMSG, 0, msg->sk);
 	struct bpf_sock *sk = msg->sk;
 	if (!sk)
 		return SK_PASS;

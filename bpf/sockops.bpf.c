@@ -196,6 +196,7 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops, const int fa
 
 static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int fast)
 {
+	MR_PROF_SOCKOPS(skops);
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		mr_on_connect(skops, fast);

@@ -91,7 +91,7 @@ async function timings(x: Run): Promise<void> {
             '--policies',
             dir,
             '--cgroup-root',
-            lab.cgRoot,
+            x.attach,
             '--bpffs',
             bpffs,
             '--mode',

@@ -8,12 +8,14 @@ import { scale } from './scale.js';
 import { proxy } from './proxy.js';
 import { hop } from './hop.js';
 import { control } from './control.js';
+import { hooks } from './hookbench.js';
 
 export const SCENARIOS = {
   crr,
   scale,
   proxy,
   hop,
+  hooks,
   control,
 } satisfies Record<string, ScenarioDef>;
 

@@ -71,12 +71,6 @@ export class BpfObject {
     return p;
   }
 
-  /** Before load: a tracing program's target (a program of another object, by fd, and its name). */
-  setAttachTarget(prog: string, targetFd: number, targetName: string): void {
-    const r: number = lib.bpf_program__set_attach_target(this.programPtr(prog), targetFd, targetName);
-    if (r < 0) throw new BpfError(`set the target of ${prog} to ${targetName}`, 'bpf_program__set_attach_target', r);
-  }
-
   /** After load: whether the map was created (see exclude). */
   hasMap(name: string): boolean {
     return this.loaded && lib.bpf_map__fd(this.mapPtr(name)) >= 0;
