@@ -343,9 +343,10 @@ kernelDescribe('node agent', () => {
       '-o',
       join(out, 'connect4.bpf.o'),
     ]);
-    const others = readdirSync(build)
-      .filter((n) => n.endsWith('.bpf.o') && n !== 'connect4.bpf.o' && n !== 'meshredir.bpf.o')
-      .map((n) => join(build, n));
+    // The object's parts are those of bpf/*.bpf.c (build/ also holds test and profiling objects).
+    const others = readdirSync(join(env.rootDir, 'bpf'))
+      .filter((n) => n.endsWith('.bpf.c') && n !== 'connect4.bpf.c')
+      .map((n) => join(build, n.replace(/\.c$/, '.o')));
     sh('bpftool', ['gen', 'object', join(out, 'variant.bpf.o'), join(out, 'connect4.bpf.o'), ...others]);
     try {
       a = await startAgent(['--object', join(out, 'variant.bpf.o')]);
