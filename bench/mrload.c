@@ -95,7 +95,7 @@ static void conn_events(int efd, struct conn *c, unsigned ev)
 	epoll_ctl(efd, EPOLL_CTL_MOD, c->fd, &e);
 }
 
-static int run_server(const char *ep, int sink)
+static int run_server(const char *ep, int sink, int transparent)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -105,6 +105,13 @@ static int run_server(const char *ep, int sink)
 	}
 	int l = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
 	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* The inbound bench's proxy: TPROXY hands connections only to a transparent listener. */
+	if (transparent &&
+	    (ss.ss_family == AF_INET ? setsockopt(l, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))
+				     : setsockopt(l, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))) < 0) {
+		perror("mrload: IP_TRANSPARENT");
+		return 1;
+	}
 	if (bind(l, (struct sockaddr *)&ss, len) < 0 || listen(l, 4096) < 0) {
 		perror("mrload: bind/listen");
 		return 1;
@@ -489,9 +496,9 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 	if (argc >= 3 && !strcmp(argv[1], "server"))
-		return run_server(argv[2], 0);
+		return run_server(argv[2], 0, argc >= 4 && !strcmp(argv[3], "transparent"));
 	if (argc >= 3 && !strcmp(argv[1], "sink"))
-		return run_server(argv[2], 1);
+		return run_server(argv[2], 1, 0);
 	if (argc >= 3 && !strcmp(argv[1], "client")) {
 		/* client ADDR:PORT crr|rr|stream CONCURRENCY DURATION WARMUP SIZE */
 		const char *m = argc > 3 ? argv[3] : "crr";
@@ -505,7 +512,7 @@ int main(int argc, char **argv)
 		int size = argc > 7 ? atoi(argv[7]) : 1;
 		return run_client(argv[2], kind, conc, dur, warm, size);
 	}
-	fprintf(stderr, "usage: mrload server ADDR:PORT | mrload sink ADDR:PORT |\n"
+	fprintf(stderr, "usage: mrload server ADDR:PORT [transparent] | mrload sink ADDR:PORT |\n"
 			"       mrload client ADDR:PORT crr|rr|stream CONC DURATION WARMUP SIZE\n");
 	return 2;
 }

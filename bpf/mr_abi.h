@@ -334,6 +334,7 @@ struct mr_dns_stats {
 	__u64 bypass_owner;  /* port 53 from a bypass uid/gid */
 	__u64 bypass_dest;   /* port 53 to a destination not captured (not listed, proxy itself, family) */
 	__u64 err_full;      /* mr_dns_socks full (or no memory): the call failed with EPERM (fail closed) */
+	__u64 bypass_mark;   /* port 53 from a socket with a bypass mark (SO_MARK) */
 };
 
 /* One field per enum above. clang puts in BTF only the types that something emitted refers to, and

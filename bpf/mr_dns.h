@@ -58,9 +58,11 @@ static __always_inline int mr_dns_port(__u32 user_port)
 	return (__be16)user_port == bpf_htons(53);
 }
 
-/* Whether a port-53 query to d by the calling task is captured; sets *slot and *pol when it is. TCP
- * without MR_DNS_F_TCP is not decided here (nor counted): it follows the outbound decision. */
-static __always_inline int mr_dns_decide(const struct mr_dst *d, int tcp, __u32 *slot, struct mr_dns_policy **pol)
+/* Whether a port-53 query to d on socket sk by the calling task is captured; sets *slot and *pol when
+ * it is. TCP without MR_DNS_F_TCP is not decided here (nor counted): it follows the outbound decision.
+ * The bypass is the outbound decision's: cgroup, mark, uid/gid. */
+static __always_inline int mr_dns_decide(const struct bpf_sock *sk, const struct mr_dst *d, int tcp, __u32 *slot,
+					 struct mr_dns_policy **pol)
 {
 	struct mr_cg_entry *cg = mr_task_cgroup();
 	if (!cg)
@@ -82,6 +84,13 @@ static __always_inline int mr_dns_decide(const struct mr_dst *d, int tcp, __u32 
 	if (v4 ? (d->addr[0] == p->proxy4_addr && d->port == p->proxy4_port)
 	       : (d->port == p->proxy6_port && mr_eq6(d->addr, p->proxy6_addr))) {
 		MR_DNS_COUNT(s, bypass_dest);
+		return 0;
+	}
+	/* The policy's bypass marks, as the outbound decision reads them (a DNS-only policy has its
+	 * mr_policies entry too: the marks and flags live there). */
+	struct mr_policy *op = bpf_map_lookup_elem(&mr_policies, &s);
+	if (op && mr_mark_bypass(sk, op)) {
+		MR_DNS_COUNT(s, bypass_mark);
 		return 0;
 	}
 	__u64 ugid = bpf_get_current_uid_gid();
@@ -213,14 +222,15 @@ static __always_inline int mr_dns_connect(struct bpf_sock_addr *ctx, int v6)
 {
 	int udp = ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
 	int tcp = ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
-	if ((!udp && !tcp) || !ctx->sk)
+	struct bpf_sock *sk = ctx->sk;
+	if ((!udp && !tcp) || !sk)
 		return MR_DNS_NOT_MINE;
 	struct mr_dst d;
 	int mapped;
 	mr_dns_dst(ctx, v6, &d, &mapped);
 	__u32 slot = 0;
 	struct mr_dns_policy *p = 0;
-	if (!mr_dns_port(ctx->user_port) || !mr_dns_decide(&d, tcp, &slot, &p) || !p) {
+	if (!mr_dns_port(ctx->user_port) || !mr_dns_decide(sk, &d, tcp, &slot, &p) || !p) {
 		/* A UDP socket connected again elsewhere: its peer is no longer the nameserver it asked. */
 		if (udp) {
 			__u64 cookie = bpf_get_socket_cookie(ctx);
@@ -243,14 +253,15 @@ static __always_inline int mr_dns_connect(struct bpf_sock_addr *ctx, int v6)
 /* sendmsg4/6: an unconnected sendto()/sendmsg() to a captured nameserver's port 53. */
 static __always_inline int mr_dns_sendmsg(struct bpf_sock_addr *ctx, int v6)
 {
-	if (!mr_dns_port(ctx->user_port) || ctx->type != SOCK_DGRAM || ctx->protocol != IPPROTO_UDP || !ctx->sk)
+	struct bpf_sock *sk = ctx->sk;
+	if (!mr_dns_port(ctx->user_port) || ctx->type != SOCK_DGRAM || ctx->protocol != IPPROTO_UDP || !sk)
 		return 1;
 	struct mr_dst d;
 	int mapped;
 	mr_dns_dst(ctx, v6, &d, &mapped);
 	__u32 slot = 0;
 	struct mr_dns_policy *p = 0;
-	if (!mr_dns_decide(&d, 0, &slot, &p) || !p)
+	if (!mr_dns_decide(sk, &d, 0, &slot, &p) || !p)
 		return 1;
 	if (!mr_dns_note(ctx, slot, &d, p, 0, 0))
 		return 0;

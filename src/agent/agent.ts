@@ -13,6 +13,9 @@ import { AgentLocks, heldBy } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 
+/** How often the mode's pulse is taken between reconciles. */
+const PULSE_MS = 1000;
+
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
   chosen: 'ebpf' | 'iptables';
@@ -74,6 +77,7 @@ export class Agent {
   private readonly sources: PolicySource[];
   private state?: AgentState;
   private timer?: NodeJS.Timeout;
+  private pulseTimer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
   private locks?: AgentLocks;
@@ -306,6 +310,18 @@ export class Agent {
         for (const s of this.sources) s.poll?.();
         void this.queue('interval');
       }, this.opts.interval * 1000);
+      // What the mode watches between reconciles (a proxy's listener closing or coming back) starts one at once.
+      if (this.mode.pulse) {
+        this.pulseTimer = setInterval(() => {
+          let why: string | null = null;
+          try {
+            why = this.mode.pulse!();
+          } catch (e) {
+            this.log.debug({ event: 'pulse_failed', err: e }, (e as Error).message);
+          }
+          if (why) void this.queue(why);
+        }, PULSE_MS);
+      }
       return first;
     } catch (e) {
       await this.endpoint?.close();
@@ -317,6 +333,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    clearInterval(this.pulseTimer);
     for (const s of this.sources) await s.stop();
     // A reconcile in progress finishes first; one that does not within the bound is given up on.
     let timer: NodeJS.Timeout | undefined;

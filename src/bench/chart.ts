@@ -5,9 +5,14 @@ import { BASELINE, type Row } from './report.js';
 
 function chartRow(r: Row): boolean {
   if (r.ratio === undefined) return false;
-  if (r.metric === 'rate') return !(r.scenario === 'hop'); // hop rr: its p50 is shown instead
+  if (r.metric === 'rate') return !(r.scenario === 'hop') && !(r.scenario === 'inbound' && r.variant.startsWith('rr')); // rr: its p50 is shown instead
   if (r.metric === 'mbytes_s') return true;
-  return r.metric === 'p50_us' && (r.scenario === 'hop' || (r.scenario === 'proxy' && r.variant === 'rr'));
+  return (
+    r.metric === 'p50_us' &&
+    (r.scenario === 'hop' ||
+      (r.scenario === 'proxy' && r.variant === 'rr') ||
+      (r.scenario === 'inbound' && r.variant.startsWith('rr')))
+  );
 }
 const METRIC_TITLE: Record<string, string> = {
   rate: 'rate',

@@ -23,12 +23,19 @@ export interface Row {
   ratio?: number;
 }
 
-export const BASELINE: Record<string, string> = { crr: 'direct', scale: 'iptables', proxy: 'direct', hop: 'ebpf' };
+export const BASELINE: Record<string, string> = {
+  crr: 'direct',
+  scale: 'iptables',
+  proxy: 'direct',
+  hop: 'ebpf',
+  inbound: 'direct',
+};
 const MAIN: Record<string, string[]> = {
   crr: ['rate', 'p50_us', 'p99_us'],
   scale: ['rate', 'p50_us', 'p99_us'],
   proxy: ['rate', 'p50_us', 'p99_us'],
   hop: ['rate', 'p50_us', 'p99_us', 'mbytes_s', 'e2e_mbytes_s', 'drain_ms'],
+  inbound: ['rate', 'p50_us', 'p99_us'],
   control: ['ms', 'mib', 'writes'],
   hooks: ['ns_total'],
 };

@@ -7,6 +7,7 @@ import { crr } from './crr.js';
 import { scale } from './scale.js';
 import { proxy } from './proxy.js';
 import { hop } from './hop.js';
+import { inbound } from './inbound-scenario.js';
 import { control } from './control.js';
 import { hooks } from './hookbench.js';
 
@@ -16,6 +17,7 @@ export const SCENARIOS = {
   proxy,
   hop,
   hooks,
+  inbound,
   control,
 } satisfies Record<string, ScenarioDef>;
 

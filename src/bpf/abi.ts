@@ -177,6 +177,7 @@ export const DNS_STAT_FIELDS = [
   'bypass_owner',
   'bypass_dest',
   'err_full',
+  'bypass_mark',
 ] as const;
 export type DnsStatName = (typeof DNS_STAT_FIELDS)[number];
 export const dnsStatsValue = struct(
@@ -243,8 +244,8 @@ export const POLICY_MAPS = [
   'mr_cidrs',
   'mr_slots',
 ] as const;
-// ---- Inbound (sk_lookup): bpf/mr_inbound.h. Kept apart from MAPS/PROGRAMS, which the outbound
-// attach path walks (its programs all attach to the cgroup root); the inbound part owns these. ----
+// ---- Inbound (sk_lookup): bpf/mr_inbound.h. Kept apart from MAPS, whose whole content the outbound
+// part writes; the inbound part (src/modes/ebpf/inbound*.ts) owns these. ----
 export const inAddrKey = struct('mr_in_addr_key', { family: 'u32', addr: { bytes: 16 } });
 export const inDest = struct('mr_in_dest', { slot: 'u32', flags: 'u32' });
 export const inSockKey = struct('mr_in_sock_key', { slot: 'u32', family: 'u32' });
@@ -273,10 +274,9 @@ export const INBOUND_MAPS = {
   mr_in_stats: { key: u32, value: inStatsValue },
 } as const;
 export type InboundMapName = keyof typeof INBOUND_MAPS;
-/** mr_sklookup attaches to each pod's netns; mr_in_origdst to the cgroup root, after mr_getsockopt. */
+/** mr_sklookup attaches to each pod's netns (mr_in_origdst, at the cgroup root, is in PROGRAMS). */
 export const INBOUND_PROGRAMS = {
   mr_sklookup: { attach: 'sk_lookup' },
-  mr_in_origdst: { attach: 'cgroup/getsockopt' },
 } as const;
 
 export const STRUCT_CODECS = [
@@ -314,9 +314,15 @@ export const STRUCT_CODECS = [
 export const PROGRAMS = {
   mr_sockops: { attach: 'sockops' },
   mr_getsockopt: { attach: 'cgroup/getsockopt' },
+  // Inbound: SO_ORIGINAL_DST of sockets accepted from a registered listener, after outbound's answer.
+  // Inert without such sockets, so always attached.
+  mr_in_origdst: { attach: 'cgroup/getsockopt' },
   mr_setsockopt: { attach: 'cgroup/setsockopt' },
   mr_getpeername4: { attach: 'cgroup/getpeername4' },
   mr_getpeername6: { attach: 'cgroup/getpeername6' },
+  // DNS capture (optional: a kernel without these hooks keeps the rest), in DNS_PROGRAMS's order, after
+  // getpeername and before the connect hooks, which capture UDP connects to port 53 too.
+  ...DNS_PROGRAMS,
   mr_skmsg: { attach: 'sk_msg' }, // on mr_sockhash, not a cgroup
   mr_connect4: { attach: 'cgroup/connect4' },
   mr_connect6: { attach: 'cgroup/connect6' },
@@ -334,4 +340,16 @@ export const programFor = (link: ProgramName, fast: boolean): string =>
 /** Programs that redirect, and what must be attached before them. */
 export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
 export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];
+/**
+ * Programs a kernel may lack without losing the eBPF mode (their feature is then off, and status says
+ * so): the fast path's sk_msg, and DNS capture's own hooks.
+ */
+export const OPTIONAL_PROGRAMS: readonly ProgramName[] = [
+  'mr_skmsg',
+  ...(Object.keys(DNS_PROGRAMS) as DnsProgramName[]),
+];
+/** What DNS capture needs attached before its entries are written (connect4/6 capture UDP connects as soon
+ * as mr_dns_pol has an entry): the release hook (no entry without its deletion) and recvmsg (no reply
+ * shown as from the proxy). sendmsg is attached only after them. */
+export const DNS_NEEDS: readonly DnsProgramName[] = ['mr_dns_release', 'mr_dns_recv4', 'mr_dns_recv6'];
 export type ProgramName = keyof typeof PROGRAMS;

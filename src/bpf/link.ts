@@ -22,6 +22,7 @@ const BPF_LINK_TYPE_CGROUP = 3;
 export const BPF_LINK_TYPE_NETNS = 5;
 export const BPF_LINK_TYPE_SOCKMAP = 14;
 const BPF_SK_MSG_VERDICT = 7;
+const BPF_SK_LOOKUP = 36;
 
 export function linkInfoByFd(fd: number, what: string): LinkInfo {
   const buf = Buffer.alloc(64);
@@ -115,6 +116,19 @@ export class Link {
       if (r < 0) throw new BpfError(`pin link ${prog.name} at ${pinPath}`, 'bpf_obj_pin', r);
     } finally {
       c.close(fd);
+    }
+  }
+
+  /** Attaches a (pinned, loaded earlier) sk_lookup program by fd to a network namespace by fd, pins the
+   * link and lets go of it: the pin keeps it attached. */
+  static attachNetnsPinned(progFd: number, netnsFd: number, pinPath: string, label: string): void {
+    const fd: number = lib.bpf_link_create(progFd, netnsFd, BPF_SK_LOOKUP, NULL);
+    if (fd < 0) throw new BpfError(`attach mr_sklookup to netns ${label}`, 'bpf_link_create', fd);
+    try {
+      const r: number = lib.bpf_obj_pin(fd, pinPath);
+      if (r < 0) throw new BpfError(`pin link of netns ${label} at ${pinPath}`, 'bpf_obj_pin', r);
+    } finally {
+      c.close(fd); // pinned: attached until unpinned; unpinned (a failed pin): detached with this close
     }
   }
 

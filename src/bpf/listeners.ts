@@ -37,6 +37,20 @@ export function parseTcpTable(text: string, family: 4 | 6): TableListener[] {
   return out;
 }
 
+/** The listeners of /proc/net/tcp and tcp6 texts one after the other (as `cat` of both prints them): the
+ * family of each row is told by the length of its address. */
+export function parseTcpTables(text: string): TableListener[] {
+  const out: TableListener[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || !/^[0-9A-F]+:[0-9A-F]{4}$/i.test(f[1]!) || parseInt(f[3]!, 16) !== TCP_LISTEN) continue;
+    const [addr = '', port = ''] = f[1]!.split(':');
+    const family = addr.length === 32 ? 6 : 4;
+    out.push({ family, bytes: hexAddr(addr), port: parseInt(port, 16), inode: Number(f[9]) });
+  }
+  return out;
+}
+
 /** The TCP listeners of the netns that process `pid` is in (its /proc/PID/net/tcp and tcp6). */
 export function tableListeners(pid: number): TableListener[] {
   const out: TableListener[] = [];
@@ -88,12 +102,14 @@ export interface FoundListener extends TableListener {
  * `ownerPids` (the proxy's processes; a node proxy's listener opened in the pod netns is found too).
  */
 export function findListeners(o: {
-  tablePid: number;
+  tablePid?: number;
+  /** The table itself, when it was read otherwise (e.g. inside the netns). */
+  table?: TableListener[];
   ownerPids: number[];
   port: number;
   address?: number[];
 }): FoundListener[] {
-  const want = tableListeners(o.tablePid).filter(
+  const want = (o.table ?? tableListeners(o.tablePid!)).filter(
     (l) =>
       l.port === o.port &&
       (!o.address || sameAddr(l.bytes, o.address) || l.bytes.every((b) => b === 0)) &&
@@ -130,6 +146,7 @@ export function takeFd(pid: number, fd: number): number {
 }
 
 const SOL_SOCKET = 1;
+const SO_REUSEPORT = 15;
 const SO_ACCEPTCONN = 30;
 const SO_PROTOCOL = 38;
 const SO_DOMAIN = 39;
@@ -138,6 +155,9 @@ const SO_NETNS_COOKIE = 71;
 const IPPROTO_IPV6 = 41;
 const IPV6_V6ONLY = 26;
 const SIOCGSKNS = 0x894c;
+const SOL_IP = 0;
+const IP_TRANSPARENT = 19;
+const IPV6_TRANSPARENT = 75;
 
 function sockopt(fd: number, level: number, name: number, size: 4 | 8): bigint {
   const v = Buffer.alloc(size);
@@ -158,6 +178,10 @@ export interface SocketFacts {
   family: 4 | 6;
   /** IPv6 sockets: whether IPv4 connections are refused (a dual-stack socket takes both). */
   v6only: boolean;
+  /** IP_TRANSPARENT (IPV6_TRANSPARENT): what TPROXY needs of its listener. */
+  transparent: boolean;
+  /** SO_REUSEPORT: one of a group (the kernel's selection runs over the group it is assigned from). */
+  reuseport: boolean;
   local: { bytes: number[]; port: number };
 }
 
@@ -190,6 +214,11 @@ export function socketFacts(fd: number): SocketFacts {
     tcp: sockopt(fd, SOL_SOCKET, SO_PROTOCOL, 4) === 6n,
     family,
     v6only: family === 6 && sockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 4) === 1n,
+    transparent:
+      family === 4
+        ? sockopt(fd, SOL_IP, IP_TRANSPARENT, 4) === 1n
+        : sockopt(fd, IPPROTO_IPV6, IPV6_TRANSPARENT, 4) === 1n,
+    reuseport: sockopt(fd, SOL_SOCKET, SO_REUSEPORT, 4) === 1n,
     local,
   };
 }

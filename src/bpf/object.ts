@@ -121,6 +121,15 @@ export class BpfObject {
     this.loaded = true;
   }
 
+  /** Before load: whether libbpf loads this program (off: the rest of the object loads without it, e.g. a
+   * program whose hook this kernel lacks, which would otherwise fail the whole object). */
+  setAutoload(name: string, on: boolean): void {
+    const p: Ptr = lib.bpf_object__find_program_by_name(this.handle, name);
+    if (isNull(p)) throw new Error(`BPF object ${this.path}: no program ${name}`);
+    const r: number = lib.bpf_program__set_autoload(p, on);
+    if (r < 0) throw new BpfError(`set autoload of ${name}`, 'bpf_program__set_autoload', r);
+  }
+
   program(name: string): Program {
     const p: Ptr = lib.bpf_object__find_program_by_name(this.handle, name);
     if (isNull(p)) throw new Error(`BPF object ${this.path}: no program ${name}`);

@@ -45,6 +45,18 @@ export const COMMON = {
     help: 'Outbound TCP connections of the policy left to go direct, by reason.',
     labelNames: ['policy', 'reason'],
   },
+  inboundRedirected: {
+    name: 'meshredir_inbound_connections_redirected_total',
+    type: 'counter',
+    help: "Inbound TCP connections of the policy's pod delivered to its inbound proxy (eBPF: steered to its listener by sk_lookup; iptables: REDIRECT or TPROXY).",
+    labelNames: ['policy'],
+  },
+  inboundBypassed: {
+    name: 'meshredir_inbound_connections_bypassed_total',
+    type: 'counter',
+    help: "Inbound TCP connections of the policy's pod left to go to the application, by reason.",
+    labelNames: ['policy', 'reason'],
+  },
 } as const satisfies Record<string, FamilyDef>;
 
 /** Families keyed by name, samples appended in order; label names checked on every add. */

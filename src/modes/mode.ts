@@ -105,6 +105,8 @@ export interface VerifyRequest {
   cgroup: string;
   netns?: string;
   dest?: string;
+  /** Check DNS capture's chain (spec.dns) instead of the outbound one. */
+  dns?: boolean;
 }
 
 export interface VerifyStep {
@@ -145,6 +147,11 @@ export interface Mode {
   verify(req: VerifyRequest): Promise<VerifyStep[]>;
   /** Removes everything the mode made. Idempotent. */
   cleanup(opts: { force?: boolean }): CleanupReport;
+  /**
+   * A cheap look between reconciles, which the agent takes every second: a reason to reconcile now, or
+   * null. (eBPF inbound: a registered proxy listener closed, a listener appeared, a pod's netns went.)
+   */
+  pulse?(): string | null;
   /** Its counters and gauges, read now from where they are kept (the agent's /metrics). */
   metrics(): MetricFamily[];
   /** Programs attached (eBPF), rules applied (iptables). */

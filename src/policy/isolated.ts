@@ -49,6 +49,30 @@ export async function parseIsolated(
   return out;
 }
 
+const workerOptions = (o: ParseLimits) => ({
+  resourceLimits: { maxOldGenerationSizeMb: o.heapMb, maxYoungGenerationSizeMb: 16, stackSizeMb: 4 },
+});
+
+/** A worker started ahead of need (its own start and imports take ~150 ms), for the next parse. */
+let spare: Worker | null = null;
+
+/**
+ * Starts a parser worker now, so that the first parse does not wait for one to boot: the agent calls it
+ * before it loads its mode, and the worker's start overlaps the load. Used once, by the next parse with
+ * the default limits; unref'd, so it keeps nobody alive.
+ */
+export function prestartParser(): void {
+  if (spare || !existsSync(script)) return;
+  const w = new Worker(script, workerOptions({ heapMb: PARSE_HEAP_MB, timeoutMs: PARSE_TIMEOUT_MS }));
+  w.unref();
+  // One that fails before it is used is dropped; the parse then starts its own.
+  w.on('error', () => undefined);
+  w.once('exit', () => {
+    if (spare === w) spare = null;
+  });
+  spare = w;
+}
+
 /** One worker over the items until it is done or fails on one (the results before it are kept). */
 function runWorker(
   items: { file: string; text: string }[],
@@ -57,10 +81,13 @@ function runWorker(
   return new Promise((resolve) => {
     const results: FileResult[] = [];
     let settled = false;
-    const w = new Worker(script, {
-      workerData: items,
-      resourceLimits: { maxOldGenerationSizeMb: o.heapMb, maxYoungGenerationSizeMb: 16, stackSizeMb: 4 },
-    });
+    let w: Worker;
+    if (spare && o.heapMb === PARSE_HEAP_MB) {
+      w = spare;
+      spare = null;
+      w.ref();
+      w.postMessage(items);
+    } else w = new Worker(script, { workerData: items, ...workerOptions(o) });
     const done = (failed?: string) => {
       if (settled) return;
       settled = true;

@@ -40,6 +40,8 @@ export const LIMITS = {
   bypassCgroups: 256,
   /** inbound.excludePorts (iptables rules only). */
   inboundPorts: 16_384,
+  /** dns.nameservers of one policy: mr_dns_ns holds 65,536, room for 16 for each of 4,095 policies. */
+  nameservers: 16,
 } as const;
 
 const n = (x: number) => x.toLocaleString('en-US');
@@ -49,6 +51,7 @@ interface SpecCounts {
   proxy: { bypass: { cgroups: unknown[]; uids: unknown[]; gids: unknown[] } };
   outbound: { includePorts: unknown[]; excludePorts: unknown[]; includeCidrs: unknown[]; excludeCidrs: unknown[] };
   inbound: { excludePorts: unknown[] };
+  dns?: { nameservers: unknown[] } | undefined;
 }
 
 /** Entries per policy, checked inside the schema (so `policy check` and the agent refuse alike). */
@@ -83,6 +86,13 @@ export function checkEntryLimits(spec: SpecCounts, ctx: z.RefinementCtx): void {
   );
   over(['proxy', 'bypass', 'cgroups'], b.cgroups.length, LIMITS.bypassCgroups, 'bypass cgroups');
   over(['inbound', 'excludePorts'], spec.inbound.excludePorts.length, LIMITS.inboundPorts, 'inbound ports');
+  if (spec.dns)
+    over(
+      ['dns', 'nameservers'],
+      spec.dns.nameservers.length,
+      LIMITS.nameservers,
+      'nameservers (resolv.conf uses at most 3; or all: true)',
+    );
 }
 
 /** For messages: "4 MiB". */

@@ -1,6 +1,6 @@
 // socket.ts — the few raw socket and namespace calls Node has no API for (setns, TCP_REPAIR, netns
 // cookie), typed, on the libc declarations of libbpf.ts; errors name the call and the errno.
-import { openSync, closeSync } from 'node:fs';
+import { openSync, closeSync, readlinkSync } from 'node:fs';
 import ipaddr from 'ipaddr.js';
 import { c, errno } from './libbpf.js';
 import { errnoName } from './errno.js';
@@ -13,6 +13,8 @@ const SO_NETNS_COOKIE = 71;
 const SOL_TCP = 6;
 const TCP_REPAIR = 19;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+const SO_COOKIE = 57;
 
 export interface SockAddr {
   family: 4 | 6;
@@ -89,6 +91,59 @@ export function repairConnect<T>(
     if (c.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, cookie, clen) < 0)
       throw new Error(`getsockopt SO_NETNS_COOKIE: ${errnoName(errno())}`);
     const result = { connect: 'ok', local, peer, netnsCookie: cookie.readBigUInt64LE(0) };
+    return { result, seen: whileOpen(result) };
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** What a connect() that sends nothing saw: the addresses, the socket's cookie and inode. */
+export interface QuietConnect {
+  /** "ok" or the errno name connect() failed with. */
+  connect: string;
+  local?: SockAddr;
+  /** What getpeername() answers (a hook may rewrite it). */
+  peer?: SockAddr;
+  cookie?: bigint;
+  /** The socket's inode (its line in /proc/<pid>/net/{udp,tcp}{,6} shows the real peer). */
+  inode?: number;
+}
+
+/**
+ * A connect() that sends no packet: UDP (a connect only sets the peer), or TCP in TCP_REPAIR mode. The
+ * cgroup hooks run as for any connect. `whileOpen` runs before the socket is closed.
+ */
+export function quietConnect<T>(
+  dest: { family: 4 | 6; bytes: number[]; port: number },
+  proto: 'udp' | 'tcp',
+  whileOpen: (r: Required<QuietConnect>) => T,
+): { result: QuietConnect; seen?: T } {
+  const fd: number = c.socket(dest.family === 4 ? AF_INET : AF_INET6, proto === 'udp' ? SOCK_DGRAM : SOCK_STREAM, 0);
+  if (fd < 0) throw new Error(`socket: ${errnoName(errno())}`);
+  try {
+    if (proto === 'tcp') {
+      const one = Buffer.alloc(4);
+      one.writeInt32LE(1);
+      if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
+        throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
+    }
+    const sa = encode(dest);
+    if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
+    const buf = Buffer.alloc(28);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(28);
+    if (c.getsockname(fd, buf, len) < 0) throw new Error(`getsockname: ${errnoName(errno())}`);
+    const local = decode(buf);
+    len.writeUInt32LE(28);
+    if (c.getpeername(fd, buf, len) < 0) throw new Error(`getpeername: ${errnoName(errno())}`);
+    const peer = decode(buf);
+    const cookie = Buffer.alloc(8);
+    const clen = Buffer.alloc(4);
+    clen.writeUInt32LE(8);
+    if (c.getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, clen) < 0)
+      throw new Error(`getsockopt SO_COOKIE: ${errnoName(errno())}`);
+    const inode = Number(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1] ?? -1);
+    const result = { connect: 'ok', local, peer, cookie: cookie.readBigUInt64LE(0), inode };
     return { result, seen: whileOpen(result) };
   } finally {
     c.close(fd);

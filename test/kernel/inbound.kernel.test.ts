@@ -1,64 +1,90 @@
-// inbound.kernel.test.ts — inbound interception with sk_lookup end to end: a pod's incoming connections
-// land on an unmodified HAProxy (a sidecar in the pod netns, and a node proxy that opens its listener
-// in the pod netns), no NAT, the client's own address seen by the proxy; driven by the minimal loader
-// of inbound-lab.ts (the agent integration comes later).
+// inbound.kernel.test.ts — inbound interception in eBPF mode, driven by the real agent: a pod's incoming
+// connections land on an unmodified HAProxy (a sidecar in the pod netns, and a node proxy that opens its
+// listeners in the pod netns), no NAT, the client's own address seen by the proxy; the listener taken with
+// pidfd_getfd and registered, re-registered when the proxy restarts (the agent's pulse), reject and pass
+// without it, verify/status/dry-run, re-adoption after a restart, the link moved with the netns, and
+// everything collected when the pod's netns goes away.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
-import { InboundLab } from './inbound-lab.js';
-import type { InboundSpec } from '../../src/policy/inbound.js';
-import { parseCidr, type Cidr } from '../../src/policy/addr.js';
-import { AF_INET, AF_INET6 } from '../../src/bpf/abi.js';
+import { Pins } from '../../src/modes/ebpf/pins.js';
 import { findListeners, takeFd } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';
+import type { InboundPolicyStatus } from '../../src/modes/ebpf/inbound-status.js';
 
 const B4 = '10.200.0.12';
 const B6 = 'fd00:200::12';
 const C4 = '10.200.0.13';
-const SLOT_B = 1;
-const SLOT_C = 2;
+const D4 = '10.200.0.14';
 const HIGH = 20000 + Math.floor(Math.random() * 20000);
 
-kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
+kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', () => {
   let env: Env;
-  let lab: InboundLab;
-  let node: string, podA: string, podB: string, podC: string;
-  let cgA: string, cgProxyB: string, cgNodeProxy: string;
+  let dir: string;
+  let agent: Proc;
+  let node: string, podA: string, podB: string, podC: string, podD: string;
+  let cgA: string, cgB: string, cgProxyB: string, cgAppB: string, cgC: string, cgNodeProxy: string;
   let haproxyB: Proc;
-  let appC: Proc;
   const appsB: Proc[] = [];
-  const cfgs: string[] = [];
+  let appC: Proc;
 
-  const specB = (over: Partial<InboundSpec> = {}): InboundSpec => ({
-    slot: SLOT_B,
-    name: 'pod-b',
-    addresses: [
-      { family: 4, bytes: [10, 200, 0, 12] },
-      { family: 6, bytes: [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12] },
-    ],
-    includePorts: [],
-    excludePorts: [9090],
-    bypassSources: [],
-    whenNoProxy: 'reject',
-    ...over,
-  });
-  const specC = (over: Partial<InboundSpec> = {}): InboundSpec => ({
-    slot: SLOT_C,
-    name: 'pod-c',
-    addresses: [{ family: 4, bytes: [10, 200, 0, 13] }],
-    includePorts: [],
-    excludePorts: [],
-    bypassSources: [parseCidr('10.200.0.1/32') as Cidr], // the node proxy's own address
-    whenNoProxy: 'reject',
-    ...over,
-  });
+  const logged = (p: Proc) => p.out.split('\n').filter((l) => l.startsWith('conn '));
+  const logs = (p: Proc) =>
+    p.err
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const connect = (host: string, port: number) => env.client(podA, cgA, ['connect', host, String(port)]);
+  const status = async () =>
+    JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as {
+      inbound: InboundPolicyStatus[];
+      links: { name: string }[];
+    };
+  const inb = async (name: string) => (await status()).inbound.find((p) => p.policy === name);
+  /** Polls until `ok`; the value it accepted (a status the predicate found, so not undefined where it looked). */
+  const until = async <T>(
+    get: () => Promise<T>,
+    ok: (x: T) => boolean,
+    what: string,
+    ms = 10_000,
+  ): Promise<NonNullable<T>> => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const x = await get();
+      if (ok(x)) return x as NonNullable<T>;
+      if (Date.now() > end) throw new Error(`${what}: not after ${ms} ms: ${JSON.stringify(x)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const delta = (a: InboundPolicyStatus, b: InboundPolicyStatus) =>
+    Object.fromEntries(Object.entries(b.counters).map(([k, v]) => [k, v - a.counters[k as keyof typeof a.counters]]));
+
+  /** A policy file (JSON is YAML); rewriting one makes the agent reconcile. */
+  const policy = (name: string, spec: Record<string, unknown>) =>
+    writeFileSync(
+      join(dir, `${name}.yaml`),
+      JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2),
+    );
+  const podBPolicy = (inbound: Record<string, unknown> = {}, port: number | string = 15006) =>
+    policy('pod-b', {
+      cgroup: cgB,
+      proxy: { inbound: port, bypass: { cgroups: [cgProxyB] } },
+      inbound: { excludePorts: [9090], ...inbound },
+    });
+  const podCPolicy = (netns: string, port: number) =>
+    policy('pod-c', {
+      cgroup: cgC,
+      netns: `/run/netns/${netns}`,
+      proxy: { inbound: port, bypass: { cgroups: [cgNodeProxy] } },
+      inbound: { bypassSources: ['10.200.0.1/32'] }, // the node proxy's own address, to the app from the node
+    });
 
   /** HAProxy in tcp mode, logging "conn <client ip> <client port> <frontend ip> <frontend port>". */
   async function haproxy(ns: string, cg: string, lines: string[], port: number, waitNs = ns): Promise<Proc> {
-    const cfg = `/tmp/meshredir-test-${env.id}-inbound-${port}-${cfgs.length}.cfg`;
-    cfgs.push(cfg);
-    writeFileSync(
-      cfg,
+    const cfg = env.tmpFile(
+      `inbound-${port}-${Date.now()}.cfg`,
       [
         'global',
         '  log stdout format raw local0',
@@ -91,68 +117,79 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
       ],
       15006,
     );
-  const registerB = (p: Proc, family: 4 | 6 = 4) =>
-    lab.registerFound({ slot: SLOT_B, tablePid: p.child.pid!, ownerPid: p.child.pid!, port: 15006, family, ns: podB });
-  const logged = (p: Proc) => p.out.split('\n').filter((l) => l.startsWith('conn '));
-  const connect = (host: string, port: number) => env.client(podA, cgA, ['connect', host, String(port)]);
+  /** The app: a test server in the pod's app cgroup (the pod keeps a process while its proxy restarts). */
+  async function app(ns: string, cg: string | null, host: string, port: number, name: string): Promise<Proc> {
+    const p = env.spawn(ns, cg, process.execPath, [join(env.toolsDir, 'server.mjs'), host, String(port), name]);
+    await waitFor(() => p.out.includes('ready'), `app ${name}`, p);
+    return p;
+  }
 
   beforeAll(async () => {
     env = new Env();
+    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-inbound-'));
     node = env.netns('node');
     podA = env.netns('a');
     podB = env.netns('b');
     podC = env.netns('c');
+    podD = env.netns('d');
     env.bridge(node, 'br0', ['10.200.0.1/24', 'fd00:200::1/64']);
     env.plug(node, 'br0', podA, ['10.200.0.11/24', 'fd00:200::11/64']);
     env.plug(node, 'br0', podB, [`${B4}/24`, `${B6}/64`]);
     env.plug(node, 'br0', podC, [`${C4}/24`]);
+    env.plug(node, 'br0', podD, [`${D4}/24`]);
     cgA = env.cgroup('pod-a');
-    env.cgroup('pod-b');
+    cgB = env.cgroup('pod-b');
     cgProxyB = env.cgroup('pod-b/proxy');
+    cgAppB = env.cgroup('pod-b/app');
+    cgC = env.cgroup('pod-c');
     cgNodeProxy = env.cgroup('node-proxy');
-    appsB.push(await env.server(podB, B4, 8080, 'app-b'));
-    appsB.push(await env.server(podB, B4, HIGH, 'app-b-high'));
-    appsB.push(await env.server(podB, B4, 9090, 'app-b-9090'));
-    appsB.push(await env.server(podB, B6, 8080, 'app-b6'));
-    appC = await env.server(podC, C4, 8080, 'app-c');
-
-    lab = new InboundLab(`/sys/fs/bpf/meshredir-test-${env.id}-inbound`);
-    lab.attachOrigdst(env.cgRootDir);
-    lab.attach(podB);
-    lab.attach(podC);
-    expect(lab.apply([specB(), specC()])).toEqual([]);
+    appsB.push(await app(podB, cgAppB, B4, 8080, 'app-b'));
+    appsB.push(await app(podB, cgAppB, B4, HIGH, 'app-b-high'));
+    appsB.push(await app(podB, cgAppB, B4, 9090, 'app-b-9090'));
+    appsB.push(await app(podB, cgAppB, B6, 8080, 'app-b6'));
+    appC = await app(podC, null, C4, 8080, 'app-c');
     haproxyB = await sidecar();
+    podBPolicy();
+    agent = await env.agent(dir);
+    await until(
+      () => inb('pod-b'),
+      (p) => Boolean(p?.listeners.ipv4 && p.listeners.ipv6),
+      'pod-b registered',
+    );
   });
 
   afterAll(async () => {
-    let labError: unknown;
-    try {
-      lab?.close();
-    } catch (e) {
-      labError = e;
-    }
+    if (agent) await env.stop(agent);
     const problems = await env?.teardown();
-    for (const f of cfgs) rmSync(f, { force: true });
-    expect(labError).toBeUndefined();
+    rmSync(dir, { recursive: true, force: true });
     expect(problems).toEqual([]);
   });
 
-  it("takes an unmodified HAProxy's listener with pidfd_getfd; the copy is closed, only HAProxy holds it", () => {
-    const facts = registerB(haproxyB, 4);
-    registerB(haproxyB, 6);
-    expect(facts).toMatchObject({
-      listening: true,
-      tcp: true,
-      family: 4,
-      local: { bytes: [127, 0, 0, 1], port: 15006 },
-    });
-    expect(lab.socks.get({ slot: SLOT_B, family: AF_INET })).toBe(facts.cookie); // user space reads cookies back
+  /** One sample of the agent's /metrics: `name` with all of `labels` (label order free). */
+  const metric = async (name: string, labels: Record<string, string>): Promise<number> => {
+    const address = agent.err
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { event?: string; address?: string })
+      .find((l) => l.event === 'metrics')?.address;
+    const lines = (await (await fetch(`http://${address}/metrics`)).text())
+      .split('\n')
+      .filter((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+    expect(lines, `${name} ${JSON.stringify(labels)}`).toHaveLength(1);
+    return Number(lines[0]!.split(' ').pop());
+  };
+
+  it("registers an unmodified HAProxy's listeners (taken with pidfd_getfd; the copy closed: only HAProxy holds them)", async () => {
+    const s = (await inb('pod-b'))!;
+    expect(s.link).toMatchObject({ attached: true, netnsIno: statSync(`/run/netns/${podB}`).ino });
+    expect(s.addresses.sort()).toEqual([B4, B6].sort());
+    expect(s.whenNoProxy).toBe('reject');
     const users = sh('ip', ['netns', 'exec', podB, 'ss', '-Hltnp', 'sport = :15006']);
     expect(users.match(/pid=\d+/g)).toEqual([`pid=${haproxyB.child.pid}`, `pid=${haproxyB.child.pid}`]);
   });
 
   it("pod-b:8080 and a random high port reach HAProxy with the client's own address; the app answers", async () => {
-    const before = lab.counters(SLOT_B);
+    const before = (await inb('pod-b'))!;
     for (const port of [8080, HIGH]) {
       const r = await connect(B4, port);
       expect(r.ok, JSON.stringify(r)).toBe(true);
@@ -161,20 +198,30 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
       expect(r.peer).toEqual({ address: B4, port });
       await waitFor(() => logged(haproxyB).includes(`conn 10.200.0.11 ${r.local!.port} ${B4} ${port}`), 'log');
     }
-    const after = lab.counters(SLOT_B);
-    expect(after.intercepted - before.intercepted).toBe(2);
-    // HAProxy's own connections to the app (pod address → pod address) went straight to the app, once each.
-    expect(after.bypass_local - before.bypass_local).toBe(2);
-    // HAProxy asked SO_ORIGINAL_DST (SOL_IP) on each accepted socket and mr_in_origdst answered.
-    expect(after.origdst_served - before.origdst_served).toBe(2);
+    const d = delta(before, (await inb('pod-b'))!);
+    expect(d.intercepted).toBe(2);
+    // HAProxy's own connections to the app (pod address → pod address) went straight to it, once each: no loop.
+    expect(d.bypass_local).toBe(2);
+    // HAProxy asked SO_ORIGINAL_DST on each accepted socket, and mr_in_origdst answered.
+    expect(d.origdst_served).toBe(2);
     expect(logged(haproxyB)).toHaveLength(2);
+    // The agent's /metrics reads the same counters (mr_in_stats) and the registration.
+    const now = (await inb('pod-b'))!;
+    const pod = { policy: 'pod-b' };
+    expect(await metric('meshredir_inbound_connections_redirected_total', pod)).toBe(now.counters.intercepted);
+    expect(await metric('meshredir_inbound_connections_bypassed_total', { ...pod, reason: 'loopback' })).toBe(
+      now.counters.bypass_local,
+    );
+    expect(await metric('meshredir_inbound_original_destinations_served_total', pod)).toBe(now.counters.origdst_served);
+    expect(await metric('meshredir_inbound_listener_registered', { ...pod, family: 'ipv4' })).toBe(1);
+    expect(await metric('meshredir_inbound_listener_registered', { ...pod, family: 'ipv6' })).toBe(1);
   });
 
   it('an excluded port goes straight to the app', async () => {
-    const before = lab.counters(SLOT_B);
+    const before = (await inb('pod-b'))!;
     const r = await connect(B4, 9090);
     expect(r.data).toMatch(/^app-b-9090 10\.200\.0\.11 \d+$/);
-    expect(lab.counters(SLOT_B).bypass_port - before.bypass_port).toBe(1);
+    expect(delta(before, (await inb('pod-b'))!).bypass_port).toBe(1);
     expect(logged(haproxyB)).toHaveLength(2);
   });
 
@@ -194,6 +241,69 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
       ).toEqual([]);
   });
 
+  it('verify checks the inbound chain with BPF_PROG_TEST_RUN against the live listener (no packet)', async () => {
+    const p = env.cli(['verify', '--json', '--bpffs', env.bpffs, '--cgroup', cgB]);
+    expect(await p.exited, p.err).toBe(0);
+    const v = JSON.parse(p.out) as { ok: boolean; steps: { step: string; ok: boolean; detail: string }[] };
+    expect(v.steps.map((s) => s.step)).toEqual([
+      'cgroup',
+      'attached',
+      'policy',
+      'inbound link',
+      'inbound addresses',
+      'inbound listener',
+      'inbound test run',
+      'inbound excluded port',
+    ]);
+    expect(v.ok, JSON.stringify(v.steps)).toBe(true);
+    expect(v.steps.find((s) => s.step === 'inbound listener')!.detail).toMatch(
+      new RegExp(`IPv4: cookie \\d+, pid ${haproxyB.child.pid} fd \\d+ \\(127\\.0\\.0\\.1:15006\\)`),
+    );
+    expect(v.steps.find((s) => s.step === 'inbound test run')!.detail).toMatch(
+      /192\.0\.2\.1:40000 → 10\.200\.0\.12:8080/,
+    );
+    const text = await env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+    expect(text).toMatch(/pod-b\s.*netns:\[\d+\]/);
+  });
+
+  it('--dry-run prints the netns, the addresses and the listener that would be taken', async () => {
+    const p = env.cli([
+      'agent',
+      '--dry-run',
+      '--mode',
+      'ebpf',
+      '--policies',
+      dir,
+      '--cgroup-root',
+      env.cgRoot,
+      '--bpffs',
+      env.bpffs,
+      '--state-dir',
+      env.stateDir,
+    ]);
+    expect(await p.exited, p.err).toBe(0);
+    const d = JSON.parse(p.out) as {
+      inbound: { targets: { policy: string; addresses: string[]; listeners: unknown[] }[] };
+    };
+    const t = d.inbound.targets.find((x) => x.policy === 'pod-b')!;
+    expect(t.addresses.sort()).toEqual([B4, B6].sort());
+    expect(t.listeners).toEqual([
+      { family: 4, take: { pid: haproxyB.child.pid, fd: expect.any(Number), inode: expect.any(Number) } },
+      { family: 6, take: { pid: haproxyB.child.pid, fd: expect.any(Number), inode: expect.any(Number) } },
+    ]);
+  });
+
+  it('a restarted agent re-adopts the link and the registration: nothing attached or written again', async () => {
+    const before = (await inb('pod-b'))!;
+    await env.stop(agent);
+    agent = await env.agent(dir);
+    const after = (await inb('pod-b'))!;
+    expect(after.link!.id).toBe(before.link!.id);
+    expect(after.listeners).toEqual(before.listeners);
+    expect(logs(agent).filter((l) => String(l.event).startsWith('inbound_'))).toEqual([]);
+    expect((await connect(B4, 8080)).data).toMatch(/^app-b 10\.200\.0\.12 \d+$/);
+  });
+
   it('SO_ORIGINAL_DST on the accepted socket answers its local address (mr_in_origdst), v4 and v6', async () => {
     const p = env.spawn(podB, cgProxyB, ORIGDST_PROXY, [
       '--listen',
@@ -204,64 +314,99 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
       'report',
     ]);
     await env.waitListening(podB, 15016, 'origdst-proxy', p);
-    const reg = (family: 4 | 6) =>
-      lab.registerFound({
-        slot: SLOT_B,
-        tablePid: p.child.pid!,
-        ownerPid: p.child.pid!,
-        port: 15016,
-        family,
-        ns: podB,
-      });
-    const before = lab.counters(SLOT_B);
-    reg(4);
-    reg(6);
+    const was = (await inb('pod-b'))!.listeners;
+    podBPolicy({}, 15016); // the agent re-registers: the listener on the new port
+    await until(
+      () => inb('pod-b'),
+      (s) => Boolean(s?.listeners.ipv4 && s.listeners.ipv4 !== was.ipv4 && s.listeners.ipv6 !== was.ipv6),
+      'origdst-proxy registered',
+    );
+    // A listener without SO_REUSEPORT: verify's test run names the very socket registered.
+    const v = env.cli(['verify', '--json', '--bpffs', env.bpffs, '--cgroup', cgB]);
+    expect(await v.exited, v.err).toBe(0);
+    const run = (JSON.parse(v.out) as { steps: { step: string; detail: string }[] }).steps.find(
+      (s) => s.step === 'inbound test run',
+    )!;
+    const reg = (await inb('pod-b'))!.listeners;
+    expect(run.detail).toContain(`192.0.2.1:40000 → 10.200.0.12:8080 → the proxy's listener (cookie ${reg.ipv4})`);
+    expect(run.detail).toContain(`2001:db8::1:40000 → [fd00:200::12]:8080 → the proxy's listener (cookie ${reg.ipv6})`);
+    const before = (await inb('pod-b'))!;
     const r4 = await connect(B4, 8080);
     expect(r4.data).toBe(`ORIGDST ${B4} 8080 PEER 10.200.0.11 ${r4.local!.port}`);
     const r6 = await connect(B6, 8080);
     expect(r6.data).toBe(`ORIGDST ${B6} 8080 PEER fd00:200::11 ${r6.local!.port}`);
-    expect(lab.counters(SLOT_B).origdst_served - before.origdst_served).toBe(2);
-    // Without the mark on the listener, the kernel answers (no conntrack here): the hook did the work.
-    for (const l of findListeners({ tablePid: p.child.pid!, ownerPids: [p.child.pid!], port: 15016 })) {
-      const fd = takeFd(l.pid, l.fd);
-      lab.storage.delete(fd);
-      c.close(fd);
+    expect(delta(before, (await inb('pod-b'))!).origdst_served).toBe(2);
+    // Without the mark on the listener the kernel answers (no conntrack here): the hook did the work.
+    const storage = new Pins(env.bpffs).openStorage('mr_in_sk');
+    try {
+      for (const l of findListeners({ tablePid: p.child.pid!, ownerPids: [p.child.pid!], port: 15016 })) {
+        const fd = takeFd(l.pid, l.fd);
+        storage.delete(fd);
+        c.close(fd);
+      }
+    } finally {
+      storage.close();
     }
-    const bare = await connect(B4, 8080);
-    expect(bare.data).toBe('ERR ENOENT');
+    expect((await connect(B4, 8080)).data).toBe('ERR ENOENT');
+    podBPolicy();
+    await until(
+      () => inb('pod-b'),
+      (s) => s?.listeners.ipv4 === was.ipv4 && s.listeners.ipv6 === was.ipv6,
+      'HAProxy registered again',
+    );
     await env.stop(p);
-    registerB(haproxyB, 4);
-    registerB(haproxyB, 6);
   });
 
   it('proxy killed: its entry goes with it; reject refuses (counted), pass delivers to the app (counted)', async () => {
     await env.stop(haproxyB, 'SIGKILL');
-    await waitFor(() => lab.socks.get({ slot: SLOT_B, family: AF_INET }) === undefined, 'entry gone');
-    expect(lab.socks.get({ slot: SLOT_B, family: AF_INET6 })).toBeUndefined();
+    const gone = await until(
+      () => inb('pod-b'),
+      (s) => s?.listeners.ipv4 === null && s.listeners.ipv6 === null,
+      'entries gone',
+    );
     expect(sh('ip', ['netns', 'exec', podB, 'ss', '-Hltn', 'sport = :15006']).trim()).toBe(''); // no live listener left
-    let before = lab.counters(SLOT_B);
     const refused = await connect(B4, 8080);
     expect(refused).toMatchObject({ ok: false, error: 'ECONNREFUSED' });
-    expect(lab.counters(SLOT_B).no_proxy_refused - before.no_proxy_refused).toBe(1);
+    expect(delta(gone, (await inb('pod-b'))!).no_proxy_refused).toBe(1);
+    expect(await metric('meshredir_inbound_listener_registered', { policy: 'pod-b', family: 'ipv4' })).toBe(0);
+    expect(await metric('meshredir_inbound_no_proxy_total', { policy: 'pod-b', action: 'refused' })).toBe(
+      (await inb('pod-b'))!.counters.no_proxy_refused,
+    );
 
-    lab.apply([specB({ whenNoProxy: 'pass' }), specC()]);
-    before = lab.counters(SLOT_B);
+    podBPolicy({ whenNoProxy: 'pass' });
+    const before = await until(
+      () => inb('pod-b'),
+      (s) => s?.whenNoProxy === 'pass',
+      'pass',
+    );
     const passed = await connect(B4, 8080);
     expect(passed.data).toMatch(/^app-b 10\.200\.0\.11 \d+$/); // direct: the app sees the client
-    expect(lab.counters(SLOT_B).no_proxy_passed - before.no_proxy_passed).toBe(1);
-    lab.apply([specB(), specC()]);
+    expect(delta(before, (await inb('pod-b'))!).no_proxy_passed).toBe(1);
+    podBPolicy();
+    await until(
+      () => inb('pod-b'),
+      (s) => s?.whenNoProxy === 'reject',
+      'reject',
+    );
   });
 
-  it('proxy restarted: a new socket, refused until it is registered, then intercepted again', async () => {
+  it('proxy restarted: a new socket, intercepted again within one reconcile (the pulse, not the 30 s interval)', async () => {
     haproxyB = await sidecar();
-    expect(await connect(B4, 8080)).toMatchObject({ ok: false, error: 'ECONNREFUSED' });
-    registerB(haproxyB, 4);
+    await until(
+      () => inb('pod-b'),
+      (s) => Boolean(s?.listeners.ipv4 && s.listeners.ipv6),
+      're-registered',
+      10_000,
+    );
     const r = await connect(B4, 8080);
     expect(r.data).toMatch(/^app-b 10\.200\.0\.12 \d+$/);
     await waitFor(() => logged(haproxyB).includes(`conn 10.200.0.11 ${r.local!.port} ${B4} 8080`), 'log');
+    expect(
+      logs(agent).some((l) => l.event === 'reconciled' && /a listener on port 15006 appeared/.test(String(l.reason))),
+    ).toBe(true);
   });
 
-  it('node proxy: HAProxy in the node netns opens its listener in the pod netns (bind … namespace)', async () => {
+  it('node proxy: HAProxy in the node netns opens its listeners in the pod netns (bind … namespace)', async () => {
     const nodeProxy = await haproxy(
       node,
       cgNodeProxy,
@@ -272,9 +417,6 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
         'frontend fe2',
         `  bind 127.0.0.1:15008 namespace ${podC}`,
         '  default_backend be2',
-        'frontend here', // a listener in the node netns: sk_lookup of pod C cannot use it
-        '  bind 10.200.0.1:15009',
-        '  default_backend be',
         'backend be',
         `  server o 0.0.0.0:0 namespace ${podC}`, // to the app from inside the pod: exempt as local
         'backend be2',
@@ -283,70 +425,82 @@ kernelDescribe('inbound interception with sk_lookup (no NAT)', () => {
       15007,
       podC,
     );
-    const reg = (port: number) =>
-      lab.registerFound({
-        slot: SLOT_C,
-        tablePid: appC.child.pid!,
-        ownerPid: nodeProxy.child.pid!,
-        port,
-        family: 4,
-        ns: podC,
-      });
-    // The node-netns listener is refused: a socket of another netns can be assigned but never connects.
-    const nodeTable = findNodeListener(nodeProxy.child.pid!, 15009);
-    expect(() => lab.register(SLOT_C, nodeProxy.child.pid!, nodeTable, [4], podC)).toThrow(/lives in netns .* not in/);
-
+    let previous: string | null = null;
     for (const [port, via] of [
       [15007, 'local'],
       [15008, 'source'],
     ] as const) {
-      reg(port);
-      const before = lab.counters(SLOT_C);
+      podCPolicy(podC, port);
+      const before = await until(
+        () => inb('pod-c'),
+        (s) => Boolean(s?.listeners.ipv4 && s.listeners.ipv4 !== previous) && s!.addresses.includes(C4),
+        `pod-c on ${port}`,
+      );
+      previous = before.listeners.ipv4;
+      const cookie = before.listeners.ipv4;
       const r = await connect(C4, 8080);
       expect(r.ok, JSON.stringify(r)).toBe(true);
       expect(r.data).toMatch(via === 'local' ? /^app-c 10\.200\.0\.13 \d+$/ : /^app-c 10\.200\.0\.1 \d+$/);
       await waitFor(() => logged(nodeProxy).includes(`conn 10.200.0.11 ${r.local!.port} ${C4} 8080`), 'node log');
-      const after = lab.counters(SLOT_C);
-      expect(after.intercepted - before.intercepted).toBe(1);
-      expect(
-        via === 'local' ? after.bypass_local - before.bypass_local : after.bypass_source - before.bypass_source,
-      ).toBe(1);
+      const d = delta(before, (await inb('pod-c'))!);
+      expect(d.intercepted).toBe(1);
+      expect(via === 'local' ? d.bypass_local : d.bypass_source).toBe(1);
+      expect((await inb('pod-c'))!.listeners.ipv4).toBe(cookie);
     }
-
-    // Pod C deleted while the node proxy still holds its listener there: the socket keeps the netns alive.
-    const ino = lab.linkInfo(podC).netnsIno!;
-    expect(ino).toBeGreaterThan(0);
-    sh('ip', ['netns', 'del', podC]);
-    await env.stop(appC);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(lab.linkInfo(podC).netnsIno).toBe(ino);
-    // The proxy lets go of it: the netns is destroyed, the link is defunct, the sockhash entry gone.
     await env.stop(nodeProxy);
-    await waitFor(() => lab.linkInfo(podC).netnsIno === 0, 'link defunct', undefined, 10_000);
-    expect(lab.socks.get({ slot: SLOT_C, family: AF_INET })).toBeUndefined();
-    lab.apply([specB()]);
-    expect(lab.addrs.keys().filter((k) => k.family === AF_INET && k.addr[3] === 13)).toEqual([]);
-    lab.detach(podC);
   });
 
-  it('the sidecar pod deleted: link defunct, entries removable, nothing left', async () => {
+  it("the pod's netns changed (spec.netns now names another): the link is replaced, the entries follow", async () => {
+    const was = (await inb('pod-c'))!;
+    podCPolicy(podD, 15007);
+    const now = await until(
+      () => inb('pod-c'),
+      (s) => s?.addresses.join() === D4,
+      'moved to pod D',
+    );
+    expect(now.link!.netnsIno).toBe(statSync(`/run/netns/${podD}`).ino);
+    expect(now.link!.id).not.toBe(was.link!.id);
+    expect(now.listeners.ipv4).toBeNull(); // nothing listens in pod D: refused
+    expect(logs(agent).some((l) => l.event === 'inbound_attached' && /replacing the link/.test(String(l.msg)))).toBe(
+      true,
+    );
+    rmSync(join(dir, 'pod-c.yaml'));
+    await until(
+      () => inb('pod-c'),
+      (s) => s === undefined,
+      'pod-c gone',
+    );
+    await env.stop(appC);
+  });
+
+  it('the sidecar pod deleted under the agent: its link and entries are gone after one reconcile, nothing left', async () => {
     await env.stop(haproxyB);
     for (const p of appsB) await env.stop(p);
     expect(sh('ip', ['netns', 'pids', podB]).trim()).toBe('');
     sh('ip', ['netns', 'del', podB]);
-    await waitFor(() => lab.linkInfo(podB).netnsIno === 0, 'link defunct', undefined, 10_000);
-    expect(lab.socks.keys()).toEqual([]);
-    lab.apply([]);
-    expect(lab.addrs.keys()).toEqual([]);
-    lab.detach(podB);
+    // The listener closing starts a reconcile (the pulse); the cgroup has no process left: nothing to serve.
+    await until(
+      () => inb('pod-b'),
+      (s) => s === undefined,
+      'pod-b collected',
+    );
+    const pins = new Pins(env.bpffs);
+    expect(readdirSync(pins.linksDir).filter((n) => n.startsWith('sklookup-'))).toEqual([]);
+    for (const m of ['mr_in_addrs', 'mr_in_ports', 'mr_in_srcs', 'mr_in_socks'] as const)
+      expect(
+        pins.withMaps([m], (x) => x.get(m)!.rawKeys().length),
+        m,
+      ).toBe(0);
     expect(sh('bpftool', ['link', 'show']).match(/sk_lookup/g)).toBeNull();
+    expect(logs(agent).some((l) => l.event === 'inbound_skipped' && /no process in cgroup/.test(String(l.msg)))).toBe(
+      true,
+    );
+  });
+
+  it('cleanup removes the pinned program and every inbound pin', async () => {
+    await env.stop(agent);
+    await env.cliRun(env.cleanupArgs());
+    expect(() => statSync(env.bpffs)).toThrow();
+    expect(sh('bpftool', ['prog', 'show']).includes('mr_sklookup')).toBe(false);
   });
 });
-
-/** The fd of HAProxy's listener on `port` in its own (node) netns. */
-function findNodeListener(pid: number, port: number): number {
-  const text = sh('nsenter', ['-t', String(pid), '-n', 'ss', '-Hltnp', `sport = :${port}`]);
-  const m = new RegExp(`pid=${pid},fd=(\\d+)`).exec(text);
-  if (!m) throw new Error(`no listener on ${port} of pid ${pid}: ${text}`);
-  return Number(m[1]);
-}

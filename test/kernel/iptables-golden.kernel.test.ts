@@ -1,8 +1,8 @@
 // iptables-golden.kernel.test.ts — every golden file is input the real iptables accepts: for both
 // backends (nft, legacy) and both families, `*-restore --test` accepts it and a real restore in a
-// throwaway netns loads every rule of it (none dropped or merged). Root; netns mr-* only. The kernel
-// resolves a -m cgroup path when the rule is added, so the cgroups the golden files name (all under
-// /meshredir-test-golden) are created first and removed afterwards.
+// throwaway netns loads every rule of it, table by table (none dropped or merged). Root; netns mr-* only.
+// The kernel resolves a -m cgroup path when the rule is added, so the cgroups the golden files name (all
+// under /meshredir-test-golden) are created first and removed afterwards.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -60,27 +60,41 @@ kernelDescribe('golden files against the real iptables-restore', () => {
       const tool = `${family === 4 ? 'iptables' : 'ip6tables'}-${backend}`;
       it(`${file}: ${tool}-restore --test accepts it, and a real restore loads every rule`, () => {
         const text = readFileSync(join(dir, file), 'utf8');
+        const tables = text
+          .split('\n')
+          .filter((l) => l.startsWith('*'))
+          .map((l) => l.slice(1));
+        expect(tables.length).toBeGreaterThan(0);
+        const clean = tables.map((t) => `*${t}\nCOMMIT\n`).join('');
         sh('ip', ['netns', 'exec', ns, `${tool}-restore`, '--test', '--noflush'], { input: text });
-        // A clean nat table, then the real thing (the netns is ours alone).
-        sh('ip', ['netns', 'exec', ns, `${tool}-restore`], { input: '*nat\nCOMMIT\n' });
+        // Clean tables, then the real thing (the netns is ours alone).
+        sh('ip', ['netns', 'exec', ns, `${tool}-restore`], { input: clean });
         sh('ip', ['netns', 'exec', ns, `${tool}-restore`, '--noflush'], { input: text });
-        const saved = sh('ip', ['netns', 'exec', ns, `${tool}-save`, '-t', 'nat']);
-        const want = text.split('\n').filter((l) => l.startsWith('-A '));
-        const got = saved.split('\n').filter((l) => l.startsWith('-A '));
-        expect(got.length, saved).toBe(want.length);
-        // Per chain, the same rules in the same order (iptables-save spells matches its own way,
-        // so compare each rule's target and its comment).
-        const byChain = (ls: string[]) => {
-          const m: Record<string, string[]> = {};
-          for (const l of ls)
-            (m[l.split(' ')[1]!] ??= []).push(
-              `${/--comment (\S+)/.exec(l)?.[1]?.replace(/"/g, '')} ${l.slice(l.lastIndexOf('-j '))}`,
-            );
-          return m;
-        };
-        expect(byChain(got)).toEqual(byChain(want));
-        sh('ip', ['netns', 'exec', ns, `${tool}-restore`], { input: '*nat\nCOMMIT\n' });
+        for (const table of tables) {
+          const section = text.split(`*${table}\n`)[1]!.split('COMMIT')[0]!;
+          checkTable(sh('ip', ['netns', 'exec', ns, `${tool}-save`, '-t', table]), section);
+        }
+        sh('ip', ['netns', 'exec', ns, `${tool}-restore`], { input: clean });
       });
     }
   }
 });
+
+/** The rules of one table as saved against the section of the golden file that made them. */
+function checkTable(saved: string, section: string): void {
+  const want = section.split('\n').filter((l) => l.startsWith('-A '));
+  const got = saved.split('\n').filter((l) => l.startsWith('-A '));
+  expect(got.length, saved).toBe(want.length);
+  // Per chain, the same rules in the same order (iptables-save spells matches its own way,
+  // so compare each rule's target and its comment).
+  const byChain = (ls: string[]) => {
+    const m: Record<string, string[]> = {};
+    for (const l of ls)
+      (m[l.split(' ')[1]!] ??= []).push(
+        // (TPROXY without --on-ip is saved with the family's unspecified address.)
+        `${/--comment (\S+)/.exec(l)?.[1]?.replace(/"/g, '')} ${l.slice(l.lastIndexOf('-j ')).replace(/ --on-ip (0\.0\.0\.0|::)(?= )/, '')}`,
+      );
+    return m;
+  };
+  expect(byChain(got)).toEqual(byChain(want));
+}

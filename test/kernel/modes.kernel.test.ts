@@ -2,7 +2,7 @@
 // with its proxy inside its own netns running as uid 1337: HAProxy (`server o 0.0.0.0:0`) on
 // 127.0.0.1:15001 for IPv4, and for IPv6 (HAProxy cannot ask the IPv6 original destination)
 // build/origdst-proxy on [::1]:15002, which answers with what IP6T_SO_ORIGINAL_DST said.
-//   pod "pod": excluded port; include/exclude CIDRs nested both ways; IPv6; inbound (iptables only);
+//   pod "pod": excluded port; include/exclude CIDRs nested both ways; IPv6; inbound (REDIRECT / sk_lookup);
 //              loopback left alone; a container cgroup created after the policy.
 //   pod "inc": includePorts, and redirectLoopback (loopback destinations through the proxy).
 // Where the modes differ, the test says so. Then iptables-only proofs: idempotency and an in-sync
@@ -102,7 +102,10 @@ kernelDescribe('both modes, sidecar topology', () => {
         await env.server(inc, '127.0.0.1', 7000, 'lo7000');
         await env.server(pod, '0.0.0.0', 7070, 'app7070');
         await env.server(pod, '0.0.0.0', 2222, 'app2222');
-        const pin = env.spawn(pod, null, ORIGDST_PROXY, ['--listen', '0.0.0.0:15006', '--mode', 'report']);
+        // In the proxy's cgroup (as uid 1337): the eBPF mode takes the listener a process of the policy holds.
+        const pin = env.spawn(pod, cgProxy, ORIGDST_PROXY, ['--listen', '0.0.0.0:15006', '--mode', 'report'], {
+          uid: 1337,
+        });
         await env.waitListening(pod, 15006, 'inbound origdst-proxy', pin);
         writeFileSync(
           join(dir, 'pod.yaml'),
@@ -189,20 +192,17 @@ kernelDescribe('both modes, sidecar topology', () => {
         expect(await data('10.202.0.2', 8080, { cg: late })).toMatch(/^up 10\.202\.0\.11 /);
       });
 
-      it(`inbound: ${mode === 'iptables' ? 'redirected to spec.proxy.inbound, except spec.inbound.excludePorts' : 'not supported by the eBPF mode, and said so'}`, async () => {
+      it('inbound: intercepted to spec.proxy.inbound (iptables: REDIRECT; eBPF: sk_lookup), except spec.inbound.excludePorts', async () => {
         const fromUp = (port: number) => data('10.202.0.1', port, { ns: up, cg: null });
-        if (mode === 'iptables') {
-          expect(await fromUp(7070)).toMatch(/^ORIGDST 10\.202\.0\.1 7070 PEER 10\.202\.0\.2 /);
-        } else {
-          // Difference: the eBPF mode has no inbound interception yet (sk_lookup); the app answers
-          // itself, and the agent reported the field as unsupported instead of ignoring it.
-          expect(await fromUp(7070)).toMatch(/^app7070 10\.202\.0\.2 /);
-          expect(
-            logs(agent).find(
-              (l) => l.event === 'unsupported' && l.field === 'spec.proxy.inbound' && l.policy === 'pod',
-            ),
-          ).toBeDefined();
-        }
+        // Same answer in both modes: the proxy's SO_ORIGINAL_DST is the pod's address and port (iptables:
+        // conntrack; eBPF: the accepted socket's local address, served by mr_in_origdst), and its peer
+        // the client's own address.
+        await until(
+          () => fromUp(7070),
+          (d) => d.startsWith('ORIGDST'),
+          'inbound intercepted',
+        );
+        expect(await fromUp(7070)).toMatch(/^ORIGDST 10\.202\.0\.1 7070 PEER 10\.202\.0\.2 /);
         expect(await fromUp(2222)).toMatch(/^app2222 10\.202\.0\.2 /);
       });
 
@@ -217,13 +217,13 @@ kernelDescribe('both modes, sidecar topology', () => {
             mode: string;
             policies: { name: string; counters: Record<string, number> }[];
             unsupported: string[];
+            inbound: { policy: string; counters: { intercepted: number } }[];
           };
           expect(s.mode).toBe('ebpf');
           expect(s.policies.map((p) => p.name).sort()).toEqual(['inc', 'pod']);
           expect(s.policies.find((p) => p.name === 'pod')!.counters.redirected).toBeGreaterThan(0);
-          expect(s.unsupported).toEqual([
-            expect.stringMatching(/^spec\.proxy\.inbound: inbound interception is not implemented in the eBPF mode/),
-          ]);
+          expect(s.unsupported).toEqual([]);
+          expect(s.inbound.find((p) => p.policy === 'pod')!.counters.intercepted).toBeGreaterThan(0);
           return;
         }
         // Difference: no pins in iptables mode; the state lives in each pod's nat table. A client
@@ -420,6 +420,9 @@ kernelDescribe('both modes, sidecar topology', () => {
             'rules',
             'redirect',
             'proxy',
+            // The policy intercepts inbound too: its own chain (REDIRECT to 15006, something listening).
+            'inbound rules',
+            'inbound proxy',
           ]);
           const nested = await verify('--netns', `/run/netns/${pod}`, '--dest', '10.202.0.17:8080');
           expect(nested.out.steps.at(-1)).toMatchObject({
@@ -429,7 +432,7 @@ kernelDescribe('both modes, sidecar topology', () => {
           });
           const v6 = await verify('--netns', `/run/netns/${pod}`, '--dest', '[fd00:202::2]:8080');
           expect(v6.out.ok, JSON.stringify(v6.out.steps)).toBe(true);
-          expect(v6.out.steps.at(-1)!.detail).toMatch(/a socket listens on \[::1\]:15002/);
+          expect(v6.out.steps.find((s) => s.step === 'proxy')!.detail).toMatch(/a socket listens on \[::1\]:15002/);
         });
 
         it('cleanup removes every MESHREDIR line and leaves foreign rules alone', async () => {

@@ -178,9 +178,16 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     expect(s.links.map((l) => l.name).sort()).toEqual([
       'mr_connect4',
       'mr_connect6',
+      // DNS capture's hooks: attached on a kernel that has them, whether or not a policy captures DNS.
+      'mr_dns_recv4',
+      'mr_dns_recv6',
+      'mr_dns_release',
+      'mr_dns_send4',
+      'mr_dns_send6',
       'mr_getpeername4',
       'mr_getpeername6',
       'mr_getsockopt',
+      'mr_in_origdst',
       'mr_setsockopt',
       'mr_skmsg',
       'mr_sockops',

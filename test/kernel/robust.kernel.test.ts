@@ -288,7 +288,9 @@ kernelDescribe('the agent against operators and bad files', () => {
       await env.stop(a);
       // Started together on a clean host: exactly one runs, the other names it.
       await env.cliRun(env.cleanupArgs());
-      const pair = [env.cli(agentArgs(dir)), env.cli(agentArgs(dir))];
+      // Each on a free metrics port: the metrics address is bound before the locks, and this is about the lock.
+      const anyPort = ['--metrics-address', '127.0.0.1:0'];
+      const pair = [env.cli(agentArgs(dir, anyPort)), env.cli(agentArgs(dir, anyPort))];
       agents.push(...pair);
       await waitFor(
         () => pair.some((p) => p.child.exitCode !== null) && pair.some((p) => /redirect-ready/.test(p.err)),

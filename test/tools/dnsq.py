@@ -6,6 +6,8 @@ from (recvfrom) and getpeername. Prints one JSON line. Only the standard library
   dnsq.py sendto NAME NS [NS...]     one unconnected socket, one query per NS in turn
   dnsq.py sendto-all NAME NS [NS...] one unconnected socket, every query sent, then every reply read
   dnsq.py connect NAME NS            a connected UDP socket
+  dnsq.py hold NAME NS               a connected UDP socket: a query, a JSON line, then (after stdin
+                                     closes) another query on the same socket and its JSON line
   dnsq.py tcp NAME NS                TCP
   dnsq.py loop N NAME NS             N short-lived sockets (connected and unconnected, alternately)
   dnsq.py bench N NAME NS [PORT]     N queries in turn on one unconnected socket: qps, p50/p99 in µs
@@ -99,6 +101,15 @@ try:
         peer = s.getpeername()
         s.send(query(name, 7))
         out = {'peer': show(peer), **recv_reply(s)}
+    elif mode == 'hold':
+        name, ns = args
+        s = sock(ns)
+        s.connect(addr(ns))
+        s.send(query(name, 7))
+        print(json.dumps({'peer': show(s.getpeername()), **recv_reply(s)}), flush=True)
+        sys.stdin.read()
+        s.send(query(name, 8))
+        out = recv_reply(s)
     elif mode == 'tcp':
         name, ns = args
         s = sock(ns, socket.SOCK_STREAM)

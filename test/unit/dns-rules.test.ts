@@ -93,14 +93,16 @@ describe('iptables DNS rules (golden)', () => {
     });
   });
 
-  it('a DNS proxy in the pod needs uid/gid bypass in this mode; one on a node address does not', () => {
+  it('a DNS proxy in the pod needs a bypass (cgroup, mark, uid or gid) in this mode; one on a node address does not', () => {
     const text = (proxy: string, bypass: string) =>
       `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: x }\nspec:\n  cgroup: /a\n  proxy:\n    outbound: 127.0.0.1:15001\n    bypass: ${bypass}\n  dns:\n    proxy: ${proxy}\n    all: true\n`;
     const p = (proxy: string, bypass: string) => parsePolicyText(text(proxy, bypass), 'x.yaml').policies[0]!;
-    expect(unsupportedDns(p('127.0.0.1:15053', '{ cgroups: [/p] }'))).toEqual([
-      expect.stringMatching(/^spec\.dns: a DNS proxy in the pod netns is recognised only by uid\/gid/),
+    expect(unsupportedDns(p('127.0.0.1:15053', '{}'))).toEqual([
+      expect.stringMatching(/^spec\.dns: the rules cover the whole pod network namespace, DNS proxy included/),
     ]);
-    expect(unsupportedDns(p('10.0.0.1:15053', '{ cgroups: [/p] }'))).toEqual([]);
+    expect(unsupportedDns(p('10.0.0.1:15053', '{}'))).toEqual([]);
     expect(unsupportedDns(p('127.0.0.1:15053', '{ uids: [1337] }'))).toEqual([]);
+    expect(unsupportedDns(p('127.0.0.1:15053', '{ cgroups: [/p] }'))).toEqual([]);
+    expect(unsupportedDns(p('127.0.0.1:15053', '{ marks: ["0x539"] }'))).toEqual([]);
   });
 });

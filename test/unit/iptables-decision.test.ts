@@ -21,6 +21,7 @@ const iptablesVerdict = (render: Render, p: Policy, c: Conn): 'redirect' | 'pass
     const proxy = c.family === 4 ? p.proxy.outbound! : p.proxy.outbound6!;
     expect(v.port).toBe(proxy.port);
   }
+  if (v.verdict === 'dnat') throw new Error(`DNAT in the outbound rules: ${v.to}`);
   return v.verdict;
 };
 

@@ -4,10 +4,12 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DNS_STAT_FIELDS, STAT_FIELDS, type StatName } from '../../src/bpf/abi.js';
+import { DNS_STAT_FIELDS, IN_STAT_FIELDS, STAT_FIELDS, type InStatName, type StatName } from '../../src/bpf/abi.js';
 import {
   DNS_STAT_METRICS,
+  IN_STAT_METRICS,
   NODE_FAMILIES,
+  inboundFamilies,
   STAT_METRICS,
   dnsFamilies,
   statFamilies,
@@ -90,6 +92,32 @@ describe('BPF counters as metrics', () => {
     for (const f of fams) expect(outbound.has(f.name)).toBe(false);
   });
 
+  it('inbound (sk_lookup): every field of struct mr_in_stats has its own series, per policy, with the listener gauge', () => {
+    expect(Object.keys(IN_STAT_METRICS).sort()).toEqual([...IN_STAT_FIELDS].sort());
+    const zero = Object.fromEntries(IN_STAT_FIELDS.map((f) => [f, 0])) as Record<InStatName, number>;
+    const fams = inboundFamilies(
+      new Map([
+        ['a', { counters: { ...zero, intercepted: 3, no_proxy_refused: 2 }, listeners: { ipv4: '77', ipv6: null } }],
+        ['b', { counters: zero, listeners: { ipv4: null, ipv6: null } }],
+      ]),
+    ).list();
+    const all = fams.flatMap(series);
+    expect(new Set(all).size).toBe(all.length);
+    expect(all).toHaveLength(2 * (IN_STAT_FIELDS.length + 2));
+    for (const f of fams) {
+      expect(f.name).toMatch(/^meshredir_inbound_[a-z_]+$/);
+      expect(f.name.endsWith('_total')).toBe(f.type === 'counter');
+    }
+    const v = (name: string, labels: Record<string, string>) =>
+      fams.find((f) => f.name === name)?.samples.find((s) => JSON.stringify(s.labels) === JSON.stringify(labels))
+        ?.value;
+    // The same family as the iptables mode's inbound REDIRECT/TPROXY counts.
+    expect(v(COMMON.inboundRedirected.name, { policy: 'a' })).toBe(3);
+    expect(v('meshredir_inbound_no_proxy_total', { policy: 'a', action: 'refused' })).toBe(2);
+    expect(v('meshredir_inbound_listener_registered', { policy: 'a', family: 'ipv4' })).toBe(1);
+    expect(v('meshredir_inbound_listener_registered', { policy: 'a', family: 'ipv6' })).toBe(0);
+  });
+
   it('the bypass reasons are those of the decision order', () => {
     const reasons = STAT_FIELDS.filter((f) => f.startsWith('bypass_')).map((f) => STAT_METRICS[f].labels?.reason);
     expect(reasons.sort()).toEqual(
@@ -117,14 +145,38 @@ describe('BPF counters as metrics', () => {
 describe('nat rules as metrics', () => {
   const golden = join(import.meta.dirname, '..', 'golden', 'iptables');
 
-  it('every rule that decides (RETURN, REDIRECT) in every golden file has a kind; jumps have none', () => {
-    for (const file of readdirSync(golden).filter((f) => f.endsWith('.rules'))) {
+  it('every rule that decides (RETURN, REDIRECT, DNAT; TPROXY) in every golden file has a kind; jumps have none', () => {
+    const files = [
+      ...readdirSync(golden).filter((f) => f.endsWith('.rules')),
+      ...readdirSync(join(golden, 'dns'))
+        .filter((f) => f.endsWith('.rules'))
+        .map((f) => join('dns', f)),
+    ];
+    for (const file of files) {
+      let table = '';
       for (const line of readFileSync(join(golden, file), 'utf8').split('\n')) {
+        if (line.startsWith('*')) table = line.slice(1);
         if (!line.startsWith('-A MESHREDIR_')) continue;
-        const decides = / -j (RETURN|REDIRECT)\b/.test(line);
-        expect(ruleKind(line) !== null, `${file}: ${line}`).toBe(decides);
+        // What the metrics read: nat's deciding rules and mangle's TPROXY rule (raw's CT zones decide nothing).
+        const decides =
+          table === 'nat' ? / -j (RETURN|REDIRECT|DNAT)\b/.test(line) : table === 'mangle' && / -j TPROXY\b/.test(line);
+        if (table === 'nat' || decides) expect(ruleKind(line) !== null, `${file}: ${line}`).toBe(decides);
       }
     }
+    const kind = (file: string) =>
+      readFileSync(join(golden, 'dns', file), 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('-A MESHREDIR_DNS ') && / -j (RETURN|REDIRECT|DNAT)\b/.test(l))
+        .map((l) => JSON.stringify(ruleKind(l)));
+    expect(kind('sidecar.v4.rules')).toEqual(
+      [
+        ...Array(2).fill(JSON.stringify({ family: 'dnsBypassed', reason: 'owner' })),
+        ...Array(2).fill([
+          JSON.stringify({ family: 'dnsCaptured', protocol: 'udp' }),
+          JSON.stringify({ family: 'dnsCaptured', protocol: 'tcp' }),
+        ]),
+      ].flat(),
+    );
   });
 
   it('kinds of the istio-like policy, in the form iptables-save -c prints', () => {
@@ -346,13 +398,19 @@ describe('docs/metrics.md', () => {
     const names = [
       ...Object.values(STAT_METRICS).map((m) => m.family.name),
       ...Object.values(DNS_STAT_METRICS).map((m) => m.family.name),
+      ...Object.values(IN_STAT_METRICS).map((m) => m.family.name),
+      'meshredir_inbound_listener_registered',
       ...NODE_FAMILIES.map((f) => f.name),
       ...IPTABLES_FAMILIES.map((f) => f.name),
       ...agent,
     ];
     expect(agent.length).toBeGreaterThan(5);
     for (const n of new Set(names)) expect(doc, n).toContain(`\`${n}\``);
-    for (const m of [...Object.values(STAT_METRICS), ...Object.values(DNS_STAT_METRICS)])
+    for (const m of [
+      ...Object.values(STAT_METRICS),
+      ...Object.values(DNS_STAT_METRICS),
+      ...Object.values(IN_STAT_METRICS),
+    ])
       for (const v of Object.values(m.labels ?? {})) expect(doc, v).toMatch(new RegExp(`[\`"]${v}[\`"]`));
   });
 });

@@ -76,7 +76,7 @@ describe('policy parsing', () => {
   it('rejects a policy with nowhere to redirect, and overlapping include/exclude', () => {
     const noProxy = valid.replace('    outbound: 10.200.0.1:15001\n    outbound6: "[fd00:200::1]:15001"\n', '');
     expect(errs(noProxy)).toEqual([
-      'policies/a.yaml: spec.proxy: needs outbound (IPv4) or outbound6 (IPv6): there is nowhere to redirect to',
+      'policies/a.yaml: spec.proxy: needs outbound (IPv4), outbound6 (IPv6) or inbound (or spec.dns alone): there is nowhere to redirect to and nothing to intercept',
     ]);
     expect(errs(valid.replace('includePorts: []', 'includePorts: [15021]'))).toEqual([
       'policies/a.yaml: spec.outbound.excludePorts[1]: 15021 is also in includePorts',

@@ -73,6 +73,8 @@ export const agentCommand = shared(
   ['bpffs', 'stateDir', 'iptablesState', 'lockWait'],
 ).action(async (raw: Record<string, unknown>) => {
   const o = parseOptions(flags, raw);
+  // The policy parser's worker boots (~150 ms) while the mode loads, not after it.
+  if (!o.dryRun) (await import('../../policy/isolated.js')).prestartParser();
   const [{ decideMode }, { resolveCgroupArg, requireCgroup2 }, { makeLogger }] = await Promise.all([
     import('../../agent/decide.js'),
     import('../../util/host.js'),

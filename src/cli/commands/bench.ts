@@ -15,7 +15,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 // Kept here (not imported from the bench module) so that loading the CLI does not load the bench
 // and its chart renderer: the agent's memory and start time are among the things measured.
-const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'hooks', 'control'] as const satisfies readonly Scenario[];
+const SCENARIOS = [
+  'crr',
+  'scale',
+  'proxy',
+  'hop',
+  'hooks',
+  'inbound',
+  'control',
+] as const satisfies readonly Scenario[];
 /** The full run's defaults, and the quick run's (every scenario once, short measurements). */
 const FULL = { rounds: 5, duration: 3 };
 const QUICK = { rounds: 1, duration: 0.5, hopSizes: [64, 65536] };
@@ -36,7 +44,7 @@ const flags = z.object({
 
 export const benchCommand = new Command('bench')
   .description(
-    'measure direct, iptables, eBPF and eBPF+sk_msg side by side in namespaces it creates and removes (root)',
+    'measure direct, iptables, eBPF and eBPF+sk_msg side by side (and inbound interception: REDIRECT, TPROXY, sk_lookup) in namespaces it creates and removes (root)',
   )
   .option('--only <list>', `scenarios, comma-separated: ${SCENARIOS.join(',')}`, SCENARIOS.join(','))
   .option(

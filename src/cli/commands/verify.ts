@@ -19,6 +19,7 @@ const flags = sharedSchema(['bpffs', 'iptablesState', 'json']).extend({
       return port >= 1 && port <= 65535;
     }, 'the port must be 1-65535')
     .optional(),
+  dns: z.boolean().optional(),
 });
 
 export const verifyCommand = shared(
@@ -31,7 +32,11 @@ export const verifyCommand = shared(
       'cgroup to check (policy path such as /pods/a, or a directory under the cgroup2 mount)',
     )
     .option('--netns <path>', 'network namespace of the pod (default: that of a process in the cgroup)')
-    .option('--dest <ip:port>', 'probe destination (default 192.0.2.1:80 or [2001:db8::1]:80; never contacted)'),
+    .option('--dest <ip:port>', 'probe destination (default 192.0.2.1:80 or [2001:db8::1]:80; never contacted)')
+    .option(
+      '--dns',
+      "check DNS capture (spec.dns) instead: each captured nameserver's UDP (and TCP) port 53 reaches the DNS proxy, and the reply would seem to come from the nameserver (sends no query)",
+    ),
   ['bpffs', 'iptablesState', 'json'],
 ).action(async (raw: Record<string, unknown>) => {
   const o = parseOptions(flags, raw);
@@ -41,6 +46,7 @@ export const verifyCommand = shared(
         cgroup: o.cgroup,
         ...(o.netns ? { netns: o.netns } : {}),
         ...(o.dest ? { dest: o.dest } : {}),
+        ...(o.dns ? { dns: true } : {}),
       })
     : [
         {
@@ -59,7 +65,11 @@ export const verifyCommand = shared(
         steps.map((s) => [s.step, s.ok ? 'ok' : 'BROKEN', s.detail]),
       ),
     );
-    console.log(ok ? `the redirection chain works (${name} mode)` : `broken at: ${steps.find((s) => !s.ok)!.step}`);
+    console.log(
+      ok
+        ? `the ${o.dns ? 'DNS capture' : 'redirection'} chain works (${name} mode)`
+        : `broken at: ${steps.find((s) => !s.ok)!.step}`,
+    );
   }
   if (!ok) process.exitCode = 1;
 });

@@ -9,7 +9,16 @@ import { mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { BpfError } from '../../bpf/errors.js';
-import { PROGRAMS, REDIRECTING, REDIRECT_NEEDS, programFor, type ProgramName } from '../../bpf/abi.js';
+import {
+  DNS_NEEDS,
+  DNS_PROGRAMS,
+  OPTIONAL_PROGRAMS,
+  PROGRAMS,
+  programFor,
+  REDIRECTING,
+  REDIRECT_NEEDS,
+  type ProgramName,
+} from '../../bpf/abi.js';
 import { crashAfterAttach, failAttach } from '../../util/faults.js';
 import type { Pins } from './pins.js';
 import type { LoadReport } from './load.js';
@@ -39,10 +48,18 @@ export function attachLinks(
   const attachedNow: string[] = [];
   try {
     for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
-      const skmsg = PROGRAMS[name].attach === 'sk_msg';
-      if (skmsg && !fast) continue; // unavailable (the load said why)
-      const prog = obj.program(programFor(name, fast));
       const pin = pins.linkPin(name);
+      // Not loaded (autoload off: this kernel lacks the hook), or a DNS hook whose prerequisites are
+      // missing (a sendmsg hook never runs without the release and recvmsg hooks): not attached, and a
+      // link left from an earlier load goes.
+      const missing = name in DNS_PROGRAMS ? DNS_NEEDS.filter((n) => n !== name && n in rep.unavailable) : [];
+      if (name in rep.unavailable || missing.length) {
+        if (!(name in rep.unavailable)) rep.unavailable[name] = `needs ${missing.join(', ')}`;
+        if (existsSync(pin)) rollback([pin]);
+        continue;
+      }
+      const skmsg = PROGRAMS[name].attach === 'sk_msg';
+      const prog = obj.program(programFor(name, fast)); // without the fast path, mr_skmsg is unavailable (above)
       if (existsSync(pin) && readopt(prog, pin, skmsg ? { mapId: sockhashId } : { cgroupId: rootId }, pins, rep)) {
         continue;
       }
@@ -57,7 +74,15 @@ export function attachLinks(
           continue;
         }
       } else {
-        const link = Link.attachCgroup(prog, cgroupRoot);
+        let link: Link;
+        try {
+          link = Link.attachCgroup(prog, cgroupRoot);
+        } catch (e) {
+          // An optional hook that loads but does not attach: its feature is off (status says why).
+          if (!(e instanceof BpfError) || !OPTIONAL_PROGRAMS.includes(name)) throw e;
+          rep.unavailable[name] = e.message;
+          continue;
+        }
         try {
           link.pin(pin);
         } catch (e) {

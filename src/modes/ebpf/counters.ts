@@ -8,12 +8,12 @@ import {
   DNS_STAT_FIELDS,
   Gauge,
   MAPS,
+  INBOUND_MAPS,
   STAT_FIELDS,
   type DnsStatName,
-  type MapName,
   type StatName,
 } from '../../bpf/abi.js';
-import type { Pins } from './pins.js';
+import type { AnyMapName, Pins } from './pins.js';
 import { slotPending } from './records.js';
 
 export type Counters = Record<StatName, bigint>;
@@ -107,7 +107,9 @@ export function pendingDrift(pins: Pins): { gauge: bigint; records: number } {
 /** Entry counts of the maps that have entries (not arrays), for fill levels: those pinned (the fast path's
  * are absent where it cannot load). */
 export function fill(pins: Pins): { map: string; entries: number; max: number }[] {
-  const names = (Object.keys(MAPS) as MapName[]).filter((n) => pins.has(n));
+  // Those pinned: the fast path's are absent where it cannot load, and the inbound maps of an install that
+  // predates them are not pinned until its next load.
+  const names = ([...Object.keys(MAPS), ...Object.keys(INBOUND_MAPS)] as AnyMapName[]).filter((n) => pins.has(n));
   return pins.withMaps(names, (maps) =>
     [...maps.values()]
       .filter((m) => m.info.type !== MapType.ARRAY && m.info.type !== MapType.PERCPU_ARRAY)

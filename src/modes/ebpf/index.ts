@@ -1,6 +1,7 @@
 // index.ts — the eBPF mode: meshredir.bpf.o loaded (or re-adopted) with its maps and links pinned under
 // the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
-// process, cleanup that keeps what open fast-path sockets still use.
+// process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
+// traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture.
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
@@ -14,11 +15,16 @@ import { fastPath, pendingDrift, resetReassigned } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins } from './cleanup.js';
+import { InboundPart } from './inbound.js';
+import { DnsPart } from './dns.js';
+import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 import { isolationNotes, pendingBudget } from './records.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
+  /** Each part's plan, in the order of `parts`. */
+  readonly parts: unknown[];
 }
 
 export class EbpfMode implements Mode {
@@ -34,9 +40,16 @@ export class EbpfMode implements Mode {
   /** Per map, the fingerprint of what the last clean apply wrote: a difference found while it is
    * unchanged was made by someone else. */
   private lastWritten?: WriteReport['maps'];
+  readonly inbound: InboundPart;
+  readonly dns: DnsPart;
+  /** The traffic features beside the outbound base, called in this order at every step. */
+  private readonly parts: EbpfPart<unknown>[];
 
   constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
     this.pins = new Pins(cfg.bpffs);
+    this.inbound = new InboundPart(this.pins);
+    this.dns = new DnsPart(this.pins);
+    this.parts = [this.inbound, this.dns] as EbpfPart<unknown>[];
   }
 
   /** Where to attach and what to load: only plan and apply need it. */
@@ -61,6 +74,7 @@ export class EbpfMode implements Mode {
 
   plan(policies: Policy[]): EbpfPlan {
     const desired = this.desired(policies);
+    const parts = this.parts.map((x) => x.plan(desired, policies));
     const outside = outsideRoot(policies, cgroupPathOf(this.attach.cgroupRoot));
     const notes: Note[] = outside.map((o) => ({
       level: 'warn',
@@ -74,30 +88,36 @@ export class EbpfMode implements Mode {
       desired,
       policies: outcomes(policies, desired, new Map()),
       notes,
-      render: () => ({
-        json: {
-          mode: 'ebpf',
-          slots:
-            desired.slotsFrom === 'pins'
-              ? `kept from the pinned mr_slots under ${this.cfg.bpffs}`
-              : 'assigned anew (nothing pinned)',
-          unresolved: desired.unresolved,
-          outsideRoot: outside,
-          rejected: desired.rejected.map((r) => r.message),
-          failed: desired.failed.map((r) => r.message),
-          entries: desired.entries,
-        },
-        messages: [
-          ...desired.unresolved.map(
-            (u) =>
-              `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
-          ),
-          ...desired.rejected.map((r) => r.message),
-          ...desired.failed.map((r) => r.message),
-          ...outside.map((x) => x.message),
-        ],
-        ok: desired.rejected.length === 0 && desired.failed.length === 0,
-      }),
+      parts,
+      render: () => {
+        const rendered = this.parts.map((x, i) => ({ name: x.name, ...x.render(parts[i]) }));
+        return {
+          json: {
+            mode: 'ebpf',
+            slots:
+              desired.slotsFrom === 'pins'
+                ? `kept from the pinned mr_slots under ${this.cfg.bpffs}`
+                : 'assigned anew (nothing pinned)',
+            unresolved: desired.unresolved,
+            outsideRoot: outside,
+            rejected: desired.rejected.map((r) => r.message),
+            failed: desired.failed.map((r) => r.message),
+            entries: desired.entries,
+            ...Object.fromEntries(rendered.map((r) => [r.name, r.json])),
+          },
+          messages: [
+            ...desired.unresolved.map(
+              (u) =>
+                `${u.field === 'spec.cgroup' ? 'cgroup' : 'bypass cgroup'} ${u.cgroup} of policy ${u.policy} does not exist (yet): no entries for it until it does`,
+            ),
+            ...desired.rejected.map((r) => r.message),
+            ...desired.failed.map((r) => r.message),
+            ...outside.map((x) => x.message),
+            ...rendered.flatMap((r) => r.messages),
+          ],
+          ok: desired.rejected.length === 0 && desired.failed.length === 0,
+        };
+      },
     };
   }
 
@@ -119,13 +139,17 @@ export class EbpfMode implements Mode {
       loaded = true;
     }
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
-    const desired = loaded || !(plan as EbpfPlan).desired ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    const again = loaded || !(plan as EbpfPlan).desired;
+    const desired = again ? this.desired(plan.input) : (plan as EbpfPlan).desired;
+    const partPlans = again ? this.parts.map((x) => x.plan(desired, plan.input)) : (plan as EbpfPlan).parts;
     resetReassigned(this.pins, desired.slots);
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);
     notes.push(...wrote.notes);
     this.lastWritten = wrote.lastWritten;
+    const applied = this.parts.map((x, i) => x.apply(partPlans[i]));
+    for (const a of applied) notes.push(...a.notes);
     notes.push(...this.driftNotes());
     for (const x of [...desired.rejected, ...desired.failed]) {
       notes.push({
@@ -152,20 +176,9 @@ export class EbpfMode implements Mode {
             },
       );
     }
-    const waiting = new Set(desired.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
     for (const p of desired.keep)
       for (const message of isolationNotes(p))
         notes.push({ level: 'warn', event: 'policy_note', message, fields: { policy: p.name } });
-    for (const p of desired.keep) {
-      if (p.proxy.inbound && !waiting.has(p.name)) {
-        notes.push({
-          level: 'warn',
-          event: 'unsupported',
-          message: `${p.name}: spec.proxy.inbound is not supported by the eBPF mode yet (inbound interception needs sk_lookup); inbound traffic is not redirected`,
-          fields: { policy: p.name, field: 'spec.proxy.inbound' },
-        });
-      }
-    }
     const unwritten = new Map([...w.failed].map(([slot, why]) => [names.get(slot) ?? `slot ${slot}`, why]));
     // What is in the maps now, per policy: the version written, or (failed) the one before.
     const next = new Map<string, Policy>();
@@ -175,13 +188,15 @@ export class EbpfMode implements Mode {
       else if (prev) next.set(p.name, prev);
     }
     this.previous = next;
-    return {
-      writes: w.writes,
-      deletes: w.deletes,
-      loaded,
-      policies: outcomes(plan.input, desired, unwritten),
-      notes,
-    };
+    // A part changes the outcome of a policy only it serves (waiting for its netns, refused).
+    const policies = outcomes(plan.input, desired, unwritten).map((o) =>
+      applied.reduce((cur, a) => {
+        const x = a.outcomes.get(o.policy);
+        return x && cur.state === 'applied' ? { ...cur, ...x } : cur;
+      }, o),
+    );
+    const sum = (k: 'writes' | 'deletes') => applied.reduce((n, a) => n + a[k], w[k]);
+    return { writes: sum('writes'), deletes: sum('deletes'), loaded, policies, notes };
   }
 
   /** What differs from what this process attached and pinned (for the repair warning). */
@@ -208,7 +223,7 @@ export class EbpfMode implements Mode {
 
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
   private load(): LoadReport {
-    const rep = load(this.attach, this.pins);
+    const rep = load(this.attach, this.pins, this.parts);
     this.expectedProgs = new Map(this.pins.links().map((l) => [l.name, l.progId ?? -1]));
     this.expectedMaps = this.pins.mapIds();
     return rep;
@@ -220,7 +235,7 @@ export class EbpfMode implements Mode {
    * written through their pins).
    */
   private intact(): boolean {
-    if (this.expectedProgs.size === 0) return false;
+    if (this.expectedProgs.size === 0 || !this.parts.every((x) => x.intact())) return false;
     const rootId = String(cgroupId(this.attach.cgroupRoot));
     const links = this.pins.links();
     if (links.length !== this.expectedProgs.size) return false;
@@ -249,11 +264,19 @@ export class EbpfMode implements Mode {
   }
 
   status() {
-    return ebpfStatus(this.pins);
+    return ebpfStatus(this.pins, this.parts);
   }
 
   verify(req: VerifyRequest) {
-    return ebpfVerify(this.pins, req);
+    return ebpfVerify(this.pins, req, this.parts);
+  }
+
+  pulse(): string | null {
+    for (const x of this.parts) {
+      const why = x.pulse();
+      if (why) return why;
+    }
+    return null;
   }
 
   metrics() {
@@ -266,12 +289,22 @@ export class EbpfMode implements Mode {
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {
     const r = cleanupPins(this.pins, opts);
-    const kept = r.kept.length
-      ? [
-          `kept ${r.kept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
-            'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
-        ]
-      : [];
+    const dnsKept = r.kept.filter((k) => /\/(mr_dns_|mr_getpeername)/.test(k));
+    const fastKept = r.kept.filter((k) => !dnsKept.includes(k));
+    const kept = [
+      ...(fastKept.length
+        ? [
+            `kept ${fastKept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
+              'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
+          ]
+        : []),
+      ...(dnsKept.length
+        ? [
+            `kept ${dnsKept.join(', ')} for ${r.openDnsConnected} captured DNS socket(s) still connected to the DNS proxy: their replies are still shown as from the nameserver, and their entries go when they close. ` +
+              'Nothing new is captured; run cleanup again once they have closed, or use --force (a resolver that checks the source, such as c-ares, then drops their replies until it opens new sockets).',
+          ]
+        : []),
+    ];
     const notes: Note[] =
       r.undrained > 0
         ? [

@@ -19,7 +19,7 @@ import {
 import { BpfError, withVerifier } from '../../bpf/errors.js';
 import { ensureBpffs, cgroupId } from '../../util/host.js';
 import { crashAt } from '../../util/faults.js';
-import { ALL_MAPS, type Pins } from './pins.js';
+import { ALL_MAPS, STORAGE_MAPS, type Pins } from './pins.js';
 import { attachLinks } from './attach.js';
 
 export interface LoadConfig {
@@ -48,8 +48,20 @@ function mkdirPrivate(dir: string): void {
   chmodSync(dir, 0o700);
 }
 
-/** Loads the object, re-using pinned maps, and makes every link attached at the root and pinned. */
-export function load(cfg: LoadConfig, pins: Pins): LoadReport {
+/** What load asks of a part (part.ts): which of its programs this kernel cannot load, and what to do once
+ * the object is loaded and attached. */
+export interface LoadPart {
+  prepare?(obj: BpfObject): Record<string, string>;
+  loaded(obj: BpfObject): string[];
+}
+
+/**
+ * Loads the object, re-using pinned maps, and makes every link attached at the root and pinned; then each
+ * part's `loaded` runs with the object still open (it pins what it attaches later, updates its own links).
+ * Before the load, each part's `prepare` names the programs this kernel cannot load: their autoload goes
+ * off (else libbpf fails the whole object), they are reported unavailable and never attached.
+ */
+export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadReport {
   const rep: LoadReport = {
     unavailable: {},
     repinnedMaps: [],
@@ -77,6 +89,12 @@ export function load(cfg: LoadConfig, pins: Pins): LoadReport {
     else obj.exclude(FAST_PATH.programs, FAST_PATH.maps);
     obj.setMaxEntries('mr_orig', 2 * limit);
     if (cfg.maxAccelerated && fast) for (const m of FAST_PATH.maps) obj.setMaxEntries(m, cfg.maxAccelerated);
+    for (const part of parts) {
+      for (const [name, why] of Object.entries(part.prepare?.(obj) ?? {})) {
+        obj.setAutoload(name, false);
+        rep.unavailable[name] = why;
+      }
+    }
     const maps = fast ? ALL_MAPS : ALL_MAPS.filter((m) => !(FAST_PATH.maps as readonly string[]).includes(m));
     for (const name of maps) {
       const pin = pins.mapPin(name);
@@ -116,6 +134,7 @@ export function load(cfg: LoadConfig, pins: Pins): LoadReport {
     }
     crashAt('after-load'); // the crash-safety test: maps pinned, nothing attached
     attachLinks(obj, pins, cfg.cgroupRoot, rootId, rep, fast);
+    for (const part of parts) rep.updatedLinks.push(...part.loaded(obj));
     return rep;
   } finally {
     obj.close();
@@ -136,7 +155,7 @@ function checkLayout(
   const want = obj.mapSpec(name);
   const again = `run 'meshredir cleanup --bpffs ${bpffs}' and start again (connections in flight lose their records)`;
   const diff = (['type', 'keySize', 'valueSize', 'maxEntries'] as const).filter(
-    (k) => have[k] !== want[k] && !(k === 'maxEntries' && name === 'mr_sk'),
+    (k) => have[k] !== want[k] && !(k === 'maxEntries' && (STORAGE_MAPS as readonly string[]).includes(name)),
   );
   if (diff.length) {
     const say = (v: typeof have | typeof want) =>

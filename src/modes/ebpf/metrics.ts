@@ -2,8 +2,9 @@
 // summed over CPUs), handshakes in flight against their limit, map entries and capacity, which links are
 // attached, whether the fast path is usable. STAT_METRICS names the metric of every field of struct
 // mr_stats, DNS_STAT_METRICS of struct mr_dns_stats: a field added to abi.ts's STAT_FIELDS or
-// DNS_STAT_FIELDS is one line here (the compiler insists).
-import { REDIRECTING, REDIRECT_NEEDS, type DnsStatName, type StatName } from '../../bpf/abi.js';
+// DNS_STAT_FIELDS is one line here (the compiler insists); IN_STAT_METRICS likewise for struct mr_in_stats
+// (inbound), with whether each policy's proxy listener is registered.
+import { REDIRECTING, REDIRECT_NEEDS, type DnsStatName, type InStatName, type StatName } from '../../bpf/abi.js';
 import type { Readiness } from '../mode.js';
 import { COMMON, Families, type FamilyDef, type Labels, type MetricFamily } from '../metrics.js';
 import {
@@ -17,6 +18,7 @@ import {
   type DnsCounters,
 } from './counters.js';
 import type { Pins } from './pins.js';
+import { inboundPolicies } from './inbound-status.js';
 
 export interface StatMetric {
   family: FamilyDef;
@@ -141,6 +143,7 @@ export const DNS_STAT_METRICS: Record<DnsStatName, StatMetric> = {
   },
   bypass_cgroup: { family: DNS_BYPASSED, labels: { reason: 'proxy_cgroup' } },
   bypass_owner: { family: DNS_BYPASSED, labels: { reason: 'owner' } },
+  bypass_mark: { family: DNS_BYPASSED, labels: { reason: 'mark' } },
   bypass_dest: { family: DNS_BYPASSED, labels: { reason: 'destination' } },
   err_full: {
     family: f(
@@ -151,6 +154,58 @@ export const DNS_STAT_METRICS: Record<DnsStatName, StatMetric> = {
     labels: { reason: 'table_full' },
   },
 };
+
+const NO_PROXY = f(
+  'meshredir_inbound_no_proxy_total',
+  "Inbound connections of the policy's pod that arrived while no proxy listener was registered, by what was done (spec.inbound.whenNoProxy): refused or passed to the application.",
+  ['action'],
+);
+
+/** The metric of every field of struct mr_in_stats (inbound sk_lookup and mr_in_origdst), as STAT_METRICS. */
+export const IN_STAT_METRICS: Record<InStatName, StatMetric> = {
+  intercepted: { family: COMMON.inboundRedirected },
+  bypass_local: { family: COMMON.inboundBypassed, labels: { reason: 'loopback' } },
+  bypass_port: { family: COMMON.inboundBypassed, labels: { reason: 'port' } },
+  bypass_source: { family: COMMON.inboundBypassed, labels: { reason: 'source' } },
+  no_proxy_refused: { family: NO_PROXY, labels: { action: 'refused' } },
+  no_proxy_passed: { family: NO_PROXY, labels: { action: 'passed' } },
+  err_assign: {
+    family: f(
+      'meshredir_inbound_errors_total',
+      "Failures of the sk_lookup program for the policy's inbound connections, by kind.",
+      ['kind'],
+    ),
+    labels: { kind: 'assign_failed' },
+  },
+  origdst_served: {
+    family: f(
+      'meshredir_inbound_original_destinations_served_total',
+      "SO_ORIGINAL_DST asked on an inbound proxy's accepted socket, answered with its local address.",
+    ),
+  },
+};
+
+const LISTENER = f(
+  'meshredir_inbound_listener_registered',
+  "Whether the inbound proxy's listening socket is registered for the policy's sk_lookup program (1) or not (0: connections refused or passed), by address family.",
+  ['family'],
+  'gauge',
+);
+
+/** The inbound families from counters and registered listeners by policy name (pure). */
+export function inboundFamilies(
+  byPolicy: Map<
+    string,
+    { counters: Record<InStatName, number>; listeners: { ipv4: string | null; ipv6: string | null } }
+  >,
+  out = new Families(),
+): Families {
+  tableFamilies(IN_STAT_METRICS, new Map([...byPolicy].map(([p, v]) => [p, v.counters])), undefined, out);
+  out.declare(LISTENER);
+  for (const [policy, v] of byPolicy)
+    for (const family of ['ipv4', 'ipv6'] as const) out.add(LISTENER, { policy, family }, v.listeners[family] ? 1 : 0);
+  return out;
+}
 
 /** The per-policy counter families from counters by policy name and slot 0's (pure). */
 export function statFamilies(
@@ -168,15 +223,15 @@ export function dnsFamilies(byPolicy: Map<string, DnsCounters>, out = new Famili
 
 function tableFamilies<F extends string>(
   table: Record<F, StatMetric>,
-  byPolicy: Map<string, Record<F, bigint>>,
-  node: Record<F, bigint> | undefined,
+  byPolicy: Map<string, Record<F, bigint | number>>,
+  node: Record<F, bigint | number> | undefined,
   out: Families,
 ): Families {
   const rows = Object.entries(table) as [F, StatMetric][];
   for (const [, m] of rows) out.declare(m.family);
   for (const [field, m] of rows) {
     if (m.scope === 'node') {
-      out.add(m.family, { ...m.labels }, Number(node?.[field] ?? 0n));
+      out.add(m.family, { ...m.labels }, Number(node?.[field] ?? 0));
       continue;
     }
     for (const [policy, c] of byPolicy) out.add(m.family, { policy, ...m.labels }, Number(c[field]));
@@ -245,6 +300,9 @@ export function ebpfMetrics(pins: Pins): MetricFamily[] {
   statFamilies(named(counters), counters.get(0), out);
   const dns = dnsStats(pins);
   if (dns.size) dnsFamilies(named(dns), out);
+  // Inbound: the policies with an sk_lookup link or pod addresses (none before the inbound maps are pinned).
+  const inbound = inboundPolicies(pins).filter((p) => !p.policy.startsWith('slot '));
+  if (inbound.length) inboundFamilies(new Map(inbound.map((p) => [p.policy, p])), out);
   const p = pending(pins);
   out.add(IN_FLIGHT, {}, p.pending);
   out.add(IN_FLIGHT_LIMIT, {}, p.limit);

@@ -1,16 +1,28 @@
-// pins.ts — what the eBPF mode keeps under its bpffs directory (maps/, links/) and how it reads it
-// back: typed maps by name, the links with their programs and attach points, slots by policy name.
+// pins.ts — what the eBPF mode keeps under its bpffs directory (maps/, links/, progs/) and how it reads
+// it back: typed maps by name, the links with their programs and attach points, slots by policy name.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById } from '../../bpf/prog.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
-import { MAPS, type MapName } from '../../bpf/abi.js';
+import { MAPS, INBOUND_MAPS, inSk, u32, type MapName, type InboundMapName } from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 
-/** Pinned maps besides those with codecs: the socket storage has no user-space view. */
-export const ALL_MAPS = [...(Object.keys(MAPS) as MapName[]), 'mr_sk'] as const;
+/** Socket storage maps: pinned, but with no user-space view by key (and no get_next_key). */
+export const STORAGE_MAPS = ['mr_sk', 'mr_in_sk'] as const;
+/** Every pinned map: the outbound part's, the inbound part's, and the socket storages. */
+export const ALL_MAPS = [
+  ...(Object.keys(MAPS) as MapName[]),
+  ...(Object.keys(INBOUND_MAPS) as InboundMapName[]),
+  ...STORAGE_MAPS,
+] as const;
+/** A map with codecs (every pinned map but the socket storages). */
+export type AnyMapName = MapName | InboundMapName;
+const CODECS = { ...MAPS, ...INBOUND_MAPS };
+
+/** Links of the inbound part: one per pod netns, pinned as links/sklookup-<slot>. */
+export const NETNS_LINK_PREFIX = 'sklookup-';
 
 export interface LinkState {
   name: string;
@@ -22,6 +34,8 @@ export interface LinkState {
   cgroupId?: string;
   /** sk_msg links: the sockhash it is attached to (0: detached). */
   mapId?: number;
+  /** sk_lookup links: the inode of their netns (0: the netns is gone, the link defunct). */
+  netnsIno?: number;
   attached: boolean;
   error?: string;
 }
@@ -29,14 +43,17 @@ export interface LinkState {
 export class Pins {
   readonly mapsDir: string;
   readonly linksDir: string;
+  /** Programs kept to attach later (the inbound part's sk_lookup, one link per netns as pods come). */
+  readonly progsDir: string;
   constructor(readonly bpffs: string) {
     this.mapsDir = join(bpffs, 'maps');
     this.linksDir = join(bpffs, 'links');
+    this.progsDir = join(bpffs, 'progs');
   }
 
   /** Whether meshredir's pins exist under the bpffs directory; throws when this process may not look. */
   installed(): boolean {
-    for (const d of [this.linksDir, this.mapsDir]) {
+    for (const d of [this.linksDir, this.mapsDir, this.progsDir]) {
       try {
         statSync(d);
         return true;
@@ -59,18 +76,27 @@ export class Pins {
     return join(this.linksDir, name);
   }
 
+  progPin(name: string): string {
+    return join(this.progsDir, name);
+  }
+
   has(name: string): boolean {
     return existsSync(this.mapPin(name));
   }
 
-  openMap<N extends MapName>(name: N): BpfMap<unknown, unknown> {
-    const m = MAPS[name] as { key: Codec<unknown>; value: Codec<unknown> };
+  openMap<N extends AnyMapName>(name: N): BpfMap<unknown, unknown> {
+    const m = CODECS[name] as { key: Codec<unknown>; value: Codec<unknown> };
     return BpfMap.open(this.mapPin(name), name, m.key, m.value);
   }
 
+  /** The inbound listeners' socket storage, keyed by a socket fd of this process (no iteration). */
+  openStorage(name: 'mr_in_sk'): BpfMap<number, { slot: number; flags: number }> {
+    return BpfMap.open(this.mapPin(name), name, u32, inSk);
+  }
+
   /** Opens the maps, runs fn, closes them. */
-  withMaps<T>(names: readonly MapName[], fn: (maps: Map<MapName, BpfMap<unknown, unknown>>) => T): T {
-    const maps = new Map<MapName, BpfMap<unknown, unknown>>();
+  withMaps<T>(names: readonly AnyMapName[], fn: (maps: Map<AnyMapName, BpfMap<unknown, unknown>>) => T): T {
+    const maps = new Map<AnyMapName, BpfMap<unknown, unknown>>();
     try {
       for (const n of names) maps.set(n, this.openMap(n));
       return fn(maps);
@@ -80,7 +106,7 @@ export class Pins {
   }
 
   /** The entries of one map, decoded. */
-  entries<T>(name: MapName): T {
+  entries<T>(name: AnyMapName): T {
     return this.withMaps([name], (m) => m.get(name)!.entries() as T);
   }
 
@@ -94,10 +120,24 @@ export class Pins {
     );
   }
 
-  /** Every pinned link, with its program and where it is attached (or why it cannot be read). */
+  /** Every pinned link of the cgroup root (and the sockhash), with its program and where it is attached
+   * (or why it cannot be read); the inbound part's netns links are netnsLinks(). */
   links(): LinkState[] {
+    return this.readLinks((n) => !n.startsWith(NETNS_LINK_PREFIX));
+  }
+
+  /** The inbound part's links: one per pod netns (links/sklookup-<slot>). */
+  netnsLinks(): (LinkState & { slot: number })[] {
+    return this.readLinks((n) => n.startsWith(NETNS_LINK_PREFIX)).map((l) => ({
+      ...l,
+      slot: Number(l.name.slice(NETNS_LINK_PREFIX.length)),
+    }));
+  }
+
+  private readLinks(which: (name: string) => boolean): LinkState[] {
     if (!existsSync(this.linksDir)) return [];
     return readdirSync(this.linksDir)
+      .filter(which)
       .sort()
       .map((name) => {
         const pin = this.linkPin(name);
@@ -108,6 +148,7 @@ export class Pins {
             const tag = progInfoById(i.progId)?.tag;
             const base = { name, pin, id: i.id, progId: i.progId, ...(tag ? { progTag: tag } : {}) };
             if (i.mapId !== undefined) return { ...base, mapId: i.mapId, attached: i.mapId !== 0 };
+            if (i.netnsIno !== undefined) return { ...base, netnsIno: i.netnsIno, attached: i.netnsIno !== 0 };
             return { ...base, cgroupId: String(i.cgroupId ?? 0n), attached: (i.cgroupId ?? 0n) !== 0n };
           } finally {
             l.close();

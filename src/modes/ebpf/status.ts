@@ -2,15 +2,17 @@
 // are attached, policies with their cgroups and counters, map fill, records in flight.
 import { STAT_FIELDS, PolicyFlag, CgKind } from '../../bpf/abi.js';
 import { cgroupPathById } from '../../util/cgroups.js';
-import type { StatusReport } from '../mode.js';
+import type { Section, StatusReport } from '../mode.js';
 import { stats, pending, pendingBySlot, pendingDrift, fill, fastPath } from './counters.js';
 import type { Pins } from './pins.js';
 
-export const UNSUPPORTED = [
-  'spec.proxy.inbound: inbound interception is not implemented in the eBPF mode yet (sk_lookup)',
-];
+/** The parts' status sections (json under their name). */
+interface StatusPart {
+  name: string;
+  status(): { json: unknown; sections: Section[] };
+}
 
-export function ebpfStatus(pins: Pins): StatusReport {
+export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
   const links = pins.links().map((l) => ({
     ...l,
     cgroup: l.cgroupId && l.cgroupId !== '0' ? cgroupPathById(BigInt(l.cgroupId)) : null,
@@ -47,8 +49,10 @@ export function ebpfStatus(pins: Pins): StatusReport {
     maps,
     records,
     unknownOrigDst: Number(counters.get(0)?.origdst_unknown ?? 0n),
-    unsupported: UNSUPPORTED,
+    unsupported: [] as string[],
   };
+  const partStatus = parts.map((p) => ({ name: p.name, ...p.status() }));
+  for (const p of partStatus) (json as Record<string, unknown>)[p.name] = p.json;
   const sum = (c: Record<string, number>, prefix: string) =>
     Object.entries(c)
       .filter(([k]) => k.startsWith(prefix))
@@ -106,6 +110,7 @@ export function ebpfStatus(pins: Pins): StatusReport {
           }),
         },
       },
+      ...partStatus.flatMap((p) => p.sections),
       { table: { head: ['map', 'entries', 'capacity'], rows: maps.map((m) => [m.map, m.entries, m.max]) } },
       {
         lines: [

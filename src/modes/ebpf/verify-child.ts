@@ -1,7 +1,8 @@
 // verify-child.ts — the throwaway process behind the eBPF verify (started by verify.ts with fork(), never
 // through the CLI): it moves itself into the cgroup and the network namespace being checked — which the
 // verifying process must not do to itself — makes a TCP_REPAIR connect that runs the real hooks without
-// sending a packet, reads the record the proxy would read, and answers over the IPC channel.
+// sending a packet, reads the record the proxy would read, and answers over the IPC channel. (`verify
+// --dns`: dns-probe.ts, the same way.)
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ipaddr from 'ipaddr.js';
@@ -9,6 +10,7 @@ import { enterNetns, repairConnect, type SockAddr } from '../../sys/socket.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
 import { AF_INET, AF_INET6 } from '../../bpf/abi.js';
 import { Pins } from './pins.js';
+import { dnsProbe, type DnsChildRequest } from './dns-probe.js';
 
 export interface ChildRequest {
   cgroupDir: string;
@@ -69,10 +71,10 @@ export function probe(req: ChildRequest): ChildResult {
 }
 
 if (process.send) {
-  process.once('message', (req: ChildRequest) => {
-    let reply: { ok: ChildResult } | { error: string };
+  process.once('message', (req: ChildRequest | DnsChildRequest) => {
+    let reply: { ok: unknown } | { error: string };
     try {
-      reply = { ok: probe(req) };
+      reply = { ok: 'kind' in req ? dnsProbe(req) : probe(req) };
     } catch (e) {
       reply = { error: (e as Error).message };
     }

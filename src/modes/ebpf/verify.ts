@@ -1,12 +1,12 @@
 // verify.ts — the eBPF self-check for a cgroup: policy → programs attached above it → redirected to the
 // proxy → record for the proxy → getpeername → proxy listening. The connect itself is made by a throwaway
 // process (verify-child.ts) in the cgroup and its netns, in TCP_REPAIR mode: the real hooks run and no
-// packet is sent anywhere.
+// packet is sent anywhere. Then the checks of each part that serves the policy (inbound).
 import { fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import ipaddr from 'ipaddr.js';
-import { CgKind, PolicyFlag, PROGRAMS, AF_INET } from '../../bpf/abi.js';
+import { CgKind, PolicyFlag, PROGRAMS, OPTIONAL_PROGRAMS, AF_INET, type ProgramName } from '../../bpf/abi.js';
 import { cgroupArgDir, cgroupDir, cgroupId, requireCgroup2, within } from '../../util/host.js';
 import { cgroupPathById, subtreePids } from '../../util/cgroups.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
@@ -15,8 +15,12 @@ import { Checks } from '../checks.js';
 import type { VerifyRequest, VerifyStep } from '../mode.js';
 import type { Pins } from './pins.js';
 import type { ChildRequest, ChildResult } from './verify-child.js';
+import type { EbpfPart } from './part.js';
 
-const CGROUP_PROGRAMS = Object.values(PROGRAMS).filter((p) => p.attach !== 'sk_msg').length;
+/** The cgroup programs every installation has (DNS capture's are optional: a kernel may lack them). */
+const CGROUP_PROGRAMS = (Object.keys(PROGRAMS) as ProgramName[]).filter(
+  (n) => PROGRAMS[n].attach !== 'sk_msg' && !OPTIONAL_PROGRAMS.includes(n),
+).length;
 
 interface Coverage {
   policy: string;
@@ -60,7 +64,7 @@ function coverage(pins: Pins, dir: string): Coverage | null {
 }
 
 /** A process in the cgroup subtree: its netns is the pod's. */
-function podNetns(dir: string): string | null {
+export function podNetns(dir: string): string | null {
   const pid = subtreePids(dir)[0];
   return pid === undefined ? null : `/proc/${pid}/ns/net`;
 }
@@ -72,8 +76,10 @@ function endpoint(ep: string): { family: 4 | 6; bytes: number[]; port: number } 
   return { family: a.kind() === 'ipv4' ? 4 : 6, bytes: a.toByteArray(), port: Number(m[2]) };
 }
 
-/** Runs the throwaway process and returns what it saw. */
-function runChild(req: ChildRequest): Promise<ChildResult> {
+/** Runs the throwaway process (verify-child.ts) and returns what it saw. */
+export function runChild(req: ChildRequest): Promise<ChildResult>;
+export function runChild<R>(req: { kind: string }): Promise<R>;
+export function runChild(req: object): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const child = fork(join(dirname(new URL(import.meta.url).pathname), 'verify-child.js'), [], {
       serialization: 'advanced',
@@ -82,7 +88,7 @@ function runChild(req: ChildRequest): Promise<ChildResult> {
     });
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('message', (m: { ok?: ChildResult; error?: string }) =>
+    child.once('message', (m: { ok?: unknown; error?: string }) =>
       m.ok ? resolve(m.ok) : reject(new Error(m.error ?? 'no answer')),
     );
     child.once('exit', (code, sig) => reject(new Error(`exited ${code ?? sig}${err ? `: ${err.trim()}` : ''}`)));
@@ -90,7 +96,11 @@ function runChild(req: ChildRequest): Promise<ChildResult> {
   });
 }
 
-export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> {
+export function ebpfVerify(
+  pins: Pins,
+  o: VerifyRequest,
+  parts: Pick<EbpfPart<unknown>, 'name' | 'covers' | 'verify'>[] = [],
+): Promise<VerifyStep[]> {
   return Checks.run(async (c: Checks) => {
     const mount = requireCgroup2();
     const dir = cgroupArgDir(o.cgroup, mount);
@@ -118,61 +128,81 @@ export function ebpfVerify(pins: Pins, o: VerifyRequest): Promise<VerifyStep[]> 
         'policy',
         `${o.cgroup} is a bypass (proxy) cgroup of policy ${cov.policy}: its connections are never redirected`,
       );
-    const dest = o.dest ?? (cov.proxy4 ? '192.0.2.1:80' : '[2001:db8::1]:80');
-    const proxy = dest.startsWith('[') ? cov.proxy6 : cov.proxy4;
-    if (!proxy) c.fail('policy', `policy ${cov.policy} has no proxy for ${dest.startsWith('[') ? 'IPv6' : 'IPv4'}`);
-    c.ok('policy', `${cov.policy} → proxy ${proxy}`);
-
-    const netns = o.netns ?? podNetns(dir);
-    const pe = endpoint(proxy);
-    let res: ChildResult;
-    try {
-      res = await runChild({
-        cgroupDir: dir,
-        netns,
-        bpffs: pins.bpffs,
-        dest: endpoint(dest),
-        proxy: pe,
-        proxyLoopback: isLoopback(pe),
-      });
-    } catch (e) {
-      c.fail('probe', `the throwaway process failed: ${(e as Error).message}`);
-    }
-    const where = netns
-      ? `in netns ${netns}`
-      : 'in the current netns (no process in the cgroup to take the pod netns from; pass --netns)';
-    if (res.connect !== 'ok') c.fail('redirect', `connect(${dest}) ${where} failed: ${res.connect}`);
-    if (!res.record)
-      c.fail(
-        'redirect',
-        `connect(${dest}) from ${res.local} was not redirected to ${proxy}: no record for the proxy to read (counters: meshredir status)`,
-      );
-    const recorded =
-      res.record.family === AF_INET
-        ? `${res.record.addr}:${res.record.port}`
-        : `[${res.record.addr}]:${res.record.port}`;
-    const want = ((d) =>
-      `${d.family === 4 ? ipaddr.fromByteArray(d.bytes).toString() : `[${ipaddr.fromByteArray(d.bytes).toString()}]`}:${d.port}`)(
-      endpoint(dest),
-    );
-    if (recorded !== want) c.fail('original destination', `the proxy would read ${recorded}, not ${dest}`);
-    c.ok('redirect', `connect(${dest}) ${where} went to ${proxy}`);
-    c.ok('original destination', `the proxy's SO_ORIGINAL_DST would answer ${recorded}`);
-    if (res.peer !== want) c.fail('getpeername', `the application would see ${res.peer}, not ${dest}`);
-    c.ok('getpeername', `the application sees ${res.peer}`);
-
-    // The proxy listens in the pod netns (sidecar) or in the netns of its own processes (node proxy).
-    const proxyPids = cov.bypassIds.flatMap((id) => {
-      const path = cgroupPathById(id);
-      return path === null ? [] : subtreePids(cgroupDir(path, mount));
-    });
-    const listening =
-      res.proxyListening || proxyPids.some((pid) => accepts(listenersOf(`/proc/${pid}/net`), pe.bytes, pe.port));
-    if (!listening)
-      c.fail(
-        'proxy',
-        `nothing listens on ${proxy} (looked in the pod netns and in the netns of ${proxyPids.length} process(es) of the policy's bypass cgroups)`,
-      );
-    c.ok('proxy', `a socket listens on ${proxy}`);
+    // --dns checks DNS capture's chain alone; otherwise every part but DNS serving the policy.
+    const serving = parts.filter((p) => (p.name === 'dns') === Boolean(o.dns) && p.covers(cov.slot));
+    if (o.dns) {
+      if (!serving.length) c.fail('dns policy', `policy ${cov.policy} captures no DNS (no spec.dns in force)`);
+    } else if (!cov.proxy4 && !cov.proxy6 && serving.length) {
+      c.ok('policy', `${cov.policy} (no outbound proxy: inbound only)`);
+    } else if (!cov.proxy4 && !cov.proxy6 && parts.some((p) => p.name === 'dns' && p.covers(cov.slot))) {
+      c.fail('policy', `${cov.policy} has no outbound proxy (it captures DNS only): check it with --dns`);
+    } else await outboundChecks(c, pins, o, dir, cov, mount);
+    for (const p of serving)
+      await p.verify(c, { policy: cov.policy, slot: cov.slot, dir, bypassIds: cov.bypassIds }, o);
   });
+}
+
+/** The outbound chain: a connect from the cgroup is redirected, recorded, answered and listened for. */
+async function outboundChecks(
+  c: Checks,
+  pins: Pins,
+  o: VerifyRequest,
+  dir: string,
+  cov: Coverage,
+  mount: string,
+): Promise<void> {
+  const dest = o.dest ?? (cov.proxy4 ? '192.0.2.1:80' : '[2001:db8::1]:80');
+  const proxy = dest.startsWith('[') ? cov.proxy6 : cov.proxy4;
+  if (!proxy) c.fail('policy', `policy ${cov.policy} has no proxy for ${dest.startsWith('[') ? 'IPv6' : 'IPv4'}`);
+  c.ok('policy', `${cov.policy} → proxy ${proxy}`);
+
+  const netns = o.netns ?? podNetns(dir);
+  const pe = endpoint(proxy);
+  let res: ChildResult;
+  try {
+    res = await runChild({
+      cgroupDir: dir,
+      netns,
+      bpffs: pins.bpffs,
+      dest: endpoint(dest),
+      proxy: pe,
+      proxyLoopback: isLoopback(pe),
+    });
+  } catch (e) {
+    c.fail('probe', `the throwaway process failed: ${(e as Error).message}`);
+  }
+  const where = netns
+    ? `in netns ${netns}`
+    : 'in the current netns (no process in the cgroup to take the pod netns from; pass --netns)';
+  if (res.connect !== 'ok') c.fail('redirect', `connect(${dest}) ${where} failed: ${res.connect}`);
+  if (!res.record)
+    c.fail(
+      'redirect',
+      `connect(${dest}) from ${res.local} was not redirected to ${proxy}: no record for the proxy to read (counters: meshredir status)`,
+    );
+  const recorded =
+    res.record.family === AF_INET ? `${res.record.addr}:${res.record.port}` : `[${res.record.addr}]:${res.record.port}`;
+  const want = ((d) =>
+    `${d.family === 4 ? ipaddr.fromByteArray(d.bytes).toString() : `[${ipaddr.fromByteArray(d.bytes).toString()}]`}:${d.port}`)(
+    endpoint(dest),
+  );
+  if (recorded !== want) c.fail('original destination', `the proxy would read ${recorded}, not ${dest}`);
+  c.ok('redirect', `connect(${dest}) ${where} went to ${proxy}`);
+  c.ok('original destination', `the proxy's SO_ORIGINAL_DST would answer ${recorded}`);
+  if (res.peer !== want) c.fail('getpeername', `the application would see ${res.peer}, not ${dest}`);
+  c.ok('getpeername', `the application sees ${res.peer}`);
+
+  // The proxy listens in the pod netns (sidecar) or in the netns of its own processes (node proxy).
+  const proxyPids = cov.bypassIds.flatMap((id) => {
+    const path = cgroupPathById(id);
+    return path === null ? [] : subtreePids(cgroupDir(path, mount));
+  });
+  const listening =
+    res.proxyListening || proxyPids.some((pid) => accepts(listenersOf(`/proc/${pid}/net`), pe.bytes, pe.port));
+  if (!listening)
+    c.fail(
+      'proxy',
+      `nothing listens on ${proxy} (looked in the pod netns and in the netns of ${proxyPids.length} process(es) of the policy's bypass cgroups)`,
+    );
+  c.ok('proxy', `a socket listens on ${proxy}`);
 }

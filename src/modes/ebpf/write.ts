@@ -9,7 +9,7 @@ import { BpfError } from '../../bpf/errors.js';
 import { POLICY_MAPS, type MapName } from '../../bpf/abi.js';
 import type { MapEntries } from '../../policy/entries.js';
 import { faultAt } from '../../util/faults.js';
-import type { Pins } from './pins.js';
+import type { AnyMapName, Pins } from './pins.js';
 
 /** Policy details before the cgroup entries that point at them; removals in the reverse order. */
 const ORDER: MapName[] = ['mr_slots', 'mr_policies', 'mr_owners', 'mr_proxies', 'mr_ports', 'mr_cidrs', 'mr_cgroups'];
@@ -171,7 +171,7 @@ class Writer {
   private sizeAtStart = new Map<MapName, number>();
 
   constructor(
-    private readonly maps: Map<MapName, BpfMap<unknown, unknown>>,
+    private readonly maps: Map<AnyMapName, BpfMap<unknown, unknown>>,
     private readonly size: Map<MapName, number>,
     private readonly o: WriteOptions,
     private readonly rep: WriteReport,

@@ -2,15 +2,18 @@
 // inside that netns and is reported, the others go on), a backend move that applies before it removes,
 // and the rules of policies that are gone removed from their netns, found by inode.
 import type { Policy } from '../../policy/schema.js';
-import { NetnsHandle, findNetns, idOf } from './netns.js';
+import { NetnsHandle, findNetns, idOf } from '../netns.js';
 import { ours, type Runner } from './run.js';
-import { familyWork, type Resolved, type Target } from './plan.js';
+import { familyWork, routeWork, tablesToRead, type Resolved, type Target } from './plan.js';
+import { TABLES } from './tables.js';
+import { removeRoute, routeText, syncRoutes } from './routes.js';
 import {
   fkey,
   readState,
   writeState,
   type Backend,
   type Family,
+  type FamilyState,
   type NetnsState,
   type PolicyStatus,
   type State,
@@ -127,9 +130,17 @@ function applyOne(run: Runner, target: Target, state: State, rep: IptablesApplyR
       cgroup: p.cgroup,
       families: moving ? {} : { ...(prev?.families ?? {}) },
       stale: (prev?.stale ?? []).filter((s) => s.backend !== backend),
+      ...(prev?.routes?.length ? { routes: prev.routes } : {}),
     };
     const { changed, errors, drifted } = applyFamilies(run, ns, p, next, moving ? undefined : prev);
     for (const family of drifted) rep.repaired.push({ policy: p.name, netns: t.path, family });
+    // Policy routing after the rules that mark for it (harmless before any mark), removed after them.
+    const rw = routeWork(p, next.routes);
+    const rs = syncRoutes(run, ns, rw.want, next.routes ?? []);
+    changed.push(...rs.changed);
+    errors.push(...rs.errors);
+    if (rs.routes.length) next.routes = rs.routes;
+    else delete next.routes;
     if (moving) {
       if (errors.length) {
         const reason = undoMove(run, ns, t.id, state, moving, next, errors);
@@ -174,11 +185,15 @@ function applyFamilies(
       const w = familyWork(run, ns, p, next.backend, family, prev?.families[f]);
       if (w.kind === 'restore') {
         run.restore(ns, next.backend, family, w.input);
-        next.families[f] = {
+        const saves = run.saveAll(ns, next.backend, family, tablesToRead(p, family, undefined));
+        const fs: FamilyState = {
           rendered: w.rendered,
-          applied: ours(run.saveNat(ns, next.backend, family)),
+          applied: ours(saves.nat ?? ''),
           ...(Object.keys(w.cgroups).length ? { cgroups: w.cgroups } : {}),
         };
+        for (const t of TABLES)
+          if (t.table !== 'nat' && saves[t.table] !== undefined) (fs.tables ??= {})[t.table] = ours(saves[t.table]!);
+        next.families[f] = fs;
         changed.push(`ipv${family}`);
         if (w.drift) drifted.push(`ipv${family}`);
       } else if (w.kind === 'remove') {
@@ -256,11 +271,13 @@ export function removeEntry(run: Runner, e: NetnsState): Removal {
     for (const { backend, families: fs } of [{ backend: e.backend, families: fams }, ...e.stale]) {
       for (const f of fs) run.removeFamily(ns, backend, f);
     }
+    for (const r of e.routes ?? []) removeRoute(run, ns, r);
+    const routes = e.routes?.length ? ` and ${e.routes.map(routeText).join(', ')}` : '';
     return {
       ...base,
       netns: path,
       outcome: 'removed',
-      detail: `removed every MESHREDIR line from network namespace ${e.id} (${path})`,
+      detail: `removed every MESHREDIR line${routes} from network namespace ${e.id} (${path})`,
     };
   } catch (err) {
     const detail = `${(err as Error).message}; rules may remain in network namespace ${e.id} (${path}); retried at the next reconcile or cleanup`;

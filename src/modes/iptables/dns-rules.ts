@@ -10,10 +10,12 @@
 // NATed by it back to the proxy itself (docs/dns-design.md shows it happen).
 import type { Policy } from '../../policy/schema.js';
 import { isLoopback, type Endpoint } from '../../policy/addr.js';
-import { REDIRECT_TARGET } from './rules.js';
+import { REDIRECT_TARGET, proxyMatches } from './rules.js';
 
 export interface DnsRuleOptions {
   family: 4 | 6;
+  /** The bypass cgroups to render (default: all of the policy's): those that exist (rules.ts, RuleOptions). */
+  bypassCgroups?: readonly string[];
 }
 
 /** Our chains per table. */
@@ -61,8 +63,10 @@ function target(proxy: Endpoint): string {
 const hostOf = (e: Endpoint) =>
   `${e.text.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1')}/${e.family === 4 ? 32 : 128}`;
 
-function owners(p: Policy): string[] {
-  return [...p.bypass.uids.map((u) => `--uid-owner ${u}`), ...p.bypass.gids.map((g) => `--gid-owner ${g}`)];
+/** The DNS proxy as the outbound rules recognise the proxy: its cgroups, marks, uids and gids. */
+function proxyOwn(p: Policy, bypassCgroups?: readonly string[]): string[] {
+  const m = proxyMatches(p, bypassCgroups);
+  return [...m.cgroups, ...m.marks, ...m.owners];
 }
 
 /** Rule lines with the policy's comment before the target, as rules.ts writes them. */
@@ -75,13 +79,13 @@ function adder(p: Policy, lines: string[]) {
 }
 
 /** nat: MESHREDIR_DNS declared, flushed and filled. Empty when the family captures nothing. */
-export function dnsNatChain(p: Policy, { family }: DnsRuleOptions): string[] {
+export function dnsNatChain(p: Policy, { family, bypassCgroups }: DnsRuleOptions): string[] {
   const proxy = proxyOf(p, family);
   if (!p.dns || !proxy || !dnsFamilies(p).includes(family)) return [];
   const lines = DNS_CHAINS.nat.flatMap((ch) => [`:${ch} - [0:0]`, `-F ${ch}`]);
   const add = adder(p, lines);
   const protos = p.dns.tcp ? ['udp', 'tcp'] : ['udp'];
-  for (const o of owners(p)) add('MESHREDIR_DNS', `-m owner ${o} -j RETURN`);
+  for (const m of proxyOwn(p, bypassCgroups)) add('MESHREDIR_DNS', `${m} -j RETURN`);
   // A proxy listening on port 53 itself is already where its queries would go.
   if (proxy.port === 53) {
     for (const pr of protos) add('MESHREDIR_DNS', `-d ${hostOf(proxy)} -p ${pr} --dport 53 -j RETURN`);
@@ -92,7 +96,7 @@ export function dnsNatChain(p: Policy, { family }: DnsRuleOptions): string[] {
 }
 
 /** raw: the conntrack zones (only for a proxy in the pod netns; UDP only, as TCP has no such race). */
-export function dnsRawChains(p: Policy, { family }: DnsRuleOptions): string[] {
+export function dnsRawChains(p: Policy, { family, bypassCgroups }: DnsRuleOptions): string[] {
   const proxy = proxyOf(p, family);
   if (!p.dns || !proxy || !dnsFamilies(p).includes(family) || !needsZones(p, family)) return [];
   const lines = DNS_CHAINS.raw.flatMap((ch) => [`:${ch} - [0:0]`]).concat(DNS_CHAINS.raw.map((ch) => `-F ${ch}`));
@@ -108,9 +112,9 @@ export function dnsRawChains(p: Policy, { family }: DnsRuleOptions): string[] {
   );
   // The first CT target a packet meets sets its zone; later ones leave it (xt_CT skips a packet that
   // already has a conntrack template), so the proxy's own packets are matched first.
-  for (const o of owners(p)) {
-    add('MESHREDIR_DNS', `-p udp --dport 53 -m owner ${o} -j CT --zone ${ZONE_OTHER}`);
-    add('MESHREDIR_DNS', `-p udp --sport ${proxy.port} -m owner ${o} -j CT --zone ${ZONE_CAPTURED}`);
+  for (const m of proxyOwn(p, bypassCgroups)) {
+    add('MESHREDIR_DNS', `-p udp --dport 53 ${m} -j CT --zone ${ZONE_OTHER}`);
+    add('MESHREDIR_DNS', `-p udp --sport ${proxy.port} ${m} -j CT --zone ${ZONE_CAPTURED}`);
   }
   for (const d of destinations(p, family) ?? [null])
     add('MESHREDIR_DNS', `${d ? `-d ${d} ` : ''}-p udp --dport 53 -j CT --zone ${ZONE_CAPTURED}`);
@@ -149,9 +153,10 @@ export function unsupportedDns(p: Policy): string[] {
   if (!p.dns) return [];
   const out: string[] = [];
   const loopbackProxy = ([4, 6] as const).some((f) => needsZones(p, f));
-  if (loopbackProxy && p.bypass.uids.length === 0 && p.bypass.gids.length === 0)
+  const b = p.bypass;
+  if (loopbackProxy && b.cgroups.length + b.marks.length + b.uids.length + b.gids.length === 0)
     out.push(
-      'spec.dns: a DNS proxy in the pod netns is recognised only by uid/gid in iptables mode; without spec.proxy.bypass.uids or gids its own queries to the nameservers would be captured back to it',
+      'spec.dns: the rules cover the whole pod network namespace, DNS proxy included; without spec.proxy.bypass cgroups, marks, uids or gids its own queries to the nameservers would be captured back to it',
     );
   return out;
 }

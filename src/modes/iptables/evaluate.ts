@@ -1,12 +1,15 @@
-// evaluate.ts — what a nat table made of our rules does with a new outbound TCP connection: a tiny
-// first-match evaluator of exactly the rule subset rules.ts generates (unknown syntax is an error,
-// never ignored). Used to check the generated rules against the decision model, and by `verify`.
+// evaluate.ts — what a nat table made of our rules does with a new outbound TCP connection or UDP flow: a
+// tiny first-match evaluator of exactly the rule subset rules.ts and dns-rules.ts generate (unknown syntax
+// is an error, never ignored). Used to check the generated rules against the decision model, and by
+// `verify` (and `verify --dns`: UDP and TCP port 53).
 import ipaddr from 'ipaddr.js';
 import { within } from '../../util/host.js';
 
-/** A new TCP connection as the nat OUTPUT chain sees its first packet. */
+/** A new TCP connection (or UDP flow) as the nat OUTPUT chain sees its first packet. */
 export interface Conn {
   family: 4 | 6;
+  /** tcp unless said (DNS capture: udp too). */
+  proto?: 'tcp' | 'udp';
   /** Destination address, 4 or 16 bytes. */
   dst: number[];
   dport: number;
@@ -22,7 +25,10 @@ export interface Conn {
   outLo: boolean;
 }
 
-export type Verdict = { verdict: 'pass' } | { verdict: 'redirect'; port: number; chain: string };
+export type Verdict =
+  | { verdict: 'pass' }
+  | { verdict: 'redirect'; port: number; chain: string }
+  | { verdict: 'dnat'; to: string; chain: string };
 
 interface Net {
   bytes: number[];
@@ -42,6 +48,7 @@ interface Rule {
   mark?: { value: number; mask: number; neg: boolean };
   target: string;
   toPort?: number;
+  toDest?: string;
 }
 
 export class RuleSyntaxError extends Error {}
@@ -113,7 +120,7 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
         r.out = { iface: next(), neg };
         break;
       case '--dport':
-        if (r.proto !== 'tcp') throw new RuleSyntaxError(`${line}: --dport without -p tcp`);
+        if (r.proto !== 'tcp' && r.proto !== 'udp') throw new RuleSyntaxError(`${line}: --dport without -p tcp/udp`);
         r.dport = { port: num(next()), neg };
         break;
       case '--uid-owner':
@@ -137,7 +144,7 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
       }
       case '-m': {
         const mod = next();
-        if (!['owner', 'comment', 'tcp', 'cgroup', 'mark'].includes(mod))
+        if (!['owner', 'comment', 'tcp', 'udp', 'cgroup', 'mark'].includes(mod))
           throw new RuleSyntaxError(`${line}: match ${mod} is not in the generated subset`);
         break;
       }
@@ -150,6 +157,9 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
       case '--to-ports':
         r.toPort = num(next());
         break;
+      case '--to-destination':
+        r.toDest = next();
+        break;
       default:
         throw new RuleSyntaxError(`${line}: ${a} is not in the generated subset`);
     }
@@ -158,6 +168,8 @@ function parseRule(argv: string[], family: 4 | 6, line: string): Rule {
   if (!r.target) throw new RuleSyntaxError(`${line}: no -j target`);
   if (r.target === 'REDIRECT' && r.toPort === undefined)
     throw new RuleSyntaxError(`${line}: REDIRECT without --to-ports`);
+  if (r.target === 'DNAT' && r.toDest === undefined)
+    throw new RuleSyntaxError(`${line}: DNAT without --to-destination`);
   return r;
 }
 
@@ -180,10 +192,14 @@ export function parseNat(text: string, family: 4 | 6): Map<string, Rule[]> {
       continue;
     }
     if (/^-[FX] /.test(line)) continue; // flush/delete of a chain that is about to be filled
-    const m = /^-A (\S+) (.*)$/.exec(line);
-    if (!m) throw new RuleSyntaxError(`${line}: only -A lines are in the generated subset`);
+    // DNS capture's jump is inserted first (-I OUTPUT 1).
+    const ins = /^-I (\S+) 1 (.*)$/.exec(line);
+    const m = ins ?? /^-A (\S+) (.*)$/.exec(line);
+    if (!m) throw new RuleSyntaxError(`${line}: only -A and -I CHAIN 1 lines are in the generated subset`);
     const list = chains.get(m[1]!) ?? [];
-    list.push(parseRule(splitArgs(m[2]!), family, line));
+    const rule = parseRule(splitArgs(m[2]!), family, line);
+    if (ins) list.unshift(rule);
+    else list.push(rule);
     chains.set(m[1]!, list);
   }
   return chains;
@@ -191,7 +207,7 @@ export function parseNat(text: string, family: 4 | 6): Map<string, Rule[]> {
 
 function matches(r: Rule, c: Conn): boolean {
   const x = (cond: boolean, neg: boolean) => cond !== neg;
-  if (r.proto !== undefined && r.proto !== 'tcp') return false;
+  if (r.proto !== undefined && r.proto !== (c.proto ?? 'tcp')) return false;
   if (r.dst && !x(inNet(c.dst, r.dst.net), r.dst.neg)) return false;
   if (r.src && !x(c.src !== undefined && inNet(c.src, r.src.net), r.src.neg)) return false;
   if (r.out && !x(r.out.iface === 'lo' ? c.outLo : false, r.out.neg)) return false;
@@ -215,6 +231,7 @@ export function evaluate(chains: Map<string, Rule[]>, c: Conn, trace: string[] =
       if (r.target === 'RETURN') return 'return';
       if (r.target === 'ACCEPT') return { verdict: 'pass' };
       if (r.target === 'REDIRECT') return { verdict: 'redirect', port: r.toPort!, chain };
+      if (r.target === 'DNAT') return { verdict: 'dnat', to: r.toDest!, chain };
       const v = run(r.target, depth + 1);
       if (v !== 'return') return v;
     }

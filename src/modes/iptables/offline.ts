@@ -3,7 +3,9 @@
 import type { Policy } from '../../policy/schema.js';
 import { underRoot } from '../../policy/scope.js';
 import type { DryRun } from '../mode.js';
-import { renderRestore, unsupported, ignoredFields, families } from './rules.js';
+import { ignoredFields } from './rules.js';
+import { policyFamilies, renderPolicy, unsupportedAll } from './tables.js';
+import { routeCommands, tproxyRoutes } from './tproxy.js';
 
 /** Policies that would end up in one netns, as far as the files alone can tell. */
 export function sharedNetns(policies: Policy[]): Map<string, string> {
@@ -31,7 +33,7 @@ export function renderFiles(policies: Policy[], o: { family?: 4 | 6; lockWait: n
   const shared = sharedNetns(policies);
   for (const p of policies) {
     const why = [
-      ...unsupported(p),
+      ...unsupportedAll(p),
       ...(shared.has(p.name) ? [`one policy per network namespace: ${shared.get(p.name)!}`] : []),
     ];
     if (why.length) {
@@ -40,7 +42,7 @@ export function renderFiles(policies: Policy[], o: { family?: 4 | 6; lockWait: n
       continue;
     }
     for (const n of ignoredFields(p)) messages.push(`${p.file}: ${p.name}: ${n}`);
-    for (const family of families(p).filter((f) => !o.family || f === o.family)) {
+    for (const family of policyFamilies(p).filter((f) => !o.family || f === o.family)) {
       const tool = family === 4 ? 'iptables' : 'ip6tables';
       out.push(
         `# ${p.name} (${p.file}), IPv${family}: the agent runs \`${tool}-<nft|legacy>-restore --noflush -w ${o.lockWait}\` in the pod netns with this input\n` +
@@ -48,7 +50,13 @@ export function renderFiles(policies: Policy[], o: { family?: 4 | 6; lockWait: n
           (p.bypass.cgroups.length
             ? `# (a bypass cgroup that does not exist then is left out: the kernel refuses a -m cgroup path that does not exist)\n`
             : ''),
-        renderRestore(p, { family }),
+        renderPolicy(p, family),
+        ...tproxyRoutes(p, family).map(
+          (r) =>
+            `# then, when missing: ${routeCommands(r)
+              .map((c) => c.join(' '))
+              .join('; ')}\n`,
+        ),
       );
     }
   }

@@ -2,10 +2,12 @@
 // run, the exact iptables-restore input each family would get there: read from the namespaces as they
 // are now, nothing written.
 import type { Policy } from '../../policy/schema.js';
-import { renderChains, unsupported, families } from './rules.js';
-import { NetnsHandle, resolvePolicyNetns, hostNetnsIds } from './netns.js';
+
+import { NetnsHandle, resolvePolicyNetns, hostNetnsIds } from '../netns.js';
 import { ours, restoreInput, removalInput, type Runner } from './run.js';
-import { fkey, type Backend, type Family, type FamilyState, type NetnsState, type State } from './state.js';
+import { TABLES, policyFamilies, renderedTables, unsupportedAll, type Table } from './tables.js';
+import { routeCommands, tproxyRoutes, type Route } from './tproxy.js';
+import { appliedIn, fkey, type Backend, type Family, type FamilyState, type NetnsState, type State } from './state.js';
 import { cgroup2Mount, cgroupDir, cgroupId, requireCgroup2 } from '../../util/host.js';
 
 export interface Target {
@@ -48,6 +50,8 @@ export interface PlanEntry {
   work: FamilyWork[];
   /** Our rules on other backends (a forced move), removed once `backend` holds the rules. */
   removals: { backend: Backend; family: Family; input: string | null }[];
+  /** Policy routing (TPROXY) the netns gets, and what we made there before and no longer need. */
+  routes: { want: Route[]; drop: Route[] };
 }
 
 /**
@@ -59,7 +63,7 @@ export function resolveTargets(policies: Policy[]): Resolved {
   const skipped: Skip[] = [];
   const byNetns = new Map<string, { path: string; ps: Policy[] }>();
   for (const p of policies) {
-    const why = unsupported(p);
+    const why = unsupportedAll(p);
     if (why.length) {
       skipped.push({ p, reason: `not supported in iptables mode: ${why.join('; ')}`, drop: true });
       continue;
@@ -94,6 +98,11 @@ export function resolveTargets(policies: Policy[]): Resolved {
     }
   }
   return { targets, skipped };
+}
+
+/** The tables to read for a family: those the policy uses now and those we have lines in. */
+export function tablesToRead(p: Policy, family: Family, prev: FamilyState | undefined): Table[] {
+  return TABLES.filter((t) => t.wanted(p, family) || appliedIn(prev, t.table).length > 0).map((t) => t.table);
 }
 
 /**
@@ -137,7 +146,6 @@ export function staleCgroups(e: NetnsState): string[] {
 
 const sameIds = (a: Record<string, string>, b: Record<string, string>) =>
   Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
-
 /** What one family needs in a netns, from what is there now and what was applied before. */
 export function familyWork(
   run: Runner,
@@ -147,34 +155,35 @@ export function familyWork(
   family: Family,
   prev: FamilyState | undefined,
 ): FamilyWork {
-  if (!families(p).includes(family)) {
+  if (!policyFamilies(p).includes(family)) {
     return prev
-      ? { family, kind: 'remove', input: removalInput(run.saveNat(ns, backend, family)) }
+      ? { family, kind: 'remove', input: removalInput(run.saveAll(ns, backend, family)) }
       : { family, kind: 'unused' };
   }
   // Read before the restore: a cgroup re-created after this read is caught at the next reconcile.
   const cgroups = bypassCgroupIds(p);
   const bypassCgroups = Object.keys(cgroups);
-  const rendered = renderChains(p, { family, bypassCgroups }).join('\n');
-  const save = run.saveNat(ns, backend, family);
-  if (
-    prev &&
-    prev.rendered === rendered &&
-    sameIds(prev.cgroups ?? {}, cgroups) &&
-    JSON.stringify(prev.applied) === JSON.stringify(ours(save))
-  ) {
-    return { family, kind: 'in-sync' };
-  }
-  // Same rules wanted as applied, yet the netns holds others: someone flushed or edited them.
-  const drift = prev !== undefined && prev.rendered === rendered && sameIds(prev.cgroups ?? {}, cgroups);
+  const rendered = renderedTables(p, family, bypassCgroups);
+  const saves = run.saveAll(ns, backend, family, tablesToRead(p, family, prev));
+  const same = (t: Table) => JSON.stringify(appliedIn(prev, t)) === JSON.stringify(ours(saves[t] ?? ''));
+  // Same rules wanted as applied: then a difference in the netns was made by someone else (flushed, edited).
+  const wantedSame = prev !== undefined && prev.rendered === rendered && sameIds(prev.cgroups ?? {}, cgroups);
+  if (wantedSame && TABLES.every((t) => same(t.table))) return { family, kind: 'in-sync' };
   return {
     family,
     kind: 'restore',
-    input: restoreInput(p, family, save, bypassCgroups),
+    input: restoreInput(p, family, saves, bypassCgroups),
     rendered,
     cgroups,
-    ...(drift ? { drift } : {}),
+    ...(wantedSame ? { drift: true } : {}),
   };
+}
+
+/** The policy routing a policy needs in its netns, and what we made there before that it no longer needs. */
+export function routeWork(p: Policy, had: Route[] = []): { want: Route[]; drop: Route[] } {
+  const want = policyFamilies(p).flatMap((f) => tproxyRoutes(p, f));
+  const key = (r: Route) => `${r.family}/${r.mark}/${r.table}`;
+  return { want, drop: had.filter((h) => !want.some((w) => key(w) === key(h))) };
 }
 
 /** The dry run: per target, the exact restore inputs; targets that cannot be read join the skipped. */
@@ -210,10 +219,11 @@ export function dryRun(
         o.families.map((family) => ({
           backend: o.backend,
           family,
-          input: removalInput(run.saveNat(ns, o.backend, family)),
+          input: removalInput(run.saveAll(ns, o.backend, family)),
         })),
       );
-      out.entries.push({ policy: t.p.name, netns: t.path, netnsId: t.id, backend, work, removals });
+      const routes = routeWork(t.p, prev?.routes);
+      out.entries.push({ policy: t.p.name, netns: t.path, netnsId: t.id, backend, work, removals, routes });
     } catch (e) {
       out.skipped.push({ policy: t.p.name, reason: (e as Error).message });
     } finally {
@@ -236,6 +246,15 @@ export function renderDryRun(entries: PlanEntry[], lockWait: number): string {
       else if (w.kind === 'remove' && !w.input)
         out.push(`# IPv${w.family}: no longer needed, and none of our rules are there\n`);
       else if (w.input) out.push(`# IPv${w.family}: ${restore} <<EOF\n${w.input}EOF\n`);
+    }
+    for (const r of e.routes.want) {
+      const [rule, route] = routeCommands(r).map((c) => c.join(' '));
+      out.push(`# policy routing for TPROXY (each only when missing): ${rule}; ${route}\n`);
+    }
+    for (const r of e.routes.drop) {
+      out.push(
+        `# then: ip -${r.family} rule del fwmark 0x${r.mark.toString(16)} lookup ${r.table}; ip -${r.family} route del local default dev lo table ${r.table}\n`,
+      );
     }
     for (const r of e.removals) {
       const restore = `${r.family === 4 ? 'iptables' : 'ip6tables'}-${r.backend}-restore --noflush -w ${lockWait}`;

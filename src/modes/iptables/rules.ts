@@ -1,6 +1,7 @@
 // rules.ts — a policy as istio-style nat rules (iptables-restore input): pure, golden-tested.
 // Layout follows istio-iptables: OUTPUT → MESHREDIR_OUTPUT → MESHREDIR_REDIRECT (REDIRECT to the
-// outbound proxy port); PREROUTING → MESHREDIR_INBOUND → MESHREDIR_IN_REDIRECT (inbound port).
+// outbound proxy port); PREROUTING → MESHREDIR_INBOUND → MESHREDIR_IN_REDIRECT (inbound port), or, with
+// `interception: tproxy`, the mangle rules of tproxy.ts instead. tables.ts puts the tables together.
 // The outbound decision is the eBPF mode's, in the same order (docs/policy.md, "Decision order"): bypass
 // cgroup → proxy itself → mark → uid/gid → loopback → ports → CIDR longest-prefix match → redirect.
 import type { Policy } from '../../policy/schema.js';
@@ -34,6 +35,28 @@ const q = (s: string) => `"${s.replace(/(["\\])/g, '\\$1')}"`;
 /** The only addresses a nat OUTPUT REDIRECT can send to: it rewrites to the loopback address. */
 export const REDIRECT_TARGET = { 4: '127.0.0.1', 6: '::1' } as const;
 
+/** Whether the policy intercepts inbound connections with nat REDIRECT (else TPROXY, or not at all). */
+export const inboundRedirect = (p: Policy): boolean =>
+  p.proxy.inbound !== undefined && p.inbound.interception === 'redirect';
+
+/** The policy's bypass sources of one family (spec.inbound.bypassSources). */
+export const sourcesOf = (p: Policy, family: 4 | 6): Cidr[] =>
+  p.inbound.bypassSources.filter((c) => c.family === family);
+
+/** Whether the nat table holds anything of this policy for the family. */
+export function natWanted(p: Policy, family: 4 | 6): boolean {
+  return Boolean(family === 4 ? p.proxy.outbound : p.proxy.outbound6) || inboundRedirect(p);
+}
+
+/** The comment of every rule of a policy (xt_comment holds at most 255 characters). */
+export const ruleComment = (p: Policy): string => `-m comment --comment ${q(`meshredir:${p.name}`.slice(0, 255))}`;
+
+/** Appends `rule` to `chain` in `lines`, with the policy's comment just before its -j. */
+export function addRule(lines: string[], comment: string, chain: string, rule: string): void {
+  const at = rule.lastIndexOf('-j ');
+  lines.push(`-A ${chain} ${rule.slice(0, at)}${comment} ${rule.slice(at)}`.replace(/\s+/g, ' ').trim());
+}
+
 /** The families a policy needs rules for: outbound for that family, or inbound (both families). */
 export function families(p: Policy): (4 | 6)[] {
   return ([4, 6] as const).filter(
@@ -65,8 +88,7 @@ export function jumpLines(p: Policy, { family }: RuleOptions): string[] {
   const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
   const out: string[] = [];
   if (proxy) out.push('-A OUTPUT -p tcp -m comment --comment meshredir -j MESHREDIR_OUTPUT');
-  if (p.proxy.inbound !== undefined)
-    out.push('-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND');
+  if (inboundRedirect(p)) out.push('-A PREROUTING -p tcp -m comment --comment meshredir -j MESHREDIR_INBOUND');
   return out;
 }
 
@@ -93,34 +115,38 @@ export function proxyMatches(
  * that is the same in every netns. Foreign chains are never named.
  */
 export function renderChains(p: Policy, { family, bypassCgroups = p.bypass.cgroups }: RuleOptions): string[] {
-  // xt_comment holds at most 255 characters; a 253-character policy name would not fit.
-  const c = `-m comment --comment ${q(`meshredir:${p.name}`.slice(0, 255))}`;
+  const c = ruleComment(p);
   const passthrough = family === 4 ? '127.0.0.6/32' : '::6/128';
   const lo = family === 4 ? '127.0.0.1/32' : '::1/128';
   const loopbackNet = family === 4 ? '127.0.0.0/8' : '::1/128';
   const host = family === 4 ? '/32' : '/128';
   const proxy = family === 4 ? p.proxy.outbound : p.proxy.outbound6;
   const lines: string[] = [...CHAINS.map((ch) => `:${ch} - [0:0]`), ...CHAINS.map((ch) => `-F ${ch}`)];
-  const add = (chain: string, rule: string) => {
-    const at = rule.lastIndexOf('-j ');
-    lines.push(`-A ${chain} ${rule.slice(0, at)}${c} ${rule.slice(at)}`.replace(/\s+/g, ' ').trim());
-  };
+  const add = (chain: string, rule: string) => addRule(lines, c, chain, rule);
+  const inbound = p.proxy.inbound?.port;
+  const { cgroups, marks, owners } = proxyMatches(p, bypassCgroups);
+  const proxyKnown = cgroups.length + marks.length + owners.length > 0;
 
-  if (p.proxy.inbound !== undefined) {
-    add('MESHREDIR_IN_REDIRECT', `-p tcp -j REDIRECT --to-ports ${p.proxy.inbound}`);
+  // MESHREDIR_IN_REDIRECT serves inbound REDIRECT, and (both interceptions, as istio does) the proxy's
+  // own calls to its pod address below.
+  if (inbound !== undefined && (inboundRedirect(p) || (proxy && proxyKnown)))
+    add('MESHREDIR_IN_REDIRECT', `-p tcp -j REDIRECT --to-ports ${inbound}`);
+  if (inboundRedirect(p)) {
+    for (const src of sourcesOf(p, family)) add('MESHREDIR_INBOUND', `-s ${src.text} -p tcp -j RETURN`);
     for (const port of p.inbound.excludePorts) add('MESHREDIR_INBOUND', `-p tcp --dport ${port} -j RETURN`);
-    add('MESHREDIR_INBOUND', '-p tcp -j MESHREDIR_IN_REDIRECT');
+    for (const port of p.inbound.includePorts)
+      add('MESHREDIR_INBOUND', `-p tcp --dport ${port} -j MESHREDIR_IN_REDIRECT`);
+    if (p.inbound.includePorts.length === 0) add('MESHREDIR_INBOUND', '-p tcp -j MESHREDIR_IN_REDIRECT');
   }
 
   if (proxy) {
     add('MESHREDIR_REDIRECT', `-p tcp -j REDIRECT --to-ports ${proxy.port}`);
-    const { cgroups, marks, owners } = proxyMatches(p, bypassCgroups);
-    if (p.proxy.inbound !== undefined) {
+    if (inbound !== undefined) {
       // istio, inbound only: what the inbound proxy sends to the app from 127.0.0.6 passes through,
       // and the proxy's own calls to this pod's address over lo go to the inbound listener.
       add('MESHREDIR_OUTPUT', `-s ${passthrough} -o lo -j RETURN`);
       for (const m of [...cgroups, ...marks, ...owners])
-        add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${p.proxy.inbound} ${m} -j MESHREDIR_IN_REDIRECT`);
+        add('MESHREDIR_OUTPUT', `! -d ${lo} -o lo -p tcp ! --dport ${inbound} ${m} -j MESHREDIR_IN_REDIRECT`);
     }
     for (const m of cgroups) add('MESHREDIR_OUTPUT', `${m} -j RETURN`);
     // A workload dialling the proxy itself is already where it would be sent.
@@ -143,9 +169,9 @@ export function renderChains(p: Policy, { family, bypassCgroups = p.bypass.cgrou
 }
 
 /**
- * The exact input for `iptables-restore --noflush` in a network namespace that has none of our
- * rules yet: our chains, and the jumps from the built-in chains. (In a namespace that already has a
- * jump, the apply leaves that line out rather than adding a second one.)
+ * The nat table's part of the `iptables-restore --noflush` input in a network namespace that has none of
+ * our rules yet: our chains, and the jumps from the built-in chains. (In a namespace that already has a
+ * jump, the apply leaves that line out rather than adding a second one.) Every table: tables.ts.
  */
 export function renderRestore(p: Policy, opts: RuleOptions): string {
   return ['*nat', ...renderChains(p, opts), ...jumpLines(p, opts), 'COMMIT', ''].join('\n');
@@ -155,7 +181,8 @@ export function renderRestore(p: Policy, opts: RuleOptions): string {
 export function unsupported(p: Policy): string[] {
   const out: string[] = [];
   const b = p.bypass;
-  if (b.cgroups.length + b.uids.length + b.gids.length + b.marks.length === 0) {
+  const outbound = Boolean(p.proxy.outbound || p.proxy.outbound6);
+  if (outbound && b.cgroups.length + b.uids.length + b.gids.length + b.marks.length === 0) {
     out.push(
       "spec.proxy.bypass: the rules cover the whole pod network namespace, proxy included; without bypass cgroups, marks, uids or gids the proxy's own connections would be redirected back to it",
     );
@@ -183,15 +210,35 @@ export function unsupported(p: Policy): string[] {
     }
   }
   if (p.accelerate) out.push('spec.accelerate: the sk_msg fast path needs the eBPF mode');
+  const ep = p.proxy.inbound?.address;
+  if (ep) {
+    out.push(
+      `spec.proxy.inbound: ${ep.text} — in iptables mode the inbound proxy is named by its port alone (${ep.port}): ${
+        p.inbound.interception === 'redirect'
+          ? "REDIRECT sends a connection to the pod's own address at that port, so the proxy listens on the wildcard address"
+          : 'TPROXY hands a connection to the transparent listener on that port, bound to the wildcard address'
+      }; an exact listener address is for the eBPF mode`,
+    );
+  }
   return out;
 }
 
 /** Cgroup paths a rule carries as they are (Kubernetes' cgroupfs and systemd paths use only these). */
 const CGROUP_PATH = /^\/[A-Za-z0-9._:@+=,/-]*$/;
 
-/** Fields this mode ignores, with why (reported, not fatal): none at present. */
-export function ignoredFields(_p: Policy): string[] {
-  return [];
+/** Fields this mode ignores, with why (reported, not fatal). */
+export function ignoredFields(p: Policy): string[] {
+  const out: string[] = [];
+  if (p.proxy.inbound && p.inbound.whenNoProxy === 'pass') {
+    out.push(
+      `spec.inbound.whenNoProxy: pass needs the eBPF mode; without its proxy an intercepted connection is ${
+        p.inbound.interception === 'redirect'
+          ? 'refused (REDIRECT to a port nothing listens on)'
+          : 'dropped (TPROXY finds no transparent listener; the client times out)'
+      }`,
+    );
+  }
+  return out;
 }
 
 /** The limits of this mode, as status and docs/modes.md state them. */
@@ -200,6 +247,8 @@ export const LIMITS = [
   'one policy per network namespace (two policies resolving to one netns are both refused)',
   'the host network namespace is never used (a hostNetwork pod cannot be covered in this mode)',
   'the proxy must listen in the pod netns on 127.0.0.1 / ::1 (REDIRECT rewrites to the loopback address; SO_ORIGINAL_DST works only where the NAT happened)',
+  "inbound: the proxy listens on the wildcard address of its port (REDIRECT: reached at the pod's address; TPROXY: a transparent listener); without it REDIRECT refuses and TPROXY drops (whenNoProxy: pass needs the eBPF mode)",
   'a bypass cgroup matches the cgroup a socket was created in (-m cgroup), and one deleted and re-created under the same path takes effect at the next reconcile (the kernel resolves the path when the rule is added)',
+  "DNS capture: conntrack zones 1 and 2 in the pod netns (istio's numbers; a CNI using zones there would collide); its counters count flows, not queries; with all: true, a DNS server in the pod answering a client whose source port is 53 has its reply captured; after cleanup, captured UDP flows keep their NAT until their conntrack entry expires (30 s idle)",
   'no sk_msg fast path (spec.accelerate)',
 ];

@@ -1,10 +1,10 @@
 // run.ts — iptables in a network namespace: commands run through nsenter on an open netns fd, the
-// backend (nft or legacy) chosen per netns, and the nat table saved and restored (--noflush: our chains
-// and our jumps only, never a foreign line).
+// backend (nft or legacy) chosen per netns, and our tables (tables.ts) saved and restored (--noflush: our
+// chains and our jumps only, never a foreign line).
 import { spawnSync } from 'node:child_process';
 import type { Policy } from '../../policy/schema.js';
-import { renderChains, jumpLines, CHAINS, JUMPS } from './rules.js';
-import { idOf, type NetnsHandle } from './netns.js';
+import { idOf, type NetnsHandle } from '../netns.js';
+import { TABLES, jumpLineRe, tableSpec, type Table } from './tables.js';
 import { IptablesError, type Backend, type Family } from './state.js';
 
 export const bin = (backend: Backend, family: Family, what: 'save' | 'restore' | '') =>
@@ -16,34 +16,55 @@ export function ours(save: string): string[] {
   return save.split('\n').filter((l) => OUR_LINE.test(l));
 }
 
+/** The saved text of each of our tables in a netns (only the tables that were read). */
+export type Saves = Partial<Record<Table, string>>;
+
 /**
- * The iptables-restore input for one family in a netns whose nat table is `save`: our chains, plus
- * each jump we need that is not there yet, minus jumps we no longer need (and duplicates).
+ * The iptables-restore input for one family in a netns whose tables are `saves`: per table the policy
+ * uses, our chains plus each jump we need that is not there yet, minus jumps we no longer need (and
+ * duplicates); a table the policy no longer uses loses what we had there.
  */
-export function restoreInput(p: Policy, family: Family, save: string, bypassCgroups?: readonly string[]): string {
-  const live = save.split('\n');
-  const lines = ['*nat', ...renderChains(p, { family, ...(bypassCgroups ? { bypassCgroups } : {}) })];
-  const wanted = jumpLines(p, { family });
-  for (const { from, to } of JUMPS) {
-    const re = new RegExp(`^-A ${from} .*-j ${to}(\\s|$)`);
-    const present = live.filter((l) => re.test(l));
-    const want = wanted.find((l) => l.startsWith(`-A ${from} `));
-    if (want && present.length === 0) lines.push(want);
-    for (const extra of want ? present.slice(1) : present) lines.push(extra.replace(/^-A /, '-D '));
+export function restoreInput(p: Policy, family: Family, saves: Saves, bypassCgroups?: readonly string[]): string {
+  const out: string[] = [];
+  for (const t of TABLES) {
+    const save = saves[t.table] ?? '';
+    if (!t.wanted(p, family)) {
+      out.push(removalSection(save, t.table) ?? '');
+      continue;
+    }
+    const live = save.split('\n');
+    const lines = [`*${t.table}`, ...t.chainLines(p, family, bypassCgroups)];
+    const wanted = t.jumpLines(p, family);
+    for (const { from, to } of t.jumps) {
+      const re = new RegExp(`^-A ${from} .*-j ${to}(\\s|$)`);
+      const present = live.filter((l) => re.test(l));
+      const want = wanted.find((l) => jumpLineRe(from, to).test(l));
+      if (want && present.length === 0) lines.push(want);
+      for (const extra of want ? present.slice(1) : present) lines.push(extra.replace(/^-A /, '-D '));
+    }
+    lines.push('COMMIT', '');
+    out.push(lines.join('\n'));
   }
-  lines.push('COMMIT', '');
-  return lines.join('\n');
+  return out.join('');
 }
 
-/** Our lines of one family out of a netns, atomically: jumps deleted, chains flushed and deleted. */
-export function removalInput(save: string): string | null {
+/** Our lines of one table out of a netns, as a restore section: jumps deleted, chains flushed and deleted. */
+function removalSection(save: string, table: Table): string | null {
   const del = save
     .split('\n')
     .filter((l) => /^-A (OUTPUT|PREROUTING) .*-j MESHREDIR_\S+(\s|$)/.test(l))
     .map((l) => l.replace(/^-A /, '-D '));
-  const present = CHAINS.filter((c) => save.split('\n').some((l) => l.startsWith(`:${c} `)));
+  const present = tableSpec(table).chains.filter((c) => save.split('\n').some((l) => l.startsWith(`:${c} `)));
   if (del.length === 0 && present.length === 0) return null;
-  return ['*nat', ...del, ...present.map((c) => `-F ${c}`), ...present.map((c) => `-X ${c}`), 'COMMIT', ''].join('\n');
+  return [`*${table}`, ...del, ...present.map((c) => `-F ${c}`), ...present.map((c) => `-X ${c}`), 'COMMIT', ''].join(
+    '\n',
+  );
+}
+
+/** Our lines of one family out of a netns, atomically per table (null: none of ours there). */
+export function removalInput(saves: Saves): string | null {
+  const parts = TABLES.map((t) => removalSection(saves[t.table] ?? '', t.table)).filter((x): x is string => !!x);
+  return parts.length ? parts.join('') : null;
 }
 
 export class Runner {
@@ -111,35 +132,61 @@ export class Runner {
   }
 
   saveNat(ns: NetnsHandle, backend: Backend, family: Family): string {
-    return this.run(ns, [bin(backend, family, 'save'), '-t', 'nat']);
+    return this.save(ns, backend, family, 'nat');
+  }
+
+  save(ns: NetnsHandle, backend: Backend, family: Family, table: Table): string {
+    return this.run(ns, [bin(backend, family, 'save'), '-t', table]);
+  }
+
+  /** Every one of our tables, saved. */
+  saveAll(
+    ns: NetnsHandle,
+    backend: Backend,
+    family: Family,
+    tables: readonly Table[] = TABLES.map((t) => t.table),
+  ): Saves {
+    return Object.fromEntries(tables.map((t) => [t, this.save(ns, backend, family, t)])) as Saves;
   }
 
   restore(ns: NetnsHandle, backend: Backend, family: Family, input: string): void {
     this.run(ns, [bin(backend, family, 'restore'), '--noflush', '-w', String(this.lockWait)], input);
   }
 
+  /** Removes our chains and jumps of one family from every table. */
   removeFamily(ns: NetnsHandle, backend: Backend, family: Family): void {
-    const input = removalInput(this.saveNat(ns, backend, family));
+    const input = removalInput(this.saveAll(ns, backend, family));
     if (input) this.restore(ns, backend, family, input);
   }
 
-  /** New connections taken by a chain's REDIRECT rule (nat sees the first packet of each). */
-  redirected(ns: NetnsHandle, backend: Backend, family: Family, chain: string): number {
+  /**
+   * Packets a chain's rules with this target took: the REDIRECT rule's are new connections (nat sees the
+   * first packet of each), TPROXY's the packets of connections no socket held yet (their SYNs).
+   */
+  redirected(
+    ns: NetnsHandle,
+    backend: Backend,
+    family: Family,
+    chain: string,
+    table: Table = 'nat',
+    target = 'REDIRECT',
+  ): number {
     const out = this.run(ns, [
       bin(backend, family, ''),
       '-w',
       String(this.lockWait),
       '-t',
-      'nat',
+      table,
       '-L',
       chain,
       '-v',
       '-x',
       '-n',
     ]);
+    const re = new RegExp(`\\b${target}\\b`);
     return out
       .split('\n')
-      .filter((l) => /\bREDIRECT\b/.test(l))
+      .filter((l) => re.test(l))
       .reduce((a, l) => a + Number(l.trim().split(/\s+/)[0] ?? 0), 0);
   }
 }

@@ -3,6 +3,8 @@
 // find our rules again once the process we reached a netns through has gone.
 import { readFileSync } from 'node:fs';
 import { writeJsonAtomic } from '../../util/json-file.js';
+import type { Route } from './tproxy.js';
+import type { Table } from './tables.js';
 
 export type Backend = 'nft' | 'legacy';
 export type Family = 4 | 6;
@@ -11,10 +13,12 @@ export const fkey = (f: Family) => String(f) as '4' | '6';
 export class IptablesError extends Error {}
 
 export interface FamilyState {
-  /** Our chains as rendered (renderChains): a changed policy changes it. */
+  /** Our chains as rendered (renderedTables): a changed policy changes it. */
   rendered: string;
-  /** Our lines as iptables-save printed them right after applying. */
+  /** Our nat lines as iptables-save printed them right after applying. */
   applied: string[];
+  /** The same for our other tables (mangle: TPROXY), when we have lines there. */
+  tables?: Partial<Record<Exclude<Table, 'nat'>, string[]>>;
   /**
    * The bypass cgroups the rules name (-m cgroup --path), each with the id it had just before the restore:
    * the kernel resolved the path then, so a cgroup deleted and re-created since (a new id) has a rule
@@ -22,6 +26,10 @@ export interface FamilyState {
    */
   cgroups?: Record<string, string>;
 }
+
+/** Our lines of one table, as applied. */
+export const appliedIn = (fs: FamilyState | undefined, t: Table): string[] =>
+  t === 'nat' ? (fs?.applied ?? []) : (fs?.tables?.[t] ?? []);
 
 export interface NetnsState {
   /** dev:ino of the netns: its identity. */
@@ -34,6 +42,8 @@ export interface NetnsState {
   families: Partial<Record<'4' | '6', FamilyState>>;
   /** Backends our rules still have to be removed from (a move whose removal failed). */
   stale: { backend: Backend; families: Family[] }[];
+  /** Policy routing we made here (TPROXY's ip rule and local route): removed with the rules. */
+  routes?: Route[];
 }
 
 export interface PolicyStatus {

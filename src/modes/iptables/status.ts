@@ -1,10 +1,13 @@
 // status.ts — the iptables mode's status: per policy what the last reconcile did (from the state file),
-// per netns whether our rules are there as applied and how many connections each REDIRECT rule took.
-import { NetnsHandle, findNetns } from './netns.js';
+// per netns whether our rules (every table) and policy routing are there as applied, and how many
+// connections each REDIRECT or TPROXY rule took.
+import { NetnsHandle, findNetns } from '../netns.js';
 import { ours, type Runner } from './run.js';
 import { staleCgroups } from './plan.js';
 import { LIMITS } from './rules.js';
-import { fkey, readState, type Backend, type Family, type NetnsState, type PolicyStatus } from './state.js';
+import { TABLES } from './tables.js';
+import { routeState, routeText } from './routes.js';
+import { appliedIn, fkey, readState, type Backend, type Family, type NetnsState, type PolicyStatus } from './state.js';
 import type { StatusReport } from '../mode.js';
 
 export interface NetnsStatus {
@@ -20,7 +23,15 @@ export interface NetnsStatus {
   staleCgroups: string[];
   /** New connections the REDIRECT rule has taken, per family. */
   redirected: Record<string, number>;
+  /** Inbound connections handed to the proxy, per family: REDIRECT's, or TPROXY's first packets. */
   inboundRedirected: Record<string, number>;
+  /** How inbound connections are intercepted here (absent: not at all). */
+  inbound?: 'redirect' | 'tproxy';
+  /** TPROXY's policy routing, each "present" or what is missing. */
+  routes?: Record<string, string>;
+  /** DNS flows (UDP conversations, TCP connections) the DNS capture rules sent to the DNS proxy, per family:
+   * nat sees each flow's first packet, so a socket that asks many queries counts once. */
+  dnsCaptured?: Record<string, number>;
 }
 
 function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
@@ -31,7 +42,7 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
     policy: e.policy,
     backend: e.backend,
     families: fams.map((f) => `ipv${f}`),
-    rules: fams.reduce((a, f) => a + (e.families[fkey(f)]?.applied.length ?? 0), 0),
+    rules: fams.reduce((a, f) => a + TABLES.reduce((n, t) => n + appliedIn(e.families[fkey(f)], t.table).length, 0), 0),
     live: 'unknown',
     staleCgroups: staleCgroups(e),
     redirected: {},
@@ -48,14 +59,33 @@ function netnsStatus(run: Runner, e: NetnsState): NetnsStatus {
   try {
     const drift: string[] = [];
     for (const f of fams) {
-      const live = ours(run.saveNat(ns, e.backend, f));
-      const want = e.families[fkey(f)]!.applied;
-      const missing = want.filter((l) => !live.includes(l)).length;
-      const extra = live.filter((l) => !want.includes(l)).length;
-      if (missing || extra) drift.push(`ipv${f}: ${missing} rule(s) missing, ${extra} unexpected`);
-      base.redirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_REDIRECT');
-      if (e.families[fkey(f)]!.rendered.includes('MESHREDIR_IN_REDIRECT -p tcp'))
+      const fs = e.families[fkey(f)]!;
+      for (const t of TABLES) {
+        const want = appliedIn(fs, t.table);
+        if (t.table !== 'nat' && want.length === 0) continue;
+        const live = ours(run.save(ns, e.backend, f, t.table));
+        const missing = want.filter((l) => !live.includes(l)).length;
+        const extra = live.filter((l) => !want.includes(l)).length;
+        if (missing || extra) drift.push(`ipv${f} ${t.table}: ${missing} rule(s) missing, ${extra} unexpected`);
+      }
+      if (fs.applied.length) base.redirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_REDIRECT');
+      if (fs.applied.some((l) => l.startsWith('-A MESHREDIR_DNS ')))
+        (base.dnsCaptured ??= {})[`ipv${f}`] =
+          run.redirected(ns, e.backend, f, 'MESHREDIR_DNS') +
+          run.redirected(ns, e.backend, f, 'MESHREDIR_DNS', 'nat', 'DNAT');
+      if (appliedIn(fs, 'mangle').some((l) => l.includes('-j TPROXY'))) {
+        base.inbound = 'tproxy';
+        base.inboundRedirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_TPROXY', 'mangle', 'TPROXY');
+      } else if (fs.applied.some((l) => l.startsWith('-A PREROUTING ') && l.includes('MESHREDIR_INBOUND'))) {
+        base.inbound = 'redirect';
         base.inboundRedirected[`ipv${f}`] = run.redirected(ns, e.backend, f, 'MESHREDIR_IN_REDIRECT');
+      }
+    }
+    for (const r of e.routes ?? []) {
+      const st = routeState(run, ns, r);
+      const gone = [...(st.rule ? [] : ['ip rule']), ...(st.route ? [] : ['local route'])];
+      (base.routes ??= {})[`ipv${r.family}`] = gone.length ? `missing ${gone.join(' and ')}` : 'present';
+      if (gone.length) drift.push(`${routeText(r)}: ${gone.join(' and ')} missing`);
     }
     drift.push(...base.staleCgroups);
     if (e.stale.length) drift.push(`rules still on ${e.stale.map((x) => x.backend).join(', ')} (removal pending)`);
@@ -100,7 +130,7 @@ export function iptablesStatus(run: Runner, stateFile: string): StatusReport {
       },
       {
         table: {
-          head: ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound redirected'],
+          head: ['netns', 'policy', 'backend', 'rules', 'live', 'redirected', 'inbound', 'dns flows captured'],
           rows: netns.map((n) => [
             `${n.netns} (${n.netnsId})`,
             n.policy,
@@ -108,7 +138,8 @@ export function iptablesStatus(run: Runner, stateFile: string): StatusReport {
             n.rules,
             n.live,
             counts(n.redirected),
-            counts(n.inboundRedirected),
+            n.inbound ? `${n.inbound}: ${counts(n.inboundRedirected)}` : '-',
+            n.dnsCaptured ? counts(n.dnsCaptured) : '-',
           ]),
         },
       },

@@ -1,6 +1,7 @@
 // verify.ts — the iptables-mode self-check for a cgroup (sends no packet): a policy applied for it → its
 // processes are in the netns the rules are in → the rules are there as applied → they would redirect a
-// connect to `dest` by the cgroup's process → something listens on the redirect port.
+// connect to `dest` by the cgroup's process → something listens on the redirect port; then, for a policy
+// with inbound interception, its own chain (verify-inbound.ts).
 import { readFileSync } from 'node:fs';
 import ipaddr from 'ipaddr.js';
 import { isLoopback } from '../../policy/addr.js';
@@ -9,12 +10,14 @@ import { subtreePids } from '../../util/cgroups.js';
 import { accepts, parseListeners } from '../../util/proc-net.js';
 import { underRoot } from '../../policy/scope.js';
 import { REDIRECT_TARGET } from './rules.js';
-import { NetnsHandle, findNetns, hostNetnsIds, idOf } from './netns.js';
+import { NetnsHandle, findNetns, hostNetnsIds, idOf } from '../netns.js';
 import { parseNat, evaluate, type Conn } from './evaluate.js';
 import { bin, ours, type Runner } from './run.js';
 import { fkey, readState, type Family, type NetnsState } from './state.js';
 import { staleCgroups } from './plan.js';
 import { Checks } from '../checks.js';
+import { appliedInbound, checkInbound } from './verify-inbound.js';
+import { appliedDns, checkDns } from './verify-dns.js';
 import type { VerifyRequest } from '../mode.js';
 
 /** The owner match looks at the socket's file credentials: a process's fs ids (4th field). */
@@ -30,7 +33,7 @@ function procIds(pid: number): { uid: number; gid: number } {
 }
 
 export async function iptablesVerify(run: Runner, stateFile: string, o: VerifyRequest) {
-  return Checks.run((c: Checks) => {
+  return Checks.run(async (c: Checks) => {
     const mount = requireCgroup2();
     const dir = cgroupArgDir(o.cgroup, mount);
     const rel = dir === mount ? '/' : dir.slice(mount.length);
@@ -38,7 +41,20 @@ export async function iptablesVerify(run: Runner, stateFile: string, o: VerifyRe
     c.ok('cgroup', dir);
     const e = coveringRules(c, stateFile, rel);
     const path = checkNetns(c, o, dir, rel, e);
-    checkRules(c, run, o, dir, rel, e, path);
+    if (o.dns) {
+      const pid = subtreePids(dir)[0];
+      checkDns(c, run, e, path, { ...(pid === undefined ? { uid: 0, gid: 0 } : procIds(pid)), cgroup: rel });
+      return;
+    }
+    // An inbound-only (or DNS-only) policy has no outbound chain to follow.
+    const outbound = Object.values(e.families).some((fs) =>
+      fs?.applied.some((l) => /^-A OUTPUT .*-j MESHREDIR_OUTPUT(\s|$)/.test(l)),
+    );
+    const inbound = appliedInbound(e);
+    if (!outbound && !inbound && appliedDns(e))
+      c.fail('policy', `${e.policy} has no outbound proxy (it captures DNS only): check it with --dns`);
+    if (outbound || !inbound) checkRules(c, run, o, dir, rel, e, path);
+    if (inbound) await checkInbound(c, run, e, path);
   });
 }
 

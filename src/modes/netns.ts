@@ -1,11 +1,12 @@
-// netns.ts — which network namespace a policy's rules go into, named by inode (a path is only a way
-// to reach it), opened as an fd so that a pid exiting or being reused cannot move us elsewhere, and
-// never the host's.
+// netns.ts — which network namespace a policy acts in (the iptables mode's rules, the eBPF mode's inbound
+// sk_lookup link), named by inode (a path is only a way to reach it), opened as an fd so that a pid
+// exiting or being reused cannot move us elsewhere, never the host's; and commands run inside it.
+import { spawnSync } from 'node:child_process';
 import { openSync, closeSync, fstatSync, statSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Policy } from '../../policy/schema.js';
-import { cgroupDir, requireCgroup2 } from '../../util/host.js';
-import { subtreePids } from '../../util/cgroups.js';
+import type { Policy } from '../policy/schema.js';
+import { cgroupDir, requireCgroup2 } from '../util/host.js';
+import { subtreePids } from '../util/cgroups.js';
 
 /** dev:ino of a namespace file: its identity. */
 export function nsId(st: { dev: bigint; ino: bigint }): string {
@@ -77,21 +78,45 @@ export class NetnsHandle {
   }
 }
 
+/**
+ * Runs a command inside an open netns (nsenter on the fd, so the path cannot be swapped underneath);
+ * its stdout. A failure names the command, the netns and the first lines of stderr.
+ */
+export function runIn(ns: NetnsHandle, argv: string[], timeoutMs = 10_000): string {
+  const full = ['nsenter', '--net=/proc/self/fd/3', ...argv];
+  const r = spawnSync(full[0]!, full.slice(1), {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe', ns.fd],
+    timeout: timeoutMs,
+    // A busy pod's socket table is large (~150 bytes a socket): not the 1 MiB default.
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  if (r.error) throw new Error(`${argv[0]} in netns ${ns.path}: ${r.error.message}`);
+  if (r.status !== 0)
+    throw new Error(
+      `${argv.join(' ')} in netns ${ns.path}: ${(r.stderr ?? '').trim().split('\n').slice(0, 3).join(' / ') || `exited ${r.status ?? r.signal}`}`,
+    );
+  return r.stdout;
+}
+
 export type Resolution = { ok: true; path: string; id: string } | { ok: false; reason: string };
+
+/** What a mode says when a policy's netns is the host's. */
+const HOST_REFUSAL = "iptables mode never puts rules there (they would redirect the whole node's TCP)";
 
 /**
  * The pod netns of a policy: spec.netns, else the one netns every process of its cgroup subtree is
  * in. No process, processes in different netns (one that joined the cgroup before its setns, a
  * container being set up), or the host netns (a hostNetwork pod) are refusals with the reason.
  */
-export function resolvePolicyNetns(p: Policy, host = hostNetnsIds()): Resolution {
+export function resolvePolicyNetns(p: Policy, host = hostNetnsIds(), hostRefusal = HOST_REFUSAL): Resolution {
   if (p.netns) {
     const id = idOf(p.netns);
     if (!id) return { ok: false, reason: `spec.netns ${p.netns} does not exist` };
     if (host.has(id))
       return {
         ok: false,
-        reason: `spec.netns ${p.netns} is the host network namespace; iptables mode never puts rules there (they would redirect the whole node's TCP)`,
+        reason: `spec.netns ${p.netns} is the host network namespace; ${hostRefusal}`,
       };
     return { ok: true, path: p.netns, id };
   }
@@ -130,7 +155,7 @@ export function resolvePolicyNetns(p: Policy, host = hostNetnsIds()): Resolution
   if (host.has(id))
     return {
       ok: false,
-      reason: `the processes of cgroup ${p.cgroup} are in the host network namespace (a hostNetwork pod, or a process that has not entered its pod netns yet); iptables mode never puts rules there (they would redirect the whole node's TCP)`,
+      reason: `the processes of cgroup ${p.cgroup} are in the host network namespace (a hostNetwork pod, or a process that has not entered its pod netns yet); ${hostRefusal}`,
     };
   return { ok: true, path: `/proc/${ps[0]}/ns/net`, id };
 }
@@ -190,4 +215,15 @@ export function findNetns(id: string, hint?: string): string | null {
     }
   }
   return null;
+}
+
+/** Every process whose network namespace is `id` now (a scan of /proc; for one-off checks, not loops). */
+export function pidsInNetns(id: string): number[] {
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+  } catch {
+    return [];
+  }
+  return pids.filter((pid) => idOf(`/proc/${pid}/ns/net`) === id).map(Number);
 }
