@@ -19,7 +19,7 @@ deps:
 
 build: bpf ts
 
-bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer $(BUILD)/elemreuse.bpf.o $(BUILD)/meshredir-prof.bpf.o
 
 $(BUILD)/vmlinux.h: $(VMLINUX_BTF)
 	@mkdir -p $(BUILD)
@@ -30,6 +30,19 @@ $(BUILD)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 
 # One object with every hook: the maps, declared weak in mr_common.h, end up once.
 $(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
+	$(BPFTOOL) gen object $@ $^
+
+# A test program on mr_orig's map type (see test/tools/elemreuse.bpf.c), run with BPF_PROG_TEST_RUN.
+$(BUILD)/elemreuse.bpf.o: test/tools/elemreuse.bpf.c bpf/mr_abi.h bpf/mr_common.h $(BUILD)/vmlinux.h
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# The same programs counting their calls per callback and cgroup (bpf/mr_prof.h), for `bench --only
+# hooks`; never loaded by default.
+PROF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/prof/%.bpf.o,$(BPF_SRCS))
+$(BUILD)/prof/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
+	@mkdir -p $(BUILD)/prof
+	$(CLANG) $(BPF_CFLAGS) -DMR_HOOKPROF -c $< -o $@
+$(BUILD)/meshredir-prof.bpf.o: $(PROF_OBJS)
 	$(BPFTOOL) gen object $@ $^
 
 # The small test/benchmark proxy that asks SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST itself.

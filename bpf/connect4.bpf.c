@@ -5,10 +5,12 @@
 
 static __always_inline int mr_connect4_decide(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_TASK(MR_HP_CONNECT4, 0);
 	int dns = mr_dns_connect(ctx, 0); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
 		return dns;
-	/* TCP only: MPTCP and SCTP stream sockets have no record path (sockops is TCP's). */
+	/* TCP only: SCTP stream sockets have no record path (sockops is TCP's). An MPTCP socket's connect
+	 * runs this hook on its first subflow, a TCP socket: redirected like TCP (see mr_record). */
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP || !ctx->sk)
 		return 1;
 	struct mr_dst d = { .family = AF_INET, .port = (__be16)ctx->user_port };
@@ -22,8 +24,9 @@ static __always_inline int mr_connect4_decide(struct bpf_sock_addr *ctx)
 		mr_forget(ctx->sk);
 		return 1;
 	}
-	/* Fail closed: without a record the proxy could not learn the destination. */
-	if (!mr_room(slot) || !mr_record(ctx->sk, AF_INET, d.addr, d.port, slot))
+	/* Fail closed: without a record the proxy could not learn the destination; a connect from another
+	 * netns than the policy's pod, or past the policy's budget of handshakes in flight, is refused. */
+	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET, d.addr, d.port, slot, p))
 		return 0;
 	ctx->user_ip4 = p->proxy4_addr;
 	ctx->user_port = p->proxy4_port;

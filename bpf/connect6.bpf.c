@@ -5,6 +5,7 @@
 
 static __always_inline int mr_connect6_decide(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_TASK(MR_HP_CONNECT6, 0);
 	int dns = mr_dns_connect(ctx, 1); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
 		return dns;
@@ -30,7 +31,7 @@ static __always_inline int mr_connect6_decide(struct bpf_sock_addr *ctx)
 		return 1;
 	}
 	/* Recorded as the application gave it (v4-mapped stays mapped for getpeername6). Fail closed. */
-	if (!mr_room(slot) || !mr_record(ctx->sk, AF_INET6, ip6, d.port, slot))
+	if (!mr_netns_ok(ctx->sk, p, slot) || !mr_room(slot, p) || !mr_record(ctx->sk, AF_INET6, ip6, d.port, slot, p))
 		return 0;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;

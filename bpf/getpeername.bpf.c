@@ -6,6 +6,7 @@
 SEC("cgroup/getpeername4")
 int mr_getpeername4(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_TASK(MR_HP_GETPEERNAME4, 0);
 	if (mr_dns_getpeername(ctx, 0)) /* a captured DNS socket: bpf/mr_dns.h */
 		return 1;
 	if (!ctx->sk)
@@ -21,6 +22,7 @@ int mr_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int mr_getpeername6(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_TASK(MR_HP_GETPEERNAME6, 0);
 	if (mr_dns_getpeername(ctx, 1)) /* a captured DNS socket: bpf/mr_dns.h */
 		return 1;
 	if (!ctx->sk)

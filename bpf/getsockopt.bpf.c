@@ -1,5 +1,6 @@
 /* getsockopt.bpf.c — cgroup/getsockopt: answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on a proxy's
- * accepted socket from our records, exactly as the kernel's NAT would; every other call untouched. */
+ * accepted socket from our records, exactly as the kernel's NAT would; every other call, and the same
+ * call on a socket that is not the record's policy's proxy, untouched. */
 #define MR_TRACE_DECISIONS /* bpf/mr_trace.h: SO_ORIGINAL_DST answers are traced */
 #include "mr_common.h"
 
@@ -17,11 +18,12 @@ static __always_inline int mr_pass(struct bpf_sockopt *ctx)
  * reads the same fields (the verifier refuses a computed ctx pointer). */
 static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 {
+	MR_PROF_TASK(MR_HP_GETSOCKOPT, ((__u32)ctx->level << 16) | (__u32)ctx->optname);
 	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
-		return mr_pass(ctx);
+		goto pass;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk || sk->protocol != IPPROTO_TCP)
-		return mr_pass(ctx);
+		goto pass;
 
 	struct mr_orig o;
 	struct mr_sk *served = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
@@ -37,17 +39,28 @@ static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &k);
 		if (!rec) {
 			MR_COUNT(0, origdst_unknown);
-			return mr_pass(ctx);
+			goto pass;
 		}
 		o = *rec;
+		/* Only the policy's proxy is given the destination (the claim at the handshake checked the
+		 * socket's cgroup; this record is here because that socket had no storage then): here, the
+		 * cgroup of the process asking. */
+		if ((o.flags & MR_O_CONFLICT) || !mr_task_is_proxy(o.slot)) {
+			MR_COUNT(o.slot, origdst_denied);
+			goto pass;
+		}
 		/* Move the record onto the accepted socket: later reads are answered from there, and the
 		 * table keeps room for connections still waiting for accept. Without storage it stays in
-		 * the table until the application closes. */
+		 * the table until the application closes. Either way the copy is checked to be this
+		 * connection's record (the element may have been reused since the lookup). */
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st ? !mr_orig_claim(&k, &o) : !mr_orig_still(&k, rec, &o)) {
+			MR_COUNT(0, origdst_unknown);
+			goto pass;
+		}
 		if (st) {
 			st->orig = o;
 			st->flags |= MR_SK_SERVED;
-			mr_orig_del(&k);
 		}
 	}
 
@@ -55,7 +68,7 @@ static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 	if (ctx->level == SOL_IP) {
 		struct sockaddr_in sin = {};
 		if (o.family != AF_INET || buf + sizeof(sin) > (__u8 *)ctx->optval_end)
-			return mr_pass(ctx);
+			goto pass;
 		sin.sin_family = AF_INET;
 		sin.sin_port = o.port;
 		sin.sin_addr.s_addr = ((__u32 *)o.addr)[0];
@@ -64,7 +77,7 @@ static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 	} else {
 		struct sockaddr_in6 sin6 = {};
 		if (buf + sizeof(sin6) > (__u8 *)ctx->optval_end)
-			return mr_pass(ctx);
+			goto pass;
 		sin6.sin6_family = AF_INET6;
 		sin6.sin6_port = o.port;
 		if (o.family == AF_INET) {
@@ -79,6 +92,10 @@ static __noinline int mr_getsockopt_answer(struct bpf_sockopt *ctx)
 	ctx->retval = 0;
 	MR_COUNT(o.slot, origdst_served);
 	return 1;
+pass:
+	/* One exit for every untouched call: the compiler must not share a computed &ctx->optlen
+	 * between several (the verifier refuses a modified context pointer). */
+	return mr_pass(ctx);
 }
 
 SEC("cgroup/getsockopt")

@@ -36,6 +36,10 @@ enum mr_policy_flag {
 	MR_F_REDIRECT_LOOPBACK = 1u << 4, /* loopback destinations are redirected too */
 	MR_F_ACCELERATE = 1u << 5,        /* reserved for the sk_msg fast path */
 	MR_F_BYPASS_MARKS = 1u << 6,      /* marks[] holds bypass marks: only then is the socket's mark read */
+	MR_F_OWNERS = 1u << 7,            /* the policy has uid/gid bypass entries in mr_owners */
+	MR_F_PORTS = 1u << 8,             /* the policy has entries in mr_ports */
+	MR_F_CIDRS = 1u << 9,             /* the policy has entries in mr_cidrs */
+	/* (Without OWNERS/PORTS/CIDRS a connect skips those lookups: a policy pays only for what it uses.) */
 };
 
 /* A socket mark that bypasses: (SO_MARK & mask) == value, as iptables' -m mark --mark value/mask. */
@@ -51,6 +55,9 @@ struct mr_policy {
 	__be16 proxy4_port;
 	__be16 proxy6_port;
 	struct mr_mark marks[MR_MAX_MARKS]; /* in the value, not a map of its own: no lookup per connect */
+	__u32 pending_max; /* the policy's budget of handshakes in flight (records); 0: no budget of its own */
+	__u32 netns_ino;   /* the pod's netns (inode number); 0: not known. A connect from another netns is
+			    * refused: it could give itself a victim's address and publish under its tuple */
 };
 
 /* mr_owners key: uid/gid bypass of a policy slot. Value: __u8 1. */
@@ -89,9 +96,11 @@ struct mr_cidr_key {
 };
 
 /* mr_orig key: a redirected connection as the proxy sees it on its accepted socket.
- * netns is the client's netns cookie when the proxy address is loopback (the proxy must then be
- * in that netns, and identical loopback tuples of two pods must not collide), 0 otherwise
- * (a routable proxy address is unique on the node, so the tuple alone identifies the connection). */
+ * netns is the netns cookie when either end is a loopback address (the connection then never leaves
+ * that netns, and identical loopback tuples of two pods must not collide), 0 otherwise (a routable
+ * address is unique on the node, so the tuple alone identifies the connection; a process that gives
+ * its own netns a victim's addresses can only collide with it: see MR_O_CONFLICT). The same rule,
+ * symmetric in the two ends, keys mr_sockhash. */
 struct mr_tuple_key {
 	__u64 netns;
 	__u8 saddr[16]; /* the connecting application's address */
@@ -104,7 +113,8 @@ struct mr_tuple_key {
 
 /* An original destination. */
 enum mr_orig_flag {
-	MR_O_ACCEL = 1u << 0, /* mr_orig.flags: the application's socket went on the fast path */
+	MR_O_ACCEL = 1u << 0,    /* mr_orig.flags: the application's socket joins the fast path */
+	MR_O_CONFLICT = 1u << 1, /* two sockets published this tuple: nobody is given this record */
 };
 struct mr_orig {
 	__u8 family;
@@ -112,6 +122,8 @@ struct mr_orig {
 	__be16 port;
 	__u32 slot;
 	__u8 addr[16];
+	__u64 cookie; /* the application socket's cookie: whose record it is (close deletes only its own;
+		       * a copy is checked against it, as a preallocated element is reused at once) */
 };
 
 /* mr_peers: the same keys as mr_sockhash, each with what a peer's sk_msg program needs to know of
@@ -148,6 +160,13 @@ struct mr_sk {
 	struct mr_peer peer;          /* ... and its description, from mr_peers (cached: one lookup) */
 };
 
+/* mr_pending: per policy slot, its records in mr_orig now (handshakes in flight), checked against
+ * mr_policy.pending_max at connect. One cache line per slot: pods do not share a counter. */
+struct mr_pending {
+	__s64 now;
+	__u64 pad[7];
+};
+
 /* mr_gauges: global values shared by every hook (array of __u64). */
 enum mr_gauge {
 	MR_G_PENDING = 0, /* records in mr_orig now (atomically kept by the programs) */
@@ -180,6 +199,9 @@ struct mr_stats {
 	__u64 ulp_refused;     /* setsockopt(TCP_ULP) (kTLS) refused on an accelerated socket */
 	__u64 bypass_mark;     /* the socket's mark (SO_MARK) is a bypass mark */
 	__u64 guard_refused;   /* connect() refused: an unclassified pod cgroup under a guard (slot 0) */
+	__u64 err_netns;       /* connect() refused: from another netns than the policy's pod */
+	__u64 err_conflict;    /* a publish found another socket's record under its tuple: both spoiled */
+	__u64 origdst_denied;  /* SO_ORIGINAL_DST or a claim by a socket outside the policy's bypass cgroups */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with

@@ -6,7 +6,9 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "mr_abi.h"
+#include "mr_prof.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -74,12 +76,12 @@ struct {
  * leaves, moved onto the proxy's accepted socket (mr_sk) when the proxy's kernel completes the
  * handshake, and deleted by the application's close if no proxy socket ever claimed them (a failed
  * handshake; a connect in TCP_REPAIR mode, as `meshredir verify` does). So this table holds only
- * handshakes in flight, whatever the number of open connections. Its size is twice the agent's limit
- * (mr_gauges[MR_G_LIMIT]): once that many records exist (a proxy whose accept queue is full drops
- * SYNs, and the connects wait), connect() is refused (fail closed), because a redirected connection
- * without a record would make a proxy such as HAProxy, whose SO_ORIGINAL_DST read fails, forward the
- * connection to its own address. The other half is headroom for connects between the check and the
- * SYN. */
+ * handshakes in flight, whatever the number of open connections. A connect is refused (fail closed)
+ * once its policy has pending_max records (a proxy whose accept queue is full drops SYNs, and the
+ * connects wait: that pod's budget, never another's), or once the node has mr_gauges[MR_G_LIMIT],
+ * because a redirected connection without a record would make a proxy such as HAProxy, whose
+ * SO_ORIGINAL_DST read fails, forward the connection to its own address. The table is twice the node's
+ * limit: the other half is headroom for connects between the check and the SYN. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct mr_tuple_key);
@@ -93,6 +95,13 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, MR_G_MAX);
 } mr_gauges SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mr_pending);
+	__uint(max_entries, MR_MAX_POLICIES);
+} mr_pending SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -181,7 +190,8 @@ static __always_inline int mr_eq6(const __u32 a[4], const __u8 b8[16])
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
-/* Finds the entry of the calling task's cgroup, or of its nearest ancestor that has one. */
+/* Finds the entry of the calling task's cgroup, or of its nearest ancestor that has one (DNS capture:
+ * UDP sockets, which mr_sock_cgroup cannot reach). */
 static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 {
 	__u64 self = bpf_get_current_cgroup_id();
@@ -195,6 +205,31 @@ static __always_inline struct mr_cg_entry *mr_task_cgroup(void)
 		e = bpf_map_lookup_elem(&mr_cgroups, &id);
 		if (e)
 			return e;
+	}
+	return 0;
+}
+
+/* Finds the entry of the socket's cgroup, or of its nearest ancestor that has one: the cgroup the
+ * kernel itself chose these programs by (the one the socket was created in: the caller's, normally).
+ * Walked up by parent pointers from the socket's cgroup, one lookup per level until the nearest entry,
+ * so a container one level below its pod's policy costs two lookups. */
+static __always_inline struct mr_cg_entry *mr_sock_cgroup(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
+	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
+		if (!cg)
+			return 0;
+		__u64 id = cg->kn->id;
+		struct mr_cg_entry *e = bpf_map_lookup_elem(&mr_cgroups, &id);
+		if (e)
+			return e;
+		struct cgroup_subsys_state *parent = cg->self.parent;
+		if (!parent)
+			return 0;
+		cg = parent->cgroup;
 	}
 	return 0;
 }
@@ -216,15 +251,77 @@ static __always_inline int mr_mark_bypass(const struct bpf_sock *sk, const struc
 	return 0;
 }
 
+/* Whether the socket was created in a bypass (proxy) cgroup of policy `slot`, or below one. Only such a
+ * socket may claim a record of that policy, read it (SO_ORIGINAL_DST) or join its fast path: anybody
+ * else with the same tuple (a listener that gave its own netns the proxy's address) gets nothing. An
+ * accepted socket is handled in softirq context, where the current task means nothing: the cgroup is
+ * the one the socket was created in (sk_cgrp_data; an accepted socket inherits its listener's), walked
+ * up like a task's. */
+static __always_inline int mr_sock_is_proxy(struct bpf_sock *sk, __u32 slot)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
+	struct mr_proxy_key k = { .slot = slot };
+	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
+		if (!cg)
+			return 0;
+		k.cgroup_id = cg->kn->id;
+		if (bpf_map_lookup_elem(&mr_proxies, &k))
+			return 1;
+		struct cgroup_subsys_state *parent = cg->self.parent;
+		if (!parent)
+			return 0;
+		cg = parent->cgroup;
+	}
+	return 0;
+}
+
+/* Whether the calling task is in a bypass (proxy) cgroup of policy `slot`, or below one: the same
+ * question as mr_sock_is_proxy, asked in process context (getsockopt programs cannot reach the socket's
+ * cgroup), of the process asking. */
+static __always_inline int mr_task_is_proxy(__u32 slot)
+{
+	struct mr_proxy_key k = { .slot = slot, .cgroup_id = bpf_get_current_cgroup_id() };
+	if (bpf_map_lookup_elem(&mr_proxies, &k))
+		return 1;
+	for (int lvl = MR_MAX_CGROUP_DEPTH - 1; lvl >= 0; lvl--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
+		if (id == 0)
+			continue;
+		k.cgroup_id = id;
+		if (bpf_map_lookup_elem(&mr_proxies, &k))
+			return 1;
+	}
+	return 0;
+}
+
+/* Whether a connect of policy `slot` comes from the policy's own pod netns, when the agent knows it
+ * (a process may make a netns of its own, give it a victim's address and publish under its tuple). */
+static __always_inline int mr_netns_ok(struct bpf_sock *sk, const struct mr_policy *p, __u32 slot)
+{
+	if (!p->netns_ino)
+		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		struct net *net = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net;
+		if (net && net->ns.inum == p->netns_ino)
+			return 1;
+	}
+	MR_COUNT(slot, err_netns);
+	return 0;
+}
+
 enum mr_verdict { MR_PASS = 0, MR_REDIRECT = 1, MR_REFUSE = 2 };
 
-/* Decides whether a connect to d on socket sk by the calling task is redirected. On MR_REDIRECT, *slot
- * and *pol are set. Counts every bypass under its reason. MR_REFUSE: the nearest entry is a guard (a pod
- * cgroup the agent has not classified yet): the caller fails the connect. */
-static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_dst *d, __u32 *slot,
+/* Decides whether a connect of socket sk to d is redirected. On MR_REDIRECT, *slot and *pol are set.
+ * Counts every bypass under its reason. MR_REFUSE: the nearest entry is a guard (a pod cgroup the agent
+ * has not classified yet): the caller fails the connect. */
+static __always_inline int mr_decide(struct bpf_sock *sk, const struct mr_dst *d, __u32 *slot,
 				     struct mr_policy **pol)
 {
-	struct mr_cg_entry *cg = mr_task_cgroup();
+	struct mr_cg_entry *cg = mr_sock_cgroup(sk);
 	if (!cg)
 		return MR_PASS;
 	__u32 s = cg->slot;
@@ -258,17 +355,19 @@ static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_
 		return MR_PASS;
 	}
 
-	__u64 ugid = bpf_get_current_uid_gid();
-	struct mr_owner_key ok = { .slot = s, .kind = MR_OWNER_UID, .id = (__u32)ugid };
-	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
-		MR_COUNT(s, bypass_owner);
-		return MR_PASS;
-	}
-	ok.kind = MR_OWNER_GID;
-	ok.id = (__u32)(ugid >> 32);
-	if (bpf_map_lookup_elem(&mr_owners, &ok)) {
-		MR_COUNT(s, bypass_owner);
-		return MR_PASS;
+	if (p->flags & MR_F_OWNERS) {
+		__u64 ugid = bpf_get_current_uid_gid();
+		struct mr_owner_key ok = { .slot = s, .kind = MR_OWNER_UID, .id = (__u32)ugid };
+		if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+			MR_COUNT(s, bypass_owner);
+			return MR_PASS;
+		}
+		ok.kind = MR_OWNER_GID;
+		ok.id = (__u32)(ugid >> 32);
+		if (bpf_map_lookup_elem(&mr_owners, &ok)) {
+			MR_COUNT(s, bypass_owner);
+			return MR_PASS;
+		}
 	}
 
 	if (!(p->flags & MR_F_REDIRECT_LOOPBACK) && mr_is_loopback(d)) {
@@ -276,20 +375,24 @@ static __always_inline int mr_decide(const struct bpf_sock *sk, const struct mr_
 		return MR_PASS;
 	}
 
-	struct mr_port_key pk = { .slot = s, .port = bpf_ntohs(d->port) };
-	__u8 *pa = bpf_map_lookup_elem(&mr_ports, &pk);
-	if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (p->flags & MR_F_INCLUDE_PORTS))) {
-		MR_COUNT(s, bypass_port);
-		return MR_PASS;
+	if (p->flags & MR_F_PORTS) {
+		struct mr_port_key pk = { .slot = s, .port = bpf_ntohs(d->port) };
+		__u8 *pa = bpf_map_lookup_elem(&mr_ports, &pk);
+		if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (p->flags & MR_F_INCLUDE_PORTS))) {
+			MR_COUNT(s, bypass_port);
+			return MR_PASS;
+		}
 	}
 
-	struct mr_cidr_key ck = { .prefixlen = 32 + 8 + (d->family == AF_INET ? 32 : 128),
-				  .slot = bpf_htonl(s), .family = d->family };
-	__builtin_memcpy(ck.addr, d->addr, 16);
-	__u8 *ca = bpf_map_lookup_elem(&mr_cidrs, &ck);
-	if ((ca && *ca == MR_ACT_EXCLUDE) || (!ca && (p->flags & MR_F_INCLUDE_CIDRS))) {
-		MR_COUNT(s, bypass_cidr);
-		return MR_PASS;
+	if (p->flags & MR_F_CIDRS) {
+		struct mr_cidr_key ck = { .prefixlen = 32 + 8 + (d->family == AF_INET ? 32 : 128),
+					  .slot = bpf_htonl(s), .family = d->family };
+		__builtin_memcpy(ck.addr, d->addr, 16);
+		__u8 *ca = bpf_map_lookup_elem(&mr_cidrs, &ck);
+		if ((ca && *ca == MR_ACT_EXCLUDE) || (!ca && (p->flags & MR_F_INCLUDE_CIDRS))) {
+			MR_COUNT(s, bypass_cidr);
+			return MR_PASS;
+		}
 	}
 
 	*slot = s;
@@ -302,38 +405,99 @@ static __always_inline __u64 *mr_gauge(__u32 which)
 	return bpf_map_lookup_elem(&mr_gauges, &which);
 }
 
-/* Whether a new redirected connection may be recorded; counts the refusal when it may not. */
-static __always_inline int mr_room(__u32 slot)
+static __always_inline struct mr_pending *mr_slot_pending(__u32 slot)
 {
+	return bpf_map_lookup_elem(&mr_pending, &slot);
+}
+
+/* Whether a new redirected connection may be recorded: within its policy's budget and the node's
+ * limit; counts the refusal when it may not. Signed: a gauge pushed below zero from outside must not
+ * read as a full table. */
+static __always_inline int mr_room(__u32 slot, const struct mr_policy *p)
+{
+	struct mr_pending *mine = mr_slot_pending(slot);
+	if (mine && p->pending_max && mine->now >= (__s64)p->pending_max) {
+		MR_COUNT(slot, err_full);
+		return 0;
+	}
 	__u64 *limit = mr_gauge(MR_G_LIMIT);
 	__u64 *pending = mr_gauge(MR_G_PENDING);
-	/* Signed: a gauge pushed below zero from outside must not read as a full table. */
 	if (!limit || !pending || *limit == 0 || (__s64)*pending < (__s64)*limit)
 		return 1;
 	MR_COUNT(slot, err_full);
 	return 0;
 }
 
-/* Adds or replaces a record, keeping MR_G_PENDING equal to the number of records. */
+static __always_inline void mr_pending_add(__u32 slot, __s64 d)
+{
+	__u64 *pending = mr_gauge(MR_G_PENDING);
+	if (pending)
+		__sync_fetch_and_add(pending, d);
+	struct mr_pending *mine = mr_slot_pending(slot);
+	if (mine)
+		__sync_fetch_and_add(&mine->now, d);
+}
+
+/* Adds a record (never replaces one: a tuple someone else published is not ours to take over),
+ * keeping the node's and the policy's gauges equal to their numbers of records. 0 when added. When
+ * another socket's record is there, both are spoiled (MR_O_CONFLICT): the two cannot be told apart
+ * (one gave its own netns the other's addresses), and a proxy given neither destination fails the
+ * connection instead of sending it where the other one asked. */
 static __always_inline int mr_orig_put(const struct mr_tuple_key *k, const struct mr_orig *o)
 {
 	if (bpf_map_update_elem(&mr_orig, k, o, BPF_NOEXIST) == 0) {
-		__u64 *pending = mr_gauge(MR_G_PENDING);
-		if (pending)
-			__sync_fetch_and_add(pending, 1);
+		mr_pending_add(o->slot, 1);
 		return 0;
 	}
-	return bpf_map_update_elem(&mr_orig, k, o, BPF_EXIST);
+	struct mr_orig *cur = bpf_map_lookup_elem(&mr_orig, k);
+	if (cur && cur->cookie != o->cookie) {
+		cur->flags |= MR_O_CONFLICT;
+		MR_COUNT(o->slot, err_conflict);
+		return 1;
+	}
+	MR_COUNT(o->slot, err_orig);
+	return 1;
 }
 
-/* Deletes a record; only the caller that really removed it decrements the gauge. */
-static __always_inline void mr_orig_del(const struct mr_tuple_key *k)
+/* Deletes a record of policy `slot`; only the caller that really removed it decrements the gauges. */
+static __always_inline void mr_orig_del(const struct mr_tuple_key *k, __u32 slot)
 {
-	if (bpf_map_delete_elem(&mr_orig, k) == 0) {
-		__u64 *pending = mr_gauge(MR_G_PENDING);
-		if (pending)
-			__sync_fetch_and_add(pending, -1);
-	}
+	if (bpf_map_delete_elem(&mr_orig, k) == 0)
+		mr_pending_add(slot, -1);
+}
+
+/* Copies the record under k into *out; 0 when there is none. mr_orig is preallocated, and the kernel
+ * reuses a deleted element at once: between the lookup and the copy, another CPU may delete this record
+ * (its application closed) and publish another one into the same memory. So a copy is used only once it
+ * is known to be the record of k: taken with mr_orig_claim (whose delete finds k only if the element
+ * was not reused meanwhile), or, where the record stays, checked with mr_orig_still
+ * (test/tools/elemreuse.bpf.c shows the reuse and both checks on the real map type). */
+static __always_inline int mr_orig_peek(const struct mr_tuple_key *k, struct mr_orig *out)
+{
+	struct mr_orig *p = bpf_map_lookup_elem(&mr_orig, k);
+	if (!p)
+		return 0;
+	*out = *p;
+	return 1;
+}
+
+/* Whether the copy *copy of the element p is still k's record (the key finds the same element with the
+ * same application socket's record). */
+static __always_inline int mr_orig_still(const struct mr_tuple_key *k, const struct mr_orig *p,
+					 const struct mr_orig *copy)
+{
+	struct mr_orig *again = bpf_map_lookup_elem(&mr_orig, k);
+	return again && again == p && again->cookie == copy->cookie;
+}
+
+/* Takes the record mr_orig_peek copied into *o out of the table: 1 when the delete found it (then *o is
+ * that record's copy: an element reused since the peek would have lost key k), 0 otherwise. */
+static __always_inline int mr_orig_claim(const struct mr_tuple_key *k, const struct mr_orig *o)
+{
+	if (bpf_map_delete_elem(&mr_orig, k))
+		return 0;
+	mr_pending_add(o->slot, -1);
+	return 1;
 }
 
 /* A connect that is not redirected: a socket reconnected after connect(AF_UNSPEC) must not keep
@@ -347,7 +511,7 @@ static __always_inline void mr_forget(struct bpf_sock *sk)
 
 /* Records the original destination on the socket; 0 when the kernel has no storage for it. */
 static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u32 addr[4],
-				     __be16 port, __u32 slot)
+				     __be16 port, __u32 slot, const struct mr_policy *p)
 {
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
@@ -355,10 +519,25 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 		return 0;
 	}
 	st->orig.family = family;
+	/* The policy's wish, for sockops to confirm when it publishes (no second policy lookup there). */
+	st->orig.flags = (p->flags & MR_F_ACCELERATE) ? MR_O_ACCEL : 0;
 	st->orig.port = port;
 	st->orig.slot = slot;
 	__builtin_memcpy(st->orig.addr, addr, 16);
+	st->orig.cookie = 0;
 	st->flags = MR_SK_APP;
+	/* MPTCP: the hook runs on the first subflow, a TCP socket (which sockops publishes); the
+	 * application's getpeername asks the MPTCP socket, so that one answers with the destination too. */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_mptcp_sock)) {
+		struct mptcp_sock *msk = bpf_skc_to_mptcp_sock(sk);
+		if (msk) {
+			struct mr_sk *m = bpf_sk_storage_get(&mr_sk, msk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (m) {
+				m->orig = st->orig;
+				m->flags = MR_SK_APP;
+			}
+		}
+	}
 	MR_COUNT(slot, redirected);
 	return 1;
 }
@@ -392,7 +571,7 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 		}                                                              \
 	} while (0)
 
-/* Builds the mr_orig key of a connection from the addresses of one of its sockets. For the
+/* Builds the mr_orig (and mr_sockhash) key of a connection from the addresses of one of its sockets. For the
  * application's socket `local` is the application; for the proxy's accepted socket it is the proxy.
  * Addresses are v4 (in [0]) when v4 is set, v4-mapped addresses having been unmapped by the caller. */
 static __always_inline void mr_tuple(struct mr_tuple_key *k, int v4, const __u32 app[4],
@@ -405,9 +584,13 @@ static __always_inline void mr_tuple(struct mr_tuple_key *k, int v4, const __u32
 	__builtin_memcpy(k->daddr, proxy, 16);
 	k->sport = app_port;
 	k->dport = proxy_port;
-	struct mr_dst pd = { .family = k->family };
+	/* Symmetric in the two ends: the key a socket gives itself (mr_sockhash) and the one its peer
+	 * computes for it must agree whichever end is loopback (an application bound to its pod address
+	 * talking to a proxy on 127.0.0.1, say). */
+	struct mr_dst pd = { .family = k->family }, ad = { .family = k->family };
 	__builtin_memcpy(pd.addr, proxy, 16);
-	k->netns = mr_is_loopback(&pd) ? netns_cookie : 0;
+	__builtin_memcpy(ad.addr, app, 16);
+	k->netns = mr_is_loopback(&pd) || mr_is_loopback(&ad) ? netns_cookie : 0;
 }
 
 #endif

@@ -8,6 +8,7 @@
 SEC("cgroup/setsockopt")
 int mr_setsockopt(struct bpf_sockopt *ctx)
 {
+	MR_PROF_TASK(MR_HP_SETSOCKOPT, ((__u32)ctx->level << 16) | (__u32)ctx->optname);
 	if (ctx->level == SOL_TCP && ctx->optname == TCP_ULP && ctx->sk) {
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
 		if (st && (st->flags & MR_SK_ACCEL)) {

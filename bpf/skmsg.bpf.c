@@ -42,13 +42,12 @@ static __always_inline int mr_find_peer(struct sk_msg_md *msg, struct mr_sk *st)
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
 	MR_READ_ADDRS(msg, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
-	/* The peer's key mirrors ours: its local end is our remote end. */
+	/* The peer's key mirrors ours: its local end is our remote end. mr_tuple decides the netns part
+	 * from both ends, as sockops did when the peer inserted itself (an application bound to its pod
+	 * address talking to a loopback proxy: only one end is loopback, whichever side asks). */
 	struct mr_tuple_key key;
 	mr_tuple(&key, v4, remote, (__be16)(msg->remote_port >> 16), local,
-		 bpf_htons((__u16)msg->local_port), 0);
-	struct mr_dst rd = { .family = key.family };
-	__builtin_memcpy(rd.addr, remote, 16);
-	key.netns = mr_is_loopback(&rd) ? bpf_get_netns_cookie(msg) : 0;
+		 bpf_htons((__u16)msg->local_port), bpf_get_netns_cookie(msg));
 	struct mr_peer *pe = bpf_map_lookup_elem(&mr_peers, &key);
 	if (!pe || !pe->psock)
 		return 0; /* not on the fast path (yet, or at all) */
@@ -72,6 +71,7 @@ static __always_inline int mr_drained(struct tcp_sock *own, const struct mr_peer
 SEC("sk_msg")
 int mr_skmsg(struct sk_msg_md *msg)
 {
+	MR_PROF_SK(MR_HP_SKMSG, 0, msg->sk);
 	struct bpf_sock *sk = msg->sk;
 	if (!sk)
 		return SK_PASS;

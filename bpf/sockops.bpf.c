@@ -3,30 +3,6 @@
  * policy's `accelerate`, puts both ends of the app↔proxy connection in the sockhash. */
 #include "mr_common.h"
 
-/* Whether the socket was created in a bypass (proxy) cgroup of policy `slot`, or below one. The
- * accepting socket is handled in softirq context, where the current task means nothing: the cgroup is
- * the one the socket was created in (sk_cgrp_data), walked up like a task's. */
-static __always_inline int mr_sock_is_proxy(struct bpf_sock *sk, __u32 slot)
-{
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return 0;
-	struct cgroup *cg = tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup;
-	struct mr_proxy_key k = { .slot = slot };
-	for (int i = 0; i < MR_MAX_CGROUP_DEPTH; i++) {
-		if (!cg)
-			return 0;
-		k.cgroup_id = cg->kn->id;
-		if (bpf_map_lookup_elem(&mr_proxies, &k))
-			return 1;
-		struct cgroup_subsys_state *parent = cg->self.parent;
-		if (!parent)
-			return 0;
-		cg = parent->cgroup;
-	}
-	return 0;
-}
-
 /* Puts the socket in the sockhash. kTLS cannot be on yet (no ULP is set before the handshake
  * completes) and the kernel refuses sockets it cannot hold; a full sockhash leaves the connection on
  * the normal path. The close of an accelerated socket is watched, for the open-sockets gauge. */
@@ -72,17 +48,15 @@ static __always_inline int mr_nonblocking(struct bpf_sock *sk)
 	return f && (f->f_flags & 04000 /* O_NONBLOCK */);
 }
 
-static __always_inline int mr_accelerated_policy(__u32 slot)
-{
-	struct mr_policy *p = bpf_map_lookup_elem(&mr_policies, &slot);
-	return p && (p->flags & MR_F_ACCELERATE);
-}
-
 /* Publishes the application socket's record under the tuple the proxy will see. Called when the SYN
  * is about to leave (TCP_CONNECT_CB: so the record exists before any proxy-side socket can, TCP Fast
- * Open included, and counts against the limit while the handshake is in flight), or at
- * ACTIVE_ESTABLISHED for a connect that sent no SYN (TCP_REPAIR: `meshredir verify`). */
-static __always_inline void mr_publish(struct bpf_sock_ops *skops, struct mr_sk *st)
+ * Open included, and counts against the limits while the handshake is in flight), or at
+ * ACTIVE_ESTABLISHED for a connect that sent no SYN (TCP_REPAIR: `meshredir verify`). Whether the
+ * connection takes the fast path is decided here, in the record, so that the proxy's side knows it
+ * whenever its socket is created (with Fast Open, when the SYN arrives: before this side is
+ * established). */
+static __always_inline void mr_publish(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct mr_sk *st,
+				       const int fast)
 {
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
@@ -98,11 +72,18 @@ static __always_inline void mr_publish(struct bpf_sock_ops *skops, struct mr_sk 
 		((__u32 *)o.addr)[0] = a;
 		o.family = AF_INET;
 	}
-	o.flags = 0;
-	if (mr_orig_put(&st->key, &o)) {
-		MR_COUNT(o.slot, err_orig);
-		return;
+	o.cookie = bpf_get_socket_cookie(skops);
+	/* The connect hook noted the policy's accelerate; a blocking socket stays on TCP. */
+	if (fast && (o.flags & MR_O_ACCEL) && !mr_nonblocking(sk)) {
+		o.flags &= ~MR_O_ACCEL;
+		MR_COUNT(o.slot, accel_blocking);
 	}
+	if (!fast)
+		o.flags &= ~MR_O_ACCEL;
+	if (mr_orig_put(&st->key, &o))
+		return;
+	st->orig.cookie = o.cookie;
+	st->orig.flags = o.flags;
 	st->flags |= MR_SK_RECORDED;
 	/* The close of the socket (also of a handshake that fails) deletes an unclaimed record. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -117,45 +98,45 @@ static __always_inline struct mr_sk *mr_app_storage(struct bpf_sock_ops *skops)
 	return st && (st->flags & MR_SK_APP) ? st : 0;
 }
 
-static __always_inline void mr_on_connect(struct bpf_sock_ops *skops)
+static __always_inline void mr_on_connect(struct bpf_sock_ops *skops, const int fast)
 {
+	struct bpf_sock *sk = skops->sk;
 	struct mr_sk *st = mr_app_storage(skops);
-	if (st && !(st->flags & MR_SK_RECORDED))
-		mr_publish(skops, st);
+	if (sk && st && !(st->flags & MR_SK_RECORDED))
+		mr_publish(skops, sk, st, fast);
 }
 
-static __always_inline void mr_on_established(struct bpf_sock_ops *skops)
+static __always_inline void mr_on_established(struct bpf_sock_ops *skops, const int fast)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct mr_sk *st = mr_app_storage(skops);
 	if (!sk || !st)
 		return;
 	if (!(st->flags & MR_SK_RECORDED))
-		mr_publish(skops, st);
+		mr_publish(skops, sk, st, fast);
 	if (!(st->flags & MR_SK_RECORDED))
 		return;
 	__u32 slot = st->orig.slot;
 	MR_COUNT(slot, established);
-	/* The fast path: decided before our ACK leaves, so the record tells the proxy's side. */
-	if (!mr_accelerated_policy(slot))
-		return;
-	if (!mr_nonblocking(sk)) {
-		MR_COUNT(slot, accel_blocking);
-		return;
-	}
-	if (mr_accelerate(skops, sk, st, slot, &st->key)) {
-		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &st->key);
-		if (rec)
-			rec->flags |= MR_O_ACCEL;
+	/* The fast path, as the record told the proxy's side (a socket made blocking since then stays on
+	 * TCP: its proxy's side, if it joined, then finds no peer and uses TCP too). */
+	if (fast && (st->orig.flags & MR_O_ACCEL)) {
+		if (mr_nonblocking(sk))
+			mr_accelerate(skops, sk, st, slot, &st->key);
+		else
+			MR_COUNT(slot, accel_blocking);
 	}
 }
 
 /* The proxy's side of a redirected connection, as soon as its kernel completes the handshake (before
- * accept()): the record moves onto the accepted socket, where SO_ORIGINAL_DST reads it however late
- * the proxy gets to it and whatever the application did meanwhile (even closed). The table then only
- * holds handshakes in flight. With the application's side on the fast path, this end joins it if the
- * accepting socket belongs to the policy's proxy (not any listener that happens to sit there). */
-static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
+ * accept(); with Fast Open, when the SYN arrives): the record moves onto the accepted socket, where
+ * SO_ORIGINAL_DST reads it however late the proxy gets to it and whatever the application did
+ * meanwhile (even closed). The table then only holds handshakes in flight. Only a socket of one of the
+ * policy's bypass (proxy) cgroups may take it: any other listener with that tuple (in a netns that gave
+ * itself the proxy's and the application's addresses) gets nothing, and the record waits for the real
+ * proxy. A spoiled record (two sockets published the tuple) is given to nobody. With the application's
+ * side on the fast path, this end joins it. */
+static __always_inline void mr_on_passive(struct bpf_sock_ops *skops, const int fast)
 {
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
@@ -168,25 +149,29 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops)
 	__be16 rport = (__be16)(skops->remote_port >> 16);
 	struct mr_tuple_key k;
 	mr_tuple(&k, v4, remote, rport, local, lport, cookie); /* as the application published it */
-	struct mr_orig *o = bpf_map_lookup_elem(&mr_orig, &k);
-	if (!o)
+	struct mr_orig o;
+	if (!mr_orig_peek(&k, &o) || (o.flags & MR_O_CONFLICT))
 		return;
+	__u32 slot = o.slot;
+	if (!mr_sock_is_proxy(sk, slot)) {
+		MR_COUNT(slot, origdst_denied);
+		return;
+	}
 	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return; /* the record stays in the table: getsockopt finds it there */
-	st->orig = *o;
+	if (!mr_orig_claim(&k, &o))
+		return; /* gone meanwhile (its application closed), and the copy is not to be trusted */
+	st->orig = o;
 	st->flags |= MR_SK_SERVED;
-	__u32 slot = o->slot;
-	int accel = o->flags & MR_O_ACCEL;
-	mr_orig_del(&k);
-	if (accel && mr_sock_is_proxy(sk, slot)) {
+	if (fast && (o.flags & MR_O_ACCEL)) {
 		struct mr_tuple_key own;
 		mr_tuple(&own, v4, local, lport, remote, rport, cookie);
 		mr_accelerate(skops, sk, st, slot, &own);
 	}
 }
 
-static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
+static __always_inline void mr_on_close(struct bpf_sock_ops *skops, const int fast)
 {
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
@@ -195,34 +180,52 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops)
 	if (!st)
 		return;
 	if (st->flags & MR_SK_RECORDED) {
-		mr_orig_del(&st->key); /* a no-op when the proxy's side claimed it */
+		/* Gone already when the proxy's side claimed it; and never another socket's record. */
+		struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &st->key);
+		if (rec && rec->cookie == st->orig.cookie)
+			mr_orig_del(&st->key, st->orig.slot);
 		st->flags &= ~MR_SK_RECORDED;
 	}
 	/* The kernel takes a closing socket out of the sockhash itself; this keeps the gauge. */
-	if (st->flags & MR_SK_ACCEL) {
+	if (fast && (st->flags & MR_SK_ACCEL)) {
 		bpf_map_delete_elem(&mr_peers, &st->key);
 		st->flags &= ~MR_SK_ACCEL;
 		MR_DEC(st->orig.slot, accel_open);
 	}
 }
 
-SEC("sockops")
-int mr_sockops(struct bpf_sock_ops *skops)
+static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int fast)
 {
+	MR_PROF_SOCKOPS(skops);
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		mr_on_connect(skops);
+		mr_on_connect(skops, fast);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		mr_on_established(skops);
+		mr_on_established(skops, fast);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		mr_on_passive(skops);
+		mr_on_passive(skops, fast);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)
-			mr_on_close(skops);
+			mr_on_close(skops, fast);
 		break;
 	}
 	return 1;
+}
+
+/* The loader attaches one of the two: with the fast path (sockhash, sk_msg), or without any reference
+ * to it, for a kernel where the fast path's maps or programs cannot load (it is optional; redirection
+ * is not). */
+SEC("sockops")
+int mr_sockops(struct bpf_sock_ops *skops)
+{
+	return mr_sockops_run(skops, 1);
+}
+
+SEC("sockops")
+int mr_sockops_base(struct bpf_sock_ops *skops)
+{
+	return mr_sockops_run(skops, 0);
 }

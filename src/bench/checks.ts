@@ -101,6 +101,8 @@ export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: 
       why.push(`the proxy got SO_ORIGINAL_DST from eBPF for ${get('origdst_served')} of ${n} connections`);
     for (const e of ['err_full', 'err_storage', 'err_orig']) if (get(e) > 0) why.push(`${e} ${get(e)}`);
   }
+  if (mode === 'ebpf (client uncovered)' && get('redirected') > 0)
+    why.push(`eBPF redirected ${get('redirected')} connections of a client it should not cover`);
   if (mode === 'ebpf' && get('accel_sockets') > 0)
     why.push(`${get('accel_sockets')} socket(s) joined the fast path in a run without accelerate`);
   if (mode === 'ebpf+sk_msg') {

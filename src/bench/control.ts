@@ -95,7 +95,7 @@ async function timings(x: Run): Promise<void> {
             '--policies',
             dir,
             '--cgroup-root',
-            lab.cgRoot,
+            x.attach,
             '--bpffs',
             bpffs,
             '--mode',

@@ -1,9 +1,10 @@
 // crr.ts — the bench's redirect-only scenario (`crr`): connect, one request/response and close against
-// a server next to the app, direct or redirected to it by iptables or eBPF; one client and two.
-import { D_REDIRECT, SERVER, rotate, say, type ScenarioDef } from './run.js';
+// a server next to the app, direct or redirected to it by iptables or eBPF, and with the eBPF programs
+// attached but the client outside the cgroups they cover; one client and two.
+import { D_REDIRECT, SERVER, UNCOVERED, rotate, say, type ScenarioDef } from './run.js';
 
 export const crr: ScenarioDef = {
-  modes: ['direct', 'iptables', 'ebpf'],
+  modes: ['direct', 'iptables', 'ebpf', UNCOVERED],
   steps: (modes) => modes * 2, // × (1 client, 2 clients)
   async run(r, modes) {
     const p = r.policy({ proxy: SERVER });
@@ -15,7 +16,13 @@ export const crr: ScenarioDef = {
           const x = await r.measure(
             { scenario: 'crr', mode, variant: clients === 1 ? '1B' : '1B, 2 clients', round },
             { policy: p },
-            { target: mode === 'direct' ? SERVER : D_REDIRECT, kind: 'crr', conc: 16 / clients, clients },
+            {
+              target: mode === 'direct' || mode === UNCOVERED ? SERVER : D_REDIRECT,
+              kind: 'crr',
+              conc: 16 / clients,
+              clients,
+              ...(mode === UNCOVERED ? { cg: r.free } : {}),
+            },
             { server: r.server },
             (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }),
           );

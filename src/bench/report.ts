@@ -5,6 +5,7 @@
 import type { Sample, Missing } from './types.js';
 import { fastShare } from './checks.js';
 import { table } from '../util/table.js';
+import { renderHooksMarkdown, renderHooksText } from './hookreport.js';
 
 export interface Row {
   scenario: string;
@@ -36,6 +37,7 @@ const MAIN: Record<string, string[]> = {
   hop: ['rate', 'p50_us', 'p99_us', 'mbytes_s', 'e2e_mbytes_s', 'drain_ms'],
   inbound: ['rate', 'p50_us', 'p99_us'],
   control: ['ms', 'mib', 'writes'],
+  hooks: ['ns_total'],
 };
 /** CPU use: fractions of one core (client, server, HAProxy) and of the whole machine (idle). */
 export const CPU = ['client_user', 'client_sys', 'server_cpu', 'haproxy_cpu', 'idle'] as const;
@@ -136,6 +138,9 @@ export function renderTable(rows: Row[], missing: Missing[] = [], samples: Sampl
         cpu.map((l) => [l.scenario, l.variant, l.mode, ...l.cells]),
       ),
     );
+  const hooks = renderHooksText(samples, table);
+  if (hooks)
+    parts.push('', 'Per-hook cost (BPF run-time statistics; calls by callback and side: fentry profiler)', hooks);
   for (const m of missing) parts.push(`missing: ${m.scenario} ${m.mode}: ${m.reason}`);
   for (const s of samples.filter((x) => x.invalid))
     parts.push(`rejected: ${s.scenario} ${s.variant} ${s.mode} round ${s.round}: ${s.invalid!.join('; ')}`);
@@ -167,6 +172,7 @@ export function renderMarkdown(
       );
     }
     lines.push('');
+    if (scenario === 'hooks') lines.push(renderHooksMarkdown(samples));
     if (scenario === 'crr') {
       const scaling = [...new Set(rows.filter((r) => r.scenario === 'crr').map((r) => r.mode))].flatMap((m) => {
         const one = rows.find((r) => r.scenario === 'crr' && r.variant === '1B' && r.mode === m && r.metric === 'rate');

@@ -20,6 +20,10 @@ export const SERVER = '127.0.0.1:9000'; // the server next to the app (redirect-
 export const HOP_ECHO = '127.0.0.1:9001'; // the hop's "proxy": an echo server in the policy's proxy cgroup
 export const HOP_SINK = '127.0.0.1:9002'; // … and a sink there, for the one-direction stream
 export const UPSTREAM = '10.250.0.2:9000'; // the server in the upstream namespace (through-proxy scenario)
+/** The eBPF programs attached with the policy, the client in a cgroup they do not cover (dialling the
+ * server itself): what having the programs attached costs everyone else (the server side still runs
+ * them). */
+export const UNCOVERED = 'ebpf (client uncovered)';
 
 /** One scenario of the bench, registered by name in scenarios.ts. */
 export interface ScenarioDef {
@@ -67,7 +71,10 @@ export class Run {
   readonly hopSizes: number[];
   readonly ebpf: EbpfMode;
   readonly ipt: IptablesMode;
-  /** The clients' cgroup, the servers', and the policy's proxy (bypass) cgroup. */
+  /** Where the programs attach (att/), and outside it (free/: a client the programs do not cover). */
+  readonly attach: string;
+  readonly free: string;
+  /** The clients' cgroup, the servers', and the policy's proxy (bypass) cgroup, all below `attach`. */
   readonly app: string;
   readonly srvCg: string;
   readonly proxyCg: string;
@@ -85,14 +92,16 @@ export class Run {
     readonly lab: Lab,
   ) {
     this.hopSizes = o.hopSizes ?? HOP_SIZES;
+    this.attach = lab.cgroup('att');
+    this.free = lab.cgroup('free');
     this.ebpf = new EbpfMode({
       bpffs: lab.bpffs,
-      attach: { cgroupRoot: join(lab.cgMount, lab.cgRoot), object: o.object },
+      attach: { cgroupRoot: join(lab.cgMount, this.attach), object: o.object },
     });
     this.ipt = new IptablesMode({ iptablesState: lab.stateFile, lockWait: 10 });
-    this.app = lab.cgroup('app');
-    this.srvCg = lab.cgroup('srv');
-    this.proxyCg = lab.cgroup('proxy');
+    this.app = lab.cgroup('att/app');
+    this.srvCg = lab.cgroup('att/srv');
+    this.proxyCg = lab.cgroup('att/proxy');
   }
 
   /** The bench policy: the app's cgroup and netns redirected to `proxy`, with `exclusions` /32s excluded. */
@@ -197,11 +206,11 @@ spec:
     return {};
   }
 
-  private async client(target: string, kind: LoadKind, conc: number, size = 1): Promise<LoadResult> {
+  private async client(target: string, kind: LoadKind, conc: number, size = 1, cg = this.app): Promise<LoadResult> {
     const o = this.o;
     const out = await this.lab.run(
       this.lab.ns,
-      this.app,
+      cg,
       o.mrload,
       ['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)],
       { timeoutMs: 120_000 },
@@ -221,7 +230,7 @@ spec:
   async measure(
     s: { scenario: string; mode: string; variant: string; round: number },
     setup: { policyMode?: string; policy?: Policy },
-    load: { target: string; kind: LoadKind; conc: number; size?: number; clients?: number },
+    load: { target: string; kind: LoadKind; conc: number; size?: number; clients?: number; cg?: string },
     watch: Record<string, LabProc | undefined>,
     metrics: (l: LoadResult) => Record<string, number>,
     opts: { viaProxy?: boolean } = {},
@@ -236,7 +245,9 @@ spec:
       const m0 = lab.machine();
       const t0 = performance.now();
       const rs = await Promise.all(
-        Array.from({ length: load.clients ?? 1 }, () => this.client(load.target, load.kind, load.conc, load.size)),
+        Array.from({ length: load.clients ?? 1 }, () =>
+          this.client(load.target, load.kind, load.conc, load.size, load.cg),
+        ),
       );
       const wall = (performance.now() - t0) / 1000;
       const m1 = lab.machine();

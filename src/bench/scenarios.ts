@@ -9,12 +9,14 @@ import { proxy } from './proxy.js';
 import { hop } from './hop.js';
 import { inbound } from './inbound-scenario.js';
 import { control } from './control.js';
+import { hooks } from './hookbench.js';
 
 export const SCENARIOS = {
   crr,
   scale,
   proxy,
   hop,
+  hooks,
   inbound,
   control,
 } satisfies Record<string, ScenarioDef>;

@@ -13,6 +13,10 @@ export interface BenchOptions {
   object: string;
   mrload: string;
   cli: string;
+  /** The profiling build of the programs (build/meshredir-prof.bpf.o, bpf/mr_prof.h): `hooks`. */
+  hookprof?: string;
+  /** `hooks`: the CLI whose agent's programs are profiled (another build's, for before/after). */
+  hooksAgent?: string;
   progress: (line: string) => void;
 }
 

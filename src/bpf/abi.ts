@@ -31,11 +31,14 @@ export const PolicyFlag = cEnum('mr_policy_flag', 'MR_F_', {
   REDIRECT_LOOPBACK: 1 << 4,
   ACCELERATE: 1 << 5,
   BYPASS_MARKS: 1 << 6,
+  OWNERS: 1 << 7,
+  PORTS: 1 << 8,
+  CIDRS: 1 << 9,
 });
 export const OwnerKind = cEnum('mr_owner_kind', 'MR_OWNER_', { UID: 1, GID: 2 });
 export const Action = cEnum('mr_action', 'MR_ACT_', { INCLUDE: 1, EXCLUDE: 2 });
 /** Bits of mr_orig.flags. */
-export const OrigFlag = cEnum('mr_orig_flag', 'MR_O_', { ACCEL: 1 << 0 });
+export const OrigFlag = cEnum('mr_orig_flag', 'MR_O_', { ACCEL: 1 << 0, CONFLICT: 1 << 1 });
 /** Bits of mr_sk.flags (per-socket storage; no map user space reads). */
 export const SkFlag = cEnum('mr_sk_flag', 'MR_SK_', {
   RECORDED: 1 << 0,
@@ -64,6 +67,8 @@ export const policyValue = struct('mr_policy', {
   proxy6_port: 'be16',
   // struct mr_mark marks[MR_MAX_MARKS]: { u32 value, u32 mask } each, little-endian (policyMarks encodes it).
   marks: { bytes: 8 * MAX_MARKS },
+  pending_max: 'u32',
+  netns_ino: 'u32',
 });
 export const ownerKey = struct('mr_owner_key', { slot: 'u32', kind: 'u32', id: 'u32' });
 export const proxyKey = struct('mr_proxy_key', { cgroup_id: 'u64', slot: 'u32', pad: 'u32' });
@@ -91,7 +96,10 @@ export const origValue = struct('mr_orig', {
   port: 'be16',
   slot: 'u32',
   addr: { bytes: 16 },
+  cookie: 'u64',
 });
+/** One cache line per policy slot: its handshakes in flight (signed; read with BigInt.asIntN). */
+export const pendingValue = struct('mr_pending', { now: 'u64', pad: { bytes: 56 } });
 
 export const STAT_FIELDS = [
   'redirected',
@@ -117,6 +125,9 @@ export const STAT_FIELDS = [
   'ulp_refused',
   'bypass_mark',
   'guard_refused',
+  'err_netns',
+  'err_conflict',
+  'origdst_denied',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(
@@ -285,9 +296,15 @@ export const MAPS = {
   mr_gauges: { key: u32, value: u64 },
   ...DNS_MAPS,
   ...TRACE_MAPS,
+  mr_pending: { key: u32, value: pendingValue },
 } as const;
-/** Default limit of redirected handshakes in flight (mr_orig holds twice as many). */
+/** Default limit of redirected handshakes in flight on the node (mr_orig holds twice as many). */
 export const DEFAULT_MAX_CONNECTIONS = 16_384;
+/** Default budget of handshakes in flight per policy: 1024, or a quarter of the node's limit if that is
+ * less, so that one stalled pod never takes the whole node's (--max-pending-per-policy overrides it). */
+export function defaultPendingBudget(maxConnections = DEFAULT_MAX_CONNECTIONS): number {
+  return Math.min(1024, Math.max(1, Math.floor(maxConnections / 4)));
+}
 export type MapName = keyof typeof MAPS;
 /** Maps whose whole content is desired state written by the agent (the rest the programs write). */
 export const POLICY_MAPS = [
@@ -360,6 +377,7 @@ export const STRUCT_CODECS = [
   traceCtl,
   traceCpu,
   traceEvent,
+  pendingValue,
 ];
 
 /**
@@ -384,6 +402,16 @@ export const PROGRAMS = {
   mr_connect4: { attach: 'cgroup/connect4' },
   mr_connect6: { attach: 'cgroup/connect6' },
 } as const;
+/** The sockops program without any reference to the fast path (sockhash, mr_peers): loaded in place of
+ * mr_sockops, under its link name, when the fast path cannot load here. */
+export const SOCKOPS_BASE = 'mr_sockops_base';
+/** The optional part: loaded with everything else, or, where that load fails, left out (these programs
+ * and maps) with SOCKOPS_BASE loaded instead. WITHOUT_FAST_PATH is left out of the full load. */
+export const FAST_PATH = { programs: ['mr_skmsg', 'mr_sockops'], maps: ['mr_sockhash', 'mr_peers'] } as const;
+export const WITHOUT_FAST_PATH = [SOCKOPS_BASE] as const;
+/** The program that runs under a link's name with or without the fast path. */
+export const programFor = (link: ProgramName, fast: boolean): string =>
+  link === 'mr_sockops' && !fast ? SOCKOPS_BASE : link;
 /** Programs that redirect, and what must be attached before them. */
 export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
 export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];

@@ -25,3 +25,11 @@ export class BpfError extends Error {
     this.code = code;
   }
 }
+
+/** A load error with the failing program and the verifier's verdict, from libbpf's log. */
+export function withVerifier(e: BpfError): string {
+  const prog = e.log.find((l) => /prog '.*': failed to load/.test(l))?.replace(/^libbpf: /, '');
+  const at = e.log.findIndex((l) => /^processed \d+ insns/.test(l));
+  const verdict = at > 0 ? e.log[at - 1] : undefined;
+  return [e.message, prog, verdict].filter(Boolean).join('; ');
+}

@@ -240,7 +240,24 @@ export class BpfMap<K, V> {
   count(): number {
     let total = 0;
     const batched = this.lookupBatches((_k, _v, n) => (total += n));
-    return batched ? total : this.rawKeys().length;
+    return batched ? total : this.countDistinct();
+  }
+
+  /** A hash map's key-by-key walk restarts from its first bucket when the key it stands on is deleted
+   * meanwhile, so under churn it repeats keys (and may not end): distinct keys are counted, and the walk
+   * stops after twice the map's capacity in steps (maps without batch lookups: sockhash). */
+  private countDistinct(): number {
+    const seen = new Set<string>();
+    let prev: Buffer | null = null;
+    for (let steps = 0; steps <= 2 * this.info.maxEntries; steps++) {
+      const next = Buffer.alloc(this.key.size);
+      const r: number = lib.bpf_map_get_next_key(this.fd, prev ?? NULL, next);
+      if (r === -ENOENT) break;
+      if (r < 0) throw new BpfError(`iterate ${this.name}`, 'bpf_map_get_next_key', r);
+      seen.add(next.toString('hex'));
+      prev = next;
+    }
+    return seen.size;
   }
 
   /** Walks the map with BPF_MAP_LOOKUP_BATCH, handing each batch to `take` (which returns the entries

@@ -52,6 +52,30 @@ export class BpfObject {
     return names;
   }
 
+  /** Before load: leaves programs out of the load (not loaded, not verified) and maps out of creation
+   * (only maps no loaded program uses), e.g. an optional part this kernel cannot load. */
+  exclude(programs: readonly string[], maps: readonly string[] = []): void {
+    for (const name of programs) {
+      const r: number = lib.bpf_program__set_autoload(this.programPtr(name), false);
+      if (r < 0) throw new BpfError(`leave program ${name} out of the load`, 'bpf_program__set_autoload', r);
+    }
+    for (const name of maps) {
+      const r: number = lib.bpf_map__set_autocreate(this.mapPtr(name), false);
+      if (r < 0) throw new BpfError(`leave map ${name} out of the load`, 'bpf_map__set_autocreate', r);
+    }
+  }
+
+  private programPtr(name: string): Ptr {
+    const p: Ptr = lib.bpf_object__find_program_by_name(this.handle, name);
+    if (isNull(p)) throw new Error(`BPF object ${this.path}: no program ${name}`);
+    return p;
+  }
+
+  /** After load: whether the map was created (see exclude). */
+  hasMap(name: string): boolean {
+    return this.loaded && lib.bpf_map__fd(this.mapPtr(name)) >= 0;
+  }
+
   /** Before load: the map's capacity. */
   setMaxEntries(name: string, n: number): void {
     const r: number = lib.bpf_map__set_max_entries(this.mapPtr(name), n);

@@ -108,3 +108,32 @@ export function testRun(progFd: number, ctxIn: Buffer, what: string, repeat = 1)
   if (r < 0) throw new BpfError(what, 'bpf_prog_test_run_opts', r);
   return { retval: opts.readUInt32LE(56), duration: opts.readUInt32LE(64), ctxOut };
 }
+
+/** A program's run count and total run time (bpf_prog_info.run_cnt/run_time_ns: counted only while
+ * kernel.bpf_stats_enabled is on, e.g. while an enableStats() fd is open); null when it is gone. */
+export function progStats(id: number): { runCnt: bigint; runTimeNs: bigint; name: string } | null {
+  const fd: number = lib.bpf_prog_get_fd_by_id(id);
+  if (fd < 0) return null;
+  try {
+    const buf = Buffer.alloc(INFO_SIZE);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(INFO_SIZE);
+    const r: number = lib.bpf_obj_get_info_by_fd(fd, buf, len);
+    if (r < 0) throw new BpfError(`program ${id}`, 'bpf_obj_get_info_by_fd', r);
+    return {
+      runTimeNs: buf.readBigUInt64LE(192),
+      runCnt: buf.readBigUInt64LE(200),
+      name: buf.toString('latin1', 64, 80).replace(/\0.*$/s, ''),
+    };
+  } finally {
+    c.close(fd);
+  }
+}
+
+/** Turns on run-time statistics of every BPF program (BPF_ENABLE_STATS) until the returned function is
+ * called: a file descriptor, so they go off again even if the process dies. */
+export function enableStats(): () => void {
+  const fd: number = lib.bpf_enable_stats(0 /* BPF_STATS_RUN_TIME */);
+  if (fd < 0) throw new BpfError('turn on BPF run-time statistics', 'bpf_enable_stats', fd);
+  return () => c.close(fd);
+}

@@ -44,6 +44,8 @@ export interface AttachConfig {
   maxConnections?: number;
   /** eBPF: sockets the sk_msg fast path may hold. */
   maxAccelerated?: number;
+  /** eBPF: each policy's budget of handshakes in flight (default: defaultPendingBudget of maxConnections). */
+  maxPendingPerPolicy?: number;
 }
 
 /** Something a mode wants said (the agent logs it; the CLI prints it). */

@@ -10,12 +10,16 @@ import {
   MAX_MARKS,
   MAX_POLICIES,
   SLOT_NAME_BYTES,
+  defaultPendingBudget,
 } from '../bpf/abi.js';
 
 /** How a policy's cgroups resolved on this host (ids are kernfs inode numbers). */
 export interface Resolution {
   cgroup: bigint | null;
   bypass: (bigint | null)[];
+  /** spec.netns as the kernel names it (its inode number); null when given but not found; absent when
+   * the policy gives none. A connect of the policy from any other netns is refused. */
+  netns?: number | null;
 }
 
 export interface MapEntries {
@@ -29,6 +33,8 @@ export interface MapEntries {
       proxy4_port: number;
       proxy6_port: number;
       marks: Buffer;
+      pending_max: number;
+      netns_ino: number;
     },
   ][];
   mr_owners: [{ slot: number; kind: number; id: number }, number][];
@@ -61,9 +67,11 @@ export function assignSlots(names: string[], previous: Map<string, number>): Map
 }
 
 /** What the kernel side offers: without an sk_msg link, `accelerate` must not put sockets in the
- * sockhash (their send and receive would go through tcp_bpf for nothing). */
+ * sockhash (their send and receive would go through tcp_bpf for nothing). And the agent's settings
+ * that every policy gets: its budget of handshakes in flight (default: defaultPendingBudget()). */
 export interface Capabilities {
   fastPath: boolean;
+  pendingMax?: number;
 }
 
 export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }): number {
@@ -75,6 +83,10 @@ export function policyFlags(p: Policy, caps: Capabilities = { fastPath: true }):
   if (p.outbound.redirectLoopback) f |= PolicyFlag.REDIRECT_LOOPBACK;
   if (p.accelerate && caps.fastPath) f |= PolicyFlag.ACCELERATE;
   if (p.bypass.marks.length > 0) f |= PolicyFlag.BYPASS_MARKS;
+  // What the policy has entries in: a connect looks up only those maps.
+  if (p.bypass.uids.length + p.bypass.gids.length > 0) f |= PolicyFlag.OWNERS;
+  if (p.outbound.includePorts.length + p.outbound.excludePorts.length > 0) f |= PolicyFlag.PORTS;
+  if (p.outbound.includeCidrs.length + p.outbound.excludeCidrs.length > 0) f |= PolicyFlag.CIDRS;
   return f;
 }
 
@@ -158,6 +170,8 @@ export function toEntries(
         proxy4_port: o4?.port ?? 0,
         proxy6_port: o6?.port ?? 0,
         marks: policyMarks(p),
+        pending_max: caps.pendingMax ?? defaultPendingBudget(),
+        netns_ino: r.netns ?? 0,
       },
     ]);
     for (const uid of p.bypass.uids) e.mr_owners.push([{ slot, kind: OwnerKind.UID, id: uid }, 1]);

@@ -150,7 +150,11 @@ function chooseMode(
     return {
       mode: 'ebpf',
       reason: object
-        ? `meshredir's programs load and attach here (${progs}), and so do the hooks they need (${EBPF_REQUIRED.join(', ')})`
+        ? `meshredir's programs load and attach here (${progs}), and so do the hooks they need (${EBPF_REQUIRED.join(', ')})${
+            object.fastPath && !object.fastPath.loads
+              ? `; without the sk_msg fast path, which does not load here (${object.fastPath.why}): accelerate is not applied`
+              : ''
+          }`
         : `every hook the eBPF mode needs loads and attaches (${EBPF_REQUIRED.join(', ')}); meshredir's own object was not tried`,
     };
   }

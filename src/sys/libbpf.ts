@@ -31,6 +31,7 @@ const libbpfDecl = {
   bpf_map__key_size: ['uint32', [p]],
   bpf_map__value_size: ['uint32', [p]],
   bpf_map__reuse_fd: ['int', [p, 'int']],
+  bpf_map__set_autocreate: ['int', [p, 'bool']],
   bpf_map__btf_key_type_id: ['uint32', [p]],
   bpf_map__btf_value_type_id: ['uint32', [p]],
   bpf_link__pin: ['int', [p, 'string']],
@@ -65,6 +66,7 @@ const libbpfDecl = {
   bpf_prog_query: ['int', ['int', 'int', 'uint32', p, p, p]],
   bpf_prog_test_run_opts: ['int', ['int', p]],
   bpf_btf_load: ['int', [p, 'size_t', p]],
+  bpf_enable_stats: ['int', ['int']],
   btf__load_vmlinux_btf: [p, []],
   btf__free: ['void', [p]],
   btf__find_by_name_kind: ['int', [p, 'string', 'uint32']],
@@ -112,7 +114,9 @@ export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {
 // libbpf's log (verifier output included) is kept so a failing operation can quote it.
 const logLines: string[] = [];
 const LOG_KEEP = 400;
-const printBuf = Buffer.alloc(16384);
+// Large enough for a whole verifier log (libbpf prints it as one message; its verdict is at the end).
+// Unzeroed: pages are only touched as far as a message reaches.
+const printBuf = Buffer.allocUnsafeSlow(4 << 20);
 const printer = ffi.Callback('int', ['int', p, p], (_level: number, fmt: Ptr, args: Ptr) => {
   const n = libc.vsnprintf(printBuf, printBuf.length, fmt, args);
   const text = printBuf.toString('utf8', 0, Math.max(0, Math.min(n, printBuf.length - 1)));

@@ -70,6 +70,8 @@ function lab(env: Env, dir: string) {
   const setup = async (
     specs: [name: string, accelerate: boolean, proxy: 'haproxy' | 'forward', proxyInBypass?: boolean][],
     n0 = 1,
+    /** Runs in each pod's netns before its proxy starts (sysctls a listener reads at listen()). */
+    prepare?: (name: string, ns: string) => void,
   ) => {
     const up = env.netns('up');
     env.bridge(up, 'br0', [`${UP}/24`]);
@@ -79,6 +81,7 @@ function lab(env: Env, dir: string) {
     for (const [name, accelerate, proxy, proxyInBypass = true] of specs) {
       const ns = env.netns(name);
       env.plug(up, 'br0', ns, [`10.203.0.${n++}/24`]);
+      prepare?.(name, ns);
       const app = env.cgroup(`${name}/pod/app`);
       const bypass = env.cgroup(`${name}/proxy`);
       // A listener that is not the policy's proxy lives outside both the pod and the bypass cgroups.
@@ -379,12 +382,77 @@ kernelDescribe('sk_msg fast path: a full sockhash, and a listener that is not th
     await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
   });
 
-  it("a listener outside the policy's bypass cgroups is never accelerated", async () => {
+  it("a listener outside the policy's bypass cgroups is given no destination and never accelerated", async () => {
     const before = await L.counters('rogue');
-    expect(await L.xfer('rogue', ['--size', String(MiB)])).toMatchObject({ ok: true });
+    // The forwarding proxy, not in a bypass cgroup, asks SO_ORIGINAL_DST and gets the kernel's answer:
+    // it cannot forward, and closes the connection.
+    expect(await L.xfer('rogue', ['--size', String(MiB)], 10)).toMatchObject({ ok: false });
     const after = await L.counters('rogue');
-    expect(after.accel_sockets! - before.accel_sockets!).toBe(1); // the application's side only
+    expect(after.origdst_denied! - before.origdst_denied!).toBeGreaterThan(0);
+    expect(after.origdst_served! - before.origdst_served!).toBe(0);
+    expect(after.accel_sockets! - before.accel_sockets!).toBeLessThanOrEqual(1); // the application's side at most
     expect(after.msg_fast! - before.msg_fast!).toBe(0);
-    expect(after.msg_slow! - before.msg_slow!).toBeGreaterThan(0);
+  });
+});
+
+kernelDescribe('sk_msg fast path: TCP Fast Open on the proxy, and an application bound to its pod address', () => {
+  let env: Env;
+  let dir: string;
+  let L: ReturnType<typeof lab>;
+  const nstat = (ns: string, name: string) =>
+    Number(
+      /\s(\d+)\s/.exec(
+        sh('ip', ['netns', 'exec', ns, 'nstat', '-az', name])
+          .split('\n')
+          .find((l) => l.startsWith(name)) ?? '',
+      )?.[1] ?? 0,
+    );
+
+  beforeAll(async () => {
+    env = new Env();
+    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+    L = lab(env, dir);
+    await L.setup(
+      [
+        ['tfo', true, 'forward'],
+        ['bound', true, 'forward'],
+      ],
+      40,
+      // Fast Open everywhere in that pod, without cookies (set before the proxy listens): the
+      // application's first bytes ride in its SYN, and the proxy's kernel creates the accepted socket
+      // when that SYN arrives.
+      (name, ns) => {
+        if (name === 'tfo') sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.tcp_fastopen=0x607']);
+      },
+    );
+    await env.agent(dir);
+  });
+
+  afterAll(async () => {
+    const problems = await env?.teardown();
+    rmSync(dir, { recursive: true, force: true });
+    expect(problems).toEqual([]);
+  });
+
+  it('TCP Fast Open: both ends join the fast path, and every byte arrives', async () => {
+    const ns = L.pods.tfo!.ns;
+    const before = await L.counters('tfo');
+    const passive = nstat(ns, 'TcpExtTCPFastOpenPassive');
+    expect(await L.xfer('tfo', ['--tfo', '--size', String(MiB), '--parallel', '4'])).toMatchObject({ ok: true, n: 4 });
+    expect(nstat(ns, 'TcpExtTCPFastOpenPassive') - passive).toBe(4); // the proxy's side really was Fast Open
+    const after = await L.counters('tfo');
+    expect(after.accel_sockets! - before.accel_sockets!).toBe(8); // the application's sockets and the proxy's
+    expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(0);
+    await L.until('sockhash empty', async () => (await L.sockhash()) === 0);
+  });
+
+  it('an application bound to its pod address (not loopback) finds the proxy on the fast path', async () => {
+    const before = await L.counters('bound');
+    expect(await L.xfer('bound', ['--bind', '10.203.0.41', '--size', String(MiB)])).toMatchObject({ ok: true });
+    const after = await L.counters('bound');
+    expect(after.accel_sockets! - before.accel_sockets!).toBe(2);
+    // Each end finds the other: most messages go straight to the peer (a few may detour by TCP while
+    // the other end joins, as for any connection).
+    expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(after.msg_slow! - before.msg_slow!);
   });
 });

@@ -247,6 +247,7 @@ export async function waitFor(cond: () => boolean, what: string, p?: Proc, timeo
 export function policyYaml(spec: {
   name: string;
   cgroup: string;
+  netns?: string;
   outbound?: string;
   outbound6?: string;
   bypassCgroups?: string[];
@@ -261,6 +262,7 @@ export function policyYaml(spec: {
     metadata: { name: spec.name },
     spec: {
       cgroup: spec.cgroup,
+      ...(spec.netns ? { netns: spec.netns } : {}),
       ...(spec.accelerate ? { accelerate: true } : {}),
       proxy: {
         ...(spec.outbound ? { outbound: spec.outbound } : {}),

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir, release } from 'node:os';
-import { Env, kernelDescribe, sh, cgroup2, CLI, ROOT } from './harness.js';
+import { Env, kernelDescribe, sh, cgroup2, CLI, ROOT, ORIGDST_PROXY, policyYaml } from './harness.js';
 import { EBPF_REQUIRED, type ProbeReport } from '../../src/probe/probe.js';
 
 kernelDescribe('probe', () => {
@@ -51,41 +51,48 @@ kernelDescribe('probe', () => {
     nothingLeft();
   });
 
+  /** meshredir.bpf.o built from the same sources with `insert` put before `anchor` in `file`. */
+  const variant = (dir: string, file: string, anchor: string, insert: string): string => {
+    for (const f of readdirSync(join(ROOT, 'bpf'))) copyFileSync(join(ROOT, 'bpf', f), join(dir, f));
+    const src = join(dir, file);
+    const text = readFileSync(src, 'utf8');
+    expect(text).toContain(anchor);
+    writeFileSync(src, text.replace(anchor, `${insert}${anchor}`));
+    const objs = readdirSync(dir)
+      .filter((f) => f.endsWith('.bpf.c'))
+      .map((f) => {
+        const o = join(dir, f.replace(/\.c$/, '.o'));
+        sh('clang', [
+          '-g',
+          '-O2',
+          '-target',
+          'bpf',
+          '-D__TARGET_ARCH_x86',
+          '-Wall',
+          '-Werror',
+          `-I${join(ROOT, 'build')}`,
+          `-I${dir}`,
+          '-c',
+          join(dir, f),
+          '-o',
+          o,
+        ]);
+        return o;
+      });
+    sh('bpftool', ['gen', 'object', join(dir, 'variant.bpf.o'), ...objs]);
+    return join(dir, 'variant.bpf.o');
+  };
+
   it('an object the verifier rejects gives mode iptables, naming the program and the verdict', async () => {
-    // The same sources, with one program calling a helper its program type may not use.
     const dir = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
     try {
-      for (const f of readdirSync(join(ROOT, 'bpf'))) copyFileSync(join(ROOT, 'bpf', f), join(dir, f));
-      const src = join(dir, 'getsockopt.bpf.c');
-      const text = readFileSync(src, 'utf8');
-      const anchor = '\tstruct bpf_sock *sk = ctx->sk;';
-      expect(text).toContain(anchor);
-      writeFileSync(
-        src,
-        text.replace(anchor, `\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n${anchor}`),
+      // The same sources, with one program calling a helper its program type may not use.
+      variant(
+        dir,
+        'getsockopt.bpf.c',
+        '\tstruct bpf_sock *sk = ctx->sk;',
+        '\tchar b[4];\n\tbpf_skb_load_bytes((void *)ctx, 0, b, sizeof(b));\n',
       );
-      const objs = readdirSync(dir)
-        .filter((f) => f.endsWith('.bpf.c'))
-        .map((f) => {
-          const o = join(dir, f.replace(/\.c$/, '.o'));
-          sh('clang', [
-            '-g',
-            '-O2',
-            '-target',
-            'bpf',
-            '-D__TARGET_ARCH_x86',
-            '-Wall',
-            '-Werror',
-            `-I${join(ROOT, 'build')}`,
-            `-I${dir}`,
-            '-c',
-            join(dir, f),
-            '-o',
-            o,
-          ]);
-          return o;
-        });
-      sh('bpftool', ['gen', 'object', join(dir, 'variant.bpf.o'), ...objs]);
       const r = await probe(['--object', join(dir, 'variant.bpf.o')]);
       for (const f of EBPF_REQUIRED) expect(r.features[f]).toBe(true); // the hooks themselves work…
       expect(r.object).toMatchObject({ loads: false, attaches: false }); // …the programs do not
@@ -93,6 +100,66 @@ kernelDescribe('probe', () => {
       expect(r.mode).toBe('iptables');
       expect(r.reason).toMatch(/^eBPF mode unavailable: .*variant\.bpf\.o/);
       nothingLeft();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('an object whose fast path the verifier rejects still gives mode ebpf, without the fast path, and says why', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
+    try {
+      const obj = variant(
+        dir,
+        'skmsg.bpf.c',
+        '\tstruct bpf_sock *sk = msg->sk;',
+        '\tchar b[4];\n\tbpf_skb_load_bytes((void *)msg, 0, b, sizeof(b));\n',
+      );
+      const r = await probe(['--object', obj]);
+      expect(r.object, r.object?.why).toMatchObject({ loads: true, attaches: true });
+      expect(r.object!.fastPath).toMatchObject({
+        loads: false,
+        why: expect.stringMatching(/mr_skmsg.*failed to load.*cannot use helper bpf_skb_load_bytes/),
+      });
+      expect(r.mode).toBe('ebpf');
+      expect(r.reason).toMatch(/without the sk_msg fast path/);
+      nothingLeft();
+      // The agent with that object: redirection works, the fast path is off and says why.
+      const pod = env.netns('fp');
+      const app = env.cgroup('fp/app');
+      const bypass = env.cgroup('fp/proxy');
+      const px = env.spawn(pod, bypass, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
+      await env.waitListening(pod, 15001, 'proxy', px);
+      const pdir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+      try {
+        writeFileSync(
+          join(pdir, 'fp.yaml'),
+          policyYaml({
+            name: 'fp',
+            cgroup: `${env.cgRoot}/fp`,
+            outbound: '127.0.0.1:15001',
+            bypassCgroups: [bypass],
+            accelerate: true,
+          }),
+        );
+        const agent = await env.agent(pdir, ['--object', obj]);
+        expect(agent.err).toMatch(/mr_skmsg not attached \(the fast path does not load here: .*mr_skmsg/);
+        const c = await env.client(pod, app, ['connect', '10.9.9.9', '80']);
+        expect(c.data).toMatch(/^ORIGDST 10\.9\.9\.9 80 PEER 127\.0\.0\.1 \d+$/);
+        const st = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as {
+          fastPath: string;
+          links: { name: string }[];
+          maps: { map: string }[];
+          policies: { accelerate: boolean }[];
+        };
+        expect(st.fastPath).toMatch(/^unavailable: /);
+        expect(st.links.map((l) => l.name)).not.toContain('mr_skmsg');
+        expect(st.maps.map((m) => m.map)).not.toContain('mr_sockhash');
+        expect(st.policies[0]!.accelerate).toBe(false);
+        await env.stop(agent);
+        await env.cliRun(env.cleanupArgs());
+      } finally {
+        rmSync(pdir, { recursive: true, force: true });
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -97,7 +97,8 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       // One that keeps connections open, so their TCP state is the same for every reader.
       if (name === 's1') await env.server(ns, '127.0.0.1', 9998, 'local-held', true);
     }
-    agent = await env.agent(dir, ['--max-connections', '128']);
+    // The node's limit, with no policy's own budget below it: the full-table test reaches the node's.
+    agent = await env.agent(dir, ['--max-connections', '128', '--max-pending-per-policy', '128']);
   });
 
   afterAll(async () => {

@@ -1,7 +1,7 @@
 /* xfer.c — checksummed echo transfers for the fast-path kernel tests, run inside a pod.
  *
  *   xfer HOST PORT [--size N] [--parallel N] [--chunk N] [--blocking] [--pace-ms N]
- *                  [--read-pause-ms N] [--rst] [--hold] [--deadline S]
+ *                  [--read-pause-ms N] [--rst] [--hold] [--deadline S] [--bind ADDR] [--tfo]
  *
  * Each connection sends SIZE bytes of its own pseudo-random stream (never repeating, so a reordered or
  * lost block is caught), half-closes (shutdown SHUT_WR), and reads the echo to EOF, checking every byte
@@ -9,7 +9,8 @@
  * or --blocking (a writer and a reader thread per connection). --pace-ms sleeps between writes,
  * --read-pause-ms stops reading that long after each read (a slow reader), --rst resets the connection
  * after the first echoed byte, --hold keeps every socket open (also failed ones) until stdin closes,
- * after the report. Always prints one JSON line and exits 0 (exit 2 on bad usage): at the deadline the
+ * after the report. --bind binds each socket to ADDR (port 0) before connecting; --tfo connects with TCP
+ * Fast Open (TCP_FASTOPEN_CONNECT: the SYN leaves with the first write, carrying its data). Always prints one JSON line and exits 0 (exit 2 on bad usage): at the deadline the
  * report says which connections stalled, by local port. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -50,7 +51,9 @@ static socklen_t dstlen;
 static uint64_t size = 1 << 20;
 static int parallel = 1, blocking, rst, hold;
 static size_t chunk = 65536;
-static int pace_ms, read_pause_ms, deadline_s = 60;
+static int pace_ms, read_pause_ms, deadline_s = 60, tfo;
+static struct sockaddr_storage src;
+static socklen_t srclen;
 static struct conn *conns;
 static uint64_t partial_writes, eagains;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -153,6 +156,15 @@ static int open_conn(struct conn *c, int nonblock)
 	c->fd = socket(dst.ss_family, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
 	if (c->fd < 0)
 		return -1;
+	if (srclen && bind(c->fd, (struct sockaddr *)&src, srclen) < 0) {
+		fail(c, errno);
+		return 0;
+	}
+	int one = 1;
+	if (tfo && setsockopt(c->fd, IPPROTO_TCP, 30 /* TCP_FASTOPEN_CONNECT */, &one, sizeof(one)) < 0) {
+		fail(c, errno);
+		return 0;
+	}
 	if (connect(c->fd, (struct sockaddr *)&dst, dstlen) < 0 && errno != EINPROGRESS) {
 		fail(c, errno);
 		return 0;
@@ -388,7 +400,7 @@ static void run_nonblocking(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: xfer HOST PORT [--size N] [--parallel N] [--chunk N] [--blocking] [--pace-ms N]\n"
-			"            [--read-pause-ms N] [--rst] [--hold] [--deadline S]\n");
+			"            [--read-pause-ms N] [--rst] [--hold] [--deadline S] [--bind ADDR] [--tfo]\n");
 	exit(2);
 }
 
@@ -430,6 +442,19 @@ int main(int argc, char **argv)
 			read_pause_ms = atoi(v), a++;
 		else if (v && !strcmp(o, "--deadline"))
 			deadline_s = atoi(v), a++;
+		else if (!strcmp(o, "--tfo"))
+			tfo = 1;
+		else if (v && !strcmp(o, "--bind")) {
+			struct sockaddr_in *b4 = (struct sockaddr_in *)&src;
+			struct sockaddr_in6 *b6 = (struct sockaddr_in6 *)&src;
+			if (inet_pton(AF_INET, v, &b4->sin_addr) == 1)
+				b4->sin_family = AF_INET, srclen = sizeof(*b4);
+			else if (inet_pton(AF_INET6, v, &b6->sin6_addr) == 1)
+				b6->sin6_family = AF_INET6, srclen = sizeof(*b6);
+			else
+				usage();
+			a++;
+		}
 		else
 			usage();
 	}

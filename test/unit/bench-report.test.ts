@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } from '../../src/bench/report.js';
 import { judge, combine, fastShare, type LoadResult } from '../../src/bench/checks.js';
 import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
+import { hookTables, renderHooksMarkdown } from '../../src/bench/hookreport.js';
 
 const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({
   scenario: 'crr',
@@ -133,6 +134,11 @@ describe('bench checks: a sample counts only when the mode acted on every connec
     );
   });
 
+  it('the client-uncovered eBPF mode is valid only if nothing of its client was redirected', () => {
+    expect(judge('ebpf (client uncovered)', load(), { redirected: 0 })).toEqual([]);
+    expect(judge('ebpf (client uncovered)', load(), { redirected: 3 }).join()).toMatch(/should not cover/);
+  });
+
   it('rejects sk_msg runs that did not take the fast path, and says why', () => {
     expect(
       judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 1000, msg_fast: 0, msg_slow: 3000 }).join('\n'),
@@ -170,7 +176,48 @@ describe('bench plan', () => {
     expect([1, 2, 3, 4].map((r) => rotate(['a', 'b', 'c'], r).join(''))).toEqual(['abc', 'bca', 'cab', 'abc']);
   });
   it('counts the measurements of the modes that can run', () => {
-    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (6 + 6 + 10 + 16 + 1));
+    // crr: 4 modes × 2 client counts (the client-uncovered eBPF mode included)
+    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (8 + 6 + 10 + 16 + 1));
+    // hooks: 4 variants × (a timing pass + a counting pass)
+    expect(plannedSteps(['hooks'], 3)).toBe(3 * 8);
     expect(plannedSteps(['proxy'], 2, undefined, () => 1)).toBe(4);
+  });
+});
+
+describe('per-hook tables', () => {
+  it('medians per program and per callback and side, over the valid rounds only', () => {
+    const s = (round: number, ns: number, invalid?: string[]): Sample => ({
+      scenario: 'hooks',
+      mode: 'ebpf',
+      variant: 'redirect-only',
+      round,
+      metrics: {
+        'calls:mr_sockops': 11,
+        'ns:mr_sockops': ns,
+        'nsunit:mr_sockops': 11 * ns,
+        'calls:mr_connect4': 1,
+        'ns:mr_connect4': 1000,
+        'nsunit:mr_connect4': 1000,
+        ns_total: 11 * ns + 1000,
+        'op:mr_sockops:TCP_CONNECT_CB:client': 1,
+        'op:mr_sockops:PASSIVE_ESTABLISHED_CB:server': 1,
+      },
+      ...(invalid ? { invalid } : {}),
+    });
+    const [t] = hookTables([s(1, 100), s(2, 200), s(3, 150), s(4, 9999, ['failed'])]);
+    expect(t).toMatchObject({ variant: 'redirect-only', unit: 'connection', rounds: 3, nsTotal: 11 * 150 + 1000 });
+    expect(t!.programs.map((p) => [p.link, p.calls, p.nsPerCall])).toEqual([
+      ['mr_sockops', 11, 150],
+      ['mr_connect4', 1, 1000],
+    ]);
+    expect(t!.ops).toContainEqual({
+      link: 'mr_sockops',
+      op: 'TCP_CONNECT_CB',
+      client: 1,
+      proxy: 0,
+      server: 0,
+      other: 0,
+    });
+    expect(renderHooksMarkdown([s(1, 100)])).toContain('| mr_sockops | PASSIVE_ESTABLISHED_CB | – | – | 1.00 | – |');
   });
 });

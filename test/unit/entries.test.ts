@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parsePolicyText } from '../../src/policy/load.js';
 import { assignSlots, toEntries, cgroupIdConflicts, idConflictMessage } from '../../src/policy/entries.js';
 import { outsideRoot } from '../../src/policy/scope.js';
-import { MAPS, cidrKey, policyValue, slotMeta } from '../../src/bpf/abi.js';
+import { MAPS, cidrKey, policyValue, slotMeta, defaultPendingBudget } from '../../src/bpf/abi.js';
 
 const text = `
 apiVersion: meshredir/v1
@@ -40,9 +40,10 @@ describe('policy → map entries', () => {
       [200n, { kind: 2, slot: 3 }],
     ]);
     const [, pol] = e.mr_policies[0]!;
-    expect(pol.flags).toBe(1 | 4); // PROXY4 | INCLUDE_PORTS
+    expect(pol.flags).toBe(1 | 4 | 128 | 256 | 512); // PROXY4 | INCLUDE_PORTS | OWNERS | PORTS | CIDRS
     expect([...pol.proxy4_addr]).toEqual([10, 0, 0, 1]);
     expect(pol.proxy4_port).toBe(15001);
+    expect([pol.pending_max, pol.netns_ino]).toEqual([1024, 0]); // the default budget; no netns given
     expect(e.mr_owners).toEqual([
       [{ slot: 3, kind: 1, id: 1337 }, 1],
       [{ slot: 3, kind: 2, id: 7 }, 1],
@@ -59,7 +60,7 @@ describe('policy → map entries', () => {
     expect(m.errors).toEqual([]);
     const e = toEntries(m.policies, new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
     const [, pol] = e.mr_policies[0]!;
-    expect(pol.flags).toBe(1 | 4 | 64); // PROXY4 | INCLUDE_PORTS | BYPASS_MARKS
+    expect(pol.flags).toBe(1 | 4 | 64 | 128 | 256 | 512); // PROXY4 | INCLUDE_PORTS | BYPASS_MARKS | OWNERS | PORTS | CIDRS
     const pairs = [0, 1, 2].map((i) => [pol.marks.readUInt32LE(8 * i), pol.marks.readUInt32LE(8 * i + 4)]);
     expect(pairs).toEqual([
       [0x539, 0xfff],
@@ -69,6 +70,18 @@ describe('policy → map entries', () => {
     const none = toEntries([p], new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [200n] }]]));
     expect(none.mr_policies[0]![1].flags & 64).toBe(0);
     expect(none.mr_policies[0]![1].marks.equals(Buffer.alloc(64))).toBe(true);
+  });
+
+  it("each policy's budget of handshakes in flight, and its pod's netns when known", () => {
+    expect([defaultPendingBudget(), defaultPendingBudget(256), defaultPendingBudget(16)]).toEqual([1024, 64, 4]);
+    const e = toEntries([p], new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [], netns: 4026532000 }]]), {
+      fastPath: true,
+      pendingMax: 64,
+    });
+    expect(e.mr_policies[0]![1]).toMatchObject({ pending_max: 64, netns_ino: 4026532000 });
+    // spec.netns given but not found: no check (0), rather than a policy refusing every connect.
+    const gone = toEntries([p], new Map([['a', 3]]), new Map([['a', { cgroup: 100n, bypass: [], netns: null }]]));
+    expect(gone.mr_policies[0]![1].netns_ino).toBe(0);
   });
 
   it('an unresolved cgroup contributes only its slot name', () => {
@@ -89,8 +102,12 @@ describe('policy → map entries', () => {
       proxy4_port: 15001,
       proxy6_port: 0,
       marks: Buffer.alloc(64),
+      pending_max: 64,
+      netns_ino: 4026531840,
     });
-    expect(policyValue.size).toBe(28 + 8 * 8); // and struct mr_mark marks[8]
+    expect(policyValue.size).toBe(28 + 8 * 8 + 8); // and struct mr_mark marks[8], pending_max, netns_ino
+    expect(v.readUInt32LE(92)).toBe(64);
+    expect(v.readUInt32LE(96)).toBe(4026531840);
     expect(v.readUInt16BE(24)).toBe(15001);
     expect(MAPS.mr_orig.key.size).toBe(48);
   });

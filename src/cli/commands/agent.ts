@@ -43,6 +43,7 @@ const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait'])
     // mr_orig (twice this) and mr_peers are preallocated: 1,048,576 is ~200 MiB of kernel memory already.
     maxConnections: z.coerce.number().int().min(16).max(1_048_576).optional(),
     maxAccelerated: z.coerce.number().int().min(2).max(1_048_576).optional(),
+    maxPendingPerPolicy: z.coerce.number().int().min(1).max(1_048_576).optional(),
     object: z.string(),
     iptablesBackend: z.enum(['nft', 'legacy']).optional(),
     dryRun: z.boolean().default(false),
@@ -84,6 +85,10 @@ export const agentCommand = shared(
     .option(
       '--max-connections <n>',
       'eBPF: redirected handshakes that may be in flight at once (a proxy not answering SYNs) before connect() is refused (16-1048576, default 16384)',
+    )
+    .option(
+      '--max-pending-per-policy <n>',
+      'eBPF: handshakes in flight one policy may have before its connects are refused, so one stalled pod never takes the whole --max-connections (1-1048576, default 1024, or a quarter of --max-connections if less)',
     )
     .option(
       '--max-accelerated <n>',
@@ -174,6 +179,7 @@ export const agentCommand = shared(
     object: o.object,
     ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
     ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
+    ...(o.maxPendingPerPolicy ? { maxPendingPerPolicy: o.maxPendingPerPolicy } : {}),
   };
   const mode = await openMode(decision.chosen, modeConfig(o, attach));
   if (o.dryRun) {

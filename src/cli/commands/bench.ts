@@ -15,7 +15,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 // Kept here (not imported from the bench module) so that loading the CLI does not load the bench
 // and its chart renderer: the agent's memory and start time are among the things measured.
-const SCENARIOS = ['crr', 'scale', 'proxy', 'hop', 'inbound', 'control'] as const satisfies readonly Scenario[];
+const SCENARIOS = [
+  'crr',
+  'scale',
+  'proxy',
+  'hop',
+  'hooks',
+  'inbound',
+  'control',
+] as const satisfies readonly Scenario[];
 /** The full run's defaults, and the quick run's (every scenario once, short measurements). */
 const FULL = { rounds: 5, duration: 3 };
 const QUICK = { rounds: 1, duration: 0.5, hopSizes: [64, 65536] };
@@ -31,6 +39,7 @@ const flags = z.object({
   quick: z.boolean().optional(),
   docs: z.boolean().optional(),
   from: z.string().optional(),
+  hooksAgent: z.string().optional(),
 });
 
 export const benchCommand = new Command('bench')
@@ -55,6 +64,10 @@ export const benchCommand = new Command('bench')
   .option(
     '--docs',
     "also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README's measured results",
+  )
+  .option(
+    '--hooks-agent <cli>',
+    "hooks: profile the programs of another build's agent (its dist/cli/main.js), e.g. the previous release, for before/after",
   )
   .option(
     '--from <json>',
@@ -92,6 +105,8 @@ export const benchCommand = new Command('bench')
       object: DEFAULT_OBJECT,
       mrload: join(root, 'build', 'mrload'),
       cli: join(root, 'dist', 'cli', 'main.js'),
+      hookprof: join(root, 'build', 'meshredir-prof.bpf.o'),
+      ...(o.hooksAgent ? { hooksAgent: o.hooksAgent } : {}),
       progress: (line) => process.stderr.write(`${line}\n`),
     });
     const meta = {

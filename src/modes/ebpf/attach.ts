@@ -14,6 +14,7 @@ import {
   DNS_PROGRAMS,
   OPTIONAL_PROGRAMS,
   PROGRAMS,
+  programFor,
   REDIRECTING,
   REDIRECT_NEEDS,
   type ProgramName,
@@ -33,8 +34,17 @@ function mapsDiffer(cur: Map<string, number> | null, next: Map<string, number>):
   return diffs.length ? `uses map ids ${diffs.join(', ')}` : null;
 }
 
-export function attachLinks(obj: BpfObject, pins: Pins, cgroupRoot: string, rootId: bigint, rep: LoadReport): void {
-  const sockhashId = mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id;
+/** `fast`: the object was loaded with the fast path (else mr_sockops_base runs under mr_sockops' link, and
+ * mr_skmsg is not attached: the load said why). */
+export function attachLinks(
+  obj: BpfObject,
+  pins: Pins,
+  cgroupRoot: string,
+  rootId: bigint,
+  rep: LoadReport,
+  fast = true,
+): void {
+  const sockhashId = fast ? mapInfo(obj.mapFd('mr_sockhash'), 'mr_sockhash').id : -1;
   const attachedNow: string[] = [];
   try {
     for (const name of Object.keys(PROGRAMS) as ProgramName[]) {
@@ -48,8 +58,8 @@ export function attachLinks(obj: BpfObject, pins: Pins, cgroupRoot: string, root
         if (existsSync(pin)) rollback([pin]);
         continue;
       }
-      const prog = obj.program(name);
       const skmsg = PROGRAMS[name].attach === 'sk_msg';
+      const prog = obj.program(programFor(name, fast)); // without the fast path, mr_skmsg is unavailable (above)
       if (existsSync(pin) && readopt(prog, pin, skmsg ? { mapId: sockhashId } : { cgroupId: rootId }, pins, rep)) {
         continue;
       }

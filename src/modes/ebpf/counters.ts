@@ -14,6 +14,7 @@ import {
   type StatName,
 } from '../../bpf/abi.js';
 import type { AnyMapName, Pins } from './pins.js';
+import { slotPending } from './records.js';
 
 export type Counters = Record<StatName, bigint>;
 export type DnsCounters = Record<DnsStatName, bigint>;
@@ -82,6 +83,15 @@ export function pending(pins: Pins): { pending: number; limit: number } {
   });
 }
 
+/** Per policy slot: its handshakes in flight now (mr_pending) and its budget (mr_policies.pending_max);
+ * empty where mr_pending is not pinned (an installation made before it existed). */
+export function pendingBySlot(pins: Pins): Map<number, { now: number; limit: number }> {
+  if (!pins.has('mr_pending')) return new Map();
+  return pins.withMaps(['mr_pending', 'mr_policies', 'mr_slots'], (maps) =>
+    slotPending(maps.get('mr_pending')!, maps.get('mr_policies')!, maps.get('mr_slots')!.keys() as number[]),
+  );
+}
+
 /**
  * The pending-record gauge against the records really in mr_orig. The programs keep the gauge exact
  * (+1 per record added, -1 per record really deleted); only deletions from outside (bpftool) make them
@@ -90,15 +100,17 @@ export function pending(pins: Pins): { pending: number; limit: number } {
 export function pendingDrift(pins: Pins): { gauge: bigint; records: number } {
   return pins.withMaps(['mr_gauges', 'mr_orig'], (maps) => ({
     gauge: BigInt.asIntN(64, (maps.get('mr_gauges')! as BpfMap<number, bigint>).get(Gauge.PENDING) ?? 0n),
-    records: maps.get('mr_orig')!.rawKeys().length,
+    records: maps.get('mr_orig')!.count(),
   }));
 }
 
-/** Entry counts of the maps that have entries (not arrays), for fill levels. */
+/** Entry counts of the maps that have entries (not arrays), for fill levels: those pinned (the fast path's
+ * are absent where it cannot load). */
 export function fill(pins: Pins): { map: string; entries: number; max: number }[] {
-  // The inbound maps of an install that predates them are not pinned yet (until its next load).
-  const inbound = (Object.keys(INBOUND_MAPS) as AnyMapName[]).filter((n) => pins.has(n));
-  return pins.withMaps([...(Object.keys(MAPS) as AnyMapName[]), ...inbound], (maps) =>
+  // Those pinned: the fast path's are absent where it cannot load, and the inbound maps of an install that
+  // predates them are not pinned until its next load.
+  const names = ([...Object.keys(MAPS), ...Object.keys(INBOUND_MAPS)] as AnyMapName[]).filter((n) => pins.has(n));
+  return pins.withMaps(names, (maps) =>
     [...maps.values()]
       .filter((m) => m.info.type !== MapType.ARRAY && m.info.type !== MapType.PERCPU_ARRAY)
       .map((m) => ({ map: m.name, entries: m.count(), max: m.info.maxEntries })),

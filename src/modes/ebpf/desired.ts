@@ -13,6 +13,7 @@ import { mapInfo } from '../../bpf/map.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
 import { cgroupId, cgroupDir, requireCgroup2 } from '../../util/host.js';
 import type { Pins } from './pins.js';
+import { netnsInode } from './records.js';
 
 export interface Unresolved {
   policy: string;
@@ -87,7 +88,16 @@ export function capacities(pins: Pins, object?: string): Capacities {
 export function resolveCgroups(policies: Policy[]): Map<string, Resolution> {
   const mount = requireCgroup2();
   const id = (p: string) => cgroupId(cgroupDir(p, mount));
-  return new Map(policies.map((p) => [p.name, { cgroup: id(p.cgroup), bypass: p.bypass.cgroups.map(id) }]));
+  return new Map(
+    policies.map((p) => [
+      p.name,
+      {
+        cgroup: id(p.cgroup),
+        bypass: p.bypass.cgroups.map(id),
+        ...(p.netns ? { netns: netnsInode(p.netns) ?? null } : {}),
+      },
+    ]),
+  );
 }
 
 /** Which policy (by name) owns each cgroup id in mr_cgroups now. */
@@ -125,6 +135,8 @@ export interface DesiredOptions {
   previous?: ReadonlyMap<string, Policy>;
   /** Guard and pass cgroups (the Kubernetes source's): entries of their own in mr_cgroups. */
   gates?: Gates;
+  /** Each policy's budget of handshakes in flight (default: defaultPendingBudget()). */
+  pendingMax?: number;
 }
 
 /** The desired state of the eBPF maps. */
@@ -173,7 +185,13 @@ export function desiredState(pins: Pins, policies: Policy[], o: DesiredOptions):
     message: x.message,
   });
   return {
-    entries: toEntries(keep, slots, resKeep, { fastPath: o.fastPath }, gIds),
+    entries: toEntries(
+      keep,
+      slots,
+      resKeep,
+      { fastPath: o.fastPath, ...(o.pendingMax ? { pendingMax: o.pendingMax } : {}) },
+      gIds,
+    ),
     gates: g,
     slots,
     slotsFrom: installed ? 'pins' : 'new',

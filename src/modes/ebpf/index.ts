@@ -31,6 +31,7 @@ import { DnsPart } from './dns.js';
 import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 import { clearLapsedLease } from './trace.js';
+import { isolationNotes, pendingBudget } from './records.js';
 
 interface EbpfPlan extends Plan {
   readonly desired: Desired;
@@ -80,6 +81,7 @@ export class EbpfMode implements Mode {
       capacities: capacities(this.pins, this.cfg.attach?.object),
       previous: this.previous,
       gates,
+      pendingMax: pendingBudget(this.cfg.attach ?? {}),
     });
   }
 
@@ -197,6 +199,9 @@ export class EbpfMode implements Mode {
             },
       );
     }
+    for (const p of desired.keep)
+      for (const message of isolationNotes(p))
+        notes.push({ level: 'warn', event: 'policy_note', message, fields: { policy: p.name } });
     const unwritten = new Map([...w.failed].map(([slot, why]) => [names.get(slot) ?? `slot ${slot}`, why]));
     // What is in the maps now, per policy: the version written, or (failed) the one before.
     const next = new Map<string, Policy>();

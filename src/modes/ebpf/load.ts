@@ -7,7 +7,16 @@ import { mapInfo, type MapInfo } from '../../bpf/map.js';
 import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
 import { progMapsById } from '../../bpf/prog.js';
 import { closeFd, mapFdById, mapTypeName, openPinned, pinFd } from '../../bpf/fd.js';
-import { STRUCT_CODECS, Gauge, DEFAULT_MAX_CONNECTIONS, u32, u64 } from '../../bpf/abi.js';
+import {
+  STRUCT_CODECS,
+  Gauge,
+  DEFAULT_MAX_CONNECTIONS,
+  FAST_PATH,
+  WITHOUT_FAST_PATH,
+  u32,
+  u64,
+} from '../../bpf/abi.js';
+import { BpfError, withVerifier } from '../../bpf/errors.js';
 import { ensureBpffs, cgroupId } from '../../util/host.js';
 import { crashAt } from '../../util/faults.js';
 import { ALL_MAPS, STORAGE_MAPS, type Pins } from './pins.js';
@@ -68,24 +77,26 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
   const rootId = cgroupId(cfg.cgroupRoot);
   if (rootId === null) throw new Error(`cgroup root ${cfg.cgroupRoot} does not exist`);
 
-  const obj = BpfObject.open(cfg.object);
+  let obj = BpfObject.open(cfg.object);
   const reusedFds: number[] = [];
   const btfs = new Map<number, KernelBtf>();
-  try {
+  const limit = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  /** Sizes the maps, adopts the pinned ones and loads; without the fast path when `fast` is false. */
+  const loadObject = (fast: boolean) => {
     const drift = obj.checkAbi(STRUCT_CODECS);
     if (drift.length) throw new Error(`${cfg.object} does not match src/bpf/abi.ts:\n  ${drift.join('\n  ')}`);
-    const limit = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (fast) obj.exclude(WITHOUT_FAST_PATH);
+    else obj.exclude(FAST_PATH.programs, FAST_PATH.maps);
     obj.setMaxEntries('mr_orig', 2 * limit);
-    if (cfg.maxAccelerated) for (const m of ['mr_sockhash', 'mr_peers']) obj.setMaxEntries(m, cfg.maxAccelerated);
-
+    if (cfg.maxAccelerated && fast) for (const m of FAST_PATH.maps) obj.setMaxEntries(m, cfg.maxAccelerated);
     for (const part of parts) {
       for (const [name, why] of Object.entries(part.prepare?.(obj) ?? {})) {
         obj.setAutoload(name, false);
         rep.unavailable[name] = why;
       }
     }
-    repinFromLinks(pins, rep);
-    for (const name of ALL_MAPS) {
+    const maps = fast ? ALL_MAPS : ALL_MAPS.filter((m) => !(FAST_PATH.maps as readonly string[]).includes(m));
+    for (const name of maps) {
       const pin = pins.mapPin(name);
       if (!existsSync(pin)) continue;
       const fd = openPinned(pin, `open pinned map ${pin}`);
@@ -95,16 +106,34 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
       rep.adoptedMaps.push(name);
     }
     obj.load();
+  };
+  try {
+    repinFromLinks(pins, rep);
+    let fast = true;
+    try {
+      loadObject(true);
+    } catch (e) {
+      if (!(e instanceof BpfError)) throw e;
+      // The fast path is optional: a kernel that cannot load its maps or programs (no sockmap, a verifier
+      // that refuses mr_skmsg) still redirects, without acceleration.
+      obj.close();
+      for (const fd of reusedFds.splice(0)) closeFd(fd);
+      rep.adoptedMaps = [];
+      obj = BpfObject.open(cfg.object);
+      loadObject(false);
+      fast = false;
+      rep.unavailable.mr_skmsg = `the fast path does not load here: ${withVerifier(e)}`;
+    }
     const gauges = obj.map('mr_gauges', u32, u64);
     if (gauges.get(Gauge.LIMIT) !== BigInt(limit)) gauges.set(Gauge.LIMIT, BigInt(limit));
     for (const name of ALL_MAPS) {
-      if (rep.adoptedMaps.includes(name)) continue;
+      if (rep.adoptedMaps.includes(name) || !obj.hasMap(name)) continue;
       obj.pinMap(name, pins.mapPin(name));
       chmodSync(pins.mapPin(name), 0o600);
       rep.createdMaps.push(name);
     }
     crashAt('after-load'); // the crash-safety test: maps pinned, nothing attached
-    attachLinks(obj, pins, cfg.cgroupRoot, rootId, rep);
+    attachLinks(obj, pins, cfg.cgroupRoot, rootId, rep, fast);
     for (const part of parts) rep.updatedLinks.push(...part.loaded(obj));
     return rep;
   } finally {

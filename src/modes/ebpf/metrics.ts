@@ -7,7 +7,16 @@
 import { REDIRECTING, REDIRECT_NEEDS, type DnsStatName, type InStatName, type StatName } from '../../bpf/abi.js';
 import type { Readiness } from '../mode.js';
 import { COMMON, Families, type FamilyDef, type Labels, type MetricFamily } from '../metrics.js';
-import { stats, dnsStats, pending, fill, fastPath, type Counters, type DnsCounters } from './counters.js';
+import {
+  stats,
+  dnsStats,
+  pending,
+  pendingBySlot,
+  fill,
+  fastPath,
+  type Counters,
+  type DnsCounters,
+} from './counters.js';
 import type { Pins } from './pins.js';
 import { inboundPolicies } from './inbound-status.js';
 
@@ -61,7 +70,9 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
   bypass_proxy: { family: COMMON.bypassed, labels: { reason: 'destination_is_proxy' } },
   err_storage: { family: REFUSED, labels: { reason: 'no_socket_storage' } },
   err_full: { family: REFUSED, labels: { reason: 'table_full' } },
+  err_netns: { family: REFUSED, labels: { reason: 'wrong_netns' } },
   err_orig: { family: ERRORS, labels: { kind: 'record_not_published' } },
+  err_conflict: { family: ERRORS, labels: { kind: 'record_conflict' } },
   established: {
     family: f('meshredir_connections_established_total', 'Redirected connections whose handshake completed.'),
   },
@@ -69,6 +80,12 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
     family: f(
       'meshredir_original_destinations_served_total',
       "SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6) answered from meshredir's records on the proxy's sockets.",
+    ),
+  },
+  origdst_denied: {
+    family: f(
+      'meshredir_original_destinations_denied_total',
+      "SO_ORIGINAL_DST asked, or a record claimed at the handshake, by a socket outside the policy's bypass cgroups (left to the kernel's answer).",
     ),
   },
   origdst_unknown: {
@@ -249,6 +266,16 @@ const IN_FLIGHT_LIMIT = gauge(
   'meshredir_handshakes_in_flight_limit',
   'Handshakes in flight past which connect() is refused (--max-connections).',
 );
+const POLICY_IN_FLIGHT = gauge(
+  'meshredir_policy_handshakes_in_flight',
+  "The policy's redirected handshakes not yet completed by its proxy's kernel (its records in mr_orig).",
+  ['policy'],
+);
+const POLICY_IN_FLIGHT_LIMIT = gauge(
+  'meshredir_policy_handshakes_in_flight_limit',
+  "The policy's budget of handshakes in flight, past which its connects are refused (--max-pending-per-policy).",
+  ['policy'],
+);
 const ATTACHED = gauge(
   'meshredir_program_attached',
   'Whether the pinned link of a BPF program is attached (1) or detached (0).',
@@ -263,6 +290,8 @@ const FASTPATH = gauge(
 export const NODE_FAMILIES: readonly FamilyDef[] = [
   IN_FLIGHT,
   IN_FLIGHT_LIMIT,
+  POLICY_IN_FLIGHT,
+  POLICY_IN_FLIGHT_LIMIT,
   MAP_ENTRIES,
   MAP_CAPACITY,
   ATTACHED,
@@ -286,6 +315,12 @@ export function ebpfMetrics(pins: Pins): MetricFamily[] {
   const p = pending(pins);
   out.add(IN_FLIGHT, {}, p.pending);
   out.add(IN_FLIGHT_LIMIT, {}, p.limit);
+  out.declare(POLICY_IN_FLIGHT);
+  out.declare(POLICY_IN_FLIGHT_LIMIT);
+  for (const [policy, b] of named(pendingBySlot(pins))) {
+    out.add(POLICY_IN_FLIGHT, { policy }, b.now);
+    out.add(POLICY_IN_FLIGHT_LIMIT, { policy }, b.limit);
+  }
   for (const m of fill(pins)) {
     out.add(MAP_ENTRIES, { map: m.map }, m.entries);
     out.add(MAP_CAPACITY, { map: m.map }, m.max);

@@ -173,6 +173,6 @@ export class Pins {
   /** Sockets on the fast path now (entries of the pinned sockhash); 0 when it is not pinned. */
   acceleratedSockets(): number {
     if (!this.has('mr_sockhash')) return 0;
-    return this.withMaps(['mr_sockhash'], (m) => m.get('mr_sockhash')!.rawKeys().length);
+    return this.withMaps(['mr_sockhash'], (m) => m.get('mr_sockhash')!.count());
   }
 }

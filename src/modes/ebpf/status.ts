@@ -3,7 +3,7 @@
 import { STAT_FIELDS, PolicyFlag, CgKind } from '../../bpf/abi.js';
 import { cgroupPathById } from '../../util/cgroups.js';
 import type { Section, StatusReport } from '../mode.js';
-import { stats, pending, pendingDrift, fill, fastPath } from './counters.js';
+import { stats, pending, pendingBySlot, pendingDrift, fill, fastPath } from './counters.js';
 import type { Pins } from './pins.js';
 import { traceState } from './trace.js';
 
@@ -22,6 +22,7 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
   const cgEntries = pins.entries<[bigint, { kind: number; slot: number }][]>('mr_cgroups');
   const proxies = pins.entries<[{ cgroup_id: bigint; slot: number }, number][]>('mr_proxies');
   const flags = new Map(pins.entries<[number, { flags: number }][]>('mr_policies').map(([slot, p]) => [slot, p.flags]));
+  const inFlight = pendingBySlot(pins);
   const policies = [...pins.slots().entries()].map(([name, slot]) => {
     const cg = cgEntries.find(([, v]) => v.slot === slot && v.kind === CgKind.POLICY);
     return {
@@ -31,6 +32,8 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
       resolved: Boolean(cg),
       bypassCgroups: proxies.filter(([k]) => k.slot === slot).map(([k]) => cgroupPathById(k.cgroup_id)),
       accelerate: Boolean((flags.get(slot) ?? 0) & PolicyFlag.ACCELERATE),
+      /** Handshakes in flight now, and the policy's budget (past it, its connects are refused). */
+      pending: inFlight.get(slot) ?? { now: 0, limit: 0 },
       counters: Object.fromEntries(STAT_FIELDS.map((f) => [f, Number(counters.get(slot)?.[f] ?? 0n)])),
     };
   });
@@ -95,6 +98,7 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
             'established',
             'origdst served',
             'bypassed',
+            'in flight',
             'accelerated',
             'errors',
           ],
@@ -111,6 +115,7 @@ export function ebpfStatus(pins: Pins, parts: StatusPart[] = []): StatusReport {
               c.established ?? 0,
               c.origdst_served ?? 0,
               sum(c, 'bypass_'),
+              `${p.pending.now}/${p.pending.limit}`,
               accel,
               sum(c, 'err_'),
             ];

@@ -1,0 +1,74 @@
+/* mr_prof.h — call counting for the bench's per-hook profile, compiled in only with -DMR_HOOKPROF
+ * (build/meshredir-prof.bpf.o; never the object the agent loads by default): each program counts its
+ * calls by callback (sockops op, sockopt level/optname) and by the cgroup of the socket it ran for, or
+ * of the task, in process context. The bench reads mr_hookprof and names the cgroups (client, proxy,
+ * server side). Counting costs time of its own: the bench takes times from the plain object. */
+#ifndef MR_PROF_H
+#define MR_PROF_H
+
+enum mr_hp_prog {
+	MR_HP_SOCKOPS,
+	MR_HP_CONNECT4,
+	MR_HP_CONNECT6,
+	MR_HP_GETPEERNAME4,
+	MR_HP_GETPEERNAME6,
+	MR_HP_GETSOCKOPT,
+	MR_HP_SETSOCKOPT,
+	MR_HP_SKMSG,
+};
+
+#ifdef MR_HOOKPROF
+struct mr_hp_key {
+	__u32 prog;
+	__u32 op;
+	__u64 cgroup;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mr_hp_key);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} mr_hookprof SEC(".maps") __weak;
+
+static __always_inline void mr_hp_count(__u32 prog, __u32 op, __u64 cgroup)
+{
+	struct mr_hp_key k = { .prog = prog, .op = op, .cgroup = cgroup };
+	__u64 *v = bpf_map_lookup_elem(&mr_hookprof, &k);
+	if (!v) {
+		__u64 zero = 0;
+		bpf_map_update_elem(&mr_hookprof, &k, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&mr_hookprof, &k);
+	}
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* The cgroup the socket was created in (an accepted socket: its listener's). */
+static __always_inline __u64 mr_hp_sk_cgroup(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+	struct cgroup *cg = tp ? tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup : 0;
+	return cg ? cg->kn->id : 0;
+}
+
+#define MR_PROF_TASK(prog, op) mr_hp_count(prog, op, bpf_get_current_cgroup_id())
+#define MR_PROF_SK(prog, op, sk) mr_hp_count(prog, op, mr_hp_sk_cgroup(sk))
+/* sockops: the callbacks of a handshake not yet complete run for a request socket, which has no cgroup
+ * of its own: counted under its local port instead (bit 63 set), which the bench knows. */
+#define MR_PROF_SOCKOPS(skops)                                                                       \
+	mr_hp_count(MR_HP_SOCKOPS, (skops)->op,                                                      \
+		    (skops)->is_fullsock ? mr_hp_sk_cgroup((skops)->sk) : (1ull << 63) | (skops)->local_port)
+#else
+#define MR_PROF_TASK(prog, op) \
+	do {                   \
+	} while (0)
+#define MR_PROF_SK(prog, op, sk) \
+	do {                     \
+	} while (0)
+#define MR_PROF_SOCKOPS(skops) \
+	do {                   \
+	} while (0)
+#endif
+
+#endif
