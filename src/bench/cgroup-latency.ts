@@ -2,14 +2,13 @@
 // cgroup's mkdir to its policy in mr_cgroups, and from its rmdir to the stale id leaving the map. Measured
 // against the real agent (a process, with --interval 600 so that only its cgroup watch can act), the map
 // read by this process every few microseconds from the agent's pins.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EbpfMode } from '../modes/ebpf/index.js';
 import { Pins } from '../modes/ebpf/pins.js';
 import { cgroupId } from '../util/host.js';
 import type { Lab } from './lab.js';
+import { startAgent } from './agent-proc.js';
 import type { BenchOptions, Missing, Sample } from './types.js';
 
 /** mkdir/rmdir pairs per round. */
@@ -38,57 +37,8 @@ async function until(cond: () => boolean, t0: number): Promise<number | null> {
 }
 
 /** Starts the agent on its own bpffs and state dir; resolves once it says redirect-ready. */
-async function startAgent(o: BenchOptions, lab: Lab, dir: string, bpffs: string) {
-  const agent = spawn(
-    process.execPath,
-    [
-      o.cli,
-      'agent',
-      '--policies',
-      dir,
-      '--cgroup-root',
-      lab.cgRoot,
-      '--bpffs',
-      bpffs,
-      '--mode',
-      'ebpf',
-      '--state-dir',
-      `${dir}-state`,
-      '--interval',
-      '600',
-      '--cleanup-on-exit',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let err = '';
-  const exited = new Promise<void>((r) => agent.on('exit', () => r()));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`agent not ready after 60 s: ${err.slice(-300)}`)), 60_000);
-    agent.stderr!.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (err.includes('redirect-ready')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    agent.on('exit', (c) => {
-      clearTimeout(timer);
-      reject(new Error(`agent exited ${c}: ${err.slice(-300)}`));
-    });
-  }).catch(async (e) => {
-    agent.kill('SIGTERM');
-    await exited;
-    throw e;
-  });
-  return {
-    stop: async () => {
-      if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGTERM');
-      await exited;
-      // The agent removes its pins on exit (--cleanup-on-exit); a crashed one would leave them.
-      if (existsSync(bpffs)) new EbpfMode({ bpffs }).cleanup({ force: true });
-    },
-  };
-}
+const startLatencyAgent = (o: BenchOptions, lab: Lab, dir: string, bpffs: string) =>
+  startAgent(o.cli, { policies: dir, cgroupRoot: lab.cgRoot, bpffs, extra: ['--interval', '600'] });
 
 export async function cgroupLatency(o: BenchOptions, lab: Lab, x: LatencyCtx): Promise<void> {
   const why = x.unavailable.get('ebpf');
@@ -117,7 +67,7 @@ export async function cgroupLatency(o: BenchOptions, lab: Lab, x: LatencyCtx): P
         join(dir, 'p.yaml'),
         `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: late }\nspec:\n  cgroup: ${path}\n  proxy: { outbound: "10.250.0.2:15001" }\n`,
       );
-      const agent = await startAgent(o, lab, dir, bpffs);
+      const agent = await startLatencyAgent(o, lab, dir, bpffs);
       const map = new Pins(bpffs).openMap('mr_cgroups');
       const mk: number[] = [];
       const rm: number[] = [];

@@ -2,12 +2,12 @@
 // (eBPF map entries, iptables rules), load + attach, agent start to redirect-ready, Node's own start,
 // agent RSS; then the agent's reaction to cgroups made and removed (cgroup-latency.ts).
 import { join } from 'node:path';
-import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { spawn, execFileSync } from 'node:child_process';
-import { EbpfMode } from '../modes/ebpf/index.js';
+import { execFileSync } from 'node:child_process';
 import { SERVER, ebpfApply, msg, type Run, type ScenarioDef } from './run.js';
 import { cgroupLatency } from './cgroup-latency.js';
+import { startAgent } from './agent-proc.js';
 
 export const control: ScenarioDef = {
   modes: [], // it compares no modes: it times each one's control plane, reporting the missing itself
@@ -87,53 +87,16 @@ async function timings(x: Run): Promise<void> {
           `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: a }\nspec:\n  cgroup: ${app}\n  proxy: { outbound: "${SERVER}" }\n`,
         );
         const t = performance.now();
-        const agent = spawn(
-          process.execPath,
-          [
-            o.cli,
-            'agent',
-            '--policies',
-            dir,
-            '--cgroup-root',
-            x.attach,
-            '--bpffs',
-            bpffs,
-            '--mode',
-            'ebpf',
-            '--state-dir',
-            `${dir}-state`,
-            '--cleanup-on-exit',
-          ],
-          { stdio: ['ignore', 'ignore', 'pipe'] },
-        );
-        let err = '';
-        const exited = new Promise<void>((r) => agent.on('exit', () => r()));
+        const agent = await startAgent(o.cli, { policies: dir, cgroupRoot: x.attach, bpffs });
         try {
-          await new Promise<void>((resolve, reject) => {
-            const timer = setTimeout(() => reject(new Error(`agent not ready after 60 s: ${err.slice(-300)}`)), 60_000);
-            agent.stderr!.on('data', (d: Buffer) => {
-              err += d.toString();
-              if (err.includes('redirect-ready')) {
-                clearTimeout(timer);
-                resolve();
-              }
-            });
-            agent.on('exit', (c) => {
-              clearTimeout(timer);
-              reject(new Error(`agent exited ${c}: ${err.slice(-300)}`));
-            });
-          });
           const ready = performance.now() - t;
           await new Promise((r) => setTimeout(r, 500));
-          const rss = lab.rss(agent.pid!);
+          const rss = lab.rss(agent.pid);
           push('ebpf', 'agent start to redirect-ready', round, { ms: ready });
           push('ebpf', 'agent RSS', round, { mib: rss / 1048576 });
           said.push(`agent ready in ${ready.toFixed(0)} ms, RSS ${(rss / 1048576).toFixed(0)} MiB`);
         } finally {
-          if (agent.exitCode === null && agent.signalCode === null) agent.kill('SIGTERM');
-          await exited;
-          // The agent removes its pins on exit (--cleanup-on-exit); a crashed one would leave them.
-          if (existsSync(bpffs)) new EbpfMode({ bpffs }).cleanup({ force: true });
+          await agent.stop();
         }
       } catch (e) {
         fail('ebpf', 'agent start to redirect-ready', round, e);

@@ -77,20 +77,8 @@ export function repairConnect<T>(
       throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
     const sa = encode(dest);
     if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
-    const buf = Buffer.alloc(28);
-    const len = Buffer.alloc(4);
-    len.writeUInt32LE(28);
-    if (c.getsockname(fd, buf, len) < 0) throw new Error(`getsockname: ${errnoName(errno())}`);
-    const local = decode(buf);
-    len.writeUInt32LE(28);
-    if (c.getpeername(fd, buf, len) < 0) throw new Error(`getpeername: ${errnoName(errno())}`);
-    const peer = decode(buf);
-    const cookie = Buffer.alloc(8);
-    const clen = Buffer.alloc(4);
-    clen.writeUInt32LE(8);
-    if (c.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, cookie, clen) < 0)
-      throw new Error(`getsockopt SO_NETNS_COOKIE: ${errnoName(errno())}`);
-    const result = { connect: 'ok', local, peer, netnsCookie: cookie.readBigUInt64LE(0) };
+    const { local, peer } = ends(fd);
+    const result = { connect: 'ok', local, peer, netnsCookie: sockoptU64(fd, SO_NETNS_COOKIE, 'SO_NETNS_COOKIE') };
     return { result, seen: whileOpen(result) };
   } finally {
     c.close(fd);
@@ -129,23 +117,33 @@ export function quietConnect<T>(
     }
     const sa = encode(dest);
     if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
-    const buf = Buffer.alloc(28);
-    const len = Buffer.alloc(4);
-    len.writeUInt32LE(28);
-    if (c.getsockname(fd, buf, len) < 0) throw new Error(`getsockname: ${errnoName(errno())}`);
-    const local = decode(buf);
-    len.writeUInt32LE(28);
-    if (c.getpeername(fd, buf, len) < 0) throw new Error(`getpeername: ${errnoName(errno())}`);
-    const peer = decode(buf);
-    const cookie = Buffer.alloc(8);
-    const clen = Buffer.alloc(4);
-    clen.writeUInt32LE(8);
-    if (c.getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, clen) < 0)
-      throw new Error(`getsockopt SO_COOKIE: ${errnoName(errno())}`);
+    const { local, peer } = ends(fd);
+    const cookie = sockoptU64(fd, SO_COOKIE, 'SO_COOKIE');
     const inode = Number(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1] ?? -1);
-    const result = { connect: 'ok', local, peer, cookie: cookie.readBigUInt64LE(0), inode };
+    const result = { connect: 'ok', local, peer, cookie, inode };
     return { result, seen: whileOpen(result) };
   } finally {
     c.close(fd);
   }
+}
+
+/** A connected socket's local and peer addresses. */
+function ends(fd: number): { local: ReturnType<typeof decode>; peer: ReturnType<typeof decode> } {
+  const get = (call: 'getsockname' | 'getpeername') => {
+    const buf = Buffer.alloc(28);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(28);
+    if (c[call](fd, buf, len) < 0) throw new Error(`${call}: ${errnoName(errno())}`);
+    return decode(buf);
+  };
+  return { local: get('getsockname'), peer: get('getpeername') };
+}
+
+/** A 64-bit SOL_SOCKET option (SO_COOKIE, SO_NETNS_COOKIE). */
+function sockoptU64(fd: number, opt: number, name: string): bigint {
+  const v = Buffer.alloc(8);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(8);
+  if (c.getsockopt(fd, SOL_SOCKET, opt, v, len) < 0) throw new Error(`getsockopt ${name}: ${errnoName(errno())}`);
+  return v.readBigUInt64LE(0);
 }

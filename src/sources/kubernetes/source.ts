@@ -16,7 +16,7 @@ import {
   resolvePodCgroup,
   type KubeletLayout,
 } from './cgroup-layout.js';
-import { cgroupUid, decide, podKey, podOrigin, policyName, qosOf, type Decision } from './pod.js';
+import { cgroupUid, decide, podKey, podOrigin, policyName, qosOf } from './pod.js';
 import { DEFAULT_REFLECTOR, Reflector, type ReflectorOptions } from './reflector.js';
 import type { TemplateSet } from './templates.js';
 import type { KubeSnapshot, PodView } from './snapshot.js';
