@@ -325,12 +325,14 @@ kernelDescribe('node agent', () => {
     let a = await startAgent();
     const before = mode().links();
     await env.stop(a);
-    // The same sources built at -O1: a different mr_connect4, identical everything else.
+    // The same sources built for BPF ISA v3 (ALU32, JMP32): a different mr_connect4, identical everything
+    // else. (-O1 was used before; since the parent-pointer cgroup walk its code is refused by the verifier.)
     const out = mkdtempSync(join(tmpdir(), 'meshredir-test-obj-'));
     const build = join(env.rootDir, 'build');
     sh('clang', [
       '-g',
-      '-O1',
+      '-O2',
+      '-mcpu=v3',
       '-target',
       'bpf',
       '-D__TARGET_ARCH_x86',

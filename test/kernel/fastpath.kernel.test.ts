@@ -186,7 +186,10 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
 
   it('without accelerate the fast path is not taken', async () => {
     const lo = loBytes(L.pods.plain!.ns);
-    expect(await L.xfer('plain', ['--size', String(16 * MiB)])).toMatchObject({ ok: true });
+    const r = await L.xfer('plain', ['--size', String(16 * MiB)]);
+    // With the counters in the message: a failed connection says which phase and errno, and the policy's
+    // counters whether its record was refused, spoiled or never served.
+    expect(r, JSON.stringify({ xfer: r, counters: await L.counters('plain') })).toMatchObject({ ok: true });
     const c = await L.counters('plain');
     expect([c.accel_sockets, c.msg_fast]).toEqual([0, 0]);
     expect(loBytes(L.pods.plain!.ns) - lo).toBeGreaterThan(32 * MiB); // both directions over lo
