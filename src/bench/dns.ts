@@ -115,7 +115,10 @@ spec:
   const use = (mode: DnsMode) => {
     if (inForce === mode) return;
     off();
-    if (mode === 'direct') return ((inForce = mode), undefined);
+    if (mode === 'direct') {
+      inForce = mode;
+      return;
+    }
     const res =
       mode === 'ebpf' ? ebpf.apply(ebpf.plan({ policies: [policy] })) : ipt.apply(ipt.plan({ policies: [policy] }));
     const bad = [
