@@ -4,7 +4,8 @@
  * record. One socket per query means every query runs the capture's per-socket path (the eBPF connect,
  * recvmsg and release hooks; a new conntrack entry through the iptables DNAT) — what a pod's lookups
  * pay. Prints one JSON line in the shape of mrload's (checks.ts LoadResult): `conns` counts every query
- * sent, warm-up included, so that it can be set against the capture's counters.
+ * sent, warm-up included, so that it can be set against the capture's counters. Unlike glibc, source
+ * ports are taken in turn (see start()).
  * Usage: mrdns ADDR:PORT NAME CONC SECONDS WARMUP */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -64,6 +65,9 @@ struct slot {
 static struct slot slots[MAXC];
 static int ep;
 static uint16_t next_id = 1;
+#define PORT_LO 1024
+#define PORT_HI 65000
+static uint16_t next_port = PORT_LO;
 static long sent, requests, errors, err_connect, err_timeout, err_other;
 static int64_t *lat;
 static long nlat, caplat;
@@ -71,6 +75,20 @@ static long nlat, caplat;
 static int start(struct slot *s, int64_t t, int measured) {
   s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s->fd < 0) return -1;
+  /* Source ports in turn, not the kernel's random pick: a port comes back only after the whole range,
+   * so no query finds the conntrack entry of an earlier one on the same 4-tuple (which would take it
+   * past the nat table: captured, but not counted). */
+  for (int tries = 0;; tries++) {
+    struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = htons(next_port)};
+    next_port = next_port >= PORT_HI ? PORT_LO : next_port + 1;
+    if (bind(s->fd, (struct sockaddr *)&src, sizeof src) == 0) break;
+    if (errno != EADDRINUSE || tries > 1000) {
+      close(s->fd);
+      s->fd = -1;
+      err_other++, errors++;
+      return 0;
+    }
+  }
   if (connect(s->fd, (struct sockaddr *)&target, sizeof target) < 0) {
     close(s->fd);
     s->fd = -1;

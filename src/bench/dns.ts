@@ -80,10 +80,10 @@ async function runDns(r: Run, wanted: DnsMode[]): Promise<void> {
   ip('-n', upNs, 'addr', 'add', `${NAMESERVER}/24`, 'dev', 'eth0');
   ip('-n', ns, 'link', 'set', 'eth0', 'up');
   ip('-n', upNs, 'link', 'set', 'eth0', 'up');
-  // One socket per query: many source ports. A wide range, and UDP conntrack entries that expire after
-  // 1 s (this netns only), so that a port used again finds no old entry and every query of the iptables
-  // mode passes its DNAT rule (counted) anew.
-  ip('netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000');
+  // One socket per query: many source ports. mrdns takes them in turn over 1024–65000, and UDP
+  // conntrack entries here expire after 1 s (set once the rules are in), so that no query finds an
+  // earlier one's entry on the same 4-tuple and every query of the iptables mode passes (and counts on)
+  // its nat rule.
 
   const ebpf = new EbpfMode({
     bpffs: `${lab.bpffs}-dns`,
