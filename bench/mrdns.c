@@ -5,8 +5,8 @@
  * recvmsg and release hooks; a new conntrack entry through the iptables DNAT) — what a pod's lookups
  * pay. Prints one JSON line in the shape of mrload's (checks.ts LoadResult): `conns` counts every query
  * sent, warm-up included, so that it can be set against the capture's counters. Unlike glibc, source
- * ports are taken in turn (see start()).
- * Usage: mrdns ADDR:PORT NAME CONC SECONDS WARMUP */
+ * ports are taken in turn (see start()), from FIRST_PORT on; `next_port` says where the next run goes on.
+ * Usage: mrdns ADDR:PORT NAME CONC SECONDS WARMUP [FIRST_PORT] */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -123,8 +123,8 @@ static void finish(struct slot *s) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 6) {
-    fprintf(stderr, "usage: mrdns ADDR:PORT NAME CONC SECONDS WARMUP\n");
+  if (argc != 6 && argc != 7) {
+    fprintf(stderr, "usage: mrdns ADDR:PORT NAME CONC SECONDS WARMUP [FIRST_PORT]\n");
     return 2;
   }
   char host[64];
@@ -136,6 +136,7 @@ int main(int argc, char **argv) {
   target.sin_port = htons((uint16_t)atoi(colon + 1));
   if (inet_pton(AF_INET, host, &target.sin_addr) != 1) return 2;
   build_query(argv[2]);
+  if (argc == 7 && atoi(argv[6]) >= PORT_LO && atoi(argv[6]) <= PORT_HI) next_port = (uint16_t)atoi(argv[6]);
   int conc = atoi(argv[3]);
   if (conc < 1 || conc > MAXC) return 2;
   double seconds = atof(argv[4]), warmup = atof(argv[5]);
@@ -194,8 +195,8 @@ int main(int argc, char **argv) {
   printf("{\"mode\":\"rr\",\"requests\":%ld,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"errors\":%ld,"
          "\"err_connect\":%ld,\"err_reset\":%ld,\"err_other\":%ld,\"conns\":%ld,\"client_user\":%.4f,"
          "\"client_sys\":%.4f,\"wall\":%.3f,\"bytes\":0,\"confirmed\":0,\"mbytes_s\":0,\"e2e_mbytes_s\":0,"
-         "\"drain_ms\":0}\n",
+         "\"drain_ms\":0,\"next_port\":%u}\n",
          requests, requests / seconds, p50, p99, errors, err_connect, err_timeout, err_other, sent, u / wall,
-         sy / wall, wall);
+         sy / wall, wall, (unsigned)next_port);
   return 0;
 }

@@ -106,6 +106,9 @@ spec:
   const policy: Policy = parsed.policies[0]!;
 
   let inForce = '';
+  // Where mrdns's source ports go on: each run continues where the last one stopped, so that a run
+  // does not meet the previous run's conntrack entries either.
+  const ports = { next: 1024 };
   const off = () => {
     inForce = '';
     const bad = ipt.cleanup().failed;
@@ -196,7 +199,7 @@ spec:
     for (let round = 1; round <= r.o.rounds; round++) {
       for (const mode of rotate(modes, round)) {
         for (const conc of DNS_CONC) {
-          const s = await measure(r, { mode, conc, round }, { mrdns, ns, appCg, server }, use, counters);
+          const s = await measure(r, { mode, conc, round }, { mrdns, ns, appCg, server, ports }, use, counters);
           r.tick(
             `DNS over UDP, ${conc} in flight, ${mode}, round ${round}: ${say(s, `${Math.round(s.metrics.rate ?? 0)} queries/s, p50 ${(s.metrics.p50_us ?? 0).toFixed(1)} µs`)}`,
           );
@@ -215,7 +218,13 @@ spec:
 async function measure(
   r: Run,
   s: { mode: DnsMode; conc: number; round: number },
-  x: { mrdns: string; ns: string; appCg: string; server: ReturnType<Run['lab']['start']> },
+  x: {
+    mrdns: string;
+    ns: string;
+    appCg: string;
+    server: ReturnType<Run['lab']['start']>;
+    ports: { next: number };
+  },
   use: (m: DnsMode) => void,
   counters: (m: DnsMode) => Counters,
 ): Promise<Sample> {
@@ -238,7 +247,7 @@ async function measure(
       x.ns,
       x.appCg,
       x.mrdns,
-      [target, NAME, String(s.conc), String(r.o.duration), String(WARMUP)],
+      [target, NAME, String(s.conc), String(r.o.duration), String(WARMUP), String(x.ports.next)],
       { timeoutMs: 120_000 },
     );
     const wall = (performance.now() - t0) / 1000;
@@ -251,6 +260,8 @@ async function measure(
     } catch {
       throw new Error(`mrdns printed no result: ${JSON.stringify(out.slice(0, 300))}`);
     }
+    // where its ports stopped (a port in use, e.g. dnsmasq's, is skipped: not conns ports later)
+    x.ports.next = (l as LoadResult & { next_port?: number }).next_port ?? x.ports.next;
     sample.counters = { ...Object.fromEntries(Object.keys(c1).map((k) => [k, c1[k]! - (c0[k] ?? 0)])), conns: l.conns };
     sample.metrics = {
       rate: l.rate,
