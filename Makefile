@@ -19,7 +19,7 @@ deps:
 
 build: bpf ts
 
-bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/xfer $(BUILD)/elemreuse.bpf.o $(BUILD)/meshredir-prof.bpf.o
+bpf: $(BUILD)/meshredir.bpf.o $(BUILD)/origdst-proxy $(BUILD)/mrload $(BUILD)/mrdns $(BUILD)/xfer $(BUILD)/elemreuse.bpf.o $(BUILD)/meshredir-prof.bpf.o
 
 $(BUILD)/vmlinux.h: $(VMLINUX_BTF)
 	@mkdir -p $(BUILD)
@@ -57,6 +57,11 @@ $(BUILD)/xfer: test/tools/xfer.c
 
 # The benchmark's load generator (TCP_CRR and RR with latency percentiles).
 $(BUILD)/mrload: bench/mrload.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Werror -o $@ $<
+
+# The DNS bench's load generator (UDP queries, one socket each, with latency percentiles).
+$(BUILD)/mrdns: bench/mrdns.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Werror -o $@ $<
 

@@ -29,6 +29,7 @@ export const BASELINE: Record<string, string> = {
   proxy: 'direct',
   hop: 'ebpf',
   inbound: 'direct',
+  dns: 'direct',
 };
 const MAIN: Record<string, string[]> = {
   crr: ['rate', 'p50_us', 'p99_us'],
@@ -36,6 +37,7 @@ const MAIN: Record<string, string[]> = {
   proxy: ['rate', 'p50_us', 'p99_us'],
   hop: ['rate', 'p50_us', 'p99_us', 'mbytes_s', 'e2e_mbytes_s', 'drain_ms'],
   inbound: ['rate', 'p50_us', 'p99_us'],
+  dns: ['rate', 'p50_us', 'p99_us'],
   control: ['ms', 'mib', 'writes'],
   hooks: ['ns_total'],
 };

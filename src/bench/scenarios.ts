@@ -8,6 +8,7 @@ import { scale } from './scale.js';
 import { proxy } from './proxy.js';
 import { hop } from './hop.js';
 import { inbound } from './inbound-scenario.js';
+import { dns } from './dns.js';
 import { control } from './control.js';
 import { hooks } from './hookbench.js';
 
@@ -18,6 +19,7 @@ export const SCENARIOS = {
   hop,
   hooks,
   inbound,
+  dns,
   control,
 } satisfies Record<string, ScenarioDef>;
 

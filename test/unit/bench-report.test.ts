@@ -181,6 +181,9 @@ describe('bench plan', () => {
     // hooks: 4 variants × (a timing pass + a counting pass)
     expect(plannedSteps(['hooks'], 3)).toBe(3 * 8);
     expect(plannedSteps(['proxy'], 2, undefined, () => 1)).toBe(4);
+    // dns: 3 modes × (1 and 8 queries in flight)
+    expect(plannedSteps(['dns'], 2)).toBe(2 * 6);
+    expect(plannedSteps(['dns'], 1, undefined, () => 2)).toBe(4);
   });
 });
 

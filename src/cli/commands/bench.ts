@@ -22,6 +22,7 @@ const SCENARIOS = [
   'hop',
   'hooks',
   'inbound',
+  'dns',
   'control',
 ] as const satisfies readonly Scenario[];
 /** The full run's defaults, and the quick run's (every scenario once, short measurements). */
@@ -44,7 +45,7 @@ const flags = z.object({
 
 export const benchCommand = new Command('bench')
   .description(
-    'measure direct, iptables, eBPF and eBPF+sk_msg side by side (and inbound interception: REDIRECT, TPROXY, sk_lookup) in namespaces it creates and removes (root)',
+    'measure direct, iptables, eBPF and eBPF+sk_msg side by side (and inbound interception: REDIRECT, TPROXY, sk_lookup; DNS capture: queries/s through it vs direct) in namespaces it creates and removes (root)',
   )
   .option('--only <list>', `scenarios, comma-separated: ${SCENARIOS.join(',')}`, SCENARIOS.join(','))
   .option(
