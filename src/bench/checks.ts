@@ -125,3 +125,34 @@ export function fastShare(c: Counters): number | undefined {
   const s = c.msg_slow ?? 0;
   return f + s > 0 ? f / (f + s) : undefined;
 }
+
+/** A sample's counters (what moved between two reads, and the client's connections) and metrics (the
+ * load's figures, the server's share of one core and the machine's idle share over `wall` seconds). */
+export function sampleOf(
+  l: LoadResult,
+  c: { before: Counters; after: Counters },
+  cpu: {
+    wall: number;
+    server: [{ user: number; sys: number }, { user: number; sys: number }];
+    machine: [{ total: number; idle: number }, { total: number; idle: number }];
+  },
+): { counters: Counters; metrics: Record<string, number> } {
+  const [p0, p1] = cpu.server;
+  const [m0, m1] = cpu.machine;
+  return {
+    counters: {
+      ...Object.fromEntries(Object.keys(c.after).map((k) => [k, c.after[k]! - (c.before[k] ?? 0)])),
+      conns: l.conns,
+    },
+    metrics: {
+      rate: l.rate,
+      p50_us: l.p50_us,
+      p99_us: l.p99_us,
+      errors: l.errors,
+      client_user: l.client_user,
+      client_sys: l.client_sys,
+      server_cpu: (p1.user + p1.sys - p0.user - p0.sys) / cpu.wall,
+      idle: (m1.idle - m0.idle) / Math.max(1e-9, m1.total - m0.total),
+    },
+  };
+}

@@ -14,7 +14,7 @@ import type { NetnsStatus } from '../modes/iptables/status.js';
 import { dnsPolicies, dnsUnavailable } from '../modes/ebpf/dns-status.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
-import type { LoadResult, Counters } from './checks.js';
+import { sampleOf, type LoadResult, type Counters } from './checks.js';
 import { rotate, msg, say, stop, type Run, type ScenarioDef } from './run.js';
 import type { Sample } from './types.js';
 import { WARMUP } from './types.js';
@@ -262,17 +262,9 @@ async function measure(
     }
     // where its ports stopped (a port in use, e.g. dnsmasq's, is skipped: not conns ports later)
     x.ports.next = (l as LoadResult & { next_port?: number }).next_port ?? x.ports.next;
-    sample.counters = { ...Object.fromEntries(Object.keys(c1).map((k) => [k, c1[k]! - (c0[k] ?? 0)])), conns: l.conns };
-    sample.metrics = {
-      rate: l.rate,
-      p50_us: l.p50_us,
-      p99_us: l.p99_us,
-      errors: l.errors,
-      client_user: l.client_user,
-      client_sys: l.client_sys,
-      server_cpu: (p1.user + p1.sys - p0.user - p0.sys) / wall,
-      idle: (m1.idle - m0.idle) / Math.max(1e-9, m1.total - m0.total),
-    };
+    const got = sampleOf(l, { before: c0, after: c1 }, { wall, server: [p0, p1], machine: [m0, m1] });
+    sample.counters = got.counters;
+    sample.metrics = got.metrics;
     const why = judgeDns(s.mode, l, sample.counters);
     if (why.length) sample.invalid = why;
   } catch (e) {

@@ -13,7 +13,7 @@ import type { NetnsStatus } from '../modes/iptables/status.js';
 import { inboundCounters } from '../modes/ebpf/inbound-status.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
-import type { LoadResult, Counters } from './checks.js';
+import { sampleOf, type LoadResult, type Counters } from './checks.js';
 import type { Lab, LabProc } from './lab.js';
 import type { Sample, Missing } from './types.js';
 
@@ -212,17 +212,9 @@ async function measure(
     const p1 = x.lab.cpu(server.child.pid!);
     const c1 = counters(s.mode);
     const l = JSON.parse(out) as LoadResult;
-    sample.counters = { ...Object.fromEntries(Object.keys(c1).map((k) => [k, c1[k]! - (c0[k] ?? 0)])), conns: l.conns };
-    sample.metrics = {
-      rate: l.rate,
-      p50_us: l.p50_us,
-      p99_us: l.p99_us,
-      errors: l.errors,
-      client_user: l.client_user,
-      client_sys: l.client_sys,
-      server_cpu: (p1.user + p1.sys - p0.user - p0.sys) / wall,
-      idle: (m1.idle - m0.idle) / Math.max(1e-9, m1.total - m0.total),
-    };
+    const got = sampleOf(l, { before: c0, after: c1 }, { wall, server: [p0, p1], machine: [m0, m1] });
+    sample.counters = got.counters;
+    sample.metrics = got.metrics;
     const why = judgeInbound(s.mode, l, sample.counters);
     if (why.length) sample.invalid = why;
   } catch (e) {
