@@ -1,15 +1,16 @@
 // agent.ts — the node agent: its sources of policies (the policy directory, and with --kubernetes the pods
 // of this node) merged into one desired state → the mode's plan → apply, on start, whenever a source or a
 // policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source. It
-// runs alone on its installation (lock.ts) and beats a heartbeat after every completed pass.
+// runs alone on its installation (lock.ts) and beats a heartbeat after every completed pass. The Kubernetes
+// source is read through kube-keep.ts (what the last run applied, until the first list); the mode's pulse
+// (pulse.ts) asks for a reconcile between the periodic ones.
 import { existsSync, renameSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
 import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
-import type { PolicySource, SourceRead } from '../sources/source.js';
+import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { KubernetesSource } from '../sources/kubernetes/source.js';
-import { restoreSnapshot, type KubeSnapshot } from '../sources/kubernetes/snapshot.js';
 import type { Policy } from '../policy/schema.js';
 import { requireCgroup2 } from '../util/host.js';
 import type { Logger } from '../util/log.js';
@@ -27,9 +28,8 @@ import {
 import { AgentLocks, heldBy } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
-
-/** How often the mode's pulse is taken between reconciles. */
-const PULSE_MS = 1000;
+import { KeptKubernetes } from './kube-keep.js';
+import { startPulse } from './pulse.js';
 
 export interface ModeDecision {
   requested: 'auto' | 'ebpf' | 'iptables';
@@ -102,11 +102,8 @@ export class Agent {
   private startedAt = new Date();
   private endpoint?: AgentEndpoint;
   private readonly triggers: CgroupTriggers;
-  /** Whether the Kubernetes source has had its first complete list (until then it is not read). */
-  private kubeSynced = false;
-  /** The Kubernetes source's last read (from agent.json until it has synced): what is applied for it. */
-  private kubeLast?: KubeSnapshot;
-  private kubeKept?: SourceRead;
+  /** The Kubernetes source, read from what agent.json kept until its first list has come. */
+  private readonly kubeKept?: KeptKubernetes;
 
   constructor(
     readonly opts: AgentOptions,
@@ -116,7 +113,8 @@ export class Agent {
     readonly kube?: KubernetesSource,
   ) {
     this.files = new FileSource(opts.policies, log);
-    this.sources = kube ? [this.files, kube] : [this.files];
+    this.kubeKept = kube && new KeptKubernetes(kube, log, () => this.stopped);
+    this.sources = this.kubeKept ? [this.files, this.kubeKept] : [this.files];
     this.triggers = new CgroupTriggers(requireCgroup2(), (why) => void this.queue(why), log);
   }
 
@@ -134,10 +132,8 @@ export class Agent {
     const old = prev instanceof Error ? null : prev;
     this.files.remember(old?.applied ?? {});
     const snap = old?.kubernetes?.snapshot;
-    if (snap && this.kube) {
-      this.kubeLast = snap;
-      this.kubeKept = restoreSnapshot(snap);
-    } else if (snap?.policies.length) {
+    if (this.kubeKept) this.kubeKept.restore(snap);
+    else if (snap?.policies.length) {
       this.log.info(
         { event: 'kubernetes_dropped', policies: snap.policies.length },
         `agent.json holds ${snap.policies.length} pod policies of an earlier run with --kubernetes; without --kubernetes they are removed`,
@@ -164,8 +160,7 @@ export class Agent {
   }
 
   private kubeState(): Pick<AgentState, 'kubernetes'> {
-    if (!this.kube) return {};
-    return { kubernetes: { synced: this.kubeSynced, ...(this.kubeLast ? { snapshot: this.kubeLast } : {}) } };
+    return this.kubeKept ? { kubernetes: this.kubeKept.state() } : {};
   }
 
   /** Records a reconcile's outcome; writes agent.json only when something but the time changed. */
@@ -267,23 +262,10 @@ export class Agent {
     };
   }
 
-  /** A source's read: the Kubernetes source's last one (kept in agent.json) until its first list came. */
-  private async read(s: PolicySource): Promise<SourceRead> {
-    if (s !== this.kube) return s.read();
-    if (!this.kubeSynced) return this.kubeKept ?? { policies: [], errors: [] };
-    const r = await s.read();
-    const snap = this.kube.snapshot();
-    // The time of the read only moves when what it says changed (agent.json is written on a change).
-    const same = (a?: KubeSnapshot, b?: KubeSnapshot) =>
-      JSON.stringify({ ...a, at: '' }) === JSON.stringify({ ...b, at: '' });
-    if (snap && !same(snap, this.kubeLast)) this.kubeLast = snap;
-    return r;
-  }
-
   private async reconcileOnce(reason: string, t0: number): Promise<ReconcileResult & { records: OutcomeRecord[] }> {
     const errors: string[] = [];
     const warnings: string[] = [];
-    const reads = await Promise.all(this.sources.map((s) => this.read(s)));
+    const reads = await Promise.all(this.sources.map((s) => s.read()));
     const { policies, gates, errors: readErrors } = mergeSources(reads);
     for (const e of readErrors) {
       if (e.level === 'warn') {
@@ -398,56 +380,19 @@ export class Agent {
       this.loadState();
       const first = await this.reconcile('start');
       await this.files.start((why) => void this.queue(why));
-      if (this.kube) this.startKube(this.kube);
+      await this.kubeKept?.start((why) => void this.queue(why));
       this.timer = setInterval(() => {
         for (const s of this.sources) s.poll?.();
         this.triggers.rearm();
         void this.queue('interval');
       }, this.opts.interval * 1000);
-      // What the mode watches between reconciles (a proxy's listener closing or coming back) starts one at once.
-      if (this.mode.pulse) {
-        this.pulseTimer = setInterval(() => {
-          let why: string | null = null;
-          try {
-            why = this.mode.pulse!();
-          } catch (e) {
-            this.log.debug({ event: 'pulse_failed', err: e }, (e as Error).message);
-          }
-          if (why) void this.queue(why);
-        }, PULSE_MS);
-      }
+      this.pulseTimer = startPulse(this.mode, (why) => void this.queue(why), this.log);
       return first;
     } catch (e) {
       await this.endpoint?.close();
       this.locks.release();
       throw e;
     }
-  }
-
-  private startKube(kube: KubernetesSource): void {
-    const kept = this.kubeKept;
-    this.log.info(
-      { event: 'kubernetes_waiting', kept: kept?.policies.length ?? 0, readAt: this.kubeLast?.at ?? null },
-      kept
-        ? `waiting for the first list of pods from the API server; until then the ${kept.policies.length} pod policies and the gates last applied (read at ${this.kubeLast?.at}, kept in agent.json) stay in force`
-        : 'waiting for the first list of pods from the API server; no pod policies were kept from an earlier run, so none is applied (and no guard) until it comes',
-    );
-    kube
-      .start((why) => void this.queue(why))
-      .then(
-        () => {
-          if (this.stopped) return;
-          this.kubeSynced = true;
-          this.kubeKept = undefined;
-          this.log.info(
-            { event: 'kubernetes_synced' },
-            'first list of pods and namespaces received; pods are reconciled',
-          );
-          void this.queue('kubernetes: first list');
-        },
-        (e: Error) =>
-          this.log.error({ event: 'kubernetes_failed', err: e }, `the Kubernetes source failed: ${e.message}`),
-      );
   }
 
   async stop(): Promise<void> {
