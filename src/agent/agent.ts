@@ -1,43 +1,27 @@
 // agent.ts — the node agent: its sources of policies (the policy directory, and with --kubernetes the pods
 // of this node) merged into one desired state → the mode's plan → apply, on start, whenever a source or a
 // policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source. It
-// runs alone on its installation (lock.ts) and beats a heartbeat after every completed pass. The Kubernetes
-// source is read through kube-keep.ts (what the last run applied, until the first list); the mode's pulse
-// (pulse.ts) asks for a reconcile between the periodic ones.
-import { existsSync, renameSync } from 'node:fs';
-import { resolve } from 'node:path';
+// runs alone on its installation (lock.ts), beats a heartbeat after every completed pass and
+// keeps agent.json (record.ts). The Kubernetes source is read through kube-keep.ts (what the last run
+// applied, until the first list); the mode's pulse (pulse.ts) asks for a reconcile between the periodic ones.
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
 import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
 import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { KubernetesSource } from '../sources/kubernetes/source.js';
-import type { Policy } from '../policy/schema.js';
 import { requireCgroup2 } from '../util/host.js';
 import type { Logger } from '../util/log.js';
 import { CgroupTriggers } from './cgroup-triggers.js';
 import { mergeSources, originOf } from './merge.js';
-import {
-  readState,
-  writeState,
-  removeState,
-  statePath,
-  type AgentState,
-  type OutcomeRecord,
-  type ReconcileRecord,
-} from './state.js';
+import { removeState, type OutcomeRecord } from './state.js';
 import { AgentLocks, heldBy } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
 import { KeptKubernetes } from './kube-keep.js';
+import { AgentRecord, outcomeRecords } from './record.js';
+import type { ModeDecision } from './decide.js';
+import { countStates, type PassHealth } from './health.js';
 import { startPulse } from './pulse.js';
-
-export interface ModeDecision {
-  requested: 'auto' | 'ebpf' | 'iptables';
-  chosen: 'ebpf' | 'iptables';
-  reason: string;
-  /** The probe's verdicts (auto mode). */
-  probe?: { kernel: string; libbpf: string; features: Record<string, boolean>; why: Record<string, string> };
-}
 
 export interface AgentOptions {
   policies: string;
@@ -67,30 +51,12 @@ export interface ReconcileResult {
   sourceErrors: number;
 }
 
-/** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
-export interface PassHealth {
-  at: Date;
-  ok: boolean;
-  reason: string;
-  durationMs: number;
-  /** Policies in force, and those that are not (rejected or failed). */
-  applied: number;
-  notApplied: number;
-  errors: number;
-  /** Why the pass failed as a whole (ok false). */
-  error?: string;
-  /** Policies by outcome, and the sources' errors (metrics). */
-  states: Record<PolicyOutcome['state'], number>;
-  sourceErrors: number;
-}
-
 /** How long stop() waits for a reconcile in progress before it gives up on it. */
 const STOP_WAIT_MS = 30_000;
 
 export class Agent {
   readonly files: FileSource;
   private readonly sources: PolicySource[];
-  private state?: AgentState;
   private timer?: NodeJS.Timeout;
   private pulseTimer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
@@ -104,6 +70,8 @@ export class Agent {
   private readonly triggers: CgroupTriggers;
   /** The Kubernetes source, read from what agent.json kept until its first list has come. */
   private readonly kubeKept?: KeptKubernetes;
+  /** agent.json: what the last run applied, this run's decision, the last pass. */
+  private readonly rec: AgentRecord;
 
   constructor(
     readonly opts: AgentOptions,
@@ -115,70 +83,8 @@ export class Agent {
     this.files = new FileSource(opts.policies, log);
     this.kubeKept = kube && new KeptKubernetes(kube, log, () => this.stopped);
     this.sources = this.kubeKept ? [this.files, this.kubeKept] : [this.files];
+    this.rec = new AgentRecord(opts.stateDir, log, this.files, this.kubeKept);
     this.triggers = new CgroupTriggers(requireCgroup2(), (why) => void this.queue(why), log);
-  }
-
-  /** Reads agent.json (the previously applied content per file) and records this run's mode decision. */
-  private loadState(): void {
-    const prev = readState(this.opts.stateDir);
-    if (prev instanceof Error) {
-      const aside = `${statePath(this.opts.stateDir)}.bad`;
-      renameSync(statePath(this.opts.stateDir), aside);
-      this.log.error(
-        { event: 'state_unreadable', file: aside },
-        `${prev.message}; moved to ${aside}; the previously applied content of invalid policy files is unknown`,
-      );
-    }
-    const old = prev instanceof Error ? null : prev;
-    this.files.remember(old?.applied ?? {});
-    const snap = old?.kubernetes?.snapshot;
-    if (this.kubeKept) this.kubeKept.restore(snap);
-    else if (snap?.policies.length) {
-      this.log.info(
-        { event: 'kubernetes_dropped', policies: snap.policies.length },
-        `agent.json holds ${snap.policies.length} pod policies of an earlier run with --kubernetes; without --kubernetes they are removed`,
-      );
-    }
-    const d = this.opts.decision;
-    this.state = {
-      version: 1,
-      mode: { requested: d.requested, chosen: d.chosen, reason: d.reason, at: new Date().toISOString() },
-      ...(d.probe ? { probe: d.probe } : {}),
-      agent: {
-        pid: process.pid,
-        policies: resolve(this.opts.policies),
-        ...this.opts.paths,
-        startedAt: this.startedAt.toISOString(),
-        interval: this.opts.interval,
-      },
-      applied: this.files.remembered(),
-      ...(old?.lastReconcile ? { lastReconcile: old.lastReconcile } : {}),
-      ...(old?.outcomes ? { outcomes: old.outcomes } : {}),
-      ...this.kubeState(),
-    };
-    writeState(this.opts.stateDir, this.state);
-  }
-
-  private kubeState(): Pick<AgentState, 'kubernetes'> {
-    return this.kubeKept ? { kubernetes: this.kubeKept.state() } : {};
-  }
-
-  /** Records a reconcile's outcome; writes agent.json only when something but the time changed. */
-  private record(rec: ReconcileRecord, outcomes?: OutcomeRecord[]): void {
-    if (!this.state) return;
-    const next: AgentState = {
-      ...this.state,
-      applied: this.files.remembered(),
-      lastReconcile: rec,
-      ...(outcomes ? { outcomes } : {}),
-      ...this.kubeState(),
-    };
-    const same = (s: AgentState) =>
-      JSON.stringify({ ...s, lastReconcile: s.lastReconcile ? { ...s.lastReconcile, at: '', reason: '' } : undefined });
-    // Unchanged and still there (a `cleanup --force` may have removed it): nothing to write.
-    if (same(next) === same(this.state) && existsSync(statePath(this.opts.stateDir))) return;
-    this.state = next;
-    writeState(this.opts.stateDir, next);
   }
 
   /** One reconcile: make the kernel's state match the sources. Writes nothing when it does. */
@@ -188,7 +94,7 @@ export class Agent {
     try {
       const r = await this.reconcileOnce(reason, t0);
       const notApplied = r.outcomes.filter((o) => o.state !== 'applied');
-      this.record(
+      this.rec.record(
         {
           ...base,
           ok: true,
@@ -214,7 +120,7 @@ export class Agent {
       const { records: _, ...result } = r;
       return result;
     } catch (e) {
-      this.record({
+      this.rec.record({
         ...base,
         ok: false,
         writes: 0,
@@ -377,7 +283,13 @@ export class Agent {
       throw e;
     }
     try {
-      this.loadState();
+      this.rec.load({
+        decision: this.opts.decision,
+        policies: this.opts.policies,
+        paths: this.opts.paths,
+        startedAt: this.startedAt,
+        interval: this.opts.interval,
+      });
       const first = await this.reconcile('start');
       await this.files.start((why) => void this.queue(why));
       await this.kubeKept?.start((why) => void this.queue(why));
@@ -438,22 +350,4 @@ export class Agent {
   async close(): Promise<void> {
     await this.endpoint?.close();
   }
-}
-
-function countStates(outcomes: PolicyOutcome[]): PassHealth['states'] {
-  const n = (state: PolicyOutcome['state']) => outcomes.filter((o) => o.state === state).length;
-  return { applied: n('applied'), waiting: n('waiting'), rejected: n('rejected'), failed: n('failed') };
-}
-
-function outcomeRecords(outcomes: PolicyOutcome[], byName: Map<string, Policy>): OutcomeRecord[] {
-  return outcomes.map((o) => {
-    const p = byName.get(o.policy);
-    return {
-      policy: o.policy,
-      origin: p ? originOf(p) : 'file',
-      from: o.file,
-      state: o.state,
-      ...(o.reason ? { reason: o.reason } : {}),
-    };
-  });
 }

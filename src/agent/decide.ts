@@ -1,7 +1,14 @@
 // decide.ts — which mode the agent runs: the one asked for, or with --mode auto what the probe says works
 // here (meshredir's own programs loaded and attached where they will attach, never above it).
 import { probe } from '../probe/probe.js';
-import type { ModeDecision } from './agent.js';
+
+export interface ModeDecision {
+  requested: 'auto' | 'ebpf' | 'iptables';
+  chosen: 'ebpf' | 'iptables';
+  reason: string;
+  /** The probe's verdicts (auto mode). */
+  probe?: { kernel: string; libbpf: string; features: Record<string, boolean>; why: Record<string, string> };
+}
 
 export function decideMode(
   requested: 'auto' | 'ebpf' | 'iptables',

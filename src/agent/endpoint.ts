@@ -3,7 +3,8 @@
 // reconcile rather than before it; passes completed meanwhile are observed once it is there.
 import type { Mode } from '../modes/mode.js';
 import type { Logger } from '../util/log.js';
-import type { ModeDecision, PassHealth } from './agent.js';
+import type { ModeDecision } from './decide.js';
+import type { PassHealth } from './health.js';
 import { liveness, readiness, type AgentHealth } from './health.js';
 import { serve, type ListenAddress } from './http.js';
 import type { AgentMetrics } from './metrics.js';

@@ -2,8 +2,30 @@
 // loop still completes reconcile passes (one is due every --interval; one overdue by far means it is
 // stuck, and a restart is the cure). Ready: the mode's programs are attached or its rules applied, and
 // the last pass succeeded.
-import type { Readiness } from '../modes/mode.js';
-import type { PassHealth } from './agent.js';
+import type { PolicyOutcome, Readiness } from '../modes/mode.js';
+
+/** The last completed pass, for health checks (the /healthz endpoint reads it from the Agent). */
+export interface PassHealth {
+  at: Date;
+  ok: boolean;
+  reason: string;
+  durationMs: number;
+  /** Policies in force, and those that are not (rejected or failed). */
+  applied: number;
+  notApplied: number;
+  errors: number;
+  /** Why the pass failed as a whole (ok false). */
+  error?: string;
+  /** Policies by outcome, and the sources' errors (metrics). */
+  states: Record<PolicyOutcome['state'], number>;
+  sourceErrors: number;
+}
+
+/** Policies by outcome (PassHealth.states). */
+export function countStates(outcomes: PolicyOutcome[]): PassHealth['states'] {
+  const n = (state: PolicyOutcome['state']) => outcomes.filter((o) => o.state === state).length;
+  return { applied: n('applied'), waiting: n('waiting'), rejected: n('rejected'), failed: n('failed') };
+}
 
 /** What the Agent reports of itself (Agent.health()). */
 export interface AgentHealth {

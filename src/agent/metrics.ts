@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Mode } from '../modes/mode.js';
 import type { MetricFamily } from '../modes/metrics.js';
-import type { PassHealth } from './agent.js';
+import type { PassHealth } from './health.js';
 
 /** The package's version (package.json beside dist/ and src/). */
 export function packageVersion(): string {

@@ -19,7 +19,7 @@ import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js'
 import type { Counters } from '../../src/modes/ebpf/counters.js';
 import { listenAddress } from '../../src/cli/address.js';
 import { liveness, readiness, staleAfterSeconds } from '../../src/agent/health.js';
-import type { PassHealth } from '../../src/agent/agent.js';
+import type { PassHealth } from '../../src/agent/health.js';
 import { serve } from '../../src/agent/http.js';
 import { AgentMetrics } from '../../src/agent/metrics.js';
 import type { Mode } from '../../src/modes/mode.js';
