@@ -1,11 +1,10 @@
 // agent.ts — the node agent: its sources of policies (the policy directory, and with --kubernetes the pods
 // of this node) merged into one desired state → the mode's plan → apply, on start, whenever a source or a
 // policy's cgroup changes, and periodically; one reconcile at a time, every one reading every source. It
-// runs alone on its installation (lock.ts), beats a heartbeat after every completed pass and
+// runs alone on its installation (startup.ts, lock.ts), beats a heartbeat after every completed pass and
 // keeps agent.json (record.ts). The Kubernetes source is read through kube-keep.ts (what the last run
 // applied, until the first list); the mode's pulse (pulse.ts) asks for a reconcile between the periodic ones.
 import type { Mode, Note, PolicyOutcome } from '../modes/mode.js';
-import { DEFAULT_IPTABLES_STATE } from '../modes/defaults.js';
 import type { PolicySource } from '../sources/source.js';
 import { FileSource } from '../sources/files.js';
 import type { KubernetesSource } from '../sources/kubernetes/source.js';
@@ -14,9 +13,10 @@ import type { Logger } from '../util/log.js';
 import { CgroupTriggers } from './cgroup-triggers.js';
 import { mergeSources, originOf } from './merge.js';
 import { removeState, type OutcomeRecord } from './state.js';
-import { AgentLocks, heldBy } from './lock.js';
+import type { AgentLocks } from './lock.js';
 import type { ListenAddress } from './http.js';
 import { startEndpoint, type AgentEndpoint } from './endpoint.js';
+import { lockTargets, takeInstallation } from './startup.js';
 import { KeptKubernetes } from './kube-keep.js';
 import { AgentRecord, outcomeRecords } from './record.js';
 import type { ModeDecision } from './decide.js';
@@ -252,36 +252,23 @@ export class Agent {
   }
 
   /**
-   * Takes the installation's locks (before anything is pinned), then the first reconcile, then watches.
+   * Takes the installation (its locks and metrics address, before anything is pinned), then the first
+   * reconcile, then watches.
    * The first reconcile applies the policy files and, with --kubernetes, the pod policies and gates the
    * last run applied (agent.json), so that a restart while the API server is down neither removes a pod's
    * policy nor lets the guard refuse a pod that was classified. The pods are read once their first list
    * has come (start() of the source resolves), which may be long after this returns.
    */
   async start(): Promise<ReconcileResult> {
-    const targets = {
-      stateDir: this.opts.stateDir,
-      bpffs: this.opts.paths.bpffs,
-      iptablesState: this.opts.paths.iptablesState ?? DEFAULT_IPTABLES_STATE,
-    };
-    // Bound first: an address in use fails the start before anything (even a lock directory) is made;
-    // when the address is in use because an agent runs on this installation, that agent is named.
-    if (this.opts.metricsAddress)
-      this.endpoint = await startEndpoint(this.opts.metricsAddress, this, this.log).catch(async (e: Error) => {
-        // An agent that has just bound it takes its locks right after: look for a moment.
-        for (let i = 0; i < 10; i++) {
-          const held = heldBy(targets, this.mode.name);
-          if (held) throw new Error(held, { cause: e });
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        throw e;
-      });
-    try {
-      this.locks = AgentLocks.take(targets, this.mode.name);
-    } catch (e) {
-      await this.endpoint?.close();
-      throw e;
-    }
+    // The state lock, the metrics address, the mode's lock (startup.ts); a failure there leaves nothing.
+    const at = this.opts.metricsAddress;
+    const taken = await takeInstallation(
+      lockTargets(this.opts.stateDir, this.opts.paths),
+      this.mode.name,
+      at && (() => startEndpoint(at, this, this.log)),
+    );
+    this.locks = taken.locks;
+    this.endpoint = taken.endpoint;
     try {
       this.rec.load({
         decision: this.opts.decision,
@@ -302,7 +289,7 @@ export class Agent {
       return first;
     } catch (e) {
       await this.endpoint?.close();
-      this.locks.release();
+      taken.locks.release();
       throw e;
     }
   }

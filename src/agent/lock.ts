@@ -4,8 +4,8 @@
 // whatever their other options) or a lock file beside the --iptables-state file (iptables) — and on
 // agent.lock in --state-dir (one agent per agent.json). agent.lock's mtime is also the heartbeat: the
 // time of the last completed reconcile pass, written without rewriting agent.json.
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { mkdirSync, rmdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { ModeName } from '../modes/mode.js';
 import { Lock, LockHeld } from '../sys/lock.js';
 import { ensureBpffs } from '../util/host.js';
@@ -19,7 +19,8 @@ export interface LockTargets {
   iptablesState: string;
 }
 
-/** What each lock protects, for messages; the state directory's first (it creates no pin directory). */
+/** What each lock protects, for messages; the state directory's first (it creates no pin directory), and
+ * the agent takes them in this order. */
 function targets(t: LockTargets, modes: readonly ModeName[]): { path: string; what: string; dir: boolean }[] {
   return [
     { path: stateLockPath(t.stateDir), what: `the agent state in ${t.stateDir}`, dir: false },
@@ -33,43 +34,80 @@ function targets(t: LockTargets, modes: readonly ModeName[]): { path: string; wh
 const heldMessage = (e: LockHeld, x: { path: string; what: string }) =>
   `another meshredir agent${e.pid === null ? '' : ` (pid ${e.pid})`} holds the lock on ${x.path} (${x.what}): one agent per installation; stop it first`;
 
+/** Takes the lock on `x` without waiting; throws naming the pid that holds it. */
+function acquire(x: { path: string; what: string; dir: boolean }): Lock {
+  try {
+    return Lock.acquire(x.path, { dir: x.dir })!;
+  } catch (e) {
+    if (!(e instanceof LockHeld)) throw e;
+    throw new Error(heldMessage(e, x));
+  }
+}
+
+/**
+ * An agent's locks, taken in two steps so that its metrics address can be bound between them: the state
+ * directory's first (takeState: it makes no pin directory), then the mode's (takeMode: the bpffs directory
+ * or the iptables state's lock file). A start that fails before takeMode completes is undone by abandon(),
+ * which leaves nothing behind.
+ */
 export class AgentLocks {
   private constructor(
     private readonly t: LockTargets,
     private readonly mode: ModeName,
     private locks: Lock[],
+    /** The first directory takeState created for the state directory (undefined: it existed). */
+    private readonly madeDir: string | undefined,
   ) {}
 
-  /**
-   * Takes the locks of an agent running `mode`; throws naming the pid that holds one. Creates the state
-   * directory and then the bpffs directory (0700; a directory, no pin) if they are missing.
-   */
-  static take(t: LockTargets, mode: ModeName): AgentLocks {
-    ensureStateDir(t.stateDir);
-    const taken: Lock[] = [];
+  /** Takes agent.lock in the state directory (created 0700 if missing); throws naming the pid that holds it. */
+  static takeState(t: LockTargets, mode: ModeName): AgentLocks {
+    const made = ensureStateDir(t.stateDir);
+    const locks = new AgentLocks(t, mode, [], made);
     try {
-      for (const x of targets(t, [mode])) {
-        if (x.dir) {
-          ensureBpffs(t.bpffs);
-          mkdirSync(t.bpffs, { recursive: true, mode: 0o700 });
-        } else mkdirSync(dirname(x.path), { recursive: true, mode: 0o700 });
-        try {
-          taken.push(Lock.acquire(x.path, { dir: x.dir })!);
-        } catch (e) {
-          if (!(e instanceof LockHeld)) throw e;
-          throw new Error(heldMessage(e, x));
-        }
-      }
+      locks.locks.push(acquire(targets(t, [mode])[0]!));
     } catch (e) {
-      // A lock file this attempt created (still empty: the pid is written once all are taken) goes again.
-      for (const l of taken.reverse()) {
-        if (l.empty()) l.unlink();
-        l.release();
-      }
+      locks.abandon();
       throw e;
     }
-    taken[0]!.writePid();
-    return new AgentLocks(t, mode, taken);
+    return locks;
+  }
+
+  /**
+   * Takes the mode's lock after takeState, creating the bpffs directory (0700; a directory, no pin) or the
+   * iptables state's directory if missing, and writes the pid into agent.lock; throws naming the pid that
+   * holds it (the caller then calls abandon()).
+   */
+  takeMode(): void {
+    for (const x of targets(this.t, [this.mode]).slice(this.locks.length)) {
+      if (x.dir) {
+        ensureBpffs(this.t.bpffs);
+        mkdirSync(this.t.bpffs, { recursive: true, mode: 0o700 });
+      } else mkdirSync(dirname(x.path), { recursive: true, mode: 0o700 });
+      this.locks.push(acquire(x));
+    }
+    this.locks[0]!.writePid();
+  }
+
+  /**
+   * Undoes a start that failed before takeMode completed: releases the locks, removing the lock files this
+   * start created (still empty: the pid is written once all are taken) and the state directory it created.
+   */
+  abandon(): void {
+    for (const l of this.locks.reverse()) {
+      if (l.empty()) l.unlink();
+      l.release();
+    }
+    this.locks = [];
+    // From the state directory up to the first directory takeState made; each only if empty.
+    const made = this.madeDir === undefined ? undefined : resolve(this.madeDir);
+    for (let d = resolve(this.t.stateDir); made !== undefined; d = dirname(d)) {
+      try {
+        rmdirSync(d);
+      } catch {
+        break;
+      }
+      if (d === made || d === dirname(d)) break;
+    }
   }
 
   /**
@@ -106,23 +144,6 @@ export class AgentLocks {
   release(): void {
     for (const l of [...this.locks].reverse()) l.release();
   }
-}
-
-/**
- * Whether another agent holds one of `mode`'s locks, as the message AgentLocks.take would give; creates
- * nothing (a path that does not exist is not held). For errors that a running agent explains better
- * than the error itself (its metrics address already bound).
- */
-export function heldBy(t: LockTargets, mode: ModeName): string | null {
-  for (const x of targets(t, [mode])) {
-    try {
-      Lock.acquire(x.path, { dir: x.dir, create: false })?.release();
-    } catch (e) {
-      if (!(e instanceof LockHeld)) throw e;
-      return heldMessage(e, x);
-    }
-  }
-  return null;
 }
 
 /** What `cleanup` found: the locks it took (held while it removes), and those another process holds. */

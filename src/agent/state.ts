@@ -118,13 +118,14 @@ export function readState(dir: string): AgentState | null | Error {
 
 /**
  * Creates the directory 0700. An existing directory keeps its mode (it may be shared, like /run), but
- * one that others can write to is refused: they could replace agent.json.
+ * one that others can write to is refused: they could replace agent.json. Returns the first directory it
+ * created (undefined: none).
  */
-export function ensureStateDir(dir: string): void {
+export function ensureStateDir(dir: string): string | undefined {
   if (!existsSync(dir)) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const made = mkdirSync(dir, { recursive: true, mode: 0o700 });
     chmodSync(dir, 0o700);
-    return;
+    return made;
   }
   const st = statSync(dir);
   if (!st.isDirectory()) throw new Error(`state directory ${dir} is not a directory`);
@@ -132,6 +133,7 @@ export function ensureStateDir(dir: string): void {
     throw new Error(
       `state directory ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); use a directory only root can write, such as ${DEFAULT_STATE_DIR}`,
     );
+  return undefined;
 }
 
 /** Writes agent.json atomically (temporary file, 0600, renamed over the old one). */

@@ -291,7 +291,7 @@ kernelDescribe('the agent against operators and bad files', () => {
       await env.stop(a);
       // Started together on a clean host: exactly one runs, the other names it.
       await env.cliRun(env.cleanupArgs());
-      // Each on a free metrics port: the metrics address is bound before the locks, and this is about the lock.
+      // Each on a free metrics port: this is about the locks, not the address.
       const anyPort = ['--metrics-address', '127.0.0.1:0'];
       const pair = [env.cli(agentArgs(dir, anyPort)), env.cli(agentArgs(dir, anyPort))];
       agents.push(...pair);

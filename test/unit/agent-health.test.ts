@@ -2,13 +2,23 @@
 // completed pass moves the heartbeat (agent.lock's mtime, Agent.health()) while a quiet pass leaves
 // agent.json alone; a second agent on the same installation is refused naming the first one's pid.
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent } from '../../src/agent/agent.js';
+import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import { agentSummary } from '../../src/agent/state.js';
 import type { ApplyResult, DesiredState, Mode, Plan } from '../../src/modes/mode.js';
 import type { Logger } from '../../src/util/log.js';
+
+/** A loopback port that was free a moment ago. */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} } as unknown as Logger;
 
@@ -43,7 +53,10 @@ describe('agent liveness and lock', () => {
   const dirs: string[] = [];
   const agents: Agent[] = [];
   afterEach(async () => {
-    for (const a of agents.splice(0)) await a.stop();
+    for (const a of agents.splice(0)) {
+      await a.stop();
+      await a.close();
+    }
     for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
   });
 
@@ -57,7 +70,7 @@ describe('agent liveness and lock', () => {
       join(policies, 'a.yaml'),
       'apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: a }\nspec: { cgroup: /a, proxy: { outbound: "127.0.0.1:15001", bypass: { uids: [1337] } } }\n',
     );
-    const make = () =>
+    const make = (o: Partial<AgentOptions> = {}) =>
       new Agent(
         {
           policies,
@@ -66,11 +79,12 @@ describe('agent liveness and lock', () => {
           stateDir,
           decision: { requested: 'iptables', chosen: 'iptables', reason: 'test' },
           paths: { cgroupRoot: '/', bpffs: join(base, 'bpffs'), iptablesState: join(stateDir, 'iptables.json') },
+          ...o,
         },
         standIn(),
         quiet,
       );
-    return { policies, stateDir, make };
+    return { base, policies, stateDir, make };
   };
 
   it('every completed pass moves the heartbeat; a quiet pass does not rewrite agent.json', async () => {
@@ -109,5 +123,38 @@ describe('agent liveness and lock', () => {
     agents.push(b);
     await b.start();
     expect(agentSummary(stateDir)).toMatchObject({ running: process.pid });
+  });
+
+  it('a second agent on the same installation and metrics address is told which pid holds the installation', async () => {
+    const { stateDir, make } = setup();
+    const port = await freePort();
+    const a = make({ metricsAddress: { host: '127.0.0.1', port } });
+    agents.push(a);
+    await a.start();
+    await expect(make({ metricsAddress: { host: '127.0.0.1', port } }).start()).rejects.toThrow(
+      `another meshredir agent (pid ${process.pid}) holds the lock on ${join(stateDir, 'agent.lock')}`,
+    );
+  });
+
+  it('a busy metrics address fails the start and leaves nothing behind (no state directory, no lock file)', async () => {
+    const { base, make } = setup();
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as AddressInfo).port;
+    const stateDir = join(base, 'fresh', 'state');
+    try {
+      await expect(
+        make({
+          stateDir,
+          metricsAddress: { host: '127.0.0.1', port },
+          paths: { cgroupRoot: '/', bpffs: join(base, 'bpffs'), iptablesState: join(base, 'ipt', 'iptables.json') },
+        }).start(),
+      ).rejects.toThrow(`metrics address 127.0.0.1:${port}: EADDRINUSE`);
+      expect(existsSync(join(base, 'fresh'))).toBe(false);
+      expect(existsSync(join(base, 'ipt'))).toBe(false);
+      expect(readdirSync(base).sort()).toEqual(['policies']);
+    } finally {
+      busy.close();
+    }
   });
 });
