@@ -1,38 +1,22 @@
 // map.ts — a BPF map by file descriptor, typed by codecs: get/set/delete/entries/setMany,
-// pin, unpin and reopen; per-CPU maps return one value per possible CPU.
+// pin, unpin and reopen; per-CPU maps return one value per possible CPU. Many entries at once go through
+// the batch commands where the map type has them (map-batch.ts).
 import { unlinkSync } from 'node:fs';
 import { lib, c, NULL } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import type { Codec } from './codec.js';
 import { MapType } from './fd.js';
 import { mapInfo, nPossibleCpus, type MapInfo } from './map-info.js';
+import { countBatches, deleteBatches, lookupBatches, updateBatches } from './map-batch.js';
 
 export { mapInfo, nPossibleCpus, type MapInfo } from './map-info.js';
+export { batchRefused } from './map-batch.js';
 
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
 
 const ENOENT = 2;
-/** Map types whose kernel implementation has the BPF_MAP_*_BATCH commands: hash and array maps have
- * their own; the LPM trie has the kernel's generic ones (get_next_key/lookup/update/delete in a loop
- * inside one syscall, since 5.6). A kernel that refuses them anyway is noticed per map (see below). */
-const BATCH_TYPES = new Set<number>([
-  MapType.HASH,
-  MapType.ARRAY,
-  MapType.PERCPU_HASH,
-  MapType.PERCPU_ARRAY,
-  MapType.LRU_HASH,
-  MapType.LPM_TRIE,
-]);
-const EINVAL = 22;
-const ENOSPC = 28;
-const EOPNOTSUPP = 95;
-const ENOTSUPP = 524; // the kernel's "this map type has no such batch operation"
-/** Why a batch command was refused outright (nothing done), per map type: later calls go one by one. */
-export const batchRefused = new Map<number, string>();
-const refusal = (r: number) =>
-  r === -ENOTSUPP ? 'ENOTSUPP' : r === -EOPNOTSUPP ? 'EOPNOTSUPP' : r === -EINVAL ? 'EINVAL' : null;
 
 export class BpfMap<K, V> {
   private closed = false;
@@ -153,40 +137,10 @@ export class BpfMap<K, V> {
     );
   }
 
-  private batchable(): boolean {
-    return BATCH_TYPES.has(this.info.type) && !this.perCpu && !batchRefused.has(this.info.type);
-  }
-
-  /** The kernel refused a batch command before doing anything: remember why, go one by one. */
-  private refused(r: number, written: number, cmd: string): boolean {
-    const why = refusal(r);
-    if (!why || written !== 0) return false;
-    batchRefused.set(this.info.type, `${cmd} on ${this.name}: ${why}`);
-    return true;
-  }
-
   /** Writes raw entries (key and value already encoded), in order, in as few syscalls as it can. */
   setManyRaw(list: [Buffer, Buffer][]): number {
     if (list.length === 0) return 0;
-    const chunk = 8192;
-    let i = 0;
-    if (this.batchable()) {
-      for (; i < list.length; i += chunk) {
-        const part = list.slice(i, i + chunk);
-        const keys = Buffer.concat(part.map(([k]) => k));
-        const vals = Buffer.concat(part.map(([, v]) => v));
-        const count = Buffer.alloc(4);
-        count.writeUInt32LE(part.length);
-        const r: number = lib.bpf_map_update_batch(this.fd, keys, vals, count, NULL);
-        if (r < 0 && this.refused(r, count.readUInt32LE(0), 'BPF_MAP_UPDATE_BATCH')) break;
-        if (r < 0)
-          throw new BpfError(
-            `batch update ${this.name} (${count.readUInt32LE(0)} of ${part.length} written)`,
-            'bpf_map_update_batch',
-            r,
-          );
-      }
-    }
+    let i = updateBatches(this, list);
     for (; i < list.length; i++) this.setRaw(list[i]![0], list[i]![1]);
     return list.length;
   }
@@ -194,27 +148,7 @@ export class BpfMap<K, V> {
   /** Deletes raw keys, in order, in as few syscalls as it can; keys that are not there are passed
    * over (like deleteRaw). Returns how many were deleted. */
   deleteManyRaw(keys: Buffer[]): number {
-    const chunk = 8192;
-    let i = 0;
-    let deleted = 0;
-    if (this.batchable()) {
-      while (i < keys.length) {
-        const part = keys.slice(i, i + chunk);
-        const count = Buffer.alloc(4);
-        count.writeUInt32LE(part.length);
-        const r: number = lib.bpf_map_delete_batch(this.fd, Buffer.concat(part), count, NULL);
-        const n = count.readUInt32LE(0);
-        if (r < 0 && this.refused(r, n, 'BPF_MAP_DELETE_BATCH')) break;
-        if (r < 0 && r !== -ENOENT)
-          throw new BpfError(
-            `batch delete from ${this.name} (${n} of ${part.length} deleted)`,
-            'bpf_map_delete_batch',
-            r,
-          );
-        deleted += n;
-        i += r === -ENOENT ? n + 1 : part.length; // the kernel stops at a missing key: go on after it
-      }
-    }
+    let { done: i, deleted } = deleteBatches(this, keys);
     for (; i < keys.length; i++) if (this.deleteRaw(keys[i]!)) deleted++;
     return deleted;
   }
@@ -223,7 +157,7 @@ export class BpfMap<K, V> {
    * where the map type has it (a few syscalls for the whole map), else key by key. */
   rawEntries(): [Buffer, Buffer][] {
     const out: [Buffer, Buffer][] = [];
-    const batched = this.lookupBatches((keys, vals, n) => {
+    const batched = lookupBatches(this, (keys, vals, n) => {
       for (let j = 0; j < n; j++) {
         out.push([
           Buffer.from(keys.subarray(j * this.key.size, (j + 1) * this.key.size)),
@@ -238,9 +172,7 @@ export class BpfMap<K, V> {
   /** How many entries the map holds now (for fill levels, at every scrape): counted batch by batch where
    * the map type has BPF_MAP_LOOKUP_BATCH, without keeping them; else key by key. */
   count(): number {
-    let total = 0;
-    const batched = this.lookupBatches((_k, _v, n) => (total += n));
-    return batched ? total : this.countDistinct();
+    return countBatches(this) ?? this.countDistinct();
   }
 
   /** A hash map's key-by-key walk restarts from its first bucket when the key it stands on is deleted
@@ -258,37 +190,6 @@ export class BpfMap<K, V> {
       prev = next;
     }
     return seen.size;
-  }
-
-  /** Walks the map with BPF_MAP_LOOKUP_BATCH, handing each batch to `take` (which returns the entries
-   * taken so far); false when the map type has no batch lookup (nothing was taken). */
-  private lookupBatches(take: (keys: Buffer, vals: Buffer, n: number) => number): boolean {
-    if (!this.batchable()) return false;
-    let chunk = 4096;
-    // The batch cursor is opaque: 4 bytes for hash maps (a bucket), a key for the generic
-    // implementation. A buffer of the larger size serves both.
-    let inBatch: Buffer | null = null;
-    const outBatch = Buffer.alloc(Math.max(8, this.key.size));
-    for (;;) {
-      const keys = Buffer.alloc(this.key.size * chunk);
-      const vals = Buffer.alloc(this.value.size * chunk);
-      const count = Buffer.alloc(4);
-      count.writeUInt32LE(chunk);
-      const r: number = lib.bpf_map_lookup_batch(this.fd, inBatch ?? NULL, outBatch, keys, vals, count, NULL);
-      const n = count.readUInt32LE(0);
-      if (r < 0 && r !== -ENOENT) {
-        if (r === -ENOSPC && n === 0 && chunk < 1 << 20) {
-          chunk *= 4; // a hash bucket holds more entries than the chunk: ask for more at once
-          continue;
-        }
-        if (inBatch === null && this.refused(r, n, 'BPF_MAP_LOOKUP_BATCH')) return false;
-        throw new BpfError(`batch look up in ${this.name}`, 'bpf_map_lookup_batch', r);
-      }
-      const taken = take(keys, vals, n);
-      if (r === -ENOENT) return true; // the end of the map
-      inBatch = Buffer.from(outBatch);
-      if (taken > 50_000_000) throw new Error(`iterate ${this.name}: does not end`);
-    }
   }
 
   private rawEntriesOneByOne(): [Buffer, Buffer][] {
