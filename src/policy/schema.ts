@@ -2,17 +2,18 @@
 // fields and checks are in schema/: outbound.ts (bypass, spec.outbound), inbound.ts, dns.ts, and the field
 // types they share (fields.ts).
 import { z } from 'zod';
-import type { Cidr, Endpoint } from './addr.js';
+import type { Endpoint } from './addr.js';
 import type { Mark } from './mark.js';
 import { checkEntryLimits } from './limits.js';
 import { dns, toDnsSpec, type DnsSpec } from './schema/dns.js';
 import { cgroupPath, endpoint, wrongType } from './schema/fields.js';
 import { checkInbound, inbound, inboundProxy, type InboundProxy, type InboundSettings } from './schema/inbound.js';
-import { bypass, checkOutbound, outbound } from './schema/outbound.js';
+import { bypass, checkOutbound, outbound, type OutboundSettings } from './schema/outbound.js';
 
 export { typeOf, normaliseCgroupPath } from './schema/fields.js';
 export { TPROXY_DEFAULTS, type InboundProxy, type InboundSettings } from './schema/inbound.js';
 export type { DnsSpec } from './schema/dns.js';
+export type { OutboundSettings } from './schema/outbound.js';
 
 export const policyDocument = z.strictObject({
   apiVersion: z.literal('meshredir/v1', {
@@ -80,13 +81,7 @@ export interface Policy {
   accelerate: boolean;
   proxy: { outbound?: Endpoint; outbound6?: Endpoint; inbound?: InboundProxy };
   bypass: { cgroups: string[]; uids: number[]; gids: number[]; marks: Mark[] };
-  outbound: {
-    includePorts: number[];
-    excludePorts: number[];
-    includeCidrs: Cidr[];
-    excludeCidrs: Cidr[];
-    redirectLoopback: boolean;
-  };
+  outbound: OutboundSettings;
   inbound: InboundSettings;
   /** DNS capture (docs/dns-design.md); absent: port-53 traffic is treated like any other. */
   dns?: DnsSpec;

@@ -42,17 +42,23 @@ export const outbound = z
   })
   .default({ includePorts: [], excludePorts: [], includeCidrs: [], excludeCidrs: [], redirectLoopback: false });
 
+/** Which destinations a policy redirects (spec.outbound). */
+export interface OutboundSettings {
+  /** When not empty, only connections to these ports are redirected. */
+  includePorts: number[];
+  excludePorts: number[];
+  /** When not empty, only connections to these destinations are redirected. */
+  includeCidrs: Cidr[];
+  excludeCidrs: Cidr[];
+  /** Loopback destinations are redirected too (with loopback proxies only). */
+  redirectLoopback: boolean;
+}
+
 /** What the outbound checks read of a spec. */
 interface OutboundSpec {
   cgroup: string;
   proxy: { outbound?: Endpoint; outbound6?: Endpoint; bypass: { cgroups: string[]; marks: Mark[] } };
-  outbound: {
-    includePorts: number[];
-    excludePorts: number[];
-    includeCidrs: Cidr[];
-    excludeCidrs: Cidr[];
-    redirectLoopback: boolean;
-  };
+  outbound: OutboundSettings;
 }
 
 /** The checks across the outbound fields of a spec (issues' paths are the spec's). */
