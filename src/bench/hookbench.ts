@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import type { LabProc } from './lab.js';
+import { startHaproxy } from './haproxy.js';
 import type { Sample } from './types.js';
 import { D_REDIRECT, SERVER, UPSTREAM, HOP_ECHO, rotate, type Run, type ScenarioDef } from './run.js';
 import type { LoadResult } from './checks.js';
@@ -115,26 +116,7 @@ async function hooksScenario(x: Run): Promise<void> {
     procs.push(upstream);
     const echo = lab.start(cg.proxy, o.mrload, ['server', addr.echo]);
     procs.push(echo);
-    const cfg = lab.tmpFile(
-      'hooks-haproxy.cfg',
-      [
-        'global',
-        '  maxconn 4096',
-        '  nbthread 1',
-        'defaults',
-        '  mode tcp',
-        '  timeout connect 5s',
-        '  timeout client 30s',
-        '  timeout server 30s',
-        'frontend transparent',
-        '  bind 127.0.0.1:15001',
-        '  default_backend orig',
-        'backend orig',
-        '  server o 0.0.0.0:0',
-        '',
-      ].join('\n'),
-    );
-    const haproxy = lab.start(cg.proxy, 'haproxy', ['-db', '-f', cfg], 1337);
+    const haproxy = startHaproxy(lab, cg.proxy, 'hooks-haproxy.cfg');
     procs.push(haproxy);
     await lab.listening(9000, upstream, lab.upNs);
     await lab.listening(Number(addr.echo.split(':')[1]), echo);

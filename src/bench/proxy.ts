@@ -3,6 +3,7 @@
 // iptables, eBPF or eBPF with the sk_msg fast path; connect/request/close rate and request/response latency.
 import { execFileSync } from 'node:child_process';
 import type { LabProc } from './lab.js';
+import { startHaproxy } from './haproxy.js';
 import { UPSTREAM, fastNote, msg, rotate, say, stop, type ScenarioDef } from './run.js';
 
 let haproxyWhy: string | null | undefined;
@@ -19,29 +20,6 @@ function haproxyMissing(): string | undefined {
   return haproxyWhy ?? undefined;
 }
 
-/** A transparent frontend (to the original destination) and an explicit one (to the upstream). */
-const CONFIG = [
-  'global',
-  '  maxconn 4096',
-  '  nbthread 1',
-  'defaults',
-  '  mode tcp',
-  '  timeout connect 5s',
-  '  timeout client 30s',
-  '  timeout server 30s',
-  'frontend transparent',
-  '  bind 127.0.0.1:15001',
-  '  default_backend orig',
-  'backend orig',
-  '  server o 0.0.0.0:0',
-  'frontend explicit',
-  '  bind 127.0.0.1:15002',
-  '  default_backend fixed',
-  'backend fixed',
-  `  server s ${UPSTREAM}`,
-  '',
-].join('\n');
-
 export const proxy: ScenarioDef = {
   modes: ['direct', 'explicit', 'iptables', 'ebpf', 'ebpf+sk_msg'],
   steps: (modes) => modes * 2, // × (crr, rr)
@@ -52,10 +30,9 @@ export const proxy: ScenarioDef = {
     await lab.listening(9000, upstream, lab.upNs);
     let haproxy: LabProc | undefined;
     if (!haproxyMissing()) {
-      const cfg = lab.tmpFile('haproxy.cfg', CONFIG);
       // In the policy's proxy (bypass) cgroup and as uid 1337: its own connections are never
-      // redirected, by either mode, and the fast path accepts its sockets.
-      haproxy = lab.start(r.proxyCg, 'haproxy', ['-db', '-f', cfg], 1337);
+      // redirected, by either mode, and the fast path accepts its sockets. Explicit: 15002 to the upstream.
+      haproxy = startHaproxy(lab, r.proxyCg, 'haproxy.cfg', UPSTREAM);
       await lab.listening(15002, haproxy);
     }
     const p = r.policy({ proxy: '127.0.0.1:15001' });
