@@ -3,7 +3,7 @@
 // file says we made, so a CNI's own rules and tables are never touched.
 import type { NetnsHandle } from '../netns.js';
 import type { Runner } from './run.js';
-import { routeCommands, type Route } from './tproxy.js';
+import { localRouteCommand, routeCommands, ruleCommand, type Route } from './tproxy.js';
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 const same = (a: Route, b: Route) => a.family === b.family && a.mark === b.mark && a.table === b.table;
@@ -47,21 +47,8 @@ export function ensureRoute(run: Runner, ns: NetnsHandle, r: Route): boolean {
 
 /** Removes the route's rule (every copy) and its local route; what is already gone is no error. */
 export function removeRoute(run: Runner, ns: NetnsHandle, r: Route): void {
-  for (let i = 0; i < 16 && routeState(run, ns, r).rule; i++)
-    run.run(ns, ['ip', `-${r.family}`, 'rule', 'del', 'fwmark', hex(r.mark), 'lookup', String(r.table)]);
-  if (routeState(run, ns, r).route)
-    run.run(ns, [
-      'ip',
-      `-${r.family}`,
-      'route',
-      'del',
-      'local',
-      r.family === 4 ? '0.0.0.0/0' : '::/0',
-      'dev',
-      'lo',
-      'table',
-      String(r.table),
-    ]);
+  for (let i = 0; i < 16 && routeState(run, ns, r).rule; i++) run.run(ns, ruleCommand(r, 'del'));
+  if (routeState(run, ns, r).route) run.run(ns, localRouteCommand(r, 'del'));
 }
 
 /**

@@ -56,21 +56,33 @@ export function tproxyRoutes(p: Policy, family: 4 | 6): Route[] {
   return inboundTproxy(p) ? [{ family, ...p.inbound.tproxy }] : [];
 }
 
+/** `ip rule add|del fwmark MARK lookup TABLE`: marked packets use the route's table. */
+export const ruleCommand = (r: Route, verb: 'add' | 'del'): string[] => [
+  'ip',
+  `-${r.family}`,
+  'rule',
+  verb,
+  'fwmark',
+  hex(r.mark),
+  'lookup',
+  String(r.table),
+];
+
+/** `ip route replace|del local ANY dev lo table TABLE`: every destination is local in that table. */
+export const localRouteCommand = (r: Route, verb: 'replace' | 'del'): string[] => [
+  'ip',
+  `-${r.family}`,
+  'route',
+  verb,
+  'local',
+  r.family === 4 ? '0.0.0.0/0' : '::/0',
+  'dev',
+  'lo',
+  'table',
+  String(r.table),
+];
+
 /** The `ip` commands that make a route (for the dry run and apply). */
 export function routeCommands(r: Route): string[][] {
-  return [
-    ['ip', `-${r.family}`, 'rule', 'add', 'fwmark', hex(r.mark), 'lookup', String(r.table)],
-    [
-      'ip',
-      `-${r.family}`,
-      'route',
-      'replace',
-      'local',
-      r.family === 4 ? '0.0.0.0/0' : '::/0',
-      'dev',
-      'lo',
-      'table',
-      String(r.table),
-    ],
-  ];
+  return [ruleCommand(r, 'add'), localRouteCommand(r, 'replace')];
 }
