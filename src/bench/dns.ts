@@ -8,13 +8,10 @@
 // capture takes it to dnsmasq. The client is bench/mrdns (one connected UDP socket per query, as glibc).
 import { execFileSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
-import { EbpfMode } from '../modes/ebpf/index.js';
-import { IptablesMode } from '../modes/iptables/index.js';
 import type { NetnsStatus } from '../modes/iptables/status.js';
 import { dnsPolicies, dnsUnavailable } from '../modes/ebpf/dns-status.js';
-import { parsePolicyText } from '../policy/load.js';
-import type { Policy } from '../policy/schema.js';
 import { sampleOf, type LoadResult, type Counters } from './checks.js';
+import { benchPolicy, podModes } from './pod-modes.js';
 import { rotate, msg, say, stop, type Run, type ScenarioDef } from './run.js';
 import type { Sample } from './types.js';
 import { WARMUP } from './types.js';
@@ -85,12 +82,9 @@ async function runDns(r: Run, wanted: DnsMode[]): Promise<void> {
   // earlier one's entry on the same 4-tuple and every query of the iptables mode passes (and counts on)
   // its nat rule.
 
-  const ebpf = new EbpfMode({
-    bpffs: `${lab.bpffs}-dns`,
-    attach: { cgroupRoot: join(lab.cgMount, pod), object: r.o.object },
-  });
-  const ipt = new IptablesMode({ iptablesState: lab.stateFile.replace(/\.json$/, '-dns.json'), lockWait: 10 });
-  const parsed = parsePolicyText(
+  const modes = podModes(lab, pod, r.o.object, 'dns');
+  const { ebpf, ipt } = modes;
+  const policy = benchPolicy(
     `apiVersion: meshredir/v1
 kind: RedirectPolicy
 metadata: { name: bench-dns }
@@ -102,8 +96,6 @@ spec:
 `,
     'bench-dns',
   );
-  if (parsed.errors.length) throw new Error(parsed.errors.map((e) => e.message).join('; '));
-  const policy: Policy = parsed.policies[0]!;
 
   let inForce = '';
   // Where mrdns's source ports go on: each run continues where the last one stopped, so that a run
@@ -111,9 +103,7 @@ spec:
   const ports = { next: 1024 };
   const off = () => {
     inForce = '';
-    const bad = ipt.cleanup().failed;
-    if (bad.length) throw new Error(`iptables cleanup failed: ${bad.join('; ')}`);
-    ebpf.cleanup({ force: true });
+    modes.off();
   };
   const use = (mode: DnsMode) => {
     if (inForce === mode) return;

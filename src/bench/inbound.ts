@@ -7,13 +7,11 @@
 // proxy's forwarding. Modes interleaved and rotated per round; every sample carries the counters of the
 // mode in force and is rejected when they show it did not act.
 import { join } from 'node:path';
-import { EbpfMode } from '../modes/ebpf/index.js';
-import { IptablesMode } from '../modes/iptables/index.js';
 import type { NetnsStatus } from '../modes/iptables/status.js';
 import { inboundCounters } from '../modes/ebpf/inbound-status.js';
-import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
 import { sampleOf, type LoadResult, type Counters } from './checks.js';
+import { benchPolicy, podModes } from './pod-modes.js';
 import type { Lab, LabProc } from './lab.js';
 import type { Sample, Missing } from './types.js';
 
@@ -67,14 +65,11 @@ export async function runInbound(x: InboundContext): Promise<void> {
   const proxyCg = lab.cgroup('inpod/proxy');
   const appCg = lab.cgroup('inpod/app');
   // The eBPF programs attach at the pod's cgroup: the client's connects run no hook in any mode.
-  const ebpf = new EbpfMode({
-    bpffs: `${lab.bpffs}-in`,
-    attach: { cgroupRoot: join(lab.cgMount, pod), object: x.object },
-  });
-  const ipt = new IptablesMode({ iptablesState: lab.stateFile.replace(/\.json$/, '-in.json'), lockWait: 10 });
+  const modes = podModes(lab, pod, x.object, 'in');
+  const { ebpf, ipt } = modes;
   const policy = (n: number, interception: 'redirect' | 'tproxy'): Policy => {
     const srcs = Array.from({ length: n }, (_, i) => `"172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32"`);
-    const r = parsePolicyText(
+    return benchPolicy(
       `apiVersion: meshredir/v1
 kind: RedirectPolicy
 metadata: { name: bench-in }
@@ -86,14 +81,10 @@ spec:
 `,
       'bench-in',
     );
-    if (r.errors.length) throw new Error(r.errors.map((e) => e.message).join('; '));
-    return r.policies[0]!;
   };
   const off = () => {
     inForce = '';
-    const bad = ipt.cleanup().failed;
-    if (bad.length) throw new Error(`iptables cleanup failed: ${bad.join('; ')}`);
-    ebpf.cleanup({ force: true });
+    modes.off();
   };
   const use = (mode: InboundMode, n: number) => {
     off();
