@@ -102,21 +102,25 @@ export function admit(
   const chosen = new Map<Candidate, Policy>();
   const held = new Map<Candidate, Demand>();
   const at = (p: Policy) => `${p.file}: policy ${p.name}`;
-  // 1. What is applied, as applied.
-  for (const c of candidates.filter((x) => x.incumbent)) {
-    const base = c.previous ?? c.policy;
-    const d = demand(base, resolve(base));
+  /** Takes `p` for `c` if it fits (its demand reserved, `p` chosen), else rejects `c`; the demand or null. */
+  const admit = (c: Candidate, p: Policy): Demand | null => {
+    const d = demand(p, resolve(p));
     const why = misfit(d);
     if (why) {
       out.rejected.push({
         policy: c.policy,
         message: `${at(c.policy)}: does not fit in the eBPF maps: ${why}; not applied`,
       });
-      continue;
+      return null;
     }
     reserve(d, 1);
-    held.set(c, d);
-    chosen.set(c, base);
+    chosen.set(c, p);
+    return d;
+  };
+  // 1. What is applied, as applied.
+  for (const c of candidates.filter((x) => x.incumbent)) {
+    const d = admit(c, c.previous ?? c.policy);
+    if (d) held.set(c, d);
   }
   // 2. Incumbents' new versions, each in place of its old one.
   for (const [c, old] of held) {
@@ -136,19 +140,7 @@ export function admit(
     chosen.set(c, c.policy);
   }
   // 3. Newcomers, in order.
-  for (const c of candidates.filter((x) => !x.incumbent)) {
-    const d = demand(c.policy, resolve(c.policy));
-    const why = misfit(d);
-    if (why) {
-      out.rejected.push({
-        policy: c.policy,
-        message: `${at(c.policy)}: does not fit in the eBPF maps: ${why}; not applied`,
-      });
-      continue;
-    }
-    reserve(d, 1);
-    chosen.set(c, c.policy);
-  }
+  for (const c of candidates.filter((x) => !x.incumbent)) admit(c, c.policy);
   out.admitted = candidates.filter((c) => chosen.has(c)).map((c) => chosen.get(c)!);
   return out;
 }
