@@ -60,6 +60,26 @@ export interface RepairConnect {
   netnsCookie?: bigint;
 }
 
+function openSocket(family: 4 | 6, type: number): number {
+  const fd: number = c.socket(family === 4 ? AF_INET : AF_INET6, type, 0);
+  if (fd < 0) throw new Error(`socket: ${errnoName(errno())}`);
+  return fd;
+}
+
+/** TCP_REPAIR mode: connect() sends no SYN, and close() nothing either. */
+function repairMode(fd: number): void {
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
+    throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
+}
+
+/** connect(); the errno name it failed with, or null. */
+function connectTo(fd: number, dest: { family: 4 | 6; bytes: number[]; port: number }): string | null {
+  const sa = encode(dest);
+  return c.connect(fd, sa, sa.length) < 0 ? errnoName(errno()) : null;
+}
+
 /**
  * connect() in TCP_REPAIR mode: the cgroup and sockops hooks run, but no SYN is ever sent (nor on close).
  * `whileOpen` runs before the socket is closed (what the hooks recorded for it may go with the close).
@@ -68,15 +88,11 @@ export function repairConnect<T>(
   dest: { family: 4 | 6; bytes: number[]; port: number },
   whileOpen: (r: Required<RepairConnect>) => T,
 ): { result: RepairConnect; seen?: T } {
-  const fd: number = c.socket(dest.family === 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
-  if (fd < 0) throw new Error(`socket: ${errnoName(errno())}`);
+  const fd = openSocket(dest.family, SOCK_STREAM);
   try {
-    const one = Buffer.alloc(4);
-    one.writeInt32LE(1);
-    if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
-      throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
-    const sa = encode(dest);
-    if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
+    repairMode(fd);
+    const failed = connectTo(fd, dest);
+    if (failed) return { result: { connect: failed } };
     const { local, peer } = ends(fd);
     const result = { connect: 'ok', local, peer, netnsCookie: sockoptU64(fd, SO_NETNS_COOKIE, 'SO_NETNS_COOKIE') };
     return { result, seen: whileOpen(result) };
@@ -106,17 +122,11 @@ export function quietConnect<T>(
   proto: 'udp' | 'tcp',
   whileOpen: (r: Required<QuietConnect>) => T,
 ): { result: QuietConnect; seen?: T } {
-  const fd: number = c.socket(dest.family === 4 ? AF_INET : AF_INET6, proto === 'udp' ? SOCK_DGRAM : SOCK_STREAM, 0);
-  if (fd < 0) throw new Error(`socket: ${errnoName(errno())}`);
+  const fd = openSocket(dest.family, proto === 'udp' ? SOCK_DGRAM : SOCK_STREAM);
   try {
-    if (proto === 'tcp') {
-      const one = Buffer.alloc(4);
-      one.writeInt32LE(1);
-      if (c.setsockopt(fd, SOL_TCP, TCP_REPAIR, one, 4) < 0)
-        throw new Error(`setsockopt TCP_REPAIR: ${errnoName(errno())}`);
-    }
-    const sa = encode(dest);
-    if (c.connect(fd, sa, sa.length) < 0) return { result: { connect: errnoName(errno()) } };
+    if (proto === 'tcp') repairMode(fd);
+    const failed = connectTo(fd, dest);
+    if (failed) return { result: { connect: failed } };
     const { local, peer } = ends(fd);
     const cookie = sockoptU64(fd, SO_COOKIE, 'SO_COOKIE');
     const inode = Number(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1] ?? -1);
