@@ -98,18 +98,20 @@ const REASONS: BypassReason[] = [
   'inbound_passthrough',
 ];
 
+/** The families the rule counters are summed into. */
+const COUNTED: readonly FamilyDef[] = [
+  COMMON.redirected,
+  COMMON.bypassed,
+  INBOUND_REDIRECTED,
+  INBOUND_BYPASSED,
+  DNS_CAPTURED,
+  DNS_BYPASSED,
+];
+
 /** Sums rule counters per policy and kind into families (pure). */
 export function natFamilies(byPolicy: Map<string, { line: string; packets: number }[]>): Families {
   const out = new Families();
-  for (const d of [
-    COMMON.redirected,
-    COMMON.bypassed,
-    INBOUND_REDIRECTED,
-    INBOUND_BYPASSED,
-    DNS_CAPTURED,
-    DNS_BYPASSED,
-  ])
-    out.declare(d);
+  for (const d of COUNTED) out.declare(d);
   for (const [policy, rules] of byPolicy) {
     let redirected = 0;
     const bypassed = new Map<BypassReason, number>(REASONS.map((r) => [r, 0]));
@@ -145,15 +147,7 @@ const READ_OK: FamilyDef = {
 };
 
 /** Every family this mode reports (docs and tests list them). */
-export const IPTABLES_FAMILIES: readonly FamilyDef[] = [
-  COMMON.redirected,
-  COMMON.bypassed,
-  INBOUND_REDIRECTED,
-  INBOUND_BYPASSED,
-  DNS_CAPTURED,
-  DNS_BYPASSED,
-  READ_OK,
-];
+export const IPTABLES_FAMILIES: readonly FamilyDef[] = [...COUNTED, READ_OK];
 
 /** Every family, read from each remembered netns now (one iptables-save -c per family and netns). */
 export function iptablesMetrics(run: Runner, stateFile: string): MetricFamily[] {
