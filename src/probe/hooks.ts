@@ -99,13 +99,11 @@ function probeCgroupHook(type: number, attach: number, cgfd: number): { load: Ou
   }
 }
 
+/** The cgroup hooks (and bpf_link) the eBPF mode cannot do without. */
+export const CGROUP_REQUIRED = ['bpfLink', 'connect4', 'connect6', 'sockops', 'getsockopt', 'getpeername'] as const;
+
 export const CGROUP_FEATURES = [
-  'bpfLink',
-  'connect4',
-  'connect6',
-  'sockops',
-  'getsockopt',
-  'getpeername',
+  ...CGROUP_REQUIRED,
   'sendmsg',
   // DNS capture (docs/dns-design.md): sendmsg6, recvmsg4|6 and sock_release besides sendmsg4.
   'sendmsg6',

@@ -13,6 +13,7 @@ import {
   probeSkLookup,
   iptablesWorks,
   CGROUP_FEATURES,
+  CGROUP_REQUIRED,
   type Outcome,
 } from './hooks.js';
 import { probeObject, type ObjectCheck } from './object.js';
@@ -40,16 +41,7 @@ export const FEATURES = [
 export type Feature = (typeof FEATURES)[number];
 
 /** What the eBPF mode needs, all of it: a partial set must not make a half-working mode. */
-export const EBPF_REQUIRED: Feature[] = [
-  'bpf',
-  'btf',
-  'bpfLink',
-  'connect4',
-  'connect6',
-  'sockops',
-  'getsockopt',
-  'getpeername',
-];
+export const EBPF_REQUIRED: Feature[] = ['bpf', 'btf', ...CGROUP_REQUIRED];
 
 export interface ProbeReport {
   kernel: string;
