@@ -179,11 +179,14 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     const ns = L.pods.haproxy!.ns;
     // Flat out in 1 KiB writes, the app's writes find HAProxy still holding unread fast-path bytes,
     // write after write: the socket backs off to TCP (where small writes coalesce), and comes back to
-    // try again later. (Writes of 8 KiB and more never back off: TCP under the sockmap loses to the
-    // fast path there.)
+    // try again later. The app reads the echo slowly, so that HAProxy falls behind however fast this
+    // machine is. (Writes of 8 KiB and more never back off: TCP under the sockmap loses to the fast
+    // path there.)
     let before = await L.counters('haproxy');
     const lo = loBytes(ns);
-    expect(await L.xfer('haproxy', ['--size', String(32 * MiB), '--chunk', '1024'])).toMatchObject({ ok: true });
+    expect(
+      await L.xfer('haproxy', ['--size', String(32 * MiB), '--chunk', '1024', '--read-pause-ms', '1']),
+    ).toMatchObject({ ok: true });
     let after = await L.counters('haproxy');
     let d = (k: string) => after[k]! - before[k]!;
     const stream = { fast: d('msg_fast'), slow: d('msg_slow'), backoff: d('msg_backoff'), lo: loBytes(ns) - lo };
