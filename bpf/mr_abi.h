@@ -141,22 +141,36 @@ struct mr_peer {
 
 /* mr_sk: per-socket storage (freed by the kernel with the socket), on two kinds of socket: the
  * application's redirected socket (MR_SK_APP) and the proxy's accepted socket once it has read the
- * original destination (MR_SK_SERVED; repeated reads are answered from here). */
+ * original destination (MR_SK_SERVED; repeated reads are answered from here). The fast path's own
+ * state is in mr_fast, so that a socket that never joins it carries nothing of it. */
 enum mr_sk_flag {
 	MR_SK_RECORDED = 1u << 0, /* key is in mr_orig and must be deleted on close */
 	MR_SK_APP = 1u << 1,      /* the application's socket: getpeername answers with orig */
 	MR_SK_SERVED = 1u << 2,   /* the proxy's accepted socket: orig is its original destination */
-	MR_SK_ACCEL = 1u << 3,    /* in mr_sockhash (orig.slot names the policy) */
-	MR_SK_SLOWPATH = 1u << 4, /* a message went by TCP: stay on TCP until the peer has read all of it */
-	MR_SK_FRESH = 1u << 5,    /* just accelerated: bytes may have gone by TCP before (TFO data) */
-	MR_SK_PEER = 1u << 6,     /* peer_key and peer are cached */
+	MR_SK_ACCEL = 1u << 3,    /* in mr_sockhash (orig.slot names the policy; mr_fast exists) */
 };
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */
 	struct mr_tuple_key key;  /* valid when MR_SK_RECORDED, and (its own) when MR_SK_ACCEL */
 	__u32 flags;
 	__u32 pad;
-	struct mr_tuple_key peer_key; /* MR_SK_PEER: the peer's sockhash key ... */
+};
+
+/* mr_fast: the fast path's per-socket storage, created when a socket joins mr_sockhash (sockops) and
+ * read by every message it sends (sk_msg: the only storage lookup per message). */
+enum mr_fast_flag {
+	MR_FP_SLOWPATH = 1u << 0, /* a message went by TCP: stay on TCP until the peer has read all of it */
+	MR_FP_FRESH = 1u << 1,    /* just accelerated: bytes may have gone by TCP before (TFO data) */
+	MR_FP_PEER = 1u << 2,     /* peer_key and peer are cached */
+	MR_FP_BACKOFF = 1u << 3,  /* a one-way stream: on TCP until `until` (then back once TCP drained) */
+};
+struct mr_fast {
+	__u32 flags;
+	__u32 slot;    /* the policy (its counters) */
+	__u32 streak;  /* messages in a row that found the peer with fast-path bytes it had not read yet */
+	__u32 pad;
+	__u64 until;   /* MR_FP_BACKOFF: bpf_ktime_get_ns() before which every message takes TCP */
+	struct mr_tuple_key peer_key; /* MR_FP_PEER: the peer's sockhash key ... */
 	struct mr_peer peer;          /* ... and its description, from mr_peers (cached: one lookup) */
 };
 
@@ -202,6 +216,7 @@ struct mr_stats {
 	__u64 err_netns;       /* connect() refused: from another netns than the policy's pod */
 	__u64 err_conflict;    /* a publish found another socket's record under its tuple: both spoiled */
 	__u64 origdst_denied;  /* SO_ORIGINAL_DST or a claim by a socket outside the policy's bypass cgroups */
+	__u64 msg_backoff;     /* times a fast-path socket backed off to TCP: a one-way stream outran its reader */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with
@@ -434,6 +449,7 @@ struct mr_abi {
 	enum mr_action action;
 	enum mr_orig_flag orig_flag;
 	enum mr_sk_flag sk_flag;
+	enum mr_fast_flag fast_flag;
 	enum mr_gauge gauge;
 	enum mr_in_flag in_flag;
 	enum mr_in_sk_flag in_sk_flag;

@@ -21,6 +21,13 @@
 #define MR_PAGE_SIZE 4096
 #define MR_SK_USER_DATA_PTRMASK (~7ul) /* sk_user_data carries flag bits (NOCOPY, BPF, PSOCK) */
 #define MR_INGRESS_MIN (4u << 20)      /* the smallest bound on a peer's unread fast-path bytes */
+/* The fast path's back-off for one-way streams (skmsg.bpf.c): after this many messages in a row that
+ * found the peer still holding unread fast-path bytes, the socket takes TCP for MR_STREAM_HOLD_NS, the
+ * program skipping its next MR_STREAM_APPLY bytes (bpf_msg_apply_bytes). */
+#define MR_STREAM_STREAK 32
+#define MR_STREAM_SMALL (8u << 10) /* only messages under this count: larger ones lose less by far */
+#define MR_STREAM_HOLD_NS (100ull * 1000 * 1000)
+#define MR_STREAM_APPLY (256u << 10)
 
 #include "mr_trace.h" /* MR_COUNT notes the counter it increments for `meshredir trace` */
 
@@ -109,6 +116,13 @@ struct {
 	__type(value, struct mr_sk);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mr_sk SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct mr_fast);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mr_fast SEC(".maps") __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -11,33 +11,29 @@ struct sk_psock___mr {
 /* This message goes by TCP, and the later ones too until the peer has read every byte sent that
  * way: a redirected message is read before anything in the peer's TCP queue, so it must not overtake
  * one that went by TCP. */
-static __always_inline int mr_slow(struct mr_sk *st)
+static __always_inline int mr_slow(struct mr_fast *fp)
 {
-	st->flags |= MR_SK_SLOWPATH;
-	MR_COUNT(st->orig.slot, msg_slow);
+	fp->flags |= MR_FP_SLOWPATH;
+	MR_COUNT(fp->slot, msg_slow);
 	return SK_PASS;
 }
 
-/* Whether the peer may take `size` more bytes through its fast-path queue: what it has not read yet
- * stays within what TCP would let it buffer (net.ipv4.tcp_rmem's maximum, of the peer's netns) — the
- * fast path has no flow control of its own: past this bound the sender takes TCP, whose window then
- * makes it wait. (An upper-layer protocol cannot appear on the peer: mr_setsockopt refuses TCP_ULP on
- * accelerated sockets.) One probe read per message. */
-static __always_inline int mr_room_at(const struct mr_peer *pe, __u32 size)
+/* The bytes redirected to the peer that it has not read yet (one probe read per message). */
+static __always_inline __u32 mr_queued(const struct mr_peer *pe)
 {
 	if (!bpf_core_field_exists(struct sk_psock___mr, msg_tot_len))
-		return 1; /* older kernels: the agent does not apply accelerate there */
+		return 0; /* older kernels: the agent does not apply accelerate there */
 	struct sk_psock___mr *ps = (struct sk_psock___mr *)pe->psock;
 	__u32 queued = 0;
 	bpf_core_read(&queued, sizeof(queued), &ps->msg_tot_len);
-	return queued + size <= pe->limit;
+	return queued;
 }
 
 /* The peer's key and description, cached in our storage at the first message that finds the peer on
  * the fast path (the peer of a connection never changes; if it goes, the redirect fails). */
-static __always_inline int mr_find_peer(struct sk_msg_md *msg, struct mr_sk *st)
+static __always_inline int mr_find_peer(struct sk_msg_md *msg, struct mr_fast *fp)
 {
-	if (st->flags & MR_SK_PEER)
+	if (fp->flags & MR_FP_PEER)
 		return 1;
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
@@ -51,9 +47,9 @@ static __always_inline int mr_find_peer(struct sk_msg_md *msg, struct mr_sk *st)
 	struct mr_peer *pe = bpf_map_lookup_elem(&mr_peers, &key);
 	if (!pe || !pe->psock)
 		return 0; /* not on the fast path (yet, or at all) */
-	st->peer_key = key;
-	st->peer = *pe;
-	st->flags |= MR_SK_PEER;
+	fp->peer_key = key;
+	fp->peer = *pe;
+	fp->flags |= MR_FP_PEER;
 	return 1;
 }
 
@@ -68,6 +64,30 @@ static __always_inline int mr_drained(struct tcp_sock *own, const struct mr_peer
 	       BPF_CORE_READ(peer, inet_conn.icsk_inet.sk.sk_receive_queue.qlen) == 0;
 }
 
+/* A one-way stream that outruns its reader loses on the fast path: each message is queued to the peer
+ * on its own and wakes it, where TCP coalesces small writes (autocork, Nagle) and the reader takes many
+ * at once. Request/response never sends while the peer still has unread fast-path bytes (it waits for
+ * the answer, which the peer sends after reading); a stream does, message after message. Past
+ * MR_STREAM_STREAK of those in a row, the socket backs off to TCP for at least MR_STREAM_HOLD_NS, and
+ * until TCP has drained (the program skipping MR_STREAM_APPLY bytes at a time meanwhile: each message
+ * it sees costs ~0.5 µs), then tries the fast path again. Whether the peer is still reading is the only signal: no timer, no cork (a cork would hold a
+ * request back until more bytes come). */
+static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp, __u32 queued)
+{
+	if (!queued || msg->size >= MR_STREAM_SMALL) {
+		fp->streak = 0;
+		return 0;
+	}
+	if (++fp->streak < MR_STREAM_STREAK)
+		return 0;
+	fp->streak = 0;
+	fp->flags |= MR_FP_BACKOFF;
+	fp->until = bpf_ktime_get_ns() + MR_STREAM_HOLD_NS;
+	MR_COUNT(fp->slot, msg_backoff);
+	bpf_msg_apply_bytes(msg, MR_STREAM_APPLY);
+	return 1;
+}
+
 SEC("sk_msg")
 int mr_skmsg(struct sk_msg_md *msg)
 {
@@ -75,28 +95,46 @@ int mr_skmsg(struct sk_msg_md *msg)
 	struct bpf_sock *sk = msg->sk;
 	if (!sk)
 		return SK_PASS;
-	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
-	if (!st)
+	struct mr_fast *fp = bpf_sk_storage_get(&mr_fast, sk, 0, 0);
+	if (!fp)
 		return SK_PASS;
 	/* A socket with an upper-layer protocol (kTLS, set after it was accelerated) must not have its
 	 * plaintext redirected past the TLS layer: it leaves the fast path for good. */
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp || tp->inet_conn.icsk_ulp_ops)
-		return mr_slow(st);
-	/* No peer (not inserted, or gone), or a peer that must not take this message: TCP. */
-	if (!mr_find_peer(msg, st) || !mr_room_at(&st->peer, msg->size))
-		return mr_slow(st);
-	if (st->flags & (MR_SK_SLOWPATH | MR_SK_FRESH)) {
-		int fresh = st->flags & MR_SK_FRESH;
-		st->flags &= ~MR_SK_FRESH;
-		if (!mr_drained(tp, &st->peer))
-			return mr_slow(st);
-		if (!fresh || (st->flags & MR_SK_SLOWPATH))
-			MR_COUNT(st->orig.slot, msg_resumed);
-		st->flags &= ~MR_SK_SLOWPATH;
+		return mr_slow(fp);
+	/* Backed off (a one-way stream): TCP until the hold is over and TCP has drained, the program
+	 * looking again only every MR_STREAM_APPLY bytes (a stream rarely drains: it stays on TCP). */
+	if (fp->flags & MR_FP_BACKOFF) {
+		if (bpf_ktime_get_ns() < fp->until || !(fp->flags & MR_FP_PEER) || !mr_drained(tp, &fp->peer)) {
+			bpf_msg_apply_bytes(msg, MR_STREAM_APPLY);
+			return mr_slow(fp);
+		}
+		fp->flags &= ~MR_FP_BACKOFF;
 	}
-	if (bpf_msg_redirect_hash(msg, &mr_sockhash, &st->peer_key, BPF_F_INGRESS) != SK_PASS)
-		return mr_slow(st);
-	MR_COUNT(st->orig.slot, msg_fast);
+	/* No peer (not inserted, or gone), or a peer that must not take this message: the fast path has
+	 * no flow control of its own, so the peer's unread fast-path bytes stay within what TCP would let
+	 * it buffer (net.ipv4.tcp_rmem's maximum, of the peer's netns): past that the sender takes TCP,
+	 * whose window then makes it wait. (An upper-layer protocol cannot appear on the peer:
+	 * mr_setsockopt refuses TCP_ULP on accelerated sockets.) */
+	if (!mr_find_peer(msg, fp))
+		return mr_slow(fp);
+	__u32 queued = mr_queued(&fp->peer);
+	if (queued + msg->size > fp->peer.limit)
+		return mr_slow(fp);
+	if (fp->flags & (MR_FP_SLOWPATH | MR_FP_FRESH)) {
+		int fresh = fp->flags & MR_FP_FRESH;
+		fp->flags &= ~MR_FP_FRESH;
+		if (!mr_drained(tp, &fp->peer))
+			return mr_slow(fp);
+		if (!fresh || (fp->flags & MR_FP_SLOWPATH))
+			MR_COUNT(fp->slot, msg_resumed);
+		fp->flags &= ~MR_FP_SLOWPATH;
+	}
+	if (mr_backoff(msg, fp, queued))
+		return mr_slow(fp);
+	if (bpf_msg_redirect_hash(msg, &mr_sockhash, &fp->peer_key, BPF_F_INGRESS) != SK_PASS)
+		return mr_slow(fp);
+	MR_COUNT(fp->slot, msg_fast);
 	return SK_PASS;
 }

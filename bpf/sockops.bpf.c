@@ -3,12 +3,20 @@
  * policy's `accelerate`, puts both ends of the app↔proxy connection in the sockhash. */
 #include "mr_common.h"
 
-/* Puts the socket in the sockhash. kTLS cannot be on yet (no ULP is set before the handshake
- * completes) and the kernel refuses sockets it cannot hold; a full sockhash leaves the connection on
- * the normal path. The close of an accelerated socket is watched, for the open-sockets gauge. */
+/* Puts the socket in the sockhash, with the fast path's own storage (mr_fast: its sk_msg program finds
+ * nothing else per message), created first: a socket without it stays on TCP. kTLS cannot be on yet
+ * (no ULP is set before the handshake completes) and the kernel refuses sockets it cannot hold; a full
+ * sockhash leaves the connection on the normal path. The close of an accelerated socket is watched,
+ * for the open-sockets gauge. */
 static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_sock *sk, struct mr_sk *st,
 					 __u32 slot, struct mr_tuple_key *key)
 {
+	struct mr_fast *fp = bpf_sk_storage_get(&mr_fast, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!fp)
+		return 0;
+	/* Its first message checks that no byte went by TCP before it joined (TCP Fast Open). */
+	fp->flags = MR_FP_FRESH;
+	fp->slot = slot;
 	if (bpf_sock_hash_update(skops, &mr_sockhash, key, BPF_NOEXIST) == 0) {
 		/* What the peer's sk_msg program reads of this socket: taken once here, so that each
 		 * message costs one probe read (the psock's unread bytes), not a walk through the socket. */
@@ -23,13 +31,13 @@ static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_
 		}
 		if (key != &st->key)
 			st->key = *key; /* the proxy's socket: its own key, for the close */
-		/* Its first message checks that no byte went by TCP before it joined (TCP Fast Open). */
-		st->flags |= MR_SK_ACCEL | MR_SK_FRESH;
+		st->flags |= MR_SK_ACCEL;
 		MR_COUNT(slot, accel_sockets);
 		MR_COUNT(slot, accel_open);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
+	bpf_sk_storage_delete(&mr_fast, sk);
 	return 0;
 }
 

@@ -41,6 +41,7 @@ export const EBPF_COUNTERS = [
   'msg_fast',
   'msg_slow',
   'msg_resumed',
+  'msg_backoff',
   'err_full',
   'err_storage',
   'err_orig',

@@ -205,14 +205,14 @@ export function renderMarkdown(
     lines.push(
       '### fast path counters (every eBPF + sk_msg sample)',
       '',
-      '| scenario | variant | round | msg_fast | msg_slow | msg_resumed | sockets accelerated | connections | fast share | valid |',
-      '|---|---|---|---|---|---|---|---|---|---|',
+      '| scenario | variant | round | msg_fast | msg_slow | msg_resumed | backoffs | sockets accelerated | connections | fast share | valid |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
     );
     for (const s of fast) {
       const c = s.counters!;
       const share = fastShare(c);
       lines.push(
-        `| ${s.scenario} | ${s.variant} | ${s.round} | ${c.msg_fast ?? 0} | ${c.msg_slow ?? 0} | ${c.msg_resumed ?? 0} | ${c.accel_sockets ?? 0} | ${c.conns ?? 0} | ${share === undefined ? '–' : pct(share)} | ${s.invalid ? 'rejected' : 'yes'} |`,
+        `| ${s.scenario} | ${s.variant} | ${s.round} | ${c.msg_fast ?? 0} | ${c.msg_slow ?? 0} | ${c.msg_resumed ?? 0} | ${c.msg_backoff ?? 0} | ${c.accel_sockets ?? 0} | ${c.conns ?? 0} | ${share === undefined ? '–' : pct(share)} | ${s.invalid ? 'rejected' : 'yes'} |`,
       );
     }
     lines.push('');

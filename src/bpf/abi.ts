@@ -62,7 +62,10 @@ export type ProgramName = keyof typeof PROGRAMS;
 export const SOCKOPS_BASE = 'mr_sockops_base';
 /** The optional part: loaded with everything else, or, where that load fails, left out (these programs
  * and maps) with SOCKOPS_BASE loaded instead. WITHOUT_FAST_PATH is left out of the full load. */
-export const FAST_PATH = { programs: ['mr_skmsg', 'mr_sockops'], maps: ['mr_sockhash', 'mr_peers'] } as const;
+export const FAST_PATH = {
+  programs: ['mr_skmsg', 'mr_sockops'],
+  maps: ['mr_sockhash', 'mr_peers', 'mr_fast'],
+} as const;
 export const WITHOUT_FAST_PATH = [SOCKOPS_BASE] as const;
 /** The program that runs under a link's name with or without the fast path. */
 export const programFor = (link: ProgramName, fast: boolean): string =>

@@ -482,7 +482,7 @@ kernelDescribe('node agent', () => {
       await waitFor(() => p.child.exitCode !== null, 'the agent refuses and exits', undefined, 30_000);
       expect(await p.exited).toBe(1);
       expect(p.err).toMatch(
-        /pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 80 in the pinned map, at byte 84 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad, peer_key, peer; object orig, key, pad, flags, peer_key, peer\)\)\. Adopting it would make the new programs misread/,
+        /pinned map \S+\/maps\/mr_sk has another layout than \S+ \(same sizes, different types: value\.flags: at byte 80 in the pinned map, at byte 84 in the object \(struct mr_sk members in order: pinned orig, key, flags, pad; object orig, key, pad, flags\)\)\. Adopting it would make the new programs misread/,
       );
       expect(p.err).toMatch(/run 'meshredir cleanup --bpffs /);
     } finally {

@@ -38,6 +38,7 @@ describe('the ABI mirror against the built object', () => {
         'mr_cg_kind',
         'mr_dns_flag',
         'mr_dns_sock_flag',
+        'mr_fast_flag',
         'mr_gauge',
         'mr_in_flag',
         'mr_in_sk_flag',

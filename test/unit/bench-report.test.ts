@@ -61,10 +61,10 @@ describe('bench summary', () => {
       variant: 'stream 64B',
       round: 2,
       metrics: { mbytes_s: 10 },
-      counters: { msg_fast: 90, msg_slow: 10, msg_resumed: 1, accel_sockets: 2, conns: 1 },
+      counters: { msg_fast: 90, msg_slow: 10, msg_resumed: 1, msg_backoff: 3, accel_sockets: 2, conns: 1 },
     };
     const md = renderMarkdown(summarise([fast]), {}, [fast]);
-    expect(md).toContain('| hop | stream 64B | 2 | 90 | 10 | 1 | 2 | 1 | 90% | yes |');
+    expect(md).toContain('| hop | stream 64B | 2 | 90 | 10 | 1 | 3 | 2 | 1 | 90% | yes |');
     expect(md).toContain('None: every sample passed its checks.');
     expect(fastShare({ msg_fast: 0, msg_slow: 0 })).toBeUndefined();
   });

@@ -28,9 +28,13 @@ export const SkFlag = cEnum('mr_sk_flag', 'MR_SK_', {
   APP: 1 << 1,
   SERVED: 1 << 2,
   ACCEL: 1 << 3,
-  SLOWPATH: 1 << 4,
-  FRESH: 1 << 5,
-  PEER: 1 << 6,
+});
+/** Bits of mr_fast.flags (the fast path's per-socket storage; no map user space reads). */
+export const FastFlag = cEnum('mr_fast_flag', 'MR_FP_', {
+  SLOWPATH: 1 << 0,
+  FRESH: 1 << 1,
+  PEER: 1 << 2,
+  BACKOFF: 1 << 3,
 });
 /** Indexes of mr_gauges; MAX is their number. */
 export const Gauge = cEnum('mr_gauge', 'MR_G_', { PENDING: 0, LIMIT: 1, MAX: 2 });
@@ -97,6 +101,7 @@ export const STAT_FIELDS = [
   'err_netns',
   'err_conflict',
   'origdst_denied',
+  'msg_backoff',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(

@@ -32,7 +32,7 @@ export interface EbpfCleanup {
 
 /** What the fast path's open sockets still use: their kTLS guard and their maps. */
 const FAST_PATH_LINKS = ['mr_setsockopt'];
-const FAST_PATH_MAPS = ['mr_sockhash', 'mr_sk', 'mr_peers', 'mr_stats'];
+const FAST_PATH_MAPS = ['mr_sockhash', 'mr_sk', 'mr_fast', 'mr_peers', 'mr_stats'];
 /** What captured connected UDP sockets still use: their replies relabelled, their peer named, their entry
  * deleted when they close. */
 const DNS_KEEP_LINKS = ['mr_dns_recv4', 'mr_dns_recv6', 'mr_getpeername4', 'mr_getpeername6', 'mr_dns_release'];

@@ -88,7 +88,10 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
     if (fast) obj.exclude(WITHOUT_FAST_PATH);
     else obj.exclude(FAST_PATH.programs, FAST_PATH.maps);
     obj.setMaxEntries('mr_orig', 2 * limit);
-    if (cfg.maxAccelerated && fast) for (const m of FAST_PATH.maps) obj.setMaxEntries(m, cfg.maxAccelerated);
+    // Socket storage (mr_fast) has no size of its own: one value per socket that joined.
+    if (cfg.maxAccelerated && fast)
+      for (const m of FAST_PATH.maps)
+        if (!(STORAGE_MAPS as readonly string[]).includes(m)) obj.setMaxEntries(m, cfg.maxAccelerated);
     for (const part of parts) {
       for (const [name, why] of Object.entries(part.prepare?.(obj) ?? {})) {
         obj.setAutoload(name, false);

@@ -119,6 +119,12 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
       'Times a fast-path socket went back to the fast path after a detour.',
     ),
   },
+  msg_backoff: {
+    family: f(
+      'meshredir_fastpath_backoffs_total',
+      'Times a fast-path socket backed off to TCP for a while: a one-way stream that outran its reader.',
+    ),
+  },
   ulp_refused: {
     family: f('meshredir_fastpath_ulp_refused_total', 'setsockopt(TCP_ULP) (kTLS) refused on fast-path sockets.'),
   },

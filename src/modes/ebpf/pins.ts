@@ -10,7 +10,7 @@ import { MAPS, INBOUND_MAPS, TRACE_RING, inSk, u32, type MapName, type InboundMa
 import type { Codec } from '../../bpf/codec.js';
 
 /** Socket storage maps: pinned, but with no user-space view by key (and no get_next_key). */
-export const STORAGE_MAPS = ['mr_sk', 'mr_in_sk'] as const;
+export const STORAGE_MAPS = ['mr_sk', 'mr_fast', 'mr_in_sk'] as const;
 /** Every pinned map: the outbound part's, the inbound part's, the socket storages, and the trace's ring
  * buffer (no entries to type). */
 export const ALL_MAPS = [
