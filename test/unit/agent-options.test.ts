@@ -1,6 +1,6 @@
-// agent-options.test.ts — `meshredir agent`'s Kubernetes and --trace-ring-bytes options as users pass them (node dist/cli/main.js):
-// validated before anything is loaded or pinned, each error naming its flag (exit 2). Needs `make build`; no
-// root (every case fails before the agent touches the kernel).
+// agent-options.test.ts — `meshredir agent`'s Kubernetes and --trace-ring-bytes options as users pass them
+// (node dist/cli/main.js): validated before anything is loaded or pinned, each error naming its flag (exit 2).
+// Needs `make build`; no root (every case fails before the agent touches the kernel).
 import { describe, expect, it, beforeAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
