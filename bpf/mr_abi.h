@@ -387,6 +387,8 @@ enum mr_trace_hook {
 	MR_TRACE_H_GETSOCKOPT = 3,
 	MR_TRACE_H_SENDMSG4 = 4, /* DNS capture: an unconnected sendto()/sendmsg() to port 53 */
 	MR_TRACE_H_SENDMSG6 = 5,
+	MR_TRACE_H_RECVMSG4 = 6, /* DNS capture: a reply from the DNS proxy, its source rewritten */
+	MR_TRACE_H_RECVMSG6 = 7,
 };
 /* mr_trace_event.verdict: what the hook did with the call. */
 enum mr_trace_verdict {
@@ -395,6 +397,7 @@ enum mr_trace_verdict {
 	MR_TRACE_V_REFUSE = 3,   /* connect: refused with EPERM (fail closed) */
 	MR_TRACE_V_ANSWER = 4,   /* getsockopt: SO_ORIGINAL_DST answered from our records */
 	MR_TRACE_V_UNKNOWN = 5,  /* getsockopt: SO_ORIGINAL_DST on a connection we did not redirect */
+	MR_TRACE_V_RELABEL = 6,  /* recvmsg: a reply's source (the DNS proxy) shown as the nameserver asked */
 };
 /* The counter struct a reason indexes: the reason of an event is the counter the decision incremented,
  * so it has the metric's name (docs/metrics.md). */

@@ -142,7 +142,7 @@ static __always_inline void mr_trace_submit(struct mr_trace_event *e)
 }
 
 /* The wrapper of connect4/6 and sendmsg4/6: ctx holds where the connection (or datagram) goes now; r
- * what the application asked. */
+ * what the application asked. Of recvmsg4/6 (DNS replies): r the datagram's source, ctx the source shown. */
 static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_sock_addr *ctx, __u8 hook, int v6,
 					     int ret)
 {
@@ -162,6 +162,8 @@ static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_
 	int moved = to_port != r->port || to[0] != r->addr[0] || to[1] != r->addr[1] || to[2] != r->addr[2] ||
 		    to[3] != r->addr[3];
 	__u8 verdict = ret == 0 ? MR_TRACE_V_REFUSE : moved ? MR_TRACE_V_REDIRECT : MR_TRACE_V_PASS;
+	if (hook == MR_TRACE_H_RECVMSG4 || hook == MR_TRACE_H_RECVMSG6)
+		verdict = MR_TRACE_V_RELABEL; /* a constant per hook: folded away in the others */
 	struct mr_trace_event *e = mr_trace_end(r, hook, verdict);
 	if (!e)
 		return;

@@ -219,6 +219,8 @@ export const TraceHook = cEnum('mr_trace_hook', 'MR_TRACE_H_', {
   GETSOCKOPT: 3,
   SENDMSG4: 4,
   SENDMSG6: 5,
+  RECVMSG4: 6,
+  RECVMSG6: 7,
 });
 export const TraceVerdict = cEnum('mr_trace_verdict', 'MR_TRACE_V_', {
   PASS: 1,
@@ -226,6 +228,7 @@ export const TraceVerdict = cEnum('mr_trace_verdict', 'MR_TRACE_V_', {
   REFUSE: 3,
   ANSWER: 4,
   UNKNOWN: 5,
+  RELABEL: 6,
 });
 /** Which counter struct an event's `field` indexes (its reason): STAT_FIELDS or DNS_STAT_FIELDS. */
 export const TraceTable = cEnum('mr_trace_table', 'MR_TRACE_T_', { STATS: 1, DNS: 2 });

@@ -2,7 +2,8 @@
 // one event per connect() with the decision and reason the programs counted, for every bypass reason of the
 // connect programs (proxy cgroup, owner by uid and by gid, mark, port, CIDR, loopback, no proxy for the
 // family, the proxy itself) and of DNS capture (proxy cgroup, owner, mark, destination), and a wrong-netns
-// refusal: real connects from forked processes in a test pod (test/tools/connects.py), told apart by pid.
+// refusal: real connects from forked processes in a test pod (test/tools/connects.py), told apart by pid; a
+// DNS reply relabelled by recvmsg4 (a UDP echo as the DNS proxy).
 // Then the agent restarts with --trace-ring-bytes 4096: the pinned ring is replaced by a one-page ring, and
 // a flood of connects makes `trace` report drops, with events + drops = connects.
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
@@ -33,7 +34,7 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
   let env: Env;
   let dir: string;
   let agent: Proc;
-  let podA: string, podN: string, cgA: string, cgN: string, cgProxy: string;
+  let node: string, podA: string, podN: string, cgA: string, cgN: string, cgProxy: string;
   const tracers: Proc[] = [];
 
   const trace = async (...args: string[]): Promise<Proc> => {
@@ -61,7 +62,7 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
   beforeAll(async () => {
     env = new Env();
     dir = mkdtempSync(join(tmpdir(), 'meshredir-test-trace-reasons-'));
-    const node = env.netns('node');
+    node = env.netns('node');
     podA = env.netns('a');
     podN = env.netns('n');
     const up = env.netns('up');
@@ -207,6 +208,58 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
       original: '10.201.0.100:8080',
     });
     expect(lines(t).at(-1)).toMatchObject({ type: 'end', lost: '0' });
+  });
+
+  it('shows a DNS reply whose source was relabelled (recvmsg4): from the DNS proxy, shown as from the nameserver asked', async () => {
+    // The DNS proxy: a UDP echo on the proxy's address, in the node's netns.
+    const echo = env.spawn(node, null, 'python3', [
+      '-c',
+      [
+        'import socket',
+        's=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+        "s.bind(('10.201.0.1', 53))",
+        "print('ready', flush=True)",
+        'while True:',
+        '    d, a = s.recvfrom(512)',
+        '    s.sendto(d, a)',
+      ].join('\n'),
+    ]);
+    await waitFor(() => echo.out.includes('ready'), 'the DNS echo', echo);
+    const t = await trace('--cgroup', cgA);
+    const py = [
+      'import socket',
+      'u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+      'u.settimeout(5)',
+      "u.sendto(b'query', ('10.201.0.100', 53))",
+      'd, a = u.recvfrom(512)',
+      'print(d.decode(), a[0], a[1])',
+    ].join('\n');
+    expect((await env.run(podA, cgA, 'python3', ['-c', py])).trim()).toBe('query 10.201.0.100 53');
+    await waitFor(() => decisions(t).length >= 2, 'the sendto and the reply', t);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await env.stop(t, 'SIGINT')).toBe(0);
+    await env.stop(echo);
+    expect(decisions(t)).toEqual([
+      expect.objectContaining({
+        comm: 'python3',
+        policy: 'pod-a',
+        hook: 'sendmsg4',
+        decision: 'redirect',
+        reason: 'sendmsg_udp',
+        original: '10.201.0.100:53',
+        to: '10.201.0.1:53',
+      }),
+      expect.objectContaining({
+        comm: 'python3',
+        policy: 'pod-a',
+        hook: 'recvmsg4',
+        decision: 'relabel',
+        reason: 'dns_replies',
+        metric: 'meshredir_dns_replies_relabelled_total',
+        original: '10.201.0.1:53',
+        to: '10.201.0.100:53',
+      }),
+    ]);
   });
 
   it('--trace-ring-bytes 4096 replaces the ring at restart; a flood of connects reports drops, events + drops = connects', async () => {

@@ -126,6 +126,30 @@ describe('trace events', () => {
       'sendmsg_udp',
       'meshredir_dns_captured_total',
     ]);
+    const reply = describeEvent(
+      event({
+        hook: TraceHook.RECVMSG4,
+        verdict: TraceVerdict.RELABEL,
+        table: TraceTable.DNS,
+        field: DNS_STAT_FIELDS.indexOf('replies'),
+        port: 53,
+        to_port: 53,
+        addr: v4('10.200.0.1'),
+        to_addr: v4('10.0.0.10'),
+      }),
+      names,
+    );
+    expect([reply.hook, reply.decision, reply.reason, reply.metric, reply.original, reply.to]).toEqual([
+      'recvmsg4',
+      'relabel',
+      'dns_replies',
+      'meshredir_dns_replies_relabelled_total',
+      '10.200.0.1:53',
+      '10.0.0.10:53',
+    ]);
+    expect(formatLine(reply)).toMatch(
+      /recvmsg4 relabel\(dns_replies\) reply from 10\.200\.0\.1:53 shown as from 10\.0\.0\.10:53$/,
+    );
     const dns = counterOf({ table: TraceTable.DNS, field: DNS_STAT_FIELDS.indexOf('udp_connect') });
     expect([dns?.counter, dns?.metric.family.name, dns?.metric.labels]).toEqual([
       'dns_udp_connect',

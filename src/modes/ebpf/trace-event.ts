@@ -14,7 +14,7 @@ import {
 } from '../../bpf/abi.js';
 import { DNS_STAT_METRICS, STAT_METRICS, type StatMetric } from './metrics.js';
 
-export type Decision = 'redirect' | 'bypass' | 'refuse' | 'served' | 'unknown';
+export type Decision = 'redirect' | 'bypass' | 'refuse' | 'served' | 'relabel' | 'unknown';
 
 /** One decision as `trace` prints it (one JSON object per line with --json). */
 export interface TraceRecord {
@@ -25,15 +25,17 @@ export interface TraceRecord {
   cgroupId: string;
   policy: string | null;
   slot: number;
-  hook: 'connect4' | 'connect6' | 'getsockopt' | 'sendmsg4' | 'sendmsg6';
+  hook: 'connect4' | 'connect6' | 'getsockopt' | 'sendmsg4' | 'sendmsg6' | 'recvmsg4' | 'recvmsg6';
   decision: Decision;
   /** The metric's label value (`reason`, `kind` or `call`), or the counter's name when its metric has none. */
   reason: string;
   /** The metric the decision was counted in, e.g. meshredir_connections_bypassed_total. */
   metric: string | null;
-  /** The connect: the destination as the application gave it; getsockopt: the original destination answered. */
+  /** The connect: the destination as the application gave it; getsockopt: the original destination answered;
+   * recvmsg: the reply's real source (the DNS proxy). */
   original: string | null;
-  /** The connect: where the connection went; getsockopt: the proxy socket's own address. */
+  /** The connect: where the connection went; getsockopt: the proxy socket's own address; recvmsg: the source
+   * the application is shown (the nameserver its query was sent to). */
   to: string | null;
   cookie: string;
 }
@@ -44,6 +46,8 @@ const HOOKS: Record<number, TraceRecord['hook']> = {
   [TraceHook.GETSOCKOPT]: 'getsockopt',
   [TraceHook.SENDMSG4]: 'sendmsg4',
   [TraceHook.SENDMSG6]: 'sendmsg6',
+  [TraceHook.RECVMSG4]: 'recvmsg4',
+  [TraceHook.RECVMSG6]: 'recvmsg6',
 };
 const DECISIONS: Record<number, Decision> = {
   [TraceVerdict.PASS]: 'bypass',
@@ -51,6 +55,7 @@ const DECISIONS: Record<number, Decision> = {
   [TraceVerdict.REFUSE]: 'refuse',
   [TraceVerdict.ANSWER]: 'served',
   [TraceVerdict.UNKNOWN]: 'unknown',
+  [TraceVerdict.RELABEL]: 'relabel',
 };
 
 export function decodeEvent(buf: Buffer): TraceEvent {
@@ -130,6 +135,8 @@ export function formatLine(r: TraceRecord): string {
   const where =
     r.hook === 'getsockopt'
       ? `${r.decision === 'served' ? `answered ${r.original ?? '?'}` : 'unknown connection'} on ${r.to ?? '?'}`
-      : `${r.original ?? '?'} ${r.decision === 'redirect' ? `→ ${r.to}` : r.decision === 'refuse' ? '✗ EPERM' : 'direct'}`;
+      : r.decision === 'relabel'
+        ? `reply from ${r.original ?? '?'} shown as from ${r.to ?? '?'}`
+        : `${r.original ?? '?'} ${r.decision === 'redirect' ? `→ ${r.to}` : r.decision === 'refuse' ? '✗ EPERM' : 'direct'}`;
   return `${t} ${r.pid} ${r.comm} ${r.cgroup} ${r.policy ?? '-'} ${r.hook} ${r.decision}(${r.reason}) ${where}`;
 }
