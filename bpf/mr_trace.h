@@ -177,6 +177,37 @@ static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_
 	mr_trace_submit(e);
 }
 
+/* An event of sk_lookup (inbound), which runs for a packet, in softirq, outside any process: no note (its
+ * caller passes the counter its decision incremented), no pid, comm, cgroup or cookie. Shown to a trace
+ * without a process filter (--pid, --cgroup), with --policy by slot. The caller fills the addresses and
+ * submits. Null when nobody traces, the filters say no, or the ring is full (counted as lost). */
+static __always_inline struct mr_trace_event *mr_trace_noproc(__u32 slot, __u8 hook, __u8 verdict, __u8 table,
+							      __u8 field)
+{
+	__u32 z = 0;
+	struct mr_trace_ctl *c = bpf_map_lookup_elem(&mr_trace_ctl, &z);
+	if (!c || !c->on || bpf_ktime_get_ns() > c->expires_ns)
+		return 0;
+	if ((c->filters & (MR_TRACE_F_PID | MR_TRACE_F_CGROUP)) ||
+	    ((c->filters & MR_TRACE_F_SLOT) && slot != c->slot))
+		return 0;
+	struct mr_trace_event *e = bpf_ringbuf_reserve(&mr_trace_ring, sizeof(*e), 0);
+	if (!e) {
+		struct mr_trace_cpu *t = mr_trace_scratch();
+		if (t)
+			__sync_fetch_and_add(&t->lost, 1);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->slot = slot;
+	e->hook = hook;
+	e->verdict = verdict;
+	e->table = table;
+	e->field = field;
+	return e;
+}
+
 /* Starts a connect run, keeping the destination as the application gave it. */
 static __always_inline void mr_trace_connect_begin(struct mr_trace_run *r, struct bpf_sock_addr *ctx, int v6)
 {
