@@ -264,9 +264,13 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
 
   it('--trace-ring-bytes 4096 replaces the ring at restart; a flood of connects reports drops, events + drops = connects', async () => {
     expect(ringBytes()).toBe(256 * 1024);
+    // A trace running across the restart reads a ring the programs no longer write to: it ends, saying so.
+    const before = await trace();
     await env.stop(agent);
     agent = await env.agent(dir, ['--interval', '1', '--trace-ring-bytes', '4096']);
     expect(ringBytes()).toBe(4096);
+    expect(await before.exited).toBe(1);
+    expect(before.err).toMatch(/the trace maps under .* were removed or replaced/);
     const t = await trace('--cgroup', cgA);
     // Loopback connects (refused at once, bypassed as loopback): one event each, thousands a second
     // against a one-page ring (about 39 events) read every 100 ms.
