@@ -1,7 +1,7 @@
 /* dns.bpf.c — DNS capture's own hooks: unconnected sendto() to the DNS proxy (cgroup/sendmsg4|6),
  * replies shown as from the nameserver asked (cgroup/recvmsg4|6), and the captured socket's entry
  * deleted when it is closed (cgroup/sock_release). connect4/6 and getpeername4/6 call mr_dns.h too. */
-#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: unconnected sends to port 53 are traced */
+#define MR_TRACE_DECISIONS /* bpf/mr_trace.h: unconnected sends to port 53 and relabelled replies are traced */
 #include "mr_dns.h"
 
 /* Not inlined into the traced hooks below: the verifier refuses the computed ctx pointer the compiler may
@@ -33,18 +33,33 @@ int mr_dns_send6(struct bpf_sock_addr *ctx)
 	return ret;
 }
 
-/* recvmsg programs must return 1 (the verifier says so): they can only rewrite the source. */
+static __noinline int mr_dns_recv(struct bpf_sock_addr *ctx, int v6)
+{
+	mr_dns_recvmsg(ctx, v6);
+	return 1;
+}
+
+/* recvmsg programs must return 1 (the verifier says so): they can only rewrite the source. Traced: a
+ * reply whose source was rewritten (counted in `replies`); other datagrams count nothing and emit nothing. */
 SEC("cgroup/recvmsg4")
 int mr_dns_recv4(struct bpf_sock_addr *ctx)
 {
-	mr_dns_recvmsg(ctx, 0);
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 0);
+	int ret = mr_dns_recv(ctx, 0);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_RECVMSG4, 0, ret);
 	return 1;
 }
 
 SEC("cgroup/recvmsg6")
 int mr_dns_recv6(struct bpf_sock_addr *ctx)
 {
-	mr_dns_recvmsg(ctx, 1);
+	struct mr_trace_run t;
+	mr_trace_connect_begin(&t, ctx, 1);
+	int ret = mr_dns_recv(ctx, 1);
+	if (t.ctl)
+		mr_trace_connect(&t, ctx, MR_TRACE_H_RECVMSG6, 1, ret);
 	return 1;
 }
 

@@ -402,6 +402,9 @@ enum mr_trace_hook {
 	MR_TRACE_H_GETSOCKOPT = 3,
 	MR_TRACE_H_SENDMSG4 = 4, /* DNS capture: an unconnected sendto()/sendmsg() to port 53 */
 	MR_TRACE_H_SENDMSG6 = 5,
+	MR_TRACE_H_RECVMSG4 = 6, /* DNS capture: a reply from the DNS proxy, its source rewritten */
+	MR_TRACE_H_RECVMSG6 = 7,
+	MR_TRACE_H_SKLOOKUP = 8, /* inbound: a TCP connection arriving in a pod netns (no process) */
 };
 /* mr_trace_event.verdict: what the hook did with the call. */
 enum mr_trace_verdict {
@@ -410,10 +413,15 @@ enum mr_trace_verdict {
 	MR_TRACE_V_REFUSE = 3,   /* connect: refused with EPERM (fail closed) */
 	MR_TRACE_V_ANSWER = 4,   /* getsockopt: SO_ORIGINAL_DST answered from our records */
 	MR_TRACE_V_UNKNOWN = 5,  /* getsockopt: SO_ORIGINAL_DST on a connection we did not redirect */
+	MR_TRACE_V_RELABEL = 6,  /* recvmsg: a reply's source (the DNS proxy) shown as the nameserver asked */
 };
 /* The counter struct a reason indexes: the reason of an event is the counter the decision incremented,
  * so it has the metric's name (docs/metrics.md). */
-enum mr_trace_table { MR_TRACE_T_STATS = 1 /* struct mr_stats */, MR_TRACE_T_DNS = 2 /* struct mr_dns_stats */ };
+enum mr_trace_table {
+	MR_TRACE_T_STATS = 1,   /* struct mr_stats */
+	MR_TRACE_T_DNS = 2,     /* struct mr_dns_stats */
+	MR_TRACE_T_INBOUND = 3, /* struct mr_in_stats */
+};
 
 /* One record of mr_trace_ring. Addresses in network byte order, IPv4 in the first 4 bytes. */
 struct mr_trace_event {
@@ -430,9 +438,10 @@ struct mr_trace_event {
 	__u8 to_family;  /* connect: where the connection went; getsockopt: the proxy socket's local address */
 	__be16 port;
 	__be16 to_port;
-	__u16 pad;
+	__be16 from_port; /* sk_lookup: the client's port (connect hooks: 0) */
 	__u8 addr[16];
 	__u8 to_addr[16];
+	__u8 from_addr[16]; /* sk_lookup: the client's address, of `family` (connect hooks: zeros) */
 	char comm[16];
 	__u32 pad2;
 };

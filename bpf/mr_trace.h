@@ -142,7 +142,7 @@ static __always_inline void mr_trace_submit(struct mr_trace_event *e)
 }
 
 /* The wrapper of connect4/6 and sendmsg4/6: ctx holds where the connection (or datagram) goes now; r
- * what the application asked. */
+ * what the application asked. Of recvmsg4/6 (DNS replies): r the datagram's source, ctx the source shown. */
 static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_sock_addr *ctx, __u8 hook, int v6,
 					     int ret)
 {
@@ -162,6 +162,8 @@ static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_
 	int moved = to_port != r->port || to[0] != r->addr[0] || to[1] != r->addr[1] || to[2] != r->addr[2] ||
 		    to[3] != r->addr[3];
 	__u8 verdict = ret == 0 ? MR_TRACE_V_REFUSE : moved ? MR_TRACE_V_REDIRECT : MR_TRACE_V_PASS;
+	if (hook == MR_TRACE_H_RECVMSG4 || hook == MR_TRACE_H_RECVMSG6)
+		verdict = MR_TRACE_V_RELABEL; /* a constant per hook: folded away in the others */
 	struct mr_trace_event *e = mr_trace_end(r, hook, verdict);
 	if (!e)
 		return;
@@ -173,6 +175,37 @@ static __always_inline void mr_trace_connect(struct mr_trace_run *r, struct bpf_
 	e->to_port = to_port;
 	__builtin_memcpy(e->to_addr, to, 16);
 	mr_trace_submit(e);
+}
+
+/* An event of sk_lookup (inbound), which runs for a packet, in softirq, outside any process: no note (its
+ * caller passes the counter its decision incremented), no pid, comm, cgroup or cookie. Shown to a trace
+ * without a process filter (--pid, --cgroup), with --policy by slot. The caller fills the addresses and
+ * submits. Null when nobody traces, the filters say no, or the ring is full (counted as lost). */
+static __always_inline struct mr_trace_event *mr_trace_noproc(__u32 slot, __u8 hook, __u8 verdict, __u8 table,
+							      __u8 field)
+{
+	__u32 z = 0;
+	struct mr_trace_ctl *c = bpf_map_lookup_elem(&mr_trace_ctl, &z);
+	if (!c || !c->on || bpf_ktime_get_ns() > c->expires_ns)
+		return 0;
+	if ((c->filters & (MR_TRACE_F_PID | MR_TRACE_F_CGROUP)) ||
+	    ((c->filters & MR_TRACE_F_SLOT) && slot != c->slot))
+		return 0;
+	struct mr_trace_event *e = bpf_ringbuf_reserve(&mr_trace_ring, sizeof(*e), 0);
+	if (!e) {
+		struct mr_trace_cpu *t = mr_trace_scratch();
+		if (t)
+			__sync_fetch_and_add(&t->lost, 1);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->slot = slot;
+	e->hook = hook;
+	e->verdict = verdict;
+	e->table = table;
+	e->field = field;
+	return e;
 }
 
 /* Starts a connect run, keeping the destination as the application gave it. */

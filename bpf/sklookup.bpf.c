@@ -41,8 +41,22 @@ static __always_inline int mr_in_from_pod(struct bpf_sk_lookup *ctx, const struc
 	return own && own->slot == slot;
 }
 
-SEC("sk_lookup")
-int mr_sklookup(struct bpf_sk_lookup *ctx)
+/* The counter a lookup's decision incremented, kept for `meshredir trace` (the reason of its event). */
+struct mr_in_note {
+	__u32 slot;
+	__u8 field; /* index among struct mr_in_stats's __u64 fields */
+	__u8 set;
+};
+
+#define MR_IN_DECIDED(slot_, f)                                                          \
+	do {                                                                             \
+		MR_IN_COUNT(slot_, f);                                                   \
+		n->slot = (slot_);                                                       \
+		n->field = __builtin_offsetof(struct mr_in_stats, f) / sizeof(__u64);    \
+		n->set = 1;                                                              \
+	} while (0)
+
+static __always_inline int mr_sklookup_decide(struct bpf_sk_lookup *ctx, struct mr_in_note *n)
 {
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
@@ -57,7 +71,7 @@ int mr_sklookup(struct bpf_sk_lookup *ctx)
 	struct mr_in_addr_key remote = { .family = ctx->family };
 	MR_IN_ADDR(ctx, &remote, remote_ip4, remote_ip6);
 	if (mr_in_from_pod(ctx, &remote, slot)) {
-		MR_IN_COUNT(slot, bypass_local);
+		MR_IN_DECIDED(slot, bypass_local);
 		return SK_PASS;
 	}
 	if (flags & MR_IN_F_BYPASS_SRCS) {
@@ -66,14 +80,14 @@ int mr_sklookup(struct bpf_sk_lookup *ctx)
 		__builtin_memcpy(ck.addr, remote.addr, 16);
 		__u8 *sa = bpf_map_lookup_elem(&mr_in_srcs, &ck);
 		if (sa && *sa == MR_ACT_EXCLUDE) {
-			MR_IN_COUNT(slot, bypass_source);
+			MR_IN_DECIDED(slot, bypass_source);
 			return SK_PASS;
 		}
 	}
 	struct mr_port_key pk = { .slot = slot, .port = (__u16)ctx->local_port };
 	__u8 *pa = bpf_map_lookup_elem(&mr_in_ports, &pk);
 	if ((pa && *pa == MR_ACT_EXCLUDE) || (!pa && (flags & MR_IN_F_INCLUDE_PORTS))) {
-		MR_IN_COUNT(slot, bypass_port);
+		MR_IN_DECIDED(slot, bypass_port);
 		return SK_PASS;
 	}
 
@@ -85,17 +99,87 @@ int mr_sklookup(struct bpf_sk_lookup *ctx)
 		long err = bpf_sk_assign(ctx, sk, 0);
 		bpf_sk_release(sk);
 		if (err == 0) {
-			MR_IN_COUNT(slot, intercepted);
+			MR_IN_DECIDED(slot, intercepted);
 			return SK_PASS;
 		}
-		MR_IN_COUNT(slot, err_assign);
+		MR_IN_DECIDED(slot, err_assign);
 	}
 	/* No proxy to take it (none registered, or its socket closed: the kernel drops a closed socket
 	 * from the sockhash). Refusing keeps unproxied traffic from reaching the app. */
 	if (flags & MR_IN_F_PASS) {
-		MR_IN_COUNT(slot, no_proxy_passed);
+		MR_IN_DECIDED(slot, no_proxy_passed);
 		return SK_PASS;
 	}
-	MR_IN_COUNT(slot, no_proxy_refused);
+	MR_IN_DECIDED(slot, no_proxy_refused);
 	return SK_DROP;
+}
+
+/* Reads an address of the lookup into an event's bytes (IPv4 in the first word), as MR_IN_ADDR. */
+#define MR_IN_EV_ADDR(ctx, dst, F4, F6)                                        \
+	do {                                                                   \
+		__u32 *__a = (__u32 *)(dst);                                   \
+		if ((ctx)->family == AF_INET) {                                \
+			__a[0] = (ctx)->F4;                                    \
+		} else {                                                       \
+			__a[0] = (ctx)->F6[0];                                 \
+			__a[1] = (ctx)->F6[1];                                 \
+			__a[2] = (ctx)->F6[2];                                 \
+			__a[3] = (ctx)->F6[3];                                 \
+		}                                                              \
+	} while (0)
+
+/* `meshredir trace`: one event per counted decision, while a trace runs (bpf/mr_trace.h). The original
+ * destination is the pod's address and port; where it went, the proxy's listener (intercepted) or the same. */
+static __noinline void mr_sklookup_trace(struct bpf_sk_lookup *ctx, const struct mr_in_note *n, int ret)
+{
+	__u8 verdict = n->field == __builtin_offsetof(struct mr_in_stats, intercepted) / sizeof(__u64)
+			       ? MR_TRACE_V_REDIRECT
+		       : ret == SK_DROP ? MR_TRACE_V_REFUSE
+					: MR_TRACE_V_PASS;
+	struct mr_trace_event *e = mr_trace_noproc(n->slot, MR_TRACE_H_SKLOOKUP, verdict, MR_TRACE_T_INBOUND, n->field);
+	if (!e)
+		return;
+	__u8 family = ctx->family == AF_INET ? AF_INET : AF_INET6;
+	e->family = family;
+	e->port = bpf_htons((__u16)ctx->local_port);
+	e->from_port = ctx->remote_port;
+	MR_IN_EV_ADDR(ctx, e->addr, local_ip4, local_ip6);
+	MR_IN_EV_ADDR(ctx, e->from_addr, remote_ip4, remote_ip6);
+	e->to_family = family;
+	e->to_port = e->port;
+	__builtin_memcpy(e->to_addr, e->addr, 16);
+	struct bpf_sock *sk = ctx->sk;
+	if (verdict == MR_TRACE_V_REDIRECT && sk) {
+		/* Every field read on its own (MR_SK_BARRIER between the reads): the verifier refuses a socket
+		 * pointer the compiler offsets to the array src_ip6 to share one base between its loads. */
+#define MR_SK_BARRIER asm volatile("" : "+r"(sk))
+		__u32 sfam = sk->family, sport = sk->src_port, s4 = sk->src_ip4;
+		MR_SK_BARRIER;
+		__u32 s6_0 = sk->src_ip6[0];
+		MR_SK_BARRIER;
+		__u32 s6_1 = sk->src_ip6[1];
+		MR_SK_BARRIER;
+		__u32 s6_2 = sk->src_ip6[2];
+		MR_SK_BARRIER;
+		__u32 s6_3 = sk->src_ip6[3];
+#undef MR_SK_BARRIER
+		__u32 *to = (__u32 *)e->to_addr;
+		e->to_port = bpf_htons((__u16)sport);
+		e->to_family = sfam == AF_INET ? AF_INET : AF_INET6;
+		to[0] = sfam == AF_INET ? s4 : s6_0;
+		to[1] = sfam == AF_INET ? 0 : s6_1;
+		to[2] = sfam == AF_INET ? 0 : s6_2;
+		to[3] = sfam == AF_INET ? 0 : s6_3;
+	}
+	mr_trace_submit(e);
+}
+
+SEC("sk_lookup")
+int mr_sklookup(struct bpf_sk_lookup *ctx)
+{
+	struct mr_in_note n = {};
+	int ret = mr_sklookup_decide(ctx, &n);
+	if (n.set)
+		mr_sklookup_trace(ctx, &n, ret);
+	return ret;
 }

@@ -95,7 +95,7 @@ export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: 
     if (get('ipt_redirected') < n)
       why.push(`iptables REDIRECT took ${get('ipt_redirected')} of the ${n} connections that reached a server`);
   }
-  if (mode === 'ebpf' || mode === 'ebpf+sk_msg') {
+  if (mode === 'ebpf' || mode === 'ebpf+sk_msg' || mode === 'ebpf (traced)') {
     if (get('redirected') < n)
       why.push(`eBPF redirected ${get('redirected')} of the ${n} connections that reached a server`);
     if (o.viaProxy && get('origdst_served') < n)
@@ -104,7 +104,7 @@ export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: 
   }
   if (mode === 'ebpf (client uncovered)' && get('redirected') > 0)
     why.push(`eBPF redirected ${get('redirected')} connections of a client it should not cover`);
-  if (mode === 'ebpf' && get('accel_sockets') > 0)
+  if ((mode === 'ebpf' || mode === 'ebpf (traced)') && get('accel_sockets') > 0)
     why.push(`${get('accel_sockets')} socket(s) joined the fast path in a run without accelerate`);
   if (mode === 'ebpf+sk_msg') {
     if (get('accel_blocking') > 0)

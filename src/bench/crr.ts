@@ -1,10 +1,12 @@
 // crr.ts — the bench's redirect-only scenario (`crr`): connect, one request/response and close against
-// a server next to the app, direct or redirected to it by iptables or eBPF, and with the eBPF programs
-// attached but the client outside the cgroups they cover; one client and two.
-import { D_REDIRECT, SERVER, UNCOVERED, rotate, say, type ScenarioDef } from './run.js';
+// a server next to the app, direct or redirected to it by iptables or eBPF, eBPF with a `meshredir trace`
+// reading every decision, and with the eBPF programs attached but the client outside the cgroups they
+// cover; one client and two.
+import { D_REDIRECT, SERVER, TRACED, UNCOVERED, msg, rotate, say, type ScenarioDef } from './run.js';
+import { startTracer, type BenchTracer } from './tracer.js';
 
 export const crr: ScenarioDef = {
-  modes: ['direct', 'iptables', 'ebpf', UNCOVERED],
+  modes: ['direct', 'iptables', 'ebpf', TRACED, UNCOVERED],
   steps: (modes) => modes * 2, // × (1 client, 2 clients)
   async run(r, modes) {
     const p = r.policy({ proxy: SERVER });
@@ -13,8 +15,20 @@ export const crr: ScenarioDef = {
         // One client with 16 in flight, and two side by side with 8 each: if two clients get a
         // clearly higher rate, one client was the bottleneck.
         for (const clients of [1, 2]) {
+          const s = { scenario: 'crr', mode, variant: clients === 1 ? '1B' : '1B, 2 clients', round };
+          // The traced mode: the programs in force first (the trace reads their pins), then the reader.
+          let tracer: BenchTracer | undefined;
+          let failed: string | undefined;
+          if (mode === TRACED) {
+            try {
+              r.use(mode, p);
+              tracer = await startTracer(r.o.cli, r.lab.bpffs);
+            } catch (e) {
+              failed = `trace did not start: ${msg(e)}`;
+            }
+          }
           const x = await r.measure(
-            { scenario: 'crr', mode, variant: clients === 1 ? '1B' : '1B, 2 clients', round },
+            s,
             { policy: p },
             {
               target: mode === 'direct' || mode === UNCOVERED ? SERVER : D_REDIRECT,
@@ -23,11 +37,25 @@ export const crr: ScenarioDef = {
               clients,
               ...(mode === UNCOVERED ? { cg: r.free } : {}),
             },
-            { server: r.server },
+            { server: r.server, ...(tracer ? { trace: tracer } : {}) },
             (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }),
           );
+          if (mode === TRACED) {
+            try {
+              if (tracer) {
+                const t = await tracer.stop();
+                // Events printed and lost (ring full) per connection the load made, warm-up included.
+                x.metrics.trace_events = t.events;
+                x.metrics.trace_lost = t.lost;
+                if (t.events === 0) failed ??= 'the trace printed no event: the programs did not write';
+              }
+            } catch (e) {
+              failed ??= `trace: ${msg(e)}`;
+            }
+            if (failed) x.invalid = [...(x.invalid ?? []), failed];
+          }
           r.tick(
-            `redirect-only CRR, ${mode}, ${clients} client(s), round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s`)}`,
+            `redirect-only CRR, ${mode}, ${clients} client(s), round ${round}: ${say(x, `${Math.round(x.metrics.rate ?? 0)} conn/s${x.metrics.trace_events === undefined ? '' : `, ${x.metrics.trace_events} events traced, ${x.metrics.trace_lost} lost`}`)}`,
           );
         }
       }

@@ -32,7 +32,7 @@ export const BASELINE: Record<string, string> = {
   dns: 'direct',
 };
 const MAIN: Record<string, string[]> = {
-  crr: ['rate', 'p50_us', 'p99_us'],
+  crr: ['rate', 'p50_us', 'p99_us', 'trace_events', 'trace_lost'],
   scale: ['rate', 'p50_us', 'p99_us'],
   proxy: ['rate', 'p50_us', 'p99_us'],
   hop: ['rate', 'p50_us', 'p99_us', 'mbytes_s', 'e2e_mbytes_s', 'drain_ms'],
@@ -41,8 +41,8 @@ const MAIN: Record<string, string[]> = {
   control: ['ms', 'mib', 'writes'],
   hooks: ['ns_total'],
 };
-/** CPU use: fractions of one core (client, server, HAProxy) and of the whole machine (idle). */
-export const CPU = ['client_user', 'client_sys', 'server_cpu', 'haproxy_cpu', 'idle'] as const;
+/** CPU use: fractions of one core (client, server, HAProxy, the `trace` reader) and of the whole machine (idle). */
+export const CPU = ['client_user', 'client_sys', 'server_cpu', 'haproxy_cpu', 'trace_cpu', 'idle'] as const;
 const isCpu = (m: string) => (CPU as readonly string[]).includes(m);
 
 const median = (xs: number[]) => {
@@ -111,7 +111,7 @@ function cpuLines(rows: Row[]): { scenario: string; variant: string; mode: strin
   return [...out.values()];
 }
 
-const CPU_HEAD = ['client user', 'client sys', 'server', 'HAProxy', 'machine idle'];
+const CPU_HEAD = ['client user', 'client sys', 'server', 'HAProxy', 'trace', 'machine idle'];
 
 export function renderTable(rows: Row[], missing: Missing[] = [], samples: Sample[] = []): string {
   const main = table(

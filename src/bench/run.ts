@@ -24,6 +24,9 @@ export const UPSTREAM = '10.250.0.2:9000'; // the server in the upstream namespa
  * server itself): what having the programs attached costs everyone else (the server side still runs
  * them). */
 export const UNCOVERED = 'ebpf (client uncovered)';
+/** eBPF with `meshredir trace --json` running beside it (every decision written to the ring and read):
+ * what a running trace costs. Without one the programs write nothing (crr's ebpf mode). */
+export const TRACED = 'ebpf (traced)';
 
 /** One scenario of the bench, registered by name in scenarios.ts. */
 export interface ScenarioDef {
@@ -136,6 +139,7 @@ spec:
     } catch (e) {
       this.unavailable.set('ebpf', `the eBPF mode cannot load here: ${msg(e)}`);
       this.unavailable.set('ebpf+sk_msg', `the eBPF mode cannot load here: ${msg(e)}`);
+      this.unavailable.set(TRACED, `the eBPF mode cannot load here: ${msg(e)}`);
     }
     try {
       this.iptApply(this.policy({ proxy: SERVER }));
@@ -231,7 +235,7 @@ spec:
     s: { scenario: string; mode: string; variant: string; round: number },
     setup: { policyMode?: string; policy?: Policy },
     load: { target: string; kind: LoadKind; conc: number; size?: number; clients?: number; cg?: string },
-    watch: Record<string, LabProc | undefined>,
+    watch: Record<string, { child: { pid?: number | undefined } } | undefined>,
     metrics: (l: LoadResult) => Record<string, number>,
     opts: { viaProxy?: boolean } = {},
   ): Promise<Sample> {
@@ -240,8 +244,8 @@ spec:
     try {
       this.use(setup.policyMode ?? s.mode, setup.policy);
       const c0 = this.counters(s.mode);
-      const procs = Object.entries(watch).filter((e): e is [string, LabProc] => !!e[1]?.child.pid);
-      const p0 = procs.map(([, p]) => lab.cpu(p.child.pid!));
+      const procs = Object.entries(watch).filter((e): e is [string, { child: { pid: number } }] => !!e[1]?.child.pid);
+      const p0 = procs.map(([, p]) => lab.cpu(p.child.pid));
       const m0 = lab.machine();
       const t0 = performance.now();
       const rs = await Promise.all(
@@ -251,7 +255,7 @@ spec:
       );
       const wall = (performance.now() - t0) / 1000;
       const m1 = lab.machine();
-      const p1 = procs.map(([, p]) => lab.cpu(p.child.pid!));
+      const p1 = procs.map(([, p]) => lab.cpu(p.child.pid));
       const c1 = this.counters(s.mode);
       const l = combine(rs);
       sample.counters = { ...delta(c0, c1), conns: l.conns };

@@ -46,6 +46,8 @@ export interface AttachConfig {
   maxAccelerated?: number;
   /** eBPF: each policy's budget of handshakes in flight (default: defaultPendingBudget of maxConnections). */
   maxPendingPerPolicy?: number;
+  /** eBPF: the trace ring's size in bytes (a power of two, at least a page; default 256 KiB). */
+  traceRingBytes?: number;
 }
 
 /** Something a mode wants said (the agent logs it; the CLI prints it). */

@@ -1,6 +1,6 @@
-// agent-options.test.ts — `meshredir agent`'s Kubernetes options as users pass them (node dist/cli/main.js):
-// validated before anything is loaded or pinned, each error naming its flag (exit 2). Needs `make build`; no
-// root (every case fails before the agent touches the kernel).
+// agent-options.test.ts — `meshredir agent`'s Kubernetes and --trace-ring-bytes options as users pass them
+// (node dist/cli/main.js): validated before anything is loaded or pinned, each error naming its flag (exit 2).
+// Needs `make build`; no root (every case fails before the agent touches the kernel).
 import { describe, expect, it, beforeAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -68,4 +68,14 @@ describe('meshredir agent --kubernetes options', () => {
       expect(bad).toMatchObject({ code: 2, err: expect.stringMatching(/--kubeconfig .*none: /) });
     },
   );
+
+  it('--trace-ring-bytes: a power of two from a page (4096) to 64 MiB', () => {
+    for (const [v, why] of [
+      ['5000', /--trace-ring-bytes: must be a power of two/],
+      ['2048', /--trace-ring-bytes: must be at least 4096/],
+      ['134217728', /--trace-ring-bytes: must be at most 67108864/],
+      ['1e4x', /--trace-ring-bytes: /],
+    ] as const)
+      expect(run(['--trace-ring-bytes', v]), v).toMatchObject({ code: 2, err: expect.stringMatching(why) });
+  });
 });

@@ -134,6 +134,11 @@ describe('bench checks: a sample counts only when the mode acted on every connec
     );
   });
 
+  it('the traced eBPF mode is judged as eBPF: every connection redirected', () => {
+    expect(judge('ebpf (traced)', load(), ebpfOk)).toEqual([]);
+    expect(judge('ebpf (traced)', load(), { ...ebpfOk, redirected: 10 }).join()).toMatch(/eBPF redirected 10 of/);
+  });
+
   it('the client-uncovered eBPF mode is valid only if nothing of its client was redirected', () => {
     expect(judge('ebpf (client uncovered)', load(), { redirected: 0 })).toEqual([]);
     expect(judge('ebpf (client uncovered)', load(), { redirected: 3 }).join()).toMatch(/should not cover/);
@@ -176,8 +181,8 @@ describe('bench plan', () => {
     expect([1, 2, 3, 4].map((r) => rotate(['a', 'b', 'c'], r).join(''))).toEqual(['abc', 'bca', 'cab', 'abc']);
   });
   it('counts the measurements of the modes that can run', () => {
-    // crr: 4 modes × 2 client counts (the client-uncovered eBPF mode included)
-    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (8 + 6 + 10 + 16 + 1));
+    // crr: 5 modes × 2 client counts (the traced and the client-uncovered eBPF modes included)
+    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (10 + 6 + 10 + 16 + 1));
     // hooks: 4 variants × (a timing pass + a counting pass)
     expect(plannedSteps(['hooks'], 3)).toBe(3 * 8);
     expect(plannedSteps(['proxy'], 2, undefined, () => 1)).toBe(4);

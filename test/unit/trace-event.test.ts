@@ -8,6 +8,7 @@ import {
   AF_INET,
   AF_INET6,
   DNS_STAT_FIELDS,
+  IN_STAT_FIELDS,
   STAT_FIELDS,
   TraceHook,
   TraceTable,
@@ -44,21 +45,22 @@ const event = (over: Partial<TraceEvent> = {}): TraceEvent => ({
   to_family: AF_INET,
   port: 8080,
   to_port: 15001,
-  pad: 0,
+  from_port: 0,
   addr: v4('10.0.0.7'),
   to_addr: v4('10.200.0.1'),
+  from_addr: Buffer.alloc(16),
   comm: Buffer.concat([Buffer.from('curl'), Buffer.alloc(12)]),
   pad2: 0,
   ...over,
 });
 
 describe('trace events', () => {
-  it('round-trips through the codec of struct mr_trace_event (96 bytes, checked against BTF by abi-mirror)', () => {
-    expect(traceEvent.size).toBe(96);
+  it('round-trips through the codec of struct mr_trace_event (112 bytes, checked against BTF by abi-mirror)', () => {
+    expect(traceEvent.size).toBe(112);
     const ev = event();
     const buf = traceEvent.encode(ev);
     expect(decodeEvent(buf)).toEqual(ev);
-    expect(() => decodeEvent(buf.subarray(0, 95))).toThrow(/95 bytes, 96 expected/);
+    expect(() => decodeEvent(buf.subarray(0, 111))).toThrow(/111 bytes, 112 expected/);
   });
 
   it('describes a redirect: time, process, cgroup, policy, hook, original destination and the proxy', () => {
@@ -76,6 +78,7 @@ describe('trace events', () => {
       metric: 'meshredir_connections_redirected_total',
       original: '10.0.0.7:8080',
       to: '10.200.0.1:15001',
+      from: null,
       cookie: '4242',
     });
   });
@@ -125,6 +128,78 @@ describe('trace events', () => {
       'redirect',
       'sendmsg_udp',
       'meshredir_dns_captured_total',
+    ]);
+    const reply = describeEvent(
+      event({
+        hook: TraceHook.RECVMSG4,
+        verdict: TraceVerdict.RELABEL,
+        table: TraceTable.DNS,
+        field: DNS_STAT_FIELDS.indexOf('replies'),
+        port: 53,
+        to_port: 53,
+        addr: v4('10.200.0.1'),
+        to_addr: v4('10.0.0.10'),
+      }),
+      names,
+    );
+    expect([reply.hook, reply.decision, reply.reason, reply.metric, reply.original, reply.to]).toEqual([
+      'recvmsg4',
+      'relabel',
+      'dns_replies',
+      'meshredir_dns_replies_relabelled_total',
+      '10.200.0.1:53',
+      '10.0.0.10:53',
+    ]);
+    expect(formatLine(reply)).toMatch(
+      /recvmsg4 relabel\(dns_replies\) reply from 10\.200\.0\.1:53 shown as from 10\.0\.0\.10:53$/,
+    );
+    // sk_lookup: no process (pid, comm, cgroup 0); the client as `from`, the proxy's listener as `to`.
+    const inbound = describeEvent(
+      event({
+        hook: TraceHook.SKLOOKUP,
+        table: TraceTable.INBOUND,
+        field: IN_STAT_FIELDS.indexOf('intercepted'),
+        pid: 0,
+        cgroup_id: 0n,
+        comm: Buffer.alloc(16),
+        port: 8080,
+        addr: v4('10.200.0.12'),
+        to_port: 15006,
+        to_addr: v4('127.0.0.1'),
+        from_port: 40000,
+        from_addr: v4('10.200.0.11'),
+      }),
+      names,
+    );
+    expect(inbound).toMatchObject({
+      hook: 'sk_lookup',
+      pid: 0,
+      comm: '',
+      cgroup: '-',
+      policy: 'reviews',
+      decision: 'redirect',
+      reason: 'inbound_intercepted',
+      metric: 'meshredir_inbound_connections_redirected_total',
+      from: '10.200.0.11:40000',
+      original: '10.200.0.12:8080',
+      to: '127.0.0.1:15006',
+    });
+    expect(formatLine(inbound)).toMatch(
+      /sk_lookup redirect\(inbound_intercepted\) 10\.200\.0\.11:40000 → 10\.200\.0\.12:8080 → 127\.0\.0\.1:15006$/,
+    );
+    const noProxy = describeEvent(
+      event({
+        hook: TraceHook.SKLOOKUP,
+        verdict: TraceVerdict.REFUSE,
+        table: TraceTable.INBOUND,
+        field: IN_STAT_FIELDS.indexOf('no_proxy_refused'),
+      }),
+      names,
+    );
+    expect([noProxy.decision, noProxy.reason, noProxy.metric]).toEqual([
+      'refuse',
+      'refused',
+      'meshredir_inbound_no_proxy_total',
     ]);
     const dns = counterOf({ table: TraceTable.DNS, field: DNS_STAT_FIELDS.indexOf('udp_connect') });
     expect([dns?.counter, dns?.metric.family.name, dns?.metric.labels]).toEqual([

@@ -10,6 +10,9 @@ export const TraceHook = cEnum('mr_trace_hook', 'MR_TRACE_H_', {
   GETSOCKOPT: 3,
   SENDMSG4: 4,
   SENDMSG6: 5,
+  RECVMSG4: 6,
+  RECVMSG6: 7,
+  SKLOOKUP: 8,
 });
 export const TraceVerdict = cEnum('mr_trace_verdict', 'MR_TRACE_V_', {
   PASS: 1,
@@ -17,9 +20,10 @@ export const TraceVerdict = cEnum('mr_trace_verdict', 'MR_TRACE_V_', {
   REFUSE: 3,
   ANSWER: 4,
   UNKNOWN: 5,
+  RELABEL: 6,
 });
-/** Which counter struct an event's `field` indexes (its reason): STAT_FIELDS or DNS_STAT_FIELDS. */
-export const TraceTable = cEnum('mr_trace_table', 'MR_TRACE_T_', { STATS: 1, DNS: 2 });
+/** Which counter struct an event's `field` indexes (its reason): STAT_FIELDS, DNS_STAT_FIELDS or IN_STAT_FIELDS. */
+export const TraceTable = cEnum('mr_trace_table', 'MR_TRACE_T_', { STATS: 1, DNS: 2, INBOUND: 3 });
 export const traceCtl = struct('mr_trace_ctl', {
   on: 'u32',
   filters: 'u32',
@@ -54,9 +58,10 @@ export const traceEvent = struct('mr_trace_event', {
   to_family: 'u8',
   port: 'be16',
   to_port: 'be16',
-  pad: 'u16',
+  from_port: 'be16',
   addr: { bytes: 16 },
   to_addr: { bytes: 16 },
+  from_addr: { bytes: 16 },
   comm: { bytes: 16 },
   pad2: 'u32',
 });

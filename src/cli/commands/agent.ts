@@ -44,6 +44,14 @@ const flags = sharedSchema(['bpffs', 'stateDir', 'iptablesState', 'lockWait'])
     maxConnections: z.coerce.number().int().min(16).max(1_048_576).optional(),
     maxAccelerated: z.coerce.number().int().min(2).max(1_048_576).optional(),
     maxPendingPerPolicy: z.coerce.number().int().min(1).max(1_048_576).optional(),
+    // The kernel wants a power of two and a multiple of the page; 64 MiB is ~700,000 events in flight.
+    traceRingBytes: z.coerce
+      .number()
+      .int()
+      .min(4096, 'must be at least 4096 (a page)')
+      .max(64 * 1024 * 1024, 'must be at most 67108864 (64 MiB)')
+      .refine((n) => (n & (n - 1)) === 0, 'must be a power of two (4096, 8192, … 67108864)')
+      .optional(),
     object: z.string(),
     iptablesBackend: z.enum(['nft', 'legacy']).optional(),
     dryRun: z.boolean().default(false),
@@ -93,6 +101,10 @@ export const agentCommand = shared(
     .option(
       '--max-accelerated <n>',
       'eBPF: sockets the sk_msg fast path may hold, two per connection (2-1048576, default 65536); past it, connections take TCP',
+    )
+    .option(
+      '--trace-ring-bytes <n>',
+      'eBPF: size of the ring buffer `meshredir trace` reads (a power of two, 4096-67108864, default 262144); past it, events are counted as lost',
     )
     .addOption(
       new Option('--iptables-backend <backend>', 'iptables: force a backend instead of detecting it').choices([
@@ -180,6 +192,7 @@ export const agentCommand = shared(
     ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
     ...(o.maxAccelerated ? { maxAccelerated: o.maxAccelerated } : {}),
     ...(o.maxPendingPerPolicy ? { maxPendingPerPolicy: o.maxPendingPerPolicy } : {}),
+    ...(o.traceRingBytes ? { traceRingBytes: o.traceRingBytes } : {}),
   };
   const mode = await openMode(decision.chosen, modeConfig(o, attach));
   if (o.dryRun) {

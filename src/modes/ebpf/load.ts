@@ -1,7 +1,7 @@
 // load.ts — loads meshredir.bpf.o with its maps pinned under the bpffs directory: pinned maps are
 // adopted when their layout is the object's (sizes, then the key and value types structurally), new ones
 // are created and pinned, and then every link is attached or re-adopted (attach.ts).
-import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
 import { BpfObject } from '../../bpf/object.js';
 import { mapInfo, type MapInfo } from '../../bpf/map.js';
 import { KernelBtf, compareBtfTypes } from '../../bpf/btf.js';
@@ -13,6 +13,7 @@ import {
   DEFAULT_MAX_CONNECTIONS,
   FAST_PATH,
   WITHOUT_FAST_PATH,
+  TRACE_RING,
   u32,
   u64,
 } from '../../bpf/abi.js';
@@ -27,6 +28,8 @@ export interface LoadConfig {
   cgroupRoot: string;
   maxConnections?: number;
   maxAccelerated?: number;
+  /** The trace ring's size in bytes (a power of two, at least a page); default: the object's (256 KiB). */
+  traceRingBytes?: number;
 }
 
 export interface LoadReport {
@@ -92,6 +95,7 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
     if (cfg.maxAccelerated && fast)
       for (const m of FAST_PATH.maps)
         if (!(STORAGE_MAPS as readonly string[]).includes(m)) obj.setMaxEntries(m, cfg.maxAccelerated);
+    if (cfg.traceRingBytes) obj.setMaxEntries(TRACE_RING, cfg.traceRingBytes);
     for (const part of parts) {
       for (const [name, why] of Object.entries(part.prepare?.(obj) ?? {})) {
         obj.setAutoload(name, false);
@@ -103,6 +107,13 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
       const pin = pins.mapPin(name);
       if (!existsSync(pin)) continue;
       const fd = openPinned(pin, `open pinned map ${pin}`);
+      if (name === TRACE_RING && mapInfo(fd, pin).maxEntries !== obj.mapSpec(name).maxEntries) {
+        // Another ring size (--trace-ring-bytes): the ring keeps nothing worth adopting, so a new one
+        // replaces it (the links are updated to programs that write to it; a running trace ends).
+        closeFd(fd);
+        unlinkSync(pin);
+        continue;
+      }
       reusedFds.push(fd);
       checkLayout(obj, name, mapInfo(fd, pin), pin, btfs, pins.bpffs);
       obj.reuseMapFd(name, fd);

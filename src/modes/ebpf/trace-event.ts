@@ -5,6 +5,7 @@ import {
   AF_INET,
   AF_INET6,
   DNS_STAT_FIELDS,
+  IN_STAT_FIELDS,
   STAT_FIELDS,
   TraceHook,
   TraceTable,
@@ -12,9 +13,9 @@ import {
   traceEvent,
   type TraceEvent,
 } from '../../bpf/abi.js';
-import { DNS_STAT_METRICS, STAT_METRICS, type StatMetric } from './metrics.js';
+import { DNS_STAT_METRICS, IN_STAT_METRICS, STAT_METRICS, type StatMetric } from './metrics.js';
 
-export type Decision = 'redirect' | 'bypass' | 'refuse' | 'served' | 'unknown';
+export type Decision = 'redirect' | 'bypass' | 'refuse' | 'served' | 'relabel' | 'unknown';
 
 /** One decision as `trace` prints it (one JSON object per line with --json). */
 export interface TraceRecord {
@@ -25,16 +26,20 @@ export interface TraceRecord {
   cgroupId: string;
   policy: string | null;
   slot: number;
-  hook: 'connect4' | 'connect6' | 'getsockopt' | 'sendmsg4' | 'sendmsg6';
+  hook: 'connect4' | 'connect6' | 'getsockopt' | 'sendmsg4' | 'sendmsg6' | 'recvmsg4' | 'recvmsg6' | 'sk_lookup';
   decision: Decision;
   /** The metric's label value (`reason`, `kind` or `call`), or the counter's name when its metric has none. */
   reason: string;
   /** The metric the decision was counted in, e.g. meshredir_connections_bypassed_total. */
   metric: string | null;
-  /** The connect: the destination as the application gave it; getsockopt: the original destination answered. */
+  /** The connect: the destination as the application gave it; getsockopt: the original destination answered;
+   * recvmsg: the reply's real source (the DNS proxy). */
   original: string | null;
-  /** The connect: where the connection went; getsockopt: the proxy socket's own address. */
+  /** The connect: where the connection went; getsockopt: the proxy socket's own address; recvmsg: the source
+   * the application is shown (the nameserver its query was sent to). */
   to: string | null;
+  /** sk_lookup (inbound): the client's address and port; null for the other hooks. */
+  from: string | null;
   cookie: string;
 }
 
@@ -44,6 +49,9 @@ const HOOKS: Record<number, TraceRecord['hook']> = {
   [TraceHook.GETSOCKOPT]: 'getsockopt',
   [TraceHook.SENDMSG4]: 'sendmsg4',
   [TraceHook.SENDMSG6]: 'sendmsg6',
+  [TraceHook.RECVMSG4]: 'recvmsg4',
+  [TraceHook.RECVMSG6]: 'recvmsg6',
+  [TraceHook.SKLOOKUP]: 'sk_lookup',
 };
 const DECISIONS: Record<number, Decision> = {
   [TraceVerdict.PASS]: 'bypass',
@@ -51,6 +59,7 @@ const DECISIONS: Record<number, Decision> = {
   [TraceVerdict.REFUSE]: 'refuse',
   [TraceVerdict.ANSWER]: 'served',
   [TraceVerdict.UNKNOWN]: 'unknown',
+  [TraceVerdict.RELABEL]: 'relabel',
 };
 
 export function decodeEvent(buf: Buffer): TraceEvent {
@@ -67,6 +76,10 @@ export function counterOf(ev: Pick<TraceEvent, 'table' | 'field'>): { counter: s
   if (ev.table === TraceTable.DNS) {
     const c = DNS_STAT_FIELDS[ev.field];
     return c ? { counter: `dns_${c}`, metric: DNS_STAT_METRICS[c] } : null;
+  }
+  if (ev.table === TraceTable.INBOUND) {
+    const c = IN_STAT_FIELDS[ev.field];
+    return c ? { counter: `inbound_${c}`, metric: IN_STAT_METRICS[c] } : null;
   }
   return null;
 }
@@ -105,12 +118,14 @@ export interface Naming {
 export function describe(ev: TraceEvent, names: Naming): TraceRecord {
   const c = counterOf(ev);
   const labels = c?.metric.labels ?? {};
-  const label = labels.reason ?? labels.kind ?? labels.call;
+  const label = labels.reason ?? labels.kind ?? labels.call ?? labels.action;
+  // sk_lookup runs for a packet, outside any process: no pid, comm or cgroup (all 0 in the event).
+  const inbound = ev.hook === TraceHook.SKLOOKUP;
   return {
     time: new Date(names.wallMs(ev.ts_ns)).toISOString(),
     pid: ev.pid,
     comm: ev.comm.toString('utf8').replace(/\0.*$/s, ''),
-    cgroup: names.cgroup(ev.cgroup_id) ?? `id ${ev.cgroup_id}`,
+    cgroup: inbound ? '-' : (names.cgroup(ev.cgroup_id) ?? `id ${ev.cgroup_id}`),
     cgroupId: String(ev.cgroup_id),
     policy: ev.slot === 0 ? null : names.policy(ev.slot),
     slot: ev.slot,
@@ -120,6 +135,7 @@ export function describe(ev: TraceEvent, names: Naming): TraceRecord {
     metric: c?.metric.family.name ?? null,
     original: endpoint(ev.family, ev.addr, ev.port),
     to: endpoint(ev.to_family, ev.to_addr, ev.to_port),
+    from: inbound ? endpoint(ev.family, ev.from_addr, ev.from_port) : null,
     cookie: String(ev.cookie),
   };
 }
@@ -130,6 +146,10 @@ export function formatLine(r: TraceRecord): string {
   const where =
     r.hook === 'getsockopt'
       ? `${r.decision === 'served' ? `answered ${r.original ?? '?'}` : 'unknown connection'} on ${r.to ?? '?'}`
-      : `${r.original ?? '?'} ${r.decision === 'redirect' ? `→ ${r.to}` : r.decision === 'refuse' ? '✗ EPERM' : 'direct'}`;
+      : r.decision === 'relabel'
+        ? `reply from ${r.original ?? '?'} shown as from ${r.to ?? '?'}`
+        : r.hook === 'sk_lookup'
+          ? `${r.from ?? '?'} → ${r.original ?? '?'} ${r.decision === 'redirect' ? `→ ${r.to}` : r.decision === 'refuse' ? '✗ dropped' : 'direct'}`
+          : `${r.original ?? '?'} ${r.decision === 'redirect' ? `→ ${r.to}` : r.decision === 'refuse' ? '✗ EPERM' : 'direct'}`;
   return `${t} ${r.pid} ${r.comm} ${r.cgroup} ${r.policy ?? '-'} ${r.hook} ${r.decision}(${r.reason}) ${where}`;
 }

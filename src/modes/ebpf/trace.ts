@@ -209,13 +209,16 @@ export function startTrace(pins: Pins, filters: TraceFilters, onRecord: (r: Trac
   let done: { events: number; lost: bigint } | null = null;
   const lost = () => (done ? done.lost : sumCpu(cpuMap).lost - base.lost);
   const ctlId = ctlMap.info.id;
+  const ringId = pins.mapIds().get(TRACE_RING);
   return {
     lost,
     leaseLost: () => taken,
-    gone: () =>
-      pins.mapIds().get('mr_trace_ctl') === ctlId
+    gone: () => {
+      const ids = pins.mapIds();
+      return ids.get('mr_trace_ctl') === ctlId && ids.get(TRACE_RING) === ringId
         ? null
-        : `the trace maps under ${pins.bpffs} were removed or replaced (meshredir cleanup, or the programs loaded anew)`,
+        : `the trace maps under ${pins.bpffs} were removed or replaced (meshredir cleanup, or the programs loaded anew)`;
+    },
     stop() {
       if (done) return done;
       done = { events, lost: 0n };
