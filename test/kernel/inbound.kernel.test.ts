@@ -179,6 +179,15 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     return Number(lines[0]!.split(' ').pop());
   };
 
+  /** A sample without labels of the agent's /metrics. */
+  const value = async (name: string): Promise<number> => {
+    const address = logs(agent).find((l) => l.event === 'metrics')?.address as string;
+    const text = await (await fetch(`http://${address}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    expect(line, name).toBeDefined();
+    return Number(line!.split(' ').pop());
+  };
+
   it("registers an unmodified HAProxy's listeners (taken with pidfd_getfd; the copy closed: only HAProxy holds them)", async () => {
     const s = (await inb('pod-b'))!;
     expect(s.link).toMatchObject({ attached: true, netnsIno: statSync(`/run/netns/${podB}`).ino });
@@ -404,6 +413,22 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     expect(
       logs(agent).some((l) => l.event === 'reconciled' && /a listener on port 15006 appeared/.test(String(l.reason))),
     ).toBe(true);
+  });
+
+  it('between changes the agent scans nothing: the kernel tells it (scans flat while its pulses go on)', async () => {
+    expect(await value('meshredir_inbound_watch_kernel')).toBe(1);
+    // This agent (started by the re-adoption test) scanned once, when it attached the watching programs;
+    // the proxy's kill and restart since were told by the kernel.
+    expect(await value('meshredir_inbound_scans_total')).toBe(1);
+    expect(await metric('meshredir_inbound_watch_events_total', { kind: 'close' })).toBeGreaterThan(0);
+    expect(await metric('meshredir_inbound_watch_events_total', { kind: 'listen' })).toBeGreaterThan(0);
+    const pulses = await value('meshredir_inbound_watch_pulses_total');
+    await until(
+      () => value('meshredir_inbound_watch_pulses_total'),
+      (n) => n >= pulses + 3,
+      'three more pulses',
+    );
+    expect(await value('meshredir_inbound_scans_total')).toBe(1);
   });
 
   it('node proxy: HAProxy in the node netns opens its listeners in the pod netns (bind … namespace)', async () => {
