@@ -3,6 +3,7 @@
  * deleted when it is closed (cgroup/sock_release). connect4/6 and getpeername4/6 call mr_dns.h too. */
 #define MR_TRACE_DECISIONS /* bpf/mr_trace.h: unconnected sends to port 53 and relabelled replies are traced */
 #include "mr_dns.h"
+#include "mr_inwatch.h"
 
 /* Not inlined into the traced hooks below: the verifier refuses the computed ctx pointer the compiler may
  * share between the trace wrapper's reads and these (a static subprogram is verified with v6 known). */
@@ -70,6 +71,7 @@ int mr_dns_release(struct bpf_sock *ctx)
 {
 	if (ctx->protocol != IPPROTO_UDP && ctx->protocol != IPPROTO_TCP)
 		return 1;
+	mr_in_released(ctx); /* the inbound watch shares this hook: one compare for a socket not listening */
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	bpf_map_delete_elem(&mr_dns_socks, &cookie);
 	return 1;

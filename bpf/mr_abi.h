@@ -272,6 +272,27 @@ struct mr_in_sk {
 	__u32 flags;
 };
 
+/* mr_in_watch key: what the agent waits on between reconciles (bpf/mr_inwatch.h). {0, port}: a listener
+ * opened on the port of an inbound proxy (any netns below the attach point); {netns cookie, 0}: any
+ * listener closed in a pod netns (the proxy's, or the app's as the pod goes). Value: the policy slot. */
+struct mr_in_watch_key {
+	__u64 netns;
+	__u32 port; /* host byte order */
+	__u32 pad;
+};
+/* mr_in_ring records. */
+enum mr_in_event_kind {
+	MR_IN_EV_LISTEN = 1, /* listen(2) on a watched port (sockops TCP_LISTEN_CB) */
+	MR_IN_EV_CLOSE = 2,  /* a listener released in a watched netns (sock_release) */
+};
+struct mr_in_event {
+	__u32 kind; /* enum mr_in_event_kind */
+	__u32 slot;
+	__u32 port;  /* 0 for a close (not readable at release) */
+	__u32 pad;
+	__u64 netns; /* the netns cookie (0: not read, for a listen) */
+};
+
 /* mr_in_stats: per-CPU counters per policy slot. */
 struct mr_in_stats {
 	__u64 intercepted;      /* delivered to the proxy's listener */
@@ -469,6 +490,8 @@ struct mr_abi {
 	enum mr_trace_verdict trace_verdict;
 	enum mr_trace_table trace_table;
 	struct mr_trace_event trace_event; /* no map stores it as its value: brought into BTF here */
+	enum mr_in_event_kind in_event_kind;
+	struct mr_in_event in_event; /* a ring record, like trace_event */
 };
 
 #endif

@@ -2,6 +2,7 @@
  * destination under the tuple the proxy will see; removes it when the connection closes. With a
  * policy's `accelerate`, puts both ends of the app↔proxy connection in the sockhash. */
 #include "mr_common.h"
+#include "mr_inwatch.h"
 
 /* Puts the socket in the sockhash, with the fast path's own storage (mr_fast: its sk_msg program finds
  * nothing else per message), created first: a socket without it stays on TCP. kTLS cannot be on yet
@@ -218,6 +219,9 @@ static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int 
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)
 			mr_on_close(skops, fast);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB: /* listen(2) only: an inbound proxy may be back (mr_inwatch.h) */
+		mr_in_listening(skops);
 		break;
 	}
 	return 1;

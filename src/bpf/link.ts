@@ -1,6 +1,6 @@
 // link.ts — a bpf_link as a first-class object: attach to a cgroup or a network namespace, pin, reopen
 // from a pin, swap its program atomically, detach.
-import { openSync, closeSync } from 'node:fs';
+import { openSync, closeSync, rmSync } from 'node:fs';
 import { lib, isNull, errno, c, NULL, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import type { Program } from './object.js';
@@ -173,4 +173,19 @@ export class Link {
     lib.bpf_link__destroy(this.ptr);
     this.ptr = null;
   }
+}
+
+/** Detaches the link pinned at `pin` and removes the pin; a pin already defunct or not a link is removed too. */
+export function detachPinned(pin: string): void {
+  try {
+    const l = Link.open(pin);
+    try {
+      l.detach();
+    } finally {
+      l.close();
+    }
+  } catch (e) {
+    if (!(e instanceof BpfError)) throw e; // already defunct or not a link: still ours to unpin
+  }
+  rmSync(pin, { force: true });
 }

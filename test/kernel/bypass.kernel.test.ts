@@ -13,13 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, sh, waitFor, TOOLS, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, sh, waitFor, TOOLS, type Proc } from './harness.js';
 
 type Mode = 'ebpf' | 'iptables';
 process.env.MESHREDIR_LOG_LEVEL = 'debug';
-
-const doc = (name: string, spec: Record<string, unknown>) =>
-  JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);
 
 kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
   for (const mode of ['ebpf', 'iptables'] as Mode[]) {
@@ -75,11 +72,11 @@ kernelDescribe('bypass by cgroup, mark and uid, in both modes', () => {
         // An ordinary uid, named by no policy: only its cgroup tells it is the proxy.
         haproxy = await env.haproxy(pod, cgProxy, '127.0.0.1:15001', 15001, { uid: 1500, source: '10.206.0.11' });
         await env.haproxy(mk, cgMkProxy, '127.0.0.1:15001', 15001, { uid: 1500, source: '10.207.0.11' });
-        policies.cg = doc('cg', {
+        policies.cg = policyDoc('cg', {
           cgroup: `${env.cgRoot}/pod`,
           proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgProxy] } },
         });
-        policies.mk = doc('mk', {
+        policies.mk = policyDoc('mk', {
           cgroup: `${env.cgRoot}/mk`,
           proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgMkProxy], marks: ['0x539/0xfff'] } },
         });

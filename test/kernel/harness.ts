@@ -167,6 +167,45 @@ export class Env extends Sandbox {
     return p;
   }
 
+  /**
+   * HAProxy in tcp mode logging each connection on stdout as "conn <fields>" (`fields`: HAProxy's log-format
+   * variables), with the frontends and backends of `lines`; returns once `port` listens in `waitNs` (its
+   * IPv4 side only with `family: 4`, where another process holds the IPv6 one).
+   */
+  async loggingHaproxy(
+    ns: string,
+    cg: string,
+    lines: string[],
+    opts: { port: number; fields?: string; waitNs?: string; family?: 4 },
+  ): Promise<Proc> {
+    const cfg = this.tmpFile(
+      `haproxy-log-${ns}-${opts.port}-${Date.now()}.cfg`,
+      [
+        'global',
+        '  log stdout format raw local0',
+        'defaults',
+        '  mode tcp',
+        '  log global',
+        `  log-format "conn ${opts.fields ?? '%ci %cp %fi %fp'}"`,
+        '  timeout connect 5s',
+        '  timeout client 30s',
+        '  timeout server 30s',
+        ...lines,
+        '',
+      ].join('\n'),
+    );
+    const p = this.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg]);
+    const where = opts.waitNs ?? ns;
+    if (opts.family === 4)
+      await waitFor(
+        () => sh('ip', ['netns', 'exec', where, 'ss', '-Hltn4', `sport = :${opts.port}`]).trim() !== '',
+        `haproxy in ${where}`,
+        p,
+      );
+    else await this.waitListening(where, opts.port, `haproxy on ${opts.port}`, p);
+    return p;
+  }
+
   /** The meshredir CLI, as a child process. */
   cli(args: string[]): Proc {
     const p = this.spawn(null, null, process.execPath, [CLI, ...args]);
@@ -243,6 +282,11 @@ export async function waitFor(cond: () => boolean, what: string, p?: Proc, timeo
   throw new Error(`${what}: not ready after ${timeoutMs} ms${p ? `; stderr: ${p.err.trim().slice(-2000)}` : ''}`);
 }
 
+/** A policy file's text from its name and spec as written (JSON is YAML). */
+export function policyDoc(name: string, spec: Record<string, unknown>): string {
+  return JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);
+}
+
 /** A policy file's YAML text. */
 export function policyYaml(spec: {
   name: string;
@@ -256,21 +300,15 @@ export function policyYaml(spec: {
   outboundSpec?: Record<string, unknown>;
   accelerate?: boolean;
 }): string {
-  const doc = {
-    apiVersion: 'meshredir/v1',
-    kind: 'RedirectPolicy',
-    metadata: { name: spec.name },
-    spec: {
-      cgroup: spec.cgroup,
-      ...(spec.netns ? { netns: spec.netns } : {}),
-      ...(spec.accelerate ? { accelerate: true } : {}),
-      proxy: {
-        ...(spec.outbound ? { outbound: spec.outbound } : {}),
-        ...(spec.outbound6 ? { outbound6: spec.outbound6 } : {}),
-        bypass: { cgroups: spec.bypassCgroups ?? [], uids: spec.uids ?? [], gids: spec.gids ?? [] },
-      },
-      ...(spec.outboundSpec ? { outbound: spec.outboundSpec } : {}),
+  return policyDoc(spec.name, {
+    cgroup: spec.cgroup,
+    ...(spec.netns ? { netns: spec.netns } : {}),
+    ...(spec.accelerate ? { accelerate: true } : {}),
+    proxy: {
+      ...(spec.outbound ? { outbound: spec.outbound } : {}),
+      ...(spec.outbound6 ? { outbound6: spec.outbound6 } : {}),
+      bypass: { cgroups: spec.bypassCgroups ?? [], uids: spec.uids ?? [], gids: spec.gids ?? [] },
     },
-  };
-  return JSON.stringify(doc, null, 2); // JSON is YAML
+    ...(spec.outboundSpec ? { outbound: spec.outboundSpec } : {}),
+  });
 }

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 
 const HIGH = 20000 + Math.floor(Math.random() * 20000);
 type Pod = { ns: string; cg: string; v4: string; v6: string; haproxy?: Proc; v6proxy?: Proc; transparent: boolean };
@@ -30,11 +30,10 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
   const policy = (name: 'r' | 't' | 'l', interception: 'redirect' | 'tproxy') =>
     writeFileSync(
       join(dir, `${name}.yaml`),
-      JSON.stringify({
-        apiVersion: 'meshredir/v1',
-        kind: 'RedirectPolicy',
-        metadata: { name: `pod-${name}` },
-        spec: { cgroup: pods[name].cg, proxy: { inbound: 15006 }, inbound: { interception, excludePorts: [9090] } },
+      policyDoc(`pod-${name}`, {
+        cgroup: pods[name].cg,
+        proxy: { inbound: 15006 },
+        inbound: { interception, excludePorts: [9090] },
       }),
     );
   const status = async () =>
@@ -72,34 +71,19 @@ kernelDescribe('inbound interception in iptables mode (REDIRECT and TPROXY), by 
       pod.v6proxy = env.spawn(pod.ns, cg, ORIGDST_PROXY, ['--listen6', '[::]:15006', '--mode', 'report']);
       await waitFor(() => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn6', 'sport = :15006']).trim() !== '', 'v6');
     }
-    const cfg = env.tmpFile(
-      `tproxy-${pod.ns}-${Date.now()}.cfg`,
+    return env.loggingHaproxy(
+      pod.ns,
+      cg,
       [
-        'global',
-        '  log stdout format raw local0',
-        'defaults',
-        '  mode tcp',
-        '  log global',
-        '  log-format "conn %ci %cp %fi %fp %si %sp"',
-        '  timeout connect 5s',
-        '  timeout client 30s',
-        '  timeout server 30s',
         'frontend fe',
         `  bind 0.0.0.0:15006${t}`,
         ...(pod.transparent ? [`  bind :::15006 v6only${t}`] : []),
         '  default_backend be',
         'backend be',
         '  server o 0.0.0.0:0', // the original destination: getsockname (TPROXY) or SO_ORIGINAL_DST (REDIRECT)
-        '',
-      ].join('\n'),
+      ],
+      { port: 15006, fields: '%ci %cp %fi %fp %si %sp', family: 4 },
     );
-    const p = env.spawn(pod.ns, cg, 'haproxy', ['-db', '-f', cfg]);
-    await waitFor(
-      () => sh('ip', ['netns', 'exec', pod.ns, 'ss', '-Hltn4', 'sport = :15006']).trim() !== '',
-      `haproxy in ${pod.ns}`,
-      p,
-    );
-    return p;
   }
   const mangle = (pod: Pod, backend: string, family: 4 | 6) =>
     sh('ip', ['netns', 'exec', pod.ns, `ip${family === 6 ? '6' : ''}tables-${backend}-save`, '-t', 'mangle'])

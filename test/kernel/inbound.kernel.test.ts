@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { findListeners, takeFd } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';
@@ -63,10 +63,7 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
 
   /** A policy file (JSON is YAML); rewriting one makes the agent reconcile. */
   const policy = (name: string, spec: Record<string, unknown>) =>
-    writeFileSync(
-      join(dir, `${name}.yaml`),
-      JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2),
-    );
+    writeFileSync(join(dir, `${name}.yaml`), policyDoc(name, spec));
   const podBPolicy = (inbound: Record<string, unknown> = {}, port: number | string = 15006) =>
     policy('pod-b', {
       cgroup: cgB,
@@ -81,28 +78,9 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
       inbound: { bypassSources: ['10.200.0.1/32'] }, // the node proxy's own address, to the app from the node
     });
 
-  /** HAProxy in tcp mode, logging "conn <client ip> <client port> <frontend ip> <frontend port>". */
-  async function haproxy(ns: string, cg: string, lines: string[], port: number, waitNs = ns): Promise<Proc> {
-    const cfg = env.tmpFile(
-      `inbound-${port}-${Date.now()}.cfg`,
-      [
-        'global',
-        '  log stdout format raw local0',
-        'defaults',
-        '  mode tcp',
-        '  log global',
-        '  log-format "conn %ci %cp %fi %fp"',
-        '  timeout connect 5s',
-        '  timeout client 30s',
-        '  timeout server 30s',
-        ...lines,
-        '',
-      ].join('\n'),
-    );
-    const p = env.spawn(ns, cg, 'haproxy', ['-db', '-f', cfg]);
-    await env.waitListening(waitNs, port, `haproxy on ${port}`, p);
-    return p;
-  }
+  /** HAProxy logging "conn <client ip> <client port> <frontend ip> <frontend port>". */
+  const haproxy = (ns: string, cg: string, lines: string[], port: number, waitNs = ns) =>
+    env.loggingHaproxy(ns, cg, lines, { port, waitNs });
   const sidecar = () =>
     haproxy(
       podB,
@@ -177,6 +155,15 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
       .filter((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
     expect(lines, `${name} ${JSON.stringify(labels)}`).toHaveLength(1);
     return Number(lines[0]!.split(' ').pop());
+  };
+
+  /** A sample without labels of the agent's /metrics. */
+  const value = async (name: string): Promise<number> => {
+    const address = logs(agent).find((l) => l.event === 'metrics')?.address as string;
+    const text = await (await fetch(`http://${address}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    expect(line, name).toBeDefined();
+    return Number(line!.split(' ').pop());
   };
 
   it("registers an unmodified HAProxy's listeners (taken with pidfd_getfd; the copy closed: only HAProxy holds them)", async () => {
@@ -404,6 +391,22 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     expect(
       logs(agent).some((l) => l.event === 'reconciled' && /a listener on port 15006 appeared/.test(String(l.reason))),
     ).toBe(true);
+  });
+
+  it('between changes the agent scans nothing: the kernel tells it (scans flat while its pulses go on)', async () => {
+    expect(await value('meshredir_inbound_watch_kernel')).toBe(1);
+    // This agent (started by the re-adoption test) scanned once, when it attached the watching programs;
+    // the proxy's kill and restart since were told by the kernel.
+    expect(await value('meshredir_inbound_scans_total')).toBe(1);
+    expect(await metric('meshredir_inbound_watch_events_total', { kind: 'close' })).toBeGreaterThan(0);
+    expect(await metric('meshredir_inbound_watch_events_total', { kind: 'listen' })).toBeGreaterThan(0);
+    const pulses = await value('meshredir_inbound_watch_pulses_total');
+    await until(
+      () => value('meshredir_inbound_watch_pulses_total'),
+      (n) => n >= pulses + 3,
+      'three more pulses',
+    );
+    expect(await value('meshredir_inbound_scans_total')).toBe(1);
   });
 
   it('node proxy: HAProxy in the node netns opens its listeners in the pod netns (bind … namespace)', async () => {

@@ -13,15 +13,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, sh, waitFor, CLI, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, policyYaml, sh, waitFor, CLI, ORIGDST_PROXY, type Proc } from './harness.js';
 
 type Mode = 'ebpf' | 'iptables';
 
 // The agents of this file log their in-sync reconciles too (the in-sync test counts them).
 process.env.MESHREDIR_LOG_LEVEL = 'debug';
-
-const doc = (name: string, spec: Record<string, unknown>) =>
-  JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);
 
 kernelDescribe('both modes, sidecar topology', () => {
   for (const mode of ['ebpf', 'iptables'] as Mode[]) {
@@ -109,7 +106,7 @@ kernelDescribe('both modes, sidecar topology', () => {
         await env.waitListening(pod, 15006, 'inbound origdst-proxy', pin);
         writeFileSync(
           join(dir, 'pod.yaml'),
-          doc('pod', {
+          policyDoc('pod', {
             cgroup: `${env.cgRoot}/pod`,
             proxy: {
               outbound: '127.0.0.1:15001',
@@ -129,7 +126,7 @@ kernelDescribe('both modes, sidecar topology', () => {
         );
         writeFileSync(
           join(dir, 'inc.yaml'),
-          doc('inc', {
+          policyDoc('inc', {
             cgroup: `${env.cgRoot}/inc`,
             proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [cgIncProxy], uids: [1337] } },
             outbound: { includePorts: [8080, 7000], redirectLoopback: true },

@@ -40,6 +40,7 @@ describe('the ABI mirror against the built object', () => {
         'mr_dns_sock_flag',
         'mr_fast_flag',
         'mr_gauge',
+        'mr_in_event_kind',
         'mr_in_flag',
         'mr_in_sk_flag',
         'mr_limit',

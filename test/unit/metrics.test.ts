@@ -17,6 +17,7 @@ import {
 import { IPTABLES_FAMILIES, natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/metrics.js';
 import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js';
 import type { Counters } from '../../src/modes/ebpf/counters.js';
+import { INBOUND_WATCH_FAMILIES } from '../../src/modes/ebpf/inbound-watch.js';
 import { listenAddress } from '../../src/cli/address.js';
 import { liveness, readiness, staleAfterSeconds } from '../../src/agent/health.js';
 import type { PassHealth } from '../../src/agent/health.js';
@@ -400,6 +401,7 @@ describe('docs/metrics.md', () => {
       ...Object.values(DNS_STAT_METRICS).map((m) => m.family.name),
       ...Object.values(IN_STAT_METRICS).map((m) => m.family.name),
       'meshredir_inbound_listener_registered',
+      ...INBOUND_WATCH_FAMILIES.map((f) => f.name),
       ...NODE_FAMILIES.map((f) => f.name),
       ...IPTABLES_FAMILIES.map((f) => f.name),
       ...agent,

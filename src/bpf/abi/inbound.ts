@@ -14,6 +14,11 @@ export const inAddrKey = struct('mr_in_addr_key', { family: 'u32', addr: { bytes
 export const inDest = struct('mr_in_dest', { slot: 'u32', flags: 'u32' });
 export const inSockKey = struct('mr_in_sock_key', { slot: 'u32', family: 'u32' });
 export const inSk = struct('mr_in_sk', { slot: 'u32', flags: 'u32' });
+/** mr_in_watch key ({0, port} or {netns cookie, 0}) and mr_in_ring's records (bpf/mr_inwatch.h). */
+export const inWatchKey = struct('mr_in_watch_key', { netns: 'u64', port: 'u32', pad: 'u32' });
+export const InEvent = cEnum('mr_in_event_kind', 'MR_IN_EV_', { LISTEN: 1, CLOSE: 2 });
+export const inEvent = struct('mr_in_event', { kind: 'u32', slot: 'u32', port: 'u32', pad: 'u32', netns: 'u64' });
+export const IN_RING = 'mr_in_ring';
 export const IN_STAT_FIELDS = [
   'intercepted',
   'bypass_local',
@@ -36,6 +41,7 @@ export const INBOUND_MAPS = {
   mr_in_srcs: { key: cidrKey, value: u8 },
   mr_in_socks: { key: inSockKey, value: u64 },
   mr_in_stats: { key: u32, value: inStatsValue },
+  mr_in_watch: { key: inWatchKey, value: u32 },
 } as const;
 export type InboundMapName = keyof typeof INBOUND_MAPS;
 /** mr_sklookup attaches to each pod's netns (mr_in_origdst, at the cgroup root, is in PROGRAMS). */
@@ -43,4 +49,4 @@ export const INBOUND_PROGRAMS = {
   mr_sklookup: { attach: 'sk_lookup' },
 } as const;
 
-export const INBOUND_CODECS = [inAddrKey, inDest, inSockKey, inSk, inStatsValue];
+export const INBOUND_CODECS = [inAddrKey, inDest, inSockKey, inSk, inStatsValue, inWatchKey, inEvent];

@@ -2,11 +2,11 @@
 // program swapped in place when it changed), a defunct one replaced, a missing one attached and pinned.
 // A load whose attach fails detaches what it attached, and never leaves a connect hook without what
 // answers for its connections.
-import { chmodSync, existsSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { BpfObject } from '../../bpf/object.js';
 import { mapInfo } from '../../bpf/map.js';
-import { Link } from '../../bpf/link.js';
+import { Link, detachPinned } from '../../bpf/link.js';
 import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
 import { BpfError } from '../../bpf/errors.js';
 import {
@@ -151,17 +151,7 @@ function readopt(
 export function rollback(linkPins: string[]): string[] {
   const done: string[] = [];
   for (const pin of [...linkPins].reverse()) {
-    try {
-      const l = Link.open(pin);
-      try {
-        l.detach();
-      } finally {
-        l.close();
-      }
-    } catch (e) {
-      if (!(e instanceof BpfError)) throw e;
-    }
-    rmSync(pin, { force: true });
+    detachPinned(pin);
     done.push(basename(pin));
   }
   return done;

@@ -1,51 +1,37 @@
 // inbound.ts — the eBPF mode's inbound part: mr_sklookup attached to each inbound pod's netns through a
-// pinned link (links/sklookup-<slot>; re-adopted after a restart, replaced when the pod's netns changed,
-// removed with the pod), the proxy's listener taken from its process (pidfd_getfd), checked and registered
-// in mr_in_socks (the copy closed at once: a dead proxy leaves no live listener), and the pod's entries
-// written by difference. The program is pinned (progs/mr_sklookup) so links can be made as pods come.
+// pinned link (inbound-links.ts), the proxy's listener taken from its process and registered in mr_in_socks
+// (inbound-listeners.ts), the pod's entries written by difference (inbound-entries.ts), and what changes
+// between reconciles told by the kernel (inbound-watch.ts). The programs are pinned (progs/) so that links
+// can be made as pods come.
 import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import type { Policy } from '../../policy/schema.js';
 import type { BpfObject } from '../../bpf/object.js';
 import type { BpfMap } from '../../bpf/map.js';
-import { Link } from '../../bpf/link.js';
-import { BpfError } from '../../bpf/errors.js';
-import { closeFd, openPinned, pinFd } from '../../bpf/fd.js';
-import { progInfoById, progInfoByFd, progMapsById, progMapsByFd } from '../../bpf/prog.js';
-import { AF_INET, AF_INET6, IN_STAT_FIELDS, type InStatName } from '../../bpf/abi.js';
-import { registerListener, type SockKey } from '../../bpf/inbound.js';
-import { socketFacts, tableListeners, takeFd } from '../../bpf/listeners.js';
-import { NetnsHandle } from '../netns.js';
+import { pinFd } from '../../bpf/fd.js';
+import type { SockKey } from '../../bpf/inbound.js';
 import type { Checks } from '../checks.js';
 import type { Note, VerifyRequest } from '../mode.js';
+import type { MetricFamily } from '../metrics.js';
 import type { Desired } from './desired.js';
-import { NETNS_LINK_PREFIX, type AnyMapName, type Pins } from './pins.js';
-import { planInbound, type InboundPlan, type InboundTarget } from './inbound-plan.js';
+import { NETNS_LINK_PREFIX, type Pins } from './pins.js';
+import { planInbound, type InboundPlan } from './inbound-plan.js';
 import { inboundStatus } from './inbound-status.js';
 import { inboundVerify } from './inbound-verify.js';
+import { SKLOOKUP, ensureLink, removeLinks, updateLinks } from './inbound-links.js';
+import { af, noListener, register } from './inbound-listeners.js';
+import { writeEntries, writeWatch } from './inbound-entries.js';
+import { InboundWatch, emptyWatch } from './inbound-watch.js';
 import type { Covered, EbpfPart, PartApply } from './part.js';
-
-const PROG = 'mr_sklookup';
-/** Policy entries, written before the addresses that point at them; removed in reverse. */
-const ORDER: AnyMapName[] = ['mr_in_ports', 'mr_in_srcs', 'mr_in_addrs'];
-const af = (f: 4 | 6) => (f === 4 ? AF_INET : AF_INET6);
-
-/** What the pulse watches between reconciles (set by each apply). */
-interface Watch {
-  /** Registered listeners: gone from the sockhash when their socket closes (the proxy exited). */
-  registered: { policy: string; key: SockKey }[];
-  /** Links: defunct when their netns is destroyed. */
-  links: { policy: string; slot: number }[];
-  /** Families without a listener, and the listener inodes apply could not use (no retry for those). */
-  missing: { policy: string; tablePid: number; port: number; tried: Set<number> }[];
-}
 
 export class InboundPart implements EbpfPart<InboundPlan> {
   readonly name = 'inbound';
-  private watch: Watch = { registered: [], links: [], missing: [] };
-  /** Set when the pulse asked for a reconcile; cleared by the next apply (one ask per apply). */
-  private asked = false;
+  readonly watch: InboundWatch;
+  /** Each served pod netns's cookie (by slot, with the netns inode it was read for): mr_in_watch's keys. */
+  private cookies = new Map<number, { ino: number; cookie: bigint }>();
 
-  constructor(private readonly pins: Pins) {}
+  constructor(private readonly pins: Pins) {
+    this.watch = new InboundWatch(pins);
+  }
 
   plan(base: Desired, _policies: Policy[]): InboundPlan {
     return planInbound(base.keep, base.slots);
@@ -82,35 +68,18 @@ export class InboundPart implements EbpfPart<InboundPlan> {
   }
 
   intact(): boolean {
-    return existsSync(this.pins.progPin(PROG));
+    return existsSync(this.pins.progPin(SKLOOKUP));
   }
 
-  /** Pins the freshly loaded sk_lookup program and moves every netns link onto it (atomically, in place). */
+  /** Pins the freshly loaded programs and moves every netns link onto the new sk_lookup (in place). */
   loaded(obj: BpfObject): string[] {
-    const prog = obj.program(PROG);
     mkdirSync(this.pins.progsDir, { recursive: true, mode: 0o700 });
-    const pin = this.pins.progPin(PROG);
+    const pin = this.pins.progPin(SKLOOKUP);
     rmSync(pin, { force: true });
-    pinFd(prog.fd, pin, `pin ${PROG} at ${pin}`);
+    pinFd(obj.program(SKLOOKUP).fd, pin, `pin ${SKLOOKUP} at ${pin}`);
     chmodSync(pin, 0o600);
-    const tag = progInfoByFd(prog.fd, PROG).tag;
-    // The tag hashes the instructions only: the same program bound to other maps (pins lost, maps made
-    // anew) has the same tag, so the maps are compared too.
-    const maps = JSON.stringify([...progMapsByFd(prog.fd, PROG)].filter(([n]) => n.startsWith('mr_')).sort());
-    const updated: string[] = [];
-    for (const l of this.pins.netnsLinks()) {
-      if (!l.attached || l.progId === undefined) continue; // defunct: the next apply removes it
-      const cur = [...(progMapsById(l.progId) ?? [])].filter(([n]) => n.startsWith('mr_')).sort();
-      if (progInfoById(l.progId)?.tag === tag && JSON.stringify(cur) === maps) continue;
-      const link = Link.open(l.pin);
-      try {
-        link.update(prog);
-        updated.push(l.name);
-      } finally {
-        link.close();
-      }
-    }
-    return updated;
+    this.watch.reset();
+    return updateLinks(obj, this.pins);
   }
 
   apply(plan: InboundPlan): PartApply {
@@ -123,51 +92,64 @@ export class InboundPart implements EbpfPart<InboundPlan> {
     }
     for (const c of plan.conflicts) note('error', 'inbound_conflict', c);
     const targets = new Map(plan.targets.map((t) => [t.slot, t]));
-    const watch: Watch = { registered: [], links: [], missing: [] };
+    const watch = emptyWatch();
 
     // 1. A link per pod netns (inert until the pod's addresses are in mr_in_addrs).
     const links = new Map(this.pins.netnsLinks().map((l) => [l.slot, l]));
     for (const t of plan.targets) {
       try {
-        if (this.link(t, links.get(t.slot), out)) watch.links.push({ policy: t.policy, slot: t.slot });
+        const attached = ensureLink(this.pins, t, links.get(t.slot));
+        if (attached) {
+          out.writes++;
+          out.notes.push(attached);
+        }
+        watch.links.push({ policy: t.policy, slot: t.slot });
       } catch (e) {
         note('error', 'inbound_attach_failed', `${t.policy}: ${(e as Error).message}`, { policy: t.policy });
         targets.delete(t.slot);
       }
     }
 
-    this.pins.withMaps(['mr_in_socks', 'mr_in_addrs', 'mr_in_ports', 'mr_in_srcs', 'mr_in_stats'], (maps) => {
+    const names = ['mr_in_socks', 'mr_in_addrs', 'mr_in_ports', 'mr_in_srcs', 'mr_in_stats', 'mr_in_watch'] as const;
+    this.pins.withMaps(names, (maps) => {
+      // 2. What the kernel tells the agent about, before the listeners it would tell of change.
+      for (const [slot, c] of this.cookies) if (targets.get(slot)?.netns.ino !== c.ino) this.cookies.delete(slot);
+      const cookies = () => new Map([...this.cookies].map(([slot, c]) => [slot, c.cookie]));
+      let ww = writeWatch(maps, targets.values(), cookies());
+      out.writes += ww.writes;
+      out.deletes += ww.deletes;
       const socks = maps.get('mr_in_socks') as BpfMap<SockKey, bigint>;
       const storage = this.pins.openStorage('mr_in_sk');
       try {
-        // 2. The proxy's listener, before the addresses that send connections to it.
+        // 3. The proxy's listener, before the addresses that send connections to it.
         for (const t of targets.values()) {
           for (const f of [4, 6] as const) {
             if (!t.addresses.some((a) => a.family === f)) continue;
             const r = register(t, f, socks, storage);
+            if (r.netnsCookie) this.cookies.set(t.slot, { ino: t.netns.ino, cookie: r.netnsCookie });
             out.writes += r.wrote ? 1 : 0;
             out.deletes += r.dropped ? 1 : 0;
             if (r.registered) watch.registered.push({ policy: t.policy, key: { slot: t.slot, family: af(f) } });
             else {
-              note(
-                'warn',
-                'inbound_no_listener',
-                `${t.policy}: ${noListener(t, f)}${r.why.length ? ` (${r.why.join('; ')})` : ''}`,
-                {
-                  policy: t.policy,
-                  family: f,
-                },
-              );
+              const why = r.why.length ? ` (${r.why.join('; ')})` : '';
+              note('warn', 'inbound_no_listener', `${t.policy}: ${noListener(t, f)}${why}`, {
+                policy: t.policy,
+                family: f,
+              });
               if (t.tablePid)
                 watch.missing.push({ policy: t.policy, tablePid: t.tablePid, port: t.port, tried: r.tried });
             }
           }
         }
-        // 3. The entries, by difference.
-        const wd = writeByDifference(maps, plan, targets);
+        // A netns cookie learnt from its listener: its other listeners closing tell too.
+        ww = writeWatch(maps, targets.values(), cookies());
+        out.writes += ww.writes;
+        out.deletes += ww.deletes;
+        // 4. The entries, by difference.
+        const wd = writeEntries(maps, plan, targets);
         out.writes += wd.writes;
         out.deletes += wd.deletes;
-        // 4. What no policy wants any more: listeners, then links.
+        // 5. What no policy wants any more: listeners, then links.
         for (const k of socks.keys() as SockKey[]) {
           if (targets.has(k.slot)) continue;
           socks.delete(k);
@@ -177,51 +159,11 @@ export class InboundPart implements EbpfPart<InboundPlan> {
         storage.close();
       }
     });
-    for (const [slot, l] of links) {
-      if (targets.has(slot) || plan.targets.some((t) => t.slot === slot)) continue;
-      detach(l.pin);
-      out.deletes++;
-      note(
-        'info',
-        'inbound_detached',
-        `inbound link ${l.name} removed (${l.attached ? 'no policy wants it' : 'its netns is gone'})`,
-        {
-          link: l.name,
-        },
-      );
-    }
-    this.watch = watch;
-    this.asked = false;
+    const gone = removeLinks(links, (slot) => targets.has(slot) || plan.targets.some((t) => t.slot === slot));
+    out.deletes += gone.length;
+    out.notes.push(...gone);
+    this.watch.set(watch);
     return out;
-  }
-
-  /** Makes `t`'s link exist on its netns; true when it is in place. A new slot's counters start at zero. */
-  private link(t: InboundTarget, cur: ReturnType<Pins['netnsLinks']>[number] | undefined, out: PartApply): boolean {
-    if (cur?.attached && cur.netnsIno === t.netns.ino) return true;
-    if (cur)
-      detach(cur.pin); // defunct (netns gone) or on another netns (the pod was re-created)
-    else zeroCounters(this.pins, t.slot);
-    const progFd = openPinned(this.pins.progPin(PROG), `open pinned ${PROG}`);
-    try {
-      const ns = NetnsHandle.open(t.netns.path, t.netns.id);
-      try {
-        const pin = this.pins.linkPin(`${NETNS_LINK_PREFIX}${t.slot}`);
-        Link.attachNetnsPinned(progFd, ns.fd, pin, t.netns.path);
-        chmodSync(pin, 0o600);
-      } finally {
-        ns.close();
-      }
-    } finally {
-      closeFd(progFd);
-    }
-    out.writes++;
-    out.notes.push({
-      level: 'info',
-      event: 'inbound_attached',
-      message: `${t.policy}: mr_sklookup attached to netns ${t.netns.path} (${t.netns.id})${cur ? ', replacing the link of its previous netns' : ''}`,
-      fields: { policy: t.policy, netns: t.netns.id },
-    });
-    return true;
   }
 
   status() {
@@ -236,144 +178,12 @@ export class InboundPart implements EbpfPart<InboundPlan> {
     return inboundVerify(this.pins, c, cov, req);
   }
 
+  /** Why to reconcile now (the kernel told of a listener or netns change), or null: read each second. */
   pulse(): string | null {
-    if (this.asked) return null;
-    const why = this.look();
-    if (why) this.asked = true;
-    return why;
+    return this.watch.pulse();
   }
 
-  private look(): string | null {
-    const w = this.watch;
-    if (w.registered.length && this.pins.has('mr_in_socks')) {
-      const gone = this.pins.withMaps(['mr_in_socks'], (m) => {
-        const socks = m.get('mr_in_socks') as BpfMap<SockKey, bigint>;
-        return w.registered.find((r) => socks.get(r.key) === undefined);
-      });
-      if (gone) return `inbound listener of ${gone.policy} closed`;
-    }
-    for (const l of w.links) {
-      // One link's info (its netns inode: 0 once the netns is gone), not every link's, every second.
-      let ino = 0;
-      try {
-        const link = Link.open(this.pins.linkPin(`${NETNS_LINK_PREFIX}${l.slot}`));
-        try {
-          ino = link.info().netnsIno ?? 0;
-        } finally {
-          link.close();
-        }
-      } catch (e) {
-        if (!(e instanceof BpfError)) throw e;
-        return `inbound link of ${l.policy} gone`;
-      }
-      if (ino === 0) return `netns of ${l.policy} gone`;
-    }
-    for (const m of w.missing) {
-      if (tableListeners(m.tablePid).some((x) => x.port === m.port && !m.tried.has(x.inode)))
-        return `a listener on port ${m.port} appeared for ${m.policy}`;
-    }
-    return null;
+  metrics(): MetricFamily[] {
+    return this.watch.metrics();
   }
-}
-
-function noListener(t: InboundTarget, family?: 4 | 6): string {
-  const where = t.listenAddress
-    ? `the listener ${t.listenAddress.bytes.join('.')}:${t.port}`
-    : `a listener on port ${t.port}`;
-  const fam = family ? `IPv${family}: ` : '';
-  return `${fam}no ${where.replace(/^a /, '')} in netns ${t.netns.path} held by a process of the policy's cgroups or bypass cgroups: inbound connections are ${t.spec.whenNoProxy === 'pass' ? 'passed to the app' : 'refused'} (whenNoProxy ${t.spec.whenNoProxy})`;
-}
-
-/** Takes and checks the family's best listener; registers it unless it already is. */
-function register(
-  t: InboundTarget,
-  f: 4 | 6,
-  socks: BpfMap<SockKey, bigint>,
-  storage: BpfMap<number, { slot: number; flags: number }>,
-): { registered: boolean; wrote: boolean; dropped: boolean; why: string[]; tried: Set<number> } {
-  const key = { slot: t.slot, family: af(f) };
-  const cur = socks.get(key);
-  const why: string[] = [];
-  const tried = new Set<number>();
-  for (const l of t.candidates[f]) {
-    tried.add(l.inode);
-    let fd: number;
-    try {
-      fd = takeFd(l.pid, l.fd);
-    } catch (e) {
-      why.push((e as Error).message);
-      continue;
-    }
-    try {
-      const s = socketFacts(fd);
-      const fits = f === 4 ? s.family === 4 || (s.family === 6 && !s.v6only) : s.family === 6;
-      if (!s.tcp || !s.listening) why.push(`pid ${l.pid} fd ${l.fd} is not a listening TCP socket`);
-      else if (s.netnsId !== t.netns.id)
-        why.push(
-          `pid ${l.pid} fd ${l.fd} lives in netns ${s.netnsId}, not the pod's: sk_lookup cannot hand it connections`,
-        );
-      else if (!fits) why.push(`pid ${l.pid} fd ${l.fd} is IPv6-only`);
-      else if (cur === s.cookie) return { registered: true, wrote: false, dropped: false, why, tried };
-      else {
-        registerListener(socks, storage, t.slot, [f], fd);
-        return { registered: true, wrote: true, dropped: false, why, tried };
-      }
-    } finally {
-      closeFd(fd);
-    }
-  }
-  // Nothing the policy names listens: an older socket (a port changed) must not keep taking connections.
-  const dropped = cur !== undefined && socks.delete(key);
-  return { registered: false, wrote: false, dropped, why, tried };
-}
-
-function writeByDifference(
-  maps: Map<AnyMapName, BpfMap<unknown, unknown>>,
-  plan: InboundPlan,
-  targets: Map<number, InboundTarget>,
-): { writes: number; deletes: number } {
-  let writes = 0;
-  let deletes = 0;
-  const stale: [BpfMap<unknown, unknown>, Buffer[]][] = [];
-  for (const name of ORDER) {
-    const map = maps.get(name)!;
-    const list = plan.entries[name as keyof typeof plan.entries] as [{ slot?: number }, unknown][];
-    const want = new Map<string, [Buffer, Buffer]>();
-    for (const [k, v] of list) {
-      // A target whose link failed keeps nothing (no link: its entries would never be looked up anyway).
-      const slot = name === 'mr_in_addrs' ? (v as { slot: number }).slot : k.slot!;
-      if (!targets.has(slot)) continue;
-      const kb = map.key.encode(k, Buffer.alloc(map.key.size));
-      want.set(kb.toString('hex'), [kb, map.value.encode(v, Buffer.alloc(map.value.size))]);
-    }
-    const have = new Map(map.rawEntries().map(([k, v]) => [k.toString('hex'), v]));
-    const changed = [...want.values()].filter(([kb, vb]) => !have.get(kb.toString('hex'))?.equals(vb));
-    writes += map.setManyRaw(changed);
-    const gone = [...have.keys()].filter((h) => !want.has(h)).map((h) => Buffer.from(h, 'hex'));
-    if (gone.length) stale.push([map, gone]);
-  }
-  for (const [map, keys] of stale.reverse()) deletes += map.deleteManyRaw(keys);
-  return { writes, deletes };
-}
-
-function detach(pin: string): void {
-  try {
-    const l = Link.open(pin);
-    try {
-      l.detach();
-    } finally {
-      l.close();
-    }
-  } catch (e) {
-    if (!(e instanceof BpfError)) throw e; // already defunct or not a link: still ours to unpin
-  }
-  rmSync(pin, { force: true });
-}
-
-/** A slot's inbound counters back to zero (a new policy in a slot another used before). */
-function zeroCounters(pins: Pins, slot: number): void {
-  pins.withMaps(['mr_in_stats'], (m) => {
-    const zero = Object.fromEntries(IN_STAT_FIELDS.map((f) => [f, 0n])) as Record<InStatName, bigint>;
-    m.get('mr_in_stats')!.set(slot, zero);
-  });
 }

@@ -303,7 +303,8 @@ export class EbpfMode implements Mode {
   }
 
   metrics() {
-    return ebpfMetrics(this.pins);
+    // The inbound watch's own counters live in this process (what the agent did), not in the pins.
+    return [...ebpfMetrics(this.pins), ...this.inbound.metrics()];
   }
 
   readiness() {

@@ -6,18 +6,28 @@ import { BpfMap, mapInfo } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { progInfoById } from '../../bpf/prog.js';
 import { tryOpenPinned, withFd } from '../../bpf/fd.js';
-import { MAPS, INBOUND_MAPS, TRACE_RING, inSk, u32, type MapName, type InboundMapName } from '../../bpf/abi.js';
+import {
+  MAPS,
+  INBOUND_MAPS,
+  IN_RING,
+  TRACE_RING,
+  inSk,
+  u32,
+  type MapName,
+  type InboundMapName,
+} from '../../bpf/abi.js';
 import type { Codec } from '../../bpf/codec.js';
 
 /** Socket storage maps: pinned, but with no user-space view by key (and no get_next_key). */
 export const STORAGE_MAPS = ['mr_sk', 'mr_fast', 'mr_in_sk'] as const;
-/** Every pinned map: the outbound part's, the inbound part's, the socket storages, and the trace's ring
- * buffer (no entries to type). */
+/** Every pinned map: the outbound part's, the inbound part's, the socket storages, and the trace's and
+ * the inbound watch's ring buffers (no entries to type). */
 export const ALL_MAPS = [
   ...(Object.keys(MAPS) as MapName[]),
   ...(Object.keys(INBOUND_MAPS) as InboundMapName[]),
   ...STORAGE_MAPS,
   TRACE_RING,
+  IN_RING,
 ] as const;
 /** A map with codecs (every pinned map but the socket storages). */
 export type AnyMapName = MapName | InboundMapName;
