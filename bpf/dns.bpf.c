@@ -49,13 +49,15 @@ int mr_dns_recv6(struct bpf_sock_addr *ctx)
 }
 
 /* Runs for every inet socket of the subtree as it is closed: a socket that has no entry costs one
- * failed hash lookup. */
+ * failed hash lookup. Looked up before the delete: a hash delete takes its bucket's lock (irqs off)
+ * even for a key that is not there, which made this hook cost ~290 ns on every TCP socket's close. */
 SEC("cgroup/sock_release")
 int mr_dns_release(struct bpf_sock *ctx)
 {
 	if (ctx->protocol != IPPROTO_UDP && ctx->protocol != IPPROTO_TCP)
 		return 1;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	bpf_map_delete_elem(&mr_dns_socks, &cookie);
+	if (bpf_map_lookup_elem(&mr_dns_socks, &cookie))
+		bpf_map_delete_elem(&mr_dns_socks, &cookie);
 	return 1;
 }
