@@ -150,6 +150,7 @@ enum mr_sk_flag {
 	MR_SK_SLOWPATH = 1u << 4, /* a message went by TCP: stay on TCP until the peer has read all of it */
 	MR_SK_FRESH = 1u << 5,    /* just accelerated: bytes may have gone by TCP before (TFO data) */
 	MR_SK_PEER = 1u << 6,     /* peer_key and peer are cached */
+	MR_SK_DNS = 1u << 7,      /* a TCP socket whose connect DNS capture took: it has an mr_dns_socks entry */
 };
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */

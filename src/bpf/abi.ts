@@ -48,6 +48,7 @@ export const SkFlag = cEnum('mr_sk_flag', 'MR_SK_', {
   SLOWPATH: 1 << 4,
   FRESH: 1 << 5,
   PEER: 1 << 6,
+  DNS: 1 << 7,
 });
 /** Indexes of mr_gauges; MAX is their number. */
 export const Gauge = cEnum('mr_gauge', 'MR_G_', { PENDING: 0, LIMIT: 1, MAX: 2 });
