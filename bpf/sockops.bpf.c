@@ -141,6 +141,12 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops, const int 
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return;
+	/* No record anywhere (the node's gauge: only ever above their number, when deleted from outside):
+	 * nothing to claim, and no hash lookup (a cold bucket) for every connection accepted below the
+	 * attach point. A record is counted before its SYN leaves, so before its proxy's side can run. */
+	__u64 *pending = mr_gauge(MR_G_PENDING);
+	if (pending && *pending == 0)
+		return;
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
 	MR_READ_ADDRS(skops, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
