@@ -7,11 +7,13 @@ SEC("cgroup/getpeername4")
 int mr_getpeername4(struct bpf_sock_addr *ctx)
 {
 	MR_PROF_TASK(MR_HP_GETPEERNAME4, 0);
-	if (mr_dns_getpeername(ctx, 0)) /* a captured DNS socket: bpf/mr_dns.h */
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return 1;
-	if (!ctx->sk)
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	/* A captured DNS socket (bpf/mr_dns.h): a TCP one only if marked (no hash lookup for the others). */
+	if ((sk->protocol != IPPROTO_TCP || (st && (st->flags & MR_SK_DNS))) && mr_dns_getpeername(ctx, 0))
 		return 1;
-	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
 	if (!st || !(st->flags & MR_SK_APP) || st->orig.family != AF_INET)
 		return 1;
 	ctx->user_ip4 = ((__u32 *)st->orig.addr)[0];
@@ -23,11 +25,13 @@ SEC("cgroup/getpeername6")
 int mr_getpeername6(struct bpf_sock_addr *ctx)
 {
 	MR_PROF_TASK(MR_HP_GETPEERNAME6, 0);
-	if (mr_dns_getpeername(ctx, 1)) /* a captured DNS socket: bpf/mr_dns.h */
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return 1;
-	if (!ctx->sk)
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	/* A captured DNS socket (bpf/mr_dns.h): a TCP one only if marked (no hash lookup for the others). */
+	if ((sk->protocol != IPPROTO_TCP || (st && (st->flags & MR_SK_DNS))) && mr_dns_getpeername(ctx, 1))
 		return 1;
-	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx->sk, 0, 0);
 	if (!st || !(st->flags & MR_SK_APP) || st->orig.family != AF_INET6)
 		return 1;
 	__u32 a[4];

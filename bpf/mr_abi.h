@@ -148,6 +148,7 @@ enum mr_sk_flag {
 	MR_SK_APP = 1u << 1,      /* the application's socket: getpeername answers with orig */
 	MR_SK_SERVED = 1u << 2,   /* the proxy's accepted socket: orig is its original destination */
 	MR_SK_ACCEL = 1u << 3,    /* in mr_sockhash (orig.slot names the policy; mr_fast exists) */
+	MR_SK_DNS = 1u << 7,      /* a TCP socket whose connect DNS capture took: it has an mr_dns_socks entry */
 };
 struct mr_sk {
 	struct mr_orig orig;      /* APP: as the application gave it; SERVED: as the proxy reads it */

@@ -539,7 +539,7 @@ static __always_inline int mr_record(struct bpf_sock *sk, __u8 family, const __u
 	st->orig.slot = slot;
 	__builtin_memcpy(st->orig.addr, addr, 16);
 	st->orig.cookie = 0;
-	st->flags = MR_SK_APP;
+	st->flags = MR_SK_APP | (st->flags & MR_SK_DNS); /* DNS: its mr_dns_socks entry is still there */
 	/* MPTCP: the hook runs on the first subflow, a TCP socket (which sockops publishes); the
 	 * application's getpeername asks the MPTCP socket, so that one answers with the destination too. */
 	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_mptcp_sock)) {

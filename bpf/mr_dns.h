@@ -242,6 +242,16 @@ static __always_inline int mr_dns_connect(struct bpf_sock_addr *ctx, int v6)
 		}
 		return MR_DNS_NOT_MINE;
 	}
+	/* A captured TCP socket is marked in its storage: the sock_release and getpeername hooks, which
+	 * run for every TCP socket, look for an entry only on marked ones. Without storage, no capture. */
+	if (tcp) {
+		struct mr_sk *own = bpf_sk_storage_get(&mr_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!own) {
+			MR_DNS_COUNT(slot, err_full);
+			return 0;
+		}
+		own->flags |= MR_SK_DNS;
+	}
 	if (!mr_dns_note(ctx, slot, &d, p, 1, tcp))
 		return 0;
 	mr_dns_rewrite(ctx, v6, mapped, p);

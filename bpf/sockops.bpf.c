@@ -150,6 +150,12 @@ static __always_inline void mr_on_passive(struct bpf_sock_ops *skops, const int 
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return;
+	/* No record anywhere (the node's gauge: only ever above their number, when deleted from outside):
+	 * nothing to claim, and no hash lookup (a cold bucket) for every connection accepted below the
+	 * attach point. A record is counted before its SYN leaves, so before its proxy's side can run. */
+	__u64 *pending = mr_gauge(MR_G_PENDING);
+	if (pending && *pending == 0)
+		return;
 	__u32 local[4] = {}, remote[4] = {};
 	int v4;
 	MR_READ_ADDRS(skops, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote, v4);
@@ -203,6 +209,28 @@ static __always_inline void mr_on_close(struct bpf_sock_ops *skops, const int fa
 	}
 }
 
+/* The application's connection leaves ESTABLISHED (FIN_WAIT1 on its own close, CLOSE_WAIT on the
+ * peer's): by then the proxy's side has normally claimed the record. Once the record is verifiably gone
+ * the socket's remaining state changes (FIN_WAIT2, TIME_WAIT/CLOSE; LAST_ACK, CLOSE) have nothing to
+ * do, so STATE_CB goes off: a graceful close then costs one state callback instead of three. A record
+ * still there (no proxy socket claimed it yet) keeps the watch for the close that deletes it; a socket on
+ * the fast path keeps it for its gauge. */
+static __always_inline void mr_on_closing(struct bpf_sock_ops *skops, const int fast)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct mr_sk *st = bpf_sk_storage_get(&mr_sk, sk, 0, 0);
+	/* Only a watch that mr_publish turned on (a recorded socket) is turned off here. */
+	if (!st || !(st->flags & MR_SK_RECORDED) || (fast && (st->flags & MR_SK_ACCEL)))
+		return;
+	struct mr_orig *rec = bpf_map_lookup_elem(&mr_orig, &st->key);
+	if (rec && rec->cookie == st->orig.cookie)
+		return;
+	st->flags &= ~MR_SK_RECORDED;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int fast)
 {
 	MR_PROF_SOCKOPS(skops);
@@ -217,8 +245,11 @@ static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int 
 		mr_on_passive(skops, fast);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		/* args[0]: the old state, args[1]: the new one. */
 		if (skops->args[1] == BPF_TCP_CLOSE)
 			mr_on_close(skops, fast);
+		else if (skops->args[0] == BPF_TCP_ESTABLISHED)
+			mr_on_closing(skops, fast);
 		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB: /* listen(2) only: an inbound proxy may be back (mr_inwatch.h) */
 		mr_in_listening(skops);

@@ -28,6 +28,7 @@ export const SkFlag = cEnum('mr_sk_flag', 'MR_SK_', {
   APP: 1 << 1,
   SERVED: 1 << 2,
   ACCEL: 1 << 3,
+  DNS: 1 << 7,
 });
 /** Bits of mr_fast.flags (the fast path's per-socket storage; no map user space reads). */
 export const FastFlag = cEnum('mr_fast_flag', 'MR_FP_', {
