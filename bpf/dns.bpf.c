@@ -73,10 +73,13 @@ int mr_dns_recv6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sock_release")
 int mr_dns_release(struct bpf_sock *ctx)
 {
-	if (ctx->protocol != IPPROTO_UDP && ctx->protocol != IPPROTO_TCP)
+	/* Read once: after the inlined watch below, clang would re-read it through a moved ctx pointer,
+	 * which the verifier refuses. */
+	__u32 proto = ctx->protocol;
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
 		return 1;
 	mr_in_released(ctx); /* the inbound watch shares this hook: one compare for a socket not listening */
-	if (ctx->protocol == IPPROTO_TCP && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_check_mtu)) {
+	if (proto == IPPROTO_TCP && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_check_mtu)) {
 		struct mr_sk *st = bpf_sk_storage_get(&mr_sk, ctx, 0, 0);
 		if (!st || !(st->flags & MR_SK_DNS))
 			return 1;
