@@ -11,7 +11,7 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
-const program = buildProgram().exitOverride();
+const program = (await buildProgram(process.argv)).exitOverride();
 const debug = process.argv.includes('--debug');
 
 try {
