@@ -137,6 +137,7 @@ const libcDecl = {
   getsockname: ['int', ['int', p, p]],
   getpeername: ['int', ['int', p, p]],
   ioctl: ['int', ['int', 'ulong', 'int']],
+  pthread_sigmask: ['int', ['int', p, p]],
   // pidfd_open/pidfd_getfd by number: their glibc wrappers only exist since 2.36.
   syscall: ['long', ['long', 'int', 'int', 'uint32']],
 } as const;
@@ -188,6 +189,26 @@ export function logMark(): number {
 export function logSince(mark: number): string[] {
   const at = logLines.lastIndexOf('\u0000mark', Math.max(0, mark - 1));
   return logLines.slice(at + 1).filter((l) => l !== '\u0000mark');
+}
+
+const SIG_BLOCK = 0;
+const SIG_SETMASK = 2;
+const SIGPROF = 27; // x86-64 and arm64 alike
+/**
+ * `fn()` with SIGPROF held on this thread. A sampling profiler (`node --cpu-prof`) signals the thread every
+ * interval, and the verifier gives up on a program (EAGAIN) when a signal is pending: under a profiler
+ * no program that takes longer than the interval would load. The held samples are taken when it returns.
+ */
+export function holdingProfilerSignal<T>(fn: () => T): T {
+  const set = Buffer.alloc(128); // sigset_t
+  set.writeUInt32LE(1 << (SIGPROF - 1), 0);
+  const old = Buffer.alloc(128);
+  if (libc.pthread_sigmask(SIG_BLOCK, set, old) !== 0) return fn();
+  try {
+    return fn();
+  } finally {
+    libc.pthread_sigmask(SIG_SETMASK, old, NULL);
+  }
 }
 
 const SYS_PIDFD_OPEN = 434; // the same number on every architecture (unified syscall table)
