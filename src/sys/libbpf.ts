@@ -162,14 +162,24 @@ export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {
     .subarray(offset, offset + size);
 }
 
-// libbpf's log (verifier output included) is kept so a failing operation can quote it.
+// libbpf's log (verifier output included) is kept so a failing operation can quote it. Its debug
+// messages (hundreds per object: sections, relocations, maps) are dropped unless asked for: formatting
+// each through the FFI took ~0.1 ms, tens of ms of every load; its warnings (the verifier's log, a
+// failed relocation) are kept always.
+const LIBBPF_DEBUG = 2;
+let keepDebug = false;
+/** Keep libbpf's debug messages too (`--debug`). */
+export function keepLibbpfDebug(on: boolean): void {
+  keepDebug = on;
+}
 const logLines: string[] = [];
 const LOG_KEEP = 400;
 // Large enough for a whole verifier log (libbpf prints it as one message; its verdict is at the end).
 // Unzeroed: pages are only touched as far as a message reaches.
 function onFfiLoaded(ffi: Ffi): void {
   const printBuf = Buffer.allocUnsafeSlow(4 << 20);
-  const printer = ffi.Callback('int', ['int', p, p], (_level: number, fmt: Ptr, args: Ptr) => {
+  const printer = ffi.Callback('int', ['int', p, p], (level: number, fmt: Ptr, args: Ptr) => {
+    if (level === LIBBPF_DEBUG && !keepDebug) return 0;
     const n = libc.vsnprintf(printBuf, printBuf.length, fmt, args);
     const text = printBuf.toString('utf8', 0, Math.max(0, Math.min(n, printBuf.length - 1)));
     for (const line of text.split('\n')) if (line) logLines.push(line);
