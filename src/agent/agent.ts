@@ -396,6 +396,8 @@ export class Agent {
     }
     try {
       this.loadState();
+      // The programs load (the verifier's ~200 ms) while the policy parser's worker boots.
+      this.mode.preload?.();
       const first = await this.reconcile('start');
       await this.files.start((why) => void this.queue(why));
       if (this.kube) this.startKube(this.kube);
