@@ -159,8 +159,8 @@ export interface Mode {
   apply(plan: Plan): ApplyResult;
   /**
    * Loads and attaches what is missing now, before there is a plan (the agent's start: the eBPF verifier
-   * runs while the policy parser's worker boots). Its notes come with the next apply; a failure is left
-   * for that apply to meet and report.
+   * runs while the policy parser's worker boots). Its notes come with the next apply, and so does its
+   * failure: that apply throws it, as it would have thrown its own.
    */
   preload?(): void;
   status(): StatusReport;

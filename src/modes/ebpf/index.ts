@@ -54,6 +54,7 @@ export class EbpfMode implements Mode {
   private lastWritten?: WriteReport['maps'];
   /** What a preload() said, for the next apply to report. */
   private readonly preloaded: Note[] = [];
+  private preloadFailure?: { error: unknown };
   readonly inbound: InboundPart;
   readonly dns: DnsPart;
   /** The traffic features beside the outbound base, called in this order at every step. */
@@ -161,13 +162,17 @@ export class EbpfMode implements Mode {
   preload(): void {
     try {
       this.loadIfChanged(this.preloaded);
-    } catch {
-      // The apply that follows loads again and reports why it failed.
+    } catch (e) {
+      // Thrown by the apply that follows, where a failed load is met and reported.
       this.preloaded.length = 0;
+      this.preloadFailure = { error: e };
     }
   }
 
   apply(plan: Plan): ApplyResult {
+    const failed = this.preloadFailure;
+    this.preloadFailure = undefined;
+    if (failed) throw failed.error;
     const notes: Note[] = [...plan.notes, ...this.preloaded.splice(0)];
     const loaded = this.loadIfChanged(notes);
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
