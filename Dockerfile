@@ -23,6 +23,7 @@ RUN --mount=type=cache,target=/root/.npm --mount=type=secret,id=npm-ca \
     if [ -s /run/secrets/npm-ca ]; then export npm_config_cafile=/run/secrets/npm-ca; fi && \
     npm_config_nodedir=/usr/local npm ci --no-audit --no-fund --loglevel=error
 COPY Makefile tsconfig.json ./
+COPY scripts/bundle.mjs scripts/
 COPY bpf/ bpf/
 COPY src/ src/
 # vmlinux.h comes from the BTF the builder's kernel exposes (VMLINUX_BTF): it only supplies UAPI

@@ -277,6 +277,8 @@ export class Agent {
         startedAt: this.startedAt,
         interval: this.opts.interval,
       });
+      // The programs load (the verifier's ~200 ms) while the policy parser's worker boots.
+      this.mode.preload?.();
       const first = await this.reconcile('start');
       await this.files.start((why) => void this.queue(why));
       await this.kubeKept?.start((why) => void this.queue(why));

@@ -1,10 +1,11 @@
 // control.ts — the bench's control-plane scenario (`control`), `rounds` times: 10,000 entries applied
-// (eBPF map entries, iptables rules), load + attach, agent start to redirect-ready, Node's own start,
-// agent RSS; then the agent's reaction to cgroups made and removed (cgroup-latency.ts).
+// (eBPF map entries, iptables rules), load + attach, agent start to redirect-ready (metrics endpoint on
+// and off), the CLI's start (--version, status), agent RSS; then the agent's reaction to cgroups made and
+// removed (cgroup-latency.ts).
 import { join } from 'node:path';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { SERVER, ebpfApply, msg, type Run, type ScenarioDef } from './run.js';
 import { cgroupLatency } from './cgroup-latency.js';
 import { startAgent } from './agent-proc.js';
@@ -69,15 +70,30 @@ async function timings(x: Run): Promise<void> {
         }
       }
     }
-    // Node and the CLI alone (what every agent start pays before meshredir does anything).
-    try {
-      const t = performance.now();
-      execFileSync(process.execPath, [o.cli, '--version'], { stdio: 'ignore' });
-      push('node', 'node + CLI start (--version)', round, { ms: performance.now() - t });
-    } catch (e) {
-      fail('node', 'node + CLI start (--version)', round, e);
+    // Node and the CLI alone (what every agent start pays before meshredir does anything), and `status`
+    // where nothing is installed (paths of nothing: it reads them, finds none and exits 3).
+    const none = join(tmpdir(), 'meshredir-bench-none');
+    const starts: [string, string[], number][] = [
+      ['node + CLI start (--version)', ['--version'], 0],
+      ['CLI status, nothing installed', ['status', '--bpffs', none, '--state-dir', none, '--iptables-state', none], 3],
+    ];
+    for (const [variant, args, code] of starts) {
+      try {
+        const t = performance.now();
+        const r = spawnSync(process.execPath, [o.cli, ...args], { stdio: 'ignore' });
+        const ms = performance.now() - t;
+        if (r.status !== code) throw new Error(`exited ${r.status ?? r.signal}, not ${code}`);
+        push('node', variant, round, { ms });
+      } catch (e) {
+        fail('node', variant, round, e);
+      }
     }
-    if (!x.unavailable.has('ebpf')) {
+    // The agent as deployed (its /metrics endpoint on), then without the endpoint.
+    const agents: [string, string[]][] = [
+      ['agent start to redirect-ready', []],
+      ['agent start to redirect-ready (metrics off)', ['--metrics-address', 'off']],
+    ];
+    for (const [variant, extra] of x.unavailable.has('ebpf') ? [] : agents) {
       x.use('direct'); // the bench's own programs off: the agent's are the only ones
       const dir = mkdtempSync(join(tmpdir(), 'meshredir-bench-policies-'));
       const bpffs = `${lab.bpffs}-agent`;
@@ -87,19 +103,22 @@ async function timings(x: Run): Promise<void> {
           `apiVersion: meshredir/v1\nkind: RedirectPolicy\nmetadata: { name: a }\nspec:\n  cgroup: ${app}\n  proxy: { outbound: "${SERVER}" }\n`,
         );
         const t = performance.now();
-        const agent = await startAgent(o.cli, { policies: dir, cgroupRoot: x.attach, bpffs });
+        const agent = await startAgent(o.cli, { policies: dir, cgroupRoot: x.attach, bpffs, extra });
         try {
           const ready = performance.now() - t;
-          await new Promise((r) => setTimeout(r, 500));
-          const rss = lab.rss(agent.pid);
-          push('ebpf', 'agent start to redirect-ready', round, { ms: ready });
-          push('ebpf', 'agent RSS', round, { mib: rss / 1048576 });
-          said.push(`agent ready in ${ready.toFixed(0)} ms, RSS ${(rss / 1048576).toFixed(0)} MiB`);
+          push('ebpf', variant, round, { ms: ready });
+          said.push(`${variant.replace('agent start to redirect-ready', 'agent ready')} in ${ready.toFixed(0)} ms`);
+          if (extra.length === 0) {
+            await new Promise((r) => setTimeout(r, 500));
+            const rss = lab.rss(agent.pid);
+            push('ebpf', 'agent RSS', round, { mib: rss / 1048576 });
+            said.push(`RSS ${(rss / 1048576).toFixed(0)} MiB`);
+          }
         } finally {
           await agent.stop();
         }
       } catch (e) {
-        fail('ebpf', 'agent start to redirect-ready', round, e);
+        fail('ebpf', variant, round, e);
       } finally {
         rmSync(dir, { recursive: true, force: true });
         rmSync(`${dir}-state`, { recursive: true, force: true });

@@ -1,6 +1,6 @@
 // object.ts — a BPF object file: open, configure maps (size, reuse of pinned maps), load, find
 // programs and maps, close (safe twice; releases everything it owns).
-import { lib, isNull, errno, logMark, logSince, type Ptr } from '../sys/libbpf.js';
+import { lib, isNull, errno, logMark, logSince, holdingProfilerSignal, type Ptr } from '../sys/libbpf.js';
 import { BpfError } from './errors.js';
 import { BpfMap, mapInfo } from './map.js';
 import { checkEnums, checkStruct, type AbiEnums } from './mirror.js';
@@ -116,7 +116,7 @@ export class BpfObject {
 
   load(): void {
     const mark = logMark();
-    const r: number = lib.bpf_object__load(this.handle);
+    const r: number = holdingProfilerSignal(() => lib.bpf_object__load(this.handle));
     if (r < 0) throw new BpfError(`load BPF object ${this.path}`, 'bpf_object__load', r, logSince(mark));
     this.loaded = true;
   }

@@ -4,6 +4,7 @@ import { CommanderError } from 'commander';
 import { buildProgram } from './index.js';
 import { UserError } from './output.js';
 import { BpfError } from '../bpf/errors.js';
+import { keepLibbpfDebug } from '../sys/libbpf.js';
 
 // A reader that went away (`meshredir … | head`) is not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -11,8 +12,10 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
-const program = buildProgram().exitOverride();
+const program = (await buildProgram(process.argv)).exitOverride();
 const debug = process.argv.includes('--debug');
+// With --debug, errors quote all of libbpf's log, its debug messages included.
+if (debug) keepLibbpfDebug(true);
 
 try {
   await program.parseAsync(process.argv);

@@ -159,6 +159,12 @@ export interface Mode {
   plan(desired: DesiredState): Plan;
   /** Makes the host match the plan: loads/attaches what is missing, writes only what differs. */
   apply(plan: Plan): ApplyResult;
+  /**
+   * Loads and attaches what is missing now, before there is a plan (the agent's start: the eBPF verifier
+   * runs while the policy parser's worker boots). Its notes come with the next apply, and so does its
+   * failure: that apply throws it, as it would have thrown its own.
+   */
+  preload?(): void;
   status(): StatusReport;
   /** Checks, link by link, that a connection from the cgroup would be redirected; sends no packet. */
   verify(req: VerifyRequest): Promise<VerifyStep[]>;

@@ -8,6 +8,7 @@ import { BpfError, withVerifier } from '../bpf/errors.js';
 import { Link } from '../bpf/link.js';
 import { PROGRAMS, FAST_PATH, WITHOUT_FAST_PATH, programFor, type ProgramName } from '../bpf/abi.js';
 import { unloadableDnsPrograms } from '../bpf/optional.js';
+import { retryInterrupted } from '../bpf/retry.js';
 
 export interface ObjectCheck {
   path: string;
@@ -28,17 +29,20 @@ const why = (e: unknown) => (e instanceof BpfError ? withVerifier(e) : (e as Err
 /** Opens and loads the object as the eBPF mode does: `without` left out (autoload off, or libbpf would
  * fail the whole object), and with or without the fast path. */
 function loadObject(path: string, fast: boolean, without: Record<string, string>): BpfObject {
-  const obj = BpfObject.open(path);
-  try {
-    for (const name of Object.keys(without)) obj.setAutoload(name, false);
-    if (fast) obj.exclude(WITHOUT_FAST_PATH);
-    else obj.exclude(FAST_PATH.programs, FAST_PATH.maps);
-    obj.load();
-    return obj;
-  } catch (e) {
-    obj.close();
-    throw e;
-  }
+  const once = (): BpfObject => {
+    const obj = BpfObject.open(path);
+    try {
+      for (const name of Object.keys(without)) obj.setAutoload(name, false);
+      if (fast) obj.exclude(WITHOUT_FAST_PATH);
+      else obj.exclude(FAST_PATH.programs, FAST_PATH.maps);
+      obj.load();
+      return obj;
+    } catch (e) {
+      obj.close();
+      throw e;
+    }
+  };
+  return retryInterrupted(once, () => {}); // each try opens its own object
 }
 
 /** Loads the real object and attaches each of its cgroup programs to `cgroupDir`, then lets go. */

@@ -107,7 +107,7 @@ export function probe(opts: ProbeOptions = {}): ProbeReport {
   }
   return {
     kernel: release(),
-    libbpf: libbpfVersion,
+    libbpf: libbpfVersion(),
     cgroup2: cg2,
     bpffs: bpffsMount(),
     features: { ...features, iptables: ipt },

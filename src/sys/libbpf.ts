@@ -1,7 +1,29 @@
 // libbpf.ts — the only file that touches the FFI: thin declarations of the libbpf (and the few libc)
 // functions meshredir calls, plus libbpf's log routed into a buffer errors can quote.
-import ffi from '@2060.io/ffi-napi';
-import ref from '@2060.io/ref-napi';
+import { createRequire } from 'node:module';
+
+// The FFI is loaded, and each function defined, on first use: a command that imports the eBPF mode but
+// never calls libbpf (`status` with nothing installed) does not pay for it, and the agent pays only for
+// the functions it calls (defining all of them up front took ~50 ms of every start).
+type Ffi = typeof import('@2060.io/ffi-napi');
+type Ref = typeof import('@2060.io/ref-napi');
+let ffiModule: Ffi | undefined;
+let refModule: Ref | undefined;
+function refLib(): Ref {
+  if (!refModule) {
+    refModule = createRequire(import.meta.url)('@2060.io/ref-napi') as Ref;
+    NULL = refModule.NULL;
+  }
+  return refModule;
+}
+function ffiLib(): Ffi {
+  if (!ffiModule) {
+    refLib();
+    ffiModule = createRequire(import.meta.url)('@2060.io/ffi-napi') as Ffi;
+    onFfiLoaded(ffiModule);
+  }
+  return ffiModule;
+}
 
 export type Ptr = Buffer; // an opaque C pointer as ref-napi represents it
 
@@ -79,7 +101,28 @@ const libbpfDecl = {
 } as const;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Native<D> = { [K in keyof D]: (...args: any[]) => any };
-const native = ffi.Library('libbpf.so.1', libbpfDecl as never) as unknown as Native<typeof libbpfDecl>;
+
+/** An object whose functions are defined (dlsym + FFI signature) when first read. */
+function lazyLibrary<D extends Record<string, readonly [string, readonly string[]]>>(
+  file: string | null,
+  decl: D,
+): Native<D> {
+  let dl: InstanceType<Ffi['DynamicLibrary']> | undefined;
+  const defined: Record<string, unknown> = {};
+  return new Proxy(defined, {
+    get(_, name) {
+      if (typeof name !== 'string' || !Object.hasOwn(decl, name)) return undefined;
+      if (defined[name]) return defined[name];
+      const f = ffiLib();
+      dl ??= new f.DynamicLibrary(file ?? undefined, f.DynamicLibrary.FLAGS.RTLD_NOW);
+      const [ret, args] = decl[name]!;
+      const fn = dl.get(name);
+      if (refLib().isNull(fn)) throw new Error(`${file ?? 'libc'} has no function ${name}`);
+      return (defined[name] = f.ForeignFunction(fn, ret, args as string[]));
+    },
+  }) as Native<D>;
+}
+const native = lazyLibrary('libbpf.so.1', libbpfDecl);
 
 const libcDecl = {
   vsnprintf: ['int', [p, 'size_t', p, p]],
@@ -94,38 +137,59 @@ const libcDecl = {
   getsockname: ['int', ['int', p, p]],
   getpeername: ['int', ['int', p, p]],
   ioctl: ['int', ['int', 'ulong', 'int']],
+  pthread_sigmask: ['int', ['int', p, p]],
   // pidfd_open/pidfd_getfd by number: their glibc wrappers only exist since 2.36.
   syscall: ['long', ['long', 'int', 'int', 'uint32']],
 } as const;
-const libc = ffi.Library(null as unknown as string, libcDecl as never) as unknown as Native<typeof libcDecl>;
+const libc = lazyLibrary(null, libcDecl);
 
-export const NULL: Ptr = ref.NULL;
-export const isNull = (x: Ptr): boolean => ref.isNull(x);
-export const errno = (): number => ffi.errno();
+/**
+ * The C NULL pointer, for arguments: ref-napi's NULL buffer once the FFI is loaded (by the first use of
+ * `lib`/`c`, which `lib.f(…, NULL)` reads before its arguments), JS null before (which ref-napi also
+ * writes as a NULL pointer).
+ */
+export let NULL: Ptr = null as unknown as Ptr;
+export const isNull = (x: Ptr): boolean => refLib().isNull(x);
+export const errno = (): number => ffiLib().errno();
 
 /** The address of a buffer's memory, for the pointer fields of bpf_*_info (e.g. map_ids). */
-export const addressOf = (b: Buffer): bigint => BigInt(ref.address(b));
+export const addressOf = (b: Buffer): bigint => BigInt(refLib().address(b));
 
 /** Reads `size` bytes that a C pointer points at (BTF records). */
 export function readAt(ptr: Ptr, size: number, offset = 0): Buffer {
-  return ref.reinterpret(ptr as never, size + offset, 0).subarray(offset, offset + size);
+  return refLib()
+    .reinterpret(ptr as never, size + offset, 0)
+    .subarray(offset, offset + size);
 }
 
-// libbpf's log (verifier output included) is kept so a failing operation can quote it.
+// libbpf's log (verifier output included) is kept so a failing operation can quote it. Its debug
+// messages (hundreds per object: sections, relocations, maps) are dropped unless asked for: formatting
+// each through the FFI took ~0.1 ms, tens of ms of every load; its warnings (the verifier's log, a
+// failed relocation) are kept always.
+const LIBBPF_DEBUG = 2;
+let keepDebug = false;
+/** Keep libbpf's debug messages too (`--debug`). */
+export function keepLibbpfDebug(on: boolean): void {
+  keepDebug = on;
+}
 const logLines: string[] = [];
 const LOG_KEEP = 400;
 // Large enough for a whole verifier log (libbpf prints it as one message; its verdict is at the end).
 // Unzeroed: pages are only touched as far as a message reaches.
-const printBuf = Buffer.allocUnsafeSlow(4 << 20);
-const printer = ffi.Callback('int', ['int', p, p], (_level: number, fmt: Ptr, args: Ptr) => {
-  const n = libc.vsnprintf(printBuf, printBuf.length, fmt, args);
-  const text = printBuf.toString('utf8', 0, Math.max(0, Math.min(n, printBuf.length - 1)));
-  for (const line of text.split('\n')) if (line) logLines.push(line);
-  if (logLines.length > LOG_KEEP) logLines.splice(0, logLines.length - LOG_KEEP);
-  return 0;
-});
-native.libbpf_set_print(printer);
-process.on('exit', () => void printer); // keeps the callback alive for the life of the process
+function onFfiLoaded(ffi: Ffi): void {
+  const printBuf = Buffer.allocUnsafeSlow(4 << 20);
+  const printer = ffi.Callback('int', ['int', p, p], (level: number, fmt: Ptr, args: Ptr) => {
+    if (level === LIBBPF_DEBUG && !keepDebug) return 0;
+    const n = libc.vsnprintf(printBuf, printBuf.length, fmt, args);
+    const text = printBuf.toString('utf8', 0, Math.max(0, Math.min(n, printBuf.length - 1)));
+    for (const line of text.split('\n')) if (line) logLines.push(line);
+    if (logLines.length > LOG_KEEP) logLines.splice(0, logLines.length - LOG_KEEP);
+    return 0;
+  });
+  // Before any other libbpf call: the first use of the FFI is what loads it.
+  native.libbpf_set_print(printer);
+  process.on('exit', () => void printer); // keeps the callback alive for the life of the process
+}
 
 /** Marks the log so that `logSince(mark)` returns only what libbpf said after it. */
 export function logMark(): number {
@@ -135,6 +199,26 @@ export function logMark(): number {
 export function logSince(mark: number): string[] {
   const at = logLines.lastIndexOf('\u0000mark', Math.max(0, mark - 1));
   return logLines.slice(at + 1).filter((l) => l !== '\u0000mark');
+}
+
+const SIG_BLOCK = 0;
+const SIG_SETMASK = 2;
+const SIGPROF = 27; // x86-64 and arm64 alike
+/**
+ * `fn()` with SIGPROF held on this thread. A sampling profiler (`node --cpu-prof`) signals the thread every
+ * interval, and the verifier gives up on a program (EAGAIN) when a signal is pending: under a profiler
+ * no program that takes longer than the interval would load. The held samples are taken when it returns.
+ */
+export function holdingProfilerSignal<T>(fn: () => T): T {
+  const set = Buffer.alloc(128); // sigset_t
+  set.writeUInt32LE(1 << (SIGPROF - 1), 0);
+  const old = Buffer.alloc(128);
+  if (libc.pthread_sigmask(SIG_BLOCK, set, old) !== 0) return fn();
+  try {
+    return fn();
+  } finally {
+    libc.pthread_sigmask(SIG_SETMASK, old, NULL);
+  }
 }
 
 const SYS_PIDFD_OPEN = 434; // the same number on every architecture (unified syscall table)
@@ -153,12 +237,12 @@ export function ringBuffer(
   mapFd: number,
   onRecord: (data: Buffer) => void,
 ): { ptr: Ptr; consume: () => number; free: () => void } | null {
-  const cb = ffi.Callback('int', [p, p, 'size_t'], (_ctx: Ptr, data: Ptr, size: number) => {
-    onRecord(Buffer.from(ref.reinterpret(data as never, Number(size), 0)));
+  const cb = ffiLib().Callback('int', [p, p, 'size_t'], (_ctx: Ptr, data: Ptr, size: number) => {
+    onRecord(Buffer.from(refLib().reinterpret(data as never, Number(size), 0)));
     return 0;
   });
-  const rb: Ptr = native.ring_buffer__new(mapFd, cb, ref.NULL, ref.NULL);
-  if (ref.isNull(rb)) return null;
+  const rb: Ptr = native.ring_buffer__new(mapFd, cb, NULL, NULL);
+  if (isNull(rb)) return null;
   let freed = false;
   return {
     ptr: rb,
@@ -174,4 +258,5 @@ export function ringBuffer(
 
 export const lib = native;
 export const c = libc;
-export const version = `${native.libbpf_major_version()}.${native.libbpf_minor_version()}`;
+/** The libbpf version this process runs with, e.g. "1.1". */
+export const version = (): string => `${native.libbpf_major_version()}.${native.libbpf_minor_version()}`;

@@ -164,7 +164,7 @@ describe('the agent DaemonSet', () => {
   const PENDING: Record<string, string> = {};
   it("every flag in the agent's and the cleanup's args is an option of that command (an unknown one exits 2)", async () => {
     const { buildProgram } = await import('../../src/cli/index.js');
-    const program = buildProgram();
+    const program = await buildProgram();
     const unknown = (command: string, args: string[]) => {
       const longs = new Set(program.commands.find((c) => c.name() === command)!.options.map((o) => o.long));
       return args

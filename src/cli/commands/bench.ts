@@ -2,16 +2,15 @@
 import { Command } from 'commander';
 import { z } from 'zod';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { release, cpus } from 'node:os';
 import type { Scenario, Sample, Missing } from '../../bench/bench.js';
 import type { Row } from '../../bench/report.js';
-import { DEFAULT_OBJECT } from '../paths.js';
+import { DEFAULT_OBJECT, ROOT } from '../paths.js';
 import { UserError } from '../output.js';
 import { parseOptions } from '../options.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const root = ROOT;
 
 // Kept here (not imported from the bench module) so that loading the CLI does not load the bench
 // and its chart renderer: the agent's memory and start time are among the things measured.

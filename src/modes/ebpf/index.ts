@@ -52,6 +52,9 @@ export class EbpfMode implements Mode {
   /** Per map, the fingerprint of what the last clean apply wrote: a difference found while it is
    * unchanged was made by someone else. */
   private lastWritten?: WriteReport['maps'];
+  /** What a preload() said, for the next apply to report. */
+  private readonly preloaded: Note[] = [];
+  private preloadFailure?: { error: unknown };
   readonly inbound: InboundPart;
   readonly dns: DnsPart;
   /** The traffic features beside the outbound base, called in this order at every step. */
@@ -137,9 +140,8 @@ export class EbpfMode implements Mode {
     };
   }
 
-  apply(plan: Plan): ApplyResult {
-    const notes: Note[] = [...plan.notes];
-    let loaded = false;
+  /** Loads and attaches again when what this process made is not intact (or not made yet); true if it did. */
+  private loadIfChanged(notes: Note[]): boolean {
     if (!this.intact()) {
       // Something this process attached or pinned is not as it left it: someone else changed it.
       const damage = this.expectedProgs.size ? this.damage() : [];
@@ -152,8 +154,27 @@ export class EbpfMode implements Mode {
         });
       const first = this.expectedProgs.size === 0;
       notes.push(...loadNotes(this.load(), first));
-      loaded = true;
+      return true;
     }
+    return false;
+  }
+
+  preload(): void {
+    try {
+      this.loadIfChanged(this.preloaded);
+    } catch (e) {
+      // Thrown by the apply that follows, where a failed load is met and reported.
+      this.preloaded.length = 0;
+      this.preloadFailure = { error: e };
+    }
+  }
+
+  apply(plan: Plan): ApplyResult {
+    const failed = this.preloadFailure;
+    this.preloadFailure = undefined;
+    if (failed) throw failed.error;
+    const notes: Note[] = [...plan.notes, ...this.preloaded.splice(0)];
+    const loaded = this.loadIfChanged(notes);
     // Loading may change what the plan assumed (slots, the fast path): then it is made again.
     const again = loaded || !(plan as EbpfPlan).desired;
     const desired = again ? this.desired(plan.input, plan.gates) : (plan as EbpfPlan).desired;

@@ -18,6 +18,7 @@ import {
   u64,
 } from '../../bpf/abi.js';
 import { BpfError, withVerifier } from '../../bpf/errors.js';
+import { interrupted, retryInterrupted } from '../../bpf/retry.js';
 import { ensureBpffs, cgroupId } from '../../util/host.js';
 import { crashAt } from '../../util/faults.js';
 import { ALL_MAPS, STORAGE_MAPS, type Pins } from './pins.js';
@@ -121,20 +122,24 @@ export function load(cfg: LoadConfig, pins: Pins, parts: LoadPart[] = []): LoadR
     }
     obj.load();
   };
+  /** A fresh object: the one that failed to load cannot be loaded again. */
+  const reopen = () => {
+    obj.close();
+    for (const fd of reusedFds.splice(0)) closeFd(fd);
+    rep.adoptedMaps = [];
+    obj = BpfObject.open(cfg.object);
+  };
   try {
     repinFromLinks(pins, rep);
     let fast = true;
     try {
-      loadObject(true);
+      retryInterrupted(() => loadObject(true), reopen);
     } catch (e) {
-      if (!(e instanceof BpfError)) throw e;
+      if (!(e instanceof BpfError) || interrupted(e)) throw e;
       // The fast path is optional: a kernel that cannot load its maps or programs (no sockmap, a verifier
       // that refuses mr_skmsg) still redirects, without acceleration.
-      obj.close();
-      for (const fd of reusedFds.splice(0)) closeFd(fd);
-      rep.adoptedMaps = [];
-      obj = BpfObject.open(cfg.object);
-      loadObject(false);
+      reopen();
+      retryInterrupted(() => loadObject(false), reopen);
       fast = false;
       rep.unavailable.mr_skmsg = `the fast path does not load here: ${withVerifier(e)}`;
     }
