@@ -220,7 +220,10 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
     expect(seen.errors, JSON.stringify(seen)).toBe(0);
     expect(seen.requests, JSON.stringify(seen)).toBeGreaterThan(100);
     expect(seen.fast, JSON.stringify(seen)).toBeGreaterThanOrEqual(2 * seen.requests);
-    expect([seen.backoff, seen.slow], JSON.stringify(seen)).toEqual([0, 0]);
+    expect(seen.backoff, JSON.stringify(seen)).toBe(0);
+    // The connection's first request may find the proxy's socket not yet on the fast path (its passive
+    // ESTABLISHED can come after the client's first write) and go by TCP: once, not per request.
+    expect(seen.slow, JSON.stringify(seen)).toBeLessThanOrEqual(1);
     await L.until('accelerated sockets closed', async () => (await L.counters('haproxy')).accel_open === 0);
   });
 

@@ -1,4 +1,4 @@
-// cleanup.ts — detaches every pinned link and removes every pin and the directories. Idempotent.
+// cleanup.ts — detaches every pinned link, removes every pin and the directories (idempotent); words the report.
 //
 // In order: the connect hooks first (nothing new is redirected), then a bounded wait for the handshakes
 // already redirected to be claimed by their proxy's socket (so none reaches the proxy without the record
@@ -19,6 +19,7 @@ import { DnsSockFlag, PROGRAMS, REDIRECTING, type ProgramName } from '../../bpf/
 import type { BpfMap } from '../../bpf/map.js';
 import { pending } from './counters.js';
 import type { Pins } from './pins.js';
+import type { CleanupReport, Note } from '../mode.js';
 
 export interface EbpfCleanup {
   detached: string[];
@@ -150,4 +151,39 @@ export function cleanupPins(pins: Pins, opts: { force?: boolean; drainMs?: numbe
   );
   if (foreign.length) throw new Error(`${foreign.join(', ')} hold files meshredir did not make; left in place`);
   return out;
+}
+
+/** What a cleanup did, kept and could not drain, in the words `meshredir cleanup` prints. */
+export function cleanupReport(r: EbpfCleanup, bpffs: string): CleanupReport {
+  const dnsKept = r.kept.filter((k) => /\/(mr_dns_|mr_getpeername)/.test(k));
+  const fastKept = r.kept.filter((k) => !dnsKept.includes(k));
+  const kept = [
+    ...(fastKept.length
+      ? [
+          `kept ${fastKept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
+            'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
+        ]
+      : []),
+    ...(dnsKept.length
+      ? [
+          `kept ${dnsKept.join(', ')} for ${r.openDnsConnected} captured DNS socket(s) still connected to the DNS proxy: their replies are still shown as from the nameserver, and their entries go when they close. ` +
+            'Nothing new is captured; run cleanup again once they have closed, or use --force (a resolver that checks the source, such as c-ares, then drops their replies until it opens new sockets).',
+        ]
+      : []),
+  ];
+  const notes: Note[] =
+    r.undrained > 0
+      ? [
+          {
+            level: 'warn',
+            event: 'undrained',
+            message: `${r.undrained} redirected handshake(s) were still in flight after 5 s: their proxy may not find their original destination`,
+          },
+        ]
+      : [];
+  const removed =
+    r.detached.length || r.unpinned.length
+      ? [`detached ${r.detached.length} link(s), removed ${r.unpinned.length} pin(s) under ${bpffs}`]
+      : [];
+  return { mode: 'ebpf', removed, kept, failed: [], notes, json: { ...r } };
 }

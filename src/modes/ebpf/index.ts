@@ -25,7 +25,7 @@ import { capacitiesOf, loadNotes, outcomes, writeNotes } from './notes.js';
 import { fastPath, pendingDrift, resetReassigned } from './counters.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
-import { cleanupPins } from './cleanup.js';
+import { cleanupPins, cleanupReport } from './cleanup.js';
 import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
 import type { EbpfPart } from './part.js';
@@ -333,37 +333,6 @@ export class EbpfMode implements Mode {
   }
 
   cleanup(opts: { force?: boolean; drainMs?: number }): CleanupReport {
-    const r = cleanupPins(this.pins, opts);
-    const dnsKept = r.kept.filter((k) => /\/(mr_dns_|mr_getpeername)/.test(k));
-    const fastKept = r.kept.filter((k) => !dnsKept.includes(k));
-    const kept = [
-      ...(fastKept.length
-        ? [
-            `kept ${fastKept.join(', ')} for ${r.openAccelerated} socket(s) still on the fast path: the kernel keeps their fast path until they close, and these pins keep refusing kTLS on them. ` +
-              'Redirection has stopped; run cleanup again once they have closed, or use --force (they then keep the fast path, without the kTLS guard).',
-          ]
-        : []),
-      ...(dnsKept.length
-        ? [
-            `kept ${dnsKept.join(', ')} for ${r.openDnsConnected} captured DNS socket(s) still connected to the DNS proxy: their replies are still shown as from the nameserver, and their entries go when they close. ` +
-              'Nothing new is captured; run cleanup again once they have closed, or use --force (a resolver that checks the source, such as c-ares, then drops their replies until it opens new sockets).',
-          ]
-        : []),
-    ];
-    const notes: Note[] =
-      r.undrained > 0
-        ? [
-            {
-              level: 'warn',
-              event: 'undrained',
-              message: `${r.undrained} redirected handshake(s) were still in flight after 5 s: their proxy may not find their original destination`,
-            },
-          ]
-        : [];
-    const removed =
-      r.detached.length || r.unpinned.length
-        ? [`detached ${r.detached.length} link(s), removed ${r.unpinned.length} pin(s) under ${this.cfg.bpffs}`]
-        : [];
-    return { mode: 'ebpf', removed, kept, failed: [], notes, json: { ...r } };
+    return cleanupReport(cleanupPins(this.pins, opts), this.cfg.bpffs);
   }
 }
