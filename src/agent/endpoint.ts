@@ -1,6 +1,7 @@
 // endpoint.ts — the agent's HTTP endpoint wired to the agent: /healthz and /readyz from Agent.health() and
-// the mode, /metrics from AgentMetrics. prom-client (~110 ms to import) is loaded beside the first
-// reconcile rather than before it; passes completed meanwhile are observed once it is there.
+// the mode, /metrics from AgentMetrics. prom-client (~110 ms to import) is loaded once the first pass has
+// completed (or at the first scrape), not during it, so that it never delays redirect-ready; the passes
+// completed before it is there are observed once it is.
 import type { Mode } from '../modes/mode.js';
 import type { Logger } from '../util/log.js';
 import type { ModeDecision } from './decide.js';
@@ -25,18 +26,23 @@ export async function startEndpoint(
   const warn = (event: string) => (e: Error) => log.warn({ event, err: e }, e.message);
   const early: PassHealth[] = [];
   let loaded: AgentMetrics | undefined;
-  const metrics = import('./metrics.js').then(({ AgentMetrics }) => {
-    const d = agent.opts.decision;
-    const m = new AgentMetrics({ mode: d.chosen, requested: d.requested, reason: d.reason });
-    for (const p of early.splice(0)) m.observe(p);
-    loaded = m;
-    return m;
-  });
-  metrics.catch(warn('metrics_unavailable'));
+  let metrics: Promise<AgentMetrics> | undefined;
+  const load = (): Promise<AgentMetrics> => {
+    if (metrics) return metrics;
+    metrics = import('./metrics.js').then(({ AgentMetrics }) => {
+      const d = agent.opts.decision;
+      const m = new AgentMetrics({ mode: d.chosen, requested: d.requested, reason: d.reason });
+      for (const p of early.splice(0)) m.observe(p);
+      loaded = m;
+      return m;
+    });
+    metrics.catch(warn('metrics_unavailable'));
+    return metrics;
+  };
   const ep = await serve(
     at,
     {
-      metrics: async () => (await metrics).render(agent.mode, warn('metrics_unreadable')),
+      metrics: async () => (await load()).render(agent.mode, warn('metrics_unreadable')),
       live: () => liveness(agent.health(), new Date()),
       ready: () => readiness(agent.health(), () => agent.mode.readiness()),
     },
@@ -45,7 +51,12 @@ export async function startEndpoint(
   log.info({ event: 'metrics', address: ep.address }, `serving /metrics, /healthz, /readyz on ${ep.address}`);
   return {
     address: ep.address,
-    observe: (p) => (loaded ? loaded.observe(p) : early.push(p)),
+    observe: (p) => {
+      if (loaded) return loaded.observe(p);
+      early.push(p);
+      // After this turn: the pass that called observe() finishes (and says redirect-ready) first.
+      setImmediate(() => void load().catch(() => {}));
+    },
     close: () => ep.close(),
   };
 }
