@@ -3,11 +3,12 @@
  * socket has the client as peer and the pod's address and port as local address). */
 #include "mr_inbound.h"
 
-/* Reads an address of the lookup into key form (IPv4 in the first word). Each field is read in its
- * own branch: the verifier refuses a computed offset into the context. */
-#define MR_IN_ADDR(ctx, k, F4, F6)                                             \
+/* Reads an address of the lookup into 16 bytes at `dst` (IPv4 in the first word): a key's or a trace
+ * event's. Each field is read in its own branch: the verifier refuses a computed offset into the
+ * context. */
+#define MR_IN_ADDR(ctx, dst, F4, F6)                                           \
 	do {                                                                   \
-		__u32 *__a = (__u32 *)(k)->addr;                               \
+		__u32 *__a = (__u32 *)(dst);                                   \
 		if ((ctx)->family == AF_INET) {                                \
 			__a[0] = (ctx)->F4;                                    \
 		} else {                                                       \
@@ -61,7 +62,7 @@ static __always_inline int mr_sklookup_decide(struct bpf_sk_lookup *ctx, struct 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	struct mr_in_addr_key local = { .family = ctx->family };
-	MR_IN_ADDR(ctx, &local, local_ip4, local_ip6);
+	MR_IN_ADDR(ctx, local.addr, local_ip4, local_ip6);
 	struct mr_in_dest *d = bpf_map_lookup_elem(&mr_in_addrs, &local);
 	if (!d)
 		return SK_PASS; /* not an address of a pod with inbound interception (e.g. loopback) */
@@ -69,7 +70,7 @@ static __always_inline int mr_sklookup_decide(struct bpf_sk_lookup *ctx, struct 
 	__u32 flags = d->flags;
 
 	struct mr_in_addr_key remote = { .family = ctx->family };
-	MR_IN_ADDR(ctx, &remote, remote_ip4, remote_ip6);
+	MR_IN_ADDR(ctx, remote.addr, remote_ip4, remote_ip6);
 	if (mr_in_from_pod(ctx, &remote, slot)) {
 		MR_IN_DECIDED(slot, bypass_local);
 		return SK_PASS;
@@ -114,20 +115,6 @@ static __always_inline int mr_sklookup_decide(struct bpf_sk_lookup *ctx, struct 
 	return SK_DROP;
 }
 
-/* Reads an address of the lookup into an event's bytes (IPv4 in the first word), as MR_IN_ADDR. */
-#define MR_IN_EV_ADDR(ctx, dst, F4, F6)                                        \
-	do {                                                                   \
-		__u32 *__a = (__u32 *)(dst);                                   \
-		if ((ctx)->family == AF_INET) {                                \
-			__a[0] = (ctx)->F4;                                    \
-		} else {                                                       \
-			__a[0] = (ctx)->F6[0];                                 \
-			__a[1] = (ctx)->F6[1];                                 \
-			__a[2] = (ctx)->F6[2];                                 \
-			__a[3] = (ctx)->F6[3];                                 \
-		}                                                              \
-	} while (0)
-
 /* `meshredir trace`: one event per counted decision, while a trace runs (bpf/mr_trace.h). The original
  * destination is the pod's address and port; where it went, the proxy's listener (intercepted) or the same. */
 static __noinline void mr_sklookup_trace(struct bpf_sk_lookup *ctx, const struct mr_in_note *n, int ret)
@@ -143,8 +130,8 @@ static __noinline void mr_sklookup_trace(struct bpf_sk_lookup *ctx, const struct
 	e->family = family;
 	e->port = bpf_htons((__u16)ctx->local_port);
 	e->from_port = ctx->remote_port;
-	MR_IN_EV_ADDR(ctx, e->addr, local_ip4, local_ip6);
-	MR_IN_EV_ADDR(ctx, e->from_addr, remote_ip4, remote_ip6);
+	MR_IN_ADDR(ctx, e->addr, local_ip4, local_ip6);
+	MR_IN_ADDR(ctx, e->from_addr, remote_ip4, remote_ip6);
 	e->to_family = family;
 	e->to_port = e->port;
 	__builtin_memcpy(e->to_addr, e->addr, 16);
