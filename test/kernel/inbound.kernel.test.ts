@@ -495,9 +495,10 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
         m,
       ).toBe(0);
     expect(sh('bpftool', ['link', 'show']).match(/sk_lookup/g)).toBeNull();
-    expect(logs(agent).some((l) => l.event === 'inbound_skipped' && /no process in cgroup/.test(String(l.msg)))).toBe(
-      true,
-    );
+    // Skipped because the pod has no process left: found empty, or (the kernel's close event starts the
+    // reconcile while the pod's processes are exiting) emptied while it was read.
+    const noProcess = /no process in cgroup|every process of cgroup \S+ exited while it was read/;
+    expect(logs(agent).some((l) => l.event === 'inbound_skipped' && noProcess.test(String(l.msg)))).toBe(true);
   });
 
   it('cleanup removes the pinned program and every inbound pin', async () => {
