@@ -1,5 +1,6 @@
 // harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
-// processes run inside both, and a teardown that removes all of it, also when a test fails.
+// processes run inside both, and a teardown that removes all of it, also when a test fails; `useLab`, the
+// node lab (bridge, pods, cgroups, policy directory, agents) that several agent tests share.
 import { Sandbox, type Proc } from '../../src/util/sandbox.js';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
