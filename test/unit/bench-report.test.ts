@@ -2,9 +2,10 @@
 // the checks that reject a sample whose counters show the mode did not act, and the run's plan.
 import { describe, expect, it } from 'vitest';
 import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } from '../../src/bench/report.js';
-import { judge, combine, fastShare, type LoadResult } from '../../src/bench/checks.js';
+import { judge, combine, fastShare } from '../../src/bench/checks.js';
 import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
 import { hookTables, renderHooksMarkdown } from '../../src/bench/hookreport.js';
+import { loadResult } from './bench-load.js';
 
 const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({
   scenario: 'crr',
@@ -70,27 +71,7 @@ describe('bench summary', () => {
   });
 });
 
-const load = (o: Partial<LoadResult> = {}): LoadResult => ({
-  mode: 'crr',
-  requests: 1000,
-  rate: 1000,
-  p50_us: 100,
-  p99_us: 200,
-  errors: 0,
-  err_connect: 0,
-  err_reset: 0,
-  err_other: 0,
-  conns: 1000,
-  client_user: 0.1,
-  client_sys: 0.8,
-  wall: 1.3,
-  bytes: 0,
-  confirmed: 0,
-  mbytes_s: 0,
-  e2e_mbytes_s: 0,
-  drain_ms: 0,
-  ...o,
-});
+const load = loadResult;
 
 describe('bench docs', () => {
   it('fills the generated section between its markers and nothing else', () => {
