@@ -13,7 +13,8 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, useLab, sh, waitFor, OBJECT, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { PROGRAMS, type ProgramName, POLICY_MAPS } from '../../src/bpf/abi.js';
 import { BpfObject } from '../../src/bpf/object.js';

@@ -11,7 +11,8 @@ import { expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Env, kernelDescribe, useLab, waitFor, CLI, OBJECT, type Proc } from './harness.js';
+import { Env, kernelDescribe, waitFor, CLI, OBJECT, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 import {
   DnsLab,
   type Pod,

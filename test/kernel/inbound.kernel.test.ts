@@ -7,7 +7,8 @@
 import { expect, it } from 'vitest';
 import { readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Env, Lab, kernelDescribe, policyDoc, useLab, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Lab, useLab } from './lab.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { findListeners, takeFd } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';

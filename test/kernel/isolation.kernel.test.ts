@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { pendingDrift } from '../../src/modes/ebpf/counters.js';
 import { lib, NULL } from '../../src/sys/libbpf.js';
-import { Env, kernelDescribe, policyYaml, useLab, waitFor, sh, ORIGDST_PROXY, ROOT, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, ROOT, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 interface Status {
   records: { pending: number; limit: number; inTable: number };

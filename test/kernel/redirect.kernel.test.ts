@@ -2,7 +2,8 @@
 // unmodified HAProxy reading SO_ORIGINAL_DST, and the agent CLI as users run it.
 import { expect, it } from 'vitest';
 import { mkdirSync } from 'node:fs';
-import { Env, kernelDescribe, policyYaml, useLab, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, ORIGDST_PROXY, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', () => {
   let env: Env;

@@ -5,7 +5,8 @@
 import { expect, it } from 'vitest';
 import { join } from 'node:path';
 import { Pins } from '../../src/modes/ebpf/pins.js';
-import { Env, kernelDescribe, policyYaml, useLab, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 interface Status {
   maps: { map: string; entries: number; max: number }[];

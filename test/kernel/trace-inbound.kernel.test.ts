@@ -5,7 +5,8 @@
 // each, with no process (sk_lookup runs for a packet), and none for a trace filtered by process.
 import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Env, kernelDescribe, useLab, waitFor, type Proc } from './harness.js';
+import { Env, kernelDescribe, waitFor, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 import { decisions, useTracers } from './tracing.js';
 
 const B4 = '10.202.0.12';

@@ -8,7 +8,8 @@
 // a flood of connects makes `trace` report drops, with events + drops = connects.
 import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Env, Lab, kernelDescribe, policyYaml, useLab, waitFor, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, type Proc } from './harness.js';
+import { Lab, useLab } from './lab.js';
 import { decisions, lines, useTracers } from './tracing.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { openPinned, closeFd } from '../../src/bpf/fd.js';

@@ -6,7 +6,8 @@
 import { expect, it } from 'vitest';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { Env, kernelDescribe, policyYaml, useLab, waitFor, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyYaml, waitFor, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 import { decisions, lines, useTracers } from './tracing.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { traceState } from '../../src/modes/ebpf/trace.js';
