@@ -3,9 +3,10 @@
  * calls by callback (sockops op, sockopt level/optname) and by the cgroup of the socket it ran for, or
  * of the task, in process context. The bench reads mr_hookprof and names the cgroups (client, proxy,
  * server side). Counting costs time of its own: the bench takes program times from the plain object.
- * sockops, whose one program serves every callback, also adds each call's run time (bpf_ktime_get_ns
- * around the callback's work, the counting excluded) under its key: what each callback costs, on which
- * side, which the run-time statistics (one total per program) cannot tell. */
+ * sockops, whose one program serves every callback, and connect4/6, which serve the application and
+ * the proxy alike, also add each call's run time (bpf_ktime_get_ns around the program's work, the
+ * counting excluded) under its key: what each callback costs, on which side, which the run-time
+ * statistics (one total per program) cannot tell. */
 #ifndef MR_PROF_H
 #define MR_PROF_H
 
@@ -70,12 +71,15 @@ static __always_inline __u64 mr_hp_sk_cgroup(struct bpf_sock *sk)
 }
 
 #define MR_PROF_TASK(prog, op) mr_hp_count(prog, op, bpf_get_current_cgroup_id())
+/* A process-context program timed as a whole (connect4/6): START at its top, TASK_TIMED at its one exit. */
+#define MR_PROF_START() __u64 __mr_hp_t0 = bpf_ktime_get_ns()
+#define MR_PROF_TASK_TIMED(prog, op) \
+	mr_hp_add(prog, op, bpf_get_current_cgroup_id(), bpf_ktime_get_ns() - __mr_hp_t0 ?: 1)
 #define MR_PROF_SK(prog, op, sk) mr_hp_count(prog, op, mr_hp_sk_cgroup(sk))
-/* sockops: MR_PROF_SOCKOPS_START at the top of the program, MR_PROF_SOCKOPS once its work is done (the
+/* sockops: MR_PROF_START at the top of the program, MR_PROF_SOCKOPS once its work is done (the
  * time between them is added). The callbacks of a handshake not yet complete run for a request socket,
  * which has no cgroup of its own: counted under its local port instead (bit 63 set), which the bench
  * knows. */
-#define MR_PROF_SOCKOPS_START() __u64 __mr_hp_t0 = bpf_ktime_get_ns()
 #define MR_PROF_SOCKOPS(skops)                                                                       \
 	mr_hp_add(MR_HP_SOCKOPS, (skops)->op,                                                        \
 		  (skops)->is_fullsock ? mr_hp_sk_cgroup((skops)->sk) : (1ull << 63) | (skops)->local_port, \
@@ -87,8 +91,11 @@ static __always_inline __u64 mr_hp_sk_cgroup(struct bpf_sock *sk)
 #define MR_PROF_SK(prog, op, sk) \
 	do {                     \
 	} while (0)
-#define MR_PROF_SOCKOPS_START() \
-	do {                     \
+#define MR_PROF_START() \
+	do {             \
+	} while (0)
+#define MR_PROF_TASK_TIMED(prog, op) \
+	do {                         \
 	} while (0)
 #define MR_PROF_SOCKOPS(skops) \
 	do {                   \
