@@ -73,17 +73,23 @@ static __always_inline __u64 mr_hp_sk_cgroup(struct bpf_sock *sk)
 #define MR_PROF_TASK(prog, op) mr_hp_count(prog, op, bpf_get_current_cgroup_id())
 /* A process-context program timed as a whole (connect4/6): START at its top, TASK_TIMED at its one exit. */
 #define MR_PROF_START() __u64 __mr_hp_t0 = bpf_ktime_get_ns()
-#define MR_PROF_TASK_TIMED(prog, op) \
-	mr_hp_add(prog, op, bpf_get_current_cgroup_id(), bpf_ktime_get_ns() - __mr_hp_t0 ?: 1)
+#define MR_PROF_TASK_TIMED(prog, op)                                          \
+	do {                                                                  \
+		__u64 __mr_hp_dt = bpf_ktime_get_ns() - __mr_hp_t0;           \
+		mr_hp_add(prog, op, bpf_get_current_cgroup_id(), __mr_hp_dt ?: 1); \
+	} while (0)
 #define MR_PROF_SK(prog, op, sk) mr_hp_count(prog, op, mr_hp_sk_cgroup(sk))
 /* sockops: MR_PROF_START at the top of the program, MR_PROF_SOCKOPS once its work is done (the
- * time between them is added). The callbacks of a handshake not yet complete run for a request socket,
+ * time between them is added: read before the key, whose socket cgroup costs a lookup). The callbacks of a handshake not yet complete run for a request socket,
  * which has no cgroup of its own: counted under its local port instead (bit 63 set), which the bench
  * knows. */
-#define MR_PROF_SOCKOPS(skops)                                                                       \
-	mr_hp_add(MR_HP_SOCKOPS, (skops)->op,                                                        \
-		  (skops)->is_fullsock ? mr_hp_sk_cgroup((skops)->sk) : (1ull << 63) | (skops)->local_port, \
-		  bpf_ktime_get_ns() - __mr_hp_t0 ?: 1)
+#define MR_PROF_SOCKOPS(skops)                                                                           \
+	do {                                                                                             \
+		__u64 __mr_hp_dt = bpf_ktime_get_ns() - __mr_hp_t0;                                      \
+		mr_hp_add(MR_HP_SOCKOPS, (skops)->op,                                                    \
+			  (skops)->is_fullsock ? mr_hp_sk_cgroup((skops)->sk) : (1ull << 63) | (skops)->local_port, \
+			  __mr_hp_dt ?: 1);                                                              \
+	} while (0)
 #else
 #define MR_PROF_TASK(prog, op) \
 	do {                   \
