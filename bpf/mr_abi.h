@@ -137,6 +137,7 @@ struct mr_peer {
 	__u64 psock;  /* struct sk_psock * (its msg_tot_len: bytes redirected to it and not read yet) */
 	__u32 limit;  /* unread fast-path bytes it may hold: tcp_rmem's maximum in its netns, >= 4 MiB */
 	__u32 pad;
+	__u64 fast;   /* struct mr_fast * of it (its `leave`: it is leaving the sockhash, take TCP) */
 };
 
 /* mr_sk: per-socket storage (freed by the kernel with the socket), on two kinds of socket: the
@@ -164,11 +165,15 @@ enum mr_fast_flag {
 	MR_FP_FRESH = 1u << 1,    /* just accelerated: bytes may have gone by TCP before (TFO data) */
 	MR_FP_PEER = 1u << 2,     /* peer_key and peer are cached */
 	MR_FP_BACKOFF = 1u << 3,  /* a one-way stream: on TCP until `until` (then back once TCP drained) */
+	MR_FP_PEER_LEFT = 1u << 4, /* the peer is leaving the sockhash: TCP for good, never redirect to it */
 };
 struct mr_fast {
 	__u32 flags;
 	__u32 slot;    /* the policy (its counters) */
 	__u32 streak;  /* messages in a row that found the peer with fast-path bytes it had not read yet */
+	__u32 backoffs; /* times it backed off (a second one: a stream, it leaves the fast path) */
+	__u32 leave;   /* non-zero: leaving the sockhash for good (skmsg.bpf.c: mr_leave); the peer's program
+			* reads it through its mr_peer.fast, and then never redirects to this socket again */
 	__u32 pad;
 	__u64 until;   /* MR_FP_BACKOFF: bpf_ktime_get_ns() before which every message takes TCP */
 	struct mr_tuple_key peer_key; /* MR_FP_PEER: the peer's sockhash key ... */
@@ -218,6 +223,7 @@ struct mr_stats {
 	__u64 err_conflict;    /* a publish found another socket's record under its tuple: both spoiled */
 	__u64 origdst_denied;  /* SO_ORIGINAL_DST or a claim by a socket outside the policy's bypass cgroups */
 	__u64 msg_backoff;     /* times a fast-path socket backed off to TCP: a one-way stream outran its reader */
+	__u64 accel_left;      /* sockets that left the sockhash for good (a stream): TCP's own send path again */
 };
 
 /* mr_sockhash key: a local socket by its own view of the connection, as struct mr_tuple_key with

@@ -1,12 +1,7 @@
 /* skmsg.bpf.c — sk_msg on mr_sockhash: a message between an application and its local proxy goes
  * straight to the peer socket's receive queue, skipping the TCP/IP stack (opt-in per policy). */
-#include "mr_common.h"
+#include "mr_fastpath.h"
 #include <bpf/bpf_core_read.h>
-
-/* The fields of the kernel's psock this program reads, relocated at load (CO-RE). */
-struct sk_psock___mr {
-	__u32 msg_tot_len; /* bytes redirected to the socket and not read yet */
-} __attribute__((preserve_access_index));
 
 /* This message goes by TCP, and the later ones too until the peer has read every byte sent that
  * way: a redirected message is read before anything in the peer's TCP queue, so it must not overtake
@@ -21,12 +16,19 @@ static __always_inline int mr_slow(struct mr_fast *fp)
 /* The bytes redirected to the peer that it has not read yet (one probe read per message). */
 static __always_inline __u32 mr_queued(const struct mr_peer *pe)
 {
-	if (!bpf_core_field_exists(struct sk_psock___mr, msg_tot_len))
-		return 0; /* older kernels: the agent does not apply accelerate there */
-	struct sk_psock___mr *ps = (struct sk_psock___mr *)pe->psock;
-	__u32 queued = 0;
-	bpf_core_read(&queued, sizeof(queued), &ps->msg_tot_len);
-	return queued;
+	return mr_psock_queued(pe->psock);
+}
+
+/* This socket leaves the fast path for good (a one-way stream): every message by TCP from now on, the
+ * program seeing one per MR_LEAVE_APPLY bytes, while sockops takes the socket out of the sockhash at an
+ * ACK once no byte can be lost (mr_fastpath.h: mr_leave_try). The flag is set with an atomic add: the
+ * peer's program reads it before each redirect and never chooses this socket again. */
+static __always_inline int mr_leave(struct sk_msg_md *msg, struct mr_fast *fp)
+{
+	if (!fp->leave)
+		__sync_fetch_and_add(&fp->leave, 1);
+	bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
+	return mr_slow(fp);
 }
 
 /* The peer's key and description, cached in our storage at the first message that finds the peer on
@@ -81,6 +83,8 @@ static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp,
 	if (++fp->streak < MR_STREAM_STREAK)
 		return 0;
 	fp->streak = 0;
+	if (++fp->backoffs >= MR_STREAM_LEAVE)
+		return 2; /* a stream again: it leaves */
 	fp->flags |= MR_FP_BACKOFF;
 	fp->until = bpf_ktime_get_ns() + MR_STREAM_HOLD_NS;
 	MR_COUNT(fp->slot, msg_backoff);
@@ -103,13 +107,21 @@ int mr_skmsg(struct sk_msg_md *msg)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp || tp->inet_conn.icsk_ulp_ops)
 		return mr_slow(fp);
+	/* Leaving the sockhash (a stream), or its peer is: TCP for good. */
+	if (fp->leave || (fp->flags & MR_FP_PEER_LEFT)) {
+		bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
+		return mr_slow(fp);
+	}
 	/* Backed off (a one-way stream): TCP until the hold is over and TCP has drained, the program
-	 * looking again only every MR_STREAM_APPLY bytes (a stream rarely drains: it stays on TCP). */
+	 * looking again only every MR_STREAM_APPLY bytes. Still not drained once the hold is over: the
+	 * stream still outruns its reader, and leaves the fast path for good. */
 	if (fp->flags & MR_FP_BACKOFF) {
-		if (bpf_ktime_get_ns() < fp->until || !(fp->flags & MR_FP_PEER) || !mr_drained(tp, &fp->peer)) {
+		if (bpf_ktime_get_ns() < fp->until) {
 			bpf_msg_apply_bytes(msg, MR_STREAM_APPLY);
 			return mr_slow(fp);
 		}
+		if (!(fp->flags & MR_FP_PEER) || !mr_drained(tp, &fp->peer))
+			return mr_leave(msg, fp);
 		fp->flags &= ~MR_FP_BACKOFF;
 	}
 	/* No peer (not inserted, or gone), or a peer that must not take this message: the fast path has
@@ -119,6 +131,12 @@ int mr_skmsg(struct sk_msg_md *msg)
 	 * mr_setsockopt refuses TCP_ULP on accelerated sockets.) */
 	if (!mr_find_peer(msg, fp))
 		return mr_slow(fp);
+	/* The peer is leaving the sockhash: never choose it again (mr_fastpath.h: mr_leave_try). */
+	if (mr_peer_leaving(&fp->peer)) {
+		fp->flags |= MR_FP_PEER_LEFT;
+		bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
+		return mr_slow(fp);
+	}
 	__u32 queued = mr_queued(&fp->peer);
 	if (queued + msg->size > fp->peer.limit)
 		return mr_slow(fp);
@@ -131,7 +149,10 @@ int mr_skmsg(struct sk_msg_md *msg)
 			MR_COUNT(fp->slot, msg_resumed);
 		fp->flags &= ~MR_FP_SLOWPATH;
 	}
-	if (mr_backoff(msg, fp, queued))
+	int back = mr_backoff(msg, fp, queued);
+	if (back == 2)
+		return mr_leave(msg, fp);
+	if (back)
 		return mr_slow(fp);
 	if (bpf_msg_redirect_hash(msg, &mr_sockhash, &fp->peer_key, BPF_F_INGRESS) != SK_PASS)
 		return mr_slow(fp);

@@ -3,6 +3,7 @@
  * policy's `accelerate`, puts both ends of the app↔proxy connection in the sockhash. */
 #include "mr_common.h"
 #include "mr_inwatch.h"
+#include "mr_fastpath.h"
 
 /* Puts the socket in the sockhash, with the fast path's own storage (mr_fast: its sk_msg program finds
  * nothing else per message), created first: a socket without it stays on TCP. kTLS cannot be on yet
@@ -23,7 +24,7 @@ static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_
 		 * message costs one probe read (the psock's unread bytes), not a walk through the socket. */
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 		if (tp) {
-			struct mr_peer pe = { .sk = (__u64)tp };
+			struct mr_peer pe = { .sk = (__u64)tp, .fast = (__u64)fp };
 			pe.psock = (__u64)tp->inet_conn.icsk_inet.sk.sk_user_data & MR_SK_USER_DATA_PTRMASK;
 			struct net *net = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net;
 			int rmax = net ? net->ipv4.sysctl_tcp_rmem[2] : 0;
@@ -35,7 +36,10 @@ static __always_inline int mr_accelerate(struct bpf_sock_ops *skops, struct bpf_
 		st->flags |= MR_SK_ACCEL;
 		MR_COUNT(slot, accel_sockets);
 		MR_COUNT(slot, accel_open);
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		/* RTT_CB: each ACK it gets lets a stream that asked to leave the sockhash do so (mr_fastpath.h);
+		 * a socket on the fast path gets none (its messages are not TCP segments). */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+							 BPF_SOCK_OPS_RTT_CB_FLAG);
 		return 1;
 	}
 	bpf_sk_storage_delete(&mr_fast, sk);
@@ -253,6 +257,11 @@ static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int 
 		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB: /* listen(2) only: an inbound proxy may be back (mr_inwatch.h) */
 		mr_in_listening(skops);
+		break;
+	case BPF_SOCK_OPS_RTT_CB: /* accelerated sockets only: a stream leaving the sockhash */
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB: /* the same, once leaving had to wait (mr_fastpath.h) */
+		if (fast)
+			mr_leave_try(skops);
 		break;
 	}
 	MR_PROF_SOCKOPS(skops);

@@ -42,6 +42,7 @@ export const EBPF_COUNTERS = [
   'msg_slow',
   'msg_resumed',
   'msg_backoff',
+  'accel_left',
   'err_full',
   'err_storage',
   'err_orig',

@@ -63,7 +63,7 @@ export const say = (x: Sample, text: string) => (x.invalid ? `REJECTED (${x.inva
 /** The fast path's counters of an ebpf+sk_msg sample, for its progress line. */
 export const fastNote = (x: Sample) =>
   x.mode === 'ebpf+sk_msg' && x.counters
-    ? `, msg_fast ${x.counters.msg_fast ?? 0} / msg_slow ${x.counters.msg_slow ?? 0}, backoff ${x.counters.msg_backoff ?? 0}`
+    ? `, msg_fast ${x.counters.msg_fast ?? 0} / msg_slow ${x.counters.msg_slow ?? 0}, backoff ${x.counters.msg_backoff ?? 0}, left ${x.counters.accel_left ?? 0}`
     : '';
 
 type LoadKind = 'crr' | 'rr' | 'stream';

@@ -36,6 +36,7 @@ export const FastFlag = cEnum('mr_fast_flag', 'MR_FP_', {
   FRESH: 1 << 1,
   PEER: 1 << 2,
   BACKOFF: 1 << 3,
+  PEER_LEFT: 1 << 4,
 });
 /** Indexes of mr_gauges; MAX is their number. */
 export const Gauge = cEnum('mr_gauge', 'MR_G_', { PENDING: 0, LIMIT: 1, MAX: 2 });
@@ -63,7 +64,7 @@ export const tupleKey = struct('mr_tuple_key', {
   family: 'u8',
   pad: { bytes: 3 },
 });
-export const peerValue = struct('mr_peer', { sk: 'u64', psock: 'u64', limit: 'u32', pad: 'u32' });
+export const peerValue = struct('mr_peer', { sk: 'u64', psock: 'u64', limit: 'u32', pad: 'u32', fast: 'u64' });
 export const origValue = struct('mr_orig', {
   family: 'u8',
   flags: 'u8',
@@ -103,6 +104,7 @@ export const STAT_FIELDS = [
   'err_conflict',
   'origdst_denied',
   'msg_backoff',
+  'accel_left',
 ] as const;
 export type StatName = (typeof STAT_FIELDS)[number];
 export const statsValue = struct(

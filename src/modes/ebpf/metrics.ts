@@ -125,6 +125,12 @@ export const STAT_METRICS: Record<StatName, StatMetric> = {
       'Times a fast-path socket backed off to TCP for a while: a one-way stream that outran its reader.',
     ),
   },
+  accel_left: {
+    family: f(
+      'meshredir_fastpath_left_total',
+      'Fast-path sockets that left the sockhash for good (a one-way stream): TCP with its own send path again.',
+    ),
+  },
   ulp_refused: {
     family: f('meshredir_fastpath_ulp_refused_total', 'setsockopt(TCP_ULP) (kTLS) refused on fast-path sockets.'),
   },
