@@ -43,7 +43,11 @@ export interface GuardFacts {
 /** Whether the guard is needed, and why (pure). */
 export function guardNeed(f: GuardFacts): { needed: boolean; why: string } {
   const n = f.accelerating.length;
-  if (n) return { needed: true, why: `${n === 1 ? 'policy' : 'policies'} ${f.accelerating.join(', ')} accelerate` };
+  if (n)
+    return {
+      needed: true,
+      why: `${n === 1 ? 'policy' : 'policies'} ${f.accelerating.join(', ')} ${n === 1 ? 'accelerates' : 'accelerate'}`,
+    };
   if (f.openSockets)
     return { needed: true, why: `no policy accelerates, but ${f.openSockets} socket(s) are still on the fast path` };
   if (f.inFlight)
