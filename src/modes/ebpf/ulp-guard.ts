@@ -28,6 +28,8 @@ export const GUARD = 'mr_setsockopt';
 /** How long the guard outlives the last accelerate entry seen in the maps, at least. */
 export const GRACE_MS = 1000;
 
+const NOTHING = 'no policy accelerates and no socket is on the fast path';
+
 /** What decides whether the guard is needed. */
 export interface GuardFacts {
   /** Policies whose entries accelerate (in the plan, or in the maps). */
@@ -54,7 +56,7 @@ export function guardNeed(f: GuardFacts): { needed: boolean; why: string } {
     return { needed: true, why: `no policy accelerates, but ${f.inFlight} accelerated handshake(s) are in flight` };
   if (f.graceLeftMs > 0)
     return { needed: true, why: `accelerate was turned off less than ${GRACE_MS} ms ago (connects in progress)` };
-  return { needed: false, why: 'no policy accelerates and no socket is on the fast path' };
+  return { needed: false, why: NOTHING };
 }
 
 /** The guard's link: absent, or attached (or not: defunct) with its program id. */
@@ -86,6 +88,11 @@ function acceleratingInMaps(pins: Pins): string[] {
   const on = new Set(flags.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot));
   if (!on.size) return [];
   return [...pins.slots()].filter(([, slot]) => on.has(slot)).map(([name]) => name);
+}
+
+/** Whether no socket is in the sockhash (one syscall, however many there are). */
+function sockhashEmpty(pins: Pins): boolean {
+  return !pins.has('mr_sockhash') || pins.withMaps(['mr_sockhash'], (m) => m.get('mr_sockhash')!.empty());
 }
 
 /** Records in flight whose connection joins the fast path when established. */
@@ -184,14 +191,20 @@ export class UlpGuardPart implements EbpfPart<GuardPlan> {
       this.draining = false;
       return out;
     }
-    const need = guardNeed(this.facts([]));
-    if (need.needed && link.attached) {
-      if (!this.draining)
+    if (link.attached && !this.drained()) {
+      if (!this.draining) {
+        const need = guardNeed({
+          accelerating: [],
+          openSockets: this.pins.acceleratedSockets(),
+          inFlight: acceleratedInFlight(this.pins),
+          graceLeftMs: Math.max(0, this.accelSeenAt + GRACE_MS - Date.now()),
+        });
         out.notes.push({
           level: 'info',
           event: 'ktls_guard_kept',
-          message: `${GUARD} stays attached: ${need.why}; detached once they are gone`,
+          message: `${GUARD} stays attached: ${need.why}; detached once nothing needs it`,
         });
+      }
       this.draining = true;
       return out;
     }
@@ -200,18 +213,17 @@ export class UlpGuardPart implements EbpfPart<GuardPlan> {
     out.notes.push({
       level: 'info',
       event: 'ktls_guard_detached',
-      message: `${GUARD} detached: ${link.attached ? need.why : 'its link was defunct'}`,
+      message: `${GUARD} detached: ${link.attached ? NOTHING : 'its link was defunct'}`,
     });
     return out;
   }
 
-  private facts(accelerating: string[]): GuardFacts {
-    return {
-      accelerating,
-      openSockets: this.pins.acceleratedSockets(),
-      inFlight: acceleratedInFlight(this.pins),
-      graceLeftMs: Math.max(0, this.accelSeenAt + GRACE_MS - Date.now()),
-    };
+  /** Nothing can be on the fast path any more (no policy accelerates: the caller knows). Cheap first: the
+   * pulse asks each second while draining, and the records are read only once the sockhash is empty. */
+  private drained(): boolean {
+    return (
+      Date.now() >= this.accelSeenAt + GRACE_MS && sockhashEmpty(this.pins) && acceleratedInFlight(this.pins) === 0
+    );
   }
 
   status(): { json: unknown; sections: Section[] } {
@@ -245,6 +257,6 @@ export class UlpGuardPart implements EbpfPart<GuardPlan> {
 
   pulse(): string | null {
     if (!this.draining) return null;
-    return guardNeed(this.facts([])).needed ? null : `the fast path has drained: ${GUARD} can be detached`;
+    return this.drained() ? `the fast path has drained: ${GUARD} can be detached` : null;
   }
 }
