@@ -1,7 +1,8 @@
 // ktls-guard.kernel.test.ts — mr_setsockopt (the fast path's kTLS guard) is attached only while it is needed,
 // as the kernel reports the cgroup root's programs (bpftool) and the pins say: none without an accelerating
 // policy; attached, refusing TCP_ULP on an accelerated socket, with one; kept while an accelerated socket
-// stays open after accelerate is turned off, and gone once it closes; an agent restarted over pins keeps
+// stays open (or an accelerated handshake is in flight) after accelerate is turned off, and gone once it
+// closes; an agent restarted over pins keeps
 // the same link while it is needed (accelerating, or a fast-path socket still open) and detaches it once
 // nothing needs it; cleanup leaves nothing behind (the teardown's check).
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -135,6 +136,32 @@ kernelDescribe('kTLS guard: mr_setsockopt attached only while needed', () => {
     expect(pinned()).toBe(false);
     expect(agent.err).toContain('"event":"ktls_guard_detached"');
     expect(await ulp()).not.toBe('EPERM');
+  });
+
+  it('accelerate off while an accelerated handshake is in flight (its SYN dropped): kept until it ends', async () => {
+    write(true);
+    await until('the link attached', async () => (await guard()).attached);
+    // The redirected SYN to the proxy is dropped: the socket stays in SYN_SENT, its record (which says
+    // "accelerate") in mr_orig; it would join the fast path when established.
+    const drop = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--dport', '15001', '--syn', '-j', 'DROP'];
+    sh('ip', ['netns', 'exec', ns, 'iptables', '-w', '-A', ...drop]);
+    const connecting = env.spawn(ns, app, 'python3', [
+      '-c',
+      `import socket, time\ns = socket.socket()\ns.setblocking(False)\ns.connect_ex(("${UP}", 7000))\nprint("connecting", flush=True)\ntime.sleep(120)`,
+    ]);
+    try {
+      await waitFor(() => connecting.out.includes('connecting'), 'connect sent', connecting);
+      write(false);
+      await until('accelerate off', async () => !(await accelerating()));
+      await sleep(2500);
+      const g = await guard();
+      expect(g).toMatchObject({ attached: true, needed: true, openSockets: 0 });
+      expect(g.why).toMatch(/1 accelerated handshake\(s\) are in flight/);
+    } finally {
+      await env.stop(connecting); // its socket closes: the record goes
+      sh('ip', ['netns', 'exec', ns, 'iptables', '-w', '-D', ...drop]);
+    }
+    await until('the link detached', async () => !(await guard()).attached);
   });
 
   it('an agent restarted over pins keeps the same link while a policy accelerates', async () => {
