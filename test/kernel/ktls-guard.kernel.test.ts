@@ -2,9 +2,9 @@
 // as the kernel reports the cgroup root's programs (bpftool) and the pins say: none without an accelerating
 // policy; attached, refusing TCP_ULP on an accelerated socket, with one; kept while an accelerated socket
 // stays open (or an accelerated handshake is in flight) after accelerate is turned off, and gone once it
-// closes; an agent restarted over pins keeps
-// the same link while it is needed (accelerating, or a fast-path socket still open) and detaches it once
-// nothing needs it; cleanup leaves nothing behind (the teardown's check).
+// closes; an agent restarted over pins keeps the same link while it is needed (accelerating, or a
+// fast-path socket still open) and detaches it once nothing needs it; cleanup leaves nothing behind (the
+// teardown's check).
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
