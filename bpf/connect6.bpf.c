@@ -5,7 +5,6 @@
 
 static __always_inline int mr_connect6_decide(struct bpf_sock_addr *ctx)
 {
-	MR_PROF_TASK(MR_HP_CONNECT6, 0);
 	int dns = mr_dns_connect(ctx, 1); /* UDP (and TCP) port 53 to the DNS proxy: bpf/mr_dns.h */
 	if (dns != MR_DNS_NOT_MINE)
 		return dns;
@@ -54,10 +53,12 @@ static __always_inline int mr_connect6_decide(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int mr_connect6(struct bpf_sock_addr *ctx)
 {
+	MR_PROF_START();
 	struct mr_trace_run t;
 	mr_trace_connect_begin(&t, ctx, 1);
 	int ret = mr_connect6_decide(ctx);
 	if (t.ctl)
 		mr_trace_connect(&t, ctx, MR_TRACE_H_CONNECT6, 1, ret);
+	MR_PROF_TASK_TIMED(MR_HP_CONNECT6, 0);
 	return ret;
 }

@@ -233,7 +233,7 @@ static __always_inline void mr_on_closing(struct bpf_sock_ops *skops, const int 
 
 static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int fast)
 {
-	MR_PROF_SOCKOPS(skops);
+	MR_PROF_START();
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		mr_on_connect(skops, fast);
@@ -255,6 +255,7 @@ static __always_inline int mr_sockops_run(struct bpf_sock_ops *skops, const int 
 		mr_in_listening(skops);
 		break;
 	}
+	MR_PROF_SOCKOPS(skops);
 	return 1;
 }
 

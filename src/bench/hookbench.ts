@@ -249,8 +249,9 @@ async function hooksScenario(x: Run): Promise<void> {
               counts.reset();
               const r = await run(v);
               for (const c of counts.read()) {
-                const k = `op:${c.link}:${c.op}:${side(c.cgroup)}`;
-                s.metrics[k] = (s.metrics[k] ?? 0) + c.calls / r.units;
+                const k = `${c.link}:${c.op}:${side(c.cgroup)}`;
+                s.metrics[`op:${k}`] = (s.metrics[`op:${k}`] ?? 0) + c.calls / r.units;
+                if (c.ns) s.metrics[`opns:${k}`] = (s.metrics[`opns:${k}`] ?? 0) + c.ns / r.units;
               }
               if (r.errors) fail(s, `${r.errors} client error(s) (counting pass)`);
             } catch (e) {

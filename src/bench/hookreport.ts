@@ -1,5 +1,6 @@
 // hookreport.ts — the `hooks` scenario's tables: per variant, each program's calls and nanoseconds per
-// connection (or request), and each callback's calls per side. Medians over the valid rounds.
+// connection (or request), and each callback's calls per side (with its ns per call where the profiling
+// build times it: sockops). Medians over the valid rounds.
 import type { Sample } from './types.js';
 
 const median = (xs: number[]) => {
@@ -15,8 +16,10 @@ export interface HookTable {
   rounds: number;
   programs: { link: string; calls: number; nsPerCall: number; nsPerUnit: number }[];
   nsTotal: number;
-  ops: { link: string; op: string; client: number; proxy: number; server: number; other: number }[];
+  ops: (Record<Side, number> & { link: string; op: string; ns: Record<Side, number> })[];
 }
+
+type Side = 'client' | 'proxy' | 'server' | 'other';
 
 export function hookTables(samples: Sample[]): HookTable[] {
   const groups = new Map<string, Sample[]>();
@@ -32,9 +35,17 @@ export function hookTables(samples: Sample[]): HookTable[] {
     const ops = new Map<string, HookTable['ops'][number]>();
     for (const k of keys) {
       if (!k.startsWith('op:')) continue;
-      const [, link, op, side] = k.split(':') as [string, string, string, string];
-      const row = ops.get(`${link}:${op}`) ?? { link, op, client: 0, proxy: 0, server: 0, other: 0 };
-      row[side as 'client' | 'proxy' | 'server' | 'other'] = med(k);
+      const [, link, op, side] = k.split(':') as [string, string, string, Side];
+      const zero = { client: 0, proxy: 0, server: 0, other: 0 };
+      const row = ops.get(`${link}:${op}`) ?? { link, op, ...zero, ns: { ...zero } };
+      row[side] = med(k);
+      // ns per call (profiling build, sockops): per round, then the median of the rounds that timed it.
+      const per = ss.flatMap((s) => {
+        const calls = s.metrics[k] ?? 0;
+        const ns = s.metrics[`opns:${k.slice(3)}`];
+        return ns !== undefined && calls > 0 ? [ns / calls] : [];
+      });
+      if (per.length) row.ns[side] = median(per);
       ops.set(`${link}:${op}`, row);
     }
     return {
@@ -58,6 +69,10 @@ export function hookTables(samples: Sample[]): HookTable[] {
 
 const n2 = (v: number) => (v === 0 ? '–' : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 const ns = (v: number) => v.toFixed(0);
+/** A callback's cell: calls per unit, and its ns per call when timed. */
+const cell = (o: HookTable['ops'][number], side: Side) =>
+  o.ns[side] && o[side] ? `${n2(o[side])} · ${ns(o.ns[side])} ns` : n2(o[side]);
+const SIDES: Side[] = ['client', 'proxy', 'server', 'other'];
 
 /** Markdown: one pair of tables per variant. */
 export function renderHooksMarkdown(samples: Sample[]): string {
@@ -72,9 +87,7 @@ export function renderHooksMarkdown(samples: Sample[]): string {
       '',
       `| program | callback | client | proxy | server | other |`,
       '|---|---|---|---|---|---|',
-      ...t.ops.map(
-        (o) => `| ${o.link} | ${o.op} | ${n2(o.client)} | ${n2(o.proxy)} | ${n2(o.server)} | ${n2(o.other)} |`,
-      ),
+      ...t.ops.map((o) => `| ${o.link} | ${o.op} | ${SIDES.map((d) => cell(o, d)).join(' | ')} |`),
       '',
     );
   }
@@ -94,7 +107,7 @@ export function renderHooksText(samples: Sample[], table: (head: string[], rows:
         '\n' +
         table(
           ['program', 'callback', 'client', 'proxy', 'server', 'other'],
-          t.ops.map((o) => [o.link, o.op, n2(o.client), n2(o.proxy), n2(o.server), n2(o.other)]),
+          t.ops.map((o) => [o.link, o.op, ...SIDES.map((d) => cell(o, d))]),
         ),
     )
     .join('\n\n');

@@ -8,7 +8,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Link } from '../bpf/link.js';
 import { BpfError } from '../bpf/errors.js';
-import { BpfMap } from '../bpf/map.js';
+import { BpfMap, mapInfo } from '../bpf/map.js';
 import { progStats, progMapsById } from '../bpf/prog.js';
 import { struct, u64 } from '../bpf/codec.js';
 import { lib } from '../sys/libbpf.js';
@@ -113,18 +113,25 @@ function sockopt(o: number): string {
 }
 const PROG_ORDER = Object.keys(WATCH);
 const hpKey = struct('mr_hp_key', { prog: 'u32', op: 'u32', cgroup: 'u64' });
+const hpValue = struct('mr_hp_val', { calls: 'u64', ns: 'u64' });
+type HpKey = { prog: number; op: number; cgroup: bigint };
 
 export interface HookCount {
   link: string;
   op: string;
   cgroup: bigint;
   calls: number;
+  /** The calls' run time where the profiling build times them (sockops), else 0. */
+  ns: number;
 }
 
 /** The call counts of a profiling build (build/meshredir-prof.bpf.o, see bpf/mr_prof.h): its
  * programs' mr_hookprof map, found through the programs (the agent does not pin it). */
 export class HookCounts {
-  private constructor(private map: BpfMap<{ prog: number; op: number; cgroup: bigint }, bigint>) {}
+  private constructor(
+    private map: BpfMap<HpKey, { calls: bigint; ns: bigint }> | BpfMap<HpKey, bigint>,
+    private timed: boolean,
+  ) {}
 
   /** null when the attached programs are not a profiling build. */
   static open(progs: AttachedProg[]): HookCounts | null {
@@ -133,7 +140,10 @@ export class HookCounts {
       if (id === undefined) continue;
       const fd: number = lib.bpf_map_get_fd_by_id(id);
       if (fd < 0) throw new BpfError(`open mr_hookprof (map ${id})`, 'bpf_map_get_fd_by_id', fd);
-      return new HookCounts(new BpfMap('mr_hookprof', fd, hpKey, u64, true));
+      // A profiling build older than the sockops timing (--hooks-agent) counts calls only: a u64 value.
+      if (mapInfo(fd, 'map mr_hookprof').valueSize === u64.size)
+        return new HookCounts(new BpfMap('mr_hookprof', fd, hpKey, u64, true), false);
+      return new HookCounts(new BpfMap('mr_hookprof', fd, hpKey, hpValue, true), true);
     }
     return null;
   }
@@ -143,9 +153,13 @@ export class HookCounts {
   }
 
   read(): HookCount[] {
-    return this.map.entries().map(([k, v]) => {
+    const entries: [HpKey, { calls: bigint; ns: bigint }][] = this.timed
+      ? (this.map as BpfMap<HpKey, { calls: bigint; ns: bigint }>).entries()
+      : (this.map as BpfMap<HpKey, bigint>).entries().map(([k, calls]) => [k, { calls, ns: 0n }]);
+    return entries.map(([k, v]) => {
       const link = PROG_ORDER[k.prog] ?? `prog ${k.prog}`;
-      return { link, op: WATCH[link]?.op(k.op) ?? String(k.op), cgroup: k.cgroup, calls: Number(v) };
+      const op = WATCH[link]?.op(k.op) ?? String(k.op);
+      return { link, op, cgroup: k.cgroup, calls: Number(v.calls), ns: Number(v.ns) };
     });
   }
 

@@ -1,6 +1,6 @@
 // agent.kernel.test.ts — the agent unattended: SIGKILL under load, a crash between load and attach,
 // apply/apply/cleanup/apply, drift repaired within an interval, invalid files never break what works.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   mkdtempSync,
   rmSync,
@@ -14,6 +14,7 @@ import {
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, OBJECT, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { PROGRAMS, ON_DEMAND_PROGRAMS, type ProgramName, POLICY_MAPS } from '../../src/bpf/abi.js';
 import { BpfObject } from '../../src/bpf/object.js';
@@ -61,37 +62,33 @@ kernelDescribe('node agent', () => {
       .map((l) => (JSON.parse(l) as { msg: string }).msg);
   const viaProxy = async () => (await env.client(podA, cgA, ['connect', '10.200.0.100', '8080'])).data ?? '';
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
-    node = env.netns('node');
-    podA = env.netns('a');
-    up = env.netns('up');
-    env.bridge(node, 'br0', ['10.200.0.1/24']);
-    env.plug(node, 'br0', podA, ['10.200.0.11/24']);
-    env.plug(node, 'br0', up, ['10.200.0.100/24']);
-    cgA = env.cgroup('pod-a');
-    cgProxy = env.cgroup('proxy');
-    await env.server(up, '10.200.0.100', 8080, 'up');
-    await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
-    writeFileSync(
-      join(dir, 'a.yaml'),
-      policyYaml({
-        name: 'pod-a',
-        cgroup: cgA,
-        outbound: '10.200.0.1:15001',
-        bypassCgroups: [cgProxy],
-        outboundSpec: { excludePorts: [9090] },
-      }),
-    );
-  });
-
-  afterAll(async () => {
-    for (const a of agents) await env.stop(a, 'SIGKILL');
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      bridge: ['10.200.0.1/24'],
+      pods: { a: ['10.200.0.11/24'], up: ['10.200.0.100/24'] },
+      cgroups: ['pod-a', 'proxy'],
+      beforeTeardown: async () => {
+        for (const a of agents) await env.stop(a, 'SIGKILL');
+      },
+    },
+    async (lab) => {
+      ({ env, dir, node } = lab);
+      ({ a: podA, up } = lab.ns);
+      ({ 'pod-a': cgA, proxy: cgProxy } = lab.cg);
+      await env.server(up, '10.200.0.100', 8080, 'up');
+      await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
+      lab.policy(
+        'a',
+        policyYaml({
+          name: 'pod-a',
+          cgroup: cgA,
+          outbound: '10.200.0.1:15001',
+          bypassCgroups: [cgProxy],
+          outboundSpec: { excludePorts: [9090] },
+        }),
+      );
+    },
+  );
 
   it('pins are root-owned, 0600 (directories 0700); an in-sync reconcile writes nothing', async () => {
     const a = await startAgent(['--interval', '1']); // the floor
@@ -143,29 +140,16 @@ kernelDescribe('node agent', () => {
     await env.stop(a);
   });
 
+  /** An agent on the lab's policies with MESHREDIR_FAULT set (src/util/faults.ts). */
+  const faultyAgent = (fault: string, extra: string[] = []) =>
+    env.spawn(null, null, process.execPath, [env.cliPath, ...env.agentArgs(dir, extra)], {
+      env: { MESHREDIR_FAULT: fault },
+    });
+
   it('a crash between loading and attaching converges to the same state as a clean start', async () => {
     const clean = snapshot();
     await env.cliRun(env.cleanupArgs());
-    const faulty = env.spawn(
-      null,
-      null,
-      process.execPath,
-      [
-        env.cliPath,
-        'agent',
-        '--policies',
-        dir,
-        '--cgroup-root',
-        env.cgRoot,
-        '--bpffs',
-        env.bpffs,
-        '--state-dir',
-        env.stateDir,
-        '--mode',
-        'ebpf',
-      ],
-      { env: { MESHREDIR_FAULT: 'after-load' } },
-    );
+    const faulty = faultyAgent('after-load');
     await faulty.exited;
     expect(faulty.child.signalCode).toBe('SIGKILL');
     expect(readdirSync(join(env.bpffs, 'links'))).toEqual([]); // died before attaching
@@ -182,29 +166,6 @@ kernelDescribe('node agent', () => {
       .map((l) => / (mr_\w+)\s*$/.exec(l)?.[1])
       .filter((x): x is string => Boolean(x))
       .sort();
-  const faultyAgent = (fault: string, extra: string[] = []) =>
-    env.spawn(
-      null,
-      null,
-      process.execPath,
-      [
-        env.cliPath,
-        'agent',
-        '--policies',
-        dir,
-        '--cgroup-root',
-        env.cgRoot,
-        '--bpffs',
-        env.bpffs,
-        '--state-dir',
-        env.stateDir,
-        '--mode',
-        'ebpf',
-        ...extra,
-      ],
-      { env: { MESHREDIR_FAULT: fault } },
-    );
-
   it('a crash between attaches never leaves a connect hook without sockops and getsockopt; a restart converges', async () => {
     await env.stop(await startAgent());
     const clean = snapshot();
@@ -466,21 +427,7 @@ kernelDescribe('node agent', () => {
       writeFileSync(hdr, swapped);
       // Built by the project's own Makefile rules (same clang flags, bpftool gen object), in the copy.
       sh('make', ['-s', '-C', out, '-f', join(env.rootDir, 'Makefile'), 'build/meshredir.bpf.o']);
-      const p = env.cli([
-        'agent',
-        '--policies',
-        dir,
-        '--cgroup-root',
-        env.cgRoot,
-        '--bpffs',
-        env.bpffs,
-        '--state-dir',
-        env.stateDir,
-        '--mode',
-        'ebpf',
-        '--object',
-        join(out, 'build', 'meshredir.bpf.o'),
-      ]);
+      const p = env.cli(env.agentArgs(dir, ['--object', join(out, 'build', 'meshredir.bpf.o')]));
       await waitFor(() => p.child.exitCode !== null, 'the agent refuses and exits', undefined, 30_000);
       expect(await p.exited).toBe(1);
       expect(p.err).toMatch(
@@ -677,20 +624,7 @@ kernelDescribe('node agent', () => {
     try {
       const had = existsSync(env.bpffs);
       const before = had ? snapshot() : null;
-      const p = env.cli([
-        'agent',
-        '--policies',
-        d,
-        '--cgroup-root',
-        env.cgRoot,
-        '--bpffs',
-        env.bpffs,
-        '--state-dir',
-        env.stateDir,
-        '--mode',
-        'ebpf',
-        '--dry-run',
-      ]);
+      const p = env.cli(env.agentArgs(d, ['--dry-run']));
       expect(await p.exited, p.err).toBe(0);
       const out = JSON.parse(p.out) as {
         entries: { mr_cgroups: [string, { kind: number; slot: number }][] };

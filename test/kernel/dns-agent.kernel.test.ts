@@ -7,23 +7,26 @@
 // nameserver; a stopped proxy gives a refusal or a timeout; status counts, verify --dns, the dry run and
 // cleanup; eBPF: nothing left in mr_dns_socks after 10,000 short-lived sockets, cleanup keeps what a
 // connected captured socket needs, and a kernel without the DNS hooks keeps the rest of the eBPF mode.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, waitFor, CLI, OBJECT, type Proc } from './harness.js';
-import { DnsLab, type Pod, ANSWER, NS4, NS4B, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
+import { useLab } from './lab.js';
+import {
+  DnsLab,
+  type Pod,
+  type Reply,
+  ANSWER,
+  NS4,
+  NS4B,
+  NS6,
+  NODE_PROXY4,
+  NODE_PROXY6,
+  PROXY_PORT,
+} from './dnsfix.js';
 import type { DnsStatus } from '../../src/modes/ebpf/dns-status.js';
 
-interface Reply {
-  id?: number;
-  answer?: string | null;
-  from?: { address: string; port: number };
-  peer?: { address: string; port: number };
-  error?: string;
-  replies?: Reply[];
-}
 interface Step {
   step: string;
   ok: boolean;
@@ -111,34 +114,29 @@ for (const mode of ['ebpf', 'iptables'] as const) {
         )
         .join('');
 
-    beforeAll(async () => {
-      env = new Env();
-      lab = new DnsLab(env);
-      sidecarCg = env.cgroup('pod-a/sidecar');
-      dir = mkdtempSync(join(tmpdir(), 'meshredir-dns-'));
-      nameserver = await lab.nameserver();
-      nodeProxy = await lab.nodeProxy();
-      policy(nodeDns);
-      agent = await env.agent(dir, ['--mode', mode, '--iptables-state', state(), '--interval', '1']);
-      await inForce(nodeDns.proxy);
-    });
-
-    afterAll(async () => {
-      if (agent) await env.stop(agent);
-      await env.cliRun(['cleanup', '--force', ...paths()]).catch(() => '');
-      lab?.cleanup();
-      if (dir) rmSync(dir, { recursive: true, force: true });
-      const problems = await env?.teardown();
-      expect(problems).toEqual([]);
-    });
+    useLab(
+      {
+        policies: 'meshredir-dns-',
+        beforeTeardown: async () => {
+          if (agent) await env.stop(agent);
+          await env.cliRun(['cleanup', '--force', ...paths()]).catch(() => '');
+          lab?.cleanup();
+        },
+      },
+      async (l) => {
+        ({ env, dir } = l);
+        lab = new DnsLab(env);
+        sidecarCg = env.cgroup('pod-a/sidecar');
+        nameserver = await lab.nameserver();
+        nodeProxy = await lab.nodeProxy();
+        policy(nodeDns);
+        agent = await l.agent(['--mode', mode, '--iptables-state', state(), '--interval', '1']);
+        await inForce(nodeDns.proxy);
+      },
+    );
 
     it('a node DNS proxy: glibc, dig (UDP, TCP), c-ares and Python get its answer, from the nameserver asked; pod B the nameserver’s', async () => {
-      lab.resolvConf(a(), [NS4]);
-      lab.resolvConf(b(), [NS4]);
-      expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.proxy.a]);
-      expect(await lab.getent(b(), b().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.nameserver.a]);
-      lab.resolvConf(a(), [NS6]);
-      expect(await lab.getent(a(), a().cg, 'ahostsv6', 'test.zone')).toEqual([ANSWER.proxy.aaaa]);
+      await lab.expectGlibc(ANSWER.proxy);
       for (const ns of [NS4, NS6]) {
         expect(await lab.dig(a(), a().cg, ns, 'test.zone')).toBe(ANSWER.proxy.a);
         expect(await lab.dig(a(), a().cg, ns, 'test.zone', ['+tcp'])).toBe(ANSWER.proxy.a);
@@ -146,21 +144,7 @@ for (const mode of ['ebpf', 'iptables'] as const) {
         expect(await lab.cares(a(), a().cg, ns, 'test.zone')).toBe(ANSWER.proxy.a);
       }
       expect(await lab.cares(b(), b().cg, NS6, 'test.zone')).toBe(ANSWER.nameserver.a);
-      for (const [ns, extra] of [
-        [NS4, []],
-        [NS6, []],
-        [NS4, ['--v6sock']],
-      ] as const) {
-        const shown = extra.length ? `::ffff:${ns}` : ns;
-        const s = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'sendto', 'test.zone', ns]);
-        expect(s.replies).toEqual([{ id: 100, answer: ANSWER.proxy.a, from: { address: shown, port: 53 } }]);
-        const c = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'connect', 'test.zone', ns]);
-        expect(c).toEqual({ peer: { address: shown, port: 53 }, id: 7, answer: ANSWER.proxy.a, from: c.peer });
-        const t = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'tcp', 'test.zone', ns]);
-        expect(t).toEqual({ peer: { address: shown, port: 53 }, id: 9, answer: ANSWER.proxy.a });
-        const d = await lab.dnsq<Reply>(b(), b().cg, [...extra, 'sendto', 'test.zone', ns]);
-        expect(d.replies![0]!.answer).toBe(ANSWER.nameserver.a);
-      }
+      await lab.expectPythonClients(ANSWER.proxy.a);
       // The node proxy's own query for fwd.test reaches the nameserver.
       expect(await lab.dig(a(), a().cg, NS4, 'fwd.test')).toBe(ANSWER.fwd.a);
       expect(nameserver.err).toMatch(new RegExp(`fwd\\.test from ${NODE_PROXY4.replace(/\./g, '\\.')}`));
@@ -225,17 +209,7 @@ for (const mode of ['ebpf', 'iptables'] as const) {
       expect(want.filter((x) => !v.steps.some((y) => y.step === x))).toEqual([]);
       const vb = await verify(b());
       expect(vb.ok).toBe(false);
-      const dry = env.cli([
-        'agent',
-        '--dry-run',
-        '--mode',
-        mode,
-        '--policies',
-        dir,
-        '--cgroup-root',
-        env.cgRoot,
-        ...paths(),
-      ]);
+      const dry = env.cli(env.agentArgs(dir, ['--dry-run', '--mode', mode, '--iptables-state', state()]));
       expect(await dry.exited, dry.err).toBe(0);
       if (mode === 'ebpf') {
         const d = JSON.parse(dry.out) as {
@@ -256,14 +230,8 @@ for (const mode of ['ebpf', 'iptables'] as const) {
       policy(sidecarDns);
       try {
         await inForce(sidecarDns.proxy);
-        lab.resolvConf(a(), [NS4]);
-        expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.sidecar.a]);
-        expect(await lab.dig(a(), a().cg, NS6, 'test.zone', ['+tcp'])).toBe(ANSWER.sidecar.a);
-        expect(await lab.cares(a(), a().cg, NS6, 'test.zone')).toBe(ANSWER.sidecar.a);
-        const s = await lab.dnsq<Reply>(a(), a().cg, ['sendto', 'test.zone', NS4]);
-        expect(s.replies![0]).toEqual({ id: 100, answer: ANSWER.sidecar.a, from: { address: NS4, port: 53 } });
+        await lab.expectSidecar();
         // No loop: the sidecar forwards fwd.test to the nameserver, from the pod's own address.
-        expect(await lab.dig(a(), a().cg, NS4, 'fwd.test')).toBe(ANSWER.fwd.a);
         expect(nameserver.err).toMatch(/fwd\.test from 10\.77\.0\.2\b/);
         const v = await verify(a());
         expect(
@@ -272,12 +240,7 @@ for (const mode of ['ebpf', 'iptables'] as const) {
         ).toEqual([]);
         // Proxy down: what a dead nameserver gives, never an answer from elsewhere.
         await env.stop(sidecar);
-        const c = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'connect', 'test.zone', NS4]);
-        expect(c.error).toMatch(/^ConnectionRefusedError/);
-        const t = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'tcp', 'test.zone', NS6]);
-        expect(t.error).toMatch(/^ConnectionRefusedError/);
-        const u = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'sendto', 'test.zone', NS4]);
-        expect(u.error).toMatch(/^TimeoutError/);
+        await lab.expectProxyDown({ connect: NS4, tcp: NS6, sendto: NS4 });
         expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual(['ERR']);
         const broken = await verify(a());
         expect(broken.steps.find((x) => !x.ok)?.step).toBe('dns proxy');
@@ -291,12 +254,7 @@ for (const mode of ['ebpf', 'iptables'] as const) {
     it('node proxy down: a refusal (connected UDP, TCP) or a timeout (sendto), never an answer from elsewhere', async () => {
       await env.stop(nodeProxy);
       try {
-        const c = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'connect', 'test.zone', NS4]);
-        expect(c.error).toMatch(/^ConnectionRefusedError/);
-        const t = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'tcp', 'test.zone', NS4]);
-        expect(t.error).toMatch(/^ConnectionRefusedError/);
-        const s = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'sendto', 'test.zone', NS6]);
-        expect(s.error).toMatch(/^TimeoutError/);
+        await lab.expectProxyDown({ connect: NS4, tcp: NS4, sendto: NS6 });
         expect(await lab.dig(a(), a().cg, NS4, 'test.zone')).not.toContain(ANSWER.nameserver.a);
       } finally {
         nodeProxy = await lab.nodeProxy();
@@ -372,18 +330,7 @@ for (const mode of ['ebpf', 'iptables'] as const) {
         expect(probe.mode).toBe('ebpf');
         expect(probe.object).toMatchObject({ loads: true, attaches: true });
         expect(Object.keys(probe.object.without ?? {})).toEqual(['mr_dns_recv4']);
-        const args = [
-          'agent',
-          '--policies',
-          dir,
-          '--cgroup-root',
-          env.cgRoot,
-          '--mode',
-          'ebpf',
-          '--interval',
-          '1',
-          ...paths(),
-        ];
+        const args = env.agentArgs(dir, ['--interval', '1', '--iptables-state', state()]);
         const degraded = env.spawn(null, null, process.execPath, [CLI, ...args], { env: fault });
         try {
           await waitFor(

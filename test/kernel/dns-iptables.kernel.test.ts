@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Env, kernelDescribe, sh, ROOT, type Proc } from './harness.js';
-import { DnsLab, ANSWER, NS4, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
+import { DnsLab, type Reply, ANSWER, NS4, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
 import { parsePolicyText } from '../../src/policy/load.js';
 import { renderDnsRestore } from '../../src/modes/iptables/dns-rules.js';
 import type { Policy } from '../../src/policy/schema.js';
@@ -19,15 +19,6 @@ const dir = join(ROOT, 'test', 'golden', 'iptables', 'dns');
 const goldens = readdirSync(dir).filter((f) => f.endsWith('.rules'));
 const BACKENDS = ['nft', 'legacy'] as const;
 const tool = (family: 4 | 6, backend: string) => `${family === 4 ? 'iptables' : 'ip6tables'}-${backend}`;
-
-interface Reply {
-  id?: number;
-  answer?: string | null;
-  from?: { address: string; port: number };
-  peer?: { address: string; port: number };
-  error?: string;
-  replies?: Reply[];
-}
 
 /** Per table and chain, each rule's comment and target (iptables-save spells matches its own way). */
 function byChain(text: string): Record<string, string[]> {

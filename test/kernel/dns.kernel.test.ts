@@ -7,18 +7,9 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Env, kernelDescribe, OBJECT, type Proc } from './harness.js';
 import { DnsLoader, DNS_ATTACH_ORDER } from './dnsload.js';
-import { DnsLab, ANSWER, NS4, NS4B, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
+import { DnsLab, type Reply, ANSWER, NS4, NS4B, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
 import { parsePolicyText } from '../../src/policy/load.js';
 import type { Policy } from '../../src/policy/schema.js';
-
-interface Reply {
-  id?: number;
-  answer?: string | null;
-  from?: { address: string; port: number };
-  peer?: { address: string; port: number };
-  error?: string;
-  replies?: Reply[];
-}
 
 kernelDescribe('DNS capture, eBPF mode', () => {
   let env: Env;
@@ -84,14 +75,7 @@ kernelDescribe('DNS capture, eBPF mode', () => {
   const b = () => lab.pods.b;
 
   it('glibc (getent, connected UDP): pod A gets the proxy’s answer, pod B the nameserver’s, over IPv4 and IPv6', async () => {
-    lab.resolvConf(a(), [NS4]);
-    lab.resolvConf(b(), [NS4]);
-    expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.proxy.a]);
-    expect(await lab.getent(b(), b().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.nameserver.a]);
-    lab.resolvConf(a(), [NS6]);
-    lab.resolvConf(b(), [NS6]);
-    expect(await lab.getent(a(), a().cg, 'ahostsv6', 'test.zone')).toEqual([ANSWER.proxy.aaaa]);
-    expect(await lab.getent(b(), b().cg, 'ahostsv6', 'test.zone')).toEqual([ANSWER.nameserver.aaaa]);
+    await lab.expectGlibc(ANSWER.proxy);
     const s = bpf.stats(slot);
     expect(s.udp_connect).toBeGreaterThanOrEqual(2);
     expect(s.replies).toBeGreaterThanOrEqual(2);
@@ -114,26 +98,7 @@ kernelDescribe('DNS capture, eBPF mode', () => {
   });
 
   it('unconnected sendto, connected UDP and TCP: the reply comes from, and the peer is, the nameserver asked', async () => {
-    for (const [ns, extra] of [
-      [NS4, []],
-      [NS6, []],
-      [NS4, ['--v6sock']],
-    ] as const) {
-      const shown = extra.length ? `::ffff:${ns}` : ns;
-      const s = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'sendto', 'test.zone', ns]);
-      expect(s.replies).toEqual([{ id: 100, answer: ANSWER.proxy.a, from: { address: shown, port: 53 } }]);
-      const c = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'connect', 'test.zone', ns]);
-      expect(c).toEqual({
-        peer: { address: shown, port: 53 },
-        id: 7,
-        answer: ANSWER.proxy.a,
-        from: { address: shown, port: 53 },
-      });
-      const t = await lab.dnsq<Reply>(a(), a().cg, [...extra, 'tcp', 'test.zone', ns]);
-      expect(t).toEqual({ peer: { address: shown, port: 53 }, id: 9, answer: ANSWER.proxy.a });
-      const direct = await lab.dnsq<Reply>(b(), b().cg, [...extra, 'sendto', 'test.zone', ns]);
-      expect(direct.replies).toEqual([{ id: 100, answer: ANSWER.nameserver.a, from: { address: shown, port: 53 } }]);
-    }
+    await lab.expectPythonClients(ANSWER.proxy.a);
     expect(bpf.stats(slot).udp_sendmsg).toBeGreaterThanOrEqual(3);
   });
 
@@ -181,13 +146,7 @@ kernelDescribe('DNS capture, eBPF mode', () => {
     });
     apply({ ...nodeDns, proxy: `127.0.0.1:${PROXY_PORT}`, proxy6: `[::1]:${PROXY_PORT}` });
     try {
-      lab.resolvConf(a(), [NS4]);
-      expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.sidecar.a]);
-      expect(await lab.dig(a(), a().cg, NS6, 'test.zone', ['+tcp'])).toBe(ANSWER.sidecar.a);
-      expect(await lab.cares(a(), a().cg, NS6, 'test.zone')).toBe(ANSWER.sidecar.a);
-      const s = await lab.dnsq<Reply>(a(), a().cg, ['sendto', 'test.zone', NS4]);
-      expect(s.replies![0]).toEqual({ id: 100, answer: ANSWER.sidecar.a, from: { address: NS4, port: 53 } });
-      expect(await lab.dig(a(), a().cg, NS4, 'fwd.test')).toBe(ANSWER.fwd.a); // sidecar → nameserver
+      await lab.expectSidecar();
     } finally {
       await env.stop(sidecar);
       apply(nodeDns);
@@ -197,12 +156,7 @@ kernelDescribe('DNS capture, eBPF mode', () => {
   it('proxy down: a refusal (connected UDP, TCP) or a timeout (sendto), never an answer from elsewhere', async () => {
     await env.stop(proxy);
     try {
-      const c = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'connect', 'test.zone', NS4]);
-      expect(c.error).toMatch(/^ConnectionRefusedError/);
-      const t = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'tcp', 'test.zone', NS4]);
-      expect(t.error).toMatch(/^ConnectionRefusedError/);
-      const s = await lab.dnsq<Reply>(a(), a().cg, ['--timeout', '2', 'sendto', 'test.zone', NS4]);
-      expect(s.error).toMatch(/^TimeoutError/);
+      await lab.expectProxyDown({ connect: NS4, tcp: NS4, sendto: NS4 });
       lab.resolvConf(a(), [NS4]);
       expect(await lab.getent(a(), a().cg, 'ahostsv4', 'test.zone')).toEqual(['ERR']);
       expect(await lab.dig(a(), a().cg, NS4, 'test.zone')).not.toContain(ANSWER.nameserver.a);

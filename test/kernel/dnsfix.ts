@@ -5,6 +5,7 @@
 // no upstream servers (--no-resolv), only fwd.test forwarded by a proxy to the test nameserver.
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { Env, waitFor, sh, type Proc } from './harness.js';
 
 export const NS4 = '10.77.0.53';
@@ -21,6 +22,16 @@ export const ANSWER = {
   sidecar: { a: '198.51.100.3', aaaa: '2001:db8::3' },
   fwd: { a: '198.51.100.9' }, // fwd.test: only the nameserver knows it (proxies forward it there)
 } as const;
+
+/** What test/tools/dnsq.py prints. */
+export interface Reply {
+  id?: number;
+  answer?: string | null;
+  from?: { address: string; port: number };
+  peer?: { address: string; port: number };
+  error?: string;
+  replies?: Reply[];
+}
 
 export interface Pod {
   ns: string;
@@ -163,6 +174,72 @@ export class DnsLab {
       ...(uid === undefined ? {} : { uid }),
     });
     return JSON.parse(out.trim().split('\n').pop()!) as T;
+  }
+
+  /** glibc (getent): pod A gets `answer` (A through an IPv4 nameserver, AAAA through an IPv6 one), pod B the nameserver's. */
+  async expectGlibc(answer: { a: string; aaaa: string }): Promise<void> {
+    const { a, b } = this.pods;
+    for (const [ns, db, rr] of [
+      [NS4, 'ahostsv4', 'a'],
+      [NS6, 'ahostsv6', 'aaaa'],
+    ] as const) {
+      this.resolvConf(a, [ns]);
+      this.resolvConf(b, [ns]);
+      expect(await this.getent(a, a.cg, db, 'test.zone')).toEqual([answer[rr]]);
+      expect(await this.getent(b, b.cg, db, 'test.zone')).toEqual([ANSWER.nameserver[rr]]);
+    }
+  }
+
+  /**
+   * A sidecar DNS proxy on loopback in pod A is in force: glibc, dig over TCP, c-ares and sendto get its answer,
+   * the reply from the nameserver asked; it forwards fwd.test to the nameserver.
+   */
+  async expectSidecar(): Promise<void> {
+    const a = this.pods.a;
+    this.resolvConf(a, [NS4]);
+    expect(await this.getent(a, a.cg, 'ahostsv4', 'test.zone')).toEqual([ANSWER.sidecar.a]);
+    expect(await this.dig(a, a.cg, NS6, 'test.zone', ['+tcp'])).toBe(ANSWER.sidecar.a);
+    expect(await this.cares(a, a.cg, NS6, 'test.zone')).toBe(ANSWER.sidecar.a);
+    const s = await this.dnsq<Reply>(a, a.cg, ['sendto', 'test.zone', NS4]);
+    expect(s.replies![0]).toEqual({ id: 100, answer: ANSWER.sidecar.a, from: { address: NS4, port: 53 } });
+    expect(await this.dig(a, a.cg, NS4, 'fwd.test')).toBe(ANSWER.fwd.a); // sidecar → nameserver
+  }
+
+  /**
+   * dnsq.py's sendto, connected UDP and TCP from pod A over IPv4, IPv6 and v4-mapped: each gets `answer`, with
+   * the reply from (and the peer) the nameserver asked; pod B's sendto gets the nameserver's answer from it.
+   */
+  async expectPythonClients(answer: string): Promise<void> {
+    const { a, b } = this.pods;
+    for (const [ns, extra] of [
+      [NS4, []],
+      [NS6, []],
+      [NS4, ['--v6sock']],
+    ] as const) {
+      const from = { address: extra.length ? `::ffff:${ns}` : ns, port: 53 };
+      const s = await this.dnsq<Reply>(a, a.cg, [...extra, 'sendto', 'test.zone', ns]);
+      expect(s.replies).toEqual([{ id: 100, answer, from }]);
+      const c = await this.dnsq<Reply>(a, a.cg, [...extra, 'connect', 'test.zone', ns]);
+      expect(c).toEqual({ peer: from, id: 7, answer, from });
+      const t = await this.dnsq<Reply>(a, a.cg, [...extra, 'tcp', 'test.zone', ns]);
+      expect(t).toEqual({ peer: from, id: 9, answer });
+      const direct = await this.dnsq<Reply>(b, b.cg, [...extra, 'sendto', 'test.zone', ns]);
+      expect(direct.replies).toEqual([{ id: 100, answer: ANSWER.nameserver.a, from }]);
+    }
+  }
+
+  /**
+   * Pod A's DNS proxy is down: what a dead nameserver gives, never an answer from elsewhere — connected UDP
+   * and TCP refused, sendto timed out (to the nameservers given for each).
+   */
+  async expectProxyDown(to: { connect: string; tcp: string; sendto: string }): Promise<void> {
+    const a = this.pods.a;
+    const c = await this.dnsq<Reply>(a, a.cg, ['--timeout', '2', 'connect', 'test.zone', to.connect]);
+    expect(c.error).toMatch(/^ConnectionRefusedError/);
+    const t = await this.dnsq<Reply>(a, a.cg, ['--timeout', '2', 'tcp', 'test.zone', to.tcp]);
+    expect(t.error).toMatch(/^ConnectionRefusedError/);
+    const s = await this.dnsq<Reply>(a, a.cg, ['--timeout', '2', 'sendto', 'test.zone', to.sendto]);
+    expect(s.error).toMatch(/^TimeoutError/);
   }
 
   cleanup(): void {

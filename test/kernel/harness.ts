@@ -1,5 +1,6 @@
 // harness.ts — kernel-test helpers: a test cgroup root, "pods" (netns + cgroup), veths and a bridge,
 // processes run inside both, and a teardown that removes all of it, also when a test fails.
+// The node lab that several agent tests share is in lab.ts (`useLab`).
 import { Sandbox, type Proc } from '../../src/util/sandbox.js';
 import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -101,6 +102,37 @@ export class Env extends Sandbox {
     return JSON.parse(out.trim().split('\n').pop()!) as T;
   }
 
+  /**
+   * Starts a `client.mjs hold` (from `localPort` if given) without waiting for its answers: `lines()` waits for
+   * them; `release()` ends it (SIGKILL after 5 s: a client still waiting on a connection does not read stdin).
+   */
+  holdLater(
+    ns: string,
+    cg: string,
+    host: string,
+    port: number,
+    n: number,
+    localPort?: number,
+  ): { proc: Proc; lines: (timeoutMs?: number) => Promise<string[]>; release: () => Promise<void> } {
+    const p = this.spawn(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), 'hold', host, String(port), String(n)], {
+      stdin: true,
+      ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}),
+    });
+    return {
+      proc: p,
+      lines: async (timeoutMs = 60_000) => {
+        await waitFor(() => p.out.includes('\n'), `hold ${n} connections`, p, timeoutMs);
+        return (JSON.parse(p.out.trim()) as { lines: string[] }).lines;
+      },
+      release: async () => {
+        p.child.stdin!.end();
+        const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
+        await p.exited;
+        clearTimeout(t);
+      },
+    };
+  }
+
   /** Starts a `client.mjs hold` that keeps its connections until release(); resolves with the lines. */
   async hold(
     ns: string,
@@ -109,18 +141,8 @@ export class Env extends Sandbox {
     port: number,
     n: number,
   ): Promise<{ lines: string[]; release: () => Promise<void> }> {
-    const p = this.spawn(ns, cg, process.execPath, [join(TOOLS, 'client.mjs'), 'hold', host, String(port), String(n)], {
-      stdin: true,
-    });
-    await waitFor(() => p.out.includes('\n'), `hold ${n} connections`, p, 30_000);
-    const { lines } = JSON.parse(p.out.trim()) as { lines: string[] };
-    return {
-      lines,
-      release: async () => {
-        p.child.stdin!.end();
-        await p.exited;
-      },
-    };
+    const h = this.holdLater(ns, cg, host, port, n);
+    return { lines: await h.lines(30_000), release: h.release };
   }
 
   /** Starts the upstream test server and waits until it listens. */
@@ -216,9 +238,9 @@ export class Env extends Sandbox {
     return this.run(null, null, process.execPath, [CLI, ...args]);
   }
 
-  /** Starts the agent on this env's cgroup root and bpffs; waits until it is redirect-ready. */
-  async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
-    const p = this.cli([
+  /** `meshredir agent` arguments on this env's cgroup root, bpffs and state dir, eBPF mode (`extra` may override). */
+  agentArgs(policiesDir: string, extra: string[] = []): string[] {
+    return [
       'agent',
       '--policies',
       policiesDir,
@@ -230,11 +252,14 @@ export class Env extends Sandbox {
       this.stateDir,
       '--mode',
       'ebpf',
-      // Any free loopback port (logged): test agents never contend for the default one.
-      '--metrics-address',
-      '127.0.0.1:0',
       ...extra,
-    ]);
+    ];
+  }
+
+  /** Starts the agent on this env's cgroup root and bpffs; waits until it is redirect-ready. */
+  async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
+    // Any free loopback port (logged): test agents never contend for the default one.
+    const p = this.cli(this.agentArgs(policiesDir, ['--metrics-address', '127.0.0.1:0', ...extra]));
     await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
     return p;
   }

@@ -4,11 +4,11 @@
 // pidfd_getfd and registered, re-registered when the proxy restarts (the agent's pulse), reject and pass
 // without it, verify/status/dry-run, re-adoption after a restart, the link moved with the netns, and
 // everything collected when the pod's netns goes away.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { expect, it } from 'vitest';
+import { readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyDoc, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { Lab, useLab } from './lab.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { findListeners, takeFd } from '../../src/bpf/listeners.js';
 import { c } from '../../src/sys/libbpf.js';
@@ -22,6 +22,7 @@ const HIGH = 20000 + Math.floor(Math.random() * 20000);
 
 kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', () => {
   let env: Env;
+  let lab: Lab;
   let dir: string;
   let agent: Proc;
   let node: string, podA: string, podB: string, podC: string, podD: string;
@@ -102,46 +103,40 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
     return p;
   }
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-inbound-'));
-    node = env.netns('node');
-    podA = env.netns('a');
-    podB = env.netns('b');
-    podC = env.netns('c');
-    podD = env.netns('d');
-    env.bridge(node, 'br0', ['10.200.0.1/24', 'fd00:200::1/64']);
-    env.plug(node, 'br0', podA, ['10.200.0.11/24', 'fd00:200::11/64']);
-    env.plug(node, 'br0', podB, [`${B4}/24`, `${B6}/64`]);
-    env.plug(node, 'br0', podC, [`${C4}/24`]);
-    env.plug(node, 'br0', podD, [`${D4}/24`]);
-    cgA = env.cgroup('pod-a');
-    cgB = env.cgroup('pod-b');
-    cgProxyB = env.cgroup('pod-b/proxy');
-    cgAppB = env.cgroup('pod-b/app');
-    cgC = env.cgroup('pod-c');
-    cgNodeProxy = env.cgroup('node-proxy');
-    appsB.push(await app(podB, cgAppB, B4, 8080, 'app-b'));
-    appsB.push(await app(podB, cgAppB, B4, HIGH, 'app-b-high'));
-    appsB.push(await app(podB, cgAppB, B4, 9090, 'app-b-9090'));
-    appsB.push(await app(podB, cgAppB, B6, 8080, 'app-b6'));
-    appC = await app(podC, null, C4, 8080, 'app-c');
-    haproxyB = await sidecar();
-    podBPolicy();
-    agent = await env.agent(dir);
-    await until(
-      () => inb('pod-b'),
-      (p) => Boolean(p?.listeners.ipv4 && p.listeners.ipv6),
-      'pod-b registered',
-    );
-  });
-
-  afterAll(async () => {
-    if (agent) await env.stop(agent);
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      policies: 'meshredir-test-inbound-',
+      bridge: ['10.200.0.1/24', 'fd00:200::1/64'],
+      pods: { a: ['10.200.0.11/24', 'fd00:200::11/64'], b: [`${B4}/24`, `${B6}/64`], c: [`${C4}/24`], d: [`${D4}/24`] },
+      cgroups: ['pod-a', 'pod-b', 'pod-b/proxy', 'pod-b/app', 'pod-c', 'node-proxy'],
+    },
+    async (l) => {
+      lab = l;
+      ({ env, dir, node } = l);
+      ({ a: podA, b: podB, c: podC, d: podD } = l.ns);
+      ({
+        'pod-a': cgA,
+        'pod-b': cgB,
+        'pod-b/proxy': cgProxyB,
+        'pod-b/app': cgAppB,
+        'pod-c': cgC,
+        'node-proxy': cgNodeProxy,
+      } = l.cg);
+      appsB.push(await app(podB, cgAppB, B4, 8080, 'app-b'));
+      appsB.push(await app(podB, cgAppB, B4, HIGH, 'app-b-high'));
+      appsB.push(await app(podB, cgAppB, B4, 9090, 'app-b-9090'));
+      appsB.push(await app(podB, cgAppB, B6, 8080, 'app-b6'));
+      appC = await app(podC, null, C4, 8080, 'app-c');
+      haproxyB = await sidecar();
+      podBPolicy();
+      agent = await l.agent();
+      await until(
+        () => inb('pod-b'),
+        (p) => Boolean(p?.listeners.ipv4 && p.listeners.ipv6),
+        'pod-b registered',
+      );
+    },
+  );
 
   /** One sample of the agent's /metrics: `name` with all of `labels` (label order free). */
   const metric = async (name: string, labels: Record<string, string>): Promise<number> => {
@@ -254,20 +249,7 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
   });
 
   it('--dry-run prints the netns, the addresses and the listener that would be taken', async () => {
-    const p = env.cli([
-      'agent',
-      '--dry-run',
-      '--mode',
-      'ebpf',
-      '--policies',
-      dir,
-      '--cgroup-root',
-      env.cgRoot,
-      '--bpffs',
-      env.bpffs,
-      '--state-dir',
-      env.stateDir,
-    ]);
+    const p = env.cli(lab.agentArgs(['--dry-run']));
     expect(await p.exited, p.err).toBe(0);
     const d = JSON.parse(p.out) as {
       inbound: { targets: { policy: string; addresses: string[]; listeners: unknown[] }[] };
@@ -283,7 +265,7 @@ kernelDescribe('inbound interception with sk_lookup, by the agent (eBPF mode)', 
   it('a restarted agent re-adopts the link and the registration: nothing attached or written again', async () => {
     const before = (await inb('pod-b'))!;
     await env.stop(agent);
-    agent = await env.agent(dir);
+    agent = await lab.agent();
     const after = (await inb('pod-b'))!;
     expect(after.link!.id).toBe(before.link!.id);
     expect(after.listeners).toEqual(before.listeners);

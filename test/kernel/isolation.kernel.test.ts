@@ -3,14 +3,15 @@
 // netns a victim's address and the proxy's can neither claim, read, overwrite nor delete the victim's
 // record; a socket outside the policy's bypass cgroups asking SO_ORIGINAL_DST gets the kernel's answer;
 // walking mr_orig while records come and go (what the agent's count did) repeats keys; MPTCP connects.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { expect, it } from 'vitest';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { pendingDrift } from '../../src/modes/ebpf/counters.js';
 import { lib, NULL } from '../../src/sys/libbpf.js';
 import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, ROOT, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 interface Status {
   records: { pending: number; limit: number; inTable: number };
@@ -22,7 +23,6 @@ const UP = '10.210.0.100';
 
 kernelDescribe('isolation between pods on the record path (node proxy on a routable address)', () => {
   let env: Env;
-  let dir: string;
   let node: string, podA: string, podB: string, podE: string, podV: string, up: string;
   let cgA: string, cgB: string, cgE: string, cgV: string, cgProxy: string, cgEvil: string;
   let proxy: Proc;
@@ -57,28 +57,6 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
       sh('ip', ['netns', 'exec', node, 'iptables', '-D', ...rule]);
     }
   };
-  /** `client.mjs hold` from a fixed local port, not waited for: its line comes once the proxy answers. */
-  const victim = (ns: string, cg: string, dest: string, port: number, n: number, localPort?: number) => {
-    const p = env.spawn(
-      ns,
-      cg,
-      process.execPath,
-      [join(env.toolsDir, 'client.mjs'), 'hold', dest, String(port), String(n)],
-      { stdin: true, ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}) },
-    );
-    return {
-      lines: async () => {
-        await waitFor(() => p.out.includes('\n'), `hold ${n}`, p, 60_000);
-        return (JSON.parse(p.out.trim()) as { lines: string[] }).lines;
-      },
-      release: async () => {
-        p.child.stdin!.end();
-        const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
-        await p.exited;
-        clearTimeout(t);
-      },
-    };
-  };
   /** A TCP_REPAIR connect (hooks run, no packet) held until released. */
   const repair = async (ns: string, cg: string, dest: string, port: number, lport: number, src?: string) => {
     const p = env.spawn(
@@ -111,61 +89,51 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
     }
   };
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
-    node = env.netns('node');
-    podA = env.netns('a');
-    podB = env.netns('b');
-    podE = env.netns('e');
-    podV = env.netns('v');
-    up = env.netns('up');
-    env.bridge(node, 'br0', [`${PROXY}/24`]);
-    env.plug(node, 'br0', podA, ['10.210.0.11/24']);
-    env.plug(node, 'br0', podB, ['10.210.0.12/24']);
-    env.plug(node, 'br0', podE, ['10.210.0.13/24']);
-    env.plug(node, 'br0', podV, ['10.210.0.14/24']);
-    env.plug(node, 'br0', up, [`${UP}/24`]);
-    cgA = env.cgroup('pod-a');
-    cgB = env.cgroup('pod-b');
-    cgE = env.cgroup('pod-e');
-    cgV = env.cgroup('pod-v');
-    cgProxy = env.cgroup('proxy');
-    cgEvil = env.cgroup('evil'); // under the attach point, no policy
-    await env.server(up, UP, 8080, 'up');
-    // The node proxy answers each connection with what SO_ORIGINAL_DST gave it ("ORIGDST a p PEER b q",
-    // or "ERR <errno>"): what a forwarding proxy would have done with the connection, without doing it.
-    proxy = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen', `${PROXY}:15001`, '--mode', 'report']);
-    await env.waitListening(node, 15001, 'node proxy', proxy);
-    const pol = (name: string, cg: string, netns?: string) =>
-      writeFileSync(
-        join(dir, `${name}.yaml`),
-        policyYaml({
+  useLab(
+    {
+      bridge: [`${PROXY}/24`],
+      pods: {
+        a: ['10.210.0.11/24'],
+        b: ['10.210.0.12/24'],
+        e: ['10.210.0.13/24'],
+        v: ['10.210.0.14/24'],
+        up: [`${UP}/24`],
+      },
+      cgroups: ['pod-a', 'pod-b', 'pod-e', 'pod-v', 'proxy', 'evil'], // evil: under the attach point, no policy
+    },
+    async (lab) => {
+      ({ env, node } = lab);
+      ({ a: podA, b: podB, e: podE, v: podV, up } = lab.ns);
+      ({ 'pod-a': cgA, 'pod-b': cgB, 'pod-e': cgE, 'pod-v': cgV, proxy: cgProxy, evil: cgEvil } = lab.cg);
+      await env.server(up, UP, 8080, 'up');
+      // The node proxy answers each connection with what SO_ORIGINAL_DST gave it ("ORIGDST a p PEER b q",
+      // or "ERR <errno>"): what a forwarding proxy would have done with the connection, without doing it.
+      proxy = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen', `${PROXY}:15001`, '--mode', 'report']);
+      await env.waitListening(node, 15001, 'node proxy', proxy);
+      const pol = (name: string, cg: string, netns?: string) =>
+        lab.policy(
           name,
-          cgroup: cg,
-          outbound: `${PROXY}:15001`,
-          bypassCgroups: [cgProxy],
-          ...(netns ? { netns } : {}),
-        }),
-      );
-    pol('a', cgA);
-    pol('b', cgB);
-    pol('e', cgE, `/run/netns/${podE}`);
-    pol('v', cgV, `/run/netns/${podV}`);
-    // 256 handshakes in flight on the node; each policy gets a quarter of that by default.
-    await env.agent(dir, ['--max-connections', '256']);
-  });
-
-  afterAll(async () => {
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+          policyYaml({
+            name,
+            cgroup: cg,
+            outbound: `${PROXY}:15001`,
+            bypassCgroups: [cgProxy],
+            ...(netns ? { netns } : {}),
+          }),
+        );
+      pol('a', cgA);
+      pol('b', cgB);
+      pol('e', cgE, `/run/netns/${podE}`);
+      pol('v', cgV, `/run/netns/${podV}`);
+      // 256 handshakes in flight on the node; each policy gets a quarter of that by default.
+      await lab.agent(['--max-connections', '256']);
+    },
+  );
 
   it("a pod whose proxy path drops SYNs exhausts its own budget; another pod's connects all go through", async () => {
     const [a0, b0] = [await counters('a'), await counters('b')];
     const stalled = await synsDropped('10.210.0.11', async () => {
-      const stalled = victim(podA, cgA, UP, 8080, 400);
+      const stalled = env.holdLater(podA, cgA, UP, 8080, 400);
       // A's connects wait in SYN_SENT with their records until its budget is used up; the rest are refused.
       let last = -1;
       await until('pod A stalled at its budget', async () => {
@@ -203,7 +171,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
   it("a forged claim from another netns gets nothing, and the real proxy still gets the victim's destination", async () => {
     const evil = spoofingNetns('evil');
     const v = await synsDropped('10.210.0.14', async () => {
-      const v = victim(podV, cgV, UP, 8080, 1, 42001);
+      const v = env.holdLater(podV, cgV, UP, 8080, 1, 42001);
       await until('the victim record', () => records().some((r) => r.sport === 42001));
       // The attacker's own listener on "the proxy's address", connected from "the victim's address and
       // port": the same tuple the victim's record is published under.
@@ -230,7 +198,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
     const evil = spoofingNetns('evil-e');
     const before = await counters('e');
     const v = await synsDropped('10.210.0.14', async () => {
-      const v = victim(podV, cgV, UP, 8080, 1, 42002);
+      const v = env.holdLater(podV, cgV, UP, 8080, 1, 42002);
       await until('the victim record', () => records().some((r) => r.sport === 42002));
       // Pod E's process in a netns of its own (an unprivileged user namespace is enough) publishes the
       // victim's tuple with a destination of its choosing.
@@ -261,7 +229,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
     const evil = spoofingNetns('evil-b');
     // The victim first: the forger's publish collides with a record in flight and spoils it for both.
     const v = await synsDropped('10.210.0.14', async () => {
-      const v = victim(podV, cgV, UP, 8080, 1, 42003);
+      const v = env.holdLater(podV, cgV, UP, 8080, 1, 42003);
       await until('the victim record', () => records().some((r) => r.sport === 42003));
       const forged = await repair(evil, cgB, '10.210.0.99', 9999, 42003, '10.210.0.14');
       try {
@@ -286,7 +254,7 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
     // is given the forger's destination.
     const forged = await repair(evil, cgB, '10.210.0.99', 9999, 42004, '10.210.0.14');
     try {
-      const v2 = victim(podV, cgV, UP, 8080, 1, 42004);
+      const v2 = env.holdLater(podV, cgV, UP, 8080, 1, 42004);
       const lines = await v2.lines();
       expect(lines).toEqual(['ERR ENOENT']);
       await v2.release();
@@ -354,31 +322,26 @@ kernelDescribe('isolation between pods on the record path (node proxy on a routa
 
 kernelDescribe('isolation: a listener outside the policy bypass cgroups (sidecar on loopback)', () => {
   let env: Env;
-  let dir: string;
   let pod: string;
   let app: string;
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+  useLab({ cgroups: ['r/app', 'r/proxy', 'elsewhere'] }, async (lab) => {
+    env = lab.env;
     pod = env.netns('r');
-    app = env.cgroup('r/app');
-    const bypass = env.cgroup('r/proxy');
-    const elsewhere = env.cgroup('elsewhere');
+    app = lab.cg['r/app'];
     // The listener on the proxy's address is not the policy's proxy: it lives in no bypass cgroup.
-    const p = env.spawn(pod, elsewhere, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
+    const p = env.spawn(pod, lab.cg.elsewhere, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
     await env.waitListening(pod, 15001, 'listener', p);
-    writeFileSync(
-      join(dir, 'r.yaml'),
-      policyYaml({ name: 'r', cgroup: `${env.cgRoot}/r`, outbound: '127.0.0.1:15001', bypassCgroups: [bypass] }),
+    lab.policy(
+      'r',
+      policyYaml({
+        name: 'r',
+        cgroup: `${env.cgRoot}/r`,
+        outbound: '127.0.0.1:15001',
+        bypassCgroups: [lab.cg['r/proxy']],
+      }),
     );
-    await env.agent(dir);
-  });
-
-  afterAll(async () => {
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
+    await lab.agent();
   });
 
   it("asking SO_ORIGINAL_DST gets the kernel's answer, not the record", async () => {

@@ -1,10 +1,9 @@
 // redirect.kernel.test.ts — eBPF outbound redirection end to end: real cgroups, netns, an
 // unmodified HAProxy reading SO_ORIGINAL_DST, and the agent CLI as users run it.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { tmpdir } from 'node:os';
+import { expect, it } from 'vitest';
+import { mkdirSync } from 'node:fs';
 import { Env, kernelDescribe, policyYaml, ORIGDST_PROXY, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', () => {
   let env: Env;
@@ -14,93 +13,84 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
   let cgA: string, cgB: string, cgC: string, cgD: string, cgProxy: string;
   let p6: Proc;
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
-    node = env.netns('node');
-    podA = env.netns('a');
-    podB = env.netns('b');
-    podC = env.netns('c');
-    podD = env.netns('d');
-    up = env.netns('up');
-    env.bridge(node, 'br0', ['10.200.0.1/24', 'fd00:200::1/64']);
-    env.plug(node, 'br0', podA, ['10.200.0.11/24', 'fd00:200::11/64']);
-    env.plug(node, 'br0', podB, ['10.200.0.12/24', 'fd00:200::12/64']);
-    env.plug(node, 'br0', podC, ['10.200.0.13/24', 'fd00:200::13/64']);
-    env.plug(node, 'br0', podD, ['10.200.0.14/24', 'fd00:200::14/64']);
-    env.plug(node, 'br0', up, [
-      '10.200.0.100/24',
-      'fd00:200::100/64',
-      '10.200.0.97/24',
-      '10.200.0.120/24',
-      'fd00:200::97/64',
-      'fd00:200::98/64',
-    ]);
-    cgA = env.cgroup('pod-a');
-    cgB = env.cgroup('pod-b');
-    cgC = env.cgroup('pod-c');
-    cgD = env.cgroup('pod-d');
-    cgProxy = env.cgroup('proxy');
-    await env.server(up, '10.200.0.100', 8080, 'up');
-    await env.server(up, '10.200.0.100', 9090, 'up9090');
-    await env.server(up, 'fd00:200::100', 8080, 'up6');
-    for (const [addr, port] of [
-      ['10.200.0.97', 8080],
-      ['10.200.0.120', 8080],
-      ['10.200.0.120', 9090],
-      ['fd00:200::97', 8080],
-      ['fd00:200::98', 8080],
-    ] as const) {
-      await env.server(up, addr, port, `up-${addr}-${port}`);
-    }
-    await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
-    // IPv6: HAProxy asks only SOL_IP; this proxy asks IP6T_SO_ORIGINAL_DST on v6 sockets.
-    p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
-    await env.waitListening(node, 15006, 'origdst-proxy', p6);
-    writeFileSync(
-      join(dir, 'a.yaml'),
-      policyYaml({
-        name: 'pod-a',
-        cgroup: cgA,
-        outbound: '10.200.0.1:15001',
-        outbound6: '[fd00:200::1]:15006',
-        bypassCgroups: [cgProxy],
-        outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.200.0.96/30'] },
-      }),
-    );
-    // Include/exclude lists, nested both ways; the longest prefix decides.
-    writeFileSync(
-      join(dir, 'c.yaml'),
-      policyYaml({
-        name: 'pod-c',
-        cgroup: cgC,
-        outbound: '10.200.0.1:15001',
-        bypassCgroups: [cgProxy],
-        outboundSpec: {
-          includePorts: [8080],
-          includeCidrs: ['10.200.0.0/24', '10.200.0.97/32'],
-          excludeCidrs: ['10.200.0.96/28'],
-        },
-      }),
-    );
-    writeFileSync(
-      join(dir, 'd.yaml'),
-      policyYaml({
-        name: 'pod-d',
-        cgroup: cgD,
-        outbound6: '[fd00:200::1]:15006',
-        bypassCgroups: [cgProxy],
-        outboundSpec: { includeCidrs: ['fd00:200::/64', 'fd00:200::97/128'], excludeCidrs: ['fd00:200::/120'] },
-      }),
-    );
-    agent = await env.agent(dir);
-  });
-
-  afterAll(async () => {
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      bridge: ['10.200.0.1/24', 'fd00:200::1/64'],
+      pods: {
+        a: ['10.200.0.11/24', 'fd00:200::11/64'],
+        b: ['10.200.0.12/24', 'fd00:200::12/64'],
+        c: ['10.200.0.13/24', 'fd00:200::13/64'],
+        d: ['10.200.0.14/24', 'fd00:200::14/64'],
+        up: [
+          '10.200.0.100/24',
+          'fd00:200::100/64',
+          '10.200.0.97/24',
+          '10.200.0.120/24',
+          'fd00:200::97/64',
+          'fd00:200::98/64',
+        ],
+      },
+      cgroups: ['pod-a', 'pod-b', 'pod-c', 'pod-d', 'proxy'],
+    },
+    async (lab) => {
+      ({ env, dir, node } = lab);
+      ({ a: podA, b: podB, c: podC, d: podD, up } = lab.ns);
+      ({ 'pod-a': cgA, 'pod-b': cgB, 'pod-c': cgC, 'pod-d': cgD, proxy: cgProxy } = lab.cg);
+      await env.server(up, '10.200.0.100', 8080, 'up');
+      await env.server(up, '10.200.0.100', 9090, 'up9090');
+      await env.server(up, 'fd00:200::100', 8080, 'up6');
+      for (const [addr, port] of [
+        ['10.200.0.97', 8080],
+        ['10.200.0.120', 8080],
+        ['10.200.0.120', 9090],
+        ['fd00:200::97', 8080],
+        ['fd00:200::98', 8080],
+      ] as const) {
+        await env.server(up, addr, port, `up-${addr}-${port}`);
+      }
+      await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
+      // IPv6: HAProxy asks only SOL_IP; this proxy asks IP6T_SO_ORIGINAL_DST on v6 sockets.
+      p6 = env.spawn(node, cgProxy, ORIGDST_PROXY, ['--listen6', '[fd00:200::1]:15006', '--mode', 'forward']);
+      await env.waitListening(node, 15006, 'origdst-proxy', p6);
+      lab.policy(
+        'a',
+        policyYaml({
+          name: 'pod-a',
+          cgroup: cgA,
+          outbound: '10.200.0.1:15001',
+          outbound6: '[fd00:200::1]:15006',
+          bypassCgroups: [cgProxy],
+          outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.200.0.96/30'] },
+        }),
+      );
+      // Include/exclude lists, nested both ways; the longest prefix decides.
+      lab.policy(
+        'c',
+        policyYaml({
+          name: 'pod-c',
+          cgroup: cgC,
+          outbound: '10.200.0.1:15001',
+          bypassCgroups: [cgProxy],
+          outboundSpec: {
+            includePorts: [8080],
+            includeCidrs: ['10.200.0.0/24', '10.200.0.97/32'],
+            excludeCidrs: ['10.200.0.96/28'],
+          },
+        }),
+      );
+      lab.policy(
+        'd',
+        policyYaml({
+          name: 'pod-d',
+          cgroup: cgD,
+          outbound6: '[fd00:200::1]:15006',
+          bypassCgroups: [cgProxy],
+          outboundSpec: { includeCidrs: ['fd00:200::/64', 'fd00:200::97/128'], excludeCidrs: ['fd00:200::/120'] },
+        }),
+      );
+      agent = await lab.agent();
+    },
+  );
 
   it('a pod with a policy reaches the upstream through the proxy; getpeername shows the original destination', async () => {
     const r = await env.client(podA, cgA, ['connect', '10.200.0.100', '8080']);

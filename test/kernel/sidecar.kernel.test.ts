@@ -2,12 +2,11 @@
 // connections have identical loopback tuples each get their own original destination; records are
 // freed with their connections; a full table refuses connects (never a connection without a record);
 // loopback destinations; every getsockopt other than SO_ORIGINAL_DST answered as the kernel did.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { Env, kernelDescribe, policyYaml, waitFor, sh, ORIGDST_PROXY, type Proc } from './harness.js';
+import { useLab } from './lab.js';
 
 interface Status {
   maps: { map: string; entries: number; max: number }[];
@@ -17,7 +16,6 @@ interface Status {
 
 kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)', () => {
   let env: Env;
-  let dir: string;
   let agent: Proc;
   const pods: { ns: string; cg: string; proxyCg: string }[] = [];
   const proxies: Proc[] = [];
@@ -43,34 +41,9 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       .trim()
       .split('\n')
       .map(Number);
-  /** `client.mjs hold` started without waiting for answers: { proc, lines() }. */
-  const holdLater = (ns: string, cg: string, host: string, port: number, n: number, localPort?: number) => {
-    const p = env.spawn(
-      ns,
-      cg,
-      process.execPath,
-      [join(env.toolsDir, 'client.mjs'), 'hold', host, String(port), String(n)],
-      { stdin: true, ...(localPort ? { env: { LOCAL_PORT: String(localPort) } } : {}) },
-    );
-    return {
-      proc: p,
-      lines: async () => {
-        await waitFor(() => p.out.includes('\n'), `hold ${n}`, p, 60_000);
-        return (JSON.parse(p.out.trim()) as { lines: string[] }).lines;
-      },
-      release: async () => {
-        p.child.stdin!.end();
-        // A client still waiting on a connection does not read stdin yet: don't wait for it forever.
-        const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
-        await p.exited;
-        clearTimeout(t);
-      },
-    };
-  };
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-policies-'));
+  useLab({}, async (lab) => {
+    env = lab.env;
     for (const name of ['s1', 's2', 's3']) {
       const ns = env.netns(name);
       const cg = env.cgroup(`${name}/app`);
@@ -81,8 +54,8 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       await env.waitListening(ns, 15001, `origdst-proxy in ${name}`, p);
       // s3 also sends loopback destinations to its proxy.
       const outboundSpec = name === 's3' ? { redirectLoopback: true } : undefined;
-      writeFileSync(
-        join(dir, `${name}.yaml`),
+      lab.policy(
+        name,
         policyYaml({
           name,
           cgroup: policyCg,
@@ -98,13 +71,7 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
       if (name === 's1') await env.server(ns, '127.0.0.1', 9998, 'local-held', true);
     }
     // The node's limit, with no policy's own budget below it: the full-table test reaches the node's.
-    agent = await env.agent(dir, ['--max-connections', '128', '--max-pending-per-policy', '128']);
-  });
-
-  afterAll(async () => {
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
+    agent = await lab.agent(['--max-connections', '128', '--max-pending-per-policy', '128']);
   });
 
   it('two pods with identical loopback tuples each get their own destination, both records held at once', async () => {
@@ -219,9 +186,9 @@ kernelDescribe('eBPF redirection, sidecar (proxy in the pod netns on loopback)',
     const drop = ['INPUT', '-p', 'tcp', '--syn', '--dport', '15001', '-j', 'DROP'];
     const ipt = (op: string) => sh('ip', ['netns', 'exec', s2.ns, 'iptables', op, ...drop]);
     ipt('-I');
-    let held: ReturnType<typeof holdLater> | undefined;
+    let held: ReturnType<Env['holdLater']> | undefined;
     try {
-      held = holdLater(s2.ns, s2.cg, '10.201.0.11', 7100, 200);
+      held = env.holdLater(s2.ns, s2.cg, '10.201.0.11', 7100, 200);
       const end = Date.now() + 15_000;
       while ((await status()).records.pending < 128 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
       expect((await status()).records.pending).toBe(128);

@@ -3,33 +3,20 @@
 // as `from`, the pod's address as the original destination, HAProxy's listener as where it went), HAProxy's
 // own connection to the app bypassed (loopback: from the pod itself), an excluded port bypassed; one event
 // each, with no process (sk_lookup runs for a packet), and none for a trace filtered by process.
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { tmpdir } from 'node:os';
+import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Env, kernelDescribe, waitFor, type Proc } from './harness.js';
-import type { TraceRecord } from '../../src/modes/ebpf/trace-event.js';
+import { useLab } from './lab.js';
+import { decisions, useTracers } from './tracing.js';
 
-type Decision = { type: 'decision' } & TraceRecord;
-const decisions = (p: Proc) =>
-  p.out
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as { type: string })
-    .filter((l): l is Decision => l.type === 'decision');
 const B4 = '10.202.0.12';
 
 kernelDescribe('trace: inbound sk_lookup decisions', () => {
   let env: Env;
-  let dir: string;
   let agent: Proc;
   let podA: string, cgClient: string;
 
-  const trace = async (...args: string[]): Promise<Proc> => {
-    const p = env.cli(['trace', '--json', '--bpffs', env.bpffs, ...args]);
-    await waitFor(() => p.out.includes('"type":"start"'), 'trace started', p);
-    return p;
-  };
+  const trace = useTracers(() => env);
   const registered = async () => {
     const s = JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs, '--state-dir', env.stateDir])) as {
       inbound: { policy: string; listeners: { ipv4?: unknown } }[];
@@ -37,54 +24,49 @@ kernelDescribe('trace: inbound sk_lookup decisions', () => {
     return Boolean(s.inbound.find((p) => p.policy === 'pod-b')?.listeners.ipv4);
   };
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-trace-inbound-'));
-    const node = env.netns('node');
-    podA = env.netns('a');
-    const podB = env.netns('b');
-    env.bridge(node, 'br0', ['10.202.0.1/24']);
-    env.plug(node, 'br0', podA, ['10.202.0.11/24']);
-    env.plug(node, 'br0', podB, [`${B4}/24`]);
-    cgClient = env.cgroup('client'); // no policy: the client's connect is not redirected outbound
-    const cgB = env.cgroup('pod-b');
-    const cgProxyB = env.cgroup('pod-b/proxy');
-    const cgAppB = env.cgroup('pod-b/app');
-    for (const [port, name] of [
-      [8080, 'app-b'],
-      [9090, 'app-9090'],
-    ] as const) {
-      const p = env.spawn(podB, cgAppB, process.execPath, [join(env.toolsDir, 'server.mjs'), B4, String(port), name]);
-      await waitFor(() => p.out.includes('ready'), name, p);
-    }
-    await env.haproxy(podB, cgProxyB, '127.0.0.1:15006', 15006);
-    writeFileSync(
-      join(dir, 'pod-b.yaml'),
-      JSON.stringify({
-        apiVersion: 'meshredir/v1',
-        kind: 'RedirectPolicy',
-        metadata: { name: 'pod-b' },
-        spec: {
-          cgroup: cgB,
-          proxy: { inbound: 15006, bypass: { cgroups: [cgProxyB] } },
-          inbound: { excludePorts: [9090] },
-        },
-      }),
-    );
-    agent = await env.agent(dir, ['--interval', '1']);
-    const end = Date.now() + 15_000;
-    while (!(await registered())) {
-      if (Date.now() > end) throw new Error(`HAProxy's listener not registered: ${agent.err.slice(-2000)}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  });
-
-  afterAll(async () => {
-    if (agent) await env.stop(agent);
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      policies: 'meshredir-test-trace-inbound-',
+      bridge: ['10.202.0.1/24'],
+      pods: { a: ['10.202.0.11/24'], b: [`${B4}/24`] },
+      // client: no policy, so the client's connect is not redirected outbound
+      cgroups: ['client', 'pod-b', 'pod-b/proxy', 'pod-b/app'],
+    },
+    async (lab) => {
+      env = lab.env;
+      podA = lab.ns.a;
+      const podB = lab.ns.b;
+      cgClient = lab.cg.client;
+      const { 'pod-b': cgB, 'pod-b/proxy': cgProxyB, 'pod-b/app': cgAppB } = lab.cg;
+      for (const [port, name] of [
+        [8080, 'app-b'],
+        [9090, 'app-9090'],
+      ] as const) {
+        const p = env.spawn(podB, cgAppB, process.execPath, [join(env.toolsDir, 'server.mjs'), B4, String(port), name]);
+        await waitFor(() => p.out.includes('ready'), name, p);
+      }
+      await env.haproxy(podB, cgProxyB, '127.0.0.1:15006', 15006);
+      lab.policy(
+        'pod-b',
+        JSON.stringify({
+          apiVersion: 'meshredir/v1',
+          kind: 'RedirectPolicy',
+          metadata: { name: 'pod-b' },
+          spec: {
+            cgroup: cgB,
+            proxy: { inbound: 15006, bypass: { cgroups: [cgProxyB] } },
+            inbound: { excludePorts: [9090] },
+          },
+        }),
+      );
+      agent = await lab.agent(['--interval', '1']);
+      const end = Date.now() + 15_000;
+      while (!(await registered())) {
+        if (Date.now() > end) throw new Error(`HAProxy's listener not registered: ${agent.err.slice(-2000)}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    },
+  );
 
   it('intercepted (client → pod → proxy listener), bypassed from the pod itself and by port: one event each, no process', async () => {
     const t = await trace('--policy', 'pod-b');

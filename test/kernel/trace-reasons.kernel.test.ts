@@ -6,43 +6,29 @@
 // DNS reply relabelled by recvmsg4 (a UDP echo as the DNS proxy).
 // Then the agent restarts with --trace-ring-bytes 4096: the pinned ring is replaced by a one-page ring, and
 // a flood of connects makes `trace` report drops, with events + drops = connects.
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { tmpdir } from 'node:os';
+import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Env, kernelDescribe, policyYaml, waitFor, type Proc } from './harness.js';
+import { Lab, useLab } from './lab.js';
+import { decisions, lines, useTracers } from './tracing.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { openPinned, closeFd } from '../../src/bpf/fd.js';
 import { mapInfo } from '../../src/bpf/map.js';
 import { TRACE_RING } from '../../src/bpf/abi.js';
 import type { TraceRecord } from '../../src/modes/ebpf/trace-event.js';
 
-type Decision = { type: 'decision' } & TraceRecord;
-type Line = Decision | { type: 'start' | 'lost' | 'end'; lost: string; events?: number };
 type Conn = [proto: 'tcp' | 'udp', host: string, port: number, uid: number, gid: number, mark: number];
 
-const lines = (p: Proc): Line[] =>
-  p.out
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Line);
-const decisions = (p: Proc) => lines(p).filter((l): l is Decision => l.type === 'decision');
 const BYPASSED = 'meshredir_connections_bypassed_total';
 const DNS_BYPASSED = 'meshredir_dns_bypassed_total';
 
 kernelDescribe('trace: every reason, and drops with a small ring', () => {
   let env: Env;
-  let dir: string;
+  let lab: Lab;
   let agent: Proc;
   let node: string, podA: string, podN: string, cgA: string, cgN: string, cgProxy: string;
-  const tracers: Proc[] = [];
 
-  const trace = async (...args: string[]): Promise<Proc> => {
-    const p = env.cli(['trace', '--json', '--bpffs', env.bpffs, ...args]);
-    tracers.push(p);
-    await waitFor(() => p.out.includes('"type":"start"'), 'trace started', p);
-    return p;
-  };
+  const trace = useTracers(() => env);
   /** Each connect from its own process in the pod netns and cgroup: [{pid, result}]. */
   const connects = async (ns: string, cg: string, conns: Conn[]) =>
     JSON.parse(await env.run(ns, cg, 'python3', [join(env.toolsDir, 'connects.py'), JSON.stringify(conns)])) as {
@@ -59,57 +45,48 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
     }
   };
 
-  beforeAll(async () => {
-    env = new Env();
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-trace-reasons-'));
-    node = env.netns('node');
-    podA = env.netns('a');
-    podN = env.netns('n');
-    const up = env.netns('up');
-    env.bridge(node, 'br0', ['10.201.0.1/24']);
-    env.plug(node, 'br0', podA, ['10.201.0.11/24']);
-    env.plug(node, 'br0', up, ['10.201.0.100/24', '10.201.0.101/24']);
-    cgA = env.cgroup('pod-a');
-    cgN = env.cgroup('pod-n');
-    cgProxy = env.cgroup('proxy');
-    await env.server(up, '10.201.0.100', 8080, 'up');
-    await env.server(up, '10.201.0.100', 9090, 'port');
-    await env.server(up, '10.201.0.101', 8080, 'cidr');
-    // The "proxy" is a plain test server: a connect straight to it must not loop back through a real proxy.
-    await env.server(node, '10.201.0.1', 15001, 'proxy');
-    const a = JSON.parse(
-      policyYaml({
-        name: 'pod-a',
-        cgroup: cgA,
-        outbound: '10.201.0.1:15001', // IPv4 only: IPv6 connects bypass (no proxy for the family)
-        bypassCgroups: [cgProxy],
-        uids: [1337],
-        gids: [1338],
-        outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.201.0.101/32'] },
-      }),
-    ) as { spec: { proxy: { bypass: Record<string, unknown> } } & Record<string, unknown> };
-    a.spec.proxy.bypass.marks = ['0x539'];
-    // On port 53: a query to the proxy itself is then a port-53 call the DNS decision sees (and bypasses).
-    a.spec.dns = { proxy: '10.201.0.1:53', all: true }; // UDP connects only: nothing is sent
-    writeFileSync(join(dir, 'pod-a.yaml'), JSON.stringify(a));
-    // Pod N's policy names its netns: a connect from its cgroup but another netns is refused.
-    writeFileSync(
-      join(dir, 'pod-n.yaml'),
-      policyYaml({ name: 'pod-n', cgroup: cgN, netns: `/run/netns/${podN}`, outbound: '10.201.0.1:15001' }),
-    );
-    agent = await env.agent(dir, ['--interval', '1']);
-  });
-
-  afterEach(async () => {
-    for (const t of tracers.splice(0)) await env.stop(t);
-  });
-
-  afterAll(async () => {
-    if (agent) await env.stop(agent);
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      policies: 'meshredir-test-trace-reasons-',
+      bridge: ['10.201.0.1/24'],
+      pods: { a: ['10.201.0.11/24'], up: ['10.201.0.100/24', '10.201.0.101/24'] },
+      cgroups: ['pod-a', 'pod-n', 'proxy'],
+    },
+    async (l) => {
+      lab = l;
+      ({ env, node } = l);
+      const { up } = l.ns;
+      podA = l.ns.a;
+      podN = env.netns('n'); // pod N's netns, which its policy names (on no bridge)
+      ({ 'pod-a': cgA, 'pod-n': cgN, proxy: cgProxy } = l.cg);
+      await env.server(up, '10.201.0.100', 8080, 'up');
+      await env.server(up, '10.201.0.100', 9090, 'port');
+      await env.server(up, '10.201.0.101', 8080, 'cidr');
+      // The "proxy" is a plain test server: a connect straight to it must not loop back through a real proxy.
+      await env.server(node, '10.201.0.1', 15001, 'proxy');
+      const a = JSON.parse(
+        policyYaml({
+          name: 'pod-a',
+          cgroup: cgA,
+          outbound: '10.201.0.1:15001', // IPv4 only: IPv6 connects bypass (no proxy for the family)
+          bypassCgroups: [cgProxy],
+          uids: [1337],
+          gids: [1338],
+          outboundSpec: { excludePorts: [9090], excludeCidrs: ['10.201.0.101/32'] },
+        }),
+      ) as { spec: { proxy: { bypass: Record<string, unknown> } } & Record<string, unknown> };
+      a.spec.proxy.bypass.marks = ['0x539'];
+      // On port 53: a query to the proxy itself is then a port-53 call the DNS decision sees (and bypasses).
+      a.spec.dns = { proxy: '10.201.0.1:53', all: true }; // UDP connects only: nothing is sent
+      l.policy('pod-a', JSON.stringify(a));
+      // Pod N's policy names its netns: a connect from its cgroup but another netns is refused.
+      l.policy(
+        'pod-n',
+        policyYaml({ name: 'pod-n', cgroup: cgN, netns: `/run/netns/${podN}`, outbound: '10.201.0.1:15001' }),
+      );
+      agent = await l.agent(['--interval', '1']);
+    },
+  );
 
   it('one event per connect with its decision and reason: each bypass reason of connect and of DNS capture, and a wrong-netns refusal', async () => {
     const t = await trace();
@@ -267,7 +244,7 @@ kernelDescribe('trace: every reason, and drops with a small ring', () => {
     // A trace running across the restart reads a ring the programs no longer write to: it ends, saying so.
     const before = await trace();
     await env.stop(agent);
-    agent = await env.agent(dir, ['--interval', '1', '--trace-ring-bytes', '4096']);
+    agent = await lab.agent(['--interval', '1', '--trace-ring-bytes', '4096']);
     expect(ringBytes()).toBe(4096);
     expect(await before.exited).toBe(1);
     expect(before.err).toMatch(/the trace maps under .* were removed or replaced/);

@@ -3,94 +3,66 @@
 // and the proxy, HAProxy's SO_ORIGINAL_DST answer, bypasses with their metric reasons, the filters (policy,
 // cgroup, pid) applied in the kernel, the lost-event counter under a flood, one tracer at a time, and after
 // the tracer exits (signal or SIGKILL) the lease is off and the programs write nothing.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { tmpdir } from 'node:os';
+import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { Env, kernelDescribe, policyYaml, waitFor, type Proc } from './harness.js';
+import { useLab } from './lab.js';
+import { decisions, lines, useTracers } from './tracing.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { traceState } from '../../src/modes/ebpf/trace.js';
 import { Gauge } from '../../src/bpf/abi.js';
-import type { TraceRecord } from '../../src/modes/ebpf/trace-event.js';
-
-type Line = ({ type: 'decision' } & TraceRecord) | { type: 'start' | 'lost' | 'end'; lost: string; events?: number };
-
-const lines = (p: Proc): Line[] =>
-  p.out
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Line);
-const decisions = (p: Proc) => lines(p).filter((l): l is { type: 'decision' } & TraceRecord => l.type === 'decision');
 
 kernelDescribe('trace', () => {
   let env: Env;
-  let dir: string;
   let agent: Proc;
   let pins: Pins;
   let podA: string, podB: string, cgA: string, cgB: string, cgProxy: string;
-  const tracers: Proc[] = [];
 
-  /** `meshredir trace --json` with these filters, once it has taken the lease. */
-  const trace = async (...args: string[]): Promise<Proc> => {
-    const p = env.cli(['trace', '--json', '--bpffs', env.bpffs, ...args]);
-    tracers.push(p);
-    await waitFor(() => p.out.includes('"type":"start"'), 'trace started', p);
-    return p;
-  };
+  const trace = useTracers(() => env);
   /** curl from a pod; the upstream answers "<name> <peer> <port>" (HTTP/0.9 for curl). */
   const curl = async (ns: string, cg: string, port: number) =>
     (await env.run(ns, cg, 'curl', ['-sS', '--http0.9', '--max-time', '5', `http://10.200.0.100:${port}/`])).trim();
   const status = () => env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
   const ctl = () => pins.withMaps(['mr_trace_ctl'], (m) => m.get('mr_trace_ctl')!.get(0) as { on: number });
 
-  beforeAll(async () => {
-    env = new Env();
-    pins = new Pins(env.bpffs);
-    dir = mkdtempSync(join(tmpdir(), 'meshredir-test-trace-'));
-    const node = env.netns('node');
-    podA = env.netns('a');
-    podB = env.netns('b');
-    const up = env.netns('up');
-    env.bridge(node, 'br0', ['10.200.0.1/24']);
-    env.plug(node, 'br0', podA, ['10.200.0.11/24']);
-    env.plug(node, 'br0', podB, ['10.200.0.12/24']);
-    env.plug(node, 'br0', up, ['10.200.0.100/24']);
-    cgA = env.cgroup('pod-a');
-    cgB = env.cgroup('pod-b');
-    cgProxy = env.cgroup('proxy');
-    await env.server(up, '10.200.0.100', 8080, 'up');
-    await env.server(up, '10.200.0.100', 9090, 'direct');
-    await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
-    for (const [name, cg] of [
-      ['pod-a', cgA],
-      ['pod-b', cgB],
-    ] as const) {
-      const doc = JSON.parse(
-        policyYaml({
-          name,
-          cgroup: cg,
-          outbound: '10.200.0.1:15001',
-          bypassCgroups: [cgProxy],
-          outboundSpec: { excludePorts: [9090] },
-        }),
-      ) as { spec: Record<string, unknown> };
-      // Pod A's port-53 queries go to a DNS proxy (connect() only: nothing is sent, no proxy is needed).
-      if (name === 'pod-a') doc.spec.dns = { proxy: '10.200.0.1:15053', all: true };
-      writeFileSync(join(dir, `${name}.yaml`), JSON.stringify(doc));
-    }
-    agent = await env.agent(dir, ['--interval', '1']);
-  });
-
-  afterEach(async () => {
-    for (const t of tracers.splice(0)) await env.stop(t);
-  });
-
-  afterAll(async () => {
-    if (agent) await env.stop(agent);
-    const problems = await env?.teardown();
-    rmSync(dir, { recursive: true, force: true });
-    expect(problems).toEqual([]);
-  });
+  useLab(
+    {
+      policies: 'meshredir-test-trace-',
+      bridge: ['10.200.0.1/24'],
+      pods: { a: ['10.200.0.11/24'], b: ['10.200.0.12/24'], up: ['10.200.0.100/24'] },
+      cgroups: ['pod-a', 'pod-b', 'proxy'],
+    },
+    async (lab) => {
+      env = lab.env;
+      pins = new Pins(env.bpffs);
+      const { node } = lab;
+      const { up } = lab.ns;
+      ({ a: podA, b: podB } = lab.ns);
+      ({ 'pod-a': cgA, 'pod-b': cgB, proxy: cgProxy } = lab.cg);
+      await env.server(up, '10.200.0.100', 8080, 'up');
+      await env.server(up, '10.200.0.100', 9090, 'direct');
+      await env.haproxy(node, cgProxy, '10.200.0.1:15001', 15001);
+      for (const [name, cg] of [
+        ['pod-a', cgA],
+        ['pod-b', cgB],
+      ] as const) {
+        const doc = JSON.parse(
+          policyYaml({
+            name,
+            cgroup: cg,
+            outbound: '10.200.0.1:15001',
+            bypassCgroups: [cgProxy],
+            outboundSpec: { excludePorts: [9090] },
+          }),
+        ) as { spec: Record<string, unknown> };
+        // Pod A's port-53 queries go to a DNS proxy (connect() only: nothing is sent, no proxy is needed).
+        if (name === 'pod-a') doc.spec.dns = { proxy: '10.200.0.1:15053', all: true };
+        lab.policy(name, JSON.stringify(doc));
+      }
+      agent = await lab.agent(['--interval', '1']);
+    },
+  );
 
   it('shows a redirected connection (original destination, proxy, SO_ORIGINAL_DST) and bypasses by reason; nothing is written while nobody traces', async () => {
     const before = traceState(pins)!;

@@ -3,28 +3,11 @@
 import { describe, expect, it } from 'vitest';
 import { judgeDns } from '../../src/bench/dns.js';
 import type { LoadResult } from '../../src/bench/checks.js';
+import { loadResult } from './bench-load.js';
 
-const load = (over: Partial<LoadResult> = {}): LoadResult => ({
-  mode: 'rr',
-  requests: 900,
-  rate: 900,
-  p50_us: 50,
-  p99_us: 90,
-  errors: 0,
-  err_connect: 0,
-  err_reset: 0,
-  err_other: 0,
-  conns: 1000, // sent, warm-up included
-  client_user: 0.1,
-  client_sys: 0.2,
-  wall: 1.3,
-  bytes: 0,
-  confirmed: 0,
-  mbytes_s: 0,
-  e2e_mbytes_s: 0,
-  drain_ms: 0,
-  ...over,
-});
+/** A DNS client's run: 1,000 queries sent (warm-up included), 900 answered in the measurement. */
+const load = (over: Partial<LoadResult> = {}): LoadResult =>
+  loadResult({ mode: 'rr', requests: 900, rate: 900, p50_us: 50, p99_us: 90, wall: 1.3, ...over });
 
 describe('DNS bench samples', () => {
   it('accepts a capture run that took every query sent, and a direct run that captured nothing', () => {

@@ -3,29 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { judgeInbound, inboundSteps, INBOUND_MODES, INBOUND_RULES } from '../../src/bench/inbound.js';
 import { plannedSteps } from '../../src/bench/bench.js';
-import type { LoadResult } from '../../src/bench/checks.js';
+import { loadResult } from './bench-load.js';
 
-const load = (over: Partial<LoadResult> = {}): LoadResult => ({
-  mode: 'crr',
-  requests: 1000,
-  rate: 1000,
-  p50_us: 100,
-  p99_us: 200,
-  errors: 0,
-  err_connect: 0,
-  err_reset: 0,
-  err_other: 0,
-  conns: 1000,
-  client_user: 0.1,
-  client_sys: 0.2,
-  wall: 1,
-  bytes: 0,
-  confirmed: 0,
-  mbytes_s: 0,
-  e2e_mbytes_s: 0,
-  drain_ms: 0,
-  ...over,
-});
+const load = loadResult;
 
 describe('inbound bench samples', () => {
   it('direct needs no counter; an interception must have taken every connection', () => {

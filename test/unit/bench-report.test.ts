@@ -2,9 +2,10 @@
 // the checks that reject a sample whose counters show the mode did not act, and the run's plan.
 import { describe, expect, it } from 'vitest';
 import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } from '../../src/bench/report.js';
-import { judge, combine, fastShare, type LoadResult } from '../../src/bench/checks.js';
+import { judge, combine, fastShare } from '../../src/bench/checks.js';
 import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
 import { hookTables, renderHooksMarkdown } from '../../src/bench/hookreport.js';
+import { loadResult } from './bench-load.js';
 
 const s = (mode: string, round: number, rate: number, extra: Partial<Sample> = {}): Sample => ({
   scenario: 'crr',
@@ -70,27 +71,7 @@ describe('bench summary', () => {
   });
 });
 
-const load = (o: Partial<LoadResult> = {}): LoadResult => ({
-  mode: 'crr',
-  requests: 1000,
-  rate: 1000,
-  p50_us: 100,
-  p99_us: 200,
-  errors: 0,
-  err_connect: 0,
-  err_reset: 0,
-  err_other: 0,
-  conns: 1000,
-  client_user: 0.1,
-  client_sys: 0.8,
-  wall: 1.3,
-  bytes: 0,
-  confirmed: 0,
-  mbytes_s: 0,
-  e2e_mbytes_s: 0,
-  drain_ms: 0,
-  ...o,
-});
+const load = loadResult;
 
 describe('bench docs', () => {
   it('fills the generated section between its markers and nothing else', () => {
@@ -225,7 +206,36 @@ describe('per-hook tables', () => {
       proxy: 0,
       server: 0,
       other: 0,
+      ns: { client: 0, proxy: 0, server: 0, other: 0 },
     });
     expect(renderHooksMarkdown([s(1, 100)])).toContain('| mr_sockops | PASSIVE_ESTABLISHED_CB | – | – | 1.00 | – |');
+  });
+
+  it('ns per call of a timed callback (sockops in the profiling build): per round, then the median', () => {
+    const s = (round: number, passiveNs: number): Sample => ({
+      scenario: 'hooks',
+      mode: 'ebpf',
+      variant: 'through HAProxy',
+      round,
+      metrics: {
+        'calls:mr_sockops': 20,
+        'ns:mr_sockops': 146,
+        'nsunit:mr_sockops': 2920,
+        ns_total: 2920,
+        // 2 NEEDS_ECN calls on the proxy side per connection, 80 ns in all: 40 ns a call
+        'op:mr_sockops:NEEDS_ECN:proxy': 2,
+        'opns:mr_sockops:NEEDS_ECN:proxy': 80,
+        'op:mr_sockops:PASSIVE_ESTABLISHED_CB:proxy': 1,
+        'opns:mr_sockops:PASSIVE_ESTABLISHED_CB:proxy': passiveNs,
+        'op:mr_sockops:PASSIVE_ESTABLISHED_CB:server': 1,
+      },
+    });
+    const [t] = hookTables([s(1, 1000), s(2, 1100), s(3, 5000)]);
+    const row = (op: string) => t!.ops.find((o) => o.op === op)!;
+    expect(row('PASSIVE_ESTABLISHED_CB')).toMatchObject({ proxy: 1, server: 1, ns: { proxy: 1100, server: 0 } });
+    expect(row('NEEDS_ECN').ns.proxy).toBe(40);
+    const md = renderHooksMarkdown([s(1, 1065)]);
+    expect(md).toContain('| mr_sockops | PASSIVE_ESTABLISHED_CB | – | 1.00 · 1065 ns | 1.00 | – |');
+    expect(md).toContain('| mr_sockops | NEEDS_ECN | – | 2.00 · 40 ns | – | – |');
   });
 });
