@@ -4,6 +4,8 @@
 // --hooks-agent, for before/after). Two agents, one after the other: the plain object, measured with
 // BPF run-time statistics (calls and ns per program), then the profiling build of the same sources
 // (build/meshredir-prof.bpf.o: calls by callback and side; its counting would inflate the times).
+// The fast path's policy accelerates only while its own variant runs, as a node with no accelerating
+// policy would (mr_setsockopt, the kTLS guard, is attached only while one accelerates).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -17,6 +19,8 @@ import { attachedPrograms, costs, snapshot, HookCounts } from './hooks.js';
 import { enableStats } from '../bpf/prog.js';
 import { EbpfMode } from '../modes/ebpf/index.js';
 import { cgroupId } from '../util/host.js';
+import { Pins } from '../modes/ebpf/pins.js';
+import { PolicyFlag } from '../bpf/abi.js';
 
 export const HOOK_VARIANTS = ['redirect-only', 'client uncovered', 'through HAProxy', 'fast path rr 1KiB'] as const;
 
@@ -64,7 +68,22 @@ async function hooksScenario(x: Run): Promise<void> {
     );
   pol('hooks-rr', cgs['redirect-only'], addr.server);
   pol('hooks-haproxy', cgs['through HAProxy'], '127.0.0.1:15001');
-  pol('hooks-fast', cgs['fast path rr 1KiB'], addr.echo, true);
+  pol('hooks-fast', cgs['fast path rr 1KiB'], addr.echo, false);
+  /** Makes the fast path's policy accelerate for its variant only; waits until the agent applied it (and
+   * attached or detached the kTLS guard, in a build that attaches it on demand: it pins its program). */
+  const fastFor = async (v: (typeof HOOK_VARIANTS)[number]) => {
+    const on = v === 'fast path rr 1KiB';
+    pol('hooks-fast', cgs['fast path rr 1KiB'], addr.echo, on);
+    const pins = new Pins(bpffs);
+    const applied = () => {
+      const slot = pins.slots().get('hooks-fast');
+      const flags = pins.entries<[number, { flags: number }][]>('mr_policies').find(([s]) => s === slot)?.[1].flags;
+      const guard = !existsSync(pins.progPin('mr_setsockopt')) || existsSync(pins.linkPin('mr_setsockopt')) === on;
+      return flags !== undefined && Boolean(flags & PolicyFlag.ACCELERATE) === on && guard;
+    };
+    for (let i = 0; i < 200 && !applied(); i++) await sleep(50);
+    if (!applied()) throw new Error(`hooks-fast: accelerate ${on} not applied after 10 s`);
+  };
   /** Starts the agent (with `object`, or its own default); resolves once it is redirect-ready. */
   const startAgent = async (object?: string) => {
     const agent = spawn(
@@ -173,11 +192,12 @@ async function hooksScenario(x: Run): Promise<void> {
     // Pass 1, the plain programs: run-time statistics per program.
     let stop = await startAgent();
     try {
-      const progs = attachedPrograms(bpffs);
       for (let round = 1; round <= o.rounds; round++)
         for (const v of rotate(HOOK_VARIANTS, round)) {
           const s = sampleOf(v, round);
           try {
+            await fastFor(v);
+            const progs = attachedPrograms(bpffs);
             const off = enableStats();
             let r: { units: number; errors: number };
             let per: ReturnType<typeof costs>;
@@ -225,6 +245,7 @@ async function hooksScenario(x: Run): Promise<void> {
           for (const v of rotate(HOOK_VARIANTS, round)) {
             const s = sampleOf(v, round);
             try {
+              await fastFor(v);
               counts.reset();
               const r = await run(v);
               for (const c of counts.read()) {

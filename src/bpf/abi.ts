@@ -74,6 +74,13 @@ export const programFor = (link: ProgramName, fast: boolean): string =>
 export const REDIRECTING: readonly ProgramName[] = ['mr_connect4', 'mr_connect6'];
 export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsockopt'];
 /**
+ * Programs attached only while they are needed, not by every load (a load re-adopts their pinned link):
+ * mr_setsockopt, the kTLS guard of fast-path sockets, while a policy accelerates or an accelerated socket
+ * is open (modes/ebpf/ulp-guard.ts). Its hook costs every setsockopt() below the root far more than the
+ * program itself (the kernel copies optval and locks the socket around it).
+ */
+export const ON_DEMAND_PROGRAMS: readonly ProgramName[] = ['mr_setsockopt'];
+/**
  * Programs a kernel may lack without losing the eBPF mode (their feature is then off, and status says
  * so): the fast path's sk_msg, and DNS capture's own hooks.
  */

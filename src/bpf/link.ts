@@ -22,6 +22,7 @@ const BPF_LINK_TYPE_CGROUP = 3;
 export const BPF_LINK_TYPE_NETNS = 5;
 export const BPF_LINK_TYPE_SOCKMAP = 14;
 const BPF_SK_MSG_VERDICT = 7;
+const BPF_CGROUP_SETSOCKOPT = 22;
 const BPF_SK_LOOKUP = 36;
 
 export function linkInfoByFd(fd: number, what: string): LinkInfo {
@@ -129,6 +130,30 @@ export class Link {
       if (r < 0) throw new BpfError(`pin link of netns ${label} at ${pinPath}`, 'bpf_obj_pin', r);
     } finally {
       c.close(fd); // pinned: attached until unpinned; unpinned (a failed pin): detached with this close
+    }
+  }
+
+  /** Attaches a (pinned, loaded earlier) cgroup/setsockopt program by fd to a cgroup by path, pins the link
+   * and lets go of it: the pin keeps it attached. */
+  static attachSetsockoptPinned(progFd: number, cgroupPath: string, pinPath: string, label: string): void {
+    const what = `attach ${label} to ${cgroupPath}`;
+    let cgfd: number;
+    try {
+      cgfd = openSync(cgroupPath, 'r');
+    } catch (e) {
+      throw new BpfError(what, 'open', (e as NodeJS.ErrnoException).errno ?? -2);
+    }
+    try {
+      const fd: number = lib.bpf_link_create(progFd, cgfd, BPF_CGROUP_SETSOCKOPT, NULL);
+      if (fd < 0) throw new BpfError(what, 'bpf_link_create', fd);
+      try {
+        const r: number = lib.bpf_obj_pin(fd, pinPath);
+        if (r < 0) throw new BpfError(`pin link ${label} at ${pinPath}`, 'bpf_obj_pin', r);
+      } finally {
+        c.close(fd); // pinned: attached until unpinned; unpinned (a failed pin): detached with this close
+      }
+    } finally {
+      closeSync(cgfd);
     }
   }
 

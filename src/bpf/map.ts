@@ -169,6 +169,14 @@ export class BpfMap<K, V> {
     return batched ? out : this.rawEntriesOneByOne();
   }
 
+  /** Whether the map holds no entry now (one syscall, whatever its size). */
+  empty(): boolean {
+    const r: number = lib.bpf_map_get_next_key(this.fd, NULL, Buffer.alloc(this.key.size));
+    if (r === -ENOENT) return true;
+    if (r < 0) throw new BpfError(`iterate ${this.name}`, 'bpf_map_get_next_key', r);
+    return false;
+  }
+
   /** How many entries the map holds now (for fill levels, at every scrape): counted batch by batch where
    * the map type has BPF_MAP_LOOKUP_BATCH, without keeping them; else key by key. */
   count(): number {

@@ -1,5 +1,6 @@
 // attach.ts — every program's link, in attach order: a pinned link that is ours is re-adopted (or its
-// program swapped in place when it changed), a defunct one replaced, a missing one attached and pinned.
+// program swapped in place when it changed), a defunct one replaced, a missing one attached and pinned
+// (but an on-demand program's: its part attaches it when needed).
 // A load whose attach fails detaches what it attached, and never leaves a connect hook without what
 // answers for its connections.
 import { chmodSync, existsSync } from 'node:fs';
@@ -12,6 +13,7 @@ import { BpfError } from '../../bpf/errors.js';
 import {
   DNS_NEEDS,
   DNS_PROGRAMS,
+  ON_DEMAND_PROGRAMS,
   OPTIONAL_PROGRAMS,
   PROGRAMS,
   programFor,
@@ -63,6 +65,7 @@ export function attachLinks(
       if (existsSync(pin) && readopt(prog, pin, skmsg ? { mapId: sockhashId } : { cgroupId: rootId }, pins, rep)) {
         continue;
       }
+      if (ON_DEMAND_PROGRAMS.includes(name)) continue; // attached by its part while needed (ulp-guard.ts)
       failAttach(name, attachedNow.length);
       if (skmsg) {
         try {

@@ -1,7 +1,8 @@
 // index.ts — the eBPF mode: meshredir.bpf.o loaded (or re-adopted) with its maps and links pinned under
 // the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
 // process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
-// traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture.
+// traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture,
+// the fast path's kTLS guard (mr_setsockopt, attached only while needed).
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
@@ -28,6 +29,8 @@ import { ebpfVerify } from './verify.js';
 import { cleanupPins, cleanupReport } from './cleanup.js';
 import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
+import { UlpGuardPart } from './ulp-guard.js';
+import { ON_DEMAND_PROGRAMS } from '../../bpf/abi.js';
 import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 import { clearLapsedLease } from './trace.js';
@@ -57,6 +60,7 @@ export class EbpfMode implements Mode {
   private preloadFailure?: { error: unknown };
   readonly inbound: InboundPart;
   readonly dns: DnsPart;
+  readonly guard: UlpGuardPart;
   /** The traffic features beside the outbound base, called in this order at every step. */
   private readonly parts: EbpfPart<unknown>[];
 
@@ -64,7 +68,8 @@ export class EbpfMode implements Mode {
     this.pins = new Pins(cfg.bpffs);
     this.inbound = new InboundPart(this.pins);
     this.dns = new DnsPart(this.pins);
-    this.parts = [this.inbound, this.dns] as EbpfPart<unknown>[];
+    this.guard = new UlpGuardPart(this.pins, () => this.attach.cgroupRoot);
+    this.parts = [this.inbound, this.dns, this.guard] as EbpfPart<unknown>[];
   }
 
   /** Where to attach and what to load: only plan and apply need it. */
@@ -187,6 +192,7 @@ export class EbpfMode implements Mode {
         event: 'trace_lease_cleared',
         message: 'cleared the lapsed lease of a trace that died',
       });
+    this.parts.forEach((x, i) => notes.push(...(x.beforeWrite?.(partPlans[i]) ?? [])));
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);
@@ -247,7 +253,7 @@ export class EbpfMode implements Mode {
   private damage(): string[] {
     const out: string[] = [];
     const rootId = String(cgroupId(this.attach.cgroupRoot));
-    const links = new Map(this.pins.links().map((l) => [l.name, l]));
+    const links = new Map(this.baseLinks().map((l) => [l.name, l]));
     for (const [name, prog] of this.expectedProgs) {
       const l = links.get(name);
       if (!l) out.push(`link pin ${name} deleted`);
@@ -268,7 +274,7 @@ export class EbpfMode implements Mode {
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
   private load(): LoadReport {
     const rep = load(this.attach, this.pins, this.parts);
-    this.expectedProgs = new Map(this.pins.links().map((l) => [l.name, l.progId ?? -1]));
+    this.expectedProgs = new Map(this.baseLinks().map((l) => [l.name, l.progId ?? -1]));
     this.expectedMaps = this.pins.mapIds();
     return rep;
   }
@@ -281,13 +287,18 @@ export class EbpfMode implements Mode {
   private intact(): boolean {
     if (this.expectedProgs.size === 0 || !this.parts.every((x) => x.intact())) return false;
     const rootId = String(cgroupId(this.attach.cgroupRoot));
-    const links = this.pins.links();
+    const links = this.baseLinks();
     if (links.length !== this.expectedProgs.size) return false;
     const ours = (l: (typeof links)[number]) =>
       l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId;
     if (!links.every(ours)) return false;
     const maps = this.pins.mapIds();
     return [...this.expectedMaps].every(([name, id]) => id !== undefined && maps.get(name) === id);
+  }
+
+  /** The pinned links every load attaches (an on-demand program's link is its part's to check). */
+  private baseLinks() {
+    return this.pins.links().filter((l) => !(ON_DEMAND_PROGRAMS as readonly string[]).includes(l.name));
   }
 
   /** Records come and go between the two reads: only a gap seen twice in a row is reported. */

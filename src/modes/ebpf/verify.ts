@@ -6,7 +6,15 @@ import { fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import ipaddr from 'ipaddr.js';
-import { CgKind, PolicyFlag, PROGRAMS, OPTIONAL_PROGRAMS, AF_INET, type ProgramName } from '../../bpf/abi.js';
+import {
+  CgKind,
+  PolicyFlag,
+  PROGRAMS,
+  ON_DEMAND_PROGRAMS,
+  OPTIONAL_PROGRAMS,
+  AF_INET,
+  type ProgramName,
+} from '../../bpf/abi.js';
 import { cgroupArgDir, cgroupDir, cgroupId, cgroupPathOf, requireCgroup2, within } from '../../util/host.js';
 import { cgroupPathById, subtreePids } from '../../util/cgroups.js';
 import { accepts, listenersOf } from '../../util/proc-net.js';
@@ -19,7 +27,7 @@ import type { EbpfPart } from './part.js';
 
 /** The cgroup programs every installation has (DNS capture's are optional: a kernel may lack them). */
 const CGROUP_PROGRAMS = (Object.keys(PROGRAMS) as ProgramName[]).filter(
-  (n) => PROGRAMS[n].attach !== 'sk_msg' && !OPTIONAL_PROGRAMS.includes(n),
+  (n) => PROGRAMS[n].attach !== 'sk_msg' && !OPTIONAL_PROGRAMS.includes(n) && !ON_DEMAND_PROGRAMS.includes(n),
 ).length;
 
 /** A cgroup whose nearest entry is a gate of the Kubernetes source, not a policy. */
