@@ -245,7 +245,14 @@ export class Agent {
       try {
         await this.reconcile(why);
       } catch (e) {
-        this.log.error({ event: 'reconcile_failed', reason: why, err: e }, (e as Error).message);
+        // What the mode installed changed under this reconcile: the next one repairs it, so it runs now.
+        const changed = this.mode.changedUnder?.(e);
+        if (!changed)
+          return void this.log.error({ event: 'reconcile_failed', reason: why, err: e }, (e as Error).message);
+        this.log.warn({ event: 'reconcile_again', reason: why }, `${changed} during the reconcile: reconciling again`);
+        await this.reconcile(`${why}; again: ${changed}`).catch((e2: unknown) =>
+          this.log.error({ event: 'reconcile_failed', reason: why, err: e2 }, (e2 as Error).message),
+        );
       }
     });
     return slot.done;

@@ -175,6 +175,11 @@ export interface Mode {
    * null. (eBPF inbound: a registered proxy listener closed, a listener appeared, a pod's netns went.)
    */
   pulse?(): string | null;
+  /**
+   * Whether an error of plan or apply says that what the mode installed changed while they ran (a pin
+   * deleted under them, say): why, so that the agent reconciles again at once, which repairs it; or null.
+   */
+  changedUnder?(e: unknown): string | null;
   /** Its counters and gauges, read now from where they are kept (the agent's /metrics). */
   metrics(): MetricFamily[];
   /** Programs attached (eBPF), rules applied (iptables). */

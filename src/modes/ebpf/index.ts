@@ -3,6 +3,7 @@
 // process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
 // traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture,
 // the fast path's kTLS guard (mr_setsockopt, attached only while needed).
+import { BpfError } from '../../bpf/errors.js';
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
 import { cgroupId, cgroupPathOf } from '../../util/host.js';
@@ -332,6 +333,12 @@ export class EbpfMode implements Mode {
       if (why) return why;
     }
     return null;
+  }
+
+  changedUnder(e: unknown): string | null {
+    // A pin deleted between the reconcile's check of the pins and its use of one: the next one pins
+    // it again from the attached programs' maps.
+    return e instanceof BpfError && e.op === 'bpf_obj_get' && e.code === 'ENOENT' ? `${e.what}: it vanished` : null;
   }
 
   metrics() {
