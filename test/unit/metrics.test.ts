@@ -5,15 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DNS_STAT_FIELDS, IN_STAT_FIELDS, STAT_FIELDS, type InStatName, type StatName } from '../../src/bpf/abi.js';
-import {
-  DNS_STAT_METRICS,
-  IN_STAT_METRICS,
-  NODE_FAMILIES,
-  inboundFamilies,
-  STAT_METRICS,
-  dnsFamilies,
-  statFamilies,
-} from '../../src/modes/ebpf/metrics.js';
+import { NODE_FAMILIES, inboundFamilies, dnsFamilies, statFamilies } from '../../src/modes/ebpf/metrics.js';
+import { DNS_STAT_METRICS, IN_STAT_METRICS, STAT_METRICS } from '../../src/modes/ebpf/stat-metrics.js';
 import { IPTABLES_FAMILIES, natFamilies, ruleCounters, ruleKind } from '../../src/modes/iptables/metrics.js';
 import { COMMON, Families, type MetricFamily } from '../../src/modes/metrics.js';
 import type { Counters } from '../../src/modes/ebpf/counters.js';

@@ -1,6 +1,6 @@
 // counters.ts — what the eBPF programs count and keep, read from the pins: per-policy counters summed
 // over CPUs, the handshakes in flight against their limit, map fill levels, and whether the fast path
-// can be used here.
+// can be used here; the drift watch (the gauge against the records).
 import type { BpfMap } from '../../bpf/map.js';
 import { MapType } from '../../bpf/fd.js';
 import { kernelHasMember } from '../../bpf/btf.js';
@@ -14,6 +14,7 @@ import {
   type StatName,
 } from '../../bpf/abi.js';
 import type { AnyMapName, Pins } from './pins.js';
+import type { Note } from '../mode.js';
 import { slotPending } from './records.js';
 
 export type Counters = Record<StatName, bigint>;
@@ -141,4 +142,26 @@ let queueLen: boolean | undefined;
 function psockQueueLen(): boolean {
   queueLen ??= kernelHasMember('sk_psock', 'msg_tot_len') === true;
   return queueLen;
+}
+
+/** The handshakes-in-flight gauge against the records in mr_orig, at each apply. Records come and go
+ * between the two reads: only a gap seen twice in a row is reported. */
+export class DriftWatch {
+  private last = 0n;
+
+  notes(pins: Pins): Note[] {
+    const drift = pendingDrift(pins);
+    const gap = drift.gauge - BigInt(drift.records);
+    const seen = gap !== 0n && this.last === gap;
+    this.last = gap;
+    if (!seen) return [];
+    return [
+      {
+        level: 'error',
+        event: 'drift',
+        message: `the count of handshakes in flight (${drift.gauge}) disagrees with the records in mr_orig (${drift.records}): records were deleted from outside; connects are refused past --max-connections by that count until 'meshredir cleanup' and a restart`,
+        fields: { map: 'mr_gauges', gauge: String(drift.gauge), records: drift.records },
+      },
+    ];
+  }
 }

@@ -24,14 +24,14 @@ import { load, type LoadReport } from './load.js';
 import { capacities, desiredState, gatesJson, type Desired } from './desired.js';
 import { writeEntries, type WriteReport } from './write.js';
 import { capacitiesOf, loadNotes, outcomes, writeNotes } from './notes.js';
-import { fastPath, pendingDrift, resetReassigned } from './counters.js';
+import { DriftWatch, fastPath, resetReassigned } from './counters.js';
+import { Expected } from './expected.js';
 import { ebpfStatus } from './status.js';
 import { ebpfVerify } from './verify.js';
 import { cleanupPins, cleanupReport } from './cleanup.js';
 import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
 import { UlpGuardPart } from './ulp-guard.js';
-import { ON_DEMAND_PROGRAMS } from '../../bpf/abi.js';
 import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 import { clearLapsedLease } from './trace.js';
@@ -46,11 +46,10 @@ interface EbpfPlan extends Plan {
 export class EbpfMode implements Mode {
   readonly name = 'ebpf' as const;
   readonly pins: Pins;
-  /** What the last load attached (link name → program id) and pinned (map name → id). */
-  private expectedProgs = new Map<string, number>();
-  private expectedMaps = new Map<string, number | undefined>();
-  /** The gap between the pending gauge and the records, at the last apply. */
-  private lastDrift = 0n;
+  /** What the last load attached and pinned. */
+  private readonly expected: Expected;
+  /** The handshakes-in-flight gauge against the records. */
+  private readonly drift = new DriftWatch();
   /** The version of each policy this process wrote last: kept when a new version does not fit. */
   private previous = new Map<string, Policy>();
   /** Per map, the fingerprint of what the last clean apply wrote: a difference found while it is
@@ -70,6 +69,7 @@ export class EbpfMode implements Mode {
     this.inbound = new InboundPart(this.pins);
     this.dns = new DnsPart(this.pins);
     this.guard = new UlpGuardPart(this.pins, () => this.attach.cgroupRoot);
+    this.expected = new Expected(this.pins, () => this.attach.cgroupRoot);
     this.parts = [this.inbound, this.dns, this.guard] as EbpfPart<unknown>[];
   }
 
@@ -150,7 +150,7 @@ export class EbpfMode implements Mode {
   private loadIfChanged(notes: Note[]): boolean {
     if (!this.intact()) {
       // Something this process attached or pinned is not as it left it: someone else changed it.
-      const damage = this.expectedProgs.size ? this.damage() : [];
+      const damage = this.expected.known ? this.expected.damage() : [];
       if (damage.length)
         notes.push({
           level: 'warn',
@@ -158,7 +158,7 @@ export class EbpfMode implements Mode {
           message: `changed behind the agent's back (not by this agent): ${damage.join('; ')}; loading and attaching again`,
           fields: { damage },
         });
-      const first = this.expectedProgs.size === 0;
+      const first = !this.expected.known;
       notes.push(...loadNotes(this.load(), first));
       return true;
     }
@@ -201,7 +201,7 @@ export class EbpfMode implements Mode {
     this.lastWritten = wrote.lastWritten;
     const applied = this.parts.map((x, i) => x.apply(partPlans[i]));
     for (const a of applied) notes.push(...a.notes);
-    notes.push(...this.driftNotes());
+    notes.push(...this.drift.notes(this.pins));
     for (const x of [...desired.rejected, ...desired.failed]) {
       notes.push({
         level: 'error',
@@ -250,73 +250,16 @@ export class EbpfMode implements Mode {
     return { writes: sum('writes'), deletes: sum('deletes'), loaded, policies, notes };
   }
 
-  /** What differs from what this process attached and pinned (for the repair warning). */
-  private damage(): string[] {
-    const out: string[] = [];
-    const rootId = String(cgroupId(this.attach.cgroupRoot));
-    const links = new Map(this.baseLinks().map((l) => [l.name, l]));
-    for (const [name, prog] of this.expectedProgs) {
-      const l = links.get(name);
-      if (!l) out.push(`link pin ${name} deleted`);
-      else if (!l.attached) out.push(`link ${name} detached`);
-      else if (l.progId !== prog) out.push(`link ${name} runs another program (id ${l.progId}, not ${prog})`);
-      else if (l.mapId === undefined && l.cgroupId !== rootId) out.push(`link ${name} attached elsewhere`);
-    }
-    for (const name of links.keys()) if (!this.expectedProgs.has(name)) out.push(`unknown link pin ${name}`);
-    const maps = this.pins.mapIds();
-    for (const [name, id] of this.expectedMaps) {
-      const cur = maps.get(name);
-      if (cur === undefined) out.push(`map pin ${name} deleted`);
-      else if (cur !== id) out.push(`map pin ${name} replaced by another map (id ${cur}, not ${id})`);
-    }
-    return out;
-  }
-
   /** Loads and attaches; remembers what it attached and pinned, to notice a change behind our back. */
   private load(): LoadReport {
     const rep = load(this.attach, this.pins, this.parts);
-    this.expectedProgs = new Map(this.baseLinks().map((l) => [l.name, l.progId ?? -1]));
-    this.expectedMaps = this.pins.mapIds();
+    this.expected.remember();
     return rep;
   }
 
-  /**
-   * True when every pinned link is attached at our root with the program we put there, and every map pin
-   * is there and is the map we loaded with (a deleted or replaced map pin needs a load: the policy maps are
-   * written through their pins).
-   */
+  /** Every link and pin as this process's last load left it, and every part's own. */
   private intact(): boolean {
-    if (this.expectedProgs.size === 0 || !this.parts.every((x) => x.intact())) return false;
-    const rootId = String(cgroupId(this.attach.cgroupRoot));
-    const links = this.baseLinks();
-    if (links.length !== this.expectedProgs.size) return false;
-    const ours = (l: (typeof links)[number]) =>
-      l.attached && (l.mapId !== undefined || l.cgroupId === rootId) && this.expectedProgs.get(l.name) === l.progId;
-    if (!links.every(ours)) return false;
-    const maps = this.pins.mapIds();
-    return [...this.expectedMaps].every(([name, id]) => id !== undefined && maps.get(name) === id);
-  }
-
-  /** The pinned links every load attaches (an on-demand program's link is its part's to check). */
-  private baseLinks() {
-    return this.pins.links().filter((l) => !(ON_DEMAND_PROGRAMS as readonly string[]).includes(l.name));
-  }
-
-  /** Records come and go between the two reads: only a gap seen twice in a row is reported. */
-  private driftNotes(): Note[] {
-    const drift = pendingDrift(this.pins);
-    const gap = drift.gauge - BigInt(drift.records);
-    const seen = gap !== 0n && this.lastDrift === gap;
-    this.lastDrift = gap;
-    if (!seen) return [];
-    return [
-      {
-        level: 'error',
-        event: 'drift',
-        message: `the count of handshakes in flight (${drift.gauge}) disagrees with the records in mr_orig (${drift.records}): records were deleted from outside; connects are refused past --max-connections by that count until 'meshredir cleanup' and a restart`,
-        fields: { map: 'mr_gauges', gauge: String(drift.gauge), records: drift.records },
-      },
-    ];
+    return this.expected.known && this.parts.every((x) => x.intact()) && this.expected.damage().length === 0;
   }
 
   status() {

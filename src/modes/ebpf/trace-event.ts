@@ -13,7 +13,7 @@ import {
   traceEvent,
   type TraceEvent,
 } from '../../bpf/abi.js';
-import { DNS_STAT_METRICS, IN_STAT_METRICS, STAT_METRICS, type StatMetric } from './metrics.js';
+import { DNS_STAT_METRICS, IN_STAT_METRICS, STAT_METRICS, type StatMetric } from './stat-metrics.js';
 
 export type Decision = 'redirect' | 'bypass' | 'refuse' | 'served' | 'relabel' | 'unknown';
 
