@@ -109,28 +109,13 @@ export class Link {
 
   /** Attaches an sk_msg program to a sockhash through a bpf_link (kernel 6.10+) and pins it. */
   static attachSkMsgPinned(prog: Program, mapFd: number, pinPath: string): void {
-    const what = `attach ${prog.name} to its sockhash`;
-    const fd: number = lib.bpf_link_create(prog.fd, mapFd, BPF_SK_MSG_VERDICT, NULL);
-    if (fd < 0) throw new BpfError(what, 'bpf_link_create', fd);
-    try {
-      const r: number = lib.bpf_obj_pin(fd, pinPath);
-      if (r < 0) throw new BpfError(`pin link ${prog.name} at ${pinPath}`, 'bpf_obj_pin', r);
-    } finally {
-      c.close(fd);
-    }
+    createPinned(prog.fd, mapFd, BPF_SK_MSG_VERDICT, pinPath, `attach ${prog.name} to its sockhash`, prog.name);
   }
 
   /** Attaches a (pinned, loaded earlier) sk_lookup program by fd to a network namespace by fd, pins the
    * link and lets go of it: the pin keeps it attached. */
   static attachNetnsPinned(progFd: number, netnsFd: number, pinPath: string, label: string): void {
-    const fd: number = lib.bpf_link_create(progFd, netnsFd, BPF_SK_LOOKUP, NULL);
-    if (fd < 0) throw new BpfError(`attach mr_sklookup to netns ${label}`, 'bpf_link_create', fd);
-    try {
-      const r: number = lib.bpf_obj_pin(fd, pinPath);
-      if (r < 0) throw new BpfError(`pin link of netns ${label} at ${pinPath}`, 'bpf_obj_pin', r);
-    } finally {
-      c.close(fd); // pinned: attached until unpinned; unpinned (a failed pin): detached with this close
-    }
+    createPinned(progFd, netnsFd, BPF_SK_LOOKUP, pinPath, `attach mr_sklookup to netns ${label}`, `of netns ${label}`);
   }
 
   /** Attaches a (pinned, loaded earlier) cgroup/setsockopt program by fd to a cgroup by path, pins the link
@@ -144,14 +129,7 @@ export class Link {
       throw new BpfError(what, 'open', (e as NodeJS.ErrnoException).errno ?? -2);
     }
     try {
-      const fd: number = lib.bpf_link_create(progFd, cgfd, BPF_CGROUP_SETSOCKOPT, NULL);
-      if (fd < 0) throw new BpfError(what, 'bpf_link_create', fd);
-      try {
-        const r: number = lib.bpf_obj_pin(fd, pinPath);
-        if (r < 0) throw new BpfError(`pin link ${label} at ${pinPath}`, 'bpf_obj_pin', r);
-      } finally {
-        c.close(fd); // pinned: attached until unpinned; unpinned (a failed pin): detached with this close
-      }
+      createPinned(progFd, cgfd, BPF_CGROUP_SETSOCKOPT, pinPath, what, label);
     } finally {
       closeSync(cgfd);
     }
@@ -213,4 +191,17 @@ export function detachPinned(pin: string): void {
     if (!(e instanceof BpfError)) throw e; // already defunct or not a link: still ours to unpin
   }
   rmSync(pin, { force: true });
+}
+
+/** bpf_link_create, then the link pinned and let go of: the pin keeps it attached (a failed pin: detached
+ * with the close). */
+function createPinned(progFd: number, targetFd: number, type: number, pinPath: string, what: string, label: string) {
+  const fd: number = lib.bpf_link_create(progFd, targetFd, type, NULL);
+  if (fd < 0) throw new BpfError(what, 'bpf_link_create', fd);
+  try {
+    const r: number = lib.bpf_obj_pin(fd, pinPath);
+    if (r < 0) throw new BpfError(`pin link ${label} at ${pinPath}`, 'bpf_obj_pin', r);
+  } finally {
+    c.close(fd);
+  }
 }
