@@ -5,7 +5,7 @@ import { Sandbox, type Proc } from '../../src/util/sandbox.js';
 import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'vitest';
+import { beforeEach, describe, it } from 'vitest';
 
 export { ROOT, CLI, OBJECT, ORIGDST_PROXY, XFER, TOOLS, CI, cgroup2, cannotRun, sh, leftovers } from './hoststate.js';
 import { ROOT, CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
@@ -14,7 +14,10 @@ import { ROOT, CLI, TOOLS, CI, cgroup2, cannotRun, sh } from './hoststate.js';
 export function kernelDescribe(name: string, fn: () => void): void {
   const why = cannotRun();
   if (!why) {
-    describe(name, fn);
+    describe(name, () => {
+      stopAgentsOfFailedTests();
+      fn();
+    });
     return;
   }
   if (CI) {
@@ -27,6 +30,27 @@ export function kernelDescribe(name: string, fn: () => void): void {
 }
 
 export type { Proc };
+
+/** Agents started by `Env.agent`, in order (any Env of this file's tests). */
+const startedAgents: Proc[] = [];
+
+/**
+ * A test that fails stops the agents it started and left running (SIGKILL), so that one failure stays
+ * one failure: the next tests start their own agents on the same pins and state dir, which a leftover
+ * agent would hold. Agents started before the test (a lab's, in beforeAll) and the agents of a test that
+ * passed are left alone: later tests may use them.
+ */
+function stopAgentsOfFailedTests(): void {
+  beforeEach(({ onTestFailed }) => {
+    const mark = startedAgents.length;
+    onTestFailed(async () => {
+      for (const p of startedAgents.splice(mark)) {
+        if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+        await p.exited;
+      }
+    });
+  });
+}
 
 export class Env extends Sandbox {
   readonly cgName: string;
@@ -260,6 +284,7 @@ export class Env extends Sandbox {
   async agent(policiesDir: string, extra: string[] = []): Promise<Proc> {
     // Any free loopback port (logged): test agents never contend for the default one.
     const p = this.cli(this.agentArgs(policiesDir, ['--metrics-address', '127.0.0.1:0', ...extra]));
+    startedAgents.push(p);
     await waitFor(() => p.out.includes('redirect-ready') || p.err.includes('redirect-ready'), 'agent ready', p, 30_000);
     return p;
   }
