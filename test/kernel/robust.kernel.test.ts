@@ -2,7 +2,7 @@
 // a good policy applied beside the bad input: that policy's pod keeps being redirected and a re-created
 // cgroup of it is covered within one interval, the bad input is named in the log and in `status`, the
 // agent's memory stays bounded (VmHWM), and SIGTERM still stops it.
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import {
   chmodSync,
@@ -414,21 +414,28 @@ kernelDescribe('the agent against operators and bad files', () => {
       );
       expect(said(a, failed, ERROR)).toBe(true);
       expect(said(a, /^writing the policy maps in one batch failed/, WARN)).toBe(true);
-      // Rolled back: nothing of pod-bad in any map (its slot, ports, CIDRs, cgroup); pod-a whole.
-      const slots = pins().slots();
-      expect([...slots.keys()]).toEqual(['pod-a']);
-      const own = slots.get('pod-a')!;
-      expect(
-        pins()
-          .entries<[{ slot: number }, number][]>('mr_ports')
-          .every(([k]) => k.slot === own),
-      ).toBe(true);
-      expect(pins().entries<[unknown, number][]>('mr_cidrs')).toEqual([]);
-      expect(
-        pins()
-          .entries<[bigint, { slot: number }][]>('mr_cgroups')
-          .every(([, v]) => v.slot === own),
-      ).toBe(true);
+      // Rolled back: nothing of pod-bad in any map (its slot, ports, CIDRs, cgroup); pod-a whole. Every
+      // pass (each second) writes pod-bad again and rolls it back, so the maps are read between two
+      // passes: retried until one reading is whole (a rollback that never happens never passes).
+      await vi.waitFor(
+        () => {
+          const slots = pins().slots();
+          expect([...slots.keys()]).toEqual(['pod-a']);
+          const own = slots.get('pod-a')!;
+          expect(
+            pins()
+              .entries<[{ slot: number }, number][]>('mr_ports')
+              .every(([k]) => k.slot === own),
+          ).toBe(true);
+          expect(pins().entries<[unknown, number][]>('mr_cidrs')).toEqual([]);
+          expect(
+            pins()
+              .entries<[bigint, { slot: number }][]>('mr_cgroups')
+              .every(([, v]) => v.slot === own),
+          ).toBe(true);
+        },
+        { timeout: 5000, interval: 50 },
+      );
       const st = await status();
       expect(st.agent.lastReconcile.outcomes).toContainEqual(
         expect.objectContaining({ policy: 'pod-bad', file: bad, state: 'failed' }),
