@@ -6,6 +6,8 @@ import type { Sample, Missing } from './types.js';
 import { fastShare } from './checks.js';
 import { table } from '../util/table.js';
 import { renderHooksMarkdown, renderHooksText } from './hookreport.js';
+import { median, paired, type Paired } from './paired.js';
+import { runHeader } from './runmeta.js';
 
 export interface Row {
   scenario: string;
@@ -19,8 +21,13 @@ export interface Row {
   n: number;
   /** Samples of the same scenario, variant and mode that were rejected (not in the median). */
   rejected: number;
-  /** median / median of the baseline mode of the same scenario, variant and metric. */
+  /** The ratio to the baseline mode of the same scenario, variant and metric: the median of the
+   * per-round ratios (paired.ts) when some round has both, else median ÷ the baseline's median. */
   ratio?: number;
+  /** The per-round ratios (median, min–max, rounds); absent when no round has both. */
+  paired?: Paired;
+  /** median ÷ the baseline's median (the ratio before 2026-12-05, kept for comparison). */
+  ofMedians?: number;
 }
 
 export const BASELINE: Record<string, string> = {
@@ -44,12 +51,6 @@ const MAIN: Record<string, string[]> = {
 /** CPU use: fractions of one core (client, server, HAProxy, the `trace` reader) and of the whole machine (idle). */
 export const CPU = ['client_user', 'client_sys', 'server_cpu', 'haproxy_cpu', 'trace_cpu', 'idle'] as const;
 const isCpu = (m: string) => (CPU as readonly string[]).includes(m);
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 export function summarise(samples: Sample[]): Row[] {
   const groups = new Map<string, { s: Sample; values: number[]; metric: string }>();
@@ -88,14 +89,22 @@ export function summarise(samples: Sample[]): Row[] {
         b.metric === r.metric &&
         b.mode === BASELINE[r.scenario],
     );
-    if (base && base.median) r.ratio = r.median / base.median;
+    if (!base) continue;
+    if (base.median) r.ofMedians = r.median / base.median;
+    const p = paired(samples, r, base.mode);
+    if (p) r.paired = p;
+    r.ratio = p ? p.median : r.ofMedians;
   }
   return rows;
 }
 
 const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
 const fmt = (v: number, metric: string) => (isCpu(metric) ? pct(v) : v >= 100 ? v.toFixed(0) : v.toFixed(1));
-const ratio = (r: Row) => (r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}×`);
+/** The ratio, with the min–max of the per-round ratios when there are several (not for the baseline). */
+const ratio = (r: Row) =>
+  r.ratio === undefined
+    ? ''
+    : `${r.ratio.toFixed(2)}×${r.paired && r.paired.n > 1 && r.mode !== BASELINE[r.scenario] ? ` (${r.paired.min.toFixed(2)}–${r.paired.max.toFixed(2)}${r.paired.disturbed ? `; ${r.paired.disturbed} busy round${r.paired.disturbed > 1 ? 's' : ''} out` : ''})` : ''}`;
 const nCell = (r: Row) => (r.rejected ? `${r.n} (+${r.rejected} rejected)` : String(r.n));
 
 /** Median CPU use per scenario, variant and mode: one line each. */
@@ -115,7 +124,7 @@ const CPU_HEAD = ['client user', 'client sys', 'server', 'HAProxy', 'trace', 'ma
 
 export function renderTable(rows: Row[], missing: Missing[] = [], samples: Sample[] = []): string {
   const main = table(
-    ['scenario', 'variant', 'mode', 'metric', 'median', 'min–max', 'n', 'vs baseline'],
+    ['scenario', 'variant', 'mode', 'metric', 'median', 'min–max', 'n', 'vs baseline (paired)'],
     rows
       .filter((r) => !isCpu(r.metric))
       .map((r) => [
@@ -156,16 +165,13 @@ export function renderMarkdown(
   samples: Sample[] = [],
   missing: Missing[] = [],
 ): string {
-  const lines = [
-    `Run: ${String(meta.date)} · kernel ${String(meta.kernel)} · ${String(meta.cpus)} CPUs · ${String(meta.rounds)} rounds × ${String(meta.duration)} s per measurement (after ${String(meta.warmup ?? '')} s of warm-up), modes interleaved and rotated${meta.seconds === undefined ? '' : ` · ${Number(meta.seconds).toFixed(0)} s in all`}${meta.tcp_rmem ? ` · bench netns tcp_rmem ${String(meta.tcp_rmem)} (the fast path's bound: its maximum, at least 4 MiB)` : ''}`,
-    '',
-  ];
+  const lines = [runHeader(meta), ''];
   const cpu = cpuLines(rows);
   for (const scenario of [...new Set(rows.map((r) => r.scenario))]) {
     lines.push(
       `### ${scenario}`,
       '',
-      '| variant | mode | metric | median | min–max | n | vs baseline |',
+      '| variant | mode | metric | median | min–max | n | vs baseline (paired) |',
       '|---|---|---|---|---|---|---|',
     );
     for (const r of rows.filter((x) => x.scenario === scenario && !isCpu(x.metric))) {
@@ -235,83 +241,3 @@ export function renderMarkdown(
   }
   return lines.join('\n');
 }
-
-// ---- docs: the generated parts of docs/benchmarks.md and of the README ----
-
-/** Replaces what stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->` (markers kept). */
-export function splice(text: string, name: string, content: string): string {
-  const begin = `<!-- ${name}:begin -->`;
-  const end = `<!-- ${name}:end -->`;
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < a) throw new Error(`no ${begin} … ${end} section to fill`);
-  return `${text.slice(0, a + begin.length)}\n${content.trim()}\n${text.slice(b)}`;
-}
-
-const k = (v: number) =>
-  v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v >= 1000 ? `${(v / 1000).toFixed(2)}k` : v.toFixed(0);
-const us = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} µs`;
-const mbs = (v: number) =>
-  v >= 1000 ? `${(v / 1000).toFixed(2)} GB/s` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} MB/s`;
-const ms = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ms`;
-
-/** The README's "Measured results": medians of the run, ratios where they say something. */
-export function renderReadmeSummary(rows: Row[], meta: Record<string, unknown>, missing: Missing[] = []): string {
-  const get = (scenario: string, variant: string, mode: string, metric: string) =>
-    rows.find((r) => r.scenario === scenario && r.variant === variant && r.mode === mode && r.metric === metric);
-  const cell = (
-    scenario: string,
-    variant: string,
-    mode: string,
-    metric: string,
-    f: (v: number) => string,
-    showRatio = true,
-  ) => {
-    const r = get(scenario, variant, mode, metric);
-    if (!r) return missing.some((m) => m.scenario === scenario && m.mode === mode) ? 'missing' : '—';
-    return `${f(r.median)}${showRatio && r.ratio !== undefined && r.mode !== BASELINE[scenario] ? ` (${r.ratio.toFixed(2)}×)` : ''}`;
-  };
-  const modes = ['direct', 'iptables', 'ebpf', 'ebpf+sk_msg'];
-  const line = (what: string, scenario: string, variant: string, metric: string, f: (v: number) => string) =>
-    `| ${what} | ${modes.map((m) => cell(scenario, variant, m, metric, f)).join(' | ')} |`;
-  const explicit = (variant: string, metric: string, f: (v: number) => string) =>
-    cell('proxy', variant, 'explicit', metric, f, false);
-  const out = [
-    `Medians of ${String(meta.rounds)} rounds × ${String(meta.duration)} s, modes interleaved; ratios to the first column that has a number (direct; iptables for the exclusions row; eBPF for the hop). Run ${String(meta.date).slice(0, 10)}, Linux ${String(meta.kernel)}, ${String(meta.cpus)} CPUs — method, CPU use, counters and the reading: [docs/benchmarks.md](docs/benchmarks.md).`,
-    '',
-    '| what | direct | iptables | eBPF | eBPF + sk_msg |',
-    '|---|---|---|---|---|',
-    line('new connections/s, redirect only (TCP_CRR, 1 B)', 'crr', '1B', 'rate', k),
-    line('… with 10,000 exclusions', 'scale', '10000', 'rate', k),
-    line(
-      `through HAProxy, new connections/s (explicit floor: ${explicit('crr', 'rate', k)})`,
-      'proxy',
-      'crr',
-      'rate',
-      k,
-    ),
-    line(
-      `through HAProxy, request/response p50 (explicit: ${explicit('rr', 'p50_us', us)})`,
-      'proxy',
-      'rr',
-      'p50_us',
-      us,
-    ),
-    ...HOP_ROWS.map(([what, variant, metric, f]) => line(what, 'hop', variant, metric, f)),
-  ];
-  const c = (variant: string, mode: string, metric = 'ms', f = ms) => cell('control', variant, mode, metric, f, false);
-  out.push(
-    '',
-    `Control plane (medians): 10,000 policy entries applied in ${c('apply 10000 entries', 'ebpf')} (eBPF map entries, batched; in-sync re-apply ${c('re-apply 10000 entries (in sync)', 'ebpf')}) vs ${c('apply 10000 entries', 'iptables')} (one \`iptables-restore\` of 10,000 rules); agent start to redirect-ready ${c('agent start to redirect-ready', 'ebpf')}, of which Node and the CLI alone take ${c('node + CLI start (--version)', 'node')} and loading + attaching the programs ${c('load + attach (in-process)', 'ebpf')}; agent RSS ${c('agent RSS', 'ebpf', 'mib', (v) => `${v.toFixed(0)} MiB`)}.`,
-  );
-  return out.join('\n');
-}
-
-const HOP_ROWS: [string, string, string, (v: number) => string][] = [
-  ['app→proxy hop, request/response p50, 1 KiB', 'rr 1024B', 'p50_us', us],
-  ['app→proxy hop, request/response p50, 64 KiB', 'rr 65536B', 'p50_us', us],
-  ['app→proxy stream, 64 B writes', 'stream 64B', 'mbytes_s', mbs],
-  ['app→proxy stream, 1 KiB writes', 'stream 1024B', 'mbytes_s', mbs],
-  ['app→proxy stream, 16 KiB writes', 'stream 16384B', 'mbytes_s', mbs],
-  ['app→proxy stream, 64 KiB writes', 'stream 65536B', 'mbytes_s', mbs],
-];

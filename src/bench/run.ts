@@ -13,7 +13,7 @@ import type { NetnsStatus } from '../modes/iptables/status.js';
 import { stats } from '../modes/ebpf/counters.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
-import { WARMUP, HOP_SIZES, type BenchOptions, type Sample, type Missing } from './types.js';
+import { WARMUP, HOP_SIZES, baseMode, type BenchOptions, type Sample, type Missing } from './types.js';
 
 export const D_REDIRECT = '10.250.0.99:80'; // nothing answers there: only a redirect reaches a server
 export const SERVER = '127.0.0.1:9000'; // the server next to the app (redirect-only scenarios)
@@ -36,6 +36,8 @@ export interface ScenarioDef {
   steps: (modes: number, hopSizes: readonly number[]) => number;
   /** Why a mode cannot run in this scenario beyond the mode's own availability (a missing tool). */
   missing?: (mode: string) => string | undefined;
+  /** Whether `--aa` may add the A/A copy of a mode (its code runs a mode by baseMode(mode)). */
+  aa?: boolean;
   /** Measures, adding to r.samples; `modes` are those of its modes that can run here. */
   run: (r: Run, modes: string[]) => Promise<void>;
 }
@@ -95,6 +97,7 @@ export class Run {
     readonly lab: Lab,
   ) {
     this.hopSizes = o.hopSizes ?? HOP_SIZES;
+    lab.placement = o.placement ?? 'split';
     this.attach = lab.cgroup('att');
     this.free = lab.cgroup('free');
     this.ebpf = new EbpfMode({
@@ -212,13 +215,10 @@ spec:
 
   private async client(target: string, kind: LoadKind, conc: number, size = 1, cg = this.app): Promise<LoadResult> {
     const o = this.o;
-    const out = await this.lab.run(
-      this.lab.ns,
-      cg,
-      o.mrload,
-      ['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)],
-      { timeoutMs: 120_000 },
-    );
+    const [cmd, args] = this.lab.pinned('client', o.mrload, [
+      ...['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)],
+    ]);
+    const out = await this.lab.run(this.lab.ns, cg, cmd, args, { timeoutMs: 120_000 });
     try {
       return JSON.parse(out) as LoadResult;
     } catch {
@@ -241,12 +241,15 @@ spec:
   ): Promise<Sample> {
     const lab = this.lab;
     const sample: Sample = { ...s, metrics: {} };
+    const mode = baseMode(s.mode); // an A/A copy is measured, counted and judged as its mode
     try {
-      this.use(setup.policyMode ?? s.mode, setup.policy);
-      const c0 = this.counters(s.mode);
+      this.use(setup.policyMode ?? mode, setup.policy);
+      const c0 = this.counters(mode);
       const procs = Object.entries(watch).filter((e): e is [string, { child: { pid: number } }] => !!e[1]?.child.pid);
       const p0 = procs.map(([, p]) => lab.cpu(p.child.pid));
+      const g0 = procs.map(([, p]) => lab.sched(p.child.pid));
       const m0 = lab.machine();
+      const b0 = lab.busyWhereWeRun();
       const t0 = performance.now();
       const rs = await Promise.all(
         Array.from({ length: load.clients ?? 1 }, () =>
@@ -255,8 +258,10 @@ spec:
       );
       const wall = (performance.now() - t0) / 1000;
       const m1 = lab.machine();
+      const b1 = lab.busyWhereWeRun();
       const p1 = procs.map(([, p]) => lab.cpu(p.child.pid));
-      const c1 = this.counters(s.mode);
+      const g1 = procs.map(([, p]) => lab.sched(p.child.pid));
+      const c1 = this.counters(mode);
       const l = combine(rs);
       sample.counters = { ...delta(c0, c1), conns: l.conns };
       sample.metrics = {
@@ -268,8 +273,16 @@ spec:
           procs.map(([name], i) => [`${name}_cpu`, (p1[i]!.user + p1[i]!.sys - p0[i]!.user - p0[i]!.sys) / wall]),
         ),
         idle: (m1.idle - m0.idle) / Math.max(1e-9, m1.total - m0.total),
+        // Where the scheduler ran things (not summarised; in the JSON, for finding the bench's noise).
+        ...(l.migrations === undefined ? {} : { client_migr: l.migrations, client_nivcsw: l.nivcsw ?? 0 }),
+        ...Object.fromEntries(procs.map(([name], i) => [`${name}_migr`, g1[i]!.migrations - g0[i]!.migrations])),
+        ...Object.fromEntries(procs.map(([name], i) => [`${name}_on`, g1[i]!.cpu])),
       };
-      const why = judge(s.mode, l, sample.counters, opts);
+      // Cores busy with anything but the client and the watched processes on the CPUs they run on
+      // (another job, or interrupt work charged to nobody): what makes a sample disturbed (paired.ts).
+      const own = l.client_user + l.client_sys + procs.reduce((a, [name]) => a + sample.metrics[`${name}_cpu`]!, 0);
+      sample.metrics.others_cpu = Math.max(0, (b1 - b0) / wall - own);
+      const why = judge(mode, l, sample.counters, opts);
       if (why.length) sample.invalid = why;
     } catch (e) {
       sample.invalid = [`failed: ${msg(e)}`];
