@@ -10,7 +10,7 @@ import type { Sample } from './types.js';
  * with less CPU than the others of its round. Quiet samples measure 0.02–0.15 here; another job
  * takes ~1. */
 export const DISTURBED = 0.3;
-const disturbed = (s: Sample) => (s.metrics.others_cpu ?? 0) > DISTURBED;
+export const isDisturbed = (s: Sample) => (s.metrics.others_cpu ?? 0) > DISTURBED;
 
 export interface Paired {
   /** Median, min and max of the per-round ratios. */
@@ -50,7 +50,7 @@ export function paired(
   for (const [round, x] of valueOf(k.mode)) {
     const b = base.get(round);
     if (b?.metrics[k.metric])
-      all.push({ ratio: x.metrics[k.metric]! / b.metrics[k.metric]!, disturbed: disturbed(x) || disturbed(b) });
+      all.push({ ratio: x.metrics[k.metric]! / b.metrics[k.metric]!, disturbed: isDisturbed(x) || isDisturbed(b) });
   }
   if (!all.length) return undefined;
   const quiet = all.filter((p) => !p.disturbed);

@@ -100,11 +100,17 @@ export function summarise(samples: Sample[]): Row[] {
 
 const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
 const fmt = (v: number, metric: string) => (isCpu(metric) ? pct(v) : v >= 100 ? v.toFixed(0) : v.toFixed(1));
-/** The ratio, with the min–max of the per-round ratios when there are several (not for the baseline). */
-const ratio = (r: Row) =>
-  r.ratio === undefined
-    ? ''
-    : `${r.ratio.toFixed(2)}×${r.paired && r.paired.n > 1 && r.mode !== BASELINE[r.scenario] ? ` (${r.paired.min.toFixed(2)}–${r.paired.max.toFixed(2)}${r.paired.disturbed ? `; ${r.paired.disturbed} busy round${r.paired.disturbed > 1 ? 's' : ''} out` : ''})` : ''}`;
+/** The ratio, with the min–max of the per-round ratios when there are several, and the rounds left
+ * out as disturbed (not for the baseline). */
+function ratio(r: Row): string {
+  if (r.ratio === undefined) return '';
+  const p = r.paired;
+  const x = `${r.ratio.toFixed(2)}×`;
+  if (!p || r.mode === BASELINE[r.scenario]) return x;
+  const out = p.disturbed ? `${p.disturbed} busy round${p.disturbed > 1 ? 's' : ''} out` : '';
+  if (p.n > 1) return `${x} (${p.min.toFixed(2)}–${p.max.toFixed(2)}${out ? `; ${out}` : ''})`;
+  return out ? `${x} (1 round; ${out})` : x;
+}
 const nCell = (r: Row) => (r.rejected ? `${r.n} (+${r.rejected} rejected)` : String(r.n));
 
 /** Median CPU use per scenario, variant and mode: one line each. */

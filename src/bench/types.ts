@@ -23,6 +23,8 @@ export interface BenchOptions {
   /** A/A: this mode measured twice, as itself and as `MODE (A/A)`, in the scenarios that allow it
    * (crr, proxy): the spread of their ratio is the bench's noise. */
   aa?: string;
+  /** How often a measurement that something else disturbed is made again (run.ts; default 2). */
+  retries?: number;
   /** Only these modes (and the baseline) in each scenario; all when absent. */
   modes?: string[];
   progress: (line: string) => void;
