@@ -198,9 +198,17 @@ spec:
     return {};
   }
 
-  private async client(target: string, kind: LoadKind, conc: number, size = 1, cg = this.app): Promise<LoadResult> {
+  /** The i-th load generator of a measurement (i > 0: the others side by side; lab.ts's cpuOf). */
+  private async client(
+    i: number,
+    target: string,
+    kind: LoadKind,
+    conc: number,
+    size = 1,
+    cg = this.app,
+  ): Promise<LoadResult> {
     const o = this.o;
-    const [cmd, args] = this.lab.pinned('client', o.mrload, [
+    const [cmd, args] = this.lab.pinned(i ? 'client2' : 'client', o.mrload, [
       ...['client', target, kind, String(conc), String(o.duration), String(WARMUP), String(size)],
     ]);
     const out = await this.lab.run(this.lab.ns, cg, cmd, args, { timeoutMs: 120_000 });
@@ -251,8 +259,8 @@ spec:
       const b0 = lab.busyWhereWeRun();
       const t0 = performance.now();
       const rs = await Promise.all(
-        Array.from({ length: load.clients ?? 1 }, () =>
-          this.client(load.target, load.kind, load.conc, load.size, load.cg),
+        Array.from({ length: load.clients ?? 1 }, (_, i) =>
+          this.client(i, load.target, load.kind, load.conc, load.size, load.cg),
         ),
       );
       const wall = (performance.now() - t0) / 1000;
