@@ -36,6 +36,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         if (w && w !== SKIPPED) r.missing.push({ scenario: name, mode: m, reason: w });
         return !w;
       });
+      // --placement applies to the scenarios where pinning was measured to tighten A/A (crr, scale);
+      // the others run where the scheduler puts them (docs/benchmarks.md, "CPU placement").
+      lab.placement = 'pinned' in def && def.pinned ? r.placement : 'none';
       await def.run(r, modes);
     }
     return {
@@ -45,7 +48,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         netns: lab.ns,
         cgroup: lab.cgRoot,
         tcp_rmem: tcpRmem,
-        placement: lab.placement,
+        placement: r.placement,
         seconds: (performance.now() - r.started) / 1000,
       },
     };

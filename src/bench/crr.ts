@@ -10,6 +10,7 @@ export const crr: ScenarioDef = {
   modes: ['direct', 'iptables', 'ebpf', TRACED, UNCOVERED],
   steps: (modes) => modes * 2, // × (1 client, 2 clients)
   aa: true,
+  pinned: true,
   async run(r, modes) {
     const p = r.policy({ proxy: SERVER });
     for (let round = 1; round <= r.o.rounds; round++) {

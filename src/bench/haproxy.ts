@@ -34,5 +34,5 @@ export function haproxyConfig(explicitUpstream?: string): string {
 /** Starts HAProxy with haproxyConfig(explicitUpstream) written to `file` in the lab, in cgroup `cg`. */
 export function startHaproxy(lab: Lab, cg: string, file: string, explicitUpstream?: string): LabProc {
   const cfg = lab.tmpFile(file, haproxyConfig(explicitUpstream));
-  return lab.start(cg, 'haproxy', ['-db', '-f', cfg], 1337, lab.ns, 'proxy');
+  return lab.start(cg, 'haproxy', ['-db', '-f', cfg], 1337);
 }

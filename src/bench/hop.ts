@@ -9,8 +9,8 @@ export const hop: ScenarioDef = {
     const { lab } = r;
     // The "proxy" is an echo server (request/response) or a sink (stream), both in the policy's proxy
     // cgroup, reached by redirection.
-    const echo = lab.start(r.proxyCg, r.o.mrload, ['server', HOP_ECHO], undefined, lab.ns, 'proxy');
-    const sink = lab.start(r.proxyCg, r.o.mrload, ['sink', HOP_SINK], undefined, lab.ns, 'proxy');
+    const echo = lab.start(r.proxyCg, r.o.mrload, ['server', HOP_ECHO]);
+    const sink = lab.start(r.proxyCg, r.o.mrload, ['sink', HOP_SINK]);
     await lab.listening(9001, echo);
     await lab.listening(9002, sink);
     const pol = {

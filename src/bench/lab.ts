@@ -8,14 +8,13 @@ import { Sandbox, type Proc } from '../util/sandbox.js';
 
 export type LabProc = Proc;
 
-/** Where the bench's processes run: the load generator (`client2`: a second one beside it), the
- * server it reaches, the proxy (HAProxy, the hop's echo and sink) and the upstream server behind
- * HAProxy. */
-export type Role = 'client' | 'client2' | 'server' | 'proxy' | 'upstream';
-/** How processes are placed on CPUs: `split` puts the client and the upstream server on CPU 0, and the
- * server, the proxy and a second client on the last CPU (two clients on one CPU took turns: an A/A
- * spread of ±10%; HAProxy beside the upstream server got 67% of its CPU); `same` all on CPU 0; `none`
- * lets the scheduler choose (the method before 2026-12-05). See docs/benchmarks.md "Method". */
+/** Where the processes of a pinned scenario (crr, scale) run: the load generator (`client2`: a second
+ * one beside it) and the server it reaches. */
+export type Role = 'client' | 'client2' | 'server';
+/** How processes are placed on CPUs: `split` puts the client on CPU 0, and the server and a second
+ * client on the last CPU (two clients on one CPU took turns: an A/A spread of ±10%); `same` all on
+ * CPU 0; `none` lets the scheduler choose (the method before 2026-12-05, and that of the scenarios
+ * where pinning did not tighten A/A: proxy). See docs/benchmarks.md "Method". */
 export type Placement = 'split' | 'same' | 'none';
 export const PLACEMENTS = ['split', 'same', 'none'] as const;
 
@@ -23,7 +22,7 @@ export const PLACEMENTS = ['split', 'same', 'none'] as const;
 export function cpuOf(placement: Placement, role: Role, ncpu: number): string | undefined {
   if (placement === 'none' || ncpu < 2) return undefined;
   if (placement === 'same') return '0';
-  return role === 'client' || role === 'upstream' ? '0' : String(ncpu - 1);
+  return role === 'client' ? '0' : String(ncpu - 1);
 }
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux architecture in use). */

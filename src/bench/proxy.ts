@@ -28,7 +28,7 @@ export const proxy: ScenarioDef = {
   aa: true,
   async run(r, modes) {
     const { lab } = r;
-    const upstream = lab.start(r.srvCg, r.o.mrload, ['server', UPSTREAM], undefined, lab.upNs, 'upstream');
+    const upstream = lab.start(r.srvCg, r.o.mrload, ['server', UPSTREAM], undefined, lab.upNs);
     await lab.listening(9000, upstream, lab.upNs);
     let haproxy: LabProc | undefined;
     if (!haproxyMissing()) {

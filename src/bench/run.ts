@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import type { Lab, LabProc } from './lab.js';
+import type { Lab, LabProc, Placement } from './lab.js';
 import { judge, combine, EBPF_COUNTERS, type LoadResult, type Counters } from './checks.js';
 import { EbpfMode } from '../modes/ebpf/index.js';
 import { IptablesMode } from '../modes/iptables/index.js';
@@ -37,6 +37,8 @@ export interface ScenarioDef {
   steps: (modes: number, hopSizes: readonly number[]) => number;
   /** Why a mode cannot run in this scenario beyond the mode's own availability (a missing tool). */
   missing?: (mode: string) => string | undefined;
+  /** Whether its processes are placed on CPUs by --placement (else where the scheduler puts them). */
+  pinned?: boolean;
   /** Whether `--aa` may add the A/A copy of a mode (its code runs a mode by baseMode(mode)). */
   aa?: boolean;
   /** Measures, adding to r.samples; `modes` are those of its modes that can run here. */
@@ -59,6 +61,8 @@ export class Run {
   readonly samples: Sample[] = [];
   readonly missing: Missing[] = [];
   readonly hopSizes: number[];
+  /** --placement: where the processes of the scenarios that are pinned run (lab.ts). */
+  readonly placement: Placement;
   readonly ebpf: EbpfMode;
   readonly ipt: IptablesMode;
   /** Where the programs attach (att/), and outside it (free/: a client the programs do not cover). */
@@ -82,7 +86,8 @@ export class Run {
     readonly lab: Lab,
   ) {
     this.hopSizes = o.hopSizes ?? HOP_SIZES;
-    lab.placement = o.placement ?? 'split';
+    this.placement = o.placement ?? 'split';
+    lab.placement = this.placement; // the redirect-only server, started before any scenario
     this.attach = lab.cgroup('att');
     this.free = lab.cgroup('free');
     this.ebpf = new EbpfMode({

@@ -159,14 +159,13 @@ describe('bench options', () => {
     expect(withAa({ aa: 'ebpf' }, 'hop')).toEqual(['ebpf', 'ebpf+sk_msg']);
     expect(withAa({}, 'crr')).not.toContain('direct (A/A)');
   });
-  it('places the client on CPU 0 and the server, the proxy and a second client on the last CPU (split), or all on CPU 0 (same)', () => {
-    expect([cpuOf('split', 'client', 2), cpuOf('split', 'server', 2), cpuOf('split', 'proxy', 4)]).toEqual([
+  it('places the client on CPU 0 and the server and a second client on the last CPU (split), or all on CPU 0 (same)', () => {
+    expect([cpuOf('split', 'client', 2), cpuOf('split', 'server', 2), cpuOf('split', 'server', 4)]).toEqual([
       '0',
       '1',
       '3',
     ]);
     expect(cpuOf('split', 'client2', 2)).toBe('1'); // a second client beside the first: on the other CPU
-    expect(cpuOf('split', 'upstream', 2)).toBe('0'); // behind HAProxy: HAProxy gets a CPU of its own
     expect(cpuOf('same', 'server', 2)).toBe('0');
     expect(cpuOf('none', 'client', 2)).toBeUndefined();
     expect(cpuOf('split', 'client', 1)).toBeUndefined();
