@@ -74,7 +74,7 @@ export const benchCommand = new Command('bench')
   )
   .option(
     '--placement <how>',
-    'CPUs of the processes: split (client on CPU 0, server and proxy on the last CPU), same (all on CPU 0), none (where the scheduler puts them)',
+    'CPUs of the crr and scale processes: split (client on CPU 0, server and a second client on the last CPU), same (all on CPU 0), none (where the scheduler puts them; the other scenarios always run so)',
     'split',
   )
   .option(
