@@ -2,7 +2,7 @@
 // the baseline, CPU use, the fast path's counters per sample, missing modes and rejected samples; a
 // terminal table, an SVG chart (vega-lite) and a markdown section. The JSON with every raw sample is
 // written by the CLI.
-import type { Sample, Missing } from './types.js';
+import { baseMode, type Sample, type Missing } from './types.js';
 import { fastShare } from './checks.js';
 import { table } from '../util/table.js';
 import { renderHooksMarkdown, renderHooksText } from './hookreport.js';
@@ -100,18 +100,48 @@ export function summarise(samples: Sample[]): Row[] {
 
 const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
 const fmt = (v: number, metric: string) => (isCpu(metric) ? pct(v) : v >= 100 ? v.toFixed(0) : v.toFixed(1));
-/** The ratio, with the min–max of the per-round ratios when there are several, and the rounds left
- * out as disturbed (not for the baseline). */
-function ratio(r: Row): string {
-  if (r.ratio === undefined) return '';
-  const p = r.paired;
-  const x = `${r.ratio.toFixed(2)}×`;
-  if (!p || r.mode === BASELINE[r.scenario]) return x;
+/** A ratio, with the min–max of its per-round ratios when there are several and the rounds left out
+ * as disturbed. */
+function pairedCell(v: number, p: Paired | undefined): string {
+  const x = `${v.toFixed(2)}×`;
+  if (!p) return x;
   const out = p.disturbed ? `${p.disturbed} busy round${p.disturbed > 1 ? 's' : ''} out` : '';
   if (p.n > 1) return `${x} (${p.min.toFixed(2)}–${p.max.toFixed(2)}${out ? `; ${out}` : ''})`;
   return out ? `${x} (1 round; ${out})` : x;
 }
+
+/** The "vs baseline" cell: the baseline's own row reads 1.00× alone. */
+const ratio = (r: Row) =>
+  r.ratio === undefined ? '' : pairedCell(r.ratio, r.mode === BASELINE[r.scenario] ? undefined : r.paired);
+
 const nCell = (r: Row) => (r.rejected ? `${r.n} (+${r.rejected} rejected)` : String(r.n));
+
+/** A second baseline for a scenario's ratios: through HAProxy, issue 17 judges eBPF against the
+ * explicit proxy (the floor any interception can reach), not against direct. */
+export const FLOOR: Record<string, string> = { proxy: 'explicit' };
+
+/** The paired ratios of a scenario's intercepting modes to its FLOOR mode, one line each. */
+function floorLines(scenario: string, rows: Row[], samples: Sample[]): string[] {
+  const floor = FLOOR[scenario];
+  if (!floor) return [];
+  const out = rows
+    .filter(
+      (r) => r.scenario === scenario && !isCpu(r.metric) && r.mode !== floor && baseMode(r.mode) !== BASELINE[scenario],
+    )
+    .flatMap((r) => {
+      const p = paired(samples, r, floor);
+      return p ? [`| ${r.variant} | ${r.mode} | ${r.metric} | ${pairedCell(p.median, p)} |`] : [];
+    });
+  if (!out.length) return [];
+  return [
+    `Paired ratios to ${floor} (the same rounds):`,
+    '',
+    '| variant | mode | metric | vs ' + floor + ' |',
+    '|---|---|---|---|',
+    ...out,
+    '',
+  ];
+}
 
 /** Median CPU use per scenario, variant and mode: one line each. */
 function cpuLines(rows: Row[]): { scenario: string; variant: string; mode: string; cells: string[] }[] {
@@ -187,6 +217,7 @@ export function renderMarkdown(
     }
     lines.push('');
     if (scenario === 'hooks') lines.push(renderHooksMarkdown(samples));
+    lines.push(...floorLines(scenario, rows, samples));
     if (scenario === 'crr') {
       const scaling = [...new Set(rows.filter((r) => r.scenario === 'crr').map((r) => r.mode))].flatMap((m) => {
         const one = rows.find((r) => r.scenario === 'crr' && r.variant === '1B' && r.mode === m && r.metric === 'rate');

@@ -204,3 +204,23 @@ describe('disturbed samples', () => {
     expect(m.samples.filter((x) => x.scenario === 'crr').map((x) => x.metrics.rate)).toEqual([24000, 23500]);
   });
 });
+
+describe('proxy: paired ratios to the explicit proxy too', () => {
+  it('lists each intercepting mode (and the A/A copy of explicit) against explicit in the same rounds', () => {
+    const xs = [1, 2, 3].flatMap((round) => [
+      s('proxy', 'direct', round, 20000),
+      s('proxy', 'explicit', round, 10000 + round * 1000),
+      s('proxy', 'explicit (A/A)', round, 10000 + round * 1000 + 100),
+      s('proxy', 'ebpf', round, (10000 + round * 1000) * 0.95),
+    ]);
+    const md = renderMarkdown(summarise(xs), {}, xs);
+    expect(md).toContain('Paired ratios to explicit (the same rounds):');
+    expect(md).toContain('| crr | ebpf | rate | 0.95× (0.95–0.95) |');
+    expect(md).toContain('| crr | explicit (A/A) | rate | 1.01× (1.01–1.01) |');
+    expect(md).not.toMatch(/\| crr \| (direct|explicit) \| rate \| [0-9.]+× \(/);
+    // crr has no such second baseline
+    expect(renderMarkdown(summarise([s('crr', 'direct', 1, 1), s('crr', 'ebpf', 1, 1)]), {}, [])).not.toContain(
+      'Paired ratios to',
+    );
+  });
+});
