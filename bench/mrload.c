@@ -477,6 +477,16 @@ static int run_client(const char *ep, enum kind kind, int conc, double duration,
 		}
 		e2e = confirmed / (now() - start);
 	}
+	/* Where the scheduler ran the client: how often it moved it to another CPU (the bench's noise) */
+	long migr = -1;
+	FILE *sf = fopen("/proc/self/sched", "r");
+	if (sf) {
+		char ln[256];
+		while (fgets(ln, sizeof(ln), sf))
+			if (sscanf(ln, "se.nr_migrations : %ld", &migr) == 1)
+				break;
+		fclose(sf);
+	}
 	qsort(lat, nlat, sizeof(double), cmp_d);
 	double p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(size_t)(nlat * 0.99)] : 0;
 	long errors = C.err_connect + C.err_reset + C.err_other;
@@ -484,10 +494,11 @@ static int run_client(const char *ep, enum kind kind, int conc, double duration,
 	printf("{\"mode\":\"%s\",\"requests\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
 	       "\"errors\":%ld,\"err_connect\":%ld,\"err_reset\":%ld,\"err_other\":%ld,\"conns\":%ld,"
 	       "\"client_user\":%.4f,\"client_sys\":%.4f,\"wall\":%.3f,"
-	       "\"bytes\":%lld,\"confirmed\":%lld,\"mbytes_s\":%.2f,\"e2e_mbytes_s\":%.2f,\"drain_ms\":%.2f}\n",
+	       "\"bytes\":%lld,\"confirmed\":%lld,\"mbytes_s\":%.2f,\"e2e_mbytes_s\":%.2f,\"drain_ms\":%.2f,"
+	       "\"migrations\":%ld,\"nivcsw\":%ld}\n",
 	       names[kind], done, duration, done / duration, p50 * 1e6, p99 * 1e6, errors, C.err_connect, C.err_reset,
 	       C.err_other, C.conns, cpu_of(ru.ru_utime) / wall, cpu_of(ru.ru_stime) / wall, wall, total, confirmed,
-	       window_bytes / duration / 1e6, e2e / 1e6, drain * 1e3);
+	       window_bytes / duration / 1e6, e2e / 1e6, drain * 1e3, migr, ru.ru_nivcsw);
 	return 0;
 }
 

@@ -48,7 +48,7 @@ export async function renderSvg(rows: Row[]): Promise<string> {
             mark: 'bar',
             encoding: {
               y: { field: 'mode', type: 'nominal', title: null },
-              x: { field: 'ratio', type: 'quantitative', title: 'median ÷ baseline median' },
+              x: { field: 'ratio', type: 'quantitative', title: 'ratio to the baseline (median of per-round ratios)' },
               color: { field: 'mode', type: 'nominal', legend: null },
             },
           },

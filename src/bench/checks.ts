@@ -26,6 +26,10 @@ export interface LoadResult {
   mbytes_s: number;
   e2e_mbytes_s: number;
   drain_ms: number;
+  /** Times the scheduler moved the client to another CPU, and its involuntary context switches
+   * (where the bench's noise comes from; absent from an older mrload). */
+  migrations?: number;
+  nivcsw?: number;
 }
 
 /** Counter deltas over one measurement: eBPF's per-policy counters (summed over policies), or
@@ -74,6 +78,8 @@ export function combine(rs: LoadResult[]): LoadResult {
     mbytes_s: sum('mbytes_s'),
     e2e_mbytes_s: sum('e2e_mbytes_s'),
     drain_ms: max('drain_ms'),
+    migrations: rs.reduce((a, r) => a + (r.migrations ?? 0), 0),
+    nivcsw: rs.reduce((a, r) => a + (r.nivcsw ?? 0), 0),
   };
 }
 

@@ -2,16 +2,20 @@
 // a server next to the app, direct or redirected to it by iptables or eBPF, eBPF with a `meshredir trace`
 // reading every decision, and with the eBPF programs attached but the client outside the cgroups they
 // cover; one client and two.
+import { baseMode } from './types.js';
 import { D_REDIRECT, SERVER, TRACED, UNCOVERED, msg, rotate, say, type ScenarioDef } from './run.js';
 import { startTracer, type BenchTracer } from './tracer.js';
 
 export const crr: ScenarioDef = {
   modes: ['direct', 'iptables', 'ebpf', TRACED, UNCOVERED],
   steps: (modes) => modes * 2, // × (1 client, 2 clients)
+  aa: true,
+  pinned: true,
   async run(r, modes) {
     const p = r.policy({ proxy: SERVER });
     for (let round = 1; round <= r.o.rounds; round++) {
       for (const mode of rotate(modes, round)) {
+        const as = baseMode(mode);
         // One client with 16 in flight, and two side by side with 8 each: if two clients get a
         // clearly higher rate, one client was the bottleneck.
         for (const clients of [1, 2]) {
@@ -19,9 +23,9 @@ export const crr: ScenarioDef = {
           // The traced mode: the programs in force first (the trace reads their pins), then the reader.
           let tracer: BenchTracer | undefined;
           let failed: string | undefined;
-          if (mode === TRACED) {
+          if (as === TRACED) {
             try {
-              r.use(mode, p);
+              r.use(as, p);
               tracer = await startTracer(r.o.cli, r.lab.bpffs);
             } catch (e) {
               failed = `trace did not start: ${msg(e)}`;
@@ -31,16 +35,16 @@ export const crr: ScenarioDef = {
             s,
             { policy: p },
             {
-              target: mode === 'direct' || mode === UNCOVERED ? SERVER : D_REDIRECT,
+              target: as === 'direct' || as === UNCOVERED ? SERVER : D_REDIRECT,
               kind: 'crr',
               conc: 16 / clients,
               clients,
-              ...(mode === UNCOVERED ? { cg: r.free } : {}),
+              ...(as === UNCOVERED ? { cg: r.free } : {}),
             },
             { server: r.server, ...(tracer ? { trace: tracer } : {}) },
             (l) => ({ rate: l.rate, p50_us: l.p50_us, p99_us: l.p99_us }),
           );
-          if (mode === TRACED) {
+          if (as === TRACED) {
             try {
               if (tracer) {
                 const t = await tracer.stop();

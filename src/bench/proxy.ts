@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import type { LabProc } from './lab.js';
 import { startHaproxy } from './haproxy.js';
+import { baseMode } from './types.js';
 import { UPSTREAM, fastNote, msg, rotate, say, stop, type ScenarioDef } from './run.js';
 
 let haproxyWhy: string | null | undefined;
@@ -24,6 +25,7 @@ export const proxy: ScenarioDef = {
   modes: ['direct', 'explicit', 'iptables', 'ebpf', 'ebpf+sk_msg'],
   steps: (modes) => modes * 2, // × (crr, rr)
   missing: (mode) => (mode === 'direct' ? undefined : haproxyMissing()),
+  aa: true,
   async run(r, modes) {
     const { lab } = r;
     const upstream = lab.start(r.srvCg, r.o.mrload, ['server', UPSTREAM], undefined, lab.upNs);
@@ -39,10 +41,11 @@ export const proxy: ScenarioDef = {
     const pa = r.policy({ proxy: '127.0.0.1:15001', accelerate: true });
     for (let round = 1; round <= r.o.rounds; round++) {
       for (const mode of rotate(modes, round)) {
-        const setup = { policyMode: mode === 'explicit' ? 'direct' : mode, policy: mode === 'ebpf+sk_msg' ? pa : p };
-        const target = mode === 'explicit' ? '127.0.0.1:15002' : UPSTREAM;
-        const watch = { server: upstream, haproxy: mode === 'direct' ? undefined : haproxy };
-        const viaProxy = { viaProxy: mode.startsWith('ebpf') };
+        const as = baseMode(mode);
+        const setup = { policyMode: as === 'explicit' ? 'direct' : as, policy: as === 'ebpf+sk_msg' ? pa : p };
+        const target = as === 'explicit' ? '127.0.0.1:15002' : UPSTREAM;
+        const watch = { server: upstream, haproxy: as === 'direct' ? undefined : haproxy };
+        const viaProxy = { viaProxy: as.startsWith('ebpf') };
         const crr = await r.measure(
           { scenario: 'proxy', mode, variant: 'crr', round },
           setup,

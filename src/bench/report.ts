@@ -2,10 +2,12 @@
 // the baseline, CPU use, the fast path's counters per sample, missing modes and rejected samples; a
 // terminal table, an SVG chart (vega-lite) and a markdown section. The JSON with every raw sample is
 // written by the CLI.
-import type { Sample, Missing } from './types.js';
+import { baseMode, type Sample, type Missing } from './types.js';
 import { fastShare } from './checks.js';
 import { table } from '../util/table.js';
 import { renderHooksMarkdown, renderHooksText } from './hookreport.js';
+import { median, paired, type Paired } from './paired.js';
+import { runHeader } from './runmeta.js';
 
 export interface Row {
   scenario: string;
@@ -19,8 +21,13 @@ export interface Row {
   n: number;
   /** Samples of the same scenario, variant and mode that were rejected (not in the median). */
   rejected: number;
-  /** median / median of the baseline mode of the same scenario, variant and metric. */
+  /** The ratio to the baseline mode of the same scenario, variant and metric: the median of the
+   * per-round ratios (paired.ts) when some round has both, else median ÷ the baseline's median. */
   ratio?: number;
+  /** The per-round ratios (median, min–max, rounds); absent when no round has both. */
+  paired?: Paired;
+  /** median ÷ the baseline's median (the ratio before 2026-12-05, kept for comparison). */
+  ofMedians?: number;
 }
 
 export const BASELINE: Record<string, string> = {
@@ -44,12 +51,6 @@ const MAIN: Record<string, string[]> = {
 /** CPU use: fractions of one core (client, server, HAProxy, the `trace` reader) and of the whole machine (idle). */
 export const CPU = ['client_user', 'client_sys', 'server_cpu', 'haproxy_cpu', 'trace_cpu', 'idle'] as const;
 const isCpu = (m: string) => (CPU as readonly string[]).includes(m);
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 export function summarise(samples: Sample[]): Row[] {
   const groups = new Map<string, { s: Sample; values: number[]; metric: string }>();
@@ -88,15 +89,59 @@ export function summarise(samples: Sample[]): Row[] {
         b.metric === r.metric &&
         b.mode === BASELINE[r.scenario],
     );
-    if (base && base.median) r.ratio = r.median / base.median;
+    if (!base) continue;
+    if (base.median) r.ofMedians = r.median / base.median;
+    const p = paired(samples, r, base.mode);
+    if (p) r.paired = p;
+    r.ratio = p ? p.median : r.ofMedians;
   }
   return rows;
 }
 
 const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
 const fmt = (v: number, metric: string) => (isCpu(metric) ? pct(v) : v >= 100 ? v.toFixed(0) : v.toFixed(1));
-const ratio = (r: Row) => (r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}×`);
+/** A ratio, with the min–max of its per-round ratios when there are several and the rounds left out
+ * as disturbed. */
+function pairedCell(v: number, p: Paired | undefined): string {
+  const x = `${v.toFixed(2)}×`;
+  if (!p) return x;
+  const out = p.disturbed ? `${p.disturbed} busy round${p.disturbed > 1 ? 's' : ''} out` : '';
+  if (p.n > 1) return `${x} (${p.min.toFixed(2)}–${p.max.toFixed(2)}${out ? `; ${out}` : ''})`;
+  return out ? `${x} (1 round; ${out})` : x;
+}
+
+/** The "vs baseline" cell: the baseline's own row reads 1.00× alone. */
+const ratio = (r: Row) =>
+  r.ratio === undefined ? '' : pairedCell(r.ratio, r.mode === BASELINE[r.scenario] ? undefined : r.paired);
+
 const nCell = (r: Row) => (r.rejected ? `${r.n} (+${r.rejected} rejected)` : String(r.n));
+
+/** A second baseline for a scenario's ratios: through HAProxy, issue 17 judges eBPF against the
+ * explicit proxy (the floor any interception can reach), not against direct. */
+export const FLOOR: Record<string, string> = { proxy: 'explicit' };
+
+/** The paired ratios of a scenario's intercepting modes to its FLOOR mode, one line each. */
+function floorLines(scenario: string, rows: Row[], samples: Sample[]): string[] {
+  const floor = FLOOR[scenario];
+  if (!floor) return [];
+  const out = rows
+    .filter(
+      (r) => r.scenario === scenario && !isCpu(r.metric) && r.mode !== floor && baseMode(r.mode) !== BASELINE[scenario],
+    )
+    .flatMap((r) => {
+      const p = paired(samples, r, floor);
+      return p ? [`| ${r.variant} | ${r.mode} | ${r.metric} | ${pairedCell(p.median, p)} |`] : [];
+    });
+  if (!out.length) return [];
+  return [
+    `Paired ratios to ${floor} (the same rounds):`,
+    '',
+    '| variant | mode | metric | vs ' + floor + ' |',
+    '|---|---|---|---|',
+    ...out,
+    '',
+  ];
+}
 
 /** Median CPU use per scenario, variant and mode: one line each. */
 function cpuLines(rows: Row[]): { scenario: string; variant: string; mode: string; cells: string[] }[] {
@@ -115,7 +160,7 @@ const CPU_HEAD = ['client user', 'client sys', 'server', 'HAProxy', 'trace', 'ma
 
 export function renderTable(rows: Row[], missing: Missing[] = [], samples: Sample[] = []): string {
   const main = table(
-    ['scenario', 'variant', 'mode', 'metric', 'median', 'min–max', 'n', 'vs baseline'],
+    ['scenario', 'variant', 'mode', 'metric', 'median', 'min–max', 'n', 'vs baseline (paired)'],
     rows
       .filter((r) => !isCpu(r.metric))
       .map((r) => [
@@ -156,16 +201,13 @@ export function renderMarkdown(
   samples: Sample[] = [],
   missing: Missing[] = [],
 ): string {
-  const lines = [
-    `Run: ${String(meta.date)} · kernel ${String(meta.kernel)} · ${String(meta.cpus)} CPUs · ${String(meta.rounds)} rounds × ${String(meta.duration)} s per measurement (after ${String(meta.warmup ?? '')} s of warm-up), modes interleaved and rotated${meta.seconds === undefined ? '' : ` · ${Number(meta.seconds).toFixed(0)} s in all`}${meta.tcp_rmem ? ` · bench netns tcp_rmem ${String(meta.tcp_rmem)} (the fast path's bound: its maximum, at least 4 MiB)` : ''}`,
-    '',
-  ];
+  const lines = [runHeader(meta), ''];
   const cpu = cpuLines(rows);
   for (const scenario of [...new Set(rows.map((r) => r.scenario))]) {
     lines.push(
       `### ${scenario}`,
       '',
-      '| variant | mode | metric | median | min–max | n | vs baseline |',
+      '| variant | mode | metric | median | min–max | n | vs baseline (paired) |',
       '|---|---|---|---|---|---|---|',
     );
     for (const r of rows.filter((x) => x.scenario === scenario && !isCpu(x.metric))) {
@@ -175,6 +217,7 @@ export function renderMarkdown(
     }
     lines.push('');
     if (scenario === 'hooks') lines.push(renderHooksMarkdown(samples));
+    lines.push(...floorLines(scenario, rows, samples));
     if (scenario === 'crr') {
       const scaling = [...new Set(rows.filter((r) => r.scenario === 'crr').map((r) => r.mode))].flatMap((m) => {
         const one = rows.find((r) => r.scenario === 'crr' && r.variant === '1B' && r.mode === m && r.metric === 'rate');
@@ -235,83 +278,3 @@ export function renderMarkdown(
   }
   return lines.join('\n');
 }
-
-// ---- docs: the generated parts of docs/benchmarks.md and of the README ----
-
-/** Replaces what stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->` (markers kept). */
-export function splice(text: string, name: string, content: string): string {
-  const begin = `<!-- ${name}:begin -->`;
-  const end = `<!-- ${name}:end -->`;
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < a) throw new Error(`no ${begin} … ${end} section to fill`);
-  return `${text.slice(0, a + begin.length)}\n${content.trim()}\n${text.slice(b)}`;
-}
-
-const k = (v: number) =>
-  v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v >= 1000 ? `${(v / 1000).toFixed(2)}k` : v.toFixed(0);
-const us = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} µs`;
-const mbs = (v: number) =>
-  v >= 1000 ? `${(v / 1000).toFixed(2)} GB/s` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} MB/s`;
-const ms = (v: number) => `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ms`;
-
-/** The README's "Measured results": medians of the run, ratios where they say something. */
-export function renderReadmeSummary(rows: Row[], meta: Record<string, unknown>, missing: Missing[] = []): string {
-  const get = (scenario: string, variant: string, mode: string, metric: string) =>
-    rows.find((r) => r.scenario === scenario && r.variant === variant && r.mode === mode && r.metric === metric);
-  const cell = (
-    scenario: string,
-    variant: string,
-    mode: string,
-    metric: string,
-    f: (v: number) => string,
-    showRatio = true,
-  ) => {
-    const r = get(scenario, variant, mode, metric);
-    if (!r) return missing.some((m) => m.scenario === scenario && m.mode === mode) ? 'missing' : '—';
-    return `${f(r.median)}${showRatio && r.ratio !== undefined && r.mode !== BASELINE[scenario] ? ` (${r.ratio.toFixed(2)}×)` : ''}`;
-  };
-  const modes = ['direct', 'iptables', 'ebpf', 'ebpf+sk_msg'];
-  const line = (what: string, scenario: string, variant: string, metric: string, f: (v: number) => string) =>
-    `| ${what} | ${modes.map((m) => cell(scenario, variant, m, metric, f)).join(' | ')} |`;
-  const explicit = (variant: string, metric: string, f: (v: number) => string) =>
-    cell('proxy', variant, 'explicit', metric, f, false);
-  const out = [
-    `Medians of ${String(meta.rounds)} rounds × ${String(meta.duration)} s, modes interleaved; ratios to the first column that has a number (direct; iptables for the exclusions row; eBPF for the hop). Run ${String(meta.date).slice(0, 10)}, Linux ${String(meta.kernel)}, ${String(meta.cpus)} CPUs — method, CPU use, counters and the reading: [docs/benchmarks.md](docs/benchmarks.md).`,
-    '',
-    '| what | direct | iptables | eBPF | eBPF + sk_msg |',
-    '|---|---|---|---|---|',
-    line('new connections/s, redirect only (TCP_CRR, 1 B)', 'crr', '1B', 'rate', k),
-    line('… with 10,000 exclusions', 'scale', '10000', 'rate', k),
-    line(
-      `through HAProxy, new connections/s (explicit floor: ${explicit('crr', 'rate', k)})`,
-      'proxy',
-      'crr',
-      'rate',
-      k,
-    ),
-    line(
-      `through HAProxy, request/response p50 (explicit: ${explicit('rr', 'p50_us', us)})`,
-      'proxy',
-      'rr',
-      'p50_us',
-      us,
-    ),
-    ...HOP_ROWS.map(([what, variant, metric, f]) => line(what, 'hop', variant, metric, f)),
-  ];
-  const c = (variant: string, mode: string, metric = 'ms', f = ms) => cell('control', variant, mode, metric, f, false);
-  out.push(
-    '',
-    `Control plane (medians): 10,000 policy entries applied in ${c('apply 10000 entries', 'ebpf')} (eBPF map entries, batched; in-sync re-apply ${c('re-apply 10000 entries (in sync)', 'ebpf')}) vs ${c('apply 10000 entries', 'iptables')} (one \`iptables-restore\` of 10,000 rules); agent start to redirect-ready ${c('agent start to redirect-ready', 'ebpf')}, of which Node and the CLI alone take ${c('node + CLI start (--version)', 'node')} and loading + attaching the programs ${c('load + attach (in-process)', 'ebpf')}; agent RSS ${c('agent RSS', 'ebpf', 'mib', (v) => `${v.toFixed(0)} MiB`)}.`,
-  );
-  return out.join('\n');
-}
-
-const HOP_ROWS: [string, string, string, (v: number) => string][] = [
-  ['app→proxy hop, request/response p50, 1 KiB', 'rr 1024B', 'p50_us', us],
-  ['app→proxy hop, request/response p50, 64 KiB', 'rr 65536B', 'p50_us', us],
-  ['app→proxy stream, 64 B writes', 'stream 64B', 'mbytes_s', mbs],
-  ['app→proxy stream, 1 KiB writes', 'stream 1024B', 'mbytes_s', mbs],
-  ['app→proxy stream, 16 KiB writes', 'stream 16384B', 'mbytes_s', mbs],
-  ['app→proxy stream, 64 KiB writes', 'stream 65536B', 'mbytes_s', mbs],
-];

@@ -7,6 +7,7 @@ const SIZES = [0, 1000, 10000];
 export const scale: ScenarioDef = {
   modes: ['iptables', 'ebpf'],
   steps: (modes) => modes * SIZES.length, // × policy sizes
+  pinned: true,
   async run(r, modes) {
     const ps = new Map(SIZES.map((n) => [n, r.policy({ proxy: SERVER, exclusions: n })]));
     for (let round = 1; round <= r.o.rounds; round++) {

@@ -1,6 +1,7 @@
 // types.ts — what a bench run is asked (its options) and what it gives back (samples, missing modes);
 // shared by the run, its scenarios, the report and the CLI.
 import type { Counters } from './checks.js';
+import type { Placement } from './lab.js';
 
 export interface BenchOptions {
   /** Scenario names, as registered in scenarios.ts. */
@@ -17,6 +18,15 @@ export interface BenchOptions {
   hookprof?: string;
   /** `hooks`: the CLI whose agent's programs are profiled (another build's, for before/after). */
   hooksAgent?: string;
+  /** How the client, server and proxy processes are placed on CPUs (lab.ts; default split). */
+  placement?: Placement;
+  /** A/A: this mode measured twice, as itself and as `MODE (A/A)`, in the scenarios that allow it
+   * (crr, proxy): the spread of their ratio is the bench's noise. */
+  aa?: string;
+  /** How often a measurement that something else disturbed is made again (run.ts; default 2). */
+  retries?: number;
+  /** Only these modes (and the baseline) in each scenario; all when absent. */
+  modes?: string[];
   progress: (line: string) => void;
 }
 
@@ -48,3 +58,8 @@ export interface BenchResult {
 
 export const WARMUP = 0.3;
 export const HOP_SIZES = [64, 1024, 16384, 65536];
+
+/** The A/A copy of a mode: the same measurement under another name. */
+export const AA = ' (A/A)';
+/** The mode a name stands for: an A/A copy is its mode. */
+export const baseMode = (mode: string) => (mode.endsWith(AA) ? mode.slice(0, -AA.length) : mode);

@@ -1,7 +1,8 @@
 // bench-report.test.ts — the benchmark's summary (medians, min–max, ratios, rejected samples left out),
 // the checks that reject a sample whose counters show the mode did not act, and the run's plan.
 import { describe, expect, it } from 'vitest';
-import { summarise, renderMarkdown, renderTable, renderReadmeSummary, splice } from '../../src/bench/report.js';
+import { summarise, renderMarkdown, renderTable } from '../../src/bench/report.js';
+import { renderReadmeSummary, splice } from '../../src/bench/docs.js';
 import { judge, combine, fastShare } from '../../src/bench/checks.js';
 import { rotate, plannedSteps, type Sample } from '../../src/bench/bench.js';
 import { hookTables, renderHooksMarkdown } from '../../src/bench/hookreport.js';
@@ -38,8 +39,14 @@ describe('bench summary', () => {
     expect(rows.some((r) => r.metric === 'ignored')).toBe(false);
   });
 
-  it('gives each mode its ratio to the baseline of the same scenario and variant; CPU gets none', () => {
-    expect(main.find((r) => r.mode === 'ebpf')!.ratio).toBeCloseTo(0.875);
+  it('gives each mode its ratio to the baseline of the same scenario and variant, paired by round; CPU gets none', () => {
+    // Rounds 1–3 have both (80/100, 95/120, 70/90): the median of those; round 4 has no direct
+    // sample, round 5's eBPF sample is rejected. The ratio of the medians (87.5/100) is kept beside.
+    const ebpf = main.find((r) => r.mode === 'ebpf')!;
+    expect(ebpf.ratio).toBeCloseTo(95 / 120);
+    expect(ebpf.paired).toMatchObject({ n: 3, disturbed: 0 });
+    expect([ebpf.paired!.min, ebpf.paired!.max]).toEqual([70 / 90, 0.8]);
+    expect(ebpf.ofMedians).toBeCloseTo(0.875);
     expect(main.find((r) => r.mode === 'direct')!.ratio).toBe(1);
     expect(rows.find((r) => r.metric === 'client_sys')!.ratio).toBeUndefined();
   });
@@ -48,7 +55,8 @@ describe('bench summary', () => {
     const md = renderMarkdown(rows, { date: 'd', kernel: 'k', cpus: 2, rounds: 5, duration: 3, warmup: 0.3 }, samples, [
       { scenario: 'proxy', mode: 'ebpf+sk_msg', reason: 'no sk_msg link' },
     ]);
-    expect(md).toContain('| 1B | ebpf | rate | 87.5 | 70.0–100 | 4 (+1 rejected) | 0.88× |');
+    expect(md).toContain('| 1B | ebpf | rate | 87.5 | 70.0–100 | 4 (+1 rejected) | 0.79× (0.78–0.80) |');
+    expect(md).toContain('| 1B | direct | rate | 100 | 90.0–120 | 3 | 1.00× |');
     expect(md).toContain('| 1B | ebpf | – | 90% (90%–90%) | – | – | – |');
     expect(md).toContain('| proxy | ebpf+sk_msg | no sk_msg link |');
     expect(md).toContain('| crr | 1B | ebpf | 5 | eBPF redirected 0 of the 5 connections that reached a server |');

@@ -1,11 +1,11 @@
 // bench.ts — `meshredir bench`: eBPF vs iptables vs direct on this machine, side by side.
 import { Command } from 'commander';
 import { z } from 'zod';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { release, cpus } from 'node:os';
 import type { Scenario, Sample, Missing } from '../../bench/bench.js';
-import type { Row } from '../../bench/report.js';
+import type { RunJson } from '../../bench/runmeta.js';
 import { DEFAULT_OBJECT, ROOT } from '../paths.js';
 import { UserError } from '../output.js';
 import { parseOptions } from '../options.js';
@@ -40,6 +40,13 @@ const flags = z.object({
   docs: z.boolean().optional(),
   from: z.string().optional(),
   hooksAgent: z.string().optional(),
+  placement: z.enum(['split', 'same', 'none']).optional(),
+  retries: z.coerce.number().int().min(0).max(5).optional(),
+  aa: z.string().optional(),
+  modes: z
+    .string()
+    .transform((s) => s.split(',').map((x) => x.trim()))
+    .optional(),
 });
 
 export const benchCommand = new Command('bench')
@@ -66,6 +73,23 @@ export const benchCommand = new Command('bench')
     "also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README's measured results",
   )
   .option(
+    '--placement <how>',
+    'CPUs of the crr and scale processes: split (client on CPU 0, server and a second client on the last CPU), same (all on CPU 0), none (where the scheduler puts them; the other scenarios always run so)',
+    'split',
+  )
+  .option(
+    '--retries <n>',
+    'measure a sample again, up to N times, when something else used more than 0.3 of a core where the bench runs (default: 2)',
+  )
+  .option(
+    '--aa <mode>',
+    'A/A check: measure MODE twice, as itself and as "MODE (A/A)" (crr, proxy): their ratio shows the noise of the run',
+  )
+  .option(
+    '--modes <list>',
+    "only these modes of each scenario, comma-separated (the scenario's baseline is always measured)",
+  )
+  .option(
     '--hooks-agent <cli>',
     "hooks: profile the programs of another build's agent (its dist/cli/main.js), e.g. the previous release, for before/after",
   )
@@ -88,7 +112,7 @@ export const benchCommand = new Command('bench')
         throw new UserError(`--from: ${o.from} is not the JSON of a bench run`, 2);
       const rows = summarise(run.samples);
       console.log(renderTable(rows, run.missing ?? [], run.samples));
-      if (o.docs) await writeDocs(run.meta, rows, run.samples, run.missing ?? []);
+      if (o.docs) await writeDocs(run.meta, run.samples, run.missing ?? []);
       return;
     }
     const { runBench, WARMUP } = await import('../../bench/bench.js');
@@ -107,6 +131,10 @@ export const benchCommand = new Command('bench')
       cli: join(root, 'dist', 'cli', 'main.js'),
       hookprof: join(root, 'build', 'meshredir-prof.bpf.o'),
       ...(o.hooksAgent ? { hooksAgent: o.hooksAgent } : {}),
+      ...(o.placement ? { placement: o.placement } : {}),
+      ...(o.aa ? { aa: o.aa } : {}),
+      ...(o.retries === undefined ? {} : { retries: o.retries }),
+      ...(o.modes ? { modes: o.modes } : {}),
       progress: (line) => process.stderr.write(`${line}\n`),
     });
     const meta = {
@@ -119,6 +147,8 @@ export const benchCommand = new Command('bench')
       only: o.only,
       quick: !!o.quick,
       tcp_rmem: env.tcp_rmem,
+      placement: env.placement,
+      retries: o.retries ?? 2,
       seconds: (Date.now() - started) / 1000,
     };
     const rows = summarise(samples);
@@ -131,7 +161,7 @@ export const benchCommand = new Command('bench')
     console.log(
       `raw samples, chart and markdown: ${join(o.out, `bench-${stamp}.{json,svg,md}`)} (${meta.seconds.toFixed(0)} s)`,
     );
-    if (o.docs) await writeDocs(meta, rows, samples, missing);
+    if (o.docs) await writeDocs(meta, samples, missing);
     const rejected = samples.filter((s) => s.invalid).length;
     if (rejected)
       throw new Error(
@@ -140,24 +170,34 @@ export const benchCommand = new Command('bench')
   });
 
 /** The documented run: docs/benchmarks.{json,svg}, the generated section of docs/benchmarks.md and
- * the README's measured results. The method and the reading around them are written by hand. */
-async function writeDocs(
-  meta: Record<string, unknown>,
-  rows: Row[],
-  samples: Sample[],
-  missing: Missing[],
-): Promise<void> {
-  const { renderMarkdown, renderReadmeSummary, splice } = await import('../../bench/report.js');
+ * the README's measured results. The method and the reading around them are written by hand. A run
+ * of some scenarios (--only) replaces only theirs: the others stay as the documented run had them,
+ * and the results' header says which scenarios were measured when. */
+async function writeDocs(meta: Record<string, unknown>, samples: Sample[], missing: Missing[]): Promise<void> {
+  const { updateDocs } = await import('../../bench/docs.js');
   const { renderSvg } = await import('../../bench/chart.js');
   const docs = join(root, 'docs');
-  writeFileSync(join(docs, 'benchmarks.json'), JSON.stringify({ meta, missing, samples }, null, 2));
-  writeFileSync(join(docs, 'benchmarks.svg'), await renderSvg(rows));
+  const json = join(docs, 'benchmarks.json');
   const md = join(docs, 'benchmarks.md');
-  writeFileSync(md, splice(readFileSync(md, 'utf8'), 'bench:results', renderMarkdown(rows, meta, samples, missing)));
   const readme = join(root, 'README.md');
-  writeFileSync(
-    readme,
-    splice(readFileSync(readme, 'utf8'), 'bench:summary', renderReadmeSummary(rows, meta, missing)),
+  let old: RunJson | undefined;
+  if (existsSync(json)) {
+    try {
+      old = JSON.parse(readFileSync(json, 'utf8')) as RunJson;
+    } catch (e) {
+      throw new UserError(`--docs: ${json} is not the JSON of a bench run (${(e as Error).message})`, 2);
+    }
+  }
+  const u = updateDocs(old, { meta, missing, samples }, SCENARIOS, {
+    benchmarksMd: readFileSync(md, 'utf8'),
+    readme: readFileSync(readme, 'utf8'),
+  });
+  writeFileSync(json, JSON.stringify(u.run, null, 2));
+  writeFileSync(join(docs, 'benchmarks.svg'), await renderSvg(u.rows));
+  writeFileSync(md, u.benchmarksMd);
+  writeFileSync(readme, u.readme);
+  const kept = (u.run.meta.only as string[]).filter((s) => !(meta.only as string[]).includes(s));
+  console.log(
+    `docs: ${md} (generated section), ${join(docs, 'benchmarks.{json,svg}')}, ${readme} (measured results)${kept.length ? `; kept from the documented run: ${kept.join(', ')}` : ''}`,
   );
-  console.log(`docs: ${md} (generated section), ${join(docs, 'benchmarks.{json,svg}')}, ${readme} (measured results)`);
 }
