@@ -27,8 +27,27 @@ static __always_inline int mr_leave(struct sk_msg_md *msg, struct mr_fast *fp)
 {
 	if (!fp->leave)
 		__sync_fetch_and_add(&fp->leave, 1);
+	/* Never redirecting again: a leaving peer waiting for us to be done (mr_peer_left) need not wait. */
+	if (fp->hold == MR_HOLD_ON)
+		__sync_fetch_and_add(&fp->hold, MR_HOLD_DONE);
 	bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
 	return mr_slow(fp);
+}
+
+/* The peer is leaving: whether this message and every later one take TCP. Not while the peer still
+ * holds unread bytes of ours: bytes sent by TCP behind them can be lost to a proxy that takes the short
+ * read of those for the end once our FIN has come (mr_fastpath.h: mr_leave_safe). MR_HOLD_ON is set
+ * before the count is read, MR_HOLD_DONE once this socket never redirects there again. */
+static __always_inline int mr_peer_left(struct sk_msg_md *msg, struct mr_fast *fp)
+{
+	if (!fp->hold)
+		__sync_fetch_and_add(&fp->hold, MR_HOLD_ON);
+	if (mr_queued(&fp->peer))
+		return 0;
+	__sync_fetch_and_add(&fp->hold, MR_HOLD_DONE);
+	fp->flags |= MR_FP_PEER_LEFT;
+	bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
+	return 1;
 }
 
 /* The peer's key and description, cached in our storage at the first message that finds the peer on
@@ -70,18 +89,30 @@ static __always_inline int mr_drained(struct tcp_sock *own, const struct mr_peer
  * on its own and wakes it, where TCP coalesces small writes (autocork, Nagle) and the reader takes many
  * at once. Request/response never sends while the peer still has unread fast-path bytes (it waits for
  * the answer, which the peer sends after reading); a stream does, message after message. Past
- * MR_STREAM_STREAK of those in a row, the socket backs off to TCP for at least MR_STREAM_HOLD_NS, and
- * until TCP has drained (the program skipping MR_STREAM_APPLY bytes at a time meanwhile: each message
- * it sees costs ~0.5 µs), then tries the fast path again. Whether the peer is still reading is the only signal: no timer, no cork (a cork would hold a
- * request back until more bytes come). */
-static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp, __u32 queued)
+ * MR_STREAM_STREAK of those in a row (messages up to MR_STREAM_SMALL), the socket backs off to TCP for
+ * at least MR_STREAM_HOLD_NS, and until TCP has drained (the program skipping MR_STREAM_APPLY bytes at a
+ * time meanwhile: each message it sees costs ~0.5 µs), then tries the fast path again. It switches at
+ * the first message after the streak that finds the peer with nothing unread, never behind unread
+ * fast-path bytes: a reader's recv() returns those alone (tcp_bpf_recvmsg), and a proxy that takes such
+ * a short read after our FIN for the end loses the TCP bytes behind them (mr_fastpath.h: mr_leave_safe).
+ * A stream to a blocked reader stays on the fast path meanwhile, up to the bound on unread bytes.
+ * Whether the peer is still reading is the only signal: no timer, no cork (a cork would hold a request
+ * back until more bytes come). */
+static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp, __u32 queued, __u32 size)
 {
-	if (!queued || msg->size >= MR_STREAM_SMALL) {
+	if (size > MR_STREAM_SMALL) {
 		fp->streak = 0;
 		return 0;
 	}
-	if (++fp->streak < MR_STREAM_STREAK)
+	if (queued) {
+		if (fp->streak < MR_STREAM_STREAK)
+			fp->streak++;
 		return 0;
+	}
+	if (fp->streak < MR_STREAM_STREAK) {
+		fp->streak = 0;
+		return 0;
+	}
 	fp->streak = 0;
 	if (++fp->backoffs >= MR_STREAM_LEAVE)
 		return 2; /* a stream again: it leaves */
@@ -131,14 +162,13 @@ int mr_skmsg(struct sk_msg_md *msg)
 	 * mr_setsockopt refuses TCP_ULP on accelerated sockets.) */
 	if (!mr_find_peer(msg, fp))
 		return mr_slow(fp);
-	/* The peer is leaving the sockhash: never choose it again (mr_fastpath.h: mr_leave_try). */
-	if (mr_peer_leaving(&fp->peer)) {
-		fp->flags |= MR_FP_PEER_LEFT;
-		bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
+	/* The peer is leaving the sockhash: TCP for good, but only once the peer has read every byte this
+	 * socket redirected to it (until then it stays in the sockhash: mr_fastpath.h, mr_leave_safe). */
+	if (mr_peer_leaving(&fp->peer) && mr_peer_left(msg, fp))
 		return mr_slow(fp);
-	}
 	__u32 queued = mr_queued(&fp->peer);
-	if (queued + msg->size > fp->peer.limit)
+	__u32 size = msg->size;
+	if (queued + size > fp->peer.limit)
 		return mr_slow(fp);
 	if (fp->flags & (MR_FP_SLOWPATH | MR_FP_FRESH)) {
 		int fresh = fp->flags & MR_FP_FRESH;
@@ -149,7 +179,7 @@ int mr_skmsg(struct sk_msg_md *msg)
 			MR_COUNT(fp->slot, msg_resumed);
 		fp->flags &= ~MR_FP_SLOWPATH;
 	}
-	int back = mr_backoff(msg, fp, queued);
+	int back = mr_backoff(msg, fp, queued, size);
 	if (back == 2)
 		return mr_leave(msg, fp);
 	if (back)
