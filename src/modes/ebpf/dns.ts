@@ -38,13 +38,7 @@ export class DnsPart implements EbpfPart<DnsPlan> {
       base.keep.map((p) => [p.name, { cgroup: waiting.has(p.name) ? null : 1n, bypass: [] }]),
     );
     const entries = toDnsEntries(base.keep, base.slots, res);
-    const policies = base.keep
-      .filter((p) => p.dns && !waiting.has(p.name))
-      .map((p) => ({
-        policy: p.name,
-        slot: base.slots.get(p.name)!,
-        only: !p.proxy.outbound && !p.proxy.outbound6 && !p.proxy.inbound,
-      }));
+    const policies = dnsPlanned(base);
     return { entries, policies, unavailable: policies.length ? dnsUnavailable(this.pins) : {} };
   }
 
@@ -115,6 +109,19 @@ export class DnsPart implements EbpfPart<DnsPlan> {
   pulse(): string | null {
     return null;
   }
+}
+
+/** The policies with spec.dns whose cgroup exists, with their slot; `only`: nothing else to do (no proxy).
+ * Their entries are written only where DNS capture is available (dnsUnavailable is empty). */
+export function dnsPlanned(base: Desired): DnsPlan['policies'] {
+  const waiting = new Set(base.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
+  return base.keep
+    .filter((p) => p.dns && !waiting.has(p.name))
+    .map((p) => ({
+      policy: p.name,
+      slot: base.slots.get(p.name)!,
+      only: !p.proxy.outbound && !p.proxy.outbound6 && !p.proxy.inbound,
+    }));
 }
 
 function unavailableMessage(plan: Pick<DnsPlan, 'unavailable'>): string {

@@ -1,6 +1,10 @@
 // inbound-watch.ts — how the agent learns between reconciles that a proxy's listener closed or came back:
-// the kernel tells it (bpf/mr_inwatch.h: sockops' listen callback and sock_release write mr_in_ring), so
-// nothing is scanned per pod each second. Where those hooks are not attached, the per-second scan instead.
+// the kernel tells it that a listener appeared (bpf/mr_inwatch.h: sockops' listen callback writes
+// mr_in_ring), so no pod's socket table is read each second. That a listener closed, the ring tells only
+// while mr_dns_release runs (sock_release, attached only while DNS capture needs it: release.ts); so each
+// second the watch also looks at what a close changes — each registered listener's mr_in_socks entry (the
+// kernel removes it as the socket closes) and each netns link — a few syscalls per served policy, instead of
+// a program on every socket close of the host. Where sockops is not attached, the whole scan instead.
 import type { BpfMap } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { BpfError } from '../../bpf/errors.js';
@@ -13,8 +17,8 @@ import { Families, type FamilyDef, type MetricFamily } from '../metrics.js';
 import { NETNS_LINK_PREFIX, type Pins } from './pins.js';
 import type { InboundTarget } from './inbound-plan.js';
 
-/** The hooks that tell (attached at the cgroup root with the rest; sock_release is DNS capture's). */
-const TELLERS = ['mr_sockops', 'mr_dns_release'];
+/** The hook that tells (attached at the cgroup root with the rest). */
+const TELLERS = ['mr_sockops'];
 const KIND: Record<number, 'listen' | 'close'> = { [InEvent.LISTEN]: 'listen', [InEvent.CLOSE]: 'close' };
 
 /** What a reconcile leaves to watch (set by each apply). */
@@ -31,7 +35,7 @@ export const emptyWatch = (): Watch => ({ registered: [], links: [], missing: []
 const WATCH_KERNEL: FamilyDef = {
   name: 'meshredir_inbound_watch_kernel',
   type: 'gauge',
-  help: "Whether the kernel tells the agent when an inbound proxy's listener opens or closes (1), or the agent scans each second (0); absent while no inbound policy is served.",
+  help: "Whether the kernel tells the agent when an inbound proxy's listener opens (1: closes are then looked up each second in mr_in_socks and the netns links, or told too while DNS capture's sock_release is attached), or the agent scans each second (0); absent while no inbound policy is served.",
   labelNames: [],
 };
 const PULSES: FamilyDef = {
@@ -101,7 +105,7 @@ export class InboundWatch {
       // one scan covers it.
       if (this.kernel) return this.scan();
     }
-    if (this.kernel) return this.read();
+    if (this.kernel) return this.read() ?? (this.asked ? null : this.closed());
     return this.asked ? null : this.scan();
   }
 
@@ -155,7 +159,18 @@ export class InboundWatch {
     return why;
   }
 
+  /** What a listener's close or a netns's end changes (the ring does not tell closes without sock_release). */
+  private closed(): string | null {
+    const why = this.lookClosed();
+    if (why) this.asked = true;
+    return why;
+  }
+
   private look(): string | null {
+    return this.lookClosed() ?? this.lookMissing();
+  }
+
+  private lookClosed(): string | null {
     const w = this.watch;
     if (w.registered.length && this.pins.has('mr_in_socks')) {
       const gone = this.pins.withMaps(['mr_in_socks'], (m) => {
@@ -179,7 +194,11 @@ export class InboundWatch {
       }
       if (ino === 0) return `netns of ${l.policy} gone`;
     }
-    for (const m of w.missing) {
+    return null;
+  }
+
+  private lookMissing(): string | null {
+    for (const m of this.watch.missing) {
       if (tableListeners(m.tablePid).some((x) => x.port === m.port && !m.tried.has(x.inode)))
         return `a listener on port ${m.port} appeared for ${m.policy}`;
     }
