@@ -56,7 +56,13 @@ const EVENTS: FamilyDef = {
   help: 'Kernel notifications of a listener opened (kind listen) or closed (kind close) on an inbound proxy port or in a pod netns.',
   labelNames: ['kind'],
 };
-export const INBOUND_WATCH_FAMILIES: readonly FamilyDef[] = [WATCH_KERNEL, PULSES, SCANS, EVENTS];
+const CLOSES_FOUND: FamilyDef = {
+  name: 'meshredir_inbound_watch_closes_found_total',
+  type: 'counter',
+  help: "Closes the agent found while the kernel tells it of listeners (a registered listener gone from mr_in_socks, a netns link defunct), by its per-second lookup: each starts a reconcile. The kernel tells closes itself only while DNS capture's sock_release is attached.",
+  labelNames: [],
+};
+export const INBOUND_WATCH_FAMILIES: readonly FamilyDef[] = [WATCH_KERNEL, PULSES, SCANS, EVENTS, CLOSES_FOUND];
 
 export class InboundWatch {
   private watch = emptyWatch();
@@ -65,7 +71,7 @@ export class InboundWatch {
   private kernel: { ringFd: number; ring: NonNullable<ReturnType<typeof ringBuffer>> } | null = null;
   /** Why the kernel cannot tell us (then we scan); null while it can, or before the first try. */
   private unavailable: string | null = null;
-  readonly counts = { pulses: 0, scans: 0, listen: 0, close: 0 };
+  readonly counts = { pulses: 0, scans: 0, listen: 0, close: 0, closesFound: 0 };
 
   constructor(private readonly pins: Pins) {}
 
@@ -162,7 +168,10 @@ export class InboundWatch {
   /** What a listener's close or a netns's end changes (the ring does not tell closes without sock_release). */
   private closed(): string | null {
     const why = this.lookClosed();
-    if (why) this.asked = true;
+    if (why) {
+      this.asked = true;
+      this.counts.closesFound++;
+    }
     return why;
   }
 
@@ -212,6 +221,7 @@ export class InboundWatch {
     out.add(PULSES, {}, this.counts.pulses);
     out.add(SCANS, {}, this.counts.scans);
     for (const k of ['listen', 'close'] as const) out.add(EVENTS, { kind: k }, this.counts[k]);
+    if (this.kernel) out.add(CLOSES_FOUND, {}, this.counts.closesFound);
     return out.list();
   }
 }
