@@ -1,5 +1,6 @@
 // dns.ts — the eBPF mode's DNS capture part (docs/dns-design.md): the programs are the base's load
-// (PROGRAMS, in attach order: sock_release and recvmsg before sendmsg, connect4/6 last), with autoload off
+// (PROGRAMS, in attach order: recvmsg before sendmsg, connect4/6 last; sock_release attached on demand
+// before the first mr_dns_pol entry by release.ts), with autoload off
 // where this kernel lacks their hooks; this part writes mr_dns_ns and mr_dns_pol by difference — only
 // while release and recvmsg (and sendmsg) are attached, since connect4/6 capture as soon as mr_dns_pol has
 // an entry — and reports, counts and verifies the chain. Owner, mark and bypass-cgroup entries are the
