@@ -10,8 +10,9 @@
 import { expect, it } from 'vitest';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelDescribe, sh, waitFor, type Env, type Proc } from './harness.js';
+import { kernelDescribe, waitFor, type Env, type Proc } from './harness.js';
 import { useLab } from './lab.js';
+import { atRoot as rootPrograms, linkPinned, sleep, until } from './on-demand-fix.js';
 import { DnsLab, type Reply, ANSWER, NS4, NODE_PROXY4, PROXY_PORT } from './dnsfix.js';
 
 interface Status {
@@ -29,22 +30,9 @@ kernelDescribe('DNS capture: mr_dns_release attached only while needed', () => {
   const status = async () => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
   const release = async () => (await status()).dnsRelease;
   const capturing = async () => (await status()).dns.policies.some((p) => p.policy === 'pod-a');
-  /** The programs the kernel runs at the test root (bpftool), whatever the pins say. */
-  const atRoot = () =>
-    sh('bpftool', ['cgroup', 'show', env.cgRootDir])
-      .split('\n')
-      .map((l) => / (mr_\w+)\s*$/.exec(l)?.[1])
-      .filter((x): x is string => Boolean(x));
-  const pinned = () => existsSync(join(env.bpffs, 'links', 'mr_dns_release'));
+  const atRoot = () => rootPrograms(env);
+  const pinned = () => linkPinned(env, 'mr_dns_release');
   const linkId = async () => (await status()).links.find((l) => l.name === 'mr_dns_release')?.id;
-  const until = async (what: string, cond: () => Promise<boolean>, ms = 10_000) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`${what}: not after ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   /** pod-a's policy: an outbound proxy, and with `dns` its queries captured to the node DNS proxy. */
   const write = (dns: boolean) =>
     writeFileSync(
