@@ -11,7 +11,7 @@ import type { Note, Section } from '../mode.js';
 import type { Desired } from './desired.js';
 import type { EbpfPart, PartApply } from './part.js';
 import type { Pins } from './pins.js';
-import { OnDemandLink, type Need } from './on-demand.js';
+import { OnDemandLink, type Need, type OnDemandWords } from './on-demand.js';
 
 /** "policy a accelerates", "policies a, b accelerate". */
 export function naming(names: string[], verb: [one: string, many: string]): string {
@@ -43,20 +43,13 @@ export function policiesIn(pins: Pins, slots: Set<number>): string[] {
 export interface OnDemandSpec {
   program: string;
   hook: OnDemandHook;
-  /** The status line's name: "kTLS guard". */
-  title: string;
-  /** What it does, for the attach note. */
-  does: string;
-  /** The notes' event prefix. */
-  event: string;
-  /** Why it is not needed. */
-  nothing: string;
-  /** What not having it attached spares, for status: "setsockopt() below the root runs no program". */
-  idle: string;
-  /** The pulse's reason once nothing but the plan needed it: "the fast path has drained". */
-  drainedWhy: string;
   /** How the plan's policies need it: ["accelerates", "accelerate"]. */
   verb: [string, string];
+  /** The agent's notes (on-demand.ts), and the pulse's reason once nothing but the plan needed it. */
+  notes: OnDemandWords & { drainedWhy: string };
+  /** The status line's name ("kTLS guard"), and what not having it attached spares ("setsockopt() below
+   * the root runs no program"). */
+  status: { title: string; idle: string };
 }
 
 export abstract class OnDemandPart<Plan, Facts extends object> implements EbpfPart<Plan> {
@@ -71,7 +64,7 @@ export abstract class OnDemandPart<Plan, Facts extends object> implements EbpfPa
     root: () => string,
     protected readonly spec: OnDemandSpec,
   ) {
-    this.link = new OnDemandLink(pins, spec.program, spec.hook, root, spec);
+    this.link = new OnDemandLink(pins, spec.program, spec.hook, root, spec.notes);
   }
 
   abstract plan(base: Desired, policies: Policy[]): Plan;
@@ -125,10 +118,10 @@ export abstract class OnDemandPart<Plan, Facts extends object> implements EbpfPa
   status(): { json: unknown; sections: Section[] } {
     const f = this.facts(this.inMaps(), 0);
     const need = this.need(f);
-    const { attached, state } = this.link.describe(need, this.spec.idle);
+    const { attached, state } = this.link.describe(need, this.spec.status.idle);
     return {
       json: { program: this.spec.program, attached, needed: need.needed, why: need.why, ...f },
-      sections: [{ lines: [`${this.spec.title} (${this.spec.program}): ${state}`] }],
+      sections: [{ lines: [`${this.spec.status.title} (${this.spec.program}): ${state}`] }],
     };
   }
 
@@ -139,6 +132,6 @@ export abstract class OnDemandPart<Plan, Facts extends object> implements EbpfPa
   async verify(): Promise<void> {}
 
   pulse(): string | null {
-    return this.link.pulse(() => this.drained(), this.spec.drainedWhy);
+    return this.link.pulse(() => this.drained(), this.spec.notes.drainedWhy);
   }
 }

@@ -73,13 +73,14 @@ export class ReleasePart extends OnDemandPart<ReleasePlan, ReleaseFacts> {
     super(pins, root, {
       program: RELEASE,
       hook: 'sock_release',
-      title: 'DNS socket release',
-      does: "it deletes a captured socket's entry as it closes",
-      event: 'dns_release',
-      nothing: NOTHING,
-      idle: 'closing a socket below the root runs no program',
-      drainedWhy: 'the captured DNS sockets have closed',
       verb: ['captures DNS', 'capture DNS'],
+      notes: {
+        event: 'dns_release',
+        does: "it deletes a captured socket's entry as it closes",
+        nothing: NOTHING,
+        drainedWhy: 'the captured DNS sockets have closed',
+      },
+      status: { title: 'DNS socket release', idle: 'closing a socket below the root runs no program' },
     });
   }
 

@@ -78,13 +78,14 @@ export class UlpGuardPart extends OnDemandPart<GuardPlan, GuardFacts> {
     super(pins, root, {
       program: GUARD,
       hook: 'setsockopt',
-      title: 'kTLS guard',
-      does: 'it refuses kTLS on fast-path sockets',
-      event: 'ktls_guard',
-      nothing: NOTHING,
-      idle: 'setsockopt() below the root runs no program',
-      drainedWhy: 'the fast path has drained',
       verb: ['accelerates', 'accelerate'],
+      notes: {
+        event: 'ktls_guard',
+        does: 'it refuses kTLS on fast-path sockets',
+        nothing: NOTHING,
+        drainedWhy: 'the fast path has drained',
+      },
+      status: { title: 'kTLS guard', idle: 'setsockopt() below the root runs no program' },
     });
   }
 
