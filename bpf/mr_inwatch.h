@@ -1,7 +1,9 @@
 /* mr_inwatch.h — tells the agent (ring mr_in_ring) when a listener opens on a watched inbound proxy port,
  * or closes in a watched pod netns, so that it reconciles then instead of scanning every pod's
  * sockets each second. Called from hooks that already run (sockops' TCP_LISTEN_CB, which the kernel calls
- * on listen(2) only, and sock_release, where a socket that is not listening costs one compare). */
+ * on listen(2) only, and sock_release, where a socket that is not listening costs one compare). The
+ * sock_release hook is attached only while DNS capture needs it: without it the agent finds closes by a
+ * lookup of its registered listeners each second (src/modes/ebpf/inbound-watch.ts). */
 #ifndef MR_INWATCH_H
 #define MR_INWATCH_H
 

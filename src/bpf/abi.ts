@@ -76,10 +76,12 @@ export const REDIRECT_NEEDS: readonly ProgramName[] = ['mr_sockops', 'mr_getsock
 /**
  * Programs attached only while they are needed, not by every load (a load re-adopts their pinned link):
  * mr_setsockopt, the kTLS guard of fast-path sockets, while a policy accelerates or an accelerated socket
- * is open (modes/ebpf/ulp-guard.ts). Its hook costs every setsockopt() below the root far more than the
- * program itself (the kernel copies optval and locks the socket around it).
+ * is open (modes/ebpf/ulp-guard.ts) — its hook costs every setsockopt() below the root far more than the
+ * program itself (the kernel copies optval and locks the socket around it); mr_dns_release, which deletes a
+ * captured socket's entry as it closes, while a policy captures DNS or a captured socket is open
+ * (modes/ebpf/release.ts) — it runs on every inet socket close below the root.
  */
-export const ON_DEMAND_PROGRAMS: readonly ProgramName[] = ['mr_setsockopt'];
+export const ON_DEMAND_PROGRAMS: readonly ProgramName[] = ['mr_setsockopt', 'mr_dns_release'];
 /**
  * Programs a kernel may lack without losing the eBPF mode (their feature is then off, and status says
  * so): the fast path's sk_msg, and DNS capture's own hooks.

@@ -22,7 +22,9 @@ const BPF_LINK_TYPE_CGROUP = 3;
 export const BPF_LINK_TYPE_NETNS = 5;
 export const BPF_LINK_TYPE_SOCKMAP = 14;
 const BPF_SK_MSG_VERDICT = 7;
-const BPF_CGROUP_SETSOCKOPT = 22;
+/** Cgroup hooks whose programs are attached on demand by fd (their pinned program), with bpf_link_create. */
+const CGROUP_ATTACH = { setsockopt: 22, sock_release: 34 } as const;
+export type OnDemandHook = keyof typeof CGROUP_ATTACH;
 const BPF_SK_LOOKUP = 36;
 
 export function linkInfoByFd(fd: number, what: string): LinkInfo {
@@ -118,9 +120,9 @@ export class Link {
     createPinned(progFd, netnsFd, BPF_SK_LOOKUP, pinPath, `attach mr_sklookup to netns ${label}`, `of netns ${label}`);
   }
 
-  /** Attaches a (pinned, loaded earlier) cgroup/setsockopt program by fd to a cgroup by path, pins the link
-   * and lets go of it: the pin keeps it attached. */
-  static attachSetsockoptPinned(progFd: number, cgroupPath: string, pinPath: string, label: string): void {
+  /** Attaches a (pinned, loaded earlier) cgroup program by fd to a cgroup by path, pins the link and lets go
+   * of it: the pin keeps it attached. */
+  static attachCgroupPinned(progFd: number, hook: OnDemandHook, cgroupPath: string, pinPath: string, label: string) {
     const what = `attach ${label} to ${cgroupPath}`;
     let cgfd: number;
     try {
@@ -129,7 +131,7 @@ export class Link {
       throw new BpfError(what, 'open', (e as NodeJS.ErrnoException).errno ?? -2);
     }
     try {
-      createPinned(progFd, cgfd, BPF_CGROUP_SETSOCKOPT, pinPath, what, label);
+      createPinned(progFd, cgfd, CGROUP_ATTACH[hook], pinPath, what, label);
     } finally {
       closeSync(cgfd);
     }

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, XFER, type Proc } from './harness.js';
+import { atRoot as rootPrograms, linkPinned, sleep, until } from './on-demand-fix.js';
 
 interface Status {
   maps: { map: string; entries: number }[];
@@ -31,21 +32,8 @@ kernelDescribe('kTLS guard: mr_setsockopt attached only while needed', () => {
   const guard = async () => (await status()).ktlsGuard;
   const accelerating = async () => (await status()).policies.find((p) => p.name === 'pod')!.accelerate;
   const sockhash = async () => (await status()).maps.find((m) => m.map === 'mr_sockhash')!.entries;
-  /** The programs the kernel runs at the test root (bpftool), whatever the pins say. */
-  const atRoot = () =>
-    sh('bpftool', ['cgroup', 'show', env.cgRootDir])
-      .split('\n')
-      .map((l) => / (mr_\w+)\s*$/.exec(l)?.[1])
-      .filter((x): x is string => Boolean(x));
-  const pinned = () => existsSync(join(env.bpffs, 'links', 'mr_setsockopt'));
-  const until = async (what: string, cond: () => Promise<boolean>, ms = 10_000) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`${what}: not after ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const atRoot = () => rootPrograms(env);
+  const pinned = () => linkPinned(env, 'mr_setsockopt');
   const write = (accelerate: boolean) =>
     writeFileSync(
       join(dir, 'pod.yaml'),

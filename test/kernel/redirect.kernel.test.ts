@@ -168,10 +168,10 @@ kernelDescribe('eBPF redirection, sidecar-less (node proxy in its own netns)', (
     expect(s.links.map((l) => l.name).sort()).toEqual([
       'mr_connect4',
       'mr_connect6',
-      // DNS capture's hooks: attached on a kernel that has them, whether or not a policy captures DNS.
+      // DNS capture's hooks: attached on a kernel that has them, whether or not a policy captures DNS — but
+      // not mr_dns_release, which runs on every socket close: attached only while DNS capture needs it.
       'mr_dns_recv4',
       'mr_dns_recv6',
-      'mr_dns_release',
       'mr_dns_send4',
       'mr_dns_send6',
       'mr_getpeername4',

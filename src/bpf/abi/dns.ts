@@ -59,8 +59,9 @@ export const DNS_MAPS = {
 /** Maps of DNS capture whose whole content is desired state (the rest the programs write). */
 export const DNS_POLICY_MAPS = ['mr_dns_pol', 'mr_dns_ns'] as const;
 /**
- * DNS capture's own programs, in attach order: sock_release first (no entry is ever made without it),
- * recvmsg before sendmsg (no reply from the proxy is ever shown unrelabelled), and detach in reverse.
+ * DNS capture's own programs, in attach order: sock_release first (no entry is ever made without it: it is
+ * attached on demand, before the first mr_dns_pol entry, modes/ebpf/release.ts), recvmsg before sendmsg
+ * (no reply from the proxy is ever shown unrelabelled), and detach in reverse.
  * connect4/6 and getpeername4/6 (PROGRAMS) carry the rest of DNS capture.
  */
 export const DNS_PROGRAMS = {

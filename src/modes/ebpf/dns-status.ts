@@ -1,11 +1,15 @@
 // dns-status.ts — the DNS capture part's status from the pins alone: whether its programs are attached,
 // each capturing policy's proxy and destinations with its counters (queries captured, replies relabelled,
 // bypasses, sockets refused for a full table), and the captured sockets open now.
+import { existsSync } from 'node:fs';
 import ipaddr from 'ipaddr.js';
 import {
   AF_INET,
+  DNS_NEEDS,
   DNS_PROGRAMS,
   DNS_STAT_FIELDS,
+  ON_DEMAND_PROGRAMS,
+  type ProgramName,
   DnsFlag,
   DnsSockFlag,
   type DnsProgramName,
@@ -41,13 +45,22 @@ export interface DnsStatus {
 
 const DNS_NAMES = Object.keys(DNS_PROGRAMS) as DnsProgramName[];
 
-/** Which DNS programs are not attached now, with why (nothing pinned yet: which this kernel cannot load). */
+/** Which DNS programs are not attached now, with why (nothing pinned yet: which this kernel cannot load).
+ * mr_dns_release is attached on demand (release.ts): available while its program is pinned and the hooks
+ * it goes with (DNS_NEEDS) are attached. */
 export function dnsUnavailable(pins: Pins): Partial<Record<DnsProgramName, string>> {
   const links = new Map(pins.links().map((l) => [l.name, l]));
   if (!links.has('mr_connect4')) return unloadableDnsPrograms();
   const out: Partial<Record<DnsProgramName, string>> = {};
   for (const n of DNS_NAMES) {
     const l = links.get(n);
+    if (ON_DEMAND_PROGRAMS.includes(n as ProgramName) && !l?.attached) {
+      const missing = DNS_NEEDS.filter((x) => x !== n && !links.get(x)?.attached);
+      if (!existsSync(pins.progPin(n)))
+        out[n] = 'not loaded (this kernel lacks its hook, or one it needs: see the agent log)';
+      else if (missing.length) out[n] = `needs ${missing.join(', ')}`;
+      continue;
+    }
     if (!l) out[n] = 'not attached (this kernel lacks its hook, or one it needs: see the agent log)';
     else if (!l.attached) out[n] = `link ${l.name} is detached`;
   }

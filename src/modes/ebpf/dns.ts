@@ -1,5 +1,6 @@
 // dns.ts — the eBPF mode's DNS capture part (docs/dns-design.md): the programs are the base's load
-// (PROGRAMS, in attach order: sock_release and recvmsg before sendmsg, connect4/6 last), with autoload off
+// (PROGRAMS, in attach order: recvmsg before sendmsg, connect4/6 last; sock_release attached on demand
+// before the first mr_dns_pol entry by release.ts), with autoload off
 // where this kernel lacks their hooks; this part writes mr_dns_ns and mr_dns_pol by difference — only
 // while release and recvmsg (and sendmsg) are attached, since connect4/6 capture as soon as mr_dns_pol has
 // an entry — and reports, counts and verifies the chain. Owner, mark and bypass-cgroup entries are the
@@ -38,13 +39,7 @@ export class DnsPart implements EbpfPart<DnsPlan> {
       base.keep.map((p) => [p.name, { cgroup: waiting.has(p.name) ? null : 1n, bypass: [] }]),
     );
     const entries = toDnsEntries(base.keep, base.slots, res);
-    const policies = base.keep
-      .filter((p) => p.dns && !waiting.has(p.name))
-      .map((p) => ({
-        policy: p.name,
-        slot: base.slots.get(p.name)!,
-        only: !p.proxy.outbound && !p.proxy.outbound6 && !p.proxy.inbound,
-      }));
+    const policies = dnsPlanned(base);
     return { entries, policies, unavailable: policies.length ? dnsUnavailable(this.pins) : {} };
   }
 
@@ -115,6 +110,19 @@ export class DnsPart implements EbpfPart<DnsPlan> {
   pulse(): string | null {
     return null;
   }
+}
+
+/** The policies with spec.dns whose cgroup exists, with their slot; `only`: nothing else to do (no proxy).
+ * Their entries are written only where DNS capture is available (dnsUnavailable is empty). */
+export function dnsPlanned(base: Desired): DnsPlan['policies'] {
+  const waiting = new Set(base.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
+  return base.keep
+    .filter((p) => p.dns && !waiting.has(p.name))
+    .map((p) => ({
+      policy: p.name,
+      slot: base.slots.get(p.name)!,
+      only: !p.proxy.outbound && !p.proxy.outbound6 && !p.proxy.inbound,
+    }));
 }
 
 function unavailableMessage(plan: Pick<DnsPlan, 'unavailable'>): string {

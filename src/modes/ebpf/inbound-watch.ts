@@ -1,6 +1,10 @@
 // inbound-watch.ts — how the agent learns between reconciles that a proxy's listener closed or came back:
-// the kernel tells it (bpf/mr_inwatch.h: sockops' listen callback and sock_release write mr_in_ring), so
-// nothing is scanned per pod each second. Where those hooks are not attached, the per-second scan instead.
+// the kernel tells it that a listener appeared (bpf/mr_inwatch.h: sockops' listen callback writes
+// mr_in_ring), so no pod's socket table is read each second. That a listener closed, the ring tells only
+// while mr_dns_release runs (sock_release, attached only while DNS capture needs it: release.ts); so each
+// second the watch also looks at what a close changes — each registered listener's mr_in_socks entry (the
+// kernel removes it as the socket closes) and each netns link — a few syscalls per served policy, instead of
+// a program on every socket close of the host. Where sockops is not attached, the whole scan instead.
 import type { BpfMap } from '../../bpf/map.js';
 import { Link } from '../../bpf/link.js';
 import { BpfError } from '../../bpf/errors.js';
@@ -13,8 +17,8 @@ import { Families, type FamilyDef, type MetricFamily } from '../metrics.js';
 import { NETNS_LINK_PREFIX, type Pins } from './pins.js';
 import type { InboundTarget } from './inbound-plan.js';
 
-/** The hooks that tell (attached at the cgroup root with the rest; sock_release is DNS capture's). */
-const TELLERS = ['mr_sockops', 'mr_dns_release'];
+/** The hook that tells (attached at the cgroup root with the rest). */
+const TELLERS = ['mr_sockops'];
 const KIND: Record<number, 'listen' | 'close'> = { [InEvent.LISTEN]: 'listen', [InEvent.CLOSE]: 'close' };
 
 /** What a reconcile leaves to watch (set by each apply). */
@@ -31,7 +35,7 @@ export const emptyWatch = (): Watch => ({ registered: [], links: [], missing: []
 const WATCH_KERNEL: FamilyDef = {
   name: 'meshredir_inbound_watch_kernel',
   type: 'gauge',
-  help: "Whether the kernel tells the agent when an inbound proxy's listener opens or closes (1), or the agent scans each second (0); absent while no inbound policy is served.",
+  help: "Whether the kernel tells the agent when an inbound proxy's listener opens (1: closes are then looked up each second in mr_in_socks and the netns links, or told too while DNS capture's sock_release is attached), or the agent scans each second (0); absent while no inbound policy is served.",
   labelNames: [],
 };
 const PULSES: FamilyDef = {
@@ -52,7 +56,13 @@ const EVENTS: FamilyDef = {
   help: 'Kernel notifications of a listener opened (kind listen) or closed (kind close) on an inbound proxy port or in a pod netns.',
   labelNames: ['kind'],
 };
-export const INBOUND_WATCH_FAMILIES: readonly FamilyDef[] = [WATCH_KERNEL, PULSES, SCANS, EVENTS];
+const CLOSES_FOUND: FamilyDef = {
+  name: 'meshredir_inbound_watch_closes_found_total',
+  type: 'counter',
+  help: "Closes the agent found while the kernel tells it of listeners (a registered listener gone from mr_in_socks, a netns link defunct), by its per-second lookup: each starts a reconcile. The kernel tells closes itself only while DNS capture's sock_release is attached.",
+  labelNames: [],
+};
+export const INBOUND_WATCH_FAMILIES: readonly FamilyDef[] = [WATCH_KERNEL, PULSES, SCANS, EVENTS, CLOSES_FOUND];
 
 export class InboundWatch {
   private watch = emptyWatch();
@@ -61,7 +71,7 @@ export class InboundWatch {
   private kernel: { ringFd: number; ring: NonNullable<ReturnType<typeof ringBuffer>> } | null = null;
   /** Why the kernel cannot tell us (then we scan); null while it can, or before the first try. */
   private unavailable: string | null = null;
-  readonly counts = { pulses: 0, scans: 0, listen: 0, close: 0 };
+  readonly counts = { pulses: 0, scans: 0, listen: 0, close: 0, closesFound: 0 };
 
   constructor(private readonly pins: Pins) {}
 
@@ -101,7 +111,7 @@ export class InboundWatch {
       // one scan covers it.
       if (this.kernel) return this.scan();
     }
-    if (this.kernel) return this.read();
+    if (this.kernel) return this.read() ?? (this.asked ? null : this.closed());
     return this.asked ? null : this.scan();
   }
 
@@ -155,7 +165,21 @@ export class InboundWatch {
     return why;
   }
 
+  /** What a listener's close or a netns's end changes (the ring does not tell closes without sock_release). */
+  private closed(): string | null {
+    const why = this.lookClosed();
+    if (why) {
+      this.asked = true;
+      this.counts.closesFound++;
+    }
+    return why;
+  }
+
   private look(): string | null {
+    return this.lookClosed() ?? this.lookMissing();
+  }
+
+  private lookClosed(): string | null {
     const w = this.watch;
     if (w.registered.length && this.pins.has('mr_in_socks')) {
       const gone = this.pins.withMaps(['mr_in_socks'], (m) => {
@@ -179,7 +203,11 @@ export class InboundWatch {
       }
       if (ino === 0) return `netns of ${l.policy} gone`;
     }
-    for (const m of w.missing) {
+    return null;
+  }
+
+  private lookMissing(): string | null {
+    for (const m of this.watch.missing) {
       if (tableListeners(m.tablePid).some((x) => x.port === m.port && !m.tried.has(x.inode)))
         return `a listener on port ${m.port} appeared for ${m.policy}`;
     }
@@ -193,6 +221,7 @@ export class InboundWatch {
     out.add(PULSES, {}, this.counts.pulses);
     out.add(SCANS, {}, this.counts.scans);
     for (const k of ['listen', 'close'] as const) out.add(EVENTS, { kind: k }, this.counts[k]);
+    if (this.kernel) out.add(CLOSES_FOUND, {}, this.counts.closesFound);
     return out.list();
   }
 }

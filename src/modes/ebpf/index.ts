@@ -2,7 +2,8 @@
 // the bpffs directory, policy maps written by difference, status from the pins, verify by a throwaway
 // process, cleanup that keeps what open fast-path sockets still use. Outbound is the base; each further
 // traffic feature is a part (part.ts) called at every step, in order: inbound (sk_lookup), DNS capture,
-// the fast path's kTLS guard (mr_setsockopt, attached only while needed).
+// the fast path's kTLS guard (mr_setsockopt) and DNS capture's sock_release (mr_dns_release), each attached
+// only while needed.
 import { BpfError } from '../../bpf/errors.js';
 import type { Policy } from '../../policy/schema.js';
 import { outsideRoot } from '../../policy/scope.js';
@@ -32,6 +33,7 @@ import { cleanupPins, cleanupReport } from './cleanup.js';
 import { InboundPart } from './inbound.js';
 import { DnsPart } from './dns.js';
 import { UlpGuardPart } from './ulp-guard.js';
+import { ReleasePart } from './release.js';
 import type { EbpfPart } from './part.js';
 import { ebpfMetrics, ebpfReadiness } from './metrics.js';
 import { clearLapsedLease } from './trace.js';
@@ -61,6 +63,7 @@ export class EbpfMode implements Mode {
   readonly inbound: InboundPart;
   readonly dns: DnsPart;
   readonly guard: UlpGuardPart;
+  readonly release: ReleasePart;
   /** The traffic features beside the outbound base, called in this order at every step. */
   private readonly parts: EbpfPart<unknown>[];
 
@@ -69,8 +72,9 @@ export class EbpfMode implements Mode {
     this.inbound = new InboundPart(this.pins);
     this.dns = new DnsPart(this.pins);
     this.guard = new UlpGuardPart(this.pins, () => this.attach.cgroupRoot);
+    this.release = new ReleasePart(this.pins, () => this.attach.cgroupRoot);
     this.expected = new Expected(this.pins, () => this.attach.cgroupRoot);
-    this.parts = [this.inbound, this.dns, this.guard] as EbpfPart<unknown>[];
+    this.parts = [this.inbound, this.dns, this.guard, this.release] as EbpfPart<unknown>[];
   }
 
   /** Where to attach and what to load: only plan and apply need it. */

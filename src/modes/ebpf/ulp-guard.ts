@@ -12,82 +12,43 @@
 // "accelerate" (a connect made while the policy accelerated joins at ESTABLISHED, which a lost SYN can
 // delay by minutes); and, for GRACE_MS after the last accelerate entry was seen, a connect() that read
 // the policy just before its entry was rewritten and has not published its record yet.
-import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
-import type { BpfObject } from '../../bpf/object.js';
-import { Link, detachPinned } from '../../bpf/link.js';
-import { BpfError } from '../../bpf/errors.js';
-import { closeFd, openPinned, pinFd } from '../../bpf/fd.js';
 import { OrigFlag, PolicyFlag } from '../../bpf/abi.js';
 import type { BpfMap } from '../../bpf/map.js';
-import type { Note, Section } from '../mode.js';
 import type { Desired } from './desired.js';
-import type { EbpfPart, PartApply } from './part.js';
 import type { Pins } from './pins.js';
+import { GRACE_MS, type Need } from './on-demand.js';
+import { OnDemandPart, naming, needOf, policiesIn, type DrainFacts } from './on-demand-part.js';
 
+export { GRACE_MS };
 export const GUARD = 'mr_setsockopt';
-/** How long the guard outlives the last accelerate entry seen in the maps, at least. */
-export const GRACE_MS = 1000;
 
 const NOTHING = 'no policy accelerates and no socket is on the fast path';
 
-/** What decides whether the guard is needed. */
-export interface GuardFacts {
+/** What decides whether the guard is needed (openSockets: in the sockhash). */
+export interface GuardFacts extends DrainFacts {
   /** Policies whose entries accelerate (in the plan, or in the maps). */
   accelerating: string[];
-  /** Sockets on the fast path (in the sockhash). */
-  openSockets: number;
   /** Handshakes in flight whose record says "accelerate" (they join the fast path when established). */
   inFlight: number;
-  /** What is left of the grace after the last accelerate entry was seen (0: over). */
-  graceLeftMs: number;
 }
 
 /** Whether the guard is needed, and why (pure). */
-export function guardNeed(f: GuardFacts): { needed: boolean; why: string } {
-  const n = f.accelerating.length;
-  if (n)
-    return {
-      needed: true,
-      why: `${n === 1 ? 'policy' : 'policies'} ${f.accelerating.join(', ')} ${n === 1 ? 'accelerates' : 'accelerate'}`,
-    };
-  if (f.openSockets)
-    return { needed: true, why: `no policy accelerates, but ${f.openSockets} socket(s) are still on the fast path` };
-  if (f.inFlight)
-    return { needed: true, why: `no policy accelerates, but ${f.inFlight} accelerated handshake(s) are in flight` };
-  if (f.graceLeftMs > 0)
-    return { needed: true, why: `accelerate was turned off less than ${GRACE_MS} ms ago (connects in progress)` };
-  return { needed: false, why: NOTHING };
-}
-
-/** The guard's link: absent, or attached (or not: defunct) with its program id. */
-function guardLink(pins: Pins): { pin: string; attached: boolean; cgroupId?: bigint; progId?: number } | null {
-  const pin = pins.linkPin(GUARD);
-  if (!existsSync(pin)) return null;
-  try {
-    const l = Link.open(pin);
-    try {
-      const i = l.info();
-      return {
-        pin,
-        attached: (i.cgroupId ?? 0n) !== 0n,
-        progId: i.progId,
-        ...(i.cgroupId ? { cgroupId: i.cgroupId } : {}),
-      };
-    } finally {
-      l.close();
-    }
-  } catch (e) {
-    if (!(e instanceof BpfError)) throw e;
-    return { pin, attached: false }; // not a link any more: replaced when needed, removed otherwise
-  }
+export function guardNeed(f: GuardFacts): Need {
+  return needOf(
+    f.accelerating.length ? naming(f.accelerating, ['accelerates', 'accelerate']) : null,
+    [
+      [f.openSockets, `no policy accelerates, but ${f.openSockets} socket(s) are still on the fast path`],
+      [f.inFlight, `no policy accelerates, but ${f.inFlight} accelerated handshake(s) are in flight`],
+      [f.graceLeftMs, `accelerate was turned off less than ${GRACE_MS} ms ago (connects in progress)`],
+    ],
+    NOTHING,
+  );
 }
 
 /** Policies (by name) whose entry in mr_policies accelerates now. */
 function acceleratingInMaps(pins: Pins): string[] {
   const flags = pins.entries<[number, { flags: number }][]>('mr_policies');
-  const on = new Set(flags.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot));
-  if (!on.size) return [];
-  return [...pins.slots()].filter(([, slot]) => on.has(slot)).map(([name]) => name);
+  return policiesIn(pins, new Set(flags.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot)));
 }
 
 /** Whether no socket is in the sockhash (one syscall, however many there are). */
@@ -110,19 +71,23 @@ export interface GuardPlan {
   accelerating: string[];
 }
 
-export class UlpGuardPart implements EbpfPart<GuardPlan> {
+export class UlpGuardPart extends OnDemandPart<GuardPlan, GuardFacts> {
   readonly name = 'ktlsGuard';
-  /** When an accelerate entry was last seen in the maps; a new process counts its start (it cannot know
-   * when the previous agent rewrote them). */
-  private accelSeenAt = Date.now();
-  /** Attached with no policy accelerating: the pulse looks for the fast path to drain. */
-  private draining = false;
 
-  constructor(
-    private readonly pins: Pins,
-    /** Where the programs attach (the cgroup root). */
-    private readonly root: () => string,
-  ) {}
+  constructor(pins: Pins, root: () => string) {
+    super(pins, root, {
+      program: GUARD,
+      hook: 'setsockopt',
+      verb: ['accelerates', 'accelerate'],
+      notes: {
+        event: 'ktls_guard',
+        does: 'it refuses kTLS on fast-path sockets',
+        nothing: NOTHING,
+        drainedWhy: 'the fast path has drained',
+      },
+      status: { title: 'kTLS guard', idle: 'setsockopt() below the root runs no program' },
+    });
+  }
 
   plan(base: Desired): GuardPlan {
     const on = new Set(
@@ -131,132 +96,30 @@ export class UlpGuardPart implements EbpfPart<GuardPlan> {
     return { accelerating: [...base.slots].filter(([, slot]) => on.has(slot)).map(([name]) => name) };
   }
 
-  render(plan: GuardPlan) {
+  protected planned(plan: GuardPlan): string[] {
+    return plan.accelerating;
+  }
+
+  protected inMaps(): string[] {
+    return acceleratingInMaps(this.pins);
+  }
+
+  /** Nothing is on the fast path or on its way there. Cheap first: the records are read only once the
+   * sockhash is empty. */
+  protected drained(): boolean {
+    return sockhashEmpty(this.pins) && acceleratedInFlight(this.pins) === 0;
+  }
+
+  protected facts(accelerating: string[], graceLeftMs: number): GuardFacts {
     return {
-      json: { program: GUARD, attach: plan.accelerating.length > 0, accelerating: plan.accelerating },
-      messages: [],
-    };
-  }
-
-  intact(): boolean {
-    return existsSync(this.pins.progPin(GUARD));
-  }
-
-  /** Pins the freshly loaded program, to attach when needed (attach.ts re-adopted a pinned link already). */
-  loaded(obj: BpfObject): string[] {
-    mkdirSync(this.pins.progsDir, { recursive: true, mode: 0o700 });
-    const pin = this.pins.progPin(GUARD);
-    rmSync(pin, { force: true });
-    pinFd(obj.program(GUARD).fd, pin, `pin ${GUARD} at ${pin}`);
-    chmodSync(pin, 0o600);
-    return [];
-  }
-
-  /** Before the entries are written: attached when they will accelerate (so no socket is accelerated
-   * without it); otherwise notes whether the maps still accelerate (the grace starts from the rewrite). */
-  beforeWrite(plan: GuardPlan): Note[] {
-    const link = guardLink(this.pins);
-    if (!plan.accelerating.length) {
-      if (link?.attached && acceleratingInMaps(this.pins).length) this.accelSeenAt = Date.now();
-      return [];
-    }
-    this.accelSeenAt = Date.now();
-    this.draining = false;
-    if (link?.attached) return [];
-    if (link) detachPinned(link.pin); // defunct (detached behind our back): replaced
-    const progFd = openPinned(this.pins.progPin(GUARD), `open pinned ${GUARD}`);
-    try {
-      const pin = this.pins.linkPin(GUARD);
-      Link.attachSetsockoptPinned(progFd, this.root(), pin, GUARD);
-      chmodSync(pin, 0o600);
-    } finally {
-      closeFd(progFd);
-    }
-    return [
-      {
-        level: 'info',
-        event: 'ktls_guard_attached',
-        message: `${GUARD} attached at ${this.root()} (it refuses kTLS on fast-path sockets): policy ${plan.accelerating.join(', ')} accelerates`,
-        fields: { policies: plan.accelerating },
-      },
-    ];
-  }
-
-  /** After the entries are written: detached once no policy accelerates and nothing is left on the fast path. */
-  apply(plan: GuardPlan): PartApply {
-    const out: PartApply = { writes: 0, deletes: 0, notes: [], outcomes: new Map() };
-    if (plan.accelerating.length) return out;
-    const link = guardLink(this.pins);
-    if (!link) {
-      this.draining = false;
-      return out;
-    }
-    if (link.attached && !this.drained()) {
-      if (!this.draining) {
-        const need = guardNeed({
-          accelerating: [],
-          openSockets: this.pins.acceleratedSockets(),
-          inFlight: acceleratedInFlight(this.pins),
-          graceLeftMs: Math.max(0, this.accelSeenAt + GRACE_MS - Date.now()),
-        });
-        out.notes.push({
-          level: 'info',
-          event: 'ktls_guard_kept',
-          message: `${GUARD} stays attached: ${need.why}; detached once nothing needs it`,
-        });
-      }
-      this.draining = true;
-      return out;
-    }
-    detachPinned(link.pin);
-    this.draining = false;
-    out.notes.push({
-      level: 'info',
-      event: 'ktls_guard_detached',
-      message: `${GUARD} detached: ${link.attached ? NOTHING : 'its link was defunct'}`,
-    });
-    return out;
-  }
-
-  /** Nothing can be on the fast path any more (no policy accelerates: the caller knows). Cheap first: the
-   * pulse asks each second while draining, and the records are read only once the sockhash is empty. */
-  private drained(): boolean {
-    return (
-      Date.now() >= this.accelSeenAt + GRACE_MS && sockhashEmpty(this.pins) && acceleratedInFlight(this.pins) === 0
-    );
-  }
-
-  status(): { json: unknown; sections: Section[] } {
-    const link = guardLink(this.pins);
-    const f: GuardFacts = {
-      accelerating: acceleratingInMaps(this.pins),
+      accelerating,
       openSockets: this.pins.acceleratedSockets(),
       inFlight: acceleratedInFlight(this.pins),
-      graceLeftMs: 0,
-    };
-    const need = guardNeed(f);
-    const attached = link?.attached ?? false;
-    const state = attached
-      ? need.needed
-        ? `attached: ${need.why}`
-        : `attached, no longer needed (${need.why}): the agent detaches it`
-      : need.needed
-        ? `NOT attached, though needed: ${need.why}`
-        : `not attached: ${need.why} (setsockopt() below the root runs no program)`;
-    return {
-      json: { program: GUARD, attached, needed: need.needed, why: need.why, ...f },
-      sections: [{ lines: [`kTLS guard (${GUARD}): ${state}`] }],
+      graceLeftMs,
     };
   }
 
-  covers(): boolean {
-    return false;
-  }
-
-  async verify(): Promise<void> {}
-
-  pulse(): string | null {
-    if (!this.draining) return null;
-    return this.drained() ? `the fast path has drained: ${GUARD} can be detached` : null;
+  protected need(f: GuardFacts): Need {
+    return guardNeed(f);
   }
 }
