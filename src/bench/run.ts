@@ -236,7 +236,8 @@ spec:
     for (let i = 1; i <= (this.o.retries ?? RETRIES) && !best.invalid && isDisturbed(best); i++) {
       const x = await this.once(...a);
       x.metrics.retries = i;
-      if (x.invalid || x.metrics.others_cpu! < best.metrics.others_cpu!) best = x;
+      // A retry that failed never replaces a sample that was only disturbed.
+      if (!x.invalid && x.metrics.others_cpu! < best.metrics.others_cpu!) best = x;
       else best.metrics.retries = i;
     }
     this.samples.push(best);

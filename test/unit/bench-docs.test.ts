@@ -174,11 +174,13 @@ describe('bench options', () => {
 
 describe('disturbed samples', () => {
   // Run.measure() without a kernel: its one-measurement step replaced by a list of samples.
-  const measureWith = async (others: number[], retries?: number) => {
+  // Each entry: the sample's others_cpu, or 'fail' for a measurement that failed (a rejected sample).
+  const measureWith = async (others: (number | 'fail')[], retries?: number) => {
     const r = Object.create(Run.prototype) as Run;
     const queue = others.map((o, i) => ({
       ...s('crr', 'direct', 1, 1000 + i),
-      metrics: { rate: 1000 + i, others_cpu: o },
+      ...(o === 'fail' ? { invalid: 'client failed' } : {}),
+      metrics: { rate: 1000 + i, others_cpu: o === 'fail' ? 0 : o },
     }));
     Object.assign(r, { o: { retries }, samples: [], once: () => Promise.resolve(queue.shift()!) });
     const x = await r.measure(
@@ -197,6 +199,12 @@ describe('disturbed samples', () => {
     expect(r).toMatchObject({ left: 0, pushed: 1 });
     expect((await measureWith([0.9, 0.1, 0.8])).x.metrics).toEqual({ rate: 1001, others_cpu: 0.1, retries: 1 });
     expect((await measureWith([0.9, 0.1], 0)).x.metrics.rate).toBe(1000);
+  });
+  it('a retry that fails never replaces the disturbed but valid sample', async () => {
+    const r = await measureWith([0.9, 'fail', 'fail']);
+    expect(r.x).toMatchObject({ metrics: { rate: 1000, others_cpu: 0.9, retries: 2 } });
+    expect(r.x.invalid).toBeUndefined();
+    expect(r).toMatchObject({ left: 0, pushed: 1 });
   });
   it('a run JSON without `only` (older runs, --from) replaces the scenarios it has samples of', () => {
     const { only: _, ...noOnly } = some.meta;

@@ -70,7 +70,7 @@ export const benchCommand = new Command('bench')
   )
   .option(
     '--docs',
-    "also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README's measured results",
+    "also write the results into docs/benchmarks.md (its generated section), docs/benchmarks.{json,svg} and the README's measured results (with --only: those scenarios' results only; not with --modes or --aa)",
   )
   .option(
     '--placement <how>',
@@ -115,6 +115,13 @@ export const benchCommand = new Command('bench')
       if (o.docs) await writeDocs(run.meta, run.samples, run.missing ?? []);
       return;
     }
+    // The documented results are whole scenarios with every mode: a run that left modes out (--modes)
+    // or added an A/A copy (--aa) would replace a scenario's documented rows with a partial or odd set.
+    if (o.docs && (o.modes || o.aa))
+      throw new UserError(
+        `--docs: not with ${o.modes ? '--modes' : '--aa'} (the documented results keep every mode of a scenario, and no A/A copy)`,
+        2,
+      );
     const { runBench, WARMUP } = await import('../../bench/bench.js');
     const preset = o.quick ? QUICK : FULL;
     const rounds = o.rounds ?? preset.rounds;
