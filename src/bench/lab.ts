@@ -117,11 +117,13 @@ export class Lab extends Sandbox {
     return { total: v.reduce((a, b) => a + b, 0) / CLK_TCK, idle: (v[3]! + v[4]!) / CLK_TCK };
   }
 
-  /** Busy CPU time so far, in seconds, summed over the CPUs the bench's processes may run on (all but
-   * under `same`, which keeps them on CPU 0): with the time its processes used, what else ran there. */
+  /** Busy CPU time so far, in seconds, summed over the CPUs the bench's processes may run on (CPU 0
+   * under `same`, CPU 0 and the last under `split`, all unpinned): with the time its processes used,
+   * what else ran there. */
   busyWhereWeRun(): number {
     const lines = readFileSync('/proc/stat', 'utf8').split('\n');
-    const ours = this.placement === 'same' ? ['cpu0'] : null;
+    const last = `cpu${cpus().length - 1}`;
+    const ours = this.placement === 'same' ? ['cpu0'] : this.placement === 'split' ? ['cpu0', last] : null;
     let busy = 0;
     for (const line of lines) {
       const f = line.trim().split(/\s+/);
