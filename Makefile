@@ -28,6 +28,11 @@ $(BUILD)/vmlinux.h: $(VMLINUX_BTF)
 $(BUILD)/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) $(BUILD)/vmlinux.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
+# The sk_msg program's fully ordered atomics on 32-bit fields (mr_fastpath.h: mr_add_mb) are BPF_FETCH,
+# which clang emits for 32-bit operands only with -mcpu=v3 (ALU32, JMP32: Linux 5.1; the fetch itself
+# 5.12; the fast path needs 6.10). The other programs keep the default code generation.
+$(BUILD)/skmsg.bpf.o $(BUILD)/prof/skmsg.bpf.o: BPF_CFLAGS += -mcpu=v3
+
 # One object with every hook: the maps, declared weak in mr_common.h, end up once.
 $(BUILD)/meshredir.bpf.o: $(BPF_OBJS)
 	$(BPFTOOL) gen object $@ $^

@@ -174,9 +174,10 @@ struct mr_fast {
 	__u32 backoffs; /* times it backed off (a second one: a stream, it leaves the fast path) */
 	__u32 leave;   /* non-zero: leaving the sockhash for good (skmsg.bpf.c: mr_leave); the peer's program
 			* reads it through its mr_peer.fast, and stops redirecting to this socket (below) */
-	__u32 hold;    /* its peer is leaving: MR_HOLD_ON while it may still redirect there (the peer holds
-			* unread bytes of its own), | MR_HOLD_DONE once it never will again (mr_fastpath.h) */
-	__u64 until;   /* MR_FP_BACKOFF: bpf_ktime_get_ns() before which every message takes TCP */
+	__u32 hold;    /* its peer is leaving: a sequence, bumped (fully ordered) by each message that sees the
+			* peer's `leave` before it reads the peer's unread bytes (skmsg.bpf.c: mr_peer_left) */
+	__u64 until;   /* MR_FP_BACKOFF: bpf_ktime_get_ns() before which every message takes TCP; otherwise,
+			* once the streak is full, the time of its last queued write (skmsg.bpf.c: mr_backoff) */
 	struct mr_tuple_key peer_key; /* MR_FP_PEER: the peer's sockhash key ... */
 	struct mr_peer peer;          /* ... and its description, from mr_peers (cached: one lookup) */
 };

@@ -21,30 +21,29 @@ static __always_inline __u32 mr_queued(const struct mr_peer *pe)
 
 /* This socket leaves the fast path for good (a one-way stream): every message by TCP from now on, the
  * program seeing one per MR_LEAVE_APPLY bytes, while sockops takes the socket out of the sockhash at an
- * ACK once no byte can be lost (mr_fastpath.h: mr_leave_try). The flag is set with an atomic add: the
- * peer's program reads it before each redirect and never chooses this socket again. */
+ * ACK once no byte can be lost (mr_fastpath.h: mr_leave_try). The flag is set with a fully ordered
+ * atomic add (mr_add_mb): the peer's program reads it before each redirect, and sockops's later reads
+ * (mr_leave_safe, step 3) are ordered after it. */
 static __always_inline int mr_leave(struct sk_msg_md *msg, struct mr_fast *fp)
 {
 	if (!fp->leave)
-		__sync_fetch_and_add(&fp->leave, 1);
-	/* Never redirecting again: a leaving peer waiting for us to be done (mr_peer_left) need not wait. */
-	if (fp->hold == MR_HOLD_ON)
-		__sync_fetch_and_add(&fp->hold, MR_HOLD_DONE);
+		mr_add_mb(&fp->leave, 1);
 	bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
 	return mr_slow(fp);
 }
 
 /* The peer is leaving: whether this message and every later one take TCP. Not while the peer still
  * holds unread bytes of ours: bytes sent by TCP behind them can be lost to a proxy that takes the short
- * read of those for the end once our FIN has come (mr_fastpath.h: mr_leave_safe). MR_HOLD_ON is set
- * before the count is read, MR_HOLD_DONE once this socket never redirects there again. */
+ * read of those for the end once our FIN has come (mr_fastpath.h: mr_leave_safe). Each call first bumps
+ * `hold` (a sequence, fully ordered: mr_add_mb) and only then reads the count: a leaving peer's sockops
+ * that read no unread byte and the same sequence before and after knows no send of ours chose it
+ * meanwhile (mr_leave_safe, steps 2 and 5). Nothing to wait for once we are quiet: a send that found
+ * nothing unread takes TCP for good; one that redirected is counted in the peer's unread bytes. */
 static __always_inline int mr_peer_left(struct sk_msg_md *msg, struct mr_fast *fp)
 {
-	if (!fp->hold)
-		__sync_fetch_and_add(&fp->hold, MR_HOLD_ON);
+	mr_add_mb(&fp->hold, 1);
 	if (mr_queued(&fp->peer))
 		return 0;
-	__sync_fetch_and_add(&fp->hold, MR_HOLD_DONE);
 	fp->flags |= MR_FP_PEER_LEFT;
 	bpf_msg_apply_bytes(msg, MR_LEAVE_APPLY);
 	return 1;
@@ -96,8 +95,9 @@ static __always_inline int mr_drained(struct tcp_sock *own, const struct mr_peer
  * fast-path bytes: a reader's recv() returns those alone (tcp_bpf_recvmsg), and a proxy that takes such
  * a short read after our FIN for the end loses the TCP bytes behind them (mr_fastpath.h: mr_leave_safe).
  * A stream to a blocked reader stays on the fast path meanwhile, up to the bound on unread bytes.
- * Whether the peer is still reading is the only signal: no timer, no cork (a cork would hold a request
- * back until more bytes come). */
+ * Whether the peer is still reading is the signal (no timer, no cork: a cork would hold a request back
+ * until more bytes come); the clock only ages the streak: one whose last queued write is more than
+ * MR_STREAM_STALE_NS before that clean write is over (mr_fastpath.h), and starts again from 0. */
 static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp, __u32 queued, __u32 size)
 {
 	if (size > MR_STREAM_SMALL) {
@@ -105,8 +105,11 @@ static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp,
 		return 0;
 	}
 	if (queued) {
-		if (fp->streak < MR_STREAM_STREAK)
-			fp->streak++;
+		if (fp->streak < MR_STREAM_STREAK && ++fp->streak < MR_STREAM_STREAK)
+			return 0;
+		/* Past the streak: when its last queued write was (`until` is free: MR_FP_BACKOFF is off). The
+		 * clock is read only here, by a socket already MR_STREAM_STREAK queued writes into a stream. */
+		fp->until = bpf_ktime_get_ns();
 		return 0;
 	}
 	if (fp->streak < MR_STREAM_STREAK) {
@@ -114,10 +117,15 @@ static __always_inline int mr_backoff(struct sk_msg_md *msg, struct mr_fast *fp,
 		return 0;
 	}
 	fp->streak = 0;
+	/* A streak gone stale (its last queued write more than MR_STREAM_STALE_NS ago: the burst is over,
+	 * this is a new one, e.g. the next response of a keep-alive connection) neither backs off nor counts. */
+	__u64 now = bpf_ktime_get_ns();
+	if (now - fp->until > MR_STREAM_STALE_NS)
+		return 0;
 	if (++fp->backoffs >= MR_STREAM_LEAVE)
 		return 2; /* a stream again: it leaves */
 	fp->flags |= MR_FP_BACKOFF;
-	fp->until = bpf_ktime_get_ns() + MR_STREAM_HOLD_NS;
+	fp->until = now + MR_STREAM_HOLD_NS;
 	MR_COUNT(fp->slot, msg_backoff);
 	bpf_msg_apply_bytes(msg, MR_STREAM_APPLY);
 	return 1;

@@ -4,7 +4,8 @@
 // side; 1,000 concurrent connections; a proxy restart; proof the fast path was taken (counters, and the
 // bytes missing from lo) and not taken without `accelerate`; kTLS refused on accelerated sockets;
 // `accelerate` turned off and `cleanup` while a transfer runs; a full sockhash; a listener that is not
-// the policy's proxy. Every transfer has a deadline and names the connections that stalled.
+// the policy's proxy; a leaving stream whose peer answered once and went quiet. Every transfer has a
+// deadline and names the connections that stalled.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -40,6 +41,8 @@ const MRLOAD = join(ROOT, 'build', 'mrload');
 /** A topology: an echo upstream on a bridge, and pods (netns + app and proxy cgroups) with their proxy. */
 function lab(env: Env, dir: string) {
   const pods: Record<string, { ns: string; app: string; proxy: string; proc?: Proc }> = {};
+  /** The upstream's netns (set by setup). */
+  const net = { up: '' };
   const status = async () => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
   const counters = async (name: string) => (await status()).policies.find((p) => p.name === name)!.counters;
   const sockhash = async () => (await status()).maps.find((m) => m.map === 'mr_sockhash')!.entries;
@@ -76,6 +79,7 @@ function lab(env: Env, dir: string) {
     prepare?: (name: string, ns: string) => void,
   ) => {
     const up = env.netns('up');
+    net.up = up;
     env.bridge(up, 'br0', [`${UP}/24`]);
     const echo = env.spawn(up, null, process.execPath, [join(env.toolsDir, 'echo.mjs'), UP, '7000']);
     await waitFor(() => echo.out.includes('ready'), 'echo upstream', echo);
@@ -107,7 +111,7 @@ function lab(env: Env, dir: string) {
       pods[name] = { ns, app, proxy: proxyCg, proc };
     }
   };
-  return { pods, status, counters, sockhash, until, xfer, started, setup };
+  return { pods, net, status, counters, sockhash, until, xfer, started, setup };
 }
 
 kernelDescribe('sk_msg fast path (accelerate)', () => {
@@ -278,7 +282,86 @@ kernelDescribe('sk_msg fast path (accelerate)', () => {
       expect(r, `transfer ${i}: ${JSON.stringify(r)}`).toMatchObject({ ok: true });
     }
     const after = await L.counters('haproxy');
-    console.log(`burst then half-close: backoffs ${after.msg_backoff! - before.msg_backoff!}`);
+    console.log(
+      `burst then half-close: backoffs ${after.msg_backoff! - before.msg_backoff!}, fast ${after.msg_fast! - before.msg_fast!}`,
+    );
+    // The transfers did take the fast path (both ends of each joined, and messages went fast): this
+    // test cannot pass with acceleration silently off.
+    expect(after.accel_sockets! - before.accel_sockets!).toBe(40);
+    expect(after.msg_fast! - before.msg_fast!).toBeGreaterThan(20 * 4); // 64 writes up and the echo down, each
+    await L.until('accelerated sockets closed', async () => (await L.counters('haproxy')).accel_open === 0);
+  });
+
+  it('a leaving stream whose peer answered once while it held unread bytes, then went quiet, still leaves', async () => {
+    // An upload through HAProxy whose upstream answers once early (A, which the application does not
+    // read) and once more after the application's socket asked to leave (B), then never again (an
+    // HTTP response during an upload). HAProxy's socket, seeing the flag, must still redirect B
+    // (the application holds A unread: B by TCP behind it could be lost), and once the application
+    // has read A and B its socket must leave, though HAProxy never sends again. (Until 2026-12-05 the
+    // peer's `hold` waited for a later send to say it was done: the socket stayed for good.)
+    // The application writes 1 KiB every 20 µs; HAProxy is stopped for 30 ms at a time (SIGSTOP, our
+    // own process), so that the writes queue up to a streak, then resumed: the next write finds it
+    // with nothing unread and backs off; a second back-off, or not being drained after the hold,
+    // sets the flag. Every uploaded byte is checked (SHA-256 and count at the upstream), A and B too.
+    const haproxy = L.pods.haproxy!;
+    const tool = join(env.toolsDir, 'leaving.py');
+    const server = env.spawn(L.net.up, null, 'python3', [tool, 'server', UP, '7001'], { stdin: true });
+    await waitFor(() => server.out.includes('ready'), 'leaving.py server', server);
+    const before = await L.counters('haproxy');
+    const client = env.spawn(haproxy.ns, haproxy.app, 'python3', [tool, 'client', UP, '7001'], { stdin: true });
+    const d = async (k: string) => (await L.counters('haproxy'))[k]! - before[k]!;
+    await L.until('both ends on the fast path', async () => (await d('accel_sockets')) === 2);
+    await new Promise((r) => setTimeout(r, 300)); // A has come (after 64 KiB of the upload)
+    // The flag is set once the application's writes stop reaching the program (it then sees one per
+    // 4 GiB): neither fast nor by TCP for 500 ms, while it writes at 50 MB/s.
+    let leaving = false;
+    for (let round = 0; round < 8 && !leaving; round++) {
+      process.kill(haproxy.proc!.child.pid!, 'SIGSTOP');
+      await new Promise((r) => setTimeout(r, 30));
+      process.kill(haproxy.proc!.child.pid!, 'SIGCONT');
+      await new Promise((r) => setTimeout(r, 400));
+      const seenByProgram = async () => {
+        const c = await L.counters('haproxy');
+        return c.msg_fast! + c.msg_slow!;
+      };
+      const m0 = await seenByProgram();
+      await new Promise((r) => setTimeout(r, 500));
+      leaving = (await seenByProgram()) === m0;
+    }
+    const seen = async () => {
+      const c = await L.counters('haproxy');
+      const k = ['msg_backoff', 'msg_fast', 'msg_slow', 'accel_left'].map((n) => [n, c[n]! - before[n]!]);
+      return JSON.stringify({ ...Object.fromEntries(k), client: client.out, server: server.out });
+    };
+    expect(leaving, await seen()).toBe(true);
+    expect(await d('accel_left'), await seen()).toBe(0); // A is unread: it cannot leave yet
+    // B, once: HAProxy's socket redirects it (the application still holds A), no TCP byte behind A.
+    const fast0 = await d('msg_fast');
+    const slow0 = await d('msg_slow');
+    server.child.stdin!.write('b\n');
+    await L.until('B redirected', async () => (await d('msg_fast')) > fast0);
+    expect(await d('msg_slow'), await seen()).toBe(slow0);
+    // The application reads A and B (every byte checked), keeps writing (its ACKs run sockops): its
+    // socket leaves, though HAProxy never sends again.
+    client.child.stdin!.write('read\n');
+    await waitFor(() => client.out.includes('read '), 'client reads A and B', client, 20_000);
+    expect(client.out, await seen()).toContain('read ok');
+    await L.until('the leaving socket left', async () => (await d('accel_left')) >= 1, 15_000).catch(
+      async (e: Error) => {
+        throw new Error(`${e.message}: ${await seen()}`);
+      },
+    );
+    client.child.stdin!.write('stop\n');
+    await waitFor(() => client.out.includes('"sent"'), 'client report', client, 30_000);
+    await waitFor(() => server.out.includes('"received"'), 'server report', server, 30_000);
+    const c = JSON.parse(client.out.trim().split('\n').pop()!) as { sent: number; sha256: string; extra: number };
+    const sv = JSON.parse(server.out.trim().split('\n').pop()!) as { received: number; sha256: string };
+    expect(c.sent).toBeGreaterThan(64 * 1024);
+    expect({ received: sv.received, sha256: sv.sha256, extra: c.extra }).toEqual({
+      received: c.sent,
+      sha256: c.sha256,
+      extra: 0,
+    });
     await L.until('accelerated sockets closed', async () => (await L.counters('haproxy')).accel_open === 0);
   });
 
