@@ -3,7 +3,8 @@
 // a comparison against undefined. The points, and what each does, are listed in docs/testing.md:
 //   after-load          the eBPF load is killed (SIGKILL) with maps pinned and nothing attached
 //   between-attach[:N]  the eBPF load is killed after its Nth attach (default 1)
-//   fail-attach:NAME    attaching program NAME throws
+//   fail-attach:NAME    attaching program NAME throws (one attached on demand: refused as by the kernel,
+//                       at every try, modes/ebpf/on-demand.ts)
 //   watch-error         the policy directory's watcher emits an error 300 ms after start
 //   fail-write:MAP:NAME writing policy NAME's entries to eBPF map MAP fails (ENOSPC) after half of them
 //                       were written (the per-policy rollback's test)

@@ -5,15 +5,17 @@
 // entry); kept after the last DNS policy goes while a captured connected socket is open — whose replies are
 // still relabelled — and its entry deleted as it closes, then detached; an agent restarted over pins keeps
 // the same link while a policy captures DNS, keeps it while a captured socket is open, and detaches one
-// nothing needs after its grace; cleanup leaves nothing behind (the teardown's check). The real parts are
+// nothing needs after its grace; one detached behind the agent's back while still needed is attached again;
+// one the kernel refuses to attach (MESHREDIR_FAULT) leaves DNS capture off, saying why, and every policy
+// redirecting; cleanup leaves nothing behind (the teardown's check). The real parts are
 // dnsfix.ts's: dnsmasq as nameserver and node proxy, dnsq.py and dig as clients.
 import { expect, it } from 'vitest';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelDescribe, waitFor, type Env, type Proc } from './harness.js';
+import { kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, type Env, type Proc } from './harness.js';
 import { useLab } from './lab.js';
-import { atRoot as rootPrograms, linkPinned, sleep, until } from './on-demand-fix.js';
-import { DnsLab, type Reply, ANSWER, NS4, NODE_PROXY4, PROXY_PORT } from './dnsfix.js';
+import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep, until } from './on-demand-fix.js';
+import { DnsLab, type Pod, type Reply, ANSWER, NS4, NODE_PROXY4, PROXY_PORT } from './dnsfix.js';
 
 interface Status {
   links: { name: string; id?: number; attached: boolean }[];
@@ -121,6 +123,14 @@ kernelDescribe('DNS capture: mr_dns_release attached only while needed', () => {
     expect(r).toMatchObject({ attached: true, needed: true, capturing: [], openSockets: 1 });
     expect(r.why).toMatch(/1 captured socket\(s\) are still open/);
     expect(atRoot()).toContain('mr_dns_release');
+    // Detached behind the agent's back while the socket's entry is still there: attached again (else the
+    // entry would never be deleted), with a warning.
+    const id = await linkId();
+    sh('bpftool', ['link', 'detach', 'pinned', join(env.bpffs, 'links', 'mr_dns_release')]);
+    await until('attached again', async () => atRoot().includes('mr_dns_release'));
+    expect(await linkId()).not.toBe(id);
+    expect(agent.err).toMatch(/"event":"repaired".*mr_dns_release was detached behind the agent's back/);
+    expect(await release()).toMatchObject({ attached: true, needed: true, openSockets: 1 });
     // New queries go direct; the held socket's next reply is still the proxy's, shown from the nameserver.
     expect(await lab.dig(a(), a().cg, NS4, 'test.zone')).toBe(ANSWER.nameserver.a);
     expect(await h.release()).toMatchObject({ id: 8, answer: ANSWER.proxy.a, from: { address: NS4, port: 53 } });
@@ -156,6 +166,66 @@ kernelDescribe('DNS capture: mr_dns_release attached only while needed', () => {
     await until('the link detached', async () => !(await release()).attached);
     expect((await status()).dns.openSockets).toBe(0);
     expect(atRoot()).not.toContain('mr_dns_release');
+  });
+
+  it('the kernel refuses to attach it: DNS capture is off and says why, no mr_dns_pol entry, every policy still redirects', async () => {
+    // pod-a (DNS capture and an outbound proxy) and pod-b (an outbound proxy only), each proxy reporting the
+    // original destination it was given.
+    const proxies: Proc[] = [];
+    for (const pod of [a(), lab.pods.b]) {
+      const p = env.spawn(pod.ns, lab.proxyCg, ORIGDST_PROXY, ['--listen', '127.0.0.1:15001', '--mode', 'report']);
+      proxies.push(p);
+      await env.waitListening(pod.ns, 15001, 'origdst-proxy', p);
+    }
+    const redirected = async (pod: Pod) =>
+      (await env.client<{ data?: string }>(pod.ns, pod.cg, ['connect', '10.77.0.1', '8080'])).data ?? '';
+    await env.stop(agent);
+    write(true);
+    writeFileSync(
+      join(dir, 'pod-b.yaml'),
+      policyYaml({
+        name: 'pod-b',
+        cgroup: `${env.cgRoot}/pod-b`,
+        outbound: '127.0.0.1:15001',
+        bypassCgroups: [lab.proxyCg],
+      }),
+    );
+    const refused = await refusingAgent(env, dir, 'mr_dns_release');
+    try {
+      expect(await redirected(a())).toMatch(/^ORIGDST 10\.77\.0\.1 8080 /);
+      expect(await redirected(lab.pods.b)).toMatch(/^ORIGDST 10\.77\.0\.1 8080 /);
+      expect(atRoot()).not.toContain('mr_dns_release');
+      expect(atRoot()).toContain('mr_dns_recv4'); // the rest of DNS capture stays attached
+      const s = await status();
+      expect(s.dns.policies).toEqual([]); // no mr_dns_pol entry: nothing is captured
+      expect(s.dnsRelease).toMatchObject({ attached: false });
+      expect(await lab.dig(a(), a().cg, NS4, 'test.zone')).toBe(ANSWER.nameserver.a);
+      // Why, in the log, and per policy in status (the agent's outcomes); pod-b is not concerned.
+      expect(refused.err).toContain('"event":"dns_release_attach_failed"');
+      expect(refused.err).toMatch(
+        /"event":"dns_unavailable".*mr_dns_release \(cannot be attached: attach mr_dns_release/,
+      );
+      const o = await outcomes(env);
+      expect(o.find((x) => x.policy === 'pod-a')).toMatchObject({
+        state: 'applied',
+        reason: expect.stringMatching(/^spec\.dns is not applied: .*mr_dns_release \(cannot be attached: .*injected/),
+      });
+      const b = o.find((x) => x.policy === 'pod-b');
+      expect(b).toMatchObject({ state: 'applied' });
+      expect(b!.reason).toBeUndefined();
+      const text = await env.cliRun(['status', '--bpffs', env.bpffs, '--state-dir', env.stateDir]);
+      expect(text).toMatch(/pod-a .*applied: spec\.dns is not applied: .*mr_dns_release \(cannot be attached/);
+    } finally {
+      await env.stop(refused);
+    }
+    // Once the kernel takes it: DNS capture applied, the rest unchanged.
+    rmSync(join(dir, 'pod-b.yaml'));
+    agent = await env.agent(dir, ['--interval', '1']);
+    await until('DNS capture applied', capturing);
+    expect(atRoot()).toContain('mr_dns_release');
+    expect(await redirected(a())).toMatch(/^ORIGDST 10\.77\.0\.1 8080 /);
+    expect(await lab.dig(a(), a().cg, NS4, 'test.zone')).toBe(ANSWER.proxy.a);
+    for (const p of proxies) await env.stop(p);
   });
 
   it('restarted over a link nothing needs any more: detached (after its grace), not kept forever', async () => {

@@ -3,14 +3,15 @@
 // policy; attached, refusing TCP_ULP on an accelerated socket, with one; kept while an accelerated socket
 // stays open (or an accelerated handshake is in flight) after accelerate is turned off, and gone once it
 // closes; an agent restarted over pins keeps the same link while it is needed (accelerating, or a
-// fast-path socket still open) and detaches it once nothing needs it; cleanup leaves nothing behind (the
-// teardown's check).
+// fast-path socket still open) and detaches it once nothing needs it; where the kernel refuses to attach it
+// (MESHREDIR_FAULT), the policy is written without accelerate, says why, and still redirects; cleanup leaves
+// nothing behind (the teardown's check).
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Env, kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, XFER, type Proc } from './harness.js';
-import { atRoot as rootPrograms, linkPinned, sleep, until } from './on-demand-fix.js';
+import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep, until } from './on-demand-fix.js';
 
 interface Status {
   maps: { map: string; entries: number }[];
@@ -176,6 +177,38 @@ kernelDescribe('kTLS guard: mr_setsockopt attached only while needed', () => {
     await h.release();
     await until('the link detached', async () => !(await guard()).attached);
     expect(atRoot()).not.toContain('mr_setsockopt');
+  });
+
+  it('the kernel refuses to attach the guard: the policy applies without accelerate, says why, and redirects', async () => {
+    expect(await env.stop(agent)).toBe(0);
+    write(true);
+    const refused = await refusingAgent(env, dir, 'mr_setsockopt');
+    try {
+      expect(await accelerating()).toBe(false); // its entry written without accelerate: never unguarded
+      expect(atRoot()).not.toContain('mr_setsockopt');
+      expect(await guard()).toMatchObject({ attached: false, accelerating: [] });
+      const before = (await status()).policies.find((p) => p.name === 'pod')!.counters.redirected!;
+      const h = await held(); // through the proxy, not on the fast path
+      expect(await sockhash()).toBe(0);
+      await h.release();
+      expect((await status()).policies.find((p) => p.name === 'pod')!.counters.redirected).toBeGreaterThan(before);
+      expect(await ulp()).not.toBe('EPERM');
+      expect(refused.err).toContain('"event":"ktls_guard_attach_failed"');
+      expect(refused.err).toContain('"event":"accelerate_off"');
+      expect((await outcomes(env)).find((o) => o.policy === 'pod')).toMatchObject({
+        state: 'applied',
+        reason: expect.stringMatching(
+          /^spec\.accelerate is not applied: the kTLS guard \(mr_setsockopt\) cannot be attached \(.*injected/,
+        ),
+      });
+    } finally {
+      await env.stop(refused);
+    }
+    // Once the kernel takes it: attached, and accelerate written.
+    agent = await env.agent(dir, ['--interval', '1']);
+    await until('accelerate applied', accelerating);
+    expect(atRoot()).toContain('mr_setsockopt');
+    expect(await ulp()).toBe('EPERM');
   });
 
   it('restarted over a guard nothing needs any more: detached (after its grace), not kept forever', async () => {

@@ -7,6 +7,10 @@ import { GRACE_MS } from '../../src/modes/ebpf/on-demand.js';
 import { Pins } from '../../src/modes/ebpf/pins.js';
 import { DNS_PROGRAMS, ON_DEMAND_PROGRAMS, OPTIONAL_PROGRAMS } from '../../src/bpf/abi.js';
 import type { Desired } from '../../src/modes/ebpf/desired.js';
+import { dnsUnavailable } from '../../src/modes/ebpf/dns-status.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const none: ReleaseFacts = { capturing: [], openSockets: 0, graceLeftMs: 0 };
 
@@ -47,24 +51,60 @@ describe('the release part', () => {
       unresolved: waiting.map((policy) => ({ policy, field: 'spec.cgroup', cgroup: '/x' })),
     }) as unknown as Desired;
 
-  it('before anything is loaded, plans only what this kernel can capture', () => {
-    // Nothing pinned: dnsUnavailable asks the kernel which DNS hooks load (this kernel has them all, or
-    // the plan is empty: either way no policy without DNS or waiting for its cgroup is named).
-    const part = new ReleasePart(new Pins('/nonexistent'), () => '/nonexistent');
-    const plan = part.plan(
-      desired(
-        [
-          { name: 'dns', slot: 1, dns: true },
-          { name: 'plain', slot: 2, dns: false },
-          { name: 'later', slot: 3, dns: true },
-        ],
-        ['later'],
-      ),
-      [],
+  /** Pins whose DNS hooks are all attached but mr_dns_release (on demand), with its program pinned or not. */
+  const pinsWith = (releasePinned: boolean) => {
+    const dir = mkdtempSync(join(tmpdir(), 'meshredir-unit-'));
+    writeFileSync(join(dir, 'mr_dns_release'), '');
+    const attached = ['mr_connect4', 'mr_dns_recv4', 'mr_dns_recv6', 'mr_dns_send4', 'mr_dns_send6'];
+    return {
+      pins: {
+        links: () => attached.map((name) => ({ name, pin: join(dir, name), attached: true })),
+        progPin: (n: string) => join(dir, releasePinned ? n : 'absent'),
+      } as unknown as Pins,
+      done: () => rmSync(dir, { recursive: true }),
+    };
+  };
+  const three = () =>
+    desired(
+      [
+        { name: 'dns', slot: 1, dns: true },
+        { name: 'plain', slot: 2, dns: false },
+        { name: 'later', slot: 3, dns: true },
+      ],
+      ['later'],
     );
-    expect(['dns', ''].includes(plan.capturing.join())).toBe(true);
-    expect(part.plan(desired([{ name: 'plain', slot: 2, dns: false }]), [])).toEqual({ capturing: [] });
-    expect(part.render({ capturing: ['dns'] }).json).toEqual({ program: RELEASE, attach: true, capturing: ['dns'] });
+
+  it('plans the policies that capture DNS, not one without spec.dns or waiting for its cgroup', () => {
+    const { pins, done } = pinsWith(true);
+    try {
+      expect(dnsUnavailable(pins)).toEqual({}); // ready to attach: DNS capture is available
+      const part = new ReleasePart(pins, () => '/nonexistent');
+      expect(part.plan(three(), [])).toEqual({ capturing: ['dns'] });
+      expect(part.plan(desired([{ name: 'plain', slot: 2, dns: false }]), [])).toEqual({ capturing: [] });
+      expect(part.render({ capturing: ['dns'] }).json).toEqual({ program: RELEASE, attach: true, capturing: ['dns'] });
+    } finally {
+      done();
+    }
+  });
+
+  it('plans none where DNS capture is unavailable (its program not loaded): DNS capture writes no entry', () => {
+    const { pins, done } = pinsWith(false);
+    try {
+      expect(Object.keys(dnsUnavailable(pins))).toEqual(['mr_dns_release']);
+      expect(new ReleasePart(pins, () => '/nonexistent').plan(three(), [])).toEqual({ capturing: [] });
+    } finally {
+      done();
+    }
+  });
+
+  it('DNS capture writes mr_dns_pol only while the link is attached, not when it merely could be', () => {
+    const { pins, done } = pinsWith(true);
+    try {
+      expect(dnsUnavailable(pins, 'plan')).toEqual({});
+      expect(dnsUnavailable(pins, 'write')).toEqual({ mr_dns_release: expect.stringMatching(/^not attached/) });
+    } finally {
+      done();
+    }
   });
 
   it('its program is on demand and optional (a kernel may lack sock_release): never attached by a load', () => {

@@ -67,4 +67,44 @@ describe('the guard part', () => {
     const part = new UlpGuardPart(new Pins('/nonexistent'), () => '/nonexistent');
     expect(part.pulse()).toBeNull();
   });
+
+  it('an attach the kernel refuses fails nothing: the policies are written without accelerate and say why', () => {
+    // Nothing pinned under /nonexistent: opening the program's pin fails (bpf_obj_get), as a refusal would.
+    const part = new UlpGuardPart(new Pins('/nonexistent'), () => '/nonexistent');
+    const base = desired([
+      ['fast', 1, PolicyFlag.ACCELERATE | PolicyFlag.PROXY4],
+      ['plain', 2, PolicyFlag.PROXY4],
+    ]);
+    const plan = part.plan(base);
+    const notes = part.beforeWrite(plan, base);
+    expect(notes).toEqual([
+      expect.objectContaining({ level: 'warn', event: 'ktls_guard_attach_failed', fields: { policies: ['fast'] } }),
+    ]);
+    expect(base.entries.mr_policies).toEqual([
+      [1, { flags: PolicyFlag.PROXY4 }],
+      [2, { flags: PolicyFlag.PROXY4 }],
+    ]);
+    expect(part.attachRefused()).toMatch(/bpf_obj_get/);
+    const applied = part.apply(plan);
+    expect(applied.notes).toEqual([
+      expect.objectContaining({ level: 'warn', event: 'accelerate_off', fields: { policy: 'fast' } }),
+    ]);
+    expect(applied.outcomes.get('fast')).toEqual({
+      state: 'applied',
+      reason: expect.stringMatching(
+        /^spec\.accelerate is not applied: the kTLS guard \(mr_setsockopt\) cannot be attached/,
+      ),
+    });
+    expect(applied.outcomes.has('plain')).toBe(false);
+    // The next pass tries again; the failure was said once, each policy says it at every pass.
+    const again = desired([['fast', 1, PolicyFlag.ACCELERATE | PolicyFlag.PROXY4]]);
+    const plan2 = part.plan(again);
+    expect(part.beforeWrite(plan2, again)).toEqual([]);
+    expect(again.entries.mr_policies).toEqual([[1, { flags: PolicyFlag.PROXY4 }]]);
+    expect(part.apply(plan2).notes).toHaveLength(1);
+    // Nothing accelerates any more: nothing to attach, the refusal forgotten.
+    const none = desired([['plain', 2, PolicyFlag.PROXY4]]);
+    expect(part.beforeWrite(part.plan(none), none)).toEqual([]);
+    expect(part.attachRefused()).toBeNull();
+  });
 });

@@ -46,9 +46,10 @@ export interface DnsStatus {
 const DNS_NAMES = Object.keys(DNS_PROGRAMS) as DnsProgramName[];
 
 /** Which DNS programs are not attached now, with why (nothing pinned yet: which this kernel cannot load).
- * mr_dns_release is attached on demand (release.ts): available while its program is pinned and the hooks
- * it goes with (DNS_NEEDS) are attached. */
-export function dnsUnavailable(pins: Pins): Partial<Record<DnsProgramName, string>> {
+ * mr_dns_release is attached on demand (release.ts): to plan (and in status) it is available while its
+ * program is pinned and the hooks it goes with (DNS_NEEDS) are attached; to write mr_dns_pol (`write`), only
+ * while it is attached. */
+export function dnsUnavailable(pins: Pins, when: 'plan' | 'write' = 'plan'): Partial<Record<DnsProgramName, string>> {
   const links = new Map(pins.links().map((l) => [l.name, l]));
   if (!links.has('mr_connect4')) return unloadableDnsPrograms();
   const out: Partial<Record<DnsProgramName, string>> = {};
@@ -59,6 +60,7 @@ export function dnsUnavailable(pins: Pins): Partial<Record<DnsProgramName, strin
       if (!existsSync(pins.progPin(n)))
         out[n] = 'not loaded (this kernel lacks its hook, or one it needs: see the agent log)';
       else if (missing.length) out[n] = `needs ${missing.join(', ')}`;
+      else if (when === 'write') out[n] = 'not attached (attached on demand before the entries: see the agent log)';
       continue;
     }
     if (!l) out[n] = 'not attached (this kernel lacks its hook, or one it needs: see the agent log)';

@@ -2,9 +2,9 @@
 // (PROGRAMS, in attach order: recvmsg before sendmsg, connect4/6 last; sock_release attached on demand
 // before the first mr_dns_pol entry by release.ts), with autoload off
 // where this kernel lacks their hooks; this part writes mr_dns_ns and mr_dns_pol by difference — only
-// while release and recvmsg (and sendmsg) are attached, since connect4/6 capture as soon as mr_dns_pol has
-// an entry — and reports, counts and verifies the chain. Owner, mark and bypass-cgroup entries are the
-// outbound base's (mr_owners, mr_policies, mr_cgroups).
+// while release and recvmsg (and sendmsg) are attached, as the kernel reports them when it writes, since
+// connect4/6 capture as soon as mr_dns_pol has an entry — and reports, counts and verifies the chain.
+// Owner, mark and bypass-cgroup entries are the outbound base's (mr_owners, mr_policies, mr_cgroups).
 import type { Policy } from '../../policy/schema.js';
 import type { BpfObject } from '../../bpf/object.js';
 import type { BpfMap } from '../../bpf/map.js';
@@ -30,7 +30,11 @@ export interface DnsPlan {
 
 export class DnsPart implements EbpfPart<DnsPlan> {
   readonly name = 'dns';
-  constructor(private readonly pins: Pins) {}
+  constructor(
+    private readonly pins: Pins,
+    /** Why the kernel refused to attach mr_dns_release at this pass (release.ts), or null. */
+    private readonly releaseRefused: () => string | null = () => null,
+  ) {}
 
   plan(base: Desired, _policies: Policy[]): DnsPlan {
     const waiting = new Set(base.unresolved.filter((u) => u.field === 'spec.cgroup').map((u) => u.policy));
@@ -71,7 +75,11 @@ export class DnsPart implements EbpfPart<DnsPlan> {
 
   apply(plan: DnsPlan): PartApply {
     const out: PartApply = { writes: 0, deletes: 0, notes: [], outcomes: new Map() };
-    const unavailable = dnsUnavailable(this.pins);
+    // As the kernel reports the links now: mr_dns_release, attached on demand before the entries (release.ts),
+    // must be attached, whatever the plan expected.
+    const unavailable = dnsUnavailable(this.pins, 'write');
+    const refused = this.releaseRefused();
+    if (unavailable.mr_dns_release && refused) unavailable.mr_dns_release = `cannot be attached: ${refused}`;
     const ready = Object.keys(unavailable).length === 0;
     if (!ready && plan.policies.length) {
       const why = unavailableMessage({ ...plan, unavailable });
@@ -82,7 +90,7 @@ export class DnsPart implements EbpfPart<DnsPlan> {
           message: `${p.policy}: ${why}`,
           fields: { policy: p.policy, unavailable } as Note['fields'],
         });
-        if (p.only) out.outcomes.set(p.policy, { state: 'rejected', reason: why });
+        out.outcomes.set(p.policy, { state: p.only ? 'rejected' : 'applied', reason: why });
       }
     }
     // Without its hooks nothing may be captured: the entries (the switch connect4/6 read) stay empty.

@@ -70,7 +70,7 @@ export class EbpfMode implements Mode {
   constructor(readonly cfg: Pick<ModeConfig, 'bpffs' | 'attach'>) {
     this.pins = new Pins(cfg.bpffs);
     this.inbound = new InboundPart(this.pins);
-    this.dns = new DnsPart(this.pins);
+    this.dns = new DnsPart(this.pins, () => this.release.attachRefused());
     this.guard = new UlpGuardPart(this.pins, () => this.attach.cgroupRoot);
     this.release = new ReleasePart(this.pins, () => this.attach.cgroupRoot);
     this.expected = new Expected(this.pins, () => this.attach.cgroupRoot);
@@ -197,7 +197,7 @@ export class EbpfMode implements Mode {
         event: 'trace_lease_cleared',
         message: 'cleared the lapsed lease of a trace that died',
       });
-    this.parts.forEach((x, i) => notes.push(...(x.beforeWrite?.(partPlans[i]) ?? [])));
+    this.parts.forEach((x, i) => notes.push(...(x.beforeWrite?.(partPlans[i], desired) ?? [])));
     const names = new Map([...desired.slots].map(([n, s]) => [s, n]));
     const w = writeEntries(this.pins, desired.entries, { names, capacities: capacitiesOf(desired) });
     const wrote = writeNotes(w, desired, names, this.lastWritten);
@@ -247,7 +247,10 @@ export class EbpfMode implements Mode {
     const policies = outcomes(plan.input, desired, unwritten).map((o) =>
       applied.reduce((cur, a) => {
         const x = a.outcomes.get(o.policy);
-        return x && cur.state === 'applied' ? { ...cur, ...x } : cur;
+        if (!x || cur.state !== 'applied') return cur;
+        // Parts that each leave a feature off (DNS capture, accelerate) all say why.
+        const reason = [cur.reason, x.reason].filter(Boolean).join('; ');
+        return { ...cur, ...x, ...(reason ? { reason } : {}) };
       }, o),
     );
     const sum = (k: 'writes' | 'deletes') => applied.reduce((n, a) => n + a[k], w[k]);

@@ -13,6 +13,7 @@ import { Link, detachPinned, type OnDemandHook } from '../../bpf/link.js';
 import { BpfError } from '../../bpf/errors.js';
 import { closeFd, openPinned, pinFd } from '../../bpf/fd.js';
 import type { Note } from '../mode.js';
+import { faultAt } from '../../util/faults.js';
 import type { Pins } from './pins.js';
 
 /** How long the program outlives the last entry needing it that was seen, at least. */
@@ -109,21 +110,14 @@ export class OnDemandLink {
     if (this.attached() && stillInMaps()) this.seenAt = Date.now();
   }
 
-  /** Attaches it (if it is not) before the entries that need it are written, so that none is without it. */
+  /** Attaches it (if it is not) before the entries that need it are written, so that none is without it.
+   * Throws (a BpfError) when the kernel refuses: the part decides what goes without it. */
   attachFor(why: string, fields: Note['fields']): Note[] {
     this.seenAt = Date.now();
     this.draining = false;
     const link = this.state();
     if (link?.attached) return [];
-    if (link) detachPinned(link.pin); // defunct (detached behind our back): replaced
-    const progFd = openPinned(this.pins.progPin(this.program), `open pinned ${this.program}`);
-    try {
-      const pin = this.pins.linkPin(this.program);
-      Link.attachCgroupPinned(progFd, this.hook, this.root(), pin, this.program);
-      chmodSync(pin, 0o600);
-    } finally {
-      closeFd(progFd);
-    }
+    this.attachNow(link);
     return [
       {
         level: 'info',
@@ -134,36 +128,73 @@ export class OnDemandLink {
     ];
   }
 
+  /** Attaches and pins it, replacing a defunct link (detached behind our back). */
+  private attachNow(link: OnDemandState | null): void {
+    if (faultAt('fail-attach', this.program))
+      throw new BpfError(
+        `attach ${this.program} to ${this.root()} (injected: MESHREDIR_FAULT=fail-attach:${this.program})`,
+        'bpf_link_create',
+        1, // EPERM
+      );
+    if (link) detachPinned(link.pin);
+    const progFd = openPinned(this.pins.progPin(this.program), `open pinned ${this.program}`);
+    try {
+      const pin = this.pins.linkPin(this.program);
+      Link.attachCgroupPinned(progFd, this.hook, this.root(), pin, this.program);
+      chmodSync(pin, 0o600);
+    } finally {
+      closeFd(progFd);
+    }
+  }
+
   /** After the entries are written, with nothing in the plan needing it: detached once `drained` says nothing
-   * else does (and the grace is over); else kept — said once — and the pulse watches for the drain. */
+   * else does (and the grace is over); else kept — said once — and the pulse watches for the drain. A link
+   * detached behind our back while something still needs it is attached again (the entries its hook deletes
+   * would stay forever otherwise), as the agent repairs its other links. */
   settle(drained: () => boolean, keptWhy: () => string): Note[] {
     const link = this.state();
-    if (!link) {
+    if (!link && !this.draining) return [];
+    // Not attached (defunct, or its pin gone since it was kept: a repair refused) spares nothing during the
+    // grace (its hook runs no more): only what is left counts.
+    const attached = link?.attached ?? false;
+    if (attached ? this.drained(drained) : drained()) {
       this.draining = false;
-      return [];
+      if (!link) return [];
+      detachPinned(link.pin);
+      return [
+        {
+          level: 'info',
+          event: `${this.words.event}_detached`,
+          message: `${this.program} detached: ${attached ? this.words.nothing : 'its link was defunct'}`,
+        },
+      ];
     }
-    if (link.attached && !this.drained(drained)) {
-      const notes: Note[] = this.draining
-        ? []
-        : [
-            {
-              level: 'info',
-              event: `${this.words.event}_kept`,
-              message: `${this.program} stays attached: ${keptWhy()}; detached once nothing needs it`,
-            },
-          ];
-      this.draining = true;
-      return notes;
-    }
-    detachPinned(link.pin);
-    this.draining = false;
-    return [
-      {
+    const notes: Note[] = attached ? [] : [this.repair(link, keptWhy())];
+    if (!this.draining)
+      notes.push({
         level: 'info',
-        event: `${this.words.event}_detached`,
-        message: `${this.program} detached: ${link.attached ? this.words.nothing : 'its link was defunct'}`,
-      },
-    ];
+        event: `${this.words.event}_kept`,
+        message: `${this.program} stays attached: ${keptWhy()}; detached once nothing needs it`,
+      });
+    this.draining = true;
+    return notes;
+  }
+
+  /** The link is defunct (or gone) while still needed: attached again (or, refused, left to the next pass to
+   * retry: it stays draining). */
+  private repair(link: OnDemandState | null, why: string): Note {
+    const what = `${this.program} was detached behind the agent's back (not by this agent) while still needed (${why})`;
+    try {
+      this.attachNow(link);
+    } catch (e) {
+      if (!(e instanceof BpfError)) throw e;
+      return {
+        level: 'warn',
+        event: `${this.words.event}_repair_failed`,
+        message: `${what}; attaching it again failed: ${e.message}; tried again at the next pass`,
+      };
+    }
+    return { level: 'warn', event: 'repaired', message: `${what}: attached again at ${this.root()}` };
   }
 
   /** Cheap first: the pulse asks each second while draining. */

@@ -41,8 +41,8 @@ export interface EbpfPart<Plan> {
   /** After a load, with the object still open: pin what it attaches later, swap its links' programs. */
   loaded(obj: BpfObject): string[];
   /** Before the base's entries are written: what must be in place before them (the kTLS guard before the
-   * first accelerate entry). */
-  beforeWrite?(plan: Plan): Note[];
+   * first accelerate entry); where it cannot be, the part may take out of `base` what needs it. */
+  beforeWrite?(plan: Plan, base: Desired): Note[];
   /** Makes the host match the plan, after the base's entries are written. */
   apply(plan: Plan): PartApply;
   status(): { json: unknown; sections: Section[] };

@@ -180,6 +180,11 @@ export class Pins {
     return out;
   }
 
+  /** Whether a map has no entry (or is not pinned): one syscall, however many entries it has. */
+  mapEmpty(name: AnyMapName): boolean {
+    return !this.has(name) || this.withMaps([name], (m) => m.get(name)!.empty());
+  }
+
   /** Sockets on the fast path now (entries of the pinned sockhash); 0 when it is not pinned. */
   acceleratedSockets(): number {
     if (!this.has('mr_sockhash')) return 0;

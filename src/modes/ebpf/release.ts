@@ -7,14 +7,16 @@
 // beforeWrite attaches it before the first mr_dns_pol entry is written (connect4/6 and sendmsg make entries
 // only while their policy's mr_dns_pol entry exists, so none is made without it); apply, after the entries
 // are written, detaches it once nothing needs it; the pulse asks for that apply when the last entry went.
+// DNS capture's part writes mr_dns_pol entries only while this link is attached, as the kernel reports it:
+// where the attach is refused, DNS capture is off (each policy says why) and the rest is redirected.
 //
 // Entries left after the last DNS policy went belong to sockets still open (a resolver's connected UDP
 // socket can live for long): they are kept, since recvmsg and getpeername still relabel those sockets'
 // replies from them, and the hook stays attached until each has been deleted at its socket's close. The
 // alternative — detaching at once and sweeping the entries left — would need to tell closed sockets from
 // open ones (a sock_diag dump of every socket of the host each time), and a stale entry is never reused (a
-// cookie is unique), but fills the table. The inbound watch does not need this hook: it checks its
-// registered listeners each second where the hook is not attached (inbound-watch.ts).
+// cookie is unique), but fills the table. The inbound watch does not need this hook: it looks up its
+// registered listeners and netns links each second, attached or not (inbound-watch.ts).
 import type { Policy } from '../../policy/schema.js';
 import type { Desired } from './desired.js';
 import type { Pins } from './pins.js';
@@ -79,6 +81,7 @@ export class ReleasePart extends OnDemandPart<ReleasePlan, ReleaseFacts> {
         does: "it deletes a captured socket's entry as it closes",
         nothing: NOTHING,
         drainedWhy: 'the captured DNS sockets have closed',
+        without: 'DNS capture is off, other traffic is redirected as usual',
       },
       status: { title: 'DNS socket release', idle: 'closing a socket below the root runs no program' },
     });
@@ -101,9 +104,7 @@ export class ReleasePart extends OnDemandPart<ReleasePlan, ReleaseFacts> {
 
   /** No entry left in mr_dns_socks (one syscall, however many there are). */
   protected drained(): boolean {
-    return (
-      !this.pins.has('mr_dns_socks') || this.pins.withMaps(['mr_dns_socks'], (m) => m.get('mr_dns_socks')!.empty())
-    );
+    return this.pins.mapEmpty('mr_dns_socks');
   }
 
   protected facts(capturing: string[], graceLeftMs: number): ReleaseFacts {
@@ -112,5 +113,13 @@ export class ReleasePart extends OnDemandPart<ReleasePlan, ReleaseFacts> {
 
   protected need(f: ReleaseFacts): Need {
     return releaseNeed(f);
+  }
+
+  /** Nothing to take out of the base: DNS capture's part writes mr_dns_pol only while this link is attached
+   * (the kernel says so, dns.ts), and there says why not to each policy. */
+  protected without(): void {}
+
+  protected unattached(): null {
+    return null;
   }
 }

@@ -6,7 +6,8 @@
 // 3 (6 through HAProxy). So it is a part of its own: the load pins its program (progs/) and re-adopts a
 // pinned link; beforeWrite attaches it before the first accelerate entry is written (no socket can be
 // accelerated without it); apply, after the entries are written, detaches it once nothing needs it; the
-// pulse asks for that apply when the last fast-path socket closed.
+// pulse asks for that apply when the last fast-path socket closed. Where the kernel refuses the attach, the
+// policies' entries are written without accelerate (each says why): redirected, never accelerated unguarded.
 //
 // What needs it without an accelerating policy: a socket in the sockhash; a record in flight that says
 // "accelerate" (a connect made while the policy accelerated joins at ESTABLISHED, which a lost SYN can
@@ -17,7 +18,7 @@ import type { BpfMap } from '../../bpf/map.js';
 import type { Desired } from './desired.js';
 import type { Pins } from './pins.js';
 import { GRACE_MS, type Need } from './on-demand.js';
-import { OnDemandPart, naming, needOf, policiesIn, type DrainFacts } from './on-demand-part.js';
+import { OnDemandPart, namesIn, naming, needOf, policiesIn, type DrainFacts } from './on-demand-part.js';
 
 export { GRACE_MS };
 export const GUARD = 'mr_setsockopt';
@@ -51,11 +52,6 @@ function acceleratingInMaps(pins: Pins): string[] {
   return policiesIn(pins, new Set(flags.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot)));
 }
 
-/** Whether no socket is in the sockhash (one syscall, however many there are). */
-function sockhashEmpty(pins: Pins): boolean {
-  return !pins.has('mr_sockhash') || pins.withMaps(['mr_sockhash'], (m) => m.get('mr_sockhash')!.empty());
-}
-
 /** Records in flight whose connection joins the fast path when established. */
 function acceleratedInFlight(pins: Pins): number {
   return pins.withMaps(
@@ -84,16 +80,15 @@ export class UlpGuardPart extends OnDemandPart<GuardPlan, GuardFacts> {
         does: 'it refuses kTLS on fast-path sockets',
         nothing: NOTHING,
         drainedWhy: 'the fast path has drained',
+        without: 'redirected, not accelerated',
       },
       status: { title: 'kTLS guard', idle: 'setsockopt() below the root runs no program' },
     });
   }
 
   plan(base: Desired): GuardPlan {
-    const on = new Set(
-      base.entries.mr_policies.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot),
-    );
-    return { accelerating: [...base.slots].filter(([, slot]) => on.has(slot)).map(([name]) => name) };
+    const on = base.entries.mr_policies.filter(([, p]) => p.flags & PolicyFlag.ACCELERATE).map(([slot]) => slot);
+    return { accelerating: namesIn(base.slots, new Set(on)) };
   }
 
   protected planned(plan: GuardPlan): string[] {
@@ -107,7 +102,7 @@ export class UlpGuardPart extends OnDemandPart<GuardPlan, GuardFacts> {
   /** Nothing is on the fast path or on its way there. Cheap first: the records are read only once the
    * sockhash is empty. */
   protected drained(): boolean {
-    return sockhashEmpty(this.pins) && acceleratedInFlight(this.pins) === 0;
+    return this.pins.mapEmpty('mr_sockhash') && acceleratedInFlight(this.pins) === 0;
   }
 
   protected facts(accelerating: string[], graceLeftMs: number): GuardFacts {
@@ -121,5 +116,21 @@ export class UlpGuardPart extends OnDemandPart<GuardPlan, GuardFacts> {
 
   protected need(f: GuardFacts): Need {
     return guardNeed(f);
+  }
+
+  /** No socket is accelerated without the guard: their entries are written without accelerate (the rest of
+   * each policy applies; failing the pass instead would leave accelerate entries written before). */
+  protected without(base: Desired, names: string[]): void {
+    const off = new Set(names.map((n) => base.slots.get(n)));
+    base.entries.mr_policies = base.entries.mr_policies.map(([slot, p]) =>
+      off.has(slot) ? [slot, { ...p, flags: p.flags & ~PolicyFlag.ACCELERATE }] : [slot, p],
+    );
+  }
+
+  protected unattached(why: string): { event: string; reason: string } {
+    return {
+      event: 'accelerate_off',
+      reason: `spec.accelerate is not applied: the kTLS guard (${GUARD}) cannot be attached (${why}); connections are redirected without the fast path`,
+    };
   }
 }
