@@ -11,7 +11,7 @@ import { expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Env, kernelDescribe, waitFor, CLI, OBJECT, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, waitFor, CLI, OBJECT, type Proc } from './harness.js';
 import { useLab } from './lab.js';
 import {
   DnsLab,
@@ -58,16 +58,11 @@ for (const mode of ['ebpf', 'iptables'] as const) {
     const policy = (dns: Record<string, unknown>) =>
       writeFileSync(
         join(dir, 'pod-a.yaml'),
-        JSON.stringify({
-          apiVersion: 'meshredir/v1',
-          kind: 'RedirectPolicy',
-          metadata: { name: 'pod-a' },
-          spec: {
-            cgroup: `${env.cgRoot}/pod-a`,
-            netns: `/run/netns/${a().ns}`,
-            proxy: { bypass: { cgroups: [lab.proxyCg, sidecarCg] } },
-            dns,
-          },
+        policyDoc('pod-a', {
+          cgroup: `${env.cgRoot}/pod-a`,
+          netns: `/run/netns/${a().ns}`,
+          proxy: { bypass: { cgroups: [lab.proxyCg, sidecarCg] } },
+          dns,
         }),
       );
     const status = async () =>

@@ -12,7 +12,7 @@
 import { expect, it } from 'vitest';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, type Env, type Proc } from './harness.js';
+import { kernelDescribe, policyDoc, policyYaml, sh, waitFor, ORIGDST_PROXY, type Env, type Proc } from './harness.js';
 import { useLab } from './lab.js';
 import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep, until } from './on-demand-fix.js';
 import { DnsLab, type Pod, type Reply, ANSWER, NS4, NODE_PROXY4, PROXY_PORT } from './dnsfix.js';
@@ -39,15 +39,10 @@ kernelDescribe('DNS capture: mr_dns_release attached only while needed', () => {
   const write = (dns: boolean) =>
     writeFileSync(
       join(dir, 'pod-a.yaml'),
-      JSON.stringify({
-        apiVersion: 'meshredir/v1',
-        kind: 'RedirectPolicy',
-        metadata: { name: 'pod-a' },
-        spec: {
-          cgroup: `${env.cgRoot}/pod-a`,
-          proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [lab.proxyCg] } },
-          ...(dns ? { dns: { proxy: `${NODE_PROXY4}:${PROXY_PORT}`, nameservers: [NS4] } } : {}),
-        },
+      policyDoc('pod-a', {
+        cgroup: `${env.cgRoot}/pod-a`,
+        proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [lab.proxyCg] } },
+        ...(dns ? { dns: { proxy: `${NODE_PROXY4}:${PROXY_PORT}`, nameservers: [NS4] } } : {}),
       }),
     );
   /** A connected UDP socket of pod A (dnsq.py hold): one query answered, then another when released. */
