@@ -2,6 +2,7 @@
 // and the mode's own counters show that it acted on every connection that reached a server (a
 // connection that was not redirected may still reach a server and would read as a good sample).
 // Pure, so it is unit-tested without root.
+import { BYPASSED } from './types.js';
 
 /** One JSON line of bench/mrload (client). Rates and CPU fractions are per client process. */
 export interface LoadResult {
@@ -50,6 +51,7 @@ export const EBPF_COUNTERS = [
   'err_full',
   'err_storage',
   'err_orig',
+  'bypass_loopback',
 ] as const;
 
 /** Adds up the results of clients that ran side by side. */
@@ -111,6 +113,11 @@ export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: 
   }
   if (mode === 'ebpf (client uncovered)' && get('redirected') > 0)
     why.push(`eBPF redirected ${get('redirected')} connections of a client it should not cover`);
+  if (mode === BYPASSED) {
+    if (get('redirected') > 0) why.push(`eBPF redirected ${get('redirected')} connections it should let pass`);
+    if (get('bypass_loopback') < n)
+      why.push(`eBPF let ${get('bypass_loopback')} of ${n} connections pass as loopback: the client was not covered`);
+  }
   if ((mode === 'ebpf' || mode === 'ebpf (traced)') && get('accel_sockets') > 0)
     why.push(`${get('accel_sockets')} socket(s) joined the fast path in a run without accelerate`);
   if (mode === 'ebpf+sk_msg') {

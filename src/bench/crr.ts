@@ -1,13 +1,13 @@
 // crr.ts — the bench's redirect-only scenario (`crr`): connect, one request/response and close against
 // a server next to the app, direct or redirected to it by iptables or eBPF, eBPF with a `meshredir trace`
-// reading every decision, and with the eBPF programs attached but the client outside the cgroups they
-// cover; one client and two.
-import { baseMode } from './types.js';
+// reading every decision, with the eBPF programs attached but the client outside the cgroups they cover,
+// and with the client covered but dialling a destination the policy lets pass; one client and two.
+import { BYPASSED, baseMode } from './types.js';
 import { D_REDIRECT, SERVER, TRACED, UNCOVERED, msg, rotate, say, type ScenarioDef } from './run.js';
 import { startTracer, type BenchTracer } from './tracer.js';
 
 export const crr: ScenarioDef = {
-  modes: ['direct', 'iptables', 'ebpf', TRACED, UNCOVERED],
+  modes: ['direct', 'iptables', 'ebpf', TRACED, UNCOVERED, BYPASSED],
   steps: (modes) => modes * 2, // × (1 client, 2 clients)
   aa: true,
   pinned: true,
@@ -35,7 +35,7 @@ export const crr: ScenarioDef = {
             s,
             { policy: p },
             {
-              target: as === 'direct' || as === UNCOVERED ? SERVER : D_REDIRECT,
+              target: as === 'direct' || as === UNCOVERED || as === BYPASSED ? SERVER : D_REDIRECT,
               kind: 'crr',
               conc: 16 / clients,
               clients,

@@ -63,3 +63,7 @@ export const HOP_SIZES = [64, 1024, 16384, 65536];
 export const AA = ' (A/A)';
 /** The mode a name stands for: an A/A copy is its mode. */
 export const baseMode = (mode: string) => (mode.endsWith(AA) ? mode.slice(0, -AA.length) : mode);
+/** crr: the eBPF programs attached with the policy and the client covered by it, dialling the server at
+ * 127.0.0.1 itself, which the policy lets pass (loopback): what a covered connection that is not
+ * redirected costs (connect4 deciding, the unconditional sockops callbacks), without the redirect. */
+export const BYPASSED = 'ebpf (client bypassed)';

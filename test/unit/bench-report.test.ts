@@ -133,6 +133,16 @@ describe('bench checks: a sample counts only when the mode acted on every connec
     expect(judge('ebpf (client uncovered)', load(), { redirected: 3 }).join()).toMatch(/should not cover/);
   });
 
+  it('the client-bypassed eBPF mode is valid only if every connection was let pass as loopback', () => {
+    expect(judge('ebpf (client bypassed)', load(), { redirected: 0, bypass_loopback: 1000 })).toEqual([]);
+    expect(judge('ebpf (client bypassed)', load(), { redirected: 2, bypass_loopback: 1000 }).join()).toMatch(
+      /redirected 2 connections it should let pass/,
+    );
+    expect(judge('ebpf (client bypassed)', load(), { redirected: 0, bypass_loopback: 0 }).join()).toMatch(
+      /let 0 of 1000 connections pass as loopback: the client was not covered/,
+    );
+  });
+
   it('rejects sk_msg runs that did not take the fast path, and says why', () => {
     expect(
       judge('ebpf+sk_msg', load(), { ...ebpfOk, accel_sockets: 1000, msg_fast: 0, msg_slow: 3000 }).join('\n'),
@@ -170,8 +180,8 @@ describe('bench plan', () => {
     expect([1, 2, 3, 4].map((r) => rotate(['a', 'b', 'c'], r).join(''))).toEqual(['abc', 'bca', 'cab', 'abc']);
   });
   it('counts the measurements of the modes that can run', () => {
-    // crr: 5 modes × 2 client counts (the traced and the client-uncovered eBPF modes included)
-    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (10 + 6 + 10 + 16 + 1));
+    // crr: 6 modes × 2 client counts (the traced, client-uncovered and client-bypassed eBPF modes included)
+    expect(plannedSteps(['crr', 'scale', 'proxy', 'hop', 'control'], 5)).toBe(5 * (12 + 6 + 10 + 16 + 1));
     // hooks: 4 variants × (a timing pass + a counting pass)
     expect(plannedSteps(['hooks'], 3)).toBe(3 * 8);
     expect(plannedSteps(['proxy'], 2, undefined, () => 1)).toBe(4);
