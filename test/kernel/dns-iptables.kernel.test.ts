@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Env, kernelDescribe, sh, ROOT, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, sh, ROOT, type Proc } from './harness.js';
 import { DnsLab, type Reply, ANSWER, NS4, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
 import { parsePolicyText } from '../../src/policy/load.js';
 import { renderDnsRestore } from '../../src/modes/iptables/dns-rules.js';
@@ -78,16 +78,11 @@ kernelDescribe('DNS capture, iptables mode', () => {
 
   const policy = (dns: Record<string, unknown>): Policy => {
     const r = parsePolicyText(
-      JSON.stringify({
-        apiVersion: 'meshredir/v1',
-        kind: 'RedirectPolicy',
-        metadata: { name: 'pod-a' },
-        spec: {
-          cgroup: '/pod-a',
-          proxy: { outbound: '127.0.0.1:15001', bypass: { uids: [1337] } },
-          outbound: { includePorts: [9] },
-          dns,
-        },
+      policyDoc('pod-a', {
+        cgroup: '/pod-a',
+        proxy: { outbound: '127.0.0.1:15001', bypass: { uids: [1337] } },
+        outbound: { includePorts: [9] },
+        dns,
       }),
       'pod-a.yaml',
     );

@@ -5,7 +5,7 @@
 // the policy reaches the nameserver, the proxy's own queries are not captured, a stopped proxy gives
 // the failure a dead nameserver gives, and 10,000 short-lived sockets leave no entry behind.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Env, kernelDescribe, OBJECT, type Proc } from './harness.js';
+import { Env, kernelDescribe, OBJECT, policyDoc, type Proc } from './harness.js';
 import { DnsLoader, DNS_ATTACH_ORDER } from './dnsload.js';
 import { DnsLab, type Reply, ANSWER, NS4, NS4B, NS6, NODE_PROXY4, NODE_PROXY6, PROXY_PORT } from './dnsfix.js';
 import { parsePolicyText } from '../../src/policy/load.js';
@@ -23,19 +23,14 @@ kernelDescribe('DNS capture, eBPF mode', () => {
   const facts: Record<string, string> = {};
 
   const policy = (dns: Record<string, unknown>): Policy => {
-    const doc = {
-      apiVersion: 'meshredir/v1',
-      kind: 'RedirectPolicy',
-      metadata: { name: 'pod-a' },
-      spec: {
-        cgroup: policyCg,
-        // Outbound only for a port nothing uses: these tests are about DNS.
-        proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [lab.proxyCg, sidecarCg], uids: [], gids: [] } },
-        outbound: { includePorts: [9] },
-        dns,
-      },
-    };
-    const r = parsePolicyText(JSON.stringify(doc), 'pod-a.yaml');
+    const doc = policyDoc('pod-a', {
+      cgroup: policyCg,
+      // Outbound only for a port nothing uses: these tests are about DNS.
+      proxy: { outbound: '127.0.0.1:15001', bypass: { cgroups: [lab.proxyCg, sidecarCg], uids: [], gids: [] } },
+      outbound: { includePorts: [9] },
+      dns,
+    });
+    const r = parsePolicyText(doc, 'pod-a.yaml');
     expect(r.errors).toEqual([]);
     return r.policies[0]!;
   };

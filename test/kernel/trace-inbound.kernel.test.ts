@@ -5,7 +5,7 @@
 // each, with no process (sk_lookup runs for a packet), and none for a trace filtered by process.
 import { expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Env, kernelDescribe, waitFor, type Proc } from './harness.js';
+import { Env, kernelDescribe, policyDoc, waitFor, type Proc } from './harness.js';
 import { useLab } from './lab.js';
 import { decisions, useTracers } from './tracing.js';
 
@@ -48,15 +48,10 @@ kernelDescribe('trace: inbound sk_lookup decisions', () => {
       await env.haproxy(podB, cgProxyB, '127.0.0.1:15006', 15006);
       lab.policy(
         'pod-b',
-        JSON.stringify({
-          apiVersion: 'meshredir/v1',
-          kind: 'RedirectPolicy',
-          metadata: { name: 'pod-b' },
-          spec: {
-            cgroup: cgB,
-            proxy: { inbound: 15006, bypass: { cgroups: [cgProxyB] } },
-            inbound: { excludePorts: [9090] },
-          },
+        policyDoc('pod-b', {
+          cgroup: cgB,
+          proxy: { inbound: 15006, bypass: { cgroups: [cgProxyB] } },
+          inbound: { excludePorts: [9090] },
         }),
       );
       agent = await lab.agent(['--interval', '1']);
