@@ -87,7 +87,8 @@ export function combine(rs: LoadResult[]): LoadResult {
 
 /**
  * Why a sample must not count (empty: it is valid). `mode` is the bench's mode name: direct,
- * explicit, iptables, ebpf, ebpf+sk_msg. `viaProxy`: a proxy that asks SO_ORIGINAL_DST sits behind
+ * explicit, iptables, ebpf, ebpf+sk_msg, and crr's eBPF variants (traced, client uncovered, client
+ * bypassed). `viaProxy`: a proxy that asks SO_ORIGINAL_DST sits behind
  * the redirect (HAProxy), so eBPF must have answered it for every connection.
  */
 export function judge(mode: string, l: LoadResult, c: Counters, o: { viaProxy?: boolean } = {}): string[] {

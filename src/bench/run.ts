@@ -14,7 +14,7 @@ import { stats } from '../modes/ebpf/counters.js';
 import { parsePolicyText } from '../policy/load.js';
 import type { Policy } from '../policy/schema.js';
 import { isDisturbed } from './paired.js';
-import { WARMUP, HOP_SIZES, baseMode, type BenchOptions, type Sample, type Missing } from './types.js';
+import { BYPASSED, WARMUP, HOP_SIZES, baseMode, type BenchOptions, type Sample, type Missing } from './types.js';
 
 export const D_REDIRECT = '10.250.0.99:80'; // nothing answers there: only a redirect reaches a server
 export const SERVER = '127.0.0.1:9000'; // the server next to the app (redirect-only scenarios)
@@ -130,9 +130,8 @@ spec:
       this.ebpfLoaded = true;
       if (skmsg) this.unavailable.set('ebpf+sk_msg', `no sk_msg link on this kernel (needs 6.10): ${skmsg.message}`);
     } catch (e) {
-      this.unavailable.set('ebpf', `the eBPF mode cannot load here: ${msg(e)}`);
-      this.unavailable.set('ebpf+sk_msg', `the eBPF mode cannot load here: ${msg(e)}`);
-      this.unavailable.set(TRACED, `the eBPF mode cannot load here: ${msg(e)}`);
+      for (const m of ['ebpf', 'ebpf+sk_msg', TRACED, UNCOVERED, BYPASSED])
+        this.unavailable.set(m, `the eBPF mode cannot load here: ${msg(e)}`);
     }
     try {
       this.iptApply(this.policy({ proxy: SERVER }));
