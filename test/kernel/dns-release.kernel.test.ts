@@ -12,9 +12,19 @@
 import { expect, it } from 'vitest';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { kernelDescribe, policyDoc, policyYaml, sh, waitFor, ORIGDST_PROXY, type Env, type Proc } from './harness.js';
+import {
+  kernelDescribe,
+  policyDoc,
+  policyYaml,
+  sh,
+  until,
+  waitFor,
+  ORIGDST_PROXY,
+  type Env,
+  type Proc,
+} from './harness.js';
 import { useLab } from './lab.js';
-import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep, until } from './on-demand-fix.js';
+import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep } from './on-demand-fix.js';
 import { DnsLab, type Pod, type Reply, ANSWER, NS4, NODE_PROXY4, PROXY_PORT } from './dnsfix.js';
 
 interface Status {

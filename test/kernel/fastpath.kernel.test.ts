@@ -10,7 +10,18 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, ROOT, XFER, type Proc } from './harness.js';
+import {
+  Env,
+  kernelDescribe,
+  policyYaml,
+  sh,
+  until,
+  waitFor,
+  ORIGDST_PROXY,
+  ROOT,
+  XFER,
+  type Proc,
+} from './harness.js';
 
 interface Xfer {
   ok: boolean;
@@ -46,13 +57,6 @@ function lab(env: Env, dir: string) {
   const status = async () => JSON.parse(await env.cliRun(['status', '--json', '--bpffs', env.bpffs])) as Status;
   const counters = async (name: string) => (await status()).policies.find((p) => p.name === name)!.counters;
   const sockhash = async () => (await status()).maps.find((m) => m.map === 'mr_sockhash')!.entries;
-  const until = async (what: string, cond: () => Promise<boolean>, ms = 10_000) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`${what}: not after ${ms} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
   /** Runs build/xfer in a pod's app cgroup; the deadline is xfer's own, which names stalled connections. */
   const xfer = async (pod: string, args: string[] = [], deadline = 60): Promise<Xfer> => {
     const p = pods[pod]!;

@@ -332,6 +332,15 @@ export async function waitFor(cond: () => boolean, what: string, p?: Proc, timeo
   throw new Error(`${what}: not ready after ${timeoutMs} ms${p ? `; stderr: ${p.err.trim().slice(-2000)}` : ''}`);
 }
 
+/** Polls an async `cond` every 100 ms until it holds; fails naming `what` after `ms`. */
+export async function until(what: string, cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`${what}: not after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** A policy file's text from its name and spec as written (JSON is YAML). */
 export function policyDoc(name: string, spec: Record<string, unknown>): string {
   return JSON.stringify({ apiVersion: 'meshredir/v1', kind: 'RedirectPolicy', metadata: { name }, spec }, null, 2);

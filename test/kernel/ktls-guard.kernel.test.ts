@@ -10,8 +10,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Env, kernelDescribe, policyYaml, sh, waitFor, ORIGDST_PROXY, XFER, type Proc } from './harness.js';
-import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep, until } from './on-demand-fix.js';
+import { Env, kernelDescribe, policyYaml, sh, until, waitFor, ORIGDST_PROXY, XFER, type Proc } from './harness.js';
+import { atRoot as rootPrograms, linkPinned, outcomes, refusingAgent, sleep } from './on-demand-fix.js';
 
 interface Status {
   maps: { map: string; entries: number }[];
